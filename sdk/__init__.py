@@ -1,0 +1,1 @@
+"""fxbroker SDK: register a Python function once, run it many times on your endpoints."""

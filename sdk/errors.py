@@ -1,0 +1,83 @@
+"""The one exception tree of fxbroker. Every error raised by the SDK derives from
+:class:`FxBrokerError`::
+
+    FxBrokerError
+    ├── SerializationError          an object could not be serialized
+    ├── DeserializationError        a buffer could not be deserialized
+    ├── ConfigurationError          no URL/token/endpoint could be found
+    ├── APIError                    the service answered with an error (status, code, message)
+    ├── TaskPending                 a result was asked for before the task finished
+    └── TaskFailed                  the task ended failed or cancelled (remote traceback attached)
+
+Each error passes all its context to ``super().__init__`` so it survives pickling
+across processes.
+"""
+
+from __future__ import annotations
+
+
+class FxBrokerError(Exception):
+    """Base class of every fxbroker error."""
+
+
+class SerializationError(FxBrokerError):
+    """An object could not be serialized with the chosen strategy."""
+
+
+class DeserializationError(FxBrokerError):
+    """A buffer could not be deserialized (bad header, disallowed strategy, corrupt body)."""
+
+
+class ConfigurationError(FxBrokerError):
+    """The SDK could not find the service URL, a token or an endpoint id."""
+
+
+class APIError(FxBrokerError):
+    """The web service answered with an error."""
+
+    def __init__(self, status: int, code: str, message: str, request_id: str = "") -> None:
+        super().__init__(status, code, message, request_id)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.code}: {self.message}"
+
+
+class TaskPending(FxBrokerError):
+    """The task has not finished yet; ``state`` says where it is."""
+
+    def __init__(self, task_id: str, state: str) -> None:
+        super().__init__(task_id, state)
+        self.task_id = task_id
+        self.state = state
+
+    def __str__(self) -> str:
+        return f"task {self.task_id} is still {self.state}"
+
+
+class TaskFailed(FxBrokerError):
+    """The task failed or was cancelled. ``remote_traceback`` is the traceback on the endpoint."""
+
+    def __init__(
+        self,
+        task_id: str,
+        type_name: str,
+        message: str,
+        remote_traceback: str = "",
+        state: str = "failed",
+    ) -> None:
+        super().__init__(task_id, type_name, message, remote_traceback, state)
+        self.task_id = task_id
+        self.type_name = type_name
+        self.message = message
+        self.remote_traceback = remote_traceback
+        self.state = state
+
+    def __str__(self) -> str:
+        text = f"task {self.task_id} {self.state}: {self.type_name}: {self.message}"
+        if self.remote_traceback:
+            text += f"\n\nRemote traceback:\n{self.remote_traceback}"
+        return text

@@ -1,0 +1,59 @@
+"""Every Redis key and channel name fxbroker uses is built here, and nowhere else.
+
+The services and the endpoint agent all import this module (the SDK owns the wire
+formats, as the funcX SDK did for its endpoint). Keys that one Lua script or MULTI
+touches share a hash tag, so the same code runs on Redis Cluster.
+
+Layout (``fx`` is the default prefix; tests use a prefix of their own)::
+
+    fx:{ep:<endpoint_id>}:tasks     Stream   queued tasks of one endpoint; consumer group "agents"
+    fx:{ep:<endpoint_id>}:status    Hash     the agents' heartbeat, with a TTL
+    fx:{ep:<endpoint_id>}:cancel    Channel  cancel notices for the endpoint's agents
+    fx:{task:<task_id>}             Hash     one task: state, ids, timestamps, result or exception
+    fx:{fn:<function_id>}:code      String   serialized function code, cached for agents
+    fx:{tg:<task_group_id>}:results Stream   completion notices of a task group (task_id, state)
+    fx:{tg:<task_group_id>}:tasks   List     every task id submitted into the group, in order
+    fx:{idem:<user_id>}:<key>       String   JSON list of task ids a batch submit created
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+AGENT_GROUP = "agents"
+"""The consumer group every agent of an endpoint reads the task stream through."""
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Builds key names under one prefix."""
+
+    prefix: str = "fx"
+
+    def endpoint_tasks(self, endpoint_id: str) -> str:
+        return f"{self.prefix}:{{ep:{endpoint_id}}}:tasks"
+
+    def endpoint_status(self, endpoint_id: str) -> str:
+        return f"{self.prefix}:{{ep:{endpoint_id}}}:status"
+
+    def endpoint_cancel(self, endpoint_id: str) -> str:
+        return f"{self.prefix}:{{ep:{endpoint_id}}}:cancel"
+
+    def task(self, task_id: str) -> str:
+        return f"{self.prefix}:{{task:{task_id}}}"
+
+    def function_code(self, function_id: str) -> str:
+        return f"{self.prefix}:{{fn:{function_id}}}:code"
+
+    def task_group_results(self, task_group_id: str) -> str:
+        return f"{self.prefix}:{{tg:{task_group_id}}}:results"
+
+    def task_group_tasks(self, task_group_id: str) -> str:
+        return f"{self.prefix}:{{tg:{task_group_id}}}:tasks"
+
+    def idempotency(self, user_id: str, key: str) -> str:
+        return f"{self.prefix}:{{idem:{user_id}}}:{key}"
+
+    def pattern(self) -> str:
+        """A SCAN/KEYS pattern matching every key under this prefix."""
+        return f"{self.prefix}:*"

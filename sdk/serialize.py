@@ -1,0 +1,154 @@
+"""Serialization, wire-compatible with Globus Compute's.
+
+A *buffer* is a two-character strategy id, a newline, then the body:
+
+======  ================================  =====
+id      body                              kind
+======  ================================  =====
+``00``  ``dill.dumps`` then base64        data
+``11``  ``json.dumps``                    data
+``01``  ``dill.dumps`` then base64        code
+``st``  ``<name>:<source text>``          code
+======  ================================  =====
+
+Several buffers are *packed* as ``<length>\\n<buffer>`` concatenated, the length
+counted in characters. A task payload packs two buffers: the args tuple and the
+kwargs dict. Everything here is pure: no I/O, no global state but the strategy table.
+"""
+
+from __future__ import annotations
+
+import base64
+import inspect
+import json
+import textwrap
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import dill
+
+from sdk.errors import DeserializationError, SerializationError
+
+IDENTIFIER_LENGTH = 3
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """One way of turning an object into a buffer body and back."""
+
+    identifier: str
+    for_code: bool
+    dumps: Callable[[Any], str]
+    loads: Callable[[str], Any]
+
+
+def _dill_b64_dumps(obj: Any) -> str:
+    # base64.encodebytes matches codecs.encode(..., "base64"): 76-char lines, trailing newline.
+    return base64.encodebytes(dill.dumps(obj)).decode()
+
+
+def _dill_b64_loads(body: str) -> Any:
+    return dill.loads(base64.decodebytes(body.encode()))
+
+
+def _source_dumps(fn: Any) -> str:
+    return f"{fn.__name__}:{textwrap.dedent(inspect.getsource(fn))}"
+
+
+def _source_loads(body: str) -> Any:
+    name, source = body.split(":", 1)
+    namespace: dict[str, Any] = {}
+    exec(source, namespace)
+    return namespace[name]
+
+
+DILL_DATA = Strategy("00", False, _dill_b64_dumps, _dill_b64_loads)
+JSON_DATA = Strategy("11", False, json.dumps, json.loads)
+DILL_CODE = Strategy("01", True, _dill_b64_dumps, _dill_b64_loads)
+SOURCE_CODE = Strategy("st", True, _source_dumps, _source_loads)
+
+STRATEGIES: dict[str, Strategy] = {
+    s.identifier: s for s in (DILL_DATA, JSON_DATA, DILL_CODE, SOURCE_CODE)
+}
+
+
+def serialize(obj: Any, strategy: Strategy | None = None) -> str:
+    """Serialize ``obj`` to one buffer; callables use dill code, anything else dill data."""
+    if strategy is None:
+        strategy = DILL_CODE if callable(obj) else DILL_DATA
+    try:
+        return f"{strategy.identifier}\n{strategy.dumps(obj)}"
+    except Exception as exc:
+        raise SerializationError(
+            f"strategy {strategy.identifier!r} could not serialize {type(obj).__name__}: {exc}"
+        ) from exc
+
+
+def strategy_of(buffer: str) -> str:
+    """The strategy id of a buffer, without deserializing it."""
+    return buffer[: IDENTIFIER_LENGTH - 1]
+
+
+def deserialize(buffer: str, *, allowed: Iterable[str] | None = None) -> Any:
+    """Deserialize one buffer; ``allowed`` restricts the strategy ids accepted."""
+    if len(buffer) < IDENTIFIER_LENGTH or buffer[IDENTIFIER_LENGTH - 1] != "\n":
+        raise DeserializationError("buffer has no strategy header")
+    ident = strategy_of(buffer)
+    strategy = STRATEGIES.get(ident)
+    if strategy is None:
+        raise DeserializationError(f"unknown serialization strategy {ident!r}")
+    if allowed is not None and ident not in set(allowed):
+        raise DeserializationError(f"serialization strategy {ident!r} is not allowed here")
+    try:
+        return strategy.loads(buffer[IDENTIFIER_LENGTH:])
+    except Exception as exc:
+        raise DeserializationError(
+            f"could not deserialize a {ident!r} buffer ({type(exc).__name__}: {exc}); "
+            "was it made by a different Python or dill version?"
+        ) from exc
+
+
+def pack_buffers(buffers: Iterable[str]) -> str:
+    """Pack buffers as ``<length>\\n<buffer>`` concatenated (length in characters)."""
+    return "".join(f"{len(b)}\n{b}" for b in buffers)
+
+
+def unpack_buffers(packed: str) -> list[str]:
+    """Inverse of :func:`pack_buffers`."""
+    buffers: list[str] = []
+    pos = 0
+    while pos < len(packed):
+        newline = packed.find("\n", pos)
+        if newline < 0:
+            raise DeserializationError("packed buffer is truncated (no length line)")
+        try:
+            length = int(packed[pos:newline])
+        except ValueError as exc:
+            raise DeserializationError("packed buffer has a malformed length") from exc
+        start = newline + 1
+        if length < 0 or start + length > len(packed):
+            raise DeserializationError("packed buffer is truncated")
+        buffers.append(packed[start : start + length])
+        pos = start + length
+    return buffers
+
+
+def pack_payload(args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None) -> str:
+    """The task payload: the args tuple and the kwargs dict, each serialized, packed."""
+    return pack_buffers([serialize(tuple(args)), serialize(dict(kwargs or {}))])
+
+
+def unpack_payload(
+    payload: str, *, allowed: Iterable[str] | None = None
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Inverse of :func:`pack_payload`."""
+    buffers = unpack_buffers(payload)
+    if len(buffers) != 2:
+        raise DeserializationError(f"a task payload packs 2 buffers, this one {len(buffers)}")
+    allowed_set = None if allowed is None else set(allowed)
+    args = deserialize(buffers[0], allowed=allowed_set)
+    kwargs = deserialize(buffers[1], allowed=allowed_set)
+    if not isinstance(kwargs, dict):
+        raise DeserializationError("the kwargs buffer of a task payload is not a dict")
+    return tuple(args), kwargs

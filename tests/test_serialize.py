@@ -1,0 +1,126 @@
+"""Round trips for every strategy, and wire compatibility with Globus Compute both ways."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from globus_compute_sdk.serialize import ComputeSerializer
+from globus_compute_sdk.serialize.concretes import (
+    DillCode,
+    DillDataBase64,
+    JSONData,
+    PureSourceTextInspect,
+)
+
+from sdk import serialize as ser
+from sdk.errors import DeserializationError
+
+
+def double(x: int) -> int:
+    return x * 2
+
+
+DATA: list[Any] = [0, "text", [1, 2, {"a": None}], {"k": (1, 2.5)}, b"\x00bytes", None]
+
+
+@pytest.mark.parametrize("obj", DATA)
+def test_dill_data_round_trip(obj: Any) -> None:
+    buf = ser.serialize(obj)
+    assert buf.startswith("00\n")
+    assert ser.deserialize(buf) == obj
+
+
+def test_json_data_round_trip() -> None:
+    obj = {"a": [1, 2, 3], "b": "c"}
+    buf = ser.serialize(obj, ser.JSON_DATA)
+    assert buf == '11\n{"a": [1, 2, 3], "b": "c"}'
+    assert ser.deserialize(buf) == obj
+
+
+@pytest.mark.parametrize("strategy", [ser.DILL_CODE, ser.SOURCE_CODE])
+def test_code_round_trip(strategy: ser.Strategy) -> None:
+    buf = ser.serialize(double, strategy)
+    assert buf.startswith(strategy.identifier + "\n")
+    assert ser.deserialize(buf)(21) == 42
+
+
+def test_callables_default_to_dill_code() -> None:
+    assert ser.serialize(double).startswith("01\n")
+
+
+def test_pack_unpack_counts_characters() -> None:
+    buffers = ["00\nabc", '11\n"ünïcödé"', ""]
+    packed = ser.pack_buffers(buffers)
+    assert packed.startswith("6\n00\nabc")
+    assert ser.unpack_buffers(packed) == buffers
+
+
+def test_payload_round_trip() -> None:
+    payload = ser.pack_payload((1, "two"), {"three": 3.0})
+    assert ser.unpack_payload(payload) == ((1, "two"), {"three": 3.0})
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["", "zz\nabc", "00\nnot base64 dill", "00", "5\n00\na"],
+)
+def test_bad_buffers_raise_deserialization_error(bad: str) -> None:
+    with pytest.raises(DeserializationError):
+        if bad.startswith("5\n"):
+            ser.unpack_buffers(bad)
+        else:
+            ser.deserialize(bad)
+
+
+def test_disallowed_strategy_is_refused() -> None:
+    buf = ser.serialize(double)
+    with pytest.raises(DeserializationError, match="not allowed"):
+        ser.deserialize(buf, allowed={"st", "00"})
+
+
+def test_payload_with_wrong_buffer_count() -> None:
+    with pytest.raises(DeserializationError, match="2 buffers"):
+        ser.unpack_payload(ser.pack_buffers([ser.serialize(1)]))
+
+
+# --- compatibility with Globus Compute's own serializer ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("theirs", "ours"),
+    [
+        (DillDataBase64(), ser.DILL_DATA),
+        (JSONData(), ser.JSON_DATA),
+    ],
+)
+def test_data_buffers_match_globus_compute(theirs: Any, ours: ser.Strategy) -> None:
+    obj = {"x": [1, 2, 3], "y": "z"}
+    gc = ComputeSerializer(strategy_data=theirs)
+    assert ser.serialize(obj, ours) == gc.serialize(obj)
+    assert ser.deserialize(gc.serialize(obj)) == obj
+    assert gc.deserialize(ser.serialize(obj, ours)) == obj
+
+
+@pytest.mark.parametrize(
+    ("theirs", "ours"),
+    [(DillCode(), ser.DILL_CODE), (PureSourceTextInspect(), ser.SOURCE_CODE)],
+)
+def test_code_buffers_interoperate_with_globus_compute(theirs: Any, ours: ser.Strategy) -> None:
+    gc = ComputeSerializer(strategy_code=theirs)
+    assert ser.deserialize(gc.serialize(double))(5) == 10
+    assert gc.deserialize(ser.serialize(double, ours))(5) == 10
+
+
+def test_payload_packed_by_globus_compute_unpacks_with_ours() -> None:
+    gc = ComputeSerializer()
+    packed = gc.pack_buffers([gc.serialize((1, [2, 3])), gc.serialize({"k": "v"})])
+    assert ser.unpack_payload(packed) == ((1, [2, 3]), {"k": "v"})
+
+
+def test_payload_packed_by_ours_unpacks_with_globus_compute() -> None:
+    gc = ComputeSerializer()
+    packed = ser.pack_payload((1, [2, 3]), {"k": "v"})
+    args_buf, kwargs_buf = gc.unpack_buffers(packed)
+    assert gc.deserialize(args_buf) == (1, [2, 3])
+    assert gc.deserialize(kwargs_buf) == {"k": "v"}
