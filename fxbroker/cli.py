@@ -1,0 +1,220 @@
+"""The ``fxbroker`` command: the one place that wires every component together.
+
+fxbroker dev                 the whole platform on the embedded default
+fxbroker demo                the same stack plus a sample workload in all three client styles
+fxbroker web / fxbroker ws   one web or ws_service process (settings from the environment)
+fxbroker endpoint start NAME register endpoint NAME (once) and run its agent
+fxbroker db upgrade          apply the SQL migrations
+fxbroker user create NAME    create a user and print its first API token
+fxbroker user token NAME     print a new API token for NAME
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fxbroker.stack import StackSettings
+
+
+def default_home() -> Path:
+    """``$FXBROKER_HOME``, else ``~/.fxbroker``."""
+    return Path(os.environ.get("FXBROKER_HOME") or Path.home() / ".fxbroker")
+
+
+def _stack_settings(args: argparse.Namespace) -> StackSettings:
+    from fxbroker.stack import StackSettings
+
+    return StackSettings(
+        home=Path(args.home) if args.home else default_home(),
+        host=args.host,
+        web_port=args.web_port,
+        ws_port=args.ws_port,
+        redis_url=os.environ.get("REDIS_URL") or None,
+        database_url=os.environ.get("DATABASE_URL") or None,
+        redis_binary=not args.fakeredis,
+        workers=args.workers,
+        engine=args.engine,
+    )
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def _dev(settings: StackSettings) -> None:
+    from fxbroker.stack import DevStack
+
+    async with DevStack(settings) as stack:
+        info = stack.info
+        print(
+            f"fxbroker dev is running (Redis: {info.redis_kind}).\n"
+            f"  web:       {info.url}\n  ws:        {info.ws_url}\n"
+            f"  endpoint:  {info.endpoint_id}\n  config:    {settings.home / 'config.json'}\n"
+            "Client() finds it from that file. Ctrl-C stops it.",
+            flush=True,
+        )
+        await _until_signalled()
+    print("fxbroker dev stopped.", flush=True)
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    asyncio.run(_dev(_stack_settings(args)))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from fxbroker.demo import run_demo
+
+    settings = _stack_settings(args)
+    if args.home is None:
+        import tempfile
+
+        settings = dataclasses.replace(settings, home=Path(tempfile.mkdtemp(prefix="fxbroker-")))
+    return run_demo(settings, tasks=args.tasks)
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    import uvicorn
+    from web_service.app import create_app
+
+    from web_service.settings import WebSettings
+
+    uvicorn.run(
+        create_app(WebSettings.from_env()), host=args.host, port=args.port, log_level="info"
+    )
+    return 0
+
+
+def cmd_ws(args: argparse.Namespace) -> int:
+    from ws_service.server import run_ws
+    from ws_service.settings import WsSettings
+
+    settings = dataclasses.replace(WsSettings.from_env(), host=args.host, port=args.port)
+    asyncio.run(run_ws(settings))
+    return 0
+
+
+def cmd_endpoint_start(args: argparse.Namespace) -> int:
+    from endpoint_agent.agent import run_agent
+    from endpoint_agent.settings import AgentSettings
+
+    from sdk import Client
+
+    with Client() as client:
+        endpoint_id = client.register_endpoint(args.name)
+    print(f"endpoint {args.name}: {endpoint_id}", flush=True)
+    asyncio.run(run_agent(AgentSettings.from_env(endpoint_id=endpoint_id)))
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from web_service.schema import upgrade
+
+    url = os.environ.get("DATABASE_URL") or f"sqlite+aiosqlite:///{default_home() / 'fxbroker.db'}"
+    upgrade(url)
+    print("database is at the latest revision", flush=True)
+    return 0
+
+
+def _database_url() -> str:
+    from web_service.settings import WebSettings
+
+    return WebSettings.from_env().database_url
+
+
+def cmd_user_create(args: argparse.Namespace) -> int:
+    from web_service.accounts import create_user
+
+    user_id, token = asyncio.run(create_user(_database_url(), args.name))
+    print(token)
+    print(f"user {args.name} ({user_id}); the token is shown only once", file=sys.stderr)
+    return 0
+
+
+def cmd_user_token(args: argparse.Namespace) -> int:
+    from web_service.accounts import issue_token
+
+    print(asyncio.run(issue_token(_database_url(), args.name)))
+    return 0
+
+
+def _add_stack_options(p: argparse.ArgumentParser, *, web_port: int, ws_port: int) -> None:
+    p.add_argument("--home", default=None, help="state folder (default $FXBROKER_HOME)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--web-port", type=int, default=web_port, help="0 picks a free port")
+    p.add_argument("--ws-port", type=int, default=ws_port, help="0 picks a free port")
+    p.add_argument("--workers", type=int, default=2, help="worker processes of the agent")
+    p.add_argument("--engine", choices=["process", "thread"], default="process")
+    p.add_argument(
+        "--fakeredis", action="store_true", help="use fakeredis even if redis-server exists"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fxbroker", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("dev", help="run the whole platform on the embedded default")
+    _add_stack_options(p, web_port=8000, ws_port=8001)
+    p.set_defaults(func=cmd_dev)
+
+    p = sub.add_parser("demo", help="run the platform and a sample workload, then exit")
+    _add_stack_options(p, web_port=0, ws_port=0)
+    p.add_argument("--tasks", type=int, default=1000, help="tasks per client style")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("web", help="run the web service (DATABASE_URL, REDIS_URL)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=cmd_web)
+
+    p = sub.add_parser("ws", help="run the WebSocket service (REDIS_URL, FXBROKER_WEB_URL)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8001)
+    p.set_defaults(func=cmd_ws)
+
+    endpoint = sub.add_parser("endpoint", help="endpoints").add_subparsers(
+        dest="endpoint_command", required=True
+    )
+    p = endpoint.add_parser("start", help="register NAME (once) and run its agent")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_endpoint_start)
+
+    db = sub.add_parser("db", help="the SQL schema").add_subparsers(
+        dest="db_command", required=True
+    )
+    db.add_parser("upgrade", help="apply migrations").set_defaults(func=cmd_db_upgrade)
+
+    user = sub.add_parser("user", help="users and API tokens").add_subparsers(
+        dest="user_command", required=True
+    )
+    p = user.add_parser("create", help="create a user and print its first token")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_user_create)
+    p = user.add_parser("token", help="print a new token for a user")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_user_token)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""The whole platform in one process: what ``fxbroker dev`` and ``fxbroker demo`` run.
+
+Web service (uvicorn), ws_service and one endpoint agent share one event loop; Redis is
+the embedded one unless a URL is given, SQL a SQLite file in the home folder unless a URL
+is given. On start it makes sure a user exists, registers the local endpoint, and writes
+the URL, token and endpoint id where the SDK looks (``$FXBROKER_HOME/config.json``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+import uvicorn
+from endpoint_agent.agent import Agent
+from endpoint_agent.settings import AgentSettings
+from web_service.app import create_app
+
+from fxbroker.embedded import EmbeddedRedis, free_port
+from sdk.config import write_config
+from web_service.accounts import create_user, issue_token
+from web_service.schema import upgrade
+from web_service.settings import WebSettings
+from ws_service.server import ResultServer
+from ws_service.settings import WsSettings
+
+DEV_USER = "dev"
+ENDPOINT_NAME = "local"
+
+
+@dataclass(frozen=True, kw_only=True)
+class StackSettings:
+    """What to run. Port 0 picks a free port."""
+
+    home: Path
+    host: str = "127.0.0.1"
+    web_port: int = 8000
+    ws_port: int = 8001
+    redis_url: str | None = None
+    database_url: str | None = None
+    redis_binary: bool = True
+    key_prefix: str = "fx"
+    engine: str = "process"
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    max_concurrency: int = 1000
+
+
+@dataclass(frozen=True)
+class StackInfo:
+    """Where the running platform is."""
+
+    url: str
+    ws_url: str
+    token: str
+    endpoint_id: str
+    redis_url: str
+    database_url: str
+    redis_kind: str
+
+
+class DevStack:
+    """``async with DevStack(settings) as stack:`` runs web, ws and an agent inside the block."""
+
+    def __init__(self, settings: StackSettings) -> None:
+        self.settings = settings
+        self._exit = contextlib.AsyncExitStack()
+        self._info: StackInfo | None = None
+
+    @property
+    def info(self) -> StackInfo:
+        if self._info is None:
+            raise RuntimeError("the stack is not running")
+        return self._info
+
+    async def __aenter__(self) -> DevStack:
+        try:
+            await self._start()
+        except BaseException:
+            await self._exit.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._exit.aclose()
+
+    async def _start(self) -> None:
+        s = self.settings
+        s.home.mkdir(parents=True, exist_ok=True)
+        redis_url, redis_kind = s.redis_url, "external"
+        if redis_url is None:
+            embedded = EmbeddedRedis(s.home / "redis", use_binary=s.redis_binary)
+            await asyncio.to_thread(embedded.start)
+            self._exit.callback(embedded.stop)
+            redis_url, redis_kind = embedded.url, embedded.kind
+        database_url = s.database_url or f"sqlite+aiosqlite:///{s.home / 'fxbroker.db'}"
+        await asyncio.to_thread(upgrade, database_url)
+
+        web_port = s.web_port or free_port(s.host)
+        ws_port = s.ws_port or free_port(s.host)
+        url, ws_url = f"http://{s.host}:{web_port}", f"ws://{s.host}:{ws_port}"
+        web_settings = WebSettings(
+            database_url=database_url, redis_url=redis_url, key_prefix=s.key_prefix, ws_url=ws_url
+        )
+        await self._serve_web(web_settings, web_port)
+
+        ws = ResultServer(
+            WsSettings(redis_url=redis_url, web_url=url, key_prefix=s.key_prefix,
+                       host=s.host, port=ws_port)
+        )  # fmt: skip
+        await self._exit.enter_async_context(ws)
+        self._background(ws.serve_forever(), "ws_service")
+
+        token = await self._token(database_url, url)
+        endpoint_id = await self._register_endpoint(url, token)
+        agent = Agent(
+            AgentSettings(
+                endpoint_id=endpoint_id, redis_url=redis_url, key_prefix=s.key_prefix,
+                engine="thread" if s.engine == "thread" else "process",
+                workers=s.workers, max_concurrency=s.max_concurrency,
+            )
+        )  # fmt: skip
+        await self._exit.enter_async_context(agent)
+        agent_task = self._background(agent.run(), "endpoint_agent")
+
+        async def stop_agent() -> None:
+            agent.stop()
+            with contextlib.suppress(asyncio.CancelledError):
+                await agent_task
+
+        self._exit.push_async_callback(stop_agent)
+        write_config(s.home, url=url, ws_url=ws_url, token=token, endpoint_id=endpoint_id)
+        self._info = StackInfo(
+            url=url, ws_url=ws_url, token=token, endpoint_id=endpoint_id,
+            redis_url=redis_url, database_url=database_url, redis_kind=redis_kind,
+        )  # fmt: skip
+
+    def _background(self, coro: object, name: str) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        task.set_name(name)
+
+        async def cancel() -> None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+        self._exit.push_async_callback(cancel)
+        return task
+
+    async def _serve_web(self, settings: WebSettings, port: int) -> None:
+        config = uvicorn.Config(
+            create_app(settings), host=self.settings.host, port=port,
+            log_level="warning", lifespan="on",
+        )  # fmt: skip
+        server = uvicorn.Server(config)
+        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        task = asyncio.create_task(server.serve(), name="web_service")
+
+        async def shutdown() -> None:
+            server.should_exit = True
+            await task
+
+        self._exit.push_async_callback(shutdown)
+        while not server.started:
+            if task.done():
+                task.result()
+                raise RuntimeError("the web service stopped while starting")
+            await asyncio.sleep(0.01)
+
+    async def _token(self, database_url: str, url: str) -> str:
+        """Reuse the token of the last run when it still works, else make one."""
+        config = self.settings.home / "config.json"
+        if config.exists():
+            token = str(json.loads(config.read_text()).get("token", ""))
+            if token:
+                async with httpx.AsyncClient(base_url=url) as http:
+                    reply = await http.get(
+                        "/v1/whoami", headers={"Authorization": f"Bearer {token}"}
+                    )
+                if reply.status_code == 200:
+                    return token
+        try:
+            _, token = await create_user(database_url, DEV_USER)
+        except ValueError:
+            token = await issue_token(database_url, DEV_USER)
+        return token
+
+    async def _register_endpoint(self, url: str, token: str) -> str:
+        async with httpx.AsyncClient(base_url=url) as http:
+            reply = await http.post(
+                "/v1/endpoints",
+                json={"name": ENDPOINT_NAME},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+        reply.raise_for_status()
+        endpoint_id: str = reply.json()["endpoint_id"]
+        return endpoint_id
