@@ -1,0 +1,51 @@
+"""Fixtures for the web service: a migrated database, two users, the app in process."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from web_service.accounts import create_user
+from web_service.app import create_app
+from web_service.schema import upgrade
+from web_service.settings import WebSettings
+
+from .helpers import ApiUser, in_process_client
+
+
+@pytest.fixture
+def migrated_database_url(database_url: str) -> str:
+    upgrade(database_url)
+    return database_url
+
+
+@pytest.fixture
+def web_settings(migrated_database_url: str, redis_url: str, key_prefix: str) -> WebSettings:
+    return WebSettings(
+        database_url=migrated_database_url,
+        redis_url=redis_url,
+        key_prefix=key_prefix,
+        ws_url="ws://127.0.0.1:8001",
+        max_tasks_per_batch=50,
+        max_body_bytes=64 * 1024,
+    )
+
+
+@pytest.fixture
+async def client(web_settings: WebSettings) -> AsyncIterator[httpx.AsyncClient]:
+    async with in_process_client(create_app(web_settings)) as http:
+        yield http
+
+
+@pytest.fixture
+async def alice(migrated_database_url: str, client: httpx.AsyncClient) -> ApiUser:
+    user_id, token = await create_user(migrated_database_url, "alice")
+    return ApiUser(user_id, "alice", token, client)
+
+
+@pytest.fixture
+async def bob(migrated_database_url: str, client: httpx.AsyncClient) -> ApiUser:
+    user_id, token = await create_user(migrated_database_url, "bob")
+    return ApiUser(user_id, "bob", token, client)

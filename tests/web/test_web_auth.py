@@ -1,0 +1,123 @@
+"""Bearer-token auth, the error shape, and the routes around the API."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+from datetime import UTC, datetime
+from importlib.metadata import version
+
+import httpx
+import pytest
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tests.conftest import free_port
+from web_service.accounts import create_user, hash_token, issue_token
+from web_service.app import create_app
+from web_service.database import open_engine
+from web_service.models import Token
+from web_service.settings import WebSettings
+
+from .helpers import ApiUser, assert_error, in_process_client
+
+
+async def test_missing_token_is_401_json(client: httpx.AsyncClient, alice: ApiUser) -> None:
+    response = await client.get("/v1/whoami")
+    assert_error(response, 401, "UNAUTHORIZED")
+    assert response.headers["www-authenticate"] == "Bearer"
+
+
+async def test_unknown_token_is_401(client: httpx.AsyncClient, alice: ApiUser) -> None:
+    response = await client.get("/v1/whoami", headers={"Authorization": "Bearer fxb_not-a-token"})
+    assert_error(response, 401, "UNAUTHORIZED")
+
+
+async def test_non_bearer_scheme_is_401(client: httpx.AsyncClient, alice: ApiUser) -> None:
+    response = await client.get("/v1/whoami", headers={"Authorization": f"Basic {alice.token}"})
+    assert_error(response, 401, "UNAUTHORIZED")
+
+
+async def test_every_v1_route_needs_a_token(client: httpx.AsyncClient) -> None:
+    for method, path in [
+        ("GET", "/v1/info"),
+        ("POST", "/v1/functions"),
+        ("GET", "/v1/functions/x"),
+        ("POST", "/v1/endpoints"),
+        ("GET", "/v1/endpoints/x"),
+        ("POST", "/v1/endpoints/x/submit"),
+        ("GET", "/v1/tasks/x"),
+        ("POST", "/v1/tasks/batch_status"),
+        ("GET", "/v1/task_groups/x"),
+    ]:
+        assert_error(await client.request(method, path), 401, "UNAUTHORIZED")
+
+
+async def test_whoami_names_the_tokens_owner(alice: ApiUser, bob: ApiUser) -> None:
+    assert (await alice.get("/v1/whoami")).json() == {"user_id": alice.user_id, "name": "alice"}
+    assert (await bob.get("/v1/whoami")).json() == {"user_id": bob.user_id, "name": "bob"}
+
+
+async def test_a_second_token_works_too(
+    client: httpx.AsyncClient, alice: ApiUser, migrated_database_url: str
+) -> None:
+    token = await issue_token(migrated_database_url, "alice")
+    assert token != alice.token
+    response = await client.get("/v1/whoami", headers={"Authorization": f"Bearer {token}"})
+    assert response.json()["user_id"] == alice.user_id
+
+
+async def test_info_serves_the_ws_url_and_version(alice: ApiUser) -> None:
+    assert (await alice.get("/v1/info")).json() == {
+        "ws_url": "ws://127.0.0.1:8001",
+        "version": version("fxbroker"),
+    }
+
+
+async def test_healthz_needs_no_token(client: httpx.AsyncClient) -> None:
+    response = await client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+async def test_unknown_route_and_wrong_method_are_json(
+    client: httpx.AsyncClient, alice: ApiUser
+) -> None:
+    assert_error(await alice.get("/v1/nothing-here"), 404, "NOT_FOUND")
+    assert_error(await client.get("/nothing-here"), 404, "NOT_FOUND")
+    assert_error(await alice.get("/v1/functions"), 405, "METHOD_NOT_ALLOWED")
+
+
+async def test_a_revoked_token_is_refused(web_settings: WebSettings) -> None:
+    settings = replace(web_settings, auth_cache_s=0)
+    _, token = await create_user(settings.database_url, "erin")
+    headers = {"Authorization": f"Bearer {token}"}
+    async with in_process_client(create_app(settings)) as client:
+        assert (await client.get("/v1/whoami", headers=headers)).status_code == 200
+        async with open_engine(settings.database_url) as engine, AsyncSession(engine) as session:
+            await session.execute(
+                update(Token)
+                .where(Token.token_hash == hash_token(token))
+                .values(revoked_at=datetime.now(UTC))
+            )
+            await session.commit()
+        assert_error(await client.get("/v1/whoami", headers=headers), 401, "UNAUTHORIZED")
+
+
+async def test_server_faults_are_500_json_and_healthz_says_what_fails(
+    web_settings: WebSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = replace(web_settings, redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    _, token = await create_user(settings.database_url, "frank")
+    app = create_app(settings)
+    async with in_process_client(app, raise_app_exceptions=False) as client:
+        health = await client.get("/healthz")
+        assert health.status_code == 503
+        assert health.json() == {"status": "unavailable", "failing": ["redis"]}
+        response = await client.get(
+            f"/v1/tasks/{uuid.uuid4()}", headers={"Authorization": f"Bearer {token}"}
+        )
+    assert response.status_code == 500
+    body = response.json()
+    assert body["code"] == "INTERNAL_ERROR"
+    assert body["request_id"] in caplog.text

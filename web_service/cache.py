@@ -1,0 +1,73 @@
+"""Small in-process caches: bounded, least-recently-used first out, optionally expiring.
+
+They hold what never changes once written (a function's owner and code, an endpoint's or
+task group's owner) and, for ``auth_cache_s``, who a token belongs to. Each web process
+has its own; nothing here is shared or persisted.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class LRUCache(Generic[K, V]):
+    """At most ``max_items`` entries and ``max_weight`` total weight (``weigh`` of each value).
+
+    With ``ttl_s`` an entry is forgotten that many seconds after it was stored. An entry
+    heavier than ``max_weight`` is never stored.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_items: int,
+        max_weight: int | None = None,
+        weigh: Callable[[V], int] | None = None,
+        ttl_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._entries: OrderedDict[K, tuple[V, float, int]] = OrderedDict()
+        self._max_items = max_items
+        self._max_weight = max_weight
+        self._weigh = weigh
+        self._ttl_s = ttl_s
+        self._clock = clock
+        self._weight = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: K) -> V | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        value, expires_at, _ = entry
+        if self._ttl_s is not None and self._clock() >= expires_at:
+            self._drop(key)
+            return None
+        self._entries.move_to_end(key)
+        return value
+
+    def put(self, key: K, value: V) -> None:
+        if key in self._entries:
+            self._drop(key)
+        weight = self._weigh(value) if self._weigh is not None else 0
+        if self._max_items < 1 or (self._max_weight is not None and weight > self._max_weight):
+            return
+        expires_at = self._clock() + self._ttl_s if self._ttl_s is not None else 0.0
+        self._entries[key] = (value, expires_at, weight)
+        self._weight += weight
+        while len(self._entries) > self._max_items or (
+            self._max_weight is not None and self._weight > self._max_weight
+        ):
+            self._drop(next(iter(self._entries)))
+
+    def _drop(self, key: K) -> None:
+        _, _, weight = self._entries.pop(key)
+        self._weight -= weight

@@ -1,0 +1,39 @@
+"""What every request handler shares: settings, SQL, Redis and the in-process caches.
+
+One :class:`AppContext` is built by the app's lifespan (which also closes it) and reaches
+handlers as ``request.state.context``; :func:`context_of` fetches it, typed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import redis.asyncio as aioredis
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.requests import HTTPConnection
+
+from sdk.keys import Keys
+from web_service.catalog import Catalog
+from web_service.settings import WebSettings
+
+if TYPE_CHECKING:
+    from web_service.auth import TokenAuthenticator
+
+
+@dataclass(frozen=True, kw_only=True)
+class AppContext:
+    settings: WebSettings
+    engine: AsyncEngine
+    redis: aioredis.Redis
+    keys: Keys
+    catalog: Catalog
+    auth: TokenAuthenticator
+    version: str
+
+
+def context_of(connection: HTTPConnection) -> AppContext:
+    context = connection.state.context
+    if not isinstance(context, AppContext):
+        raise RuntimeError("the web service context is missing; was the lifespan run?")
+    return context

@@ -1,0 +1,42 @@
+"""The async SQL engine: one per process, opened in the app's lifespan or by a CLI call."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from web_service.settings import async_database_url
+
+
+def create_engine(database_url: str) -> AsyncEngine:
+    """An async engine for ``database_url`` (plain URLs get their asyncio driver).
+
+    On SQLite, foreign keys are switched on for every connection, as PostgreSQL always has them.
+    """
+    url = async_database_url(database_url)
+    engine = create_async_engine(url, pool_pre_ping=url.startswith("postgresql"))
+    if url.startswith("sqlite"):
+        event.listen(engine.sync_engine, "connect", _sqlite_foreign_keys)
+    return engine
+
+
+@asynccontextmanager
+async def open_engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    """An engine that is disposed when the block ends."""
+    engine = create_engine(database_url)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+def _sqlite_foreign_keys(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cursor.close()

@@ -1,0 +1,125 @@
+"""Error answers: every client mistake is a 4xx JSON body, every answer has a request id.
+
+The body of an error is ``{"code": "UPPER_SNAKE", "message": "...", "request_id": "..."}``;
+the same request id is in the ``x-request-id`` header of every response, so a user can
+quote it and an operator can find it in the logs. Codes: ``UNAUTHORIZED`` 401,
+``NOT_FOUND`` / ``FUNCTION_NOT_FOUND`` / ``ENDPOINT_NOT_FOUND`` / ``TASK_NOT_FOUND`` /
+``TASK_GROUP_NOT_FOUND`` 404, ``BAD_REQUEST`` 400, ``PAYLOAD_TOO_LARGE`` 413,
+``VALIDATION_ERROR`` 422, ``INTERNAL_ERROR`` 500 (a server fault, logged with its traceback).
+"""
+
+from __future__ import annotations
+
+import http
+import logging
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+logger = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "x-request-id"
+
+
+class ApiError(Exception):
+    """An answer other than success, raised anywhere below a route."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(status, code, message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.code}: {self.message}"
+
+
+def unauthorized(message: str) -> ApiError:
+    return ApiError(401, "UNAUTHORIZED", message)
+
+
+def bad_request(message: str) -> ApiError:
+    return ApiError(400, "BAD_REQUEST", message)
+
+
+def invalid(message: str) -> ApiError:
+    return ApiError(422, "VALIDATION_ERROR", message)
+
+
+def not_found(kind: str, object_id: str) -> ApiError:
+    """404 ``<KIND>_NOT_FOUND``: what does not exist and what is not the caller's look alike."""
+    return ApiError(404, f"{kind.upper()}_NOT_FOUND", f"no {kind.replace('_', ' ')} {object_id}")
+
+
+def request_id_of(scope: Scope) -> str:
+    state: Mapping[str, Any] = scope.get("state") or {}
+    return str(state.get("request_id", ""))
+
+
+def error_response(exc: ApiError, request_id: str) -> JSONResponse:
+    body = {"code": exc.code, "message": exc.message, "request_id": request_id}
+    headers = {"www-authenticate": "Bearer"} if exc.status == 401 else None
+    return JSONResponse(body, status_code=exc.status, headers=headers)
+
+
+class RequestIdMiddleware:
+    """Gives every HTTP request a fresh id (``request.state.request_id``) and echoes it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers.append((REQUEST_ID_HEADER.encode(), request_id.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+async def api_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc, request_id_of(request.scope))
+
+
+async def http_error_handler(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors (no such route, wrong method) in our JSON shape."""
+    assert isinstance(exc, HTTPException)
+    try:
+        code = http.HTTPStatus(exc.status_code).name
+    except ValueError:
+        code = f"HTTP_{exc.status_code}"
+    response = error_response(
+        ApiError(exc.status_code, code, exc.detail), request_id_of(request.scope)
+    )
+    for name, value in (exc.headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+async def server_error_handler(request: Request, exc: Exception) -> Response:
+    """A fault of ours: logged with its traceback; the client sees only the request id."""
+    request_id = request_id_of(request.scope)
+    logger.error("request %s failed", request_id, exc_info=exc)
+    message = "internal error; quote the request id when reporting it"
+    return error_response(ApiError(500, "INTERNAL_ERROR", message), request_id)
+
+
+EXCEPTION_HANDLERS = {
+    ApiError: api_error_handler,
+    HTTPException: http_error_handler,
+    Exception: server_error_handler,
+}

@@ -1,0 +1,125 @@
+"""The Redis side of tasks: queueing a batch, reading tasks back, caching function code.
+
+Key names come from :class:`sdk.keys.Keys`, record shapes from :mod:`sdk.messages`; the
+flows are the ones ``docs/internals.md`` describes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import cast
+
+import redis.asyncio as aioredis
+from redis.typing import EncodableT, FieldT
+
+from sdk.keys import Keys
+from sdk.messages import StreamEntry, TaskHash, TaskInfo, TaskSpec, task_info
+from sdk.states import TaskState
+from web_service.models import is_id, new_id
+
+
+async def enqueue(
+    redis: aioredis.Redis,
+    keys: Keys,
+    *,
+    user_id: str,
+    endpoint_id: str,
+    task_group_id: str,
+    tasks: Sequence[TaskSpec],
+    codes: Mapping[str, str],
+    result_ttl_s: int,
+) -> list[str]:
+    """Queue ``tasks`` on the endpoint's stream in one pipelined round trip; their ids, in order.
+
+    The pipeline first re-``SET NX``es the code of every function in ``codes`` (so a cache
+    that Redis evicted heals before an agent asks for it), then per task writes its hash
+    (state ``waiting-for-ep``) and appends its entry to ``keys.endpoint_tasks``, then appends
+    the ids to the task group's list and renews that list's TTL.
+
+    Contract: when this returns, Redis has acknowledged every write and agents may already be
+    running the tasks; entries are appended in submission order. The pipeline is not a
+    transaction (a batch spans hash slots): if it raises, a prefix of the batch may be queued
+    although the caller never learns those ids, so a client retry can run a task twice,
+    which the at-least-once execution contract allows.
+    """
+    task_ids = [new_id() for _ in tasks]
+    created_at = f"{time.time():.6f}"
+    pipe = redis.pipeline(transaction=False)
+    for function_id, code in codes.items():
+        pipe.set(keys.function_code(function_id), code, nx=True)
+    stream = keys.endpoint_tasks(endpoint_id)
+    for task_id, spec in zip(task_ids, tasks, strict=True):
+        record: TaskHash = {
+            "task_id": task_id,
+            "user_id": user_id,
+            "endpoint_id": endpoint_id,
+            "function_id": spec["function_id"],
+            "task_group_id": task_group_id,
+            "state": TaskState.WAITING.value,
+            "created_at": created_at,
+            "attempts": "0",
+        }
+        entry: StreamEntry = {
+            "task_id": task_id,
+            "function_id": spec["function_id"],
+            "task_group_id": task_group_id,
+            "payload": spec["payload"],
+        }
+        pipe.hset(keys.task(task_id), mapping=_fields(record))
+        pipe.xadd(stream, _fields(entry))
+    group_tasks = keys.task_group_tasks(task_group_id)
+    pipe.rpush(group_tasks, *task_ids)
+    pipe.expire(group_tasks, result_ttl_s)
+    await pipe.execute()
+    return task_ids
+
+
+def _fields(record: TaskHash | StreamEntry) -> dict[FieldT, EncodableT]:
+    """A record as the field mapping redis-py's ``HSET`` and ``XADD`` take."""
+    return {field: str(value) for field, value in record.items()}
+
+
+async def store_function_code(
+    redis: aioredis.Redis, keys: Keys, function_id: str, code: str
+) -> None:
+    """Cache a function's code for agents (no TTL; SQL keeps the original)."""
+    await redis.set(keys.function_code(function_id), code)
+
+
+async def read_tasks(
+    redis: aioredis.Redis, keys: Keys, user_id: str, task_ids: Sequence[str]
+) -> dict[str, TaskInfo]:
+    """The tasks among ``task_ids`` that exist and belong to ``user_id``; one round trip."""
+    wanted = [task_id for task_id in task_ids if is_id(task_id)]
+    if not wanted:
+        return {}
+    pipe = redis.pipeline(transaction=False)
+    for task_id in wanted:
+        pipe.hgetall(keys.task(task_id))
+    found: dict[str, TaskInfo] = {}
+    for task_id, fields in zip(wanted, await pipe.execute(), strict=True):
+        if fields and fields.get("user_id") == user_id:
+            found[task_id] = task_info(fields)
+    return found
+
+
+async def read_task(
+    redis: aioredis.Redis, keys: Keys, user_id: str, task_id: str
+) -> TaskInfo | None:
+    """The task if it exists and belongs to ``user_id``."""
+    return (await read_tasks(redis, keys, user_id, [task_id])).get(task_id)
+
+
+async def task_group_task_ids(redis: aioredis.Redis, keys: Keys, task_group_id: str) -> list[str]:
+    """Every task id submitted into the group, in order, until the list expires."""
+    ids = await redis.lrange(keys.task_group_tasks(task_group_id), 0, -1)
+    return cast(list[str], ids)  # decode_responses=True: strings, not bytes
+
+
+async def endpoint_status(
+    redis: aioredis.Redis, keys: Keys, endpoint_id: str
+) -> dict[str, str] | None:
+    """The latest heartbeat of the endpoint's agents, or None when none is live."""
+    status = await redis.hgetall(keys.endpoint_status(endpoint_id))
+    return cast(dict[str, str], status) or None  # decode_responses=True: strings
