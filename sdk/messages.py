@@ -127,10 +127,30 @@ class ResultsFrame(TypedDict):
     results: list[ResultItem]
 
 
+class SubscribedFrame(TypedDict):
+    """ws_service -> client: the subscription to a task group is live from ``cursor``."""
+
+    type: Literal["subscribed"]
+    task_group_id: str
+    cursor: str
+
+
+class UnsubscribeFrame(TypedDict):
+    """Client -> ws_service: stop sending results of a task group."""
+
+    type: Literal["unsubscribe"]
+    task_group_id: str
+
+
 class ErrorFrame(TypedDict):
+    """ws_service -> client: a frame was refused; the connection stays open.
+
+    ``task_group_id`` is set when the error ends (or refuses) that group's subscription."""
+
     type: Literal["error"]
     code: str
     message: str
+    task_group_id: NotRequired[str]
 
 
 def exception_record(exc: BaseException) -> ExceptionRecord:

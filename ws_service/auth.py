@@ -1,0 +1,163 @@
+"""Who is calling, and may they read this task group? Asked of the web service over HTTP.
+
+The ws_service holds no SQL and no token table: it forwards the caller's bearer token to
+``GET /v1/whoami`` and ``GET /v1/task_groups/{id}`` and believes the answer. Positive answers
+are cached for ``cache_s`` per token (hashed, never stored as given), so a reconnect storm or
+many subscriptions cost the web service one request per token and group per period; negative
+answers are never cached, so a token created a moment ago works at once. A revoked token
+keeps working here for at most ``cache_s``.
+
+Errors::
+
+    FxBrokerError (sdk.errors)
+    ├── APIError          the web service refused: 401 UNAUTHORIZED, 404 NOT_FOUND, ...
+    └── WebUnavailable    the web service could not be reached or failed (5xx)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from sdk.errors import APIError, FxBrokerError
+
+CACHE_ENTRIES_MAX = 10_000
+"""Cached answers beyond this many drop the least recently used."""
+
+
+class WebUnavailable(FxBrokerError):
+    """The web service could not answer (transport error or a 5xx status)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """An authenticated connection's user, and the token it authenticated with."""
+
+    user_id: str
+    name: str
+    token: str
+
+    def __repr__(self) -> str:
+        return f"Caller(user_id={self.user_id!r}, name={self.name!r})"
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, or None."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return None
+    return token
+
+
+def _token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class _TTLCache:
+    """Positive answers with an expiry, bounded in size (least recently used goes first)."""
+
+    def __init__(self, ttl_s: float, clock: Callable[[], float]) -> None:
+        self._ttl_s = ttl_s
+        self._clock = clock
+        self._entries: OrderedDict[Hashable, tuple[float, Any]] = OrderedDict()
+
+    def get(self, key: Hashable) -> Any | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        expires, value = entry
+        if self._clock() >= expires:
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return value
+
+    def put(self, key: Hashable, value: Any) -> None:
+        if self._ttl_s <= 0:
+            return
+        self._entries[key] = (self._clock() + self._ttl_s, value)
+        self._entries.move_to_end(key)
+        while len(self._entries) > CACHE_ENTRIES_MAX:
+            self._entries.popitem(last=False)
+
+
+class Authenticator:
+    """Checks tokens and task-group ownership against the web service at ``web_url``.
+
+    ``http`` is an open :class:`httpx.AsyncClient` whose lifetime the caller manages."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        web_url: str,
+        *,
+        cache_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._http = http
+        self._web_url = web_url.rstrip("/")
+        self._callers = _TTLCache(cache_s, clock)
+        self._groups = _TTLCache(cache_s, clock)
+
+    async def authenticate(self, token: str) -> Caller | None:
+        """The caller the token belongs to, or None when the web service answers 401."""
+        digest = _token_digest(token)
+        cached: Caller | None = self._callers.get(digest)
+        if cached is not None:
+            return cached
+        try:
+            body = await self._get("/v1/whoami", token)
+        except APIError as exc:
+            if exc.status == 401:
+                return None
+            raise
+        if not body.get("user_id"):
+            raise WebUnavailable("GET /v1/whoami: the answer carries no user_id")
+        caller = Caller(user_id=str(body["user_id"]), name=str(body.get("name", "")), token=token)
+        self._callers.put(digest, caller)
+        return caller
+
+    async def check_task_group(self, caller: Caller, task_group_id: str) -> None:
+        """Return when ``task_group_id`` is the caller's; raise :class:`APIError` (404
+        ``NOT_FOUND`` for someone else's or no group, 401 for a token revoked since) or
+        :class:`WebUnavailable` otherwise."""
+        key = (_token_digest(caller.token), task_group_id)
+        if self._groups.get(key) is not None:
+            return
+        await self._get(f"/v1/task_groups/{task_group_id}", caller.token)
+        self._groups.put(key, True)
+
+    async def _get(self, path: str, token: str) -> dict[str, Any]:
+        try:
+            response = await self._http.get(
+                self._web_url + path, headers={"Authorization": f"Bearer {token}"}
+            )
+        except httpx.HTTPError as exc:
+            raise WebUnavailable(f"GET {path}: {type(exc).__name__}: {exc}") from exc
+        if response.status_code >= 500:
+            raise WebUnavailable(f"GET {path}: HTTP {response.status_code}")
+        try:
+            body: Any = response.json()
+        except ValueError:
+            body = {}
+        if response.status_code >= 400:
+            if not isinstance(body, dict):
+                body = {}
+            raise APIError(
+                response.status_code,
+                str(body.get("code", "HTTP_ERROR")),
+                str(body.get("message", response.reason_phrase)),
+                str(body.get("request_id", "")),
+            )
+        if not isinstance(body, dict):
+            raise WebUnavailable(f"GET {path}: the answer is not a JSON object")
+        return body

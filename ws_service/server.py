@@ -1,0 +1,344 @@
+"""The WebSocket result service: stateless fan-out of task-group results from Redis.
+
+A client connects to ``ws://host:port/v1/results`` with ``Authorization: Bearer <token>``
+(checked during the handshake; a missing or bad token is answered HTTP 401, an unreachable
+web service 503), then subscribes to task groups. Each subscription is one task reading the
+group's results stream from the client's cursor and pushing what it reads; nothing about a
+client is kept anywhere but in its connection, so any number of copies can run side by side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http
+import logging
+import random
+import signal
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from sdk.errors import APIError
+from sdk.keys import Keys
+from ws_service import protocol
+from ws_service.auth import Authenticator, Caller, WebUnavailable, bearer_token
+from ws_service.settings import WsSettings
+
+logger = logging.getLogger(__name__)
+
+RESULTS_PATH = "/v1/results"
+"""The one WebSocket route."""
+CLIENT_FRAME_BYTES_MAX = 64 * 1024
+"""Client frames are small commands; a larger one closes the connection (code 1009)."""
+_SUBSCRIBE_ERROR_CODES = {
+    401: protocol.UNAUTHORIZED,
+    403: protocol.NOT_FOUND,
+    404: protocol.NOT_FOUND,
+}
+"""Error frame code for each status of the web service's answer about a task group."""
+
+
+class Backoff:
+    """Delays between retries of a failing Redis read: doubling from ``initial_s`` up to
+    ``max_s``, each with up to 50 % random jitter so many subscriptions do not retry in step."""
+
+    def __init__(self, *, initial_s: float = 0.1, max_s: float = 5.0) -> None:
+        self.initial_s = initial_s
+        self.max_s = max_s
+        self._next_s = initial_s
+
+    def next_delay_s(self) -> float:
+        delay = self._next_s
+        self._next_s = min(self._next_s * 2, self.max_s)
+        return delay * (0.5 + random.random() / 2)
+
+    def reset(self) -> None:
+        self._next_s = self.initial_s
+
+
+class _Connection(ServerConnection):
+    """A server connection that remembers who authenticated it during the handshake."""
+
+    caller: Caller | None = None
+
+
+class ResultServer:
+    """The result service, opened and closed with ``async with``::
+
+        async with ResultServer(settings) as server:
+            print(server.port)
+            await server.serve_forever()
+
+    Leaving the block closes every connection (code 1001), cancels every subscription and
+    closes the Redis and HTTP clients it opened.
+
+    Delivery contract, per subscription: every completion notice of the task group after the
+    subscription's cursor is pushed at least once, in completion order (the stream's order),
+    each as a ``ResultItem`` carrying its own ``cursor``. A client that reconnects and
+    resubscribes from the last cursor it saw misses nothing; it may receive again results it
+    had already received (a frame in flight when the connection dropped), so the SDK drops
+    duplicates by task id. A Redis failure delays results (retried with backoff) but loses
+    none and never closes a connection.
+    """
+
+    def __init__(self, settings: WsSettings) -> None:
+        self.settings = settings
+        self.keys = Keys(settings.key_prefix)
+        self._redis: aioredis.Redis | None = None
+        self._http: httpx.AsyncClient | None = None
+        self._auth: Authenticator | None = None
+        self._server: Server | None = None
+
+    @property
+    def port(self) -> int:
+        """The port actually bound (useful with ``port=0``)."""
+        if self._server is None:
+            raise RuntimeError("the server is not open; use `async with ResultServer(...)`")
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    async def __aenter__(self) -> Self:
+        settings = self.settings
+        self._redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+        self._http = httpx.AsyncClient(timeout=settings.auth_timeout_s)
+        self._auth = Authenticator(self._http, settings.web_url, cache_s=settings.auth_cache_s)
+        try:
+            self._server = await serve(
+                self._handle,
+                settings.host,
+                settings.port,
+                process_request=self._process_request,
+                create_connection=_Connection,
+                ping_interval=settings.ping_interval_s,
+                max_size=CLIENT_FRAME_BYTES_MAX,
+            )
+        except BaseException:
+            await self._close_clients()
+            raise
+        logger.info("ws_service listening on %s:%d", settings.host, self.port)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        await self._close_clients()
+
+    async def serve_forever(self) -> None:
+        """Serve until cancelled (or until the ``async with`` block is left elsewhere)."""
+        if self._server is None:
+            raise RuntimeError("the server is not open; use `async with ResultServer(...)`")
+        await self._server.serve_forever()
+
+    async def _close_clients(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    async def _process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
+        """Handshake: the route must be ``/v1/results`` and the bearer token valid."""
+        assert self._auth is not None and isinstance(connection, _Connection)
+        if request.path.split("?", 1)[0] != RESULTS_PATH:
+            return connection.respond(http.HTTPStatus.NOT_FOUND, f"no route; use {RESULTS_PATH}\n")
+        token = bearer_token(request.headers.get("Authorization"))
+        if token is None:
+            return connection.respond(http.HTTPStatus.UNAUTHORIZED, "missing bearer token\n")
+        try:
+            caller = await self._auth.authenticate(token)
+        except (WebUnavailable, APIError) as exc:
+            logger.warning("cannot check a token with the web service: %s", exc)
+            return connection.respond(
+                http.HTTPStatus.SERVICE_UNAVAILABLE, "cannot check the token now; retry\n"
+            )
+        if caller is None:
+            return connection.respond(http.HTTPStatus.UNAUTHORIZED, "invalid token\n")
+        connection.caller = caller
+        return None
+
+    async def _handle(self, connection: ServerConnection) -> None:
+        """One connection: read commands until it closes, then cancel its subscriptions."""
+        assert isinstance(connection, _Connection) and connection.caller is not None
+        caller = connection.caller
+        subscriptions: dict[str, asyncio.Task[None]] = {}
+        try:
+            async for message in connection:
+                command = protocol.parse_frame(message)
+                if isinstance(command, protocol.Subscribe):
+                    await self._subscribe(connection, caller, subscriptions, command)
+                elif isinstance(command, protocol.Unsubscribe):
+                    await _cancel(subscriptions.pop(command.task_group_id, None))
+                else:
+                    await connection.send(protocol.encode(command))
+        except ConnectionClosed:
+            pass
+        finally:
+            for task in subscriptions.values():
+                task.cancel()
+            await asyncio.gather(*subscriptions.values(), return_exceptions=True)
+
+    async def _subscribe(
+        self,
+        connection: ServerConnection,
+        caller: Caller,
+        subscriptions: dict[str, asyncio.Task[None]],
+        command: protocol.Subscribe,
+    ) -> None:
+        """Check the group is the caller's, answer ``subscribed``, start pushing.
+
+        Subscribing again to a group replaces the earlier subscription (new cursor)."""
+        assert self._auth is not None
+        gid = command.task_group_id
+        if gid not in subscriptions and len(subscriptions) >= self.settings.max_subscriptions:
+            await connection.send(
+                protocol.encode(
+                    protocol.error_frame(
+                        protocol.TOO_MANY_SUBSCRIPTIONS,
+                        f"at most {self.settings.max_subscriptions} subscriptions per connection",
+                        gid,
+                    )
+                )
+            )
+            return
+        try:
+            await self._auth.check_task_group(caller, gid)
+        except APIError as exc:
+            code = _SUBSCRIBE_ERROR_CODES.get(exc.status, protocol.UNAVAILABLE)
+            await connection.send(protocol.encode(protocol.error_frame(code, exc.message, gid)))
+            return
+        except WebUnavailable as exc:
+            logger.warning("cannot check task group %s with the web service: %s", gid, exc)
+            await connection.send(
+                protocol.encode(
+                    protocol.error_frame(
+                        protocol.UNAVAILABLE, "cannot check the task group now; retry", gid
+                    )
+                )
+            )
+            return
+        await _cancel(subscriptions.pop(gid, None))
+        await connection.send(protocol.encode(protocol.subscribed_frame(command)))
+        subscriptions[gid] = asyncio.create_task(
+            self._push_until_failure(connection, gid, command.cursor), name=f"push {gid}"
+        )
+
+    async def _push_until_failure(
+        self, connection: ServerConnection, task_group_id: str, cursor: str
+    ) -> None:
+        """:meth:`_push`, ending the subscription with an ``INTERNAL`` error frame (and a
+        logged traceback) should it fail for a reason other than Redis."""
+        try:
+            await self._push(connection, task_group_id, cursor)
+        except Exception:
+            logger.exception("pushing results of task group %s failed", task_group_id)
+            frame = protocol.error_frame(
+                protocol.INTERNAL, "this subscription failed; subscribe again", task_group_id
+            )
+            with contextlib.suppress(ConnectionClosed):
+                await connection.send(protocol.encode(frame))
+
+    async def _push(self, connection: ServerConnection, task_group_id: str, cursor: str) -> None:
+        """Push the results of one task group after ``cursor`` until cancelled.
+
+        Each round: one ``XREAD COUNT batch_max BLOCK block_ms`` of the group's results
+        stream, one pipeline of ``HGETALL`` for the tasks it names, then one ``results``
+        frame with all of them (more only when one would pass ``max_frame_bytes``). The cursor
+        advances only after the frames are handed to the connection, so a Redis error retries
+        the same read. Ends quietly when the connection closes."""
+        assert self._redis is not None
+        redis = self._redis
+        settings = self.settings
+        stream = self.keys.task_group_results(task_group_id)
+        backoff = Backoff()
+        while True:
+            try:
+                reply: Any = await redis.xread(
+                    {stream: cursor}, count=settings.batch_max, block=settings.block_ms
+                )
+                entries = _stream_entries(reply)
+                if not entries:
+                    continue
+                notices = protocol.parse_notices(entries)
+                hashes: list[dict[str, str]] = []
+                if notices:
+                    async with redis.pipeline(transaction=False) as pipe:
+                        for notice in notices:
+                            pipe.hgetall(self.keys.task(notice.task_id))
+                        hashes = await pipe.execute()
+            except RedisError as exc:
+                delay_s = backoff.next_delay_s()
+                logger.warning(
+                    "reading results of task group %s failed (%s: %s); retrying in %.1f s",
+                    task_group_id,
+                    type(exc).__name__,
+                    exc,
+                    delay_s,
+                )
+                await asyncio.sleep(delay_s)
+                continue
+            backoff.reset()
+            items = protocol.result_items(notices, hashes)
+            frames = protocol.results_frames(
+                task_group_id, items, max_frame_bytes=settings.max_frame_bytes
+            )
+            try:
+                for frame in frames:
+                    await connection.send(frame)
+            except ConnectionClosed:
+                return
+            cursor = entries[-1][0]
+
+
+def _stream_entries(reply: Any) -> list[tuple[str, dict[str, str]]]:
+    """The entries of a one-stream ``XREAD`` reply: ``[[stream, [(id, fields), ...]]]``."""
+    if not reply:
+        return []
+    return [(entry_id, fields) for entry_id, fields in reply[0][1]]
+
+
+async def _cancel(task: asyncio.Task[None] | None) -> None:
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def run_ws(settings: WsSettings, *, handle_signals: bool = True) -> None:
+    """Run the result service until cancelled, or until SIGINT/SIGTERM when
+    ``handle_signals`` is true; then close every connection and return."""
+    async with ResultServer(settings) as server:
+        if not handle_signals:
+            await server.serve_forever()
+            return
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            serving = asyncio.create_task(server.serve_forever())
+            stopping = asyncio.create_task(stop.wait())
+            await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (serving, stopping):
+                task.cancel()
+            await asyncio.gather(serving, stopping, return_exceptions=True)
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
