@@ -6,6 +6,7 @@
     ├── DeserializationError        a buffer could not be deserialized
     ├── ConfigurationError          no URL/token/endpoint could be found
     ├── APIError                    the service answered with an error (status, code, message)
+    ├── ConnectionFailed            the service could not be reached (after retries, where any)
     ├── TaskPending                 a result was asked for before the task finished
     └── TaskFailed                  the task ended failed or cancelled (remote traceback attached)
 
@@ -44,6 +45,18 @@ class APIError(FxBrokerError):
 
     def __str__(self) -> str:
         return f"{self.status} {self.code}: {self.message}"
+
+
+class ConnectionFailed(FxBrokerError):
+    """The web or WebSocket service could not be reached, or the connection kept failing."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(url, reason)
+        self.url = url
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"could not reach {self.url}: {self.reason}"
 
 
 class TaskPending(FxBrokerError):

@@ -1,0 +1,384 @@
+"""The SDK's protocol as pure code: requests built, responses parsed, results decided.
+
+Nothing here does I/O. :class:`~sdk.client.Client`, :class:`~sdk.asyncio_client.AsyncClient`
+and :class:`~sdk.executor.Executor` build every :class:`Request` here, send it their own way
+(sync or async httpx), and hand the answer back to a parser here, the way httpx shares one
+``BaseClient``. The WebSocket frames the result listener sends and reads are built and
+parsed here too.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from sdk.errors import APIError, ConfigurationError, TaskPending
+from sdk.messages import (
+    ExceptionRecord,
+    ResultItem,
+    SubmitRequest,
+    SubmitResponse,
+    TaskInfo,
+    TaskSpec,
+    task_failed,
+)
+from sdk.serialize import deserialize, pack_payload, serialize
+from sdk.states import TaskState
+
+API = "/v1"
+RESULTS_PATH = "/v1/results"
+START_CURSOR = "0"
+"""The cursor that replays a task group from its first result."""
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One HTTP request to the web service, relative to its base URL."""
+
+    method: str
+    path: str
+    json: Any = None
+
+
+def _id(value: str) -> str:
+    return quote(value, safe="")
+
+
+def auth_headers(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+# -- requests --------------------------------------------------------------------------------
+
+
+def whoami() -> Request:
+    return Request("GET", f"{API}/whoami")
+
+
+def info() -> Request:
+    return Request("GET", f"{API}/info")
+
+
+def default_function_name(fn: Callable[..., Any]) -> str:
+    """The name a function is registered under when none is given."""
+    name = getattr(fn, "__name__", None)
+    return name if isinstance(name, str) else type(fn).__name__
+
+
+def register_function(
+    fn: Callable[..., Any], *, function_name: str | None = None, description: str | None = None
+) -> Request:
+    """``POST /v1/functions`` with ``fn`` serialized as code."""
+    if not callable(fn):
+        raise TypeError(f"register_function needs a callable, not {type(fn).__name__}")
+    body: dict[str, str] = {
+        "function_name": function_name or default_function_name(fn),
+        "function_code": serialize(fn),
+    }
+    if description is not None:
+        body["description"] = description
+    return Request("POST", f"{API}/functions", body)
+
+
+def get_function(function_id: str) -> Request:
+    return Request("GET", f"{API}/functions/{_id(function_id)}")
+
+
+def register_endpoint(name: str) -> Request:
+    return Request("POST", f"{API}/endpoints", {"name": name})
+
+
+def get_endpoint(endpoint_id: str) -> Request:
+    return Request("GET", f"{API}/endpoints/{_id(endpoint_id)}")
+
+
+def task_spec(
+    function_id: str, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None
+) -> TaskSpec:
+    """One task of a batch: the function and its packed arguments."""
+    return {"function_id": function_id, "payload": pack_payload(tuple(args), dict(kwargs or {}))}
+
+
+def submit(endpoint_id: str, tasks: Sequence[TaskSpec], task_group_id: str | None) -> Request:
+    """``POST /v1/endpoints/{id}/submit``: the reply lists task ids in the order of ``tasks``."""
+    body: SubmitRequest = {"tasks": list(tasks)}
+    if task_group_id is not None:
+        body["task_group_id"] = task_group_id
+    return Request("POST", f"{API}/endpoints/{_id(endpoint_id)}/submit", body)
+
+
+def get_task(task_id: str) -> Request:
+    return Request("GET", f"{API}/tasks/{_id(task_id)}")
+
+
+def batch_status(task_ids: Sequence[str]) -> Request:
+    return Request("POST", f"{API}/tasks/batch_status", {"task_ids": list(task_ids)})
+
+
+def get_task_group(task_group_id: str) -> Request:
+    return Request("GET", f"{API}/task_groups/{_id(task_group_id)}")
+
+
+FunctionKey = tuple[Hashable, str | None, str | None]
+
+
+def function_key(
+    fn: Callable[..., Any], function_name: str | None, description: str | None
+) -> FunctionKey | None:
+    """The key a client caches a registration under; ``None`` for an unhashable callable."""
+    try:
+        hash(fn)
+    except TypeError:
+        return None
+    return (fn, function_name, description)
+
+
+class Batch:
+    """Tasks gathered for one submit (``Client.create_batch``); ``len`` counts them."""
+
+    def __init__(self) -> None:
+        self.tasks: list[TaskSpec] = []
+
+    def add(
+        self,
+        function_id: str,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Add one call of ``function_id``; its arguments are serialized now."""
+        self.tasks.append(task_spec(function_id, args, kwargs))
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def __repr__(self) -> str:
+        return f"<Batch of {len(self.tasks)} tasks>"
+
+
+# -- responses -------------------------------------------------------------------------------
+
+
+def _bad_response(status: int, what: str) -> APIError:
+    return APIError(status, "BAD_RESPONSE", f"the service answered with {what}")
+
+
+def parse_response(status: int, content: bytes, *, request_id: str = "") -> Any:
+    """The JSON body of a 2xx answer, or :class:`APIError` for any other.
+
+    ``request_id`` (from the ``x-request-id`` header) is used when the error body has none."""
+    try:
+        data: Any = json.loads(content) if content else None
+    except ValueError:
+        data = None
+        if 200 <= status < 300:
+            raise _bad_response(status, "a body that is not JSON") from None
+    if 200 <= status < 300:
+        return data
+    if isinstance(data, dict) and isinstance(data.get("code"), str):
+        message = str(data.get("message", ""))
+        raise APIError(status, data["code"], message, str(data.get("request_id") or request_id))
+    text = content.decode(errors="replace").strip()[:200] or "no body"
+    raise APIError(status, f"HTTP_{status}", text, request_id)
+
+
+def _field(data: Any, name: str, kind: type[Any] = str) -> Any:
+    if not isinstance(data, dict) or not isinstance(data.get(name), kind):
+        raise _bad_response(200, f"no {kind.__name__} {name!r}")
+    return data[name]
+
+
+def parse_function_id(data: Any) -> str:
+    value: str = _field(data, "function_id")
+    return value
+
+
+def parse_endpoint_id(data: Any) -> str:
+    value: str = _field(data, "endpoint_id")
+    return value
+
+
+def parse_ws_url(data: Any) -> str:
+    value: str = _field(data, "ws_url")
+    if not value:
+        raise APIError(
+            200,
+            "NO_WS_URL",
+            "the web service does not know its WebSocket URL; set FXBROKER_WS_URL",
+        )
+    return value
+
+
+def parse_submit(data: Any, expected: int) -> SubmitResponse:
+    """The submit reply, checked to carry one task id per task sent."""
+    group: str = _field(data, "task_group_id")
+    ids: list[Any] = _field(data, "task_ids", list)
+    if len(ids) != expected or not all(isinstance(t, str) for t in ids):
+        raise _bad_response(200, f"{len(ids)} task ids for {expected} tasks")
+    return {"task_group_id": group, "task_ids": ids}
+
+
+def parse_task_info(data: Any) -> TaskInfo:
+    _field(data, "task_id")
+    _field(data, "state")
+    info: TaskInfo = data
+    return info
+
+
+def task_result(info: TaskInfo) -> Any:
+    """The value of a finished task.
+
+    Raises :class:`TaskPending` while the task is not terminal and
+    :class:`~sdk.errors.TaskFailed` (with the remote traceback) for a failed or cancelled one."""
+    value, error = outcome(
+        info["task_id"], info["state"], info.get("result"), info.get("exception")
+    )
+    if error is not None:
+        raise error
+    return value
+
+
+def outcome(
+    task_id: str, state: str, result: str | None, exception: ExceptionRecord | None
+) -> tuple[Any, Exception | None]:
+    """``(value, None)`` for a success, ``(None, error)`` otherwise (see :func:`task_result`)."""
+    if state == TaskState.SUCCESS:
+        return (deserialize(result) if result else None), None
+    if state in (TaskState.FAILED, TaskState.CANCELLED):
+        return None, task_failed(task_id, state, exception)
+    return None, TaskPending(task_id, state)
+
+
+def batch_results(data: Any, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per task id, funcX style: ``{"pending", "status", "result"}`` or ``"exception"``.
+
+    A task id the service does not know (never submitted, another user's, or expired)
+    raises :class:`APIError` ``TASK_NOT_FOUND`` naming them."""
+    tasks: dict[str, Any] = _field(data, "tasks", dict)
+    unknown = [str(t) for t in data.get("unknown", [])]
+    if unknown:
+        shown = ", ".join(unknown[:10]) + (" ..." if len(unknown) > 10 else "")
+        raise APIError(404, "TASK_NOT_FOUND", f"unknown task ids: {shown}")
+    results: dict[str, dict[str, Any]] = {}
+    for task_id in task_ids:
+        info = parse_task_info(tasks.get(task_id))
+        state = info["state"]
+        terminal = state in (TaskState.SUCCESS, TaskState.FAILED, TaskState.CANCELLED)
+        entry: dict[str, Any] = {"pending": not terminal, "status": state}
+        if terminal:
+            value, error = outcome(task_id, state, info.get("result"), info.get("exception"))
+            if error is None:
+                entry["result"] = value
+            else:
+                entry["exception"] = error
+        results[task_id] = entry
+    return results
+
+
+# -- WebSocket frames ------------------------------------------------------------------------
+
+
+def results_url(ws_url: str) -> str:
+    """The push endpoint of a WebSocket service: ``ws://h:p`` -> ``ws://h:p/v1/results``."""
+    parts = urlsplit(ws_url)
+    if parts.scheme not in ("ws", "wss"):
+        raise ConfigurationError(f"WebSocket URL {ws_url!r} must start with ws:// or wss://")
+    path = parts.path.rstrip("/")
+    if not path.endswith(RESULTS_PATH):
+        path = normalize_path(path) + RESULTS_PATH
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+
+
+def normalize_path(path: str) -> str:
+    return path[: -len(API)] if path.endswith(API) else path
+
+
+def subscribe_frame(task_group_id: str, cursor: str) -> str:
+    return json.dumps({"type": "subscribe", "task_group_id": task_group_id, "cursor": cursor})
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribed:
+    task_group_id: str
+    cursor: str
+
+
+@dataclass(frozen=True, slots=True)
+class Results:
+    task_group_id: str
+    items: list[ResultItem]
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """An error frame: the service refused a frame (``task_group_id`` set when it names one)."""
+
+    code: str
+    message: str
+    task_group_id: str | None
+
+
+Frame = Subscribed | Results | Refused
+
+
+def parse_frame(text: str | bytes) -> Frame:
+    """Parse one frame of the ws service; a malformed one raises :class:`ValueError`."""
+    try:
+        data: Any = json.loads(text)
+    except ValueError:
+        data = None
+    kind = data.get("type") if isinstance(data, dict) else None
+    try:
+        if kind == "results":
+            items = [_result_item(i) for i in data["results"]]
+            return Results(str(data["task_group_id"]), items)
+        if kind == "subscribed":
+            return Subscribed(str(data["task_group_id"]), str(data["cursor"]))
+        if kind == "error":
+            group = data.get("task_group_id")
+            return Refused(str(data["code"]), str(data.get("message", "")), group)
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"malformed {kind} frame from the ws service: {exc!r}") from exc
+    raise ValueError(f"unexpected frame from the ws service: {str(text)[:100]!r}")
+
+
+def _result_item(raw: Any) -> ResultItem:
+    item: ResultItem = {
+        "task_id": str(raw["task_id"]),
+        "state": str(raw["state"]),
+        "cursor": str(raw["cursor"]),
+    }
+    if isinstance(raw.get("result"), str):
+        item["result"] = raw["result"]
+    exc = raw.get("exception")
+    if isinstance(exc, dict):
+        item["exception"] = {
+            "type": str(exc.get("type", "")),
+            "module": str(exc.get("module", "")),
+            "message": str(exc.get("message", "")),
+            "traceback": str(exc.get("traceback", "")),
+        }
+    return item
+
+
+def item_outcome(item: ResultItem) -> tuple[Any, Exception | None]:
+    """What a pushed result resolves to: ``(value, None)`` or ``(None, TaskFailed)``.
+
+    Deserializing the result may itself fail; that error is the outcome then."""
+    try:
+        return outcome(item["task_id"], item["state"], item.get("result"), item.get("exception"))
+    except Exception as exc:
+        return None, exc
+
+
+def error_status(code: str) -> int:
+    """The HTTP status matching a ws error code (for the :class:`APIError` it becomes)."""
+    if code == "UNAUTHORIZED":
+        return 401
+    if code.endswith("NOT_FOUND"):
+        return 404
+    if code == "UNAVAILABLE":
+        return 503
+    return 400

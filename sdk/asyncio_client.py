@@ -1,0 +1,249 @@
+"""``AsyncClient``: the asyncio SDK. ``await run(...)`` returns the function's result.
+
+::
+
+    async with AsyncClient() as fx:
+        fid = await fx.register_function(double)
+        values = await asyncio.gather(*(fx.run(i, function_id=fid) for i in range(1000)))
+
+Runs made close together leave as one batch request (:mod:`sdk.batching`); their results
+come back over one WebSocket (:mod:`sdk.results`), each exactly once. The other methods are
+the coroutine twins of :class:`~sdk.client.Client`'s, built on the same :mod:`sdk._base`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from sdk import _base
+from sdk._base import Batch, FunctionKey, function_key
+from sdk.batching import Submission, SubmitQueue
+from sdk.config import ClientConfig
+from sdk.errors import APIError, ConnectionFailed
+from sdk.messages import SubmitResponse, TaskInfo, TaskSpec
+from sdk.results import Reconnect, Resolve, ResultListener
+
+
+def _resolver(future: asyncio.Future[Any]) -> Resolve:
+    def resolve(value: Any, error: BaseException | None) -> None:
+        if future.done():  # the caller stopped waiting
+            return
+        if error is None:
+            future.set_result(value)
+        else:
+            future.set_exception(error)
+
+    return resolve
+
+
+class AsyncClient:
+    """An asyncio client of the web service, with results pushed over the WebSocket.
+
+    Every task the client submits goes into one task group (``task_group_id``, made by the
+    first submit unless given), which is what its result listener subscribes to."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        *,
+        timeout_s: float = 30.0,
+        ws_url: str | None = None,
+        endpoint_id: str | None = None,
+        batch_size: int = 128,
+        task_group_id: str | None = None,
+        reconnect: Reconnect | None = None,
+    ) -> None:
+        """Without ``url``/``token`` the service is found as :mod:`sdk.config` describes.
+        ``batch_size`` caps the tasks of one submit request made by :meth:`run`."""
+        self.config = ClientConfig.from_env(
+            url=url, token=token, ws_url=ws_url, endpoint_id=endpoint_id
+        )
+        self.task_group_id = task_group_id
+        self._ws_url = self.config.ws_url
+        self._functions: dict[FunctionKey, asyncio.Task[str]] = {}
+        self._group_lock = asyncio.Lock()
+        self._http = httpx.AsyncClient(
+            base_url=self.config.url,
+            headers=_base.auth_headers(self.config.token),
+            timeout=timeout_s,
+        )
+        self.results = ResultListener(
+            ws_url=self.get_ws_url,
+            token=self.config.token,
+            task_group_id=task_group_id,
+            reconnect=reconnect,
+        )
+        self._queue = SubmitQueue(self._send_batch, batch_size=batch_size)
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    async def _send(self, request: _base.Request) -> Any:
+        try:
+            response = await self._http.request(request.method, request.path, json=request.json)
+        except httpx.TransportError as exc:
+            raise ConnectionFailed(self.config.url, f"{type(exc).__name__}: {exc}") from exc
+        return _base.parse_response(
+            response.status_code,
+            response.content,
+            request_id=response.headers.get("x-request-id", ""),
+        )
+
+    async def aclose(self) -> None:
+        """Stop submitting and listening; runs still waiting end with an error."""
+        await self._queue.aclose()
+        await self.results.aclose()
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # -- configuration ---------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return self.config.url
+
+    @property
+    def default_endpoint_id(self) -> str | None:
+        return self.config.endpoint_id
+
+    async def get_ws_url(self) -> str:
+        """The WebSocket service's base URL; asked of the web service when not configured."""
+        if self._ws_url is None:
+            self._ws_url = _base.parse_ws_url(await self._send(_base.info()))
+        return self._ws_url
+
+    # -- calls -----------------------------------------------------------------------------
+
+    async def whoami(self) -> dict[str, Any]:
+        answer: dict[str, Any] = await self._send(_base.whoami())
+        return answer
+
+    async def register_function(
+        self,
+        fn: Callable[..., Any],
+        *,
+        function_name: str | None = None,
+        description: str | None = None,
+    ) -> str:
+        """Register ``fn``; returns its id. Cached per function object: concurrent calls for
+        the same function share one request, later calls send nothing."""
+        request = _base.register_function(fn, function_name=function_name, description=description)
+        key = function_key(fn, function_name, description)
+        if key is None:
+            return _base.parse_function_id(await self._send(request))
+        task = self._functions.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self._register(request))
+            self._functions[key] = task
+        try:
+            return await asyncio.shield(task)
+        except Exception:
+            if self._functions.get(key) is task:
+                del self._functions[key]
+            raise
+
+    async def _register(self, request: _base.Request) -> str:
+        return _base.parse_function_id(await self._send(request))
+
+    async def get_function(self, function_id: str) -> dict[str, Any]:
+        answer: dict[str, Any] = await self._send(_base.get_function(function_id))
+        return answer
+
+    async def register_endpoint(self, name: str) -> str:
+        return _base.parse_endpoint_id(await self._send(_base.register_endpoint(name)))
+
+    async def get_endpoint(self, endpoint_id: str) -> dict[str, Any]:
+        answer: dict[str, Any] = await self._send(_base.get_endpoint(endpoint_id))
+        return answer
+
+    async def run(
+        self, *args: Any, endpoint_id: str | None = None, function_id: str, **kwargs: Any
+    ) -> Any:
+        """Run ``function_id`` on the endpoint and return its result, pushed over the
+        WebSocket. Raises :class:`~sdk.errors.TaskFailed` (with the remote traceback) when
+        the task fails. Cancelling the await stops waiting; a task already sent still runs."""
+        return await self.run_task(function_id, args, kwargs, endpoint_id=endpoint_id)
+
+    async def run_task(
+        self,
+        function_id: str,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        endpoint_id: str | None = None,
+    ) -> Any:
+        """:meth:`run` with the arguments passed as a tuple and a dict."""
+        endpoint = self.config.require_endpoint(endpoint_id)
+        return await self._queue.put(endpoint, _base.task_spec(function_id, args, kwargs))
+
+    async def _send_batch(self, endpoint_id: str, batch: list[Submission]) -> None:
+        with self.results.submitting():
+            reply = await self._submit(endpoint_id, [s.spec for s in batch])
+            if reply["task_group_id"] != self.results.task_group_id:
+                raise APIError(
+                    200,
+                    "BAD_RESPONSE",
+                    f"tasks went into group {reply['task_group_id']}, "
+                    f"not the client's {self.results.task_group_id}",
+                )
+            for task_id, submission in zip(reply["task_ids"], batch, strict=True):
+                self.results.watch(task_id, _resolver(submission.future))
+
+    async def _submit(self, endpoint_id: str, specs: list[TaskSpec]) -> SubmitResponse:
+        if self.task_group_id is None:
+            async with self._group_lock:  # the first submit makes the group; others join it
+                return await self._submit_now(endpoint_id, specs)
+        return await self._submit_now(endpoint_id, specs)
+
+    async def _submit_now(self, endpoint_id: str, specs: list[TaskSpec]) -> SubmitResponse:
+        request = _base.submit(endpoint_id, specs, self.task_group_id)
+        reply = _base.parse_submit(await self._send(request), len(specs))
+        if self.task_group_id is None:
+            self.task_group_id = reply["task_group_id"]
+        if self.results.task_group_id is None:
+            self.results.task_group_id = reply["task_group_id"]
+        return reply
+
+    def create_batch(self) -> Batch:
+        return Batch()
+
+    async def batch_run(self, endpoint_id: str | None, batch: Batch) -> list[str]:
+        """Submit every task of ``batch`` in one request; task ids in the order added.
+        Their results are polled (:meth:`get_result`), not pushed."""
+        if not batch.tasks:
+            return []
+        endpoint = self.config.require_endpoint(endpoint_id)
+        return (await self._submit(endpoint, batch.tasks))["task_ids"]
+
+    async def get_task(self, task_id: str) -> TaskInfo:
+        return _base.parse_task_info(await self._send(_base.get_task(task_id)))
+
+    async def get_result(self, task_id: str) -> Any:
+        """The task's value now; raises :class:`~sdk.errors.TaskPending` while it is not done
+        and :class:`~sdk.errors.TaskFailed` when it failed."""
+        return _base.task_result(await self.get_task(task_id))
+
+    async def get_batch_result(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        ids = list(dict.fromkeys(task_ids))
+        if not ids:
+            return {}
+        return _base.batch_results(await self._send(_base.batch_status(ids)), ids)
+
+    async def get_task_group(self, task_group_id: str) -> dict[str, Any]:
+        answer: dict[str, Any] = await self._send(_base.get_task_group(task_group_id))
+        return answer

@@ -1,0 +1,163 @@
+"""Finding the service: URL, token, WebSocket URL and default endpoint.
+
+Each value is taken from the first place that has it, read when a client is made (never at
+import):
+
+=================  ==================  ======================  ================================
+value              argument            environment             ``$FXBROKER_HOME/config.json``
+=================  ==================  ======================  ================================
+URL                ``url=``            ``FXBROKER_URL``        ``url``
+token              ``token=``          ``FXBROKER_TOKEN``      ``token``
+WebSocket URL      ``ws_url=``         ``FXBROKER_WS_URL``     ``ws_url`` (else ``GET /v1/info``)
+default endpoint   ``endpoint_id=``    ``FXBROKER_ENDPOINT_ID``  ``endpoint_id``
+=================  ==================  ======================  ================================
+
+``FXBROKER_HOME`` defaults to ``~/.fxbroker``; ``fxbroker dev`` writes the file with
+:func:`write_config`. The file describes one service, so its token, WebSocket URL and
+endpoint are used only together with its own URL: pointing ``FXBROKER_URL`` elsewhere never
+sends that service the file's token.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sdk.errors import ConfigurationError
+
+ENV_URL = "FXBROKER_URL"
+ENV_TOKEN = "FXBROKER_TOKEN"
+ENV_WS_URL = "FXBROKER_WS_URL"
+ENV_ENDPOINT_ID = "FXBROKER_ENDPOINT_ID"
+ENV_HOME = "FXBROKER_HOME"
+CONFIG_FILE = "config.json"
+_FIELDS = ("url", "ws_url", "token", "endpoint_id")
+
+
+def fxbroker_home() -> Path:
+    """``$FXBROKER_HOME``, else ``~/.fxbroker``."""
+    home = os.environ.get(ENV_HOME)
+    return Path(home).expanduser() if home else Path.home() / ".fxbroker"
+
+
+def config_path(home: Path | None = None) -> Path:
+    """Where the config file of ``home`` (default :func:`fxbroker_home`) lives."""
+    return (fxbroker_home() if home is None else home) / CONFIG_FILE
+
+
+def read_config(home: Path | None = None) -> dict[str, str]:
+    """The config file's values; empty when there is no file.
+
+    A file that is not a JSON object of strings raises :class:`ConfigurationError`."""
+    path = config_path(home)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read {path}: {exc}") from exc
+    try:
+        data: Any = json.loads(text)
+    except ValueError as exc:
+        raise ConfigurationError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigurationError(f"{path} must hold a JSON object")
+    values: dict[str, str] = {}
+    for name in _FIELDS:
+        value = data.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise ConfigurationError(f"{path}: {name!r} must be a string")
+        if value:
+            values[name] = value
+    return values
+
+
+def write_config(home: Path, *, url: str, ws_url: str, token: str, endpoint_id: str) -> Path:
+    """Write the file :class:`ClientConfig` reads, readable by its owner only; returns its path.
+
+    The file is replaced atomically, so a client never reads half of it."""
+    home.mkdir(parents=True, exist_ok=True)
+    path = config_path(home)
+    tmp = path.with_name(f".{CONFIG_FILE}.{os.getpid()}.tmp")
+    body = {"url": url, "ws_url": ws_url, "token": token, "endpoint_id": endpoint_id}
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(body, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def normalize_url(url: str) -> str:
+    """A service base URL without a trailing ``/`` or ``/v1``."""
+    url = url.rstrip("/")
+    if url.endswith("/v1"):
+        url = url[: -len("/v1")]
+    return url
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientConfig:
+    """Where the service is and who the client is."""
+
+    url: str
+    """Base URL of the web service, e.g. ``http://127.0.0.1:8000``."""
+    token: str
+    """Bearer token sent on every request and WebSocket."""
+    ws_url: str | None = None
+    """Base URL of the WebSocket service; ``None``: ask the web service (``GET /v1/info``)."""
+    endpoint_id: str | None = None
+    """Endpoint used when a call names none."""
+
+    @classmethod
+    def from_env(
+        cls,
+        *,
+        url: str | None = None,
+        token: str | None = None,
+        ws_url: str | None = None,
+        endpoint_id: str | None = None,
+    ) -> ClientConfig:
+        """Resolve each value from the arguments, the environment, then the config file.
+
+        Raises :class:`ConfigurationError` when no URL or no token can be found."""
+        env = os.environ
+        path = config_path()
+        file = read_config()
+        resolved_url = url or env.get(ENV_URL) or file.get("url")
+        if not resolved_url:
+            raise ConfigurationError(
+                "no fxbroker service configured: run `fxbroker dev` or set FXBROKER_URL and "
+                f"FXBROKER_TOKEN (no URL was given and {path} does not exist)"
+            )
+        resolved_url = normalize_url(resolved_url)
+        # The file's other values belong to the file's service only.
+        same = "url" in file and normalize_url(file["url"]) == resolved_url
+        own = file if same else {}
+        resolved_token = token or env.get(ENV_TOKEN) or own.get("token")
+        if not resolved_token:
+            raise ConfigurationError(
+                f"no token for {resolved_url}: run `fxbroker dev` or set FXBROKER_TOKEN "
+                "(or pass token=...)"
+            )
+        return cls(
+            url=resolved_url,
+            token=resolved_token,
+            ws_url=ws_url or env.get(ENV_WS_URL) or own.get("ws_url"),
+            endpoint_id=endpoint_id or env.get(ENV_ENDPOINT_ID) or own.get("endpoint_id"),
+        )
+
+    def require_endpoint(self, endpoint_id: str | None = None) -> str:
+        """``endpoint_id`` if given, else the default endpoint, else :class:`ConfigurationError`."""
+        chosen = endpoint_id or self.endpoint_id
+        if not chosen:
+            raise ConfigurationError(
+                "no endpoint given: pass endpoint_id=..., set FXBROKER_ENDPOINT_ID, or run "
+                "`fxbroker dev` (it writes the id of its local endpoint)"
+            )
+        return chosen

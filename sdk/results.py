@@ -1,0 +1,253 @@
+"""``ResultListener``: results of one task group, pushed over the WebSocket, resolved by task id.
+
+The listener is shared by :class:`~sdk.asyncio_client.AsyncClient` and
+:class:`~sdk.executor.Executor`. Its owner submits tasks, then calls :meth:`ResultListener.watch`
+with each task id and a callback; the listener calls that callback exactly once, with the value
+or with the :class:`~sdk.errors.TaskFailed` of the task.
+
+Delivery contract:
+
+* The connection opens when the first task is watched, subscribes to the task group from the
+  last cursor seen (``"0"`` at first: the whole group is replayed), and closes once no watched
+  task is outstanding and no submit is in flight. The next watch reopens it from the cursor.
+* On any disconnect (network error, ws service restart) it reconnects with exponential
+  backoff and resubscribes from the last cursor, so nothing completed meanwhile is missed.
+* The ws service delivers at least once; the listener drops repeats by task id, so each
+  callback runs once.
+* A result can arrive before the submit that made it has answered (the task ran fast). While
+  a submit is in flight (:meth:`ResultListener.submitting`) results of tasks nobody watches
+  yet are kept, and handed over when the task id is watched; otherwise they are dropped.
+* What cannot be recovered ends every outstanding task with an error instead of waiting for
+  ever: a refused token or subscription (:class:`~sdk.errors.APIError`), or more consecutive
+  connection failures than :attr:`Reconnect.attempts` (:class:`~sdk.errors.ConnectionFailed`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidStatus, WebSocketException
+
+from sdk import _base
+from sdk.errors import APIError, ConnectionFailed
+from sdk.messages import ResultItem
+from sdk.states import TERMINAL_STATES
+
+log = logging.getLogger(__name__)
+
+Resolve = Callable[[Any, BaseException | None], None]
+"""Called once per watched task: ``(value, None)`` or ``(None, error)``."""
+
+_TRANSIENT_REFUSALS = frozenset({"UNAVAILABLE"})
+_TERMINAL = frozenset(s.value for s in TERMINAL_STATES)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Reconnect:
+    """How the listener reconnects."""
+
+    min_s: float = 0.05
+    """Delay before the first reconnect; doubled after each failure in a row."""
+    max_s: float = 5.0
+    """Longest delay between two attempts."""
+    attempts: int = 12
+    """Failures in a row (connections that never subscribed) before outstanding tasks fail."""
+    open_timeout_s: float = 10.0
+    """Timeout of one WebSocket opening handshake."""
+
+    def delay_s(self, failures: int) -> float:
+        return float(min(self.max_s, self.min_s * 2 ** max(0, failures - 1)))
+
+
+class _Transient(Exception):
+    """The connection must be dropped and opened again."""
+
+
+class ResultListener:
+    """Resolves watched tasks of one task group from the ws service's ``results`` frames."""
+
+    def __init__(
+        self,
+        *,
+        ws_url: Callable[[], Awaitable[str]],
+        token: str,
+        task_group_id: str | None = None,
+        cursor: str = _base.START_CURSOR,
+        reconnect: Reconnect | None = None,
+    ) -> None:
+        """``ws_url`` gives the ws service's base URL (awaited when a connection opens).
+        ``task_group_id`` may be set later, but before the first :meth:`watch`."""
+        self.task_group_id = task_group_id
+        self._ws_url = ws_url
+        self._token = token
+        self._cursor = cursor
+        self._reconnect = reconnect or Reconnect()
+        self._waiting: dict[str, Resolve] = {}
+        self._early: dict[str, tuple[Any, BaseException | None]] = {}
+        self._submitting = 0
+        self._task: asyncio.Task[None] | None = None
+        self._ws: ClientConnection | None = None
+        self._closer: asyncio.Task[None] | None = None
+        self._closed = False
+        self._subscribed = False
+
+    @property
+    def cursor(self) -> str:
+        """The cursor of the last result read; a resubscription starts after it."""
+        return self._cursor
+
+    @property
+    def outstanding(self) -> int:
+        """How many watched tasks have no result yet."""
+        return len(self._waiting)
+
+    @property
+    def connected(self) -> bool:
+        return self._ws is not None
+
+    @contextlib.contextmanager
+    def submitting(self) -> Iterator[None]:
+        """Mark a submit in flight: until it ends, unclaimed results are kept for :meth:`watch`."""
+        self._submitting += 1
+        try:
+            yield
+        finally:
+            self._submitting -= 1
+            if not self._submitting:
+                self._early.clear()
+                self._close_if_idle()
+
+    def watch(self, task_id: str, resolve: Resolve) -> None:
+        """Call ``resolve`` once with the task's outcome; opens the connection if needed."""
+        if self._closed:
+            raise RuntimeError("the result listener is closed")
+        if self.task_group_id is None:
+            raise RuntimeError("watch() needs the task group id set first")
+        early = self._early.pop(task_id, None)
+        if early is not None:
+            resolve(*early)
+            return
+        self._waiting[task_id] = resolve
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name=f"fxbroker-results-{self.task_group_id}"
+            )
+
+    async def aclose(self) -> None:
+        """Close the connection (with the closing handshake); outstanding tasks fail with
+        :class:`ConnectionFailed`."""
+        self._closed = True
+        self._fail_all(ConnectionFailed("ws service", "the client was closed first"))
+        ws = self._ws
+        if ws is not None:
+            await ws.close()
+        for task in (self._task, self._closer):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    # -- the connection ------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        failures = 0
+        while self._waiting:
+            try:
+                base = await self._ws_url()
+                url = _base.results_url(base)
+            except Exception as exc:
+                self._fail_all(exc)
+                return
+            self._subscribed = False
+            try:
+                await self._connection(url)
+            except InvalidStatus as exc:
+                status = exc.response.status_code
+                if status in (401, 403, 404):
+                    code = "UNAUTHORIZED" if status in (401, 403) else "NOT_FOUND"
+                    self._fail_all(APIError(status, code, f"{url} refused the connection"))
+                    return
+                reason = f"HTTP {status}"
+            except APIError as exc:
+                self._fail_all(exc)
+                return
+            except (OSError, TimeoutError, WebSocketException, ValueError, _Transient) as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+            else:
+                reason = "the connection closed"
+            if not self._waiting:
+                return
+            failures = 1 if self._subscribed else failures + 1
+            if failures > self._reconnect.attempts:
+                self._fail_all(ConnectionFailed(url, f"{failures - 1} reconnects failed: {reason}"))
+                return
+            delay = self._reconnect.delay_s(failures)
+            log.info("results of %s: %s; reconnecting in %.2fs", self.task_group_id, reason, delay)
+            await asyncio.sleep(delay)
+
+    async def _connection(self, url: str) -> None:
+        """One connection, until it closes or nothing is outstanding."""
+        try:
+            await self._converse(url)
+        finally:
+            self._ws = None  # only once the closing handshake is over (see aclose)
+
+    async def _converse(self, url: str) -> None:
+        async with connect(
+            url,
+            additional_headers=_base.auth_headers(self._token),
+            open_timeout=self._reconnect.open_timeout_s,
+            max_size=None,
+        ) as ws:
+            self._ws = ws
+            assert self.task_group_id is not None
+            await ws.send(_base.subscribe_frame(self.task_group_id, self._cursor))
+            async for message in ws:
+                frame = _base.parse_frame(message)
+                if isinstance(frame, _base.Subscribed):
+                    self._subscribed = True
+                elif isinstance(frame, _base.Results):
+                    if frame.task_group_id == self.task_group_id:
+                        self._deliver(frame.items)
+                else:
+                    self._refused(frame)
+                if self._idle():
+                    break
+
+    def _refused(self, frame: _base.Refused) -> None:
+        if frame.task_group_id not in (None, self.task_group_id):
+            return
+        if frame.code in _TRANSIENT_REFUSALS:
+            raise _Transient(f"{frame.code}: {frame.message}")
+        raise APIError(_base.error_status(frame.code), frame.code, frame.message)
+
+    def _deliver(self, items: list[ResultItem]) -> None:
+        for item in items:
+            self._cursor = item["cursor"]
+            if item["state"] not in _TERMINAL:
+                continue
+            task_id = item["task_id"]
+            resolve = self._waiting.pop(task_id, None)
+            if resolve is not None:
+                resolve(*_base.item_outcome(item))
+            elif self._submitting and task_id not in self._early:
+                self._early[task_id] = _base.item_outcome(item)
+
+    def _idle(self) -> bool:
+        return not self._waiting and not self._submitting
+
+    def _close_if_idle(self) -> None:
+        ws = self._ws
+        if ws is not None and self._idle() and (self._closer is None or self._closer.done()):
+            self._closer = asyncio.get_running_loop().create_task(ws.close())
+
+    def _fail_all(self, error: BaseException) -> None:
+        waiting, self._waiting = self._waiting, {}
+        for resolve in waiting.values():
+            resolve(None, error)

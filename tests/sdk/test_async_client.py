@@ -1,0 +1,180 @@
+"""AsyncClient and ResultListener against the real web service, ws service, agent and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from sdk import AsyncClient, TaskFailed, TaskPending
+from sdk.errors import APIError
+from sdk.results import ResultListener
+from tests.sdk.stack import Services, Stack
+from tests.sdk.workload import async_add, fail, scale, square
+
+
+@pytest.fixture
+async def stack(database_url: str, redis_url: str, key_prefix: str) -> AsyncIterator[Stack]:
+    stack = Stack(database_url=database_url, redis_url=redis_url, key_prefix=key_prefix)
+    async with stack:
+        yield stack
+
+
+def services(stack: Stack) -> Services:
+    assert stack.services is not None
+    return stack.services
+
+
+def client(s: Services, endpoint_id: str | None = None) -> AsyncClient:
+    return AsyncClient(s.url, s.token, ws_url=s.ws_url, endpoint_id=endpoint_id or s.endpoint_id)
+
+
+class Recorder:
+    """Counts each resolution per task id, and tells when all expected ones arrived."""
+
+    def __init__(self, expected: int) -> None:
+        self.calls: dict[str, list[tuple[Any, BaseException | None]]] = {}
+        self.expected = expected
+        self.done = asyncio.Event()
+
+    def resolver(self, task_id: str) -> Any:
+        def resolve(value: Any, error: BaseException | None) -> None:
+            self.calls.setdefault(task_id, []).append((value, error))
+            if len(self.calls) == self.expected:
+                self.done.set()
+
+        return resolve
+
+
+async def test_gathered_runs_return_results(stack: Stack) -> None:
+    s = services(stack)
+    await stack.serve(s.endpoint_id)
+    async with client(s) as ac:
+        fid = await ac.register_function(square)
+        assert await ac.register_function(square) == fid
+        values = await asyncio.gather(*(ac.run(i, function_id=fid) for i in range(60)))
+        assert values == [i * i for i in range(60)]
+        sid = await ac.register_function(scale)
+        assert await ac.run(7, function_id=sid, by=3) == 21
+        aid = await ac.register_function(async_add)
+        assert await ac.run(40, 2, endpoint_id=s.endpoint_id, function_id=aid) == 42
+        assert ac.task_group_id is not None
+        group = await ac.get_task_group(ac.task_group_id)
+        assert len(group["task_ids"]) == 62
+        assert not ac.results.connected  # closed once nothing was outstanding
+
+
+async def test_failed_run_raises_task_failed_with_remote_traceback(stack: Stack) -> None:
+    s = services(stack)
+    await stack.serve(s.endpoint_id)
+    async with client(s) as ac:
+        fid = await ac.register_function(fail)
+        ok = await ac.register_function(square)
+        outcomes = await asyncio.gather(
+            ac.run("no such thing", function_id=fid), ac.run(3, function_id=ok),
+            return_exceptions=True,
+        )  # fmt: skip
+    failed, value = outcomes
+    assert value == 9
+    assert isinstance(failed, TaskFailed)
+    assert (failed.type_name, failed.message) == ("ValueError", "no such thing")
+    assert "raise ValueError(message)" in failed.remote_traceback
+    assert "workload.py" in failed.remote_traceback
+
+
+async def test_get_result_of_a_queued_task_is_pending(stack: Stack) -> None:
+    s = services(stack)
+    async with client(s, s.idle_endpoint_id) as ac:
+        fid = await ac.register_function(square)
+        batch = ac.create_batch()
+        batch.add(fid, args=(5,))
+        [task_id] = await ac.batch_run(None, batch)
+        with pytest.raises(TaskPending) as caught:
+            await ac.get_result(task_id)
+        assert caught.value.state == "waiting-for-ep"
+        await stack.burst(s.idle_endpoint_id)
+        assert await ac.get_result(task_id) == 25
+        assert (await ac.get_batch_result([task_id]))[task_id]["result"] == 25
+
+
+async def test_listener_drops_duplicates_and_resubscribes_after_a_restart(
+    stack: Stack, aredis: aioredis.Redis
+) -> None:
+    s = services(stack)
+    async with client(s) as ac:
+        fid = await ac.register_function(square)
+        batch = ac.create_batch()
+        for i in (2, 3):
+            batch.add(fid, args=(i,))
+        first, second = await ac.batch_run(s.endpoint_id, batch)
+        later = await ac.batch_run(s.idle_endpoint_id, _one(ac, fid, 4))
+        await stack.burst(s.endpoint_id)
+        group = ac.task_group_id
+        assert group is not None
+        # The ws service may push a notice twice; here every one of them is in the stream twice.
+        stream = s.keys.task_group_results(group)
+        entries: list[tuple[str, dict[str, str]]] = await aredis.xrange(stream)  # type: ignore[assignment]
+        for _, fields in entries:
+            await aredis.xadd(stream, fields)  # type: ignore[arg-type]
+
+        listener = ResultListener(ws_url=ac.get_ws_url, token=s.token, task_group_id=group)
+        early = Recorder(2)
+        listener.watch(first, early.resolver(first))
+        listener.watch(second, early.resolver(second))
+        late = Recorder(1)
+        listener.watch(later[0], late.resolver(later[0]))
+        await asyncio.wait_for(early.done.wait(), 30)
+        assert early.calls == {first: [(4, None)], second: [(9, None)]}
+        assert listener.connected  # the later task keeps it open
+
+        await stack.restart_ws()  # the connection drops; the listener must come back
+        await stack.burst(s.idle_endpoint_id)
+        await asyncio.wait_for(late.done.wait(), 30)
+        assert late.calls == {later[0]: [(16, None)]}
+        assert early.calls == {first: [(4, None)], second: [(9, None)]}
+        await listener.aclose()
+
+
+def _one(ac: AsyncClient, fid: str, x: int) -> Any:
+    batch = ac.create_batch()
+    batch.add(fid, args=(x,))
+    return batch
+
+
+async def test_a_group_that_is_not_yours_fails_the_watched_tasks(stack: Stack) -> None:
+    s = services(stack)
+    async with client(s) as ac:
+        listener = ResultListener(ws_url=ac.get_ws_url, token=s.token, task_group_id="not-mine")
+        seen = Recorder(1)
+        listener.watch("t1", seen.resolver("t1"))
+        await asyncio.wait_for(seen.done.wait(), 30)
+        [(_, error)] = seen.calls["t1"]
+        assert isinstance(error, APIError) and error.status == 404
+        await listener.aclose()
+
+
+async def test_a_bad_token_fails_the_watched_tasks(stack: Stack) -> None:
+    s = services(stack)
+    async with client(s) as ac:
+        listener = ResultListener(ws_url=ac.get_ws_url, token="wrong", task_group_id="g")
+        seen = Recorder(1)
+        listener.watch("t1", seen.resolver("t1"))
+        await asyncio.wait_for(seen.done.wait(), 30)
+        [(_, error)] = seen.calls["t1"]
+        assert isinstance(error, APIError) and error.status == 401
+        await listener.aclose()
+
+
+async def test_api_errors_and_ws_url_discovery(stack: Stack) -> None:
+    s = services(stack)
+    async with AsyncClient(s.url, s.token) as ac:
+        assert await ac.get_ws_url() == s.ws_url  # from GET /v1/info
+        with pytest.raises(APIError) as caught:
+            await ac.get_task("00000000-0000-0000-0000-000000000000")
+        assert caught.value.status == 404 and caught.value.code == "TASK_NOT_FOUND"
+        with pytest.raises(APIError) as caught:
+            await ac.run(1, endpoint_id=s.endpoint_id, function_id="no-such-function")
+        assert caught.value.status == 404
