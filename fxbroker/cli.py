@@ -7,6 +7,8 @@ fxbroker endpoint start NAME register endpoint NAME (once) and run its agent
 fxbroker db upgrade          apply the SQL migrations
 fxbroker user create NAME    create a user and print its first API token
 fxbroker user token NAME     print a new API token for NAME
+fxbroker user tokens NAME    list NAME's tokens (first characters, dates)
+fxbroker user revoke PREFIX  revoke the token that starts with PREFIX (8 characters or more)
 """
 
 from __future__ import annotations
@@ -88,8 +90,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_web(args: argparse.Namespace) -> int:
     import uvicorn
-    from web_service.app import create_app
 
+    from web_service.app import create_app
     from web_service.settings import WebSettings
 
     uvicorn.run(
@@ -110,7 +112,6 @@ def cmd_ws(args: argparse.Namespace) -> int:
 def cmd_endpoint_start(args: argparse.Namespace) -> int:
     from endpoint_agent.agent import run_agent
     from endpoint_agent.settings import AgentSettings
-
     from sdk import Client
 
     with Client() as client:
@@ -136,18 +137,52 @@ def _database_url() -> str:
 
 
 def cmd_user_create(args: argparse.Namespace) -> int:
-    from web_service.accounts import create_user
+    from web_service.accounts import AccountError, create_user
 
-    user_id, token = asyncio.run(create_user(_database_url(), args.name))
+    try:
+        user_id, token = asyncio.run(create_user(_database_url(), args.name))
+    except AccountError as exc:
+        print(f"fxbroker user create: {exc}", file=sys.stderr)
+        return 1
     print(token)
     print(f"user {args.name} ({user_id}); the token is shown only once", file=sys.stderr)
     return 0
 
 
 def cmd_user_token(args: argparse.Namespace) -> int:
-    from web_service.accounts import issue_token
+    from web_service.accounts import AccountError, issue_token
 
-    print(asyncio.run(issue_token(_database_url(), args.name)))
+    try:
+        print(asyncio.run(issue_token(_database_url(), args.name)))
+    except AccountError as exc:
+        print(f"fxbroker user token: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_user_tokens(args: argparse.Namespace) -> int:
+    from web_service.accounts import AccountError, list_tokens
+
+    try:
+        tokens = asyncio.run(list_tokens(_database_url(), args.name))
+    except AccountError as exc:
+        print(f"fxbroker user tokens: {exc}", file=sys.stderr)
+        return 1
+    for token in tokens:
+        revoked = f"revoked {token.revoked_at.isoformat()}" if token.revoked_at else "live"
+        print(f"{token.prefix}  created {token.created_at.isoformat()}  {revoked}")
+    return 0
+
+
+def cmd_user_revoke(args: argparse.Namespace) -> int:
+    from web_service.accounts import AccountError, revoke_token
+
+    try:
+        asyncio.run(revoke_token(_database_url(), args.token_prefix))
+    except AccountError as exc:
+        print(f"fxbroker user revoke: {exc}", file=sys.stderr)
+        return 1
+    print(f"revoked the token {args.token_prefix[:8]}...", file=sys.stderr)
     return 0
 
 
@@ -207,6 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = user.add_parser("token", help="print a new token for a user")
     p.add_argument("name")
     p.set_defaults(func=cmd_user_token)
+    p = user.add_parser("tokens", help="list a user's tokens by their first characters")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_user_tokens)
+    p = user.add_parser("revoke", help="revoke a token, named by its first 8+ characters")
+    p.add_argument("token_prefix")
+    p.set_defaults(func=cmd_user_revoke)
     return parser
 
 

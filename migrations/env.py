@@ -2,7 +2,9 @@
 
 The database URL comes from ``config.attributes["database_url"]`` (set by
 ``web_service.schema.alembic_config``), else from the ``sqlalchemy.url`` option.
-SQLite gets batch mode so later revisions can alter its tables.
+SQLite gets batch mode so later revisions can alter its tables, and runs with foreign keys
+off: batch mode rebuilds a table by copying it and dropping the old one, which with foreign
+keys on would cascade-delete every row that refers to it.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ async def _run_online(url: str) -> None:
     engine = create_engine(url)
     try:
         async with engine.connect() as connection:
+            if connection.dialect.name == "sqlite":  # before any transaction, or it is ignored
+                await connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
             await connection.run_sync(_run_sync)
             await connection.commit()
     finally:

@@ -9,11 +9,15 @@ Layout (``fx`` is the default prefix; tests use a prefix of their own)::
     fx:{ep:<endpoint_id>}:tasks     Stream   queued tasks of one endpoint; consumer group "agents"
     fx:{ep:<endpoint_id>}:status    Hash     the agents' heartbeat, with a TTL
     fx:{ep:<endpoint_id>}:cancel    Channel  cancel notices for the endpoint's agents
+    fx:{ep:<endpoint_id>}:allowed_functions
+                                    Set      the endpoint's allow-list of function ids
+                                             (absent: the endpoint runs any function)
     fx:{task:<task_id>}             Hash     one task: state, ids, timestamps, result or exception
     fx:{fn:<function_id>}:code      String   serialized function code, cached for agents
     fx:{tg:<task_group_id>}:results Stream   completion notices of a task group (task_id, state)
     fx:{tg:<task_group_id>}:tasks   List     every task id submitted into the group, in order
-    fx:{idem:<user_id>}:<key>       String   JSON list of task ids a batch submit created
+    fx:{idem:<user_id>}:<key>       String   JSON of what a batch submit with that
+                                             Idempotency-Key answered (or that it is underway)
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ class Keys:
 
     def endpoint_cancel(self, endpoint_id: str) -> str:
         return f"{self.prefix}:{{ep:{endpoint_id}}}:cancel"
+
+    def endpoint_allowed_functions(self, endpoint_id: str) -> str:
+        return f"{self.prefix}:{{ep:{endpoint_id}}}:allowed_functions"
 
     def task(self, task_id: str) -> str:
         return f"{self.prefix}:{{task:{task_id}}}"

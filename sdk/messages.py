@@ -96,6 +96,15 @@ class SubmitResponse(TypedDict):
     task_ids: list[str]
 
 
+class CancelNotice(TypedDict):
+    """Web service -> agents, published as JSON on ``keys.endpoint_cancel(endpoint_id)``:
+    interrupt this task if you are running it (it was ``running`` when its owner cancelled it).
+
+    Pub/sub is fire-and-forget: an agent that is not subscribed at that moment misses it."""
+
+    task_id: str
+
+
 class SubscribeFrame(TypedDict):
     """Client -> ws_service: send every completion of a task group after ``cursor``.
 

@@ -3,6 +3,9 @@
 Serve it with any ASGI server, e.g. ``uvicorn --factory`` over a function that calls
 ``create_app(WebSettings.from_env())``. The lifespan opens the SQL engine and the Redis
 client and closes both on shutdown; nothing is opened before it runs.
+
+Every request passes, in order: the request id, the metrics, authentication and the rate
+limit (``/v1/`` only), then its route.
 """
 
 from __future__ import annotations
@@ -16,15 +19,28 @@ import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.routing import BaseRoute
 
 from sdk.keys import Keys
-from web_service import routes_endpoints, routes_functions, routes_meta, routes_tasks
+from web_service import (
+    routes_endpoints,
+    routes_functions,
+    routes_meta,
+    routes_submit,
+    routes_tasks,
+)
 from web_service.auth import AuthMiddleware, TokenAuthenticator
-from web_service.catalog import Catalog
+from web_service.cancel import Canceller
 from web_service.context import AppContext
 from web_service.database import create_engine
+from web_service.endpoints import EndpointCatalog
 from web_service.errors import EXCEPTION_HANDLERS, RequestIdMiddleware
+from web_service.functions import FunctionCatalog
+from web_service.globus_auth import GlobusIntrospector
+from web_service.metrics import Metrics, MetricsMiddleware
+from web_service.ratelimit import RateLimiter
 from web_service.settings import WebSettings
+from web_service.task_groups import TaskGroupCatalog
 
 DISTRIBUTION = "fxbroker"
 
@@ -32,6 +48,7 @@ DISTRIBUTION = "fxbroker"
 def create_app(settings: WebSettings) -> Starlette:
     """The web service for ``settings``; its SQL schema must be migrated to head."""
     service_version = version(DISTRIBUTION)
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -39,13 +56,34 @@ def create_app(settings: WebSettings) -> Starlette:
         redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
         try:
             sessions = async_sessionmaker(engine, expire_on_commit=False)
+            globus = (
+                GlobusIntrospector(
+                    sessions,
+                    client_id=settings.globus_client_id,
+                    client_secret=settings.globus_client_secret,
+                )
+                if settings.globus_enabled
+                else None
+            )
+            keys = Keys(settings.key_prefix)
             context = AppContext(
                 settings=settings,
                 engine=engine,
                 redis=redis,
-                keys=Keys(settings.key_prefix),
-                catalog=Catalog(sessions, function_cache_bytes=settings.function_cache_bytes),
-                auth=TokenAuthenticator(sessions, cache_s=settings.auth_cache_s),
+                keys=keys,
+                functions=FunctionCatalog(
+                    sessions,
+                    cache_bytes=settings.function_cache_bytes,
+                    cache_s=settings.catalog_cache_s,
+                ),
+                endpoints=EndpointCatalog(sessions, cache_s=settings.catalog_cache_s),
+                task_groups=TaskGroupCatalog(sessions),
+                canceller=Canceller(redis, keys, result_ttl_s=settings.result_ttl_s),
+                auth=TokenAuthenticator(sessions, cache_s=settings.auth_cache_s, globus=globus),
+                limiter=RateLimiter(
+                    rate_per_s=settings.rate_limit_per_s, burst=settings.rate_limit_burst
+                ),
+                metrics=metrics,
                 version=service_version,
             )
             yield {"context": context}
@@ -53,14 +91,20 @@ def create_app(settings: WebSettings) -> Starlette:
             await redis.aclose()
             await engine.dispose()
 
+    routes: list[BaseRoute] = [
+        *routes_meta.routes,
+        *routes_functions.routes,
+        *routes_endpoints.routes,
+        *routes_submit.routes,
+        *routes_tasks.routes,
+    ]
     return Starlette(
-        routes=[
-            *routes_meta.routes,
-            *routes_functions.routes,
-            *routes_endpoints.routes,
-            *routes_tasks.routes,
+        routes=routes,
+        middleware=[
+            Middleware(RequestIdMiddleware),
+            Middleware(MetricsMiddleware, metrics=metrics, routes=routes),
+            Middleware(AuthMiddleware),
         ],
-        middleware=[Middleware(RequestIdMiddleware), Middleware(AuthMiddleware)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

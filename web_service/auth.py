@@ -1,40 +1,48 @@
-"""Bearer-token authentication of every ``/v1`` request.
+"""Bearer-token authentication and the per-user rate limit of every ``/v1`` request.
 
-A token is looked up by its sha256 among the tokens not revoked; who it belongs to is
-cached in process for ``auth_cache_s``, so a revoked token stops working within that many
-seconds on every web process. Unknown tokens are not cached: they always cost a query.
+fxbroker's own tokens (``fxb_...``) are looked up by their sha256 among the tokens not
+revoked; who a token belongs to is cached in process for ``auth_cache_s``, so a revoked token
+stops working within that many seconds on every web process. Unknown tokens are not cached:
+they always cost a query. When Globus Auth is configured, any other bearer token is checked
+by :class:`~web_service.globus_auth.GlobusIntrospector`.
+
+``/healthz``, ``/readyz``, ``/metrics`` and ``/v1/openapi.json`` need no token (operators
+keep ``/metrics`` off the public network); every other route under ``/v1/`` does.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from web_service.accounts import hash_token
+from web_service.accounts import TOKEN_PREFIX, Caller, hash_token
 from web_service.cache import LRUCache
 from web_service.context import context_of
-from web_service.errors import ApiError, error_response, request_id_of, unauthorized
+from web_service.errors import ApiError, error_response, request_id_of, retry_later, unauthorized
+from web_service.globus_auth import GlobusIntrospector
 from web_service.models import Token, User
+
+__all__ = ["AuthMiddleware", "Caller", "TokenAuthenticator", "caller_of"]
 
 AUTH_CACHE_ITEMS = 10_000
 PROTECTED_PREFIX = "/v1/"
-
-
-@dataclass(frozen=True)
-class Caller:
-    """The user a request was authenticated as."""
-
-    user_id: str
-    name: str
+PUBLIC_PATHS = frozenset({"/v1/openapi.json"})
 
 
 class TokenAuthenticator:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], *, cache_s: float) -> None:
+    """Checks bearer tokens: fxbroker's own, and Globus ones when ``globus`` is given."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        cache_s: float,
+        globus: GlobusIntrospector | None = None,
+    ) -> None:
         self._sessions = sessions
+        self._globus = globus
         self._cache: LRUCache[str, Caller] = LRUCache(
             max_items=AUTH_CACHE_ITEMS if cache_s > 0 else 0, ttl_s=cache_s
         )
@@ -47,6 +55,8 @@ class TokenAuthenticator:
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             raise unauthorized("the Authorization header must be 'Bearer <token>'")
+        if self._globus is not None and not token.startswith(TOKEN_PREFIX):
+            return await self._globus.authenticate(token)
         caller = await self._lookup(hash_token(token))
         if caller is None:
             raise unauthorized("unknown or revoked token")
@@ -72,20 +82,26 @@ class TokenAuthenticator:
 
 
 class AuthMiddleware:
-    """Lets a ``/v1/`` request through only with a valid token; sets ``state.caller``."""
+    """Lets a ``/v1/`` request through only with a valid token and within the caller's rate.
+
+    Sets ``state.caller``. Unauthenticated requests are refused before they count.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(PROTECTED_PREFIX):
+        path = scope["path"] if scope["type"] == "http" else ""
+        if not path.startswith(PROTECTED_PREFIX) or path in PUBLIC_PATHS:
             await self.app(scope, receive, send)
             return
         connection = HTTPConnection(scope)
+        context = context_of(connection)
         try:
-            caller = await context_of(connection).auth.authenticate(
-                connection.headers.get("authorization")
-            )
+            caller = await context.auth.authenticate(connection.headers.get("authorization"))
+            wait_s = context.limiter.acquire(caller.user_id)
+            if wait_s > 0:
+                raise retry_later(429, "RATE_LIMITED", "too many requests; slow down", wait_s)
         except ApiError as exc:
             await error_response(exc, request_id_of(scope))(scope, receive, send)
             return

@@ -8,6 +8,7 @@ know are ignored, so newer clients keep working.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,12 @@ from web_service.models import is_id
 
 MAX_NAME_LENGTH = 255
 MAX_STATUS_IDS = 1000
+MAX_LIST_ITEMS = 1000
+DEFAULT_PAGE_LIMIT = 100
+MAX_PAGE_LIMIT = 1000
+DEFAULT_GROUP_PAGE_LIMIT = 1000
+MAX_GROUP_PAGE_LIMIT = 10_000
+MAX_OFFSET = 2**31 - 1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -27,6 +34,12 @@ class FunctionRegistration:
     name: str
     code: str
     description: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Page:
+    limit: int
+    offset: int
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,6 +54,11 @@ def too_large(max_bytes: int) -> ApiError:
 
 async def read_json(request: Request, *, max_bytes: int) -> Any:
     """The JSON body of ``request``; 413 past ``max_bytes`` (counted as it arrives)."""
+    return parse_json(await read_body(request, max_bytes=max_bytes))
+
+
+async def read_body(request: Request, *, max_bytes: int) -> bytes:
+    """The raw body of ``request``; 413 past ``max_bytes``, 400 when empty."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise too_large(max_bytes)
@@ -53,8 +71,13 @@ async def read_json(request: Request, *, max_bytes: int) -> Any:
         chunks.append(chunk)
     if not size:
         raise bad_request("the request needs a JSON body")
+    return b"".join(chunks)
+
+
+def parse_json(body: bytes) -> Any:
+    """``body`` parsed as JSON; 400 when it is not JSON."""
     try:
-        return json.loads(b"".join(chunks))
+        return json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise bad_request(f"the body is not valid JSON: {exc}") from exc
 
@@ -128,11 +151,57 @@ def parse_submit(data: Any, *, max_tasks: int) -> SubmitBatch:
     return SubmitBatch(tasks=tasks, task_group_id=task_group_id)
 
 
+def _strings(data: dict[str, Any], field: str, *, min_items: int, max_items: int) -> list[str]:
+    """``data[field]``: a list of ``min_items`` to ``max_items`` strings, duplicates dropped."""
+    items = data.get(field)
+    if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+        raise invalid(f"{field} must be a list of strings")
+    if not min_items <= len(items) <= max_items:
+        raise invalid(f"{field} must hold {min_items} to {max_items} items, not {len(items)}")
+    return list(dict.fromkeys(items))
+
+
 def parse_task_ids(data: Any) -> list[str]:
     """``{"task_ids": [...]}``: 1 to 1000 ids, duplicates dropped, order kept."""
-    ids = _object(data).get("task_ids")
-    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-        raise invalid("task_ids must be a list of strings")
-    if not ids or len(ids) > MAX_STATUS_IDS:
-        raise invalid(f"task_ids must hold 1 to {MAX_STATUS_IDS} ids, not {len(ids)}")
-    return list(dict.fromkeys(ids))
+    return _strings(_object(data), "task_ids", min_items=1, max_items=MAX_STATUS_IDS)
+
+
+def parse_user_names(data: Any) -> list[str]:
+    """``{"users": [names]}``: 0 to 1000 user names to share with (all of them, replacing)."""
+    return _strings(_object(data), "users", min_items=0, max_items=MAX_LIST_ITEMS)
+
+
+def parse_function_sharing(data: Any) -> tuple[bool, list[str]]:
+    """``{"public": bool, "users": [names]}``."""
+    body = _object(data)
+    public = body.get("public")
+    if not isinstance(public, bool):
+        raise invalid("public must be true or false")
+    return public, parse_user_names(body)
+
+
+def parse_function_ids(data: Any) -> list[str]:
+    """``{"function_ids": [ids]}``: 0 to 1000 function ids (an allow-list; empty lifts it)."""
+    ids = _strings(_object(data), "function_ids", min_items=0, max_items=MAX_LIST_ITEMS)
+    bad = [function_id for function_id in ids if not is_id(function_id)]
+    if bad:
+        raise invalid(f"function_ids must be uuids; {bad[0]!r} is not")
+    return ids
+
+
+def parse_page(
+    query: Mapping[str, str], *, default: int = DEFAULT_PAGE_LIMIT, maximum: int = MAX_PAGE_LIMIT
+) -> Page:
+    """``?limit=`` (1 to ``maximum``, default ``default``) and ``?offset=`` (0 or more)."""
+    limit = _query_int(query, "limit", default, 1, maximum)
+    offset = _query_int(query, "offset", 0, 0, MAX_OFFSET)
+    return Page(limit=limit, offset=offset)
+
+
+def _query_int(query: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = query.get(name)
+    if raw is None:
+        return default
+    if not raw.isascii() or not raw.isdigit() or not low <= int(raw) <= high:
+        raise invalid(f"{name} must be an integer from {low} to {high}")
+    return int(raw)

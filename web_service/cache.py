@@ -1,7 +1,8 @@
 """Small in-process caches: bounded, least-recently-used first out, optionally expiring.
 
-They hold what never changes once written (a function's owner and code, an endpoint's or
-task group's owner) and, for ``auth_cache_s``, who a token belongs to. Each web process
+They hold, for a bounded time, what a request needs to know and rarely changes (a
+function's owner, sharing and code, an endpoint's owner, shares and allow-list, a task
+group's owner, who a token belongs to). Each web process
 has its own; nothing here is shared or persisted.
 """
 
@@ -67,6 +68,11 @@ class LRUCache(Generic[K, V]):
             self._max_weight is not None and self._weight > self._max_weight
         ):
             self._drop(next(iter(self._entries)))
+
+    def forget(self, key: K) -> None:
+        """Drop ``key`` if it is cached (after the value it stands for changed)."""
+        if key in self._entries:
+            self._drop(key)
 
     def _drop(self, key: K) -> None:
         _, _, weight = self._entries.pop(key)

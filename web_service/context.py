@@ -1,4 +1,4 @@
-"""What every request handler shares: settings, SQL, Redis and the in-process caches.
+"""What every request handler shares: settings, SQL, Redis, catalogs, limits and metrics.
 
 One :class:`AppContext` is built by the app's lifespan (which also closes it) and reaches
 handlers as ``request.state.context``; :func:`context_of` fetches it, typed.
@@ -14,8 +14,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import HTTPConnection
 
 from sdk.keys import Keys
-from web_service.catalog import Catalog
+from web_service.cancel import Canceller
+from web_service.endpoints import EndpointCatalog
+from web_service.functions import FunctionCatalog
+from web_service.metrics import Metrics
+from web_service.ratelimit import RateLimiter
 from web_service.settings import WebSettings
+from web_service.task_groups import TaskGroupCatalog
 
 if TYPE_CHECKING:
     from web_service.auth import TokenAuthenticator
@@ -27,8 +32,13 @@ class AppContext:
     engine: AsyncEngine
     redis: aioredis.Redis
     keys: Keys
-    catalog: Catalog
+    functions: FunctionCatalog
+    endpoints: EndpointCatalog
+    task_groups: TaskGroupCatalog
+    canceller: Canceller
     auth: TokenAuthenticator
+    limiter: RateLimiter
+    metrics: Metrics
     version: str
 
 

@@ -2,16 +2,22 @@
 
 The body of an error is ``{"code": "UPPER_SNAKE", "message": "...", "request_id": "..."}``;
 the same request id is in the ``x-request-id`` header of every response, so a user can
-quote it and an operator can find it in the logs. Codes: ``UNAUTHORIZED`` 401,
-``NOT_FOUND`` / ``FUNCTION_NOT_FOUND`` / ``ENDPOINT_NOT_FOUND`` / ``TASK_NOT_FOUND`` /
-``TASK_GROUP_NOT_FOUND`` 404, ``BAD_REQUEST`` 400, ``PAYLOAD_TOO_LARGE`` 413,
-``VALIDATION_ERROR`` 422, ``INTERNAL_ERROR`` 500 (a server fault, logged with its traceback).
+quote it and an operator can find it in the logs. Codes: ``BAD_REQUEST`` 400,
+``UNAUTHORIZED`` 401, ``FORBIDDEN`` (only the owner may do that) / ``FUNCTION_NOT_ALLOWED``
+(the endpoint's allow-list refuses the function) 403, ``NOT_FOUND`` / ``FUNCTION_NOT_FOUND`` /
+``ENDPOINT_NOT_FOUND`` / ``TASK_NOT_FOUND`` / ``TASK_GROUP_NOT_FOUND`` 404, ``CONFLICT`` 409
+(the same Idempotency-Key is being processed; retry after ``Retry-After``),
+``FUNCTION_DELETED`` 410, ``PAYLOAD_TOO_LARGE`` 413, ``VALIDATION_ERROR`` / ``UNKNOWN_USER`` /
+``IDEMPOTENCY_KEY_REUSED`` 422, ``RATE_LIMITED`` 429 (with ``Retry-After``),
+``INTERNAL_ERROR`` 500 (a server fault, logged with its traceback) and ``UNAVAILABLE`` 503
+(Globus Auth could not be asked about a token).
 """
 
 from __future__ import annotations
 
 import http
 import logging
+import math
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -29,11 +35,14 @@ REQUEST_ID_HEADER = "x-request-id"
 class ApiError(Exception):
     """An answer other than success, raised anywhere below a route."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(status, code, message)
+    def __init__(
+        self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(status, code, message, headers)
         self.status = status
         self.code = code
         self.message = message
+        self.headers = dict(headers or {})
 
     def __str__(self) -> str:
         return f"{self.status} {self.code}: {self.message}"
@@ -56,6 +65,16 @@ def not_found(kind: str, object_id: str) -> ApiError:
     return ApiError(404, f"{kind.upper()}_NOT_FOUND", f"no {kind.replace('_', ' ')} {object_id}")
 
 
+def forbidden(message: str) -> ApiError:
+    return ApiError(403, "FORBIDDEN", message)
+
+
+def retry_later(status: int, code: str, message: str, retry_after_s: float) -> ApiError:
+    """An error the client fixes by waiting: ``Retry-After`` says how many whole seconds."""
+    seconds = max(1, math.ceil(retry_after_s))
+    return ApiError(status, code, message, {"retry-after": str(seconds)})
+
+
 def request_id_of(scope: Scope) -> str:
     state: Mapping[str, Any] = scope.get("state") or {}
     return str(state.get("request_id", ""))
@@ -63,7 +82,9 @@ def request_id_of(scope: Scope) -> str:
 
 def error_response(exc: ApiError, request_id: str) -> JSONResponse:
     body = {"code": exc.code, "message": exc.message, "request_id": request_id}
-    headers = {"www-authenticate": "Bearer"} if exc.status == 401 else None
+    headers = dict(exc.headers)
+    if exc.status == 401:
+        headers["www-authenticate"] = "Bearer"
     return JSONResponse(body, status_code=exc.status, headers=headers)
 
 

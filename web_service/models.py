@@ -1,4 +1,4 @@
-"""The SQL schema: users, their API tokens, functions, endpoints and task groups.
+"""The SQL schema: users, their API tokens, functions, endpoints, task groups and sharing.
 
 SQL holds what is durable and written rarely; tasks never touch it (they live in Redis).
 The ``MetaData`` carries a naming convention so Alembic migrations get stable constraint
@@ -12,7 +12,16 @@ import hashlib
 import uuid
 from datetime import UTC, datetime
 
-from sqlalchemy import DateTime, ForeignKey, MetaData, String, Text, UniqueConstraint
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    ForeignKey,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING_CONVENTION = {
@@ -64,6 +73,8 @@ class User(Base):
     id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(255), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    identity_id: Mapped[str | None] = mapped_column(String(ID_LENGTH), unique=True, nullable=True)
+    """The Globus identity (``sub``) of a user created on first sight of it; else None."""
 
 
 class Token(Base):
@@ -80,6 +91,8 @@ class Token(Base):
 
 
 class Function(Base):
+    """A registered function. A deleted one keeps its row (queued tasks still need the code)."""
+
     __tablename__ = "functions"
     __table_args__ = (UniqueConstraint("owner_id", "code_hash"),)
 
@@ -90,9 +103,13 @@ class Function(Base):
     code: Mapped[str] = mapped_column(Text)
     code_hash: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    public: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class Endpoint(Base):
+    """An endpoint. A deleted one keeps its row: registering its name again revives it."""
+
     __tablename__ = "endpoints"
     __table_args__ = (UniqueConstraint("owner_id", "name"),)
 
@@ -100,6 +117,7 @@ class Endpoint(Base):
     owner_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class TaskGroup(Base):
@@ -108,6 +126,45 @@ class TaskGroup(Base):
     id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True, default=new_id)
     owner_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class FunctionShare(Base):
+    """``user_id`` may read and run ``function_id``."""
+
+    __tablename__ = "function_shares"
+
+    function_id: Mapped[str] = mapped_column(
+        ForeignKey("functions.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[str] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+
+
+class EndpointShare(Base):
+    """``user_id`` may read ``endpoint_id`` and submit tasks to it."""
+
+    __tablename__ = "endpoint_shares"
+
+    endpoint_id: Mapped[str] = mapped_column(
+        ForeignKey("endpoints.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[str] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+
+
+class EndpointAllowedFunction(Base):
+    """One entry of an endpoint's allow-list; an endpoint without entries runs any function.
+
+    ``function_id`` is not a foreign key: the owner may list a function before it is shared."""
+
+    __tablename__ = "endpoint_allowed_functions"
+
+    endpoint_id: Mapped[str] = mapped_column(
+        ForeignKey("endpoints.id", ondelete="CASCADE"), primary_key=True
+    )
+    function_id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True)
 
 
 def is_id(text: str) -> bool:

@@ -13,10 +13,14 @@ from typing import cast
 import redis.asyncio as aioredis
 from redis.typing import EncodableT, FieldT
 
-from sdk.keys import Keys
+from sdk.keys import AGENT_GROUP, Keys
 from sdk.messages import StreamEntry, TaskHash, TaskInfo, TaskSpec, task_info
 from sdk.states import TaskState
 from web_service.models import is_id, new_id
+
+
+def new_task_ids(count: int) -> list[str]:
+    return [new_id() for _ in range(count)]
 
 
 async def enqueue(
@@ -27,15 +31,19 @@ async def enqueue(
     endpoint_id: str,
     task_group_id: str,
     tasks: Sequence[TaskSpec],
+    task_ids: Sequence[str],
     codes: Mapping[str, str],
     result_ttl_s: int,
-) -> list[str]:
-    """Queue ``tasks`` on the endpoint's stream in one pipelined round trip; their ids, in order.
+    remember: tuple[str, str] | None = None,
+) -> None:
+    """Queue ``tasks`` under ``task_ids`` on the endpoint's stream in one pipelined round trip.
 
     The pipeline first re-``SET NX``es the code of every function in ``codes`` (so a cache
     that Redis evicted heals before an agent asks for it), then per task writes its hash
     (state ``waiting-for-ep``) and appends its entry to ``keys.endpoint_tasks``, then appends
-    the ids to the task group's list and renews that list's TTL.
+    the ids to the task group's list and renews that list's TTL. With ``remember`` as
+    ``(key, value)`` it finally overwrites the existing ``key`` with ``value`` keeping its TTL
+    (the Idempotency-Key record of the batch).
 
     Contract: when this returns, Redis has acknowledged every write and agents may already be
     running the tasks; entries are appended in submission order. The pipeline is not a
@@ -43,7 +51,6 @@ async def enqueue(
     although the caller never learns those ids, so a client retry can run a task twice,
     which the at-least-once execution contract allows.
     """
-    task_ids = [new_id() for _ in tasks]
     created_at = f"{time.time():.6f}"
     pipe = redis.pipeline(transaction=False)
     for function_id, code in codes.items():
@@ -71,8 +78,9 @@ async def enqueue(
     group_tasks = keys.task_group_tasks(task_group_id)
     pipe.rpush(group_tasks, *task_ids)
     pipe.expire(group_tasks, result_ttl_s)
+    if remember is not None:
+        pipe.set(remember[0], remember[1], xx=True, keepttl=True)
     await pipe.execute()
-    return task_ids
 
 
 def _fields(record: TaskHash | StreamEntry) -> dict[FieldT, EncodableT]:
@@ -111,10 +119,25 @@ async def read_task(
     return (await read_tasks(redis, keys, user_id, [task_id])).get(task_id)
 
 
-async def task_group_task_ids(redis: aioredis.Redis, keys: Keys, task_group_id: str) -> list[str]:
-    """Every task id submitted into the group, in order, until the list expires."""
-    ids = await redis.lrange(keys.task_group_tasks(task_group_id), 0, -1)
-    return cast(list[str], ids)  # decode_responses=True: strings, not bytes
+async def task_group_page(
+    redis: aioredis.Redis, keys: Keys, task_group_id: str, *, offset: int, limit: int
+) -> tuple[int, list[tuple[str, str | None]]]:
+    """``(total, [(task id, state or None once expired)])`` of one page of a group's tasks.
+
+    The tasks are in submission order; one round trip.
+    """
+    group_tasks = keys.task_group_tasks(task_group_id)
+    pipe = redis.pipeline(transaction=False)
+    pipe.llen(group_tasks)
+    pipe.lrange(group_tasks, offset, offset + limit - 1)
+    total, ids = await pipe.execute()
+    if not ids:
+        return int(total), []
+    pipe = redis.pipeline(transaction=False)
+    for task_id in ids:
+        pipe.hget(keys.task(task_id), "state")
+    states = await pipe.execute()
+    return int(total), list(zip(cast(list[str], ids), states, strict=True))
 
 
 async def endpoint_status(
@@ -123,3 +146,39 @@ async def endpoint_status(
     """The latest heartbeat of the endpoint's agents, or None when none is live."""
     status = await redis.hgetall(keys.endpoint_status(endpoint_id))
     return cast(dict[str, str], status) or None  # decode_responses=True: strings
+
+
+async def endpoint_load(
+    redis: aioredis.Redis, keys: Keys, endpoint_ids: Sequence[str]
+) -> dict[str, tuple[int, int]]:
+    """``{endpoint id: (queued, delivered)}`` from each task stream; one round trip.
+
+    ``queued``: entries no agent has read yet (cancelled ones included until an agent skips
+    them); ``delivered``: entries agents read and have not completed. Agents delete an entry
+    when they complete it, so the stream length is their sum.
+    """
+    pipe = redis.pipeline(transaction=False)
+    for endpoint_id in endpoint_ids:
+        stream = keys.endpoint_tasks(endpoint_id)
+        pipe.xlen(stream)
+        pipe.xpending(stream, AGENT_GROUP)
+    replies = await pipe.execute(raise_on_error=False)
+    load: dict[str, tuple[int, int]] = {}
+    for index, endpoint_id in enumerate(endpoint_ids):
+        length, pending = replies[2 * index], replies[2 * index + 1]
+        delivered = int(pending["pending"]) if isinstance(pending, dict) else 0
+        total = int(length) if isinstance(length, int) else 0
+        load[endpoint_id] = (max(0, total - delivered), delivered)
+    return load
+
+
+async def set_allowed_functions(
+    redis: aioredis.Redis, keys: Keys, endpoint_id: str, function_ids: Sequence[str]
+) -> None:
+    """Mirror an endpoint's allow-list into its Redis set (atomically; one hash slot)."""
+    key = keys.endpoint_allowed_functions(endpoint_id)
+    pipe = redis.pipeline(transaction=True)
+    pipe.delete(key)
+    if function_ids:
+        pipe.sadd(key, *function_ids)
+    await pipe.execute()

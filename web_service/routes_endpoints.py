@@ -1,83 +1,183 @@
-"""Registering endpoints, their status, and submitting batches of tasks to them."""
+"""Endpoints: register, list, read, delete, status, sharing and the allow-list.
+
+An endpoint the caller may not use answers 404 ``ENDPOINT_NOT_FOUND`` whether or not it
+exists. A user it is shared with may read it and its status and submit to it; changing it
+(delete, sharing, allow-list) answers them 403 ``FORBIDDEN``.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from sdk.messages import SubmitResponse
+from web_service.accounts import Caller
 from web_service.auth import caller_of
-from web_service.bodies import parse_endpoint_registration, parse_submit, read_json
-from web_service.context import context_of
-from web_service.errors import not_found
-from web_service.queue import endpoint_status, enqueue
+from web_service.bodies import (
+    parse_endpoint_registration,
+    parse_function_ids,
+    parse_page,
+    parse_user_names,
+    read_json,
+)
+from web_service.context import AppContext, context_of
+from web_service.endpoints import EndpointRecord
+from web_service.errors import forbidden, not_found
+from web_service.queue import endpoint_load, endpoint_status, set_allowed_functions
 
-MAX_IDS_NAMED = 10
-
-
-async def register_endpoint(request: Request) -> JSONResponse:
-    """``POST /v1/endpoints``: ``{"endpoint_id", "name"}``; the same name gives the same id."""
-    context = context_of(request)
-    name = parse_endpoint_registration(
-        await read_json(request, max_bytes=context.settings.max_body_bytes)
-    )
-    record = await context.catalog.register_endpoint(caller_of(request).user_id, name)
-    return JSONResponse({"endpoint_id": record.id, "name": record.name})
+__all__ = ["routes"]
 
 
-async def get_endpoint(request: Request) -> JSONResponse:
-    """``GET /v1/endpoints/{endpoint_id}``: name and the agents' heartbeat (null if none)."""
-    context = context_of(request)
-    endpoint_id = request.path_params["endpoint_id"]
-    record = await context.catalog.endpoint(caller_of(request).user_id, endpoint_id)
-    if record is None:
-        raise not_found("endpoint", endpoint_id)
-    status = await endpoint_status(context.redis, context.keys, endpoint_id)
-    return JSONResponse({"endpoint_id": record.id, "name": record.name, "status": status})
+def endpoint_view(record: EndpointRecord, caller: Caller) -> dict[str, Any]:
+    return {
+        "endpoint_id": record.id,
+        "name": record.name,
+        "owner_id": record.owner_id,
+        "owned": record.owner_id == caller.user_id,
+        "created_at": record.created_at,
+    }
 
 
-async def submit(request: Request) -> JSONResponse:
-    """``POST /v1/endpoints/{endpoint_id}/submit``: queue a batch; task ids in order.
-
-    Checks, each answering 4xx before anything is queued: the body (413, 400, 422), the
-    endpoint is the caller's (404 ENDPOINT_NOT_FOUND), every function is the caller's
-    (404 FUNCTION_NOT_FOUND naming the ids), a given task group is not someone else's
-    (404 TASK_GROUP_NOT_FOUND). Costs one Redis round trip and, once the caches are warm,
-    one SQL statement (a new group's row) per batch; nothing per task.
-    """
+async def _usable(request: Request) -> tuple[AppContext, Caller, EndpointRecord]:
     context = context_of(request)
     caller = caller_of(request)
     endpoint_id = request.path_params["endpoint_id"]
-    batch = parse_submit(
-        await read_json(request, max_bytes=context.settings.max_body_bytes),
-        max_tasks=context.settings.max_tasks_per_batch,
-    )
-    if await context.catalog.endpoint(caller.user_id, endpoint_id) is None:
+    record = await context.endpoints.get(caller.user_id, endpoint_id)
+    if record is None:
         raise not_found("endpoint", endpoint_id)
-    function_ids = list(dict.fromkeys(task["function_id"] for task in batch.tasks))
-    codes, missing = await context.catalog.function_codes(caller.user_id, function_ids)
-    if missing:
-        raise not_found("function", ", ".join(missing[:MAX_IDS_NAMED]))
-    task_group_id = await context.catalog.claim_task_group(caller.user_id, batch.task_group_id)
-    if task_group_id is None:
-        raise not_found("task_group", str(batch.task_group_id))
-    task_ids = await enqueue(
-        context.redis,
-        context.keys,
-        user_id=caller.user_id,
-        endpoint_id=endpoint_id,
-        task_group_id=task_group_id,
-        tasks=batch.tasks,
-        codes=codes,
-        result_ttl_s=context.settings.result_ttl_s,
+    return context, caller, record
+
+
+async def _owned(request: Request) -> tuple[AppContext, Caller, EndpointRecord]:
+    context, caller, record = await _usable(request)
+    if record.owner_id != caller.user_id:
+        raise forbidden("only the endpoint's owner may do that")
+    return context, caller, record
+
+
+async def register_endpoint(request: Request) -> JSONResponse:
+    """``POST /v1/endpoints``: the same name gives the same id (reviving it if deleted)."""
+    context = context_of(request)
+    caller = caller_of(request)
+    name = parse_endpoint_registration(
+        await read_json(request, max_bytes=context.settings.max_body_bytes)
     )
-    response: SubmitResponse = {"task_group_id": task_group_id, "task_ids": task_ids}
-    return JSONResponse(response)
+    record = await context.endpoints.register(caller.user_id, name)
+    return JSONResponse(endpoint_view(record, caller))
+
+
+async def list_endpoints(request: Request) -> JSONResponse:
+    """``GET /v1/endpoints?limit&offset``: the caller's endpoints and those shared with them."""
+    context = context_of(request)
+    caller = caller_of(request)
+    page = parse_page(request.query_params)
+    records = await context.endpoints.list_for(caller.user_id, limit=page.limit, offset=page.offset)
+    return JSONResponse({"endpoints": [endpoint_view(record, caller) for record in records]})
+
+
+async def get_endpoint(request: Request) -> JSONResponse:
+    """``GET /v1/endpoints/{endpoint_id}``: the endpoint and its agents' heartbeat (or null)."""
+    context, caller, record = await _usable(request)
+    body = endpoint_view(record, caller)
+    body["status"] = await endpoint_status(context.redis, context.keys, record.id)
+    return JSONResponse(body)
+
+
+def _number(fields: dict[str, str], name: str, kind: type[int] | type[float]) -> Any:
+    """A heartbeat field as a number; None when absent or not a number."""
+    try:
+        return kind(fields[name])
+    except (KeyError, ValueError):
+        return None
+
+
+async def get_status(request: Request) -> JSONResponse:
+    """``GET /v1/endpoints/{endpoint_id}/status``: online or not, capacity and load.
+
+    ``online`` is true while an agent's heartbeat is live (it expires three heartbeats after
+    the last); ``queued`` counts tasks no agent has read yet, ``in_flight`` those agents
+    hold; the rest is the latest heartbeat (null when offline).
+    """
+    context, _, record = await _usable(request)
+    beat = await endpoint_status(context.redis, context.keys, record.id) or {}
+    queued, in_flight = (await endpoint_load(context.redis, context.keys, [record.id]))[record.id]
+    return JSONResponse(
+        {
+            "endpoint_id": record.id,
+            "online": bool(beat),
+            "queued": queued,
+            "in_flight": in_flight,
+            "workers": _number(beat, "workers", int),
+            "running": _number(beat, "running", int),
+            "capacity": _number(beat, "capacity", int),
+            "last_heartbeat": _number(beat, "heartbeat_at", float),
+            "agent": beat.get("agent"),
+            "host": beat.get("host"),
+            "version": beat.get("version"),
+            "engine": beat.get("engine"),
+        }
+    )
+
+
+async def delete_endpoint(request: Request) -> JSONResponse:
+    """``DELETE /v1/endpoints/{endpoint_id}``: hidden from everyone, refuses new tasks."""
+    context, _, record = await _owned(request)
+    await context.endpoints.delete(record.id)
+    return JSONResponse({"endpoint_id": record.id, "deleted": True})
+
+
+async def get_sharing(request: Request) -> JSONResponse:
+    """``GET /v1/endpoints/{endpoint_id}/sharing``: ``{"users"}`` (owner only)."""
+    context, _, record = await _owned(request)
+    users = await context.endpoints.shared_with(record.id)
+    return JSONResponse({"endpoint_id": record.id, "users": users})
+
+
+async def put_sharing(request: Request) -> JSONResponse:
+    """``PUT /v1/endpoints/{endpoint_id}/sharing`` ``{"users"}``: share with exactly them."""
+    context, caller, record = await _owned(request)
+    names = parse_user_names(await read_json(request, max_bytes=context.settings.max_body_bytes))
+    await context.endpoints.set_shares(record.id, names=names, owner_id=caller.user_id)
+    users = await context.endpoints.shared_with(record.id)
+    return JSONResponse({"endpoint_id": record.id, "users": users})
+
+
+async def get_allowed_functions(request: Request) -> JSONResponse:
+    """``GET /v1/endpoints/{endpoint_id}/allowed_functions``: ``{"function_ids"}``.
+
+    An empty list means the endpoint runs any function its users may run.
+    """
+    _, _, record = await _usable(request)
+    return JSONResponse(
+        {"endpoint_id": record.id, "function_ids": sorted(record.allowed_functions)}
+    )
+
+
+async def put_allowed_functions(request: Request) -> JSONResponse:
+    """``PUT /v1/endpoints/{endpoint_id}/allowed_functions`` ``{"function_ids"}``: replace it.
+
+    Written to SQL, then mirrored into Redis for the agents; a failure between the two is
+    mended by repeating the request.
+    """
+    context, _, record = await _owned(request)
+    function_ids = parse_function_ids(
+        await read_json(request, max_bytes=context.settings.max_body_bytes)
+    )
+    await context.endpoints.set_allowed_functions(record.id, function_ids)
+    await set_allowed_functions(context.redis, context.keys, record.id, function_ids)
+    return JSONResponse({"endpoint_id": record.id, "function_ids": sorted(function_ids)})
 
 
 routes = [
     Route("/v1/endpoints", register_endpoint, methods=["POST"]),
+    Route("/v1/endpoints", list_endpoints, methods=["GET"]),
     Route("/v1/endpoints/{endpoint_id}", get_endpoint, methods=["GET"]),
-    Route("/v1/endpoints/{endpoint_id}/submit", submit, methods=["POST"]),
+    Route("/v1/endpoints/{endpoint_id}", delete_endpoint, methods=["DELETE"]),
+    Route("/v1/endpoints/{endpoint_id}/status", get_status, methods=["GET"]),
+    Route("/v1/endpoints/{endpoint_id}/sharing", get_sharing, methods=["GET"]),
+    Route("/v1/endpoints/{endpoint_id}/sharing", put_sharing, methods=["PUT"]),
+    Route("/v1/endpoints/{endpoint_id}/allowed_functions", get_allowed_functions, methods=["GET"]),
+    Route("/v1/endpoints/{endpoint_id}/allowed_functions", put_allowed_functions, methods=["PUT"]),
 ]

@@ -1,18 +1,31 @@
-"""Who am I, where is the push service, is this process healthy."""
+"""Who am I, where is the push service; health, readiness, metrics and the OpenAPI document.
+
+``/healthz`` (the process answers), ``/readyz`` (SQL and Redis answer), ``/metrics``
+(Prometheus text) and ``/v1/openapi.json`` need no token; keep ``/metrics`` and the probes
+on the operators' network.
+"""
 
 from __future__ import annotations
 
 import logging
 
-from sqlalchemy import text
+from sqlalchemy import select, text
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from web_service.auth import caller_of
 from web_service.context import context_of
+from web_service.metrics import MAX_SCRAPED_ENDPOINTS
+from web_service.models import Endpoint
+from web_service.openapi import build_openapi
+from web_service.queue import endpoint_load
+
+__all__ = ["routes"]
 
 logger = logging.getLogger(__name__)
+
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 async def whoami(request: Request) -> JSONResponse:
@@ -28,27 +41,66 @@ async def info(request: Request) -> JSONResponse:
 
 
 async def healthz(request: Request) -> JSONResponse:
-    """``GET /healthz`` (no token): 200 when Redis and SQL answer, else 503 saying which not."""
+    """``GET /healthz``: 200 while the process serves requests."""
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> JSONResponse:
+    """``GET /readyz``: 200 when Redis and SQL answer, else 503 saying which do not."""
     context = context_of(request)
     failing: list[str] = []
     try:
         await context.redis.ping()
     except Exception:
-        logger.exception("health check: Redis does not answer")
+        logger.exception("readiness: Redis does not answer")
         failing.append("redis")
     try:
         async with context.engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
     except Exception:
-        logger.exception("health check: SQL does not answer")
+        logger.exception("readiness: SQL does not answer")
         failing.append("database")
     if failing:
         return JSONResponse({"status": "unavailable", "failing": failing}, status_code=503)
     return JSONResponse({"status": "ok"})
 
 
+async def metrics(request: Request) -> Response:
+    """``GET /metrics``: Prometheus text; the task gauges are computed now (bounded cost)."""
+    context = context_of(request)
+    async with context.engine.connect() as connection:
+        endpoint_ids = list(
+            await connection.scalars(
+                select(Endpoint.id)
+                .where(Endpoint.deleted_at.is_(None))
+                .order_by(Endpoint.id)
+                .limit(MAX_SCRAPED_ENDPOINTS)
+            )
+        )
+    load = await endpoint_load(context.redis, context.keys, endpoint_ids)
+    pipe = context.redis.pipeline(transaction=False)
+    for endpoint_id in endpoint_ids:
+        pipe.exists(context.keys.endpoint_status(endpoint_id))
+    online = sum(await pipe.execute()) if endpoint_ids else 0
+    context.metrics.set_task_states(
+        waiting=sum(queued for queued, _ in load.values()),
+        running=sum(delivered for _, delivered in load.values()),
+        online=online,
+    )
+    return Response(context.metrics.render(), media_type=METRICS_CONTENT_TYPE)
+
+
+async def openapi(request: Request) -> JSONResponse:
+    """``GET /v1/openapi.json``: the OpenAPI 3.0 document of this service."""
+    context = context_of(request)
+    return JSONResponse(build_openapi(context.settings, version=context.version))
+
+
 routes = [
     Route("/healthz", healthz, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
+    Route("/v1/openapi.json", openapi, methods=["GET"]),
     Route("/v1/whoami", whoami, methods=["GET"]),
     Route("/v1/info", info, methods=["GET"]),
 ]

@@ -12,6 +12,14 @@ Environment variables read by :meth:`WebSettings.from_env` (nothing is read at i
     FXBROKER_MAX_TASKS_PER_BATCH   most tasks in one submit (default 10000)
     FXBROKER_AUTH_CACHE_S          seconds a checked token is trusted without SQL (default 10)
     FXBROKER_FUNCTION_CACHE_BYTES  bytes of function code kept in process (default 64 MiB)
+    FXBROKER_CATALOG_CACHE_S       seconds a process trusts what it read of sharing, allow-lists
+                                   and deletions made by other processes (default 10)
+    FXBROKER_IDEMPOTENCY_TTL_S     seconds a submit's Idempotency-Key is remembered (default 24 h)
+    FXBROKER_RATE_LIMIT_PER_S      requests per second one user may make, per web process
+                                   (default 100; 0 switches the limit off)
+    FXBROKER_RATE_LIMIT_BURST      requests one user may make at once (default 500)
+    FXBROKER_GLOBUS_CLIENT_ID      with the secret below: accept Globus Auth access tokens
+    FXBROKER_GLOBUS_CLIENT_SECRET  (checked by token introspection); both or neither
 
 A value that does not parse raises :class:`SettingsError` naming the variable; nothing
 silently falls back to a default.
@@ -21,7 +29,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -68,6 +76,17 @@ class WebSettings:
     max_tasks_per_batch: int = 10_000
     auth_cache_s: float = 10.0
     function_cache_bytes: int = 64 * 1024 * 1024
+    catalog_cache_s: float = 10.0
+    idempotency_ttl_s: int = 24 * 3600
+    rate_limit_per_s: float = 100.0
+    rate_limit_burst: int = 500
+    globus_client_id: str = ""
+    globus_client_secret: str = field(default="", repr=False)
+
+    @property
+    def globus_enabled(self) -> bool:
+        """True when Globus Auth access tokens are accepted besides fxbroker's own."""
+        return bool(self.globus_client_id)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "database_url", async_database_url(self.database_url))
@@ -77,11 +96,20 @@ class WebSettings:
             raise SettingsError("key_prefix must be non-empty and contain no ':'")
         if self.ws_url and urlsplit(self.ws_url).scheme not in _WS_SCHEMES:
             raise SettingsError("ws_url must be empty or start with ws:// or wss://")
-        for name in ("result_ttl_s", "max_body_bytes", "max_tasks_per_batch"):
+        for name in (
+            "result_ttl_s",
+            "max_body_bytes",
+            "max_tasks_per_batch",
+            "idempotency_ttl_s",
+            "rate_limit_burst",
+        ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be at least 1")
-        if self.auth_cache_s < 0 or self.function_cache_bytes < 0:
-            raise SettingsError("auth_cache_s and function_cache_bytes must not be negative")
+        for name in ("auth_cache_s", "function_cache_bytes", "catalog_cache_s", "rate_limit_per_s"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{name} must not be negative")
+        if bool(self.globus_client_id) != bool(self.globus_client_secret):
+            raise SettingsError("set both globus_client_id and globus_client_secret, or neither")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> WebSettings:
@@ -99,10 +127,16 @@ class WebSettings:
             "max_tasks_per_batch": ("FXBROKER_MAX_TASKS_PER_BATCH", int),
             "auth_cache_s": ("FXBROKER_AUTH_CACHE_S", float),
             "function_cache_bytes": ("FXBROKER_FUNCTION_CACHE_BYTES", int),
+            "catalog_cache_s": ("FXBROKER_CATALOG_CACHE_S", float),
+            "idempotency_ttl_s": ("FXBROKER_IDEMPOTENCY_TTL_S", int),
+            "rate_limit_per_s": ("FXBROKER_RATE_LIMIT_PER_S", float),
+            "rate_limit_burst": ("FXBROKER_RATE_LIMIT_BURST", int),
+            "globus_client_id": ("FXBROKER_GLOBUS_CLIENT_ID", str),
+            "globus_client_secret": ("FXBROKER_GLOBUS_CLIENT_SECRET", str),
         }
-        for field, (var, parse) in optional.items():
+        for name, (var, parse) in optional.items():
             if var in env:
-                values[field] = _parse(env, var, parse)
+                values[name] = _parse(env, var, parse)
         try:
             return cls(**values)
         except SettingsError as exc:

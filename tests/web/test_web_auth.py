@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import replace
-from datetime import UTC, datetime
 from importlib.metadata import version
 
 import httpx
 import pytest
-from sqlalchemy import update
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from tests.conftest import free_port
-from web_service.accounts import create_user, hash_token, issue_token
+from web_service.accounts import create_user, issue_token, revoke_token
 from web_service.app import create_app
-from web_service.database import open_engine
-from web_service.models import Token
 from web_service.settings import WebSettings
 
 from .helpers import ApiUser, assert_error, in_process_client
@@ -74,10 +69,11 @@ async def test_info_serves_the_ws_url_and_version(alice: ApiUser) -> None:
     }
 
 
-async def test_healthz_needs_no_token(client: httpx.AsyncClient) -> None:
-    response = await client.get("/healthz")
-    assert response.status_code == 200
-    assert response.json() == {"status": "ok"}
+async def test_probes_need_no_token(client: httpx.AsyncClient) -> None:
+    for path in ("/healthz", "/readyz"):
+        response = await client.get(path)
+        assert response.status_code == 200
+        assert response.json() == {"status": "ok"}
 
 
 async def test_unknown_route_and_wrong_method_are_json(
@@ -85,7 +81,9 @@ async def test_unknown_route_and_wrong_method_are_json(
 ) -> None:
     assert_error(await alice.get("/v1/nothing-here"), 404, "NOT_FOUND")
     assert_error(await client.get("/nothing-here"), 404, "NOT_FOUND")
-    assert_error(await alice.get("/v1/functions"), 405, "METHOD_NOT_ALLOWED")
+    assert_error(
+        await alice.client.put("/v1/functions", headers=alice.headers), 405, "METHOD_NOT_ALLOWED"
+    )
 
 
 async def test_a_revoked_token_is_refused(web_settings: WebSettings) -> None:
@@ -94,26 +92,21 @@ async def test_a_revoked_token_is_refused(web_settings: WebSettings) -> None:
     headers = {"Authorization": f"Bearer {token}"}
     async with in_process_client(create_app(settings)) as client:
         assert (await client.get("/v1/whoami", headers=headers)).status_code == 200
-        async with open_engine(settings.database_url) as engine, AsyncSession(engine) as session:
-            await session.execute(
-                update(Token)
-                .where(Token.token_hash == hash_token(token))
-                .values(revoked_at=datetime.now(UTC))
-            )
-            await session.commit()
+        await revoke_token(settings.database_url, token[:8])
         assert_error(await client.get("/v1/whoami", headers=headers), 401, "UNAUTHORIZED")
 
 
-async def test_server_faults_are_500_json_and_healthz_says_what_fails(
+async def test_server_faults_are_500_json_and_readyz_says_what_fails(
     web_settings: WebSettings, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = replace(web_settings, redis_url=f"redis://127.0.0.1:{free_port()}/0")
     _, token = await create_user(settings.database_url, "frank")
     app = create_app(settings)
     async with in_process_client(app, raise_app_exceptions=False) as client:
-        health = await client.get("/healthz")
-        assert health.status_code == 503
-        assert health.json() == {"status": "unavailable", "failing": ["redis"]}
+        assert (await client.get("/healthz")).status_code == 200
+        ready = await client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json() == {"status": "unavailable", "failing": ["redis"]}
         response = await client.get(
             f"/v1/tasks/{uuid.uuid4()}", headers={"Authorization": f"Bearer {token}"}
         )

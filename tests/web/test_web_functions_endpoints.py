@@ -7,7 +7,7 @@ import uuid
 import redis.asyncio as aioredis
 from redis.typing import EncodableT, FieldT
 
-from sdk.keys import Keys
+from sdk.keys import AGENT_GROUP, Keys
 from sdk.serialize import SOURCE_CODE, serialize
 
 from .helpers import ApiUser, assert_error
@@ -98,17 +98,95 @@ async def test_endpoint_status_is_the_heartbeat(
 ) -> None:
     endpoint_id = (await alice.post("/v1/endpoints", {"name": "gpu"})).json()["endpoint_id"]
     body = (await alice.get(f"/v1/endpoints/{endpoint_id}")).json()
-    assert body == {"endpoint_id": endpoint_id, "name": "gpu", "status": None}
+    assert body["endpoint_id"] == endpoint_id
+    assert (body["name"], body["owner_id"], body["owned"]) == ("gpu", alice.user_id, True)
+    assert body["status"] is None
+    status = (await alice.get(f"/v1/endpoints/{endpoint_id}/status")).json()
+    assert status == {
+        "endpoint_id": endpoint_id,
+        "online": False,
+        "queued": 0,
+        "in_flight": 0,
+        "workers": None,
+        "running": None,
+        "capacity": None,
+        "last_heartbeat": None,
+        "agent": None,
+        "host": None,
+        "version": None,
+        "engine": None,
+    }
 
     heartbeat: dict[FieldT, EncodableT] = {
         "agent": "a1",
         "host": "node1",
+        "version": "0.1.0",
+        "engine": "process",
         "workers": "4",
+        "capacity": "8",
         "running": "1",
+        "heartbeat_at": "1700000000.5",
     }
     await aredis.hset(keys.endpoint_status(endpoint_id), mapping=heartbeat)
     body = (await alice.get(f"/v1/endpoints/{endpoint_id}")).json()
     assert body["status"] == heartbeat
+    status = (await alice.get(f"/v1/endpoints/{endpoint_id}/status")).json()
+    assert status["online"] is True
+    assert (status["workers"], status["capacity"], status["running"]) == (4, 8, 1)
+    assert status["last_heartbeat"] == 1700000000.5
+    assert (status["agent"], status["host"], status["version"], status["engine"]) == (
+        "a1",
+        "node1",
+        "0.1.0",
+        "process",
+    )
 
     assert_error(await bob.get(f"/v1/endpoints/{endpoint_id}"), 404, "ENDPOINT_NOT_FOUND")
+    assert_error(await bob.get(f"/v1/endpoints/{endpoint_id}/status"), 404, "ENDPOINT_NOT_FOUND")
     assert_error(await alice.get(f"/v1/endpoints/{uuid.uuid4()}"), 404, "ENDPOINT_NOT_FOUND")
+
+
+async def test_status_counts_queued_and_delivered_tasks(
+    alice: ApiUser, aredis: aioredis.Redis, keys: Keys
+) -> None:
+    """Queued: entries no agent has read; in flight: read by an agent, not yet completed."""
+    function_id = await register(alice)
+    endpoint_id = (await alice.post("/v1/endpoints", {"name": "gpu"})).json()["endpoint_id"]
+    task = {"function_id": function_id, "payload": "p"}
+    response = await alice.post(f"/v1/endpoints/{endpoint_id}/submit", {"tasks": [task] * 5})
+    assert response.status_code == 200, response.text
+    stream = keys.endpoint_tasks(endpoint_id)
+    await aredis.xgroup_create(stream, AGENT_GROUP, id="0")
+    await aredis.xreadgroup(AGENT_GROUP, "agent-1", {stream: ">"}, count=2)
+    status = (await alice.get(f"/v1/endpoints/{endpoint_id}/status")).json()
+    assert (status["queued"], status["in_flight"]) == (3, 2)
+
+
+async def test_lists_of_functions_and_endpoints_page(alice: ApiUser, bob: ApiUser) -> None:
+    ids = [await register(alice, serialize(f, SOURCE_CODE), f.__name__) for f in (double, triple)]
+    await register(bob)
+    listed = (await alice.get("/v1/functions")).json()["functions"]
+    assert [item["function_id"] for item in listed] == ids
+    assert listed[0]["function_name"] == "double" and listed[0]["owned"] is True
+    assert "function_code" not in listed[0]
+    page = (await alice.get("/v1/functions?limit=1&offset=1")).json()["functions"]
+    assert [item["function_id"] for item in page] == ids[1:]
+
+    names = ["a", "b", "c"]
+    endpoint_ids = [
+        (await alice.post("/v1/endpoints", {"name": n})).json()["endpoint_id"] for n in names
+    ]
+    await bob.post("/v1/endpoints", {"name": "bobs"})
+    listed = (await alice.get("/v1/endpoints")).json()["endpoints"]
+    assert [item["endpoint_id"] for item in listed] == endpoint_ids
+    page = (await alice.get("/v1/endpoints?limit=2")).json()["endpoints"]
+    assert [item["name"] for item in page] == ["a", "b"]
+    for query in ["limit=0", "limit=1001", "limit=x", "offset=-1", "limit=1.5"]:
+        assert_error(await alice.get(f"/v1/endpoints?{query}"), 422, "VALIDATION_ERROR")
+
+
+async def test_the_owner_reads_the_code(alice: ApiUser) -> None:
+    function_id = await register(alice)
+    body = (await alice.get(f"/v1/functions/{function_id}")).json()
+    assert body["function_code"] == DOUBLE
+    assert (body["owner_id"], body["owned"], body["public"]) == (alice.user_id, True, False)

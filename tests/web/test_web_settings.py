@@ -46,6 +46,30 @@ def test_every_variable_is_read() -> None:
     ) == ("prod", "wss://push.example.org", 60, 1000, 7, 0.5, 0)
 
 
+def test_the_issue_3_variables_are_read() -> None:
+    settings = WebSettings.from_env(
+        {
+            **BASE,
+            "FXBROKER_CATALOG_CACHE_S": "0",
+            "FXBROKER_IDEMPOTENCY_TTL_S": "600",
+            "FXBROKER_RATE_LIMIT_PER_S": "2.5",
+            "FXBROKER_RATE_LIMIT_BURST": "9",
+            "FXBROKER_GLOBUS_CLIENT_ID": "client",
+            "FXBROKER_GLOBUS_CLIENT_SECRET": "secret",
+        }
+    )
+    assert (
+        settings.catalog_cache_s,
+        settings.idempotency_ttl_s,
+        settings.rate_limit_per_s,
+        settings.rate_limit_burst,
+        settings.globus_client_id,
+        settings.globus_enabled,
+    ) == (0.0, 600, 2.5, 9, "client", True)
+    assert "secret" not in repr(settings)
+    assert not WebSettings.from_env(BASE).globus_enabled
+
+
 @pytest.mark.parametrize(
     ("url", "expected"),
     [
@@ -75,6 +99,11 @@ def test_database_urls_get_their_asyncio_driver(url: str, expected: str) -> None
         {**BASE, "FXBROKER_WS_URL": "http://127.0.0.1:8001"},
         {**BASE, "FXBROKER_KEY_PREFIX": "a:b"},
         {**BASE, "FXBROKER_KEY_PREFIX": ""},
+        {**BASE, "FXBROKER_GLOBUS_CLIENT_ID": "client"},
+        {**BASE, "FXBROKER_RATE_LIMIT_PER_S": "-1"},
+        {**BASE, "FXBROKER_RATE_LIMIT_BURST": "0"},
+        {**BASE, "FXBROKER_IDEMPOTENCY_TTL_S": "0"},
+        {**BASE, "FXBROKER_CATALOG_CACHE_S": "soon"},
     ],
 )
 def test_bad_values_are_refused(env: dict[str, str]) -> None:

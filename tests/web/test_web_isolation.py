@@ -1,0 +1,205 @@
+"""Isolation: a second user, created with the CLI, can neither see nor touch the first user's
+endpoint, function, task group or task through any route.
+
+The test walks every route the app serves (a new route without a case here fails it) and
+afterwards checks that nothing of the first user's changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from starlette.routing import Route
+
+from fxbroker.cli import main
+from sdk.keys import Keys
+from sdk.serialize import SOURCE_CODE, serialize
+from web_service.app import create_app
+from web_service.settings import WebSettings
+
+from .helpers import ApiUser, assert_error
+
+
+def secret(x: int) -> int:
+    return x * 7
+
+
+CODE = serialize(secret, SOURCE_CODE)
+NOT_ROUTES = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")}
+"""Public and about no user's objects (covered in their own tests)."""
+
+
+@pytest.fixture
+def mallory_token(
+    migrated_database_url: str,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> Iterator[str]:
+    """``fxbroker user create mallory``: the token it printed."""
+    monkeypatch.setenv("DATABASE_URL", migrated_database_url)
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    assert main(["user", "create", "mallory"]) == 0
+    yield capsys.readouterr().out.strip()
+
+
+async def test_a_second_user_can_neither_see_nor_touch_anything(
+    alice: ApiUser,
+    mallory_token: str,
+    web_settings: WebSettings,
+    aredis: aioredis.Redis,
+    keys: Keys,
+) -> None:
+    mallory = ApiUser("", "mallory", mallory_token, alice.client)
+    mallory.user_id = (await mallory.get("/v1/whoami")).json()["user_id"]
+    fid = (await alice.post("/v1/functions", {"function_name": "s", "function_code": CODE})).json()[
+        "function_id"
+    ]
+    eid = (await alice.post("/v1/endpoints", {"name": "gpu"})).json()["endpoint_id"]
+    await alice.client.put(
+        f"/v1/endpoints/{eid}/allowed_functions",
+        json={"function_ids": [fid]},
+        headers=alice.headers,
+    )
+    submitted = (
+        await alice.post(
+            f"/v1/endpoints/{eid}/submit", {"tasks": [{"function_id": fid, "payload": "p"}] * 2}
+        )
+    ).json()
+    gid, (tid, tid2) = submitted["task_group_id"], submitted["task_ids"]
+    mallorys_eid = (await mallory.post("/v1/endpoints", {"name": "mine"})).json()["endpoint_id"]
+
+    async def call(method: str, path: str, body: Any = None) -> Any:
+        return await mallory.client.request(method, path, json=body, headers=mallory.headers)
+
+    async def hidden(method: str, path: str, code: str, body: Any = None) -> None:
+        assert_error(await call(method, path, body), 404, code)
+
+    cases: dict[tuple[str, str], Any] = {
+        ("GET", "/v1/whoami"): lambda: _expect_self(call, mallory.user_id),
+        ("GET", "/v1/info"): lambda: _expect_ok(call("GET", "/v1/info")),
+        ("GET", "/v1/openapi.json"): lambda: _expect_ok(call("GET", "/v1/openapi.json")),
+        ("POST", "/v1/functions"): lambda: _expect_own_function(call, fid),
+        ("GET", "/v1/functions"): lambda: _expect_unlisted(call, "/v1/functions", "functions", fid),
+        ("GET", "/v1/functions/{function_id}"): lambda: hidden(
+            "GET", f"/v1/functions/{fid}", "FUNCTION_NOT_FOUND"
+        ),
+        ("DELETE", "/v1/functions/{function_id}"): lambda: hidden(
+            "DELETE", f"/v1/functions/{fid}", "FUNCTION_NOT_FOUND"
+        ),
+        ("GET", "/v1/functions/{function_id}/sharing"): lambda: hidden(
+            "GET", f"/v1/functions/{fid}/sharing", "FUNCTION_NOT_FOUND"
+        ),
+        ("PUT", "/v1/functions/{function_id}/sharing"): lambda: hidden(
+            "PUT",
+            f"/v1/functions/{fid}/sharing",
+            "FUNCTION_NOT_FOUND",
+            {"public": True, "users": ["mallory"]},
+        ),
+        ("POST", "/v1/endpoints"): lambda: _expect_own_endpoint(call, eid),
+        ("GET", "/v1/endpoints"): lambda: _expect_unlisted(call, "/v1/endpoints", "endpoints", eid),
+        ("GET", "/v1/endpoints/{endpoint_id}"): lambda: hidden(
+            "GET", f"/v1/endpoints/{eid}", "ENDPOINT_NOT_FOUND"
+        ),
+        ("DELETE", "/v1/endpoints/{endpoint_id}"): lambda: hidden(
+            "DELETE", f"/v1/endpoints/{eid}", "ENDPOINT_NOT_FOUND"
+        ),
+        ("GET", "/v1/endpoints/{endpoint_id}/status"): lambda: hidden(
+            "GET", f"/v1/endpoints/{eid}/status", "ENDPOINT_NOT_FOUND"
+        ),
+        ("GET", "/v1/endpoints/{endpoint_id}/sharing"): lambda: hidden(
+            "GET", f"/v1/endpoints/{eid}/sharing", "ENDPOINT_NOT_FOUND"
+        ),
+        ("PUT", "/v1/endpoints/{endpoint_id}/sharing"): lambda: hidden(
+            "PUT", f"/v1/endpoints/{eid}/sharing", "ENDPOINT_NOT_FOUND", {"users": ["mallory"]}
+        ),
+        ("GET", "/v1/endpoints/{endpoint_id}/allowed_functions"): lambda: hidden(
+            "GET", f"/v1/endpoints/{eid}/allowed_functions", "ENDPOINT_NOT_FOUND"
+        ),
+        ("PUT", "/v1/endpoints/{endpoint_id}/allowed_functions"): lambda: hidden(
+            "PUT",
+            f"/v1/endpoints/{eid}/allowed_functions",
+            "ENDPOINT_NOT_FOUND",
+            {"function_ids": []},
+        ),
+        ("POST", "/v1/endpoints/{endpoint_id}/submit"): lambda: _expect_no_submit(
+            hidden, eid, mallorys_eid, fid, gid
+        ),
+        ("GET", "/v1/tasks/{task_id}"): lambda: hidden("GET", f"/v1/tasks/{tid}", "TASK_NOT_FOUND"),
+        ("POST", "/v1/tasks/{task_id}/cancel"): lambda: hidden(
+            "POST", f"/v1/tasks/{tid}/cancel", "TASK_NOT_FOUND"
+        ),
+        ("POST", "/v1/tasks/batch_status"): lambda: _expect_unknown(
+            call, "/v1/tasks/batch_status", [tid, tid2]
+        ),
+        ("POST", "/v1/tasks/cancel"): lambda: _expect_unknown(
+            call, "/v1/tasks/cancel", [tid, tid2]
+        ),
+        ("GET", "/v1/task_groups"): lambda: _expect_unlisted(
+            call, "/v1/task_groups", "task_groups", gid
+        ),
+        ("GET", "/v1/task_groups/{task_group_id}"): lambda: hidden(
+            "GET", f"/v1/task_groups/{gid}", "TASK_GROUP_NOT_FOUND"
+        ),
+    }
+    served = {
+        (method, route.path)
+        for route in create_app(web_settings).routes
+        if isinstance(route, Route)
+        for method in (route.methods or set()) - {"HEAD"}
+    }
+    assert served - NOT_ROUTES == set(cases), "every route needs an isolation case"
+    for case in cases.values():
+        await case()
+
+    # nothing of alice's changed
+    assert (await alice.get(f"/v1/functions/{fid}")).json()["public"] is False
+    assert (await alice.get(f"/v1/functions/{fid}/sharing")).json()["users"] == []
+    assert (await alice.get(f"/v1/endpoints/{eid}/sharing")).json()["users"] == []
+    assert (await alice.get(f"/v1/endpoints/{eid}/allowed_functions")).json()["function_ids"] == [
+        fid
+    ]
+    for task_id in (tid, tid2):
+        assert (await alice.get(f"/v1/tasks/{task_id}")).json()["state"] == "waiting-for-ep"
+    group = (await alice.get(f"/v1/task_groups/{gid}")).json()
+    assert group["task_ids"] == [tid, tid2]
+    assert await aredis.xlen(keys.endpoint_tasks(eid)) == 2
+    assert await aredis.xlen(keys.task_group_results(gid)) == 0
+
+
+async def _expect_ok(response: Any) -> None:
+    assert (await response).status_code == 200
+
+
+async def _expect_self(call: Any, user_id: str) -> None:
+    assert (await call("GET", "/v1/whoami")).json() == {"user_id": user_id, "name": "mallory"}
+
+
+async def _expect_own_function(call: Any, alices: str) -> None:
+    """Registering the same code gives mallory a function of her own, not alice's."""
+    body = {"function_name": "s", "function_code": CODE}
+    assert (await call("POST", "/v1/functions", body)).json()["function_id"] != alices
+
+
+async def _expect_own_endpoint(call: Any, alices: str) -> None:
+    assert (await call("POST", "/v1/endpoints", {"name": "gpu"})).json()["endpoint_id"] != alices
+
+
+async def _expect_unlisted(call: Any, path: str, field: str, alices: str) -> None:
+    items = (await call("GET", path)).json()[field]
+    assert alices not in {item.get(f"{field[:-1]}_id") for item in items}
+
+
+async def _expect_unknown(call: Any, path: str, task_ids: list[str]) -> None:
+    body = (await call("POST", path, {"task_ids": task_ids})).json()
+    assert body["tasks"] == {}
+    assert body["unknown"] == task_ids
+
+
+async def _expect_no_submit(hidden: Any, eid: str, own_eid: str, fid: str, gid: str) -> None:
+    task = {"function_id": fid, "payload": "p"}
+    await hidden("POST", f"/v1/endpoints/{eid}/submit", "ENDPOINT_NOT_FOUND", {"tasks": [task]})
+    await hidden("POST", f"/v1/endpoints/{own_eid}/submit", "FUNCTION_NOT_FOUND", {"tasks": [task]})
