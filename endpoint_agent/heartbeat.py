@@ -1,0 +1,88 @@
+"""The agent's heartbeat: its status hash on the endpoint, refreshed every ``heartbeat_s``.
+
+``HSET keys.endpoint_status(endpoint_id)`` with the fields of :class:`Status` (all strings in
+Redis), then ``PEXPIRE`` it to three heartbeats, so an endpoint whose agents all stopped
+beating shows no status. Several agents of one endpoint share the hash; the latest beat wins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from importlib.metadata import PackageNotFoundError, version
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+from redis.typing import EncodableT, FieldT
+
+from sdk.keys import Keys
+
+log = logging.getLogger(__name__)
+
+
+def package_version() -> str:
+    """fxbroker's installed version (``unknown`` when it runs from an uninstalled tree)."""
+    try:
+        return version("fxbroker")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """One heartbeat. ``capacity`` is how many tasks the agent runs at once (workers plus
+    async slots); ``running`` how many it runs now; ``held`` how many it has read and not
+    yet settled (running, waiting for a worker, or being written)."""
+
+    agent: str
+    host: str
+    version: str
+    engine: str
+    workers: int
+    max_concurrency: int
+    capacity: int
+    running: int
+    held: int
+    heartbeat_at: float
+
+    def fields(self) -> dict[FieldT, EncodableT]:
+        return {name: str(value) for name, value in asdict(self).items()}
+
+
+class Heartbeat:
+    """Writes the status hash now (:meth:`beat`) and every ``interval_s`` (:meth:`run`)."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        keys: Keys,
+        endpoint_id: str,
+        *,
+        interval_s: float,
+        status: Callable[[], Status],
+    ) -> None:
+        self._redis = redis
+        self._key = keys.endpoint_status(endpoint_id)
+        self._interval_s = interval_s
+        self._status = status
+
+    async def beat(self) -> None:
+        """Write one heartbeat (one round trip)."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hset(self._key, mapping=self._status().fields())
+        pipe.pexpire(self._key, max(1, round(3000 * self._interval_s)))
+        await pipe.execute()
+
+    async def run(self, stopped: asyncio.Event) -> None:
+        """Beat every ``interval_s`` until ``stopped`` is set; a failed beat is logged, not
+        fatal. Stopping lets a beat in flight finish rather than cancelling Redis I/O."""
+        while not stopped.is_set():
+            try:
+                await self.beat()
+            except RedisError:
+                log.warning("heartbeat failed", exc_info=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopped.wait(), self._interval_s)

@@ -1,0 +1,142 @@
+"""The endpoint agent's settings: one frozen, keyword-only object, built in code or from env.
+
+Nothing is read from the environment until :meth:`AgentSettings.from_env` is called. An
+invalid value (unknown engine, a non-number where a number belongs, a count below one)
+raises :class:`sdk.errors.ConfigurationError` naming the setting; nothing silently falls
+back to a default.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal, TypeVar
+
+from sdk.errors import ConfigurationError
+from sdk.serialize import STRATEGIES
+
+Engine = Literal["process", "thread"]
+ENGINES: tuple[Engine, ...] = ("process", "thread")
+
+_T = TypeVar("_T")
+
+
+def _default_workers() -> int:
+    return os.cpu_count() or 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentSettings:
+    """How one endpoint agent connects, reads and runs tasks.
+
+    ``workers`` sync functions run at once (in processes, or threads with
+    ``engine="thread"``); ``max_concurrency`` async functions run at once in the agent's
+    event loop. ``consumer`` names this agent in the endpoint's consumer group (default
+    ``<hostname>-<pid>``); ``allowed_strategies`` restricts the serialization strategy ids
+    accepted for function code and payloads (``None``: every strategy).
+    """
+
+    endpoint_id: str
+    redis_url: str
+    key_prefix: str = "fx"
+    engine: Engine = "process"
+    workers: int = field(default_factory=_default_workers)
+    max_concurrency: int = 1000
+    heartbeat_s: float = 5.0
+    block_ms: int = 1000
+    result_ttl_s: int = 7 * 24 * 3600
+    consumer: str = ""
+    allowed_strategies: frozenset[str] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.endpoint_id:
+            raise ConfigurationError("endpoint_id must not be empty")
+        if not self.redis_url:
+            raise ConfigurationError("redis_url must not be empty")
+        if not self.key_prefix:
+            raise ConfigurationError("key_prefix must not be empty")
+        if self.engine not in ENGINES:
+            raise ConfigurationError(f"engine must be one of {ENGINES}, not {self.engine!r}")
+        for name in ("workers", "max_concurrency", "block_ms", "result_ttl_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigurationError(f"{name} must be an integer >= 1, not {value!r}")
+        if not self.heartbeat_s > 0:
+            raise ConfigurationError(f"heartbeat_s must be > 0, not {self.heartbeat_s!r}")
+        if self.allowed_strategies is not None:
+            unknown = sorted(set(self.allowed_strategies) - set(STRATEGIES))
+            if unknown:
+                raise ConfigurationError(
+                    f"allowed_strategies names unknown strategies {unknown}; "
+                    f"known: {sorted(STRATEGIES)}"
+                )
+        if not self.consumer:
+            object.__setattr__(self, "consumer", f"{socket.gethostname()}-{os.getpid()}")
+
+    @property
+    def capacity(self) -> int:
+        """How many tasks this agent runs at once: its workers plus its async slots."""
+        return self.workers + self.max_concurrency
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, endpoint_id: str | None = None
+    ) -> AgentSettings:
+        """Build settings from ``FXBROKER_*`` variables (and ``REDIS_URL``).
+
+        ``REDIS_URL`` is required, and ``FXBROKER_ENDPOINT_ID`` unless ``endpoint_id`` is
+        given (it wins over the variable). Optional:
+        ``FXBROKER_KEY_PREFIX``, ``FXBROKER_ENGINE`` (process|thread), ``FXBROKER_WORKERS``,
+        ``FXBROKER_MAX_CONCURRENCY``, ``FXBROKER_HEARTBEAT_S``, ``FXBROKER_BLOCK_MS``,
+        ``FXBROKER_RESULT_TTL_S``, ``FXBROKER_CONSUMER``, ``FXBROKER_ALLOWED_STRATEGIES``
+        (comma-separated strategy ids, e.g. ``00,11,st``).
+        """
+        env = os.environ if environ is None else environ
+
+        def required(name: str) -> str:
+            value = env.get(name, "")
+            if not value:
+                raise ConfigurationError(f"{name} is not set")
+            return value
+
+        def optional(name: str, parse: Callable[[str], _T], default: _T) -> _T:
+            raw = env.get(name, "")
+            if not raw:
+                return default
+            try:
+                return parse(raw)
+            except ValueError as exc:
+                raise ConfigurationError(f"{name}={raw!r} is not valid: {exc}") from exc
+
+        base = cls(
+            endpoint_id=endpoint_id or required("FXBROKER_ENDPOINT_ID"),
+            redis_url=required("REDIS_URL"),
+        )
+        return cls(
+            endpoint_id=base.endpoint_id,
+            redis_url=base.redis_url,
+            key_prefix=optional("FXBROKER_KEY_PREFIX", str, base.key_prefix),
+            engine=optional("FXBROKER_ENGINE", _parse_engine, base.engine),
+            workers=optional("FXBROKER_WORKERS", int, base.workers),
+            max_concurrency=optional("FXBROKER_MAX_CONCURRENCY", int, base.max_concurrency),
+            heartbeat_s=optional("FXBROKER_HEARTBEAT_S", float, base.heartbeat_s),
+            block_ms=optional("FXBROKER_BLOCK_MS", int, base.block_ms),
+            result_ttl_s=optional("FXBROKER_RESULT_TTL_S", int, base.result_ttl_s),
+            consumer=optional("FXBROKER_CONSUMER", str, base.consumer),
+            allowed_strategies=optional(
+                "FXBROKER_ALLOWED_STRATEGIES", _parse_strategies, base.allowed_strategies
+            ),
+        )
+
+
+def _parse_engine(raw: str) -> Engine:
+    for engine in ENGINES:
+        if raw == engine:
+            return engine
+    raise ValueError(f"the engine is one of {', '.join(ENGINES)}")
+
+
+def _parse_strategies(raw: str) -> frozenset[str]:
+    return frozenset(part.strip() for part in raw.split(",") if part.strip())

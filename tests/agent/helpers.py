@@ -1,0 +1,133 @@
+"""Helpers of the agent tests: write tasks into Redis the way the web service does."""
+
+from __future__ import annotations
+
+import textwrap
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from endpoint_agent import AgentSettings
+from sdk.keys import AGENT_GROUP, Keys
+from sdk.messages import ExceptionRecord, parse_exception
+from sdk.serialize import deserialize, pack_payload
+from sdk.states import TaskState
+
+
+def source_code(name: str, source: str) -> str:
+    """A ``st`` (source text) code buffer: ``name`` is the function ``source`` defines."""
+    return f"st\n{name}:{textwrap.dedent(source)}"
+
+
+@dataclass
+class Endpoint:
+    """One endpoint's queue, written to directly as the web service would."""
+
+    redis: aioredis.Redis
+    keys: Keys
+    endpoint_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    task_group_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+    @property
+    def stream(self) -> str:
+        return self.keys.endpoint_tasks(self.endpoint_id)
+
+    async def register(self, code: str) -> str:
+        """Store a function's code; returns its id."""
+        function_id = str(uuid.uuid4())
+        await self.redis.set(self.keys.function_code(function_id), code)
+        return function_id
+
+    async def submit(
+        self,
+        function_id: str,
+        *args: Any,
+        payload: str | None = None,
+        state: TaskState = TaskState.WAITING,
+        **kwargs: Any,
+    ) -> str:
+        """Queue one task (task hash + stream entry in one pipeline); returns its id."""
+        return (await self.submit_many(function_id, [(args, kwargs)], payload, state))[0]
+
+    async def submit_many(
+        self,
+        function_id: str,
+        calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
+        payload: str | None = None,
+        state: TaskState = TaskState.WAITING,
+    ) -> list[str]:
+        task_ids = [str(uuid.uuid4()) for _ in calls]
+        pipe = self.redis.pipeline(transaction=False)
+        for task_id, (args, kwargs) in zip(task_ids, calls, strict=True):
+            pipe.hset(
+                self.keys.task(task_id),
+                mapping={
+                    "task_id": task_id,
+                    "user_id": "user-1",
+                    "endpoint_id": self.endpoint_id,
+                    "function_id": function_id,
+                    "task_group_id": self.task_group_id,
+                    "state": str(state),
+                    "created_at": f"{time.time():.6f}",
+                    "attempts": "0",
+                },
+            )
+            pipe.xadd(
+                self.stream,
+                {
+                    "task_id": task_id,
+                    "function_id": function_id,
+                    "task_group_id": self.task_group_id,
+                    "payload": pack_payload(args, kwargs) if payload is None else payload,
+                },
+            )
+            pipe.rpush(self.keys.task_group_tasks(self.task_group_id), task_id)
+        await pipe.execute()
+        return task_ids
+
+    async def task(self, task_id: str) -> dict[str, str]:
+        fields: Any = await self.redis.hgetall(self.keys.task(task_id))
+        return dict(fields)
+
+    async def result(self, task_id: str) -> Any:
+        fields = await self.task(task_id)
+        assert fields["state"] == TaskState.SUCCESS, fields
+        return deserialize(fields["result"])
+
+    async def failure(self, task_id: str) -> ExceptionRecord:
+        fields = await self.task(task_id)
+        assert fields["state"] == TaskState.FAILED, fields
+        assert "result" not in fields
+        record = parse_exception(fields["exception"])
+        assert record is not None
+        return record
+
+    async def notices(self) -> list[tuple[str, str]]:
+        """The task-group stream: (task_id, state) in the order appended."""
+        entries: Any = await self.redis.xrange(self.keys.task_group_results(self.task_group_id))
+        return [(f["task_id"], f["state"]) for _, f in entries]
+
+    async def pending(self) -> int:
+        """Entries delivered to the agents' group and not yet acknowledged."""
+        summary = await self.redis.xpending(self.stream, AGENT_GROUP)
+        return int(summary["pending"])
+
+    async def assert_settled(self) -> None:
+        """Every entry was acknowledged and deleted."""
+        assert await self.redis.xlen(self.stream) == 0
+        assert await self.pending() == 0
+
+
+def settings_for(endpoint: Endpoint, redis_url: str, **overrides: Any) -> AgentSettings:
+    """Agent settings for ``endpoint``: two workers, the test's key prefix."""
+    options: dict[str, Any] = {"workers": 2, "consumer": "agent-1", "block_ms": 100}
+    options.update(overrides)
+    return AgentSettings(
+        endpoint_id=endpoint.endpoint_id,
+        redis_url=redis_url,
+        key_prefix=endpoint.keys.prefix,
+        **options,
+    )
