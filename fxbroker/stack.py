@@ -12,19 +12,21 @@ import asyncio
 import contextlib
 import json
 import os
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import httpx
 import uvicorn
+
 from endpoint_agent.agent import Agent
 from endpoint_agent.settings import AgentSettings
-from web_service.app import create_app
-
 from fxbroker.embedded import EmbeddedRedis, free_port
 from sdk.config import write_config
-from web_service.accounts import create_user, issue_token
+from web_service.accounts import UserExists, create_user, issue_token
+from web_service.app import create_app
 from web_service.schema import upgrade
 from web_service.settings import WebSettings
 from ws_service.server import ResultServer
@@ -62,6 +64,14 @@ class StackInfo:
     redis_url: str
     database_url: str
     redis_kind: str
+
+
+class _QuietServer(uvicorn.Server):
+    """uvicorn without its signal handlers: the stack's owner decides when to stop."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 class DevStack:
@@ -145,9 +155,8 @@ class DevStack:
             redis_url=redis_url, database_url=database_url, redis_kind=redis_kind,
         )  # fmt: skip
 
-    def _background(self, coro: object, name: str) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
-        task.set_name(name)
+    def _background(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro, name=name)
 
         async def cancel() -> None:
             task.cancel()
@@ -162,8 +171,7 @@ class DevStack:
             create_app(settings), host=self.settings.host, port=port,
             log_level="warning", lifespan="on",
         )  # fmt: skip
-        server = uvicorn.Server(config)
-        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        server = _QuietServer(config)
         task = asyncio.create_task(server.serve(), name="web_service")
 
         async def shutdown() -> None:
@@ -191,7 +199,7 @@ class DevStack:
                     return token
         try:
             _, token = await create_user(database_url, DEV_USER)
-        except ValueError:
+        except UserExists:
             token = await issue_token(database_url, DEV_USER)
         return token
 

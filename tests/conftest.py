@@ -133,7 +133,7 @@ def postgres_database(url: str) -> Iterator[str]:
     import asyncio
     import concurrent.futures
 
-    import asyncpg
+    import asyncpg  # type: ignore[import-untyped]
     from sqlalchemy.engine import make_url
 
     base = make_url(url)

@@ -1,0 +1,101 @@
+"""The platform as real processes: ``fxbroker web``, ``fxbroker ws`` and ``fxbroker endpoint
+start`` on loopback, against the session's Redis and a database of the module's own."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.conftest import free_port, postgres_database, wait_for_port
+
+FXBROKER = [sys.executable, "-m", "fxbroker.cli"]
+
+
+@dataclass(frozen=True)
+class Platform:
+    url: str
+    ws_url: str
+    token: str
+    endpoint_id: str
+    env: dict[str, str]
+
+
+def _database(tmp: Path) -> Generator[str, None, None]:
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        yield from postgres_database(url)
+    else:
+        yield f"sqlite+aiosqlite:///{tmp / 'fxbroker.db'}"
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in reversed(procs):
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in reversed(procs):
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def platform(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    tmp = tmp_path_factory.mktemp("platform")
+    prefix = f"fxe-{uuid.uuid4().hex[:10]}"
+    web_port, ws_port = free_port(), free_port()
+    url, ws_url = f"http://127.0.0.1:{web_port}", f"ws://127.0.0.1:{ws_port}"
+    procs: list[subprocess.Popen[bytes]] = []
+    db_gen = _database(tmp)
+    database_url = next(db_gen)
+    log = (tmp / "platform.log").open("wb")
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "FXBROKER_KEY_PREFIX": prefix,
+        "FXBROKER_WS_URL": ws_url,
+        "FXBROKER_WEB_URL": url,
+        "FXBROKER_HOME": str(tmp / "home"),
+        "FXBROKER_WORKERS": "2",
+    }
+    try:
+        subprocess.run([*FXBROKER, "db", "upgrade"], env=env, check=True, capture_output=True)
+        token = subprocess.run(
+            [*FXBROKER, "user", "create", "e2e"], env=env, check=True, capture_output=True,
+            text=True,
+        ).stdout.strip()  # fmt: skip
+        env = {**env, "FXBROKER_URL": url, "FXBROKER_TOKEN": token}
+        for cmd in (["web", "--port", str(web_port)], ["ws", "--port", str(ws_port)]):
+            procs.append(subprocess.Popen([*FXBROKER, *cmd], env=env, stdout=log, stderr=log))
+        wait_for_port(web_port, 30)
+        wait_for_port(ws_port, 30)
+        procs.append(
+            subprocess.Popen(
+                [*FXBROKER, "endpoint", "start", "e2e-endpoint"], env=env, stdout=log, stderr=log
+            )
+        )
+        from sdk import Client
+
+        with Client(url=url, token=token) as client:
+            endpoint_id = client.register_endpoint("e2e-endpoint")
+        yield Platform(url, ws_url, token, endpoint_id, env)
+    finally:
+        _stop(procs)
+        log.close()
+        db_gen.close()
+        client_redis = redis.Redis.from_url(redis_url)
+        stale = list(client_redis.scan_iter(match=f"{prefix}:*", count=1000))
+        for i in range(0, len(stale), 500):
+            client_redis.delete(*stale[i : i + 500])
+        client_redis.close()
