@@ -5,11 +5,14 @@
     async with Agent(settings) as agent:
         await agent.run()            # until agent.stop(); run(burst=True) drains and returns
 
-One loop reads the endpoint's stream through the ``agents`` consumer group, starts the tasks
-it read (:mod:`endpoint_agent.stream`), resolves their functions
-(:mod:`endpoint_agent.functions`), runs ``async def`` functions in this event loop and
-``def`` functions in the engine's workers (:mod:`endpoint_agent.engines`), and hands each
-outcome to the batched writer (:mod:`endpoint_agent.results`).
+One loop reads the endpoint's stream through the ``agents`` consumer group (new entries,
+and entries claimed from lost agents), starts the tasks it read
+(:mod:`endpoint_agent.stream`), resolves their functions (:mod:`endpoint_agent.functions`),
+runs ``async def`` functions in this event loop and ``def`` functions in the engine's
+workers (:mod:`endpoint_agent.engines`), and hands each outcome to the batched writer
+(:mod:`endpoint_agent.results`). Beside the loop: the heartbeat
+(:mod:`endpoint_agent.heartbeat`), the lease keeper (:mod:`endpoint_agent.leases`) and the
+cancel listener (:mod:`endpoint_agent.cancels`).
 
 **How many entries one read asks for.** The agent cannot know a task's kind before reading
 it, so it reads as if the next tasks were like the last ones:
@@ -24,12 +27,25 @@ it, so it reads as if the next tasks were like the last ones:
 A task that cannot start at once (a ``def`` read in an async-shaped read while the workers
 are busy) waits inside the agent and counts as held. The agent never holds more than
 ``workers + max_concurrency`` tasks, and a task counts as held until its stream entry is
-acknowledged, so ``XPENDING`` for this consumer never exceeds what the rule allows. When
-nothing may be read, the loop waits for a completion instead of reading.
+acknowledged (or handed back), so ``XPENDING`` for this consumer never exceeds what the rule
+allows. When nothing may be read, the loop waits for a completion instead of reading.
 
-**Delivery.** A task is acknowledged only with its outcome; one read but never settled
-(the agent was killed) stays pending in the group for redelivery. A task whose hash is
+**Delivery.** Execution is at-least-once. A task is acknowledged only with its outcome; one
+read but never settled (the agent was killed) stays pending in the group, and once idle for
+``lease_ms`` it is claimed by a live agent and started again, its attempt counted; a start
+past ``max_attempts`` fails the task with ``WorkerLost`` instead. A task whose hash is
 already terminal when read (``cancelled`` while queued) is acknowledged and not run.
+
+**Stopping a task.** A cancel notice, a walltime and a drain all stop a running task the
+same way: its asyncio task is cancelled, which cancels an ``async def`` function and makes
+the process engine kill and replace the worker running a ``def`` one. A cancelled task ends
+``cancelled``; one past its walltime ends ``failed`` with ``WalltimeExceeded``.
+
+**Stopping the agent** (:meth:`Agent.stop`, SIGTERM with :func:`run_agent`): it reads
+nothing more, hands back at once the tasks still waiting for a slot, gives running tasks
+``drain_grace_s`` to finish, then stops the rest and hands them back too. A task handed back
+is ``waiting-for-ep`` again with its attempt not counted, and its entry is re-added to the
+stream, so any agent reading it gets the task at once, not after a lease.
 """
 
 from __future__ import annotations
@@ -46,15 +62,29 @@ from dataclasses import dataclass
 from types import TracebackType
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
+from endpoint_agent import capture
+from endpoint_agent.cancels import CancelListener
 from endpoint_agent.engines import Engine, make_engine
 from endpoint_agent.functions import FunctionCatalog, FunctionInfo
 from endpoint_agent.heartbeat import Heartbeat, Status, package_version
+from endpoint_agent.leases import LeaseKeeper
 from endpoint_agent.results import Completion, ResultWriter
 from endpoint_agent.settings import AgentSettings
 from endpoint_agent.stream import TaskEntry, TaskStream
-from endpoint_agent.worker import Call, Outcome, describe, run_coroutine
+from endpoint_agent.worker import (
+    WALLTIME_EXCEEDED,
+    WORKER_LOST,
+    Call,
+    Limits,
+    Outcome,
+    describe,
+    run_coroutine,
+)
+from sdk.errors import DeserializationError
 from sdk.keys import Keys
+from sdk.messages import ExceptionRecord, error_record
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +93,26 @@ class _Kind(enum.Enum):
     SYNC = "sync"
     ASYNC = "async"
     OTHER = "other"  # skipped, or failed before it could run
+
+
+class _Stop(enum.Enum):
+    """Why the agent cancelled a task's asyncio task."""
+
+    CANCEL = "cancel"  # its owner cancelled it: it ends cancelled
+    HAND_BACK = "hand back"  # the agent is stopping: it goes back to the stream
+
+
+@dataclass(slots=True, eq=False)
+class _Held:
+    """One entry read and not yet settled."""
+
+    entry: TaskEntry
+    kind: _Kind = _Kind.OTHER
+    attempt: int = 0
+    task: asyncio.Task[None] | None = None
+    stop: _Stop | None = None
+    running: bool = False
+    completed: bool = False
 
 
 @dataclass(slots=True)
@@ -74,6 +124,8 @@ class _Runtime:
     catalog: FunctionCatalog
     writer: ResultWriter
     heartbeat: Heartbeat
+    leases: LeaseKeeper
+    cancels: CancelListener
     engine: Engine
     sync_slots: asyncio.Semaphore
     async_slots: asyncio.Semaphore
@@ -87,16 +139,22 @@ class Agent:
     def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
         self._keys = Keys(settings.key_prefix)
+        self._limits = Limits(
+            max_result_bytes=settings.max_result_bytes,
+            max_output_chars=settings.max_output_chars,
+        )
         self._rt: _Runtime | None = None
-        self._kinds: dict[str, _Kind] = {}
-        self._held = 0
+        self._held: dict[str, _Held] = {}  # by entry id
+        self._by_task: dict[str, _Held] = {}  # started tasks, by task id
         self._held_sync = 0
         self._held_async = 0
         self._running = 0
         self._async_shaped = False
         self._inflight: set[asyncio.Task[None]] = set()
+        self._returned: list[_Held] = []
         self._wake = asyncio.Event()
         self._stop_requested = False
+        self._draining = False
         self._in_run = False
 
     # -- resources ---------------------------------------------------------------------
@@ -105,10 +163,17 @@ class Agent:
         s = self.settings
         redis = aioredis.Redis.from_url(s.redis_url, decode_responses=True)
         stream = TaskStream(redis, self._keys, s.endpoint_id, s.consumer)
+        try:
+            engine = make_engine(s)
+        except BaseException:
+            await redis.aclose()
+            raise
         self._rt = _Runtime(
             redis=redis,
             stream=stream,
-            catalog=FunctionCatalog(stream, allowed=s.allowed_strategies),
+            catalog=FunctionCatalog(
+                stream, allowed=s.allowed_strategies, allowed_functions=s.allowed_functions
+            ),
             writer=ResultWriter(
                 redis,
                 self._keys,
@@ -119,12 +184,15 @@ class Agent:
             heartbeat=Heartbeat(
                 redis, self._keys, s.endpoint_id, interval_s=s.heartbeat_s, status=self.status
             ),
-            engine=make_engine(s),
+            leases=LeaseKeeper(stream, interval_s=s.lease_ms / 3000, held=self._held_ids),
+            cancels=CancelListener(redis, self._keys, s.endpoint_id, on_cancel=self.cancel),
+            engine=engine,
             sync_slots=asyncio.Semaphore(s.workers),
             async_slots=asyncio.Semaphore(s.max_concurrency),
             loop=asyncio.get_running_loop(),
             version=package_version(),
         )
+        capture.install()
         return self
 
     async def __aexit__(
@@ -135,12 +203,14 @@ class Agent:
     ) -> None:
         rt, self._rt = self._runtime, None
         try:
-            # Only left over when run() was cancelled or failed: their entries stay pending.
+            # Only left over when run() was cancelled or failed: their entries stay pending
+            # and are claimed again once their lease lapses.
             for task in self._inflight:
                 task.cancel()
             await asyncio.gather(*self._inflight, return_exceptions=True)
             await rt.writer.drain()
         finally:
+            capture.uninstall()
             try:
                 await rt.engine.aclose()
             finally:
@@ -156,8 +226,8 @@ class Agent:
 
     @property
     def held(self) -> int:
-        """Tasks read from the stream and not yet acknowledged."""
-        return self._held
+        """Tasks read from the stream and not yet acknowledged (or handed back)."""
+        return len(self._held)
 
     @property
     def running(self) -> int:
@@ -176,17 +246,23 @@ class Agent:
             max_concurrency=s.max_concurrency,
             capacity=s.capacity,
             running=self._running,
-            held=self._held,
+            held=len(self._held),
+            accelerators=",".join(s.accelerators),
+            draining=int(self._draining),
             heartbeat_at=time.time(),
         )
 
-    # -- the loop ----------------------------------------------------------------------
+    def _held_ids(self) -> list[str]:
+        return list(self._held)
+
+    # -- control -----------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Make :meth:`run` return once the tasks it holds have finished and been written.
+        """Make :meth:`run` return: it reads nothing more, lets running tasks finish within
+        ``drain_grace_s`` and hands the others back (see the module docstring).
 
         Safe to call from any thread and from a signal handler. A ``run`` blocked on Redis
-        notices within ``block_ms``; tasks not yet read stay on the stream."""
+        notices within ``block_ms``."""
         self._stop_requested = True
         rt = self._rt
         if rt is None or rt.loop.is_closed():
@@ -201,59 +277,102 @@ class Agent:
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                 rt.loop.call_soon_threadsafe(self._wake.set)
 
+    def cancel(self, task_id: str) -> bool:
+        """Stop the task ``task_id`` if this agent holds it; it ends ``cancelled``.
+
+        Called for each cancel notice of the endpoint (from the event loop). A task whose
+        outcome is already being written is not affected. True when the task was ours."""
+        held = self._by_task.get(task_id)
+        if held is None or held.completed:
+            return False
+        log.info("cancelling task %s", task_id)
+        self._stop_task(held, _Stop.CANCEL)
+        return True
+
+    def _stop_task(self, held: _Held, why: _Stop) -> None:
+        if held.stop is None:
+            held.stop = why
+        if held.task is not None:
+            held.task.cancel()
+
+    # -- the loop ----------------------------------------------------------------------
+
     async def run(self, *, burst: bool = False) -> None:
         """Serve the endpoint until :meth:`stop`; with ``burst`` also return once the stream
-        has nothing left for this agent and nothing it read is still unsettled.
+        has nothing left for this agent (nothing new, nothing claimable) and nothing it
+        read is still unsettled.
 
         Every task read is run (or skipped, if already terminal) and its outcome written
-        before ``run`` returns normally."""
+        before ``run`` returns normally, except tasks handed back by a stop."""
         rt = self._runtime
         if self._in_run:
             raise RuntimeError("Agent.run() is already running")
         self._in_run = True
-        block_ms = None if burst else self.settings.block_ms
-        heartbeat: asyncio.Task[None] | None = None
-        heartbeat_stop = asyncio.Event()
+        self._draining = False
+        s = self.settings
+        background: list[asyncio.Task[None]] = []
+        stopped = asyncio.Event()
+        listening = False
         try:
             await rt.stream.ensure_group()
+            await rt.cancels.start()
+            listening = True
             await rt.heartbeat.beat()
-            heartbeat = asyncio.create_task(
-                rt.heartbeat.run(heartbeat_stop), name="fxbroker-heartbeat"
+            background.append(
+                asyncio.create_task(rt.heartbeat.run(stopped), name="fxbroker-heartbeat")
             )
+            background.append(asyncio.create_task(rt.leases.run(stopped), name="fxbroker-leases"))
+            claim_every_s = s.lease_ms / 4000
+            next_claim = 0.0
             while not self._stop_requested:
                 count = self._read_count()
                 if count == 0:
                     await self._wait_for_change()
                     continue
+                if time.monotonic() >= next_claim:
+                    next_claim = time.monotonic() + claim_every_s
+                    claimed = await rt.stream.claim(count, min_idle_ms=s.lease_ms)
+                    if claimed:
+                        log.info("claimed %d tasks from lost agents", len(claimed))
+                        await self._dispatch(claimed)
+                        continue
+                block_ms = None
+                if not burst:
+                    until_claim_ms = int((next_claim - time.monotonic()) * 1000)
+                    block_ms = max(1, min(s.block_ms, until_claim_ms))
                 entries = await rt.stream.read(count, block_ms=block_ms)
                 if entries:
                     await self._dispatch(entries)
                 elif burst:
-                    if self._held == 0:
+                    if not self._held:
                         break
                     await self._wait_for_change()
             await self._drain()
         finally:
-            if heartbeat is not None:
-                # Stopped, not cancelled: cancelling a Redis command in flight can leave the
-                # task running (and its connection in an unknown state).
-                heartbeat_stop.set()
-                try:
-                    await heartbeat
-                except asyncio.CancelledError:
-                    heartbeat.cancel()
-                    raise
-            self._in_run = False
-            self._stop_requested = False
+            # Stopped, not cancelled: cancelling a Redis command in flight can leave the
+            # task running (and its connection in an unknown state).
+            stopped.set()
+            if listening:
+                await rt.cancels.stop()
+            try:
+                await asyncio.gather(*background)
+            except asyncio.CancelledError:
+                for task in background:
+                    task.cancel()
+                raise
+            finally:
+                self._in_run = False
+                self._stop_requested = False
 
     def _read_count(self) -> int:
         """How many entries the next read asks for (see the module docstring)."""
         s = self.settings
+        held = len(self._held)
         if self._async_shaped:
-            want = s.max_concurrency - (self._held - self._held_sync)
+            want = s.max_concurrency - (held - self._held_sync)
         else:
-            want = s.workers - (self._held - self._held_async)
-        return max(0, min(want, s.capacity - self._held))
+            want = s.workers - (held - self._held_async)
+        return max(0, min(want, s.capacity - held))
 
     async def _wait_for_change(self) -> None:
         """Wait until a completion is written or a stop is requested."""
@@ -261,37 +380,100 @@ class Agent:
         await self._wake.wait()
 
     async def _drain(self) -> None:
+        """Stop: hand back what waits for a slot, give running tasks the grace period,
+        hand back the rest, and write everything that finished."""
+        rt = self._runtime
+        if self._stop_requested:
+            self._draining = True
+            with contextlib.suppress(RedisError):
+                await rt.heartbeat.beat()  # operators see the agent draining
+        for held in list(self._held.values()):
+            if held.task is not None and not held.running and not held.task.done():
+                self._stop_task(held, _Stop.HAND_BACK)
+        running = {h.task for h in self._held.values() if h.task is not None and not h.task.done()}
+        if running:
+            log.info("waiting up to %s s for %d running tasks", self.settings.drain_grace_s,
+                     len(running))  # fmt: skip
+            await asyncio.wait(running, timeout=self.settings.drain_grace_s)
+        for held in list(self._held.values()):
+            if held.task is not None and not held.task.done():
+                self._stop_task(held, _Stop.HAND_BACK)
         while self._inflight:
             await asyncio.wait(set(self._inflight))
-        await self._runtime.writer.drain()
+        await self._hand_back()
+        await rt.writer.drain()
+
+    async def _hand_back(self) -> None:
+        returned, self._returned = self._returned, []
+        if not returned:
+            return
+        try:
+            count = await self._runtime.stream.hand_back([(h.entry, h.attempt) for h in returned])
+            log.info("handed %d tasks back to the stream", count)
+        except RedisError:
+            log.exception("could not hand %d tasks back; they return after a lease", len(returned))
+        for held in returned:
+            self._release(held)
+        self._wake.set()
+
+    # -- dispatch and execution --------------------------------------------------------
 
     async def _dispatch(self, entries: Sequence[TaskEntry]) -> None:
         rt = self._runtime
-        self._held += len(entries)
-        for entry in entries:
-            self._kinds[entry.entry_id] = _Kind.OTHER
-        started = await rt.stream.start(entries)
-        to_run = [entry for entry, ok in zip(entries, started, strict=True) if ok]
-        for entry, ok in zip(entries, started, strict=True):
-            if not ok:
-                log.debug("task %s is already settled; not running it", entry.task_id)
-                rt.writer.add(Completion(entry.entry_id, entry.task_id, entry.task_group_id, None))
-        functions = await rt.catalog.resolve(entry.function_id for entry in to_run)
+        s = self.settings
+        batch = [_Held(entry) for entry in entries]
+        for held in batch:
+            self._held[held.entry.entry_id] = held
+        starts = await rt.stream.start(entries)
+        to_run: list[_Held] = []
+        for held, start in zip(batch, starts, strict=True):
+            if not start.run:
+                log.debug("task %s is already settled; not running it", held.entry.task_id)
+                held.completed = True
+                rt.writer.add(
+                    Completion(
+                        held.entry.entry_id,
+                        held.entry.task_id,
+                        held.entry.task_group_id,
+                        None,
+                        pending_notice=start.pending_notice,
+                    )
+                )
+                continue
+            held.attempt = start.attempt
+            self._by_task[held.entry.task_id] = held
+            if start.attempt > s.max_attempts:
+                self._complete(held, Outcome.failure(_worker_lost(start.attempt, s.max_attempts)))
+            else:
+                to_run.append(held)
+        functions = await rt.catalog.resolve(held.entry.function_id for held in to_run)
         saw_sync = saw_async = False
-        for entry in to_run:
-            found = functions[entry.function_id]
+        for held in to_run:
+            found = functions[held.entry.function_id]
+            if held.stop is _Stop.CANCEL:
+                self._complete(held, Outcome.cancelled())
+                continue
             if not isinstance(found, FunctionInfo):
-                self._complete(entry, Outcome.failure(found))
+                self._complete(held, Outcome.failure(found))
+                continue
+            try:
+                walltime_s = self._walltime_s(held.entry)
+            except ValueError as exc:
+                error = DeserializationError(f"the task's {exc}")
+                self._complete(held, Outcome.failure(describe(error)))
                 continue
             if found.is_async:
                 saw_async = True
-                self._kinds[entry.entry_id] = _Kind.ASYNC
+                held.kind = _Kind.ASYNC
                 self._held_async += 1
             else:
                 saw_sync = True
-                self._kinds[entry.entry_id] = _Kind.SYNC
+                held.kind = _Kind.SYNC
                 self._held_sync += 1
-            task = asyncio.create_task(self._execute(entry, found), name=f"task-{entry.task_id}")
+            task = asyncio.create_task(
+                self._execute(held, found, walltime_s), name=f"task-{held.entry.task_id}"
+            )
+            held.task = task
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
         if saw_sync:
@@ -299,48 +481,93 @@ class Agent:
         elif saw_async:
             self._async_shaped = True
 
-    async def _execute(self, entry: TaskEntry, info: FunctionInfo) -> None:
+    def _walltime_s(self, entry: TaskEntry) -> float | None:
+        """The tighter of the endpoint's walltime and the task's own (``None``: none)."""
+        limits = [w for w in (self.settings.walltime_s, entry.task_walltime_s()) if w is not None]
+        return min(limits) if limits else None
+
+    async def _execute(self, held: _Held, info: FunctionInfo, walltime_s: float | None) -> None:
         rt = self._runtime
         allowed = self.settings.allowed_strategies
         slots = rt.async_slots if info.is_async else rt.sync_slots
         try:
             async with slots:
                 self._running += 1
+                held.running = True
                 try:
                     if info.is_async:
-                        outcome = await run_coroutine(info.fn, entry.payload, allowed=allowed)
+                        async with asyncio.timeout(walltime_s):
+                            outcome = await run_coroutine(
+                                info.fn, held.entry.payload, allowed=allowed, limits=self._limits
+                            )
                     else:
-                        call = Call(info.function_id, info.code, entry.payload, allowed)
-                        outcome = await rt.engine.run(call)
+                        call = Call(
+                            info.function_id, info.code, held.entry.payload, allowed, self._limits
+                        )
+                        outcome = await rt.engine.run(call, walltime_s=walltime_s)
+                except TimeoutError:
+                    outcome = Outcome.failure(
+                        error_record(
+                            WALLTIME_EXCEEDED,
+                            f"the task ran past its walltime of {walltime_s:g} s and was stopped",
+                        )
+                    )
                 finally:
                     self._running -= 1
+                    held.running = False
         except asyncio.CancelledError:
-            raise
+            if held.stop is None:
+                raise  # the agent itself is being torn down
         except Exception as exc:  # a fault of the engine, not of the task's code
-            log.exception("running task %s failed inside the agent", entry.task_id)
+            log.exception("running task %s failed inside the agent", held.entry.task_id)
             outcome = Outcome.failure(describe(exc))
-        self._complete(entry, outcome)
+        if held.stop is _Stop.HAND_BACK:
+            self._returned.append(held)
+        elif held.stop is _Stop.CANCEL:
+            self._complete(held, Outcome.cancelled())
+        else:
+            self._complete(held, outcome)
 
-    def _complete(self, entry: TaskEntry, outcome: Outcome) -> None:
+    def _complete(self, held: _Held, outcome: Outcome) -> None:
+        if held.completed:
+            return
+        held.completed = True
+        entry = held.entry
         self._runtime.writer.add(
-            Completion(entry.entry_id, entry.task_id, entry.task_group_id, outcome)
+            Completion(entry.entry_id, entry.task_id, entry.task_group_id, outcome, held.attempt)
         )
 
     def _settled(self, batch: Sequence[Completion]) -> None:
         """The writer is done with ``batch``: free the slots its tasks held."""
         for completion in batch:
-            kind = self._kinds.pop(completion.entry_id, _Kind.OTHER)
-            self._held -= 1
-            if kind is _Kind.SYNC:
-                self._held_sync -= 1
-            elif kind is _Kind.ASYNC:
-                self._held_async -= 1
+            held = self._held.get(completion.entry_id)
+            if held is not None:
+                self._release(held)
         self._wake.set()
+
+    def _release(self, held: _Held) -> None:
+        if self._held.pop(held.entry.entry_id, None) is None:
+            return
+        if self._by_task.get(held.entry.task_id) is held:
+            del self._by_task[held.entry.task_id]
+        if held.kind is _Kind.SYNC:
+            self._held_sync -= 1
+        elif held.kind is _Kind.ASYNC:
+            self._held_async -= 1
+
+
+def _worker_lost(attempt: int, max_attempts: int) -> ExceptionRecord:
+    return error_record(
+        WORKER_LOST,
+        f"the agents running this task were lost {attempt - 1} times (max_attempts is "
+        f"{max_attempts}); it is not started again",
+    )
 
 
 async def run_agent(settings: AgentSettings, *, handle_signals: bool = True) -> None:
-    """Run an agent until SIGINT or SIGTERM (when ``handle_signals``), then stop gracefully:
-    tasks already read finish and are written, tasks still queued stay on the stream."""
+    """Run an agent until SIGINT or SIGTERM (when ``handle_signals``), then stop gracefully
+    (:meth:`Agent.stop`): running tasks get ``drain_grace_s`` to finish, the rest go back to
+    the stream for another agent."""
     async with Agent(settings) as agent:
         loop = asyncio.get_running_loop()
         signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()

@@ -1,32 +1,32 @@
-"""Where ``def`` functions run: a pool of worker processes, or of threads.
+"""Where ``def`` functions run: worker processes (:mod:`endpoint_agent.processes`) or threads.
 
 An engine turns a :class:`~endpoint_agent.worker.Call` into an
 :class:`~endpoint_agent.worker.Outcome` without blocking the event loop. The agent never
-submits more calls than ``workers`` at once, so a call starts as soon as it is submitted.
+runs more calls than ``workers`` at once, so a call starts as soon as it is submitted.
 
-* :class:`ProcessEngine` (the default) runs each call in a worker process started with the
-  ``spawn`` method, never ``fork``: forking a process that runs an event loop and Redis
-  connections copies their state into the child. A worker that dies in the middle of a call
-  (``os._exit``, a signal, a segfault) breaks the pool: every call in flight in it ends
-  ``failed`` with a ``WorkerLost`` record, and the next call gets a fresh pool. (Per-worker
-  setup such as pinning one GPU per process belongs in the pool's initializer.)
-* :class:`ThreadEngine` runs calls in threads of the agent's own process: no start-up
-  cost and no pickling, but no isolation either; use it for I/O-bound functions.
+Cancelling the coroutine of :meth:`Engine.run` is how the agent stops a call (a cancel
+notice, a walltime, a drain that hands the task back): the process engine kills the worker
+running it and starts a replacement; the thread engine cannot stop a thread, so it abandons
+it: the call's outcome is dropped when the function eventually returns, and the slot it held
+is free at once.
+
+* :class:`~endpoint_agent.processes.ProcessEngine` (the default): each call in a worker
+  process, isolated from the agent and from other calls; one process per accelerator.
+* :class:`ThreadEngine`: each call in a thread of the agent's own process: no start-up cost
+  and no pickling, but no isolation either; use it for I/O-bound functions.
 """
 
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+import contextlib
+import itertools
+import threading
 from typing import Protocol
 
+from endpoint_agent.processes import ProcessEngine
 from endpoint_agent.settings import AgentSettings
 from endpoint_agent.worker import Call, Outcome, run_call
-from sdk.messages import error_record
-
-WORKER_LOST = "WorkerLost"
 
 
 class Engine(Protocol):
@@ -35,72 +35,52 @@ class Engine(Protocol):
     name: str
     workers: int
 
-    async def run(self, call: Call) -> Outcome:
-        """Run one call to completion; returns a failed outcome rather than raising."""
+    async def run(self, call: Call, *, walltime_s: float | None = None) -> Outcome:
+        """Run one call to completion; returns a failed outcome rather than raising.
+        Cancelling the caller stops the call (see the module docstring); so does running
+        past ``walltime_s`` once the call has a worker, which raises ``TimeoutError``."""
         ...
 
     async def aclose(self) -> None:
-        """Stop the workers; calls still queued are dropped."""
+        """Stop the workers."""
         ...
-
-
-class ProcessEngine:
-    """Calls run in ``workers`` spawned processes; a crashed worker fails only its pool's calls."""
-
-    name = "process"
-
-    def __init__(self, workers: int, *, start_method: str = "spawn") -> None:
-        if start_method == "fork":
-            raise ValueError("worker processes are never forked from the agent's event loop")
-        self.workers = workers
-        self._context = multiprocessing.get_context(start_method)
-        self._pool = self._new_pool()
-
-    def _new_pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(max_workers=self.workers, mp_context=self._context)
-
-    async def run(self, call: Call) -> Outcome:
-        pool = self._pool
-        try:
-            return await asyncio.get_running_loop().run_in_executor(pool, run_call, call)
-        except BrokenProcessPool:
-            if self._pool is pool:
-                self._pool = self._new_pool()
-                pool.shutdown(wait=False, cancel_futures=True)
-            return Outcome.failure(
-                error_record(
-                    WORKER_LOST,
-                    "the worker process running this task exited before it finished "
-                    "(os._exit, a signal, a crash, or out of memory)",
-                )
-            )
-
-    async def aclose(self) -> None:
-        await _shutdown(self._pool, wait=True)
 
 
 class ThreadEngine:
-    """Calls run in ``workers`` threads of the agent's process."""
+    """Calls run in threads of the agent's process, one thread per call."""
 
     name = "thread"
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fxbroker-worker")
+        self._numbers = itertools.count(1)
 
-    async def run(self, call: Call) -> Outcome:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, run_call, call)
+    async def run(self, call: Call, *, walltime_s: float | None = None) -> Outcome:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Outcome] = loop.create_future()
+
+        def settle(outcome: Outcome) -> None:
+            if not future.done():
+                future.set_result(outcome)
+
+        def target() -> None:
+            outcome = run_call(call)
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
+                loop.call_soon_threadsafe(settle, outcome)
+
+        thread = threading.Thread(
+            target=target, name=f"fxbroker-worker-{next(self._numbers)}", daemon=True
+        )
+        thread.start()
+        async with asyncio.timeout(walltime_s):
+            return await future
 
     async def aclose(self) -> None:
-        await _shutdown(self._pool, wait=True)
-
-
-async def _shutdown(pool: Executor, *, wait: bool) -> None:
-    await asyncio.to_thread(pool.shutdown, wait=wait, cancel_futures=True)
+        """Nothing to stop: threads of calls still running were abandoned by their task."""
 
 
 def make_engine(settings: AgentSettings) -> Engine:
     """The engine ``settings.engine`` names, with ``settings.workers`` workers."""
     if settings.engine == "thread":
         return ThreadEngine(settings.workers)
-    return ProcessEngine(settings.workers)
+    return ProcessEngine(settings.workers, accelerators=settings.accelerators)

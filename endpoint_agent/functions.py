@@ -1,9 +1,15 @@
-"""Which function a task calls: code fetched once per function id, loaded, and classified.
+"""Which function a task calls: code fetched once per function id, loaded, classified, and
+checked against the allow-lists.
 
 The agent must know whether a function is ``async def`` (it runs in the event loop) or
 ``def`` (it runs in a worker) before it can dispatch a task, so it loads each function once
 in its own process (:func:`~endpoint_agent.worker.load_function`, cached by id). The code
 buffer is kept as well: process workers receive it with each call and load it once each.
+
+Two allow-lists apply, and a function must pass both: the endpoint's, mirrored into Redis
+by the web service (asked again on every read, so a change applies to the next read), and
+the agent's own ``allowed_functions`` setting. A refused function fails its task with
+``FunctionNotAllowed``.
 """
 
 from __future__ import annotations
@@ -14,11 +20,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from endpoint_agent.stream import TaskStream
-from endpoint_agent.worker import CACHE_SIZE, describe, load_function
+from endpoint_agent.worker import (
+    CACHE_SIZE,
+    FUNCTION_NOT_ALLOWED,
+    FUNCTION_NOT_FOUND,
+    describe,
+    load_function,
+)
 from sdk.errors import DeserializationError
 from sdk.messages import ExceptionRecord, error_record
-
-FUNCTION_NOT_FOUND = "FunctionNotFound"
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,27 +49,45 @@ def is_async_callable(fn: Callable[..., Any]) -> bool:
 
 
 class FunctionCatalog:
-    """Resolves function ids to :class:`FunctionInfo`, one code fetch per unknown id."""
+    """Resolves function ids to :class:`FunctionInfo`, one round trip per resolve."""
 
-    def __init__(self, stream: TaskStream, *, allowed: frozenset[str] | None) -> None:
+    def __init__(
+        self,
+        stream: TaskStream,
+        *,
+        allowed: frozenset[str] | None,
+        allowed_functions: frozenset[str] | None = None,
+    ) -> None:
         self._stream = stream
         self._allowed = allowed
+        self._allowed_functions = allowed_functions
         self._known: dict[str, FunctionInfo] = {}
 
     async def resolve(
         self, function_ids: Iterable[str]
     ) -> dict[str, FunctionInfo | ExceptionRecord]:
-        """Each id's function, or the record of why it cannot run (missing or bad code).
+        """Each id's function, or the record of why it cannot run (not allowed, missing or
+        bad code).
 
-        Unknown ids are fetched in one pipelined round trip; failures are not cached, so a
-        function whose code is stored later is found then."""
+        Unknown ids are fetched in the same pipelined round trip that asks the endpoint's
+        allow-list; failures are not cached, so a function whose code is stored later is
+        found then."""
         wanted = list(dict.fromkeys(function_ids))
-        found: dict[str, FunctionInfo | ExceptionRecord] = {
-            fid: self._known[fid] for fid in wanted if fid in self._known
-        }
-        codes = await self._stream.fetch_code(fid for fid in wanted if fid not in found)
-        for fid, code in codes.items():
-            found[fid] = self._load(fid, code)
+        if not wanted:
+            return {}
+        found: dict[str, FunctionInfo | ExceptionRecord] = {}
+        for fid in wanted:
+            if self._allowed_functions is not None and fid not in self._allowed_functions:
+                found[fid] = _not_allowed(fid, "this agent's allowed_functions")
+        check = [fid for fid in wanted if fid not in found]
+        lookup = await self._stream.lookup((fid for fid in check if fid not in self._known), check)
+        for fid in check:
+            if fid in lookup.refused:
+                found[fid] = _not_allowed(fid, "the endpoint's allow-list")
+            elif fid in self._known:
+                found[fid] = self._known[fid]
+            else:
+                found[fid] = self._load(fid, lookup.codes.get(fid))
         return found
 
     def _load(self, function_id: str, code: str | None) -> FunctionInfo | ExceptionRecord:
@@ -74,3 +102,9 @@ class FunctionCatalog:
             del self._known[next(iter(self._known))]
         self._known[function_id] = info
         return info
+
+
+def _not_allowed(function_id: str, where: str) -> ExceptionRecord:
+    return error_record(
+        FUNCTION_NOT_ALLOWED, f"function {function_id} is not in {where}; the task was not run"
+    )

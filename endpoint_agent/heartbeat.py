@@ -35,7 +35,9 @@ def package_version() -> str:
 class Status:
     """One heartbeat. ``capacity`` is how many tasks the agent runs at once (workers plus
     async slots); ``running`` how many it runs now; ``held`` how many it has read and not
-    yet settled (running, waiting for a worker, or being written)."""
+    yet settled (running, waiting for a worker, or being written); ``accelerators`` the
+    comma-separated accelerator ids its workers are pinned to (empty: none); ``draining``
+    ``1`` once it has been asked to stop and reads nothing more."""
 
     agent: str
     host: str
@@ -46,6 +48,8 @@ class Status:
     capacity: int
     running: int
     held: int
+    accelerators: str
+    draining: int
     heartbeat_at: float
 
     def fields(self) -> dict[FieldT, EncodableT]:

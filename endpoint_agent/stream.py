@@ -1,20 +1,34 @@
-"""The Redis side of dispatch: the endpoint's task stream, task starts and function code.
+"""The Redis side of dispatch: the endpoint's task stream, task starts, leases, hand-backs.
 
 * :meth:`TaskStream.ensure_group` creates the consumer group at id ``0`` (so tasks queued
   before the first agent started are delivered), creating the stream if needed.
 * :meth:`TaskStream.read` is one ``XREADGROUP ... COUNT n``: the agent asks for exactly as
   many entries as it can take, so other agents of the endpoint get the rest.
+* :meth:`TaskStream.claim` is ``XAUTOCLAIM`` of entries idle for a whole lease: entries an
+  agent read and then lost (killed, cut off) come back to a live one.
 * :meth:`TaskStream.start` moves every task of one read to ``running`` in one round trip
-  (one Lua script per task, pipelined); a task already terminal (say ``cancelled`` while
-  queued) or whose hash is gone is reported as not started and must not run.
-* :meth:`TaskStream.fetch_code` gets the code of several functions in one round trip.
+  (one Lua script per task, pipelined) and counts the attempt. A task already terminal (say
+  ``cancelled`` while queued) or whose hash is gone is reported as not to run; a terminal
+  task whose completion notice may not have been appended (its agent died between writing
+  the result and the notice: the hash still has ``notice_pending``) is reported so the
+  notice can be appended now.
+* :meth:`TaskStream.touch` renews the lease of the entries this agent holds: ``XCLAIM ...
+  JUSTID`` to itself resets their idle time (and does not count a delivery). An entry
+  another agent has claimed meanwhile is left alone and reported as lost.
+* :meth:`TaskStream.hand_back` returns tasks this agent read but will not finish (it is
+  draining): their hash goes back to ``waiting-for-ep`` with the attempt taken back, and the
+  entry is re-added at the stream's end and acknowledged, atomically (one script on the
+  stream key), so any agent reading the stream gets it at once, not after a lease.
+* :meth:`TaskStream.lookup` gets the code of several functions and checks them against the
+  endpoint's allow-list, in one round trip.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -26,19 +40,63 @@ from sdk.states import TERMINAL_STATES, TaskState
 START_SCRIPT = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then
-  return 0
+  return {0, ''}
 end
 for i = 4, #ARGV do
   if state == ARGV[i] then
-    return 0
+    if redis.call('HEXISTS', KEYS[1], 'notice_pending') == 1 then
+      return {2, state}
+    end
+    return {0, state}
   end
 end
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'started_at', ARGV[2], 'agent', ARGV[3])
-redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-return 1
+return {1, redis.call('HINCRBY', KEYS[1], 'attempts', 1)}
 """
 """KEYS: the task hash. ARGV: running state, started_at, agent, then the terminal states.
-Returns 1 when the task was moved to running, 0 when it must not run."""
+Returns ``{1, attempt}`` when the task was moved to running (attempt: the count after this
+start), ``{2, state}`` when it is terminal with its notice pending, ``{0, state}`` when it
+must not run."""
+
+TOUCH_SCRIPT = """
+local lost = {}
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if p[1] and p[1][2] == ARGV[2] then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+  else
+    lost[#lost + 1] = ARGV[i]
+  end
+end
+return lost
+"""
+"""KEYS: the stream. ARGV: group, consumer, entry ids. Resets the idle time of those
+entries still pending for this consumer; returns the ids that are not (any more)."""
+
+RELEASE_SCRIPT = """
+if redis.call('HGET', KEYS[1], 'state') ~= ARGV[1] or
+   redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[2] then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'state', ARGV[3])
+redis.call('HINCRBY', KEYS[1], 'attempts', -1)
+redis.call('HDEL', KEYS[1], 'started_at', 'agent')
+return 1
+"""
+"""KEYS: the task hash. ARGV: running state, the attempt this agent started, the waiting
+state. Puts a task this agent started back to waiting; 0 when it is no longer ours."""
+
+REQUEUE_SCRIPT = """
+local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+return id
+"""
+"""KEYS: the stream. ARGV: group, the old entry id, then the entry's fields and values.
+Appends a copy of the entry and settles the old one, atomically."""
+
+CLAIM_ROUNDS = 10
+"""At most this many XAUTOCLAIM calls per sweep (each scans a bounded part of the PEL)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +108,10 @@ class TaskEntry:
     function_id: str
     task_group_id: str
     payload: str
+    walltime_s: str = ""
+    """The task's own walltime, as written on the entry (empty: none)."""
+    fields: Mapping[str, str] = field(default_factory=dict, compare=False)
+    """Every field of the entry, kept to re-add it unchanged."""
 
     @classmethod
     def from_fields(cls, entry_id: str, fields: Mapping[str, str]) -> TaskEntry:
@@ -59,7 +121,42 @@ class TaskEntry:
             function_id=fields.get("function_id", ""),
             task_group_id=fields.get("task_group_id", ""),
             payload=fields.get("payload", ""),
+            walltime_s=fields.get("walltime_s", ""),
+            fields=dict(fields),
         )
+
+    def task_walltime_s(self) -> float | None:
+        """The entry's ``walltime_s`` as seconds (``None``: not set).
+
+        Raises ``ValueError`` when it is set but not a positive number."""
+        if not self.walltime_s:
+            return None
+        try:
+            value = float(self.walltime_s)
+        except ValueError:
+            value = math.nan
+        if not (value > 0 and math.isfinite(value)):
+            raise ValueError(f"walltime_s must be a positive number, not {self.walltime_s!r}")
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    """What :meth:`TaskStream.start` found for one entry."""
+
+    run: bool
+    attempt: int = 0
+    """The task's attempt count including this start (when ``run``)."""
+    pending_notice: str = ""
+    """The terminal state whose notice must still be appended ("" when none)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """Function code by id (``None``: none stored) and the ids the allow-list refuses."""
+
+    codes: dict[str, str | None]
+    refused: frozenset[str]
 
 
 class TaskStream:
@@ -69,8 +166,13 @@ class TaskStream:
         self._redis = redis
         self._keys = keys
         self.key = keys.endpoint_tasks(endpoint_id)
+        self._allowed_key = keys.endpoint_allowed_functions(endpoint_id)
         self.consumer = consumer
         self._start_script = redis.register_script(START_SCRIPT)
+        self._touch_script = redis.register_script(TOUCH_SCRIPT)
+        self._release_script = redis.register_script(RELEASE_SCRIPT)
+        self._requeue_script = redis.register_script(REQUEUE_SCRIPT)
+        self._claim_cursor = "0-0"
 
     async def ensure_group(self) -> None:
         """Create the consumer group (and the stream) unless it exists."""
@@ -100,8 +202,37 @@ class TaskStream:
                 entries.append(TaskEntry.from_fields(entry_id, fields or {}))
         return entries
 
-    async def start(self, entries: Sequence[TaskEntry]) -> list[bool]:
-        """Move each entry's task to ``running``; False for those that must not run."""
+    async def claim(self, count: int, *, min_idle_ms: int) -> list[TaskEntry]:
+        """Take over up to ``count`` entries idle for ``min_idle_ms`` or more (their agent
+        is gone). The scan resumes where the last one stopped, so a long pending list is
+        covered over successive sweeps."""
+        claimed: list[TaskEntry] = []
+        for _ in range(CLAIM_ROUNDS):
+            try:
+                reply: Any = await self._redis.xautoclaim(
+                    self.key,
+                    AGENT_GROUP,
+                    self.consumer,
+                    min_idle_ms,
+                    start_id=self._claim_cursor,
+                    count=count - len(claimed),
+                )
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                await self.ensure_group()
+                return claimed
+            cursor, items = str(reply[0]), reply[1]
+            for entry_id, fields in items:
+                if fields:  # an entry deleted meanwhile comes back without fields
+                    claimed.append(TaskEntry.from_fields(entry_id, fields))
+            self._claim_cursor = cursor
+            if cursor == "0-0" or len(claimed) >= count:
+                break
+        return claimed
+
+    async def start(self, entries: Sequence[TaskEntry]) -> list[Start]:
+        """Move each entry's task to ``running`` and count the attempt (one round trip)."""
         if not entries:
             return []
         now = f"{time.time():.6f}"
@@ -113,19 +244,75 @@ class TaskStream:
                 args=[str(TaskState.RUNNING), now, self.consumer, *terminal],
                 client=pipe,
             )
-        replies = await pipe.execute()
-        return [int(r) == 1 for r in replies]
+        starts: list[Start] = []
+        for code, value in await pipe.execute():
+            if int(code) == 1:
+                starts.append(Start(run=True, attempt=int(value)))
+            elif int(code) == 2:
+                starts.append(Start(run=False, pending_notice=str(value)))
+            else:
+                starts.append(Start(run=False))
+        return starts
 
-    async def fetch_code(self, function_ids: Iterable[str]) -> dict[str, str | None]:
-        """The stored code of each function id (``None`` where none is stored)."""
-        ids = list(dict.fromkeys(function_ids))
-        if not ids:
-            return {}
+    async def touch(self, entry_ids: Sequence[str]) -> list[str]:
+        """Renew the lease of ``entry_ids``; returns those this consumer no longer holds."""
+        if not entry_ids:
+            return []
+        lost: Any = await self._touch_script(
+            keys=[self.key], args=[AGENT_GROUP, self.consumer, *entry_ids]
+        )
+        return [str(entry_id) for entry_id in lost]
+
+    async def hand_back(self, entries: Sequence[tuple[TaskEntry, int]]) -> int:
+        """Return each (entry, attempt) this agent started to the stream, attempt not
+        counted; entries whose task is no longer this agent's are left alone. Two round
+        trips; returns how many were handed back."""
+        if not entries:
+            return 0
         pipe = self._redis.pipeline(transaction=False)
-        for fid in ids:
+        for entry, attempt in entries:
+            await self._release_script(
+                keys=[self._keys.task(entry.task_id)],
+                args=[str(TaskState.RUNNING), str(attempt), str(TaskState.WAITING)],
+                client=pipe,
+            )
+        released = await pipe.execute()
+        pipe = self._redis.pipeline(transaction=False)
+        count = 0
+        for (entry, _), ok in zip(entries, released, strict=True):
+            if int(ok) != 1:
+                continue
+            flat = [part for pair in entry.fields.items() for part in pair]
+            await self._requeue_script(
+                keys=[self.key], args=[AGENT_GROUP, entry.entry_id, *flat], client=pipe
+            )
+            count += 1
+        if count:
+            await pipe.execute()
+        return count
+
+    async def lookup(self, fetch: Iterable[str], check: Iterable[str]) -> Lookup:
+        """The code of the ``fetch`` ids, and which ``check`` ids the endpoint's allow-list
+        refuses (none when the endpoint has no allow-list), in one round trip."""
+        fetch_ids = list(dict.fromkeys(fetch))
+        check_ids = list(dict.fromkeys(check))
+        if not fetch_ids and not check_ids:
+            return Lookup({}, frozenset())
+        pipe = self._redis.pipeline(transaction=False)
+        for fid in fetch_ids:
             pipe.get(self._keys.function_code(fid))
-        codes = await pipe.execute()
-        return dict(zip(ids, codes, strict=True))
+        if check_ids:
+            pipe.exists(self._allowed_key)
+            pipe.smismember(self._allowed_key, check_ids)
+        replies = await pipe.execute()
+        codes = dict(zip(fetch_ids, replies[: len(fetch_ids)], strict=True))
+        refused: frozenset[str] = frozenset()
+        if check_ids and int(replies[len(fetch_ids)]):
+            members = replies[len(fetch_ids) + 1]
+            refused = frozenset(
+                fid for fid, member in zip(check_ids, members, strict=True) if not int(member)
+            )
+        return Lookup(codes, refused)
 
 
 def _stream_items(reply: Any) -> list[tuple[str, list[tuple[str, dict[str, str]]]]]:

@@ -3,10 +3,12 @@
 :func:`run_call` is what a worker process (or a worker thread) executes; it takes a small
 picklable :class:`Call` and returns a small picklable :class:`Outcome`, and it never raises
 for anything the task's owner controls: code or a payload that does not deserialize, a
-function that raises (even ``SystemExit``), a result that cannot be serialized all become a
-``failed`` outcome carrying an :class:`~sdk.messages.ExceptionRecord` with the full
-traceback as seen on the endpoint. :func:`run_coroutine` is the twin for ``async def``
-functions, awaited in the agent's event loop.
+function that raises (even ``SystemExit``), a result that cannot be serialized or is larger
+than the endpoint allows (``ResultTooLarge``) all become a ``failed`` outcome carrying an
+:class:`~sdk.messages.ExceptionRecord` with the full traceback as seen on the endpoint.
+:func:`run_coroutine` is the twin for ``async def`` functions, awaited in the agent's event
+loop. Both capture what the function prints (:mod:`endpoint_agent.capture`) and return it
+beside the result.
 
 Deserialized functions are cached per process by function id (:func:`load_function`), so a
 worker deserializes each function once, not once per task. A function id always names the
@@ -17,9 +19,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from endpoint_agent.capture import Captured, capture
 from sdk.errors import DeserializationError, SerializationError
 from sdk.messages import ExceptionRecord, error_record, exception_record
 from sdk.serialize import deserialize, serialize, strategy_of, unpack_payload
@@ -28,7 +31,22 @@ from sdk.states import TaskState
 CACHE_SIZE = 1024
 """How many deserialized functions one process keeps."""
 
+RESULT_TOO_LARGE = "ResultTooLarge"
+WORKER_LOST = "WorkerLost"
+WALLTIME_EXCEEDED = "WalltimeExceeded"
+TASK_CANCELLED = "TaskCancelled"
+FUNCTION_NOT_ALLOWED = "FunctionNotAllowed"
+FUNCTION_NOT_FOUND = "FunctionNotFound"
+
 _functions: dict[str, Callable[..., Any]] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one task may produce: result size and captured output per stream."""
+
+    max_result_bytes: int = 10 * 1024 * 1024
+    max_output_chars: int = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,15 +57,19 @@ class Call:
     code: str
     payload: str
     allowed: frozenset[str] | None = None
+    limits: Limits = Limits()
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """How one task ended: ``success`` with a result buffer, or ``failed`` with a record."""
+    """How one task ended: ``success`` with a result buffer, ``failed`` with a record, or
+    ``cancelled``; plus what the function printed (empty when nothing)."""
 
     state: TaskState
     result: str | None = None
     exception: ExceptionRecord | None = None
+    stdout: str = ""
+    stderr: str = ""
 
     @classmethod
     def success(cls, result: str) -> Outcome:
@@ -56,6 +78,13 @@ class Outcome:
     @classmethod
     def failure(cls, record: ExceptionRecord) -> Outcome:
         return cls(TaskState.FAILED, exception=record)
+
+    @classmethod
+    def cancelled(cls) -> Outcome:
+        return cls(TaskState.CANCELLED)
+
+    def with_output(self, captured: Captured) -> Outcome:
+        return replace(self, stdout=captured.stdout.getvalue(), stderr=captured.stderr.getvalue())
 
 
 def describe(exc: BaseException) -> ExceptionRecord:
@@ -97,14 +126,23 @@ def load_function(
     return loaded
 
 
-def finish(value: Any) -> Outcome:
+def finish(value: Any, limits: Limits = Limits()) -> Outcome:
     """Serialize a function's return value into a ``success`` outcome (or say why not)."""
     try:
-        return Outcome.success(serialize(value))
+        buffer = serialize(value)
     except Exception as exc:
         error = SerializationError(f"the function's result could not be serialized: {exc}")
         error.__cause__ = exc
         return Outcome.failure(describe(error))
+    if len(buffer) > limits.max_result_bytes:
+        return Outcome.failure(
+            error_record(
+                RESULT_TOO_LARGE,
+                f"the result is {len(buffer)} bytes serialized; this endpoint keeps results "
+                f"of at most {limits.max_result_bytes} bytes",
+            )
+        )
+    return Outcome.success(buffer)
 
 
 def run_call(call: Call) -> Outcome:
@@ -114,11 +152,14 @@ def run_call(call: Call) -> Outcome:
         args, kwargs = unpack_payload(call.payload, allowed=call.allowed)
     except DeserializationError as exc:
         return Outcome.failure(describe(exc))
-    try:
-        value = fn(*args, **kwargs)
-    except BaseException as exc:
-        return Outcome.failure(describe(exc))
-    return finish(value)
+    with capture(call.limits.max_output_chars) as captured:
+        try:
+            value = fn(*args, **kwargs)
+        except BaseException as exc:
+            outcome = Outcome.failure(describe(exc))
+        else:
+            outcome = finish(value, call.limits)
+    return outcome.with_output(captured)
 
 
 async def run_coroutine(
@@ -126,16 +167,20 @@ async def run_coroutine(
     payload: str,
     *,
     allowed: frozenset[str] | None = None,
+    limits: Limits = Limits(),
 ) -> Outcome:
     """Run one ``async def`` task in the running loop; never raises but on cancellation."""
     try:
         args, kwargs = unpack_payload(payload, allowed=allowed)
     except DeserializationError as exc:
         return Outcome.failure(describe(exc))
-    try:
-        value = await fn(*args, **kwargs)
-    except asyncio.CancelledError:
-        raise
-    except BaseException as exc:
-        return Outcome.failure(describe(exc))
-    return finish(value)
+    with capture(limits.max_output_chars) as captured:
+        try:
+            value = await fn(*args, **kwargs)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            outcome = Outcome.failure(describe(exc))
+        else:
+            outcome = finish(value, limits)
+    return outcome.with_output(captured)

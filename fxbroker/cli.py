@@ -3,7 +3,11 @@
 fxbroker dev                 the whole platform on the embedded default
 fxbroker demo                the same stack plus a sample workload in all three client styles
 fxbroker web / fxbroker ws   one web or ws_service process (settings from the environment)
+fxbroker endpoint configure NAME [--url ... --engine ... --accelerators 0,1 ...]
+                             write $FXBROKER_HOME/endpoints/NAME/config.toml
 fxbroker endpoint start NAME register endpoint NAME (once) and run its agent
+fxbroker endpoint stop NAME  stop that agent gracefully (SIGTERM; it drains)
+fxbroker endpoint list       each endpoint with its id, process and heartbeat state
 fxbroker db upgrade          apply the SQL migrations
 fxbroker user create NAME    create a user and print its first API token
 fxbroker user token NAME     print a new API token for NAME
@@ -109,16 +113,137 @@ def cmd_ws(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_endpoint_start(args: argparse.Namespace) -> int:
-    from endpoint_agent.agent import run_agent
-    from endpoint_agent.settings import AgentSettings
-    from sdk import Client
+def _endpoint_error(command: str, exc: Exception) -> int:
+    print(f"fxbroker endpoint {command}: {exc}", file=sys.stderr)
+    return 1
 
-    with Client() as client:
-        endpoint_id = client.register_endpoint(args.name)
-    print(f"endpoint {args.name}: {endpoint_id}", flush=True)
-    asyncio.run(run_agent(AgentSettings.from_env(endpoint_id=endpoint_id)))
+
+ENDPOINT_OPTIONS: dict[str, str] = {
+    "url": "url",
+    "token": "token",
+    "redis_url": "redis_url",
+    "key_prefix": "key_prefix",
+    "engine": "engine",
+    "workers": "workers",
+    "max_concurrency": "max_concurrency",
+    "walltime_s": "walltime_s",
+    "allowed_function": "allowed_functions",
+    "allowed_strategy": "allowed_strategies",
+    "accelerators": "accelerators",
+    "heartbeat_s": "heartbeat_s",
+    "lease_ms": "lease_ms",
+    "max_attempts": "max_attempts",
+    "drain_grace_s": "drain_grace_s",
+    "max_result_bytes": "max_result_bytes",
+    "max_output_chars": "max_output_chars",
+}
+"""``fxbroker endpoint configure`` option (argparse dest) -> ``config.toml`` key."""
+
+
+def cmd_endpoint_configure(args: argparse.Namespace) -> int:
+    from fxbroker.endpoints import configure
+    from sdk.errors import ConfigurationError
+
+    changes = {
+        key: getattr(args, dest)
+        for dest, key in ENDPOINT_OPTIONS.items()
+        if getattr(args, dest) is not None
+    }
+    if isinstance(changes.get("accelerators"), str):
+        raw: str = changes["accelerators"]
+        changes["accelerators"] = [a.strip() for a in raw.split(",") if a.strip()]
+    try:
+        path = configure(default_home(), args.name, changes)
+    except ConfigurationError as exc:
+        return _endpoint_error("configure", exc)
+    print(f"wrote {path}")
     return 0
+
+
+def cmd_endpoint_start(args: argparse.Namespace) -> int:
+    import logging
+
+    from fxbroker.endpoints import start
+    from sdk.errors import FxBrokerError
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        start(default_home(), args.name, os.environ)
+    except FxBrokerError as exc:  # bad settings, or the web service refused or is away
+        return _endpoint_error("start", exc)
+    return 0
+
+
+def cmd_endpoint_stop(args: argparse.Namespace) -> int:
+    from fxbroker.endpoints import stop
+    from sdk.errors import ConfigurationError
+
+    try:
+        stopped = stop(default_home(), args.name, timeout_s=args.timeout_s)
+    except ConfigurationError as exc:
+        return _endpoint_error("stop", exc)
+    if stopped is None:
+        print(f"endpoint {args.name} is not running")
+        return 0
+    if not stopped:
+        print(f"endpoint {args.name} is still draining after {args.timeout_s:g} s", file=sys.stderr)
+        return 1
+    print(f"endpoint {args.name} stopped")
+    return 0
+
+
+def cmd_endpoint_list(args: argparse.Namespace) -> int:
+    from fxbroker.endpoints import list_endpoints
+
+    rows = list_endpoints(default_home(), os.environ)
+    if not rows:
+        print(f"no endpoints under {default_home() / 'endpoints'}")
+        return 0
+    print(f"{'NAME':<24} {'ENDPOINT ID':<38} {'PROCESS':<22} HEARTBEAT")
+    for row in rows:
+        print(row.line())
+    return 0
+
+
+def _add_endpoint_parsers(endpoint: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = endpoint.add_parser("configure", help="write NAME's config.toml (other keys are kept)")
+    p.add_argument("name")
+    p.add_argument("--url", help="the web service (FXBROKER_URL)")
+    p.add_argument("--token", help="an API token, to register the endpoint (FXBROKER_TOKEN)")
+    p.add_argument("--redis-url", help="the agent's Redis (REDIS_URL)")
+    p.add_argument("--key-prefix", help="the Redis key prefix (FXBROKER_KEY_PREFIX)")
+    p.add_argument("--engine", choices=["process", "thread"], help="where def functions run")
+    p.add_argument("--workers", type=int, help="def functions at once")
+    p.add_argument("--max-concurrency", type=int, help="async def functions at once")
+    p.add_argument("--walltime-s", type=float, help="the longest one task may run")
+    p.add_argument(
+        "--allowed-function", action="append", help="a function id this endpoint runs (repeat)"
+    )
+    p.add_argument(
+        "--allowed-strategy", action="append", help="a serialization strategy id (repeat)"
+    )
+    p.add_argument("--accelerators", help="comma-separated accelerator ids, e.g. 0,1 ('' for none)")
+    p.add_argument("--heartbeat-s", type=float)
+    p.add_argument("--lease-ms", type=int)
+    p.add_argument("--max-attempts", type=int)
+    p.add_argument("--drain-grace-s", type=float)
+    p.add_argument("--max-result-bytes", type=int)
+    p.add_argument("--max-output-chars", type=int)
+    p.set_defaults(func=cmd_endpoint_configure)
+
+    p = endpoint.add_parser("start", help="register NAME (once) and run its agent")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_endpoint_start)
+
+    p = endpoint.add_parser("stop", help="stop NAME's agent gracefully and wait for it")
+    p.add_argument("name")
+    p.add_argument("--timeout-s", type=float, default=120.0, help="how long to wait")
+    p.set_defaults(func=cmd_endpoint_stop)
+
+    p = endpoint.add_parser("list", help="each endpoint: id, process, heartbeat")
+    p.set_defaults(func=cmd_endpoint_list)
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
@@ -224,9 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     endpoint = sub.add_parser("endpoint", help="endpoints").add_subparsers(
         dest="endpoint_command", required=True
     )
-    p = endpoint.add_parser("start", help="register NAME (once) and run its agent")
-    p.add_argument("name")
-    p.set_defaults(func=cmd_endpoint_start)
+    _add_endpoint_parsers(endpoint)
 
     db = sub.add_parser("db", help="the SQL schema").add_subparsers(
         dest="db_command", required=True

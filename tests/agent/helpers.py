@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.typing import EncodableT, FieldT
 
 from endpoint_agent import AgentSettings
 from sdk.keys import AGENT_GROUP, Keys
@@ -47,10 +48,13 @@ class Endpoint:
         *args: Any,
         payload: str | None = None,
         state: TaskState = TaskState.WAITING,
+        walltime_s: str | None = None,
         **kwargs: Any,
     ) -> str:
         """Queue one task (task hash + stream entry in one pipeline); returns its id."""
-        return (await self.submit_many(function_id, [(args, kwargs)], payload, state))[0]
+        return (await self.submit_many(function_id, [(args, kwargs)], payload, state, walltime_s))[
+            0
+        ]
 
     async def submit_many(
         self,
@@ -58,6 +62,7 @@ class Endpoint:
         calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
         payload: str | None = None,
         state: TaskState = TaskState.WAITING,
+        walltime_s: str | None = None,
     ) -> list[str]:
         task_ids = [str(uuid.uuid4()) for _ in calls]
         pipe = self.redis.pipeline(transaction=False)
@@ -75,15 +80,15 @@ class Endpoint:
                     "attempts": "0",
                 },
             )
-            pipe.xadd(
-                self.stream,
-                {
-                    "task_id": task_id,
-                    "function_id": function_id,
-                    "task_group_id": self.task_group_id,
-                    "payload": pack_payload(args, kwargs) if payload is None else payload,
-                },
-            )
+            entry: dict[FieldT, EncodableT] = {
+                "task_id": task_id,
+                "function_id": function_id,
+                "task_group_id": self.task_group_id,
+                "payload": pack_payload(args, kwargs) if payload is None else payload,
+            }
+            if walltime_s is not None:
+                entry["walltime_s"] = walltime_s
+            pipe.xadd(self.stream, entry)
             pipe.rpush(self.keys.task_group_tasks(self.task_group_id), task_id)
         await pipe.execute()
         return task_ids
@@ -131,3 +136,71 @@ def settings_for(endpoint: Endpoint, redis_url: str, **overrides: Any) -> AgentS
         key_prefix=endpoint.keys.prefix,
         **options,
     )
+
+
+@dataclass
+class Gate:
+    """Lets a test see that tasks started and decide when they may finish.
+
+    A task built with :data:`HOLD` / :data:`AHOLD` pushes to ``started``, then waits (up
+    to 30 s) for an item on ``release``; the test blocks on ``started``, never sleeps."""
+
+    endpoint: Endpoint
+    name: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+
+    @property
+    def started(self) -> str:
+        return self.endpoint.keys.task_group_tasks(f"started-{self.name}")
+
+    @property
+    def release_key(self) -> str:
+        return self.endpoint.keys.task_group_tasks(f"release-{self.name}")
+
+    def args(self, redis_url: str) -> tuple[str, str, str]:
+        return (redis_url, self.started, self.release_key)
+
+    async def wait_started(self, count: int = 1) -> list[str]:
+        """Block until ``count`` more tasks have started; returns what each pushed."""
+        pushed: list[str] = []
+        for _ in range(count):
+            item = await self.endpoint.redis.blpop([self.started], timeout=30)
+            assert item is not None, "a task did not start within 30 s"
+            pushed.append(str(item[1]))
+        return pushed
+
+    async def release(self, count: int = 1) -> None:
+        await self.endpoint.redis.rpush(self.release_key, *(["go"] * count))
+
+
+HOLD = source_code(
+    "hold",
+    """
+    import os
+    import redis
+
+    def hold(url, started, release, value=None):
+        client = redis.Redis.from_url(url)
+        try:
+            client.rpush(started, str(os.getpid()))
+            released = client.blpop([release], timeout=30) is not None
+            return value if value is not None else released
+        finally:
+            client.close()
+    """,
+)
+
+AHOLD = source_code(
+    "ahold",
+    """
+    import redis.asyncio as aioredis
+
+    async def ahold(url, started, release, value=None):
+        client = aioredis.Redis.from_url(url)
+        try:
+            await client.rpush(started, "async")
+            released = await client.blpop([release], timeout=30) is not None
+            return value if value is not None else released
+        finally:
+            await client.aclose()
+    """,
+)

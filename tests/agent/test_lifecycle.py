@@ -26,6 +26,7 @@ async def test_heartbeat_describes_the_agent(endpoint: Endpoint, redis_url: str)
     assert status["workers"] == "3"
     assert status["capacity"] == str(3 + 1000)
     assert status["running"] == "0"
+    assert (status["held"], status["accelerators"], status["draining"]) == ("0", "", "0")
     assert status["host"] and status["version"]
     assert float(status["heartbeat_at"]) > 0
     assert 0 < await endpoint.redis.pttl(key) <= 6000

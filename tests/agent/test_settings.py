@@ -23,6 +23,9 @@ def test_defaults_are_computed_at_construction() -> None:
         1000,
     )
     assert settings.capacity == settings.workers + 1000
+    assert (settings.lease_ms, settings.max_attempts, settings.walltime_s) == (30_000, 3, None)
+    assert (settings.max_result_bytes, settings.max_output_chars) == (10 * 1024 * 1024, 65536)
+    assert (settings.accelerators, settings.allowed_functions) == ((), None)
 
 
 def test_from_env_reads_every_setting() -> None:
@@ -38,6 +41,13 @@ def test_from_env_reads_every_setting() -> None:
             "FXBROKER_RESULT_TTL_S": "60",
             "FXBROKER_CONSUMER": "gpu-node-7",
             "FXBROKER_ALLOWED_STRATEGIES": "00, 11,st",
+            "FXBROKER_ALLOWED_FUNCTIONS": "fn-1,fn-2",
+            "FXBROKER_WALLTIME_S": "90",
+            "FXBROKER_LEASE_MS": "5000",
+            "FXBROKER_MAX_ATTEMPTS": "5",
+            "FXBROKER_DRAIN_GRACE_S": "2.5",
+            "FXBROKER_MAX_RESULT_BYTES": "1000",
+            "FXBROKER_MAX_OUTPUT_CHARS": "10",
         }
     )
     assert settings == AgentSettings(
@@ -52,7 +62,19 @@ def test_from_env_reads_every_setting() -> None:
         result_ttl_s=60,
         consumer="gpu-node-7",
         allowed_strategies=frozenset({"00", "11", "st"}),
+        allowed_functions=frozenset({"fn-1", "fn-2"}),
+        walltime_s=90.0,
+        lease_ms=5000,
+        max_attempts=5,
+        drain_grace_s=2.5,
+        max_result_bytes=1000,
+        max_output_chars=10,
     )
+
+
+def test_accelerators_from_env_pin_one_process_each() -> None:
+    settings = AgentSettings.from_env({**REQUIRED, "FXBROKER_ACCELERATORS": "0, 1"})
+    assert (settings.accelerators, settings.workers) == (("0", "1"), 2)
 
 
 def test_an_explicit_endpoint_id_wins_over_the_environment() -> None:
@@ -71,6 +93,14 @@ def test_an_explicit_endpoint_id_wins_over_the_environment() -> None:
         ({**REQUIRED, "FXBROKER_WORKERS": "0"}, "workers must be an integer >= 1"),
         ({**REQUIRED, "FXBROKER_HEARTBEAT_S": "-1"}, "heartbeat_s must be > 0"),
         ({**REQUIRED, "FXBROKER_ALLOWED_STRATEGIES": "00,zz"}, "unknown strategies ['zz']"),
+        ({**REQUIRED, "FXBROKER_WALLTIME_S": "0"}, "walltime_s must be > 0"),
+        ({**REQUIRED, "FXBROKER_LEASE_MS": "0"}, "lease_ms must be an integer >= 1"),
+        ({**REQUIRED, "FXBROKER_MAX_ATTEMPTS": "x"}, "FXBROKER_MAX_ATTEMPTS='x' is not valid"),
+        ({**REQUIRED, "FXBROKER_DRAIN_GRACE_S": "-1"}, "drain_grace_s must be >= 0"),
+        (
+            {**REQUIRED, "FXBROKER_ENGINE": "thread", "FXBROKER_ACCELERATORS": "0"},
+            "accelerators need engine='process'",
+        ),
     ],
 )
 def test_invalid_settings_raise_a_clear_error(env: dict[str, str], message: str) -> None:

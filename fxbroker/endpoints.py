@@ -1,0 +1,338 @@
+"""Endpoints on this machine: what ``fxbroker endpoint configure|start|stop|list`` do.
+
+Each endpoint ``NAME`` has a folder ``$FXBROKER_HOME/endpoints/NAME/``::
+
+    config.toml   what ``configure`` wrote (optional: ``start`` also works from the
+                  environment alone); readable by its owner only, as it may hold a token
+    endpoint_id   the id the web service gave the endpoint on its first start
+    agent.pid     the process id of the agent while it runs
+
+Every setting of the file has an environment variable, and a variable that is set wins
+over the file (:data:`SETTINGS` lists them). ``start`` registers the endpoint with the web
+service the first time (``url`` and ``token``; it needs no web service once the id is
+stored), writes the pid file, and runs the agent until SIGTERM or SIGINT, which drain it.
+When neither the file nor the environment names accelerators, the process engine pins one
+worker to each accelerator the node has (``CUDA_VISIBLE_DEVICES``, else ``nvidia-smi -L``);
+``accelerators = []`` in the file turns that off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import re
+import select
+import signal
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import tomli_w
+
+from endpoint_agent.accelerators import detect_accelerators
+from endpoint_agent.settings import AgentSettings
+from sdk.errors import ConfigurationError
+
+CONFIG_FILE = "config.toml"
+ID_FILE = "endpoint_id"
+PID_FILE = "agent.pid"
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+STATUS_TIMEOUT_S = 3.0
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One key of ``config.toml``: the variable that overrides it and its TOML type."""
+
+    env: str
+    kind: type
+
+
+SETTINGS: dict[str, Setting] = {
+    "url": Setting("FXBROKER_URL", str),
+    "token": Setting("FXBROKER_TOKEN", str),
+    "redis_url": Setting("REDIS_URL", str),
+    "key_prefix": Setting("FXBROKER_KEY_PREFIX", str),
+    "engine": Setting("FXBROKER_ENGINE", str),
+    "workers": Setting("FXBROKER_WORKERS", int),
+    "max_concurrency": Setting("FXBROKER_MAX_CONCURRENCY", int),
+    "walltime_s": Setting("FXBROKER_WALLTIME_S", float),
+    "allowed_functions": Setting("FXBROKER_ALLOWED_FUNCTIONS", list),
+    "allowed_strategies": Setting("FXBROKER_ALLOWED_STRATEGIES", list),
+    "accelerators": Setting("FXBROKER_ACCELERATORS", list),
+    "heartbeat_s": Setting("FXBROKER_HEARTBEAT_S", float),
+    "lease_ms": Setting("FXBROKER_LEASE_MS", int),
+    "max_attempts": Setting("FXBROKER_MAX_ATTEMPTS", int),
+    "drain_grace_s": Setting("FXBROKER_DRAIN_GRACE_S", float),
+    "max_result_bytes": Setting("FXBROKER_MAX_RESULT_BYTES", int),
+    "max_output_chars": Setting("FXBROKER_MAX_OUTPUT_CHARS", int),
+}
+"""``config.toml`` key -> the environment variable that overrides it, and its type."""
+
+
+def endpoint_dir(home: Path, name: str) -> Path:
+    """``home/endpoints/name``, refusing names that are not plain folder names."""
+    if not NAME_PATTERN.match(name):
+        raise ConfigurationError(
+            f"endpoint name {name!r}: use letters, digits, '.', '_' and '-' (up to 100)"
+        )
+    return home / "endpoints" / name
+
+
+# -- config.toml -----------------------------------------------------------------------
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    """The endpoint's ``config.toml`` ({} when there is none), checked key by key."""
+    path = folder / CONFIG_FILE
+    if not path.exists():
+        return {}
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(f"{path} is not valid TOML: {exc}") from exc
+    for key, value in data.items():
+        _check(key, value, str(path))
+    return data
+
+
+def _check(key: str, value: Any, where: str) -> None:
+    setting = SETTINGS.get(key)
+    if setting is None:
+        raise ConfigurationError(f"{where}: unknown setting {key!r}; known: {sorted(SETTINGS)}")
+    if setting.kind is list:
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+    elif setting.kind is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, setting.kind) and not isinstance(value, bool)
+    if not ok:
+        kind = "a list of strings" if setting.kind is list else f"a {setting.kind.__name__}"
+        raise ConfigurationError(f"{where}: {key} must be {kind}, not {value!r}")
+
+
+def configure(home: Path, name: str, changes: Mapping[str, Any]) -> Path:
+    """Write ``changes`` into the endpoint's ``config.toml`` (other keys are kept), after
+    checking that the result makes valid agent settings. Returns the file's path."""
+    folder = endpoint_dir(home, name)
+    config = read_config(folder)
+    for key, value in changes.items():
+        _check(key, value, "configure")
+        config[key] = value
+    agent_settings(config, {}, endpoint_id="check", redis_url="redis://127.0.0.1:6379/0")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / CONFIG_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        tomli_w.dump(config, out)
+    return path
+
+
+# -- from config and environment to agent settings -------------------------------------
+
+
+def merged_environment(config: Mapping[str, Any], environ: Mapping[str, str]) -> dict[str, str]:
+    """The variables the agent is configured with: the file's values as variables, then
+    every variable of ``environ`` that is set (non-empty) on top."""
+    merged: dict[str, str] = {}
+    for key, value in config.items():
+        if isinstance(value, list):
+            merged[SETTINGS[key].env] = ",".join(value)
+        elif isinstance(value, float):
+            merged[SETTINGS[key].env] = repr(value) if math.isfinite(value) else str(value)
+        else:
+            merged[SETTINGS[key].env] = str(value)
+    for setting in SETTINGS.values():
+        if environ.get(setting.env):
+            merged[setting.env] = environ[setting.env]
+    return merged
+
+
+def agent_settings(
+    config: Mapping[str, Any],
+    environ: Mapping[str, str],
+    *,
+    endpoint_id: str,
+    redis_url: str | None = None,
+    detect: Callable[[Mapping[str, str]], Sequence[str]] | None = None,
+) -> AgentSettings:
+    """The agent's settings from the file and the environment (the environment wins).
+
+    ``detect`` finds the node's accelerators when neither source names any and the engine
+    is the process engine."""
+    merged = merged_environment(config, environ)
+    if redis_url is not None:
+        merged.setdefault("REDIS_URL", redis_url)
+    named = "accelerators" in config or environ.get("FXBROKER_ACCELERATORS")
+    if detect is not None and not named and merged.get("FXBROKER_ENGINE", "process") == "process":
+        found = detect(environ)
+        if found:
+            merged["FXBROKER_ACCELERATORS"] = ",".join(found)
+    return AgentSettings.from_env(merged, endpoint_id=endpoint_id)
+
+
+# -- start, stop, list -----------------------------------------------------------------
+
+
+def stored_endpoint_id(folder: Path) -> str | None:
+    path = folder / ID_FILE
+    if not path.exists():
+        return None
+    return path.read_text().strip() or None
+
+
+def register(folder: Path, name: str, merged: Mapping[str, str]) -> str:
+    """The endpoint's stored id, else register ``name`` with the web service and store it."""
+    endpoint_id = stored_endpoint_id(folder)
+    if endpoint_id is not None:
+        return endpoint_id
+    from sdk import Client
+
+    url, token = merged.get("FXBROKER_URL") or None, merged.get("FXBROKER_TOKEN") or None
+    with Client(url=url, token=token) as client:
+        endpoint_id = client.register_endpoint(name)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / ID_FILE).write_text(endpoint_id + "\n")
+    return endpoint_id
+
+
+def running_pid(folder: Path) -> int | None:
+    """The pid in the endpoint's pid file when that process is alive; a stale file is
+    removed."""
+    path = folder / PID_FILE
+    try:
+        pid = int(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        path.unlink(missing_ok=True)
+        return None
+    except PermissionError:
+        pass  # alive, another user's
+    return pid
+
+
+def start(home: Path, name: str, environ: Mapping[str, str]) -> None:
+    """Register (once) and run the endpoint's agent in this process until a signal."""
+    from endpoint_agent.agent import run_agent
+
+    folder = endpoint_dir(home, name)
+    config = read_config(folder)
+    pid = running_pid(folder)
+    if pid is not None:
+        raise ConfigurationError(f"endpoint {name} is already running (pid {pid})")
+    # Settings are checked before anything is registered or written.
+    settings = agent_settings(config, environ, endpoint_id="unregistered",
+                              detect=detect_accelerators)  # fmt: skip
+    endpoint_id = register(folder, name, merged_environment(config, environ))
+    settings = dataclasses.replace(settings, endpoint_id=endpoint_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    pid_path = folder / PID_FILE
+    pid_path.write_text(f"{os.getpid()}\n")
+    pinned = f", accelerators {','.join(settings.accelerators)}" if settings.accelerators else ""
+    print(
+        f"endpoint {name}: {endpoint_id} ({settings.engine} engine, {settings.workers} "
+        f"workers{pinned})",
+        flush=True,
+    )
+    try:
+        asyncio.run(run_agent(settings))
+    finally:
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            if int(pid_path.read_text().strip()) == os.getpid():
+                pid_path.unlink()
+
+
+def stop(home: Path, name: str, *, timeout_s: float) -> bool | None:
+    """SIGTERM the endpoint's agent and wait up to ``timeout_s`` for it to exit.
+
+    ``None``: it was not running; ``True``: it exited; ``False``: still draining."""
+    folder = endpoint_dir(home, name)
+    pid = running_pid(folder)
+    if pid is None:
+        return None
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        exited = True
+    else:
+        exited = wait_for_exit(pid, timeout_s)
+    if exited:
+        (folder / PID_FILE).unlink(missing_ok=True)
+    return exited
+
+
+@dataclass(frozen=True)
+class EndpointRow:
+    """One line of ``fxbroker endpoint list``."""
+
+    name: str
+    endpoint_id: str | None
+    pid: int | None
+    online: bool | None
+    """From the heartbeat, through the web service; ``None`` when it could not be asked."""
+
+    def line(self) -> str:
+        process = f"running (pid {self.pid})" if self.pid is not None else "stopped"
+        heartbeat = {True: "online", False: "offline", None: "unknown"}[self.online]
+        return f"{self.name:<24} {self.endpoint_id or '-':<38} {process:<22} {heartbeat}"
+
+
+def list_endpoints(home: Path, environ: Mapping[str, str]) -> list[EndpointRow]:
+    """Every endpoint configured or started under ``home``, by name."""
+    root = home / "endpoints"
+    rows = []
+    for folder in sorted(p for p in root.glob("*") if p.is_dir()) if root.exists() else []:
+        endpoint_id = stored_endpoint_id(folder)
+        online = None
+        if endpoint_id is not None:
+            merged = merged_environment(read_config(folder), environ)
+            online = heartbeat_online(
+                merged.get("FXBROKER_URL", ""), merged.get("FXBROKER_TOKEN", ""), endpoint_id
+            )
+        rows.append(EndpointRow(folder.name, endpoint_id, running_pid(folder), online))
+    return rows
+
+
+def heartbeat_online(url: str, token: str, endpoint_id: str) -> bool | None:
+    """Whether the endpoint's agents beat (``GET /v1/endpoints/{id}/status``); ``None`` when
+    the web service is not configured or does not answer."""
+    if not url or not token:
+        return None
+    try:
+        reply = httpx.get(
+            f"{url.rstrip('/')}/v1/endpoints/{endpoint_id}/status",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=STATUS_TIMEOUT_S,
+        )
+    except httpx.HTTPError:
+        return None
+    if reply.status_code != 200:
+        return None
+    return bool(reply.json().get("online"))
+
+
+def wait_for_exit(pid: int, timeout_s: float) -> bool:
+    """Whether process ``pid`` exits within ``timeout_s`` (it need not be our child): a
+    blocking wait on a pidfd, no polling loop."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        return bool(poller.poll(max(0, int(timeout_s * 1000))))
+    finally:
+        os.close(pidfd)

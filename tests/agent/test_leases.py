@@ -1,0 +1,228 @@
+"""Leases and redelivery: tasks of a lost agent are claimed again with the attempt counted,
+up to max_attempts; a stopping agent hands its tasks back at once; a kill -9 in the middle
+of 2,000 tasks loses none and duplicates none."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from endpoint_agent import Agent
+from endpoint_agent.stream import TaskStream
+from sdk.keys import AGENT_GROUP
+from sdk.states import TaskState
+from tests.agent.helpers import HOLD, Endpoint, Gate, settings_for, source_code
+
+SQUARE = source_code("square", "def square(x):\n    return x * x\n")
+HOUR_MS = 3_600_000
+
+
+async def lose(endpoint: Endpoint, attempts: int) -> str:
+    """A task an agent named ``ghost`` read, started ``attempts`` times, and was lost with:
+    its entry pending to ``ghost``, idle for an hour. Returns the entry id."""
+    await endpoint.redis.xgroup_create(endpoint.stream, AGENT_GROUP, id="0", mkstream=True)
+    read: Any = await endpoint.redis.xreadgroup(
+        AGENT_GROUP, "ghost", {endpoint.stream: ">"}, count=1
+    )
+    ((entry_id, fields),) = read[0][1]
+    await endpoint.redis.hset(
+        endpoint.keys.task(fields["task_id"]),
+        mapping={"state": TaskState.RUNNING, "attempts": str(attempts), "agent": "ghost"},
+    )
+    await endpoint.redis.xclaim(
+        endpoint.stream, AGENT_GROUP, "ghost", 0, [entry_id], idle=HOUR_MS, justid=True
+    )
+    return str(entry_id)
+
+
+async def test_a_lost_agents_task_is_claimed_and_its_attempt_counted(
+    endpoint: Endpoint, redis_url: str
+) -> None:
+    square = await endpoint.register(SQUARE)
+    task_id = await endpoint.submit(square, 12)
+    await lose(endpoint, attempts=1)
+
+    async with Agent(settings_for(endpoint, redis_url, engine="thread")) as agent:
+        await agent.run(burst=True)
+
+    assert await endpoint.result(task_id) == 144
+    fields = await endpoint.task(task_id)
+    assert (fields["attempts"], fields["agent"]) == ("2", "agent-1")
+    assert await endpoint.notices() == [(task_id, TaskState.SUCCESS)]
+    await endpoint.assert_settled()
+
+
+async def test_after_max_attempts_the_task_fails_with_worker_lost(
+    endpoint: Endpoint, redis_url: str
+) -> None:
+    square = await endpoint.register(SQUARE)
+    task_id = await endpoint.submit(square, 12)
+    await lose(endpoint, attempts=3)
+
+    async with Agent(settings_for(endpoint, redis_url, engine="thread", max_attempts=3)) as agent:
+        await agent.run(burst=True)
+
+    record = await endpoint.failure(task_id)
+    assert record["type"] == "WorkerLost"
+    assert "lost 3 times (max_attempts is 3)" in record["message"]
+    assert await endpoint.notices() == [(task_id, TaskState.FAILED)]
+    await endpoint.assert_settled()
+
+
+async def test_a_result_stored_without_its_notice_is_announced_on_redelivery(
+    endpoint: Endpoint, redis_url: str
+) -> None:
+    square = await endpoint.register(SQUARE)
+    task_id = await endpoint.submit(square, 3)
+    await lose(endpoint, attempts=1)
+    # The ghost stored the outcome, then died before appending the notice.
+    await endpoint.redis.hset(
+        endpoint.keys.task(task_id),
+        mapping={"state": TaskState.SUCCESS, "result": "11\n9", "notice_pending": "1"},
+    )
+
+    async with Agent(settings_for(endpoint, redis_url, engine="thread")) as agent:
+        await agent.run(burst=True)
+
+    fields = await endpoint.task(task_id)
+    assert (fields["attempts"], fields["result"]) == ("1", "11\n9")  # not run again
+    assert "notice_pending" not in fields
+    assert await endpoint.notices() == [(task_id, TaskState.SUCCESS)]
+    await endpoint.assert_settled()
+
+
+async def test_renewing_a_lease_resets_idle_time_only_for_entries_still_held(
+    endpoint: Endpoint, redis_url: str
+) -> None:
+    square = await endpoint.register(SQUARE)
+    await endpoint.submit_many(square, [((1,), {}), ((2,), {})])
+    mine = await lose(endpoint, attempts=1)
+    read: Any = await endpoint.redis.xreadgroup(AGENT_GROUP, "other", {endpoint.stream: ">"})
+    theirs = read[0][1][0][0]
+    stream = TaskStream(endpoint.redis, endpoint.keys, endpoint.endpoint_id, "ghost")
+
+    assert await stream.touch([mine, theirs]) == [theirs]
+
+    pending = await endpoint.redis.xpending_range(endpoint.stream, AGENT_GROUP, "-", "+", 10)
+    by_id = {p["message_id"]: p for p in pending}
+    assert by_id[mine]["consumer"] == "ghost"
+    assert int(by_id[mine]["time_since_delivered"]) < HOUR_MS
+    assert by_id[mine]["times_delivered"] == 1  # a renewal is not a redelivery
+    assert by_id[theirs]["consumer"] == "other"
+
+
+async def test_a_stopping_agent_hands_tasks_back_for_another_at_once(
+    endpoint: Endpoint, redis_url: str
+) -> None:
+    hold = await endpoint.register(HOLD)
+    gate = Gate(endpoint)
+    task_ids = await endpoint.submit_many(hold, [(gate.args(redis_url), {}) for _ in range(3)])
+    # Leases of an hour: only a hand-back can move the tasks to the second agent now.
+    first = settings_for(
+        endpoint, redis_url, workers=2, consumer="first", drain_grace_s=0, lease_ms=HOUR_MS
+    )
+    second = settings_for(
+        endpoint, redis_url, engine="thread", workers=3, consumer="second", lease_ms=HOUR_MS
+    )
+
+    async with Agent(first) as agent:
+        running = asyncio.create_task(agent.run())
+        await gate.wait_started(2)
+        assert agent.held == 2
+        agent.stop()
+        await asyncio.wait_for(running, timeout=30)
+        assert agent.held == 0
+
+    for task_id in task_ids:
+        fields = await endpoint.task(task_id)
+        assert (fields["state"], fields["attempts"]) == (TaskState.WAITING, "0"), fields
+    assert await endpoint.pending() == 0
+    assert await endpoint.redis.xlen(endpoint.stream) == 3
+
+    async with Agent(second) as agent:
+        running = asyncio.create_task(agent.run(burst=True))
+        await gate.wait_started(3)
+        await gate.release(3)
+        await asyncio.wait_for(running, timeout=30)
+
+    for task_id in task_ids:
+        assert await endpoint.result(task_id) is True
+        fields = await endpoint.task(task_id)
+        assert (fields["agent"], fields["attempts"]) == ("second", "1")
+    assert sorted(await endpoint.notices()) == sorted((t, TaskState.SUCCESS) for t in task_ids)
+    await endpoint.assert_settled()
+
+
+AGENT = (
+    "import asyncio\n"
+    "from endpoint_agent import AgentSettings, run_agent\n"
+    "asyncio.run(run_agent(AgentSettings.from_env()))\n"
+)
+
+
+async def spawn_agent(env: dict[str, str], log: IO[bytes]) -> asyncio.subprocess.Process:
+    """An agent process, as ``fxbroker endpoint start`` runs it minus the registration."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-c", AGENT, env=env, stdout=log, stderr=log
+    )
+
+
+async def read_notices(endpoint: Endpoint, cursor: str, until: int, seen: list[str]) -> str:
+    """Block on the task group's stream until ``seen`` holds ``until`` task ids."""
+    key = endpoint.keys.task_group_results(endpoint.task_group_id)
+    deadline = time.monotonic() + 60
+    while len(seen) < until:
+        assert time.monotonic() < deadline, f"only {len(seen)} of {until} tasks finished"
+        reply: Any = await endpoint.redis.xread({key: cursor}, count=1000, block=1000)
+        for _, items in reply:
+            for entry_id, fields in items:
+                seen.append(fields["task_id"])
+                cursor = entry_id
+    return cursor
+
+
+async def test_kill_9_in_the_middle_of_2000_tasks_loses_and_duplicates_nothing(
+    endpoint: Endpoint, redis_url: str, tmp_path: Path
+) -> None:
+    square = await endpoint.register(SQUARE)
+    task_ids = await endpoint.submit_many(square, [((i,), {}) for i in range(2000)])
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "FXBROKER_ENDPOINT_ID": endpoint.endpoint_id,
+        "FXBROKER_KEY_PREFIX": endpoint.keys.prefix,
+        "FXBROKER_ENGINE": "process",
+        "FXBROKER_WORKERS": "2",
+        "FXBROKER_LEASE_MS": "500",
+        "FXBROKER_BLOCK_MS": "100",
+    }
+    seen: list[str] = []
+    with (tmp_path / "agent.log").open("wb") as log:
+        first = await spawn_agent(env, log)
+        try:
+            cursor = await read_notices(endpoint, "0", 500, seen)
+        finally:
+            first.kill()
+            await asyncio.wait_for(first.wait(), 30)
+        assert first.returncode == -signal.SIGKILL
+        second = await spawn_agent(env, log)
+        try:
+            await read_notices(endpoint, cursor, 2000, seen)
+        finally:
+            second.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(second.wait(), 60) == 0
+
+    assert len(seen) == 2000 and set(seen) == set(task_ids)  # each result exactly once
+    pipe = endpoint.redis.pipeline(transaction=False)
+    for task_id in task_ids:
+        pipe.hmget(endpoint.keys.task(task_id), ["state", "result", "attempts"])
+    rows = await pipe.execute()
+    assert {state for state, _, _ in rows} == {TaskState.SUCCESS}
+    assert {int(attempts) for _, _, attempts in rows} <= {1, 2}
+    assert [await endpoint.result(t) for t in task_ids[:5]] == [0, 1, 4, 9, 16]
+    await endpoint.assert_settled()

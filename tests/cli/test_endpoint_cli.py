@@ -1,0 +1,210 @@
+"""``fxbroker endpoint configure|start|stop|list``: the config file, environment overrides,
+a real agent process started, listed, and stopped with a drain."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from endpoint_agent.accelerators import detect_accelerators
+from fxbroker.cli import main
+from fxbroker.endpoints import agent_settings, read_config
+from sdk.keys import Keys
+from sdk.serialize import deserialize, pack_payload
+from sdk.states import TaskState
+from tests.agent.helpers import HOLD, Endpoint, Gate
+from tests.conftest import free_port, wait_for_port
+
+FXBROKER = [sys.executable, "-m", "fxbroker.cli"]
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("FXBROKER_HOME", str(home))
+    return home
+
+
+def test_configure_writes_a_private_toml_file_and_keeps_other_keys(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["endpoint", "configure", "gpu-1", "--url", "http://127.0.0.1:8000",
+                 "--token", "fxb_secret", "--engine", "process", "--workers", "4",
+                 "--max-concurrency", "50", "--walltime-s", "600",
+                 "--allowed-function", "fn-a", "--allowed-function", "fn-b",
+                 "--allowed-strategy", "st", "--accelerators", "0,1"]) == 0  # fmt: skip
+    path = home / "endpoints" / "gpu-1" / "config.toml"
+    assert f"wrote {path}" in capsys.readouterr().out
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert main(["endpoint", "configure", "gpu-1", "--workers", "8", "--lease-ms", "5000"]) == 0
+
+    assert tomllib.loads(path.read_text()) == {
+        "url": "http://127.0.0.1:8000",
+        "token": "fxb_secret",
+        "engine": "process",
+        "workers": 8,
+        "max_concurrency": 50,
+        "walltime_s": 600.0,
+        "allowed_functions": ["fn-a", "fn-b"],
+        "allowed_strategies": ["st"],
+        "accelerators": ["0", "1"],
+        "lease_ms": 5000,
+    }
+
+
+def test_configure_refuses_invalid_settings(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["endpoint", "configure", "bad", "--engine", "thread", "--accelerators", "0"]) == 1
+    assert "accelerators need engine='process'" in capsys.readouterr().err
+    assert main(["endpoint", "configure", "bad", "--allowed-strategy", "zz"]) == 1
+    assert "unknown strategies ['zz']" in capsys.readouterr().err
+    assert main(["endpoint", "configure", "../escape", "--workers", "2"]) == 1
+    assert not (home / "endpoints" / "bad").exists()
+    folder = home / "endpoints" / "typo"
+    folder.mkdir(parents=True)
+    (folder / "config.toml").write_text("wrokers = 3\n")
+    with pytest.raises(Exception, match="unknown setting 'wrokers'"):
+        read_config(folder)
+
+
+def test_the_environment_overrides_the_file() -> None:
+    config = {"redis_url": "redis://127.0.0.1:1/0", "engine": "thread", "workers": 3,
+              "walltime_s": 60.0, "allowed_functions": ["fn-a"]}  # fmt: skip
+    environ = {"REDIS_URL": "redis://127.0.0.1:2/0", "FXBROKER_WORKERS": "5"}
+
+    settings = agent_settings(config, environ, endpoint_id="ep-1")
+
+    assert settings.redis_url == "redis://127.0.0.1:2/0"
+    assert (settings.engine, settings.workers, settings.walltime_s) == ("thread", 5, 60.0)
+    assert settings.allowed_functions == frozenset({"fn-a"})
+
+
+def test_accelerators_are_detected_unless_configured() -> None:
+    environ = {"REDIS_URL": "redis://127.0.0.1:2/0", "CUDA_VISIBLE_DEVICES": "0,1", "PATH": ""}
+    detected = agent_settings({}, environ, endpoint_id="ep-1", detect=detect_accelerators)
+    assert (detected.accelerators, detected.workers) == (("0", "1"), 2)
+    off = agent_settings({"accelerators": []}, environ, endpoint_id="ep-1",
+                         detect=detect_accelerators)  # fmt: skip
+    assert off.accelerators == ()
+    threads = agent_settings({"engine": "thread"}, environ, endpoint_id="ep-1",
+                             detect=detect_accelerators)  # fmt: skip
+    assert threads.accelerators == ()
+
+
+async def test_start_list_and_stop_a_real_agent(
+    home: Path,
+    redis_url: str,
+    aredis: aioredis.Redis,
+    keys: Keys,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    endpoint = Endpoint(aredis, keys)
+    folder = home / "endpoints" / "lab"
+    assert main(["endpoint", "configure", "lab", "--redis-url", redis_url,
+                 "--key-prefix", keys.prefix, "--engine", "thread", "--workers", "1",
+                 "--drain-grace-s", "0"]) == 0  # fmt: skip
+    (folder / "endpoint_id").write_text(endpoint.endpoint_id + "\n")  # registered before
+    hold = await endpoint.register(HOLD)
+    gate = Gate(endpoint)
+    task_id = await endpoint.submit(hold, *gate.args(redis_url))
+    env = {k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "FXBROKER_KEY_PREFIX"}}
+    log = (home / "agent.log").open("wb")
+    agent = await asyncio.create_subprocess_exec(
+        *FXBROKER, "endpoint", "start", "lab", env=env, stdout=log, stderr=log
+    )
+    try:
+        await gate.wait_started()  # the agent runs, from the file's settings
+        capsys.readouterr()
+        assert main(["endpoint", "list"]) == 0
+        out = capsys.readouterr().out
+        assert "lab" in out and endpoint.endpoint_id in out
+        assert f"running (pid {agent.pid})" in out
+        assert "unknown" in out  # no web service configured to ask about the heartbeat
+
+        assert await asyncio.to_thread(main, ["endpoint", "stop", "lab"]) == 0
+        assert "endpoint lab stopped" in capsys.readouterr().out
+        assert await asyncio.wait_for(agent.wait(), 30) == 0
+    finally:
+        if agent.returncode is None:
+            agent.kill()
+            await agent.wait()
+        log.close()
+        await gate.release()
+
+    assert not (folder / "agent.pid").exists()
+    assert main(["endpoint", "list"]) == 0
+    assert "stopped" in capsys.readouterr().out
+    assert main(["endpoint", "stop", "lab"]) == 0
+    assert "is not running" in capsys.readouterr().out
+    # Drained with no grace: the running task went back to the stream for another agent.
+    fields = await endpoint.task(task_id)
+    assert (fields["state"], fields["attempts"]) == (TaskState.WAITING, "0")
+    assert await endpoint.redis.xlen(endpoint.stream) == 1 and await endpoint.pending() == 0
+
+
+def run_one_task(redis_url: str, keys: Keys, endpoint_id: str) -> object:
+    """Queue one task straight into Redis and block until its result is written."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        code = "st\nadd:def add(a, b):\n    return a + b\n"
+        client.set(keys.function_code("fn-add"), code)
+        client.hset(keys.task("t-1"), mapping={"task_id": "t-1", "state": "waiting-for-ep",
+                                               "attempts": "0"})  # fmt: skip
+        client.xadd(keys.endpoint_tasks(endpoint_id), {"task_id": "t-1", "function_id": "fn-add",
+                    "task_group_id": "g-1", "payload": pack_payload((2, 3))})  # fmt: skip
+        assert client.xread({keys.task_group_results("g-1"): "0"}, block=30_000)
+        return deserialize(str(client.hget(keys.task("t-1"), "result")))
+    finally:
+        client.close()
+
+
+def test_first_start_registers_the_endpoint_and_list_shows_it_online(
+    home: Path, redis_url: str, key_prefix: str, database_url: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url,
+           "FXBROKER_KEY_PREFIX": key_prefix, "FXBROKER_HOME": str(home)}  # fmt: skip
+    subprocess.run([*FXBROKER, "db", "upgrade"], env=env, check=True, capture_output=True)
+    token = subprocess.run([*FXBROKER, "user", "create", "lab-user"], env=env, check=True,
+                           capture_output=True, text=True).stdout.strip()  # fmt: skip
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = (home / "services.log").open("wb")
+    web = subprocess.Popen([*FXBROKER, "web", "--port", str(port)], env=env, stdout=log,
+                           stderr=log)  # fmt: skip
+    agent: subprocess.Popen[bytes] | None = None
+    try:
+        wait_for_port(port, 30)
+        assert main(["endpoint", "configure", "lab", "--url", url, "--token", token,
+                     "--engine", "thread", "--workers", "1"]) == 0  # fmt: skip
+        agent = subprocess.Popen([*FXBROKER, "endpoint", "start", "lab"], env=env,
+                                 stdout=subprocess.PIPE, stderr=log)  # fmt: skip
+        assert agent.stdout is not None
+        first_line = agent.stdout.readline().decode()  # printed once registered
+        endpoint_id = (home / "endpoints" / "lab" / "endpoint_id").read_text().strip()
+        assert first_line.startswith(f"endpoint lab: {endpoint_id} (thread engine, 1 workers")
+        assert run_one_task(redis_url, Keys(key_prefix), endpoint_id) == 5  # it serves, so beats
+        capsys.readouterr()
+        assert main(["endpoint", "list"]) == 0
+        row = capsys.readouterr().out.splitlines()[1]
+        assert row.split()[:2] == ["lab", endpoint_id]
+        assert row.endswith("online")
+        assert main(["endpoint", "stop", "lab"]) == 0
+        assert agent.wait(30) == 0
+    finally:
+        for proc in (agent, web):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(30)
+        if agent is not None and agent.stdout is not None:
+            agent.stdout.close()
+        log.close()
