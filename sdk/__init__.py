@@ -2,10 +2,11 @@
 
 Three ways to get results: :class:`Client` submits and polls over HTTP,
 :class:`AsyncClient` awaits results pushed over a WebSocket, and :class:`Executor` is a
-``concurrent.futures.Executor`` that batches submissions.
+``concurrent.futures.Executor`` that batches submissions. :meth:`Client.function` makes a
+:class:`RemoteFunction` handle that calls a function where it runs.
 """
 
-from sdk._base import Batch
+from sdk._base import Batch, TaskOutcome
 from sdk.asyncio_client import AsyncClient
 from sdk.client import Client
 from sdk.config import ClientConfig, write_config
@@ -20,6 +21,10 @@ from sdk.errors import (
     TaskPending,
 )
 from sdk.executor import Executor
+from sdk.futures import TaskFuture
+from sdk.handles import TaskHandle, as_completed
+from sdk.progress import Progress
+from sdk.remote import RemoteFunction
 from sdk.results import Reconnect, ResultListener
 from sdk.states import TaskState
 
@@ -34,11 +39,17 @@ __all__ = [
     "DeserializationError",
     "Executor",
     "FxBrokerError",
+    "Progress",
     "Reconnect",
+    "RemoteFunction",
     "ResultListener",
     "SerializationError",
     "TaskFailed",
+    "TaskFuture",
+    "TaskHandle",
+    "TaskOutcome",
     "TaskPending",
     "TaskState",
+    "as_completed",
     "write_config",
 ]

@@ -23,7 +23,8 @@ from sdk.messages import (
     SubmitResponse,
     TaskInfo,
     TaskSpec,
-    task_failed,
+    exception_from,
+    remote_exception,
 )
 from sdk.serialize import deserialize, pack_payload, serialize
 from sdk.states import TaskState
@@ -32,6 +33,10 @@ API = "/v1"
 RESULTS_PATH = "/v1/results"
 START_CURSOR = "0"
 """The cursor that replays a task group from its first result."""
+IDS_PER_REQUEST = 1000
+"""Most task ids one ``batch_status`` or batch cancel request may name."""
+GROUP_PAGE = 10_000
+"""Most tasks one ``GET /v1/task_groups/{id}`` page may list."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,8 +123,25 @@ def batch_status(task_ids: Sequence[str]) -> Request:
     return Request("POST", f"{API}/tasks/batch_status", {"task_ids": list(task_ids)})
 
 
-def get_task_group(task_group_id: str) -> Request:
-    return Request("GET", f"{API}/task_groups/{_id(task_group_id)}")
+def get_task_group(task_group_id: str, *, offset: int = 0, limit: int | None = None) -> Request:
+    """One page of a task group's tasks (the service's default page size without ``limit``)."""
+    query = f"?offset={offset}" + (f"&limit={limit}" if limit is not None else "")
+    path = f"{API}/task_groups/{_id(task_group_id)}"
+    return Request("GET", path + (query if offset or limit is not None else ""))
+
+
+def cancel_task(task_id: str) -> Request:
+    return Request("POST", f"{API}/tasks/{_id(task_id)}/cancel")
+
+
+def cancel_tasks(task_ids: Sequence[str]) -> Request:
+    """Cancel up to :data:`IDS_PER_REQUEST` tasks in one request."""
+    return Request("POST", f"{API}/tasks/cancel", {"task_ids": list(task_ids)})
+
+
+def chunks(items: Sequence[str], size: int = IDS_PER_REQUEST) -> list[Sequence[str]]:
+    """``items`` cut into requests of at most ``size``."""
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 FunctionKey = tuple[Hashable, str | None, str | None]
@@ -220,6 +242,31 @@ def parse_submit(data: Any, expected: int) -> SubmitResponse:
     return {"task_group_id": group, "task_ids": ids}
 
 
+def parse_cancel(data: Any) -> str:
+    """The outcome of one cancel: ``cancelled`` (it will never run), ``interrupt_requested``
+    (it was running; its agent is told to stop it) or ``finished`` (nothing to do)."""
+    value: str = _field(data, "outcome")
+    return value
+
+
+def parse_cancels(data: Any) -> dict[str, str]:
+    """Per task id the outcome of a batch cancel (ids the service does not know are left out)."""
+    tasks: dict[str, Any] = _field(data, "tasks", dict)
+    return {task_id: parse_cancel(result) for task_id, result in tasks.items()}
+
+
+def parse_task_group_page(data: Any) -> tuple[int, list[tuple[str, str | None]]]:
+    """``(total, [(task id, state or None once its record expired)])`` of one page."""
+    total: int = _field(data, "total", int)
+    tasks: list[Any] = _field(data, "tasks", list)
+    page: list[tuple[str, str | None]] = []
+    for task in tasks:
+        task_id: str = _field(task, "task_id")
+        state = task.get("state")
+        page.append((task_id, state if isinstance(state, str) else None))
+    return total, page
+
+
 def parse_task_info(data: Any) -> TaskInfo:
     _field(data, "task_id")
     _field(data, "state")
@@ -227,17 +274,51 @@ def parse_task_info(data: Any) -> TaskInfo:
     return info
 
 
+@dataclass(frozen=True, slots=True)
+class TaskOutcome:
+    """How one task ended, as the SDK hands it to a future or an awaiter.
+
+    ``error`` is ``None`` for a success (``value`` holds the result); otherwise the remote
+    exception rebuilt as its own type, or :class:`~sdk.errors.TaskFailed`. ``stdout`` and
+    ``stderr`` are what the function printed (empty when nothing, or not known)."""
+
+    task_id: str
+    state: str
+    value: Any = None
+    error: Exception | None = None
+    stdout: str = ""
+    stderr: str = ""
+
+    def unwrap(self) -> Any:
+        """The value, or raise the error."""
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
 def task_result(info: TaskInfo) -> Any:
     """The value of a finished task.
 
-    Raises :class:`TaskPending` while the task is not terminal and
-    :class:`~sdk.errors.TaskFailed` (with the remote traceback) for a failed or cancelled one."""
+    Raises :class:`TaskPending` while the task is not terminal, the remote exception (rebuilt
+    as its own type when it can be, see :func:`~sdk.messages.remote_exception`) for a failed
+    one, and :class:`~sdk.errors.TaskFailed` for a cancelled one."""
+    return info_outcome(info).unwrap()
+
+
+def info_outcome(info: TaskInfo) -> TaskOutcome:
+    """The outcome a :class:`TaskInfo` describes (a :class:`TaskPending` error while the task
+    is not terminal)."""
     value, error = outcome(
         info["task_id"], info["state"], info.get("result"), info.get("exception")
     )
-    if error is not None:
-        raise error
-    return value
+    return TaskOutcome(
+        info["task_id"],
+        info["state"],
+        value,
+        error,
+        info.get("stdout", ""),
+        info.get("stderr", ""),
+    )
 
 
 def outcome(
@@ -247,34 +328,58 @@ def outcome(
     if state == TaskState.SUCCESS:
         return (deserialize(result) if result else None), None
     if state in (TaskState.FAILED, TaskState.CANCELLED):
-        return None, task_failed(task_id, state, exception)
+        return None, remote_exception(task_id, state, exception)
     return None, TaskPending(task_id, state)
 
 
+def expired_outcome(task_id: str) -> TaskOutcome:
+    """The outcome of a task whose record expired before it was read."""
+    error = remote_exception(
+        task_id,
+        TaskState.FAILED,
+        {
+            "type": "ResultExpired",
+            "module": "fxbroker",
+            "message": f"the record of task {task_id} expired",
+            "traceback": "",
+        },
+    )
+    return TaskOutcome(task_id, TaskState.FAILED, None, error)
+
+
 def batch_results(data: Any, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """Per task id, funcX style: ``{"pending", "status", "result"}`` or ``"exception"``.
+    """Per task id, funcX style: ``{"pending", "status", "result"}`` or ``"exception"``, plus
+    ``"stdout"`` / ``"stderr"`` when the task printed anything.
 
     A task id the service does not know (never submitted, another user's, or expired)
     raises :class:`APIError` ``TASK_NOT_FOUND`` naming them."""
+    results: dict[str, dict[str, Any]] = {}
+    for task_id, info in batch_infos(data, task_ids).items():
+        state = info["state"]
+        terminal = state in (TaskState.SUCCESS, TaskState.FAILED, TaskState.CANCELLED)
+        entry: dict[str, Any] = {"pending": not terminal, "status": state}
+        if terminal:
+            done = info_outcome(info)
+            if done.error is None:
+                entry["result"] = done.value
+            else:
+                entry["exception"] = done.error
+            if done.stdout:
+                entry["stdout"] = done.stdout
+            if done.stderr:
+                entry["stderr"] = done.stderr
+        results[task_id] = entry
+    return results
+
+
+def batch_infos(data: Any, task_ids: Sequence[str]) -> dict[str, TaskInfo]:
+    """The :class:`TaskInfo` of each of ``task_ids`` from a ``batch_status`` answer."""
     tasks: dict[str, Any] = _field(data, "tasks", dict)
     unknown = [str(t) for t in data.get("unknown", [])]
     if unknown:
         shown = ", ".join(unknown[:10]) + (" ..." if len(unknown) > 10 else "")
         raise APIError(404, "TASK_NOT_FOUND", f"unknown task ids: {shown}")
-    results: dict[str, dict[str, Any]] = {}
-    for task_id in task_ids:
-        info = parse_task_info(tasks.get(task_id))
-        state = info["state"]
-        terminal = state in (TaskState.SUCCESS, TaskState.FAILED, TaskState.CANCELLED)
-        entry: dict[str, Any] = {"pending": not terminal, "status": state}
-        if terminal:
-            value, error = outcome(task_id, state, info.get("result"), info.get("exception"))
-            if error is None:
-                entry["result"] = value
-            else:
-                entry["exception"] = error
-        results[task_id] = entry
-    return results
+    return {task_id: parse_task_info(tasks.get(task_id)) for task_id in task_ids}
 
 
 # -- WebSocket frames ------------------------------------------------------------------------
@@ -354,23 +459,24 @@ def _result_item(raw: Any) -> ResultItem:
         item["result"] = raw["result"]
     exc = raw.get("exception")
     if isinstance(exc, dict):
-        item["exception"] = {
-            "type": str(exc.get("type", "")),
-            "module": str(exc.get("module", "")),
-            "message": str(exc.get("message", "")),
-            "traceback": str(exc.get("traceback", "")),
-        }
+        item["exception"] = exception_from(exc)
+    if isinstance(raw.get("stdout"), str) and raw["stdout"]:
+        item["stdout"] = raw["stdout"]
+    if isinstance(raw.get("stderr"), str) and raw["stderr"]:
+        item["stderr"] = raw["stderr"]
     return item
 
 
-def item_outcome(item: ResultItem) -> tuple[Any, Exception | None]:
-    """What a pushed result resolves to: ``(value, None)`` or ``(None, TaskFailed)``.
+def item_outcome(item: ResultItem) -> TaskOutcome:
+    """What a pushed result resolves to.
 
     Deserializing the result may itself fail; that error is the outcome then."""
+    task_id, state = item["task_id"], item["state"]
     try:
-        return outcome(item["task_id"], item["state"], item.get("result"), item.get("exception"))
+        value, error = outcome(task_id, state, item.get("result"), item.get("exception"))
     except Exception as exc:
-        return None, exc
+        value, error = None, exc
+    return TaskOutcome(task_id, state, value, error, item.get("stdout", ""), item.get("stderr", ""))
 
 
 def error_status(code: str) -> int:

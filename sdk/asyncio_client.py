@@ -5,38 +5,48 @@
     async with AsyncClient() as fx:
         fid = await fx.register_function(double)
         values = await asyncio.gather(*(fx.run(i, function_id=fid) for i in range(1000)))
+        handles = [fx.submit(i, function_id=fid) for i in range(10)]
+        async for handle in fx.as_completed(handles):
+            print(handle.task_id, handle.result())
 
 Runs made close together leave as one batch request (:mod:`sdk.batching`); their results
-come back over one WebSocket (:mod:`sdk.results`), each exactly once. The other methods are
-the coroutine twins of :class:`~sdk.client.Client`'s, built on the same :mod:`sdk._base`.
+come back over one WebSocket (:mod:`sdk.results`), each exactly once, reconnecting from the
+last cursor after any disconnect. The other methods are the coroutine twins of
+:class:`~sdk.client.Client`'s, built on the same :mod:`sdk._base`.
+
+Everything runs in the loop that calls it, so the client works inside an already-running
+loop (a Jupyter notebook: ``await fx.run(...)`` in a cell). Use one client per event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
 import httpx
 
 from sdk import _base
-from sdk._base import Batch, FunctionKey, function_key
+from sdk._base import Batch, FunctionKey, TaskOutcome, function_key
 from sdk.batching import Submission, SubmitQueue
 from sdk.config import ClientConfig
 from sdk.errors import APIError, ConnectionFailed
+from sdk.handles import TaskHandle, as_completed
 from sdk.messages import SubmitResponse, TaskInfo, TaskSpec
 from sdk.results import Reconnect, Resolve, ResultListener
 
 
-def _resolver(future: asyncio.Future[Any]) -> Resolve:
-    def resolve(value: Any, error: BaseException | None) -> None:
+def _resolver(submission: Submission) -> Resolve:
+    def resolve(outcome: TaskOutcome) -> None:
+        submission.outcome = outcome
+        future = submission.future
         if future.done():  # the caller stopped waiting
             return
-        if error is None:
-            future.set_result(value)
+        if outcome.error is None:
+            future.set_result(outcome.value)
         else:
-            future.set_exception(error)
+            future.set_exception(outcome.error)
 
     return resolve
 
@@ -56,11 +66,14 @@ class AsyncClient:
         ws_url: str | None = None,
         endpoint_id: str | None = None,
         batch_size: int = 128,
+        batch_interval_s: float = 0.0,
         task_group_id: str | None = None,
         reconnect: Reconnect | None = None,
     ) -> None:
         """Without ``url``/``token`` the service is found as :mod:`sdk.config` describes.
-        ``batch_size`` caps the tasks of one submit request made by :meth:`run`."""
+        ``batch_size`` caps the tasks of one submit request made by :meth:`run` and
+        :meth:`submit`; ``batch_interval_s`` makes the queue wait that long after each request
+        for more tasks (see :mod:`sdk.batching`)."""
         self.config = ClientConfig.from_env(
             url=url, token=token, ws_url=ws_url, endpoint_id=endpoint_id
         )
@@ -79,7 +92,9 @@ class AsyncClient:
             task_group_id=task_group_id,
             reconnect=reconnect,
         )
-        self._queue = SubmitQueue(self._send_batch, batch_size=batch_size)
+        self._queue = SubmitQueue(
+            self._send_batch, batch_size=batch_size, batch_interval_s=batch_interval_s
+        )
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -171,12 +186,19 @@ class AsyncClient:
         answer: dict[str, Any] = await self._send(_base.get_endpoint(endpoint_id))
         return answer
 
+    @property
+    def submit_requests(self) -> int:
+        """Batch submit requests this client has sent for :meth:`run` and :meth:`submit`."""
+        return self._queue.requests
+
     async def run(
         self, *args: Any, endpoint_id: str | None = None, function_id: str, **kwargs: Any
     ) -> Any:
         """Run ``function_id`` on the endpoint and return its result, pushed over the
-        WebSocket. Raises :class:`~sdk.errors.TaskFailed` (with the remote traceback) when
-        the task fails. Cancelling the await stops waiting; a task already sent still runs."""
+        WebSocket. A remote exception is raised as its own type when it can be rebuilt here
+        (``except ValueError`` works), else as :class:`~sdk.errors.TaskFailed`; either carries
+        the remote traceback. Cancelling the await stops waiting; a task already sent still
+        runs."""
         return await self.run_task(function_id, args, kwargs, endpoint_id=endpoint_id)
 
     async def run_task(
@@ -188,8 +210,61 @@ class AsyncClient:
         endpoint_id: str | None = None,
     ) -> Any:
         """:meth:`run` with the arguments passed as a tuple and a dict."""
+        return await self.submit_task(function_id, args, kwargs, endpoint_id=endpoint_id)
+
+    def submit(
+        self, *args: Any, endpoint_id: str | None = None, function_id: str, **kwargs: Any
+    ) -> TaskHandle:
+        """Queue one call of ``function_id``; returns its :class:`~sdk.handles.TaskHandle` at
+        once (``await`` it for the value). Call it from the loop the client runs in."""
+        return self.submit_task(function_id, args, kwargs, endpoint_id=endpoint_id)
+
+    def submit_task(
+        self,
+        function_id: str,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        endpoint_id: str | None = None,
+    ) -> TaskHandle:
+        """:meth:`submit` with the arguments passed as a tuple and a dict."""
         endpoint = self.config.require_endpoint(endpoint_id)
-        return await self._queue.put(endpoint, _base.task_spec(function_id, args, kwargs))
+        spec = _base.task_spec(function_id, args, kwargs)
+        return TaskHandle(self._queue.put(endpoint, spec))
+
+    def watch_task(self, task_id: str) -> TaskHandle:
+        """A handle for a task of this client's task group submitted earlier (by this or
+        another client: see ``Executor.reload_tasks``); it resolves from the pushed results.
+        The task group must be set (``task_group_id=`` or an earlier submit)."""
+        if self.task_group_id is None:
+            raise RuntimeError("watch_task() needs the client's task_group_id")
+        if self.results.task_group_id is None:
+            self.results.task_group_id = self.task_group_id
+        loop = asyncio.get_running_loop()
+        submission = Submission({"function_id": "", "payload": ""}, loop.create_future())
+        submission.picked = True
+        submission.task_id = task_id
+        self.results.watch(task_id, _resolver(submission))
+        return TaskHandle(submission)
+
+    async def wait_sent(self, handle: TaskHandle) -> str | None:
+        """Wait until the request carrying ``handle``'s task was answered; its task id (None
+        if it never left)."""
+        return await self._queue.wait_sent(handle.submission)
+
+    def as_completed(
+        self, handles: Iterable[TaskHandle], *, timeout_s: float | None = None
+    ) -> AsyncIterator[TaskHandle]:
+        """Yield each handle as its task finishes (see :func:`sdk.handles.as_completed`)."""
+        return as_completed(handles, timeout_s=timeout_s)
+
+    async def cancel(self, task_id: str) -> bool:
+        """Cancel a task upstream; True only if it will not run (it was still queued).
+
+        A running task is asked to stop (its agent interrupts it) but this answers False,
+        as for a running ``concurrent.futures`` future."""
+        outcome = _base.parse_cancel(await self._send(_base.cancel_task(task_id)))
+        return outcome == "cancelled"
 
     async def _send_batch(self, endpoint_id: str, batch: list[Submission]) -> None:
         with self.results.submitting():
@@ -202,7 +277,8 @@ class AsyncClient:
                     f"not the client's {self.results.task_group_id}",
                 )
             for task_id, submission in zip(reply["task_ids"], batch, strict=True):
-                self.results.watch(task_id, _resolver(submission.future))
+                submission.task_id = task_id
+                self.results.watch(task_id, _resolver(submission))
 
     async def _submit(self, endpoint_id: str, specs: list[TaskSpec]) -> SubmitResponse:
         if self.task_group_id is None:
@@ -235,7 +311,7 @@ class AsyncClient:
 
     async def get_result(self, task_id: str) -> Any:
         """The task's value now; raises :class:`~sdk.errors.TaskPending` while it is not done
-        and :class:`~sdk.errors.TaskFailed` when it failed."""
+        and the remote exception (see :meth:`run`) when it failed."""
         return _base.task_result(await self.get_task(task_id))
 
     async def get_batch_result(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -244,6 +320,10 @@ class AsyncClient:
             return {}
         return _base.batch_results(await self._send(_base.batch_status(ids)), ids)
 
-    async def get_task_group(self, task_group_id: str) -> dict[str, Any]:
-        answer: dict[str, Any] = await self._send(_base.get_task_group(task_group_id))
+    async def get_task_group(
+        self, task_group_id: str, *, offset: int = 0, limit: int | None = None
+    ) -> dict[str, Any]:
+        """One page of the group's tasks: ``{"total", "task_ids", "tasks": [{id, state}]}``."""
+        request = _base.get_task_group(task_group_id, offset=offset, limit=limit)
+        answer: dict[str, Any] = await self._send(request)
         return answer

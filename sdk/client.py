@@ -1,4 +1,5 @@
-"""``Client``: the synchronous SDK, HTTP only. Submit tasks, then poll for their results.
+"""``Client``: the synchronous SDK. Submit tasks, then poll for their results; or call a
+remote function as if it were local.
 
 ::
 
@@ -6,16 +7,22 @@
         fid = fx.register_function(double)
         tid = fx.run(21, function_id=fid)          # the default endpoint
         fx.get_result(tid)                          # raises TaskPending until it is done
+        fx.wait([tid], progress=True)               # polls until done, a bar on a terminal
+
+        rdouble = fx.function(double)               # a remote-function handle
+        rdouble(21)                                 # 42, computed on the endpoint
 
 Requests are built and answers parsed by :mod:`sdk._base`, shared with
-:class:`~sdk.asyncio_client.AsyncClient`.
+:class:`~sdk.asyncio_client.AsyncClient`. The client is plain blocking HTTP, so it works from
+any thread, including one that already runs an event loop (a Jupyter cell).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import httpx
 
@@ -24,6 +31,14 @@ from sdk._base import Batch, FunctionKey, function_key
 from sdk.config import ClientConfig
 from sdk.errors import ConnectionFailed
 from sdk.messages import TaskInfo
+from sdk.progress import Progress
+
+if TYPE_CHECKING:
+    from sdk.executor import Executor
+    from sdk.remote import RemoteFunction
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class Client:
@@ -48,6 +63,8 @@ class Client:
         )
         self.task_group_id: str | None = None
         self._functions: dict[FunctionKey, str] = {}
+        self._by_code: dict[tuple[str, str, str | None], str] = {}
+        self._executors: dict[str, Executor] = {}
         self._ws_url = self.config.ws_url
         self._http = httpx.Client(
             base_url=self.config.url,
@@ -69,6 +86,11 @@ class Client:
         )
 
     def close(self) -> None:
+        """Close the HTTP connections. Executors made for remote functions stop accepting
+        work; results still outstanding keep arriving until they are done."""
+        executors, self._executors = self._executors, {}
+        for executor in executors.values():
+            executor.shutdown(wait=False)
         self._http.close()
 
     def __enter__(self) -> Client:
@@ -119,15 +141,48 @@ class Client:
     ) -> str:
         """Register ``fn`` (serialized as code); returns its function id.
 
-        The id is cached per function object, so registering it again sends nothing."""
+        The id is cached per function object and per serialized code, so registering it
+        again (or another object with the same code, name and description) sends nothing."""
         key = function_key(fn, function_name, description)
         if key is not None and key in self._functions:
             return self._functions[key]
         request = _base.register_function(fn, function_name=function_name, description=description)
-        function_id = _base.parse_function_id(self._send(request))
+        code_key = (request.json["function_code"], request.json["function_name"], description)
+        function_id = self._by_code.get(code_key)
+        if function_id is None:
+            function_id = _base.parse_function_id(self._send(request))
+            self._by_code[code_key] = function_id
         if key is not None:
             self._functions[key] = function_id
         return function_id
+
+    def function(
+        self,
+        fn: Callable[P, T],
+        *,
+        endpoint_id: str | None = None,
+        function_name: str | None = None,
+        async_: bool = False,
+    ) -> RemoteFunction[P, T]:
+        """A handle that runs ``fn`` on the endpoint: ``rf(2)`` blocks for the result,
+        ``await rf(2, async_=True)`` awaits it, ``rf.submit(2)`` gives a
+        ``concurrent.futures.Future``, ``rf.map(items)`` maps. See :mod:`sdk.remote`."""
+        from sdk.remote import RemoteFunction  # sdk.remote builds on this module
+
+        return RemoteFunction(
+            self, fn, endpoint_id=endpoint_id, function_name=function_name, async_=async_
+        )
+
+    def executor(self, endpoint_id: str | None = None) -> Executor:
+        """The :class:`~sdk.executor.Executor` this client shares among its remote functions
+        for ``endpoint_id`` (made on first use, shut down by :meth:`close`)."""
+        from sdk.executor import Executor  # sdk.executor builds on this module
+
+        endpoint = self.config.require_endpoint(endpoint_id)
+        executor = self._executors.get(endpoint)
+        if executor is None:
+            executor = self._executors[endpoint] = Executor(endpoint, client=self)
+        return executor
 
     def get_function(self, function_id: str) -> dict[str, Any]:
         answer: dict[str, Any] = self._send(_base.get_function(function_id))
@@ -167,17 +222,78 @@ class Client:
         return _base.parse_task_info(self._send(_base.get_task(task_id)))
 
     def get_result(self, task_id: str) -> Any:
-        """The task's value; raises :class:`~sdk.errors.TaskPending` while it is not done and
-        :class:`~sdk.errors.TaskFailed` (with the remote traceback) when it failed."""
+        """The task's value; raises :class:`~sdk.errors.TaskPending` while it is not done. A
+        failed task raises its remote exception as its own type when it can be rebuilt here
+        (``except ValueError`` works), else :class:`~sdk.errors.TaskFailed`; either carries
+        the remote traceback (a note, and ``remote_traceback``)."""
         return _base.task_result(self.get_task(task_id))
 
     def get_batch_result(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """Per task id ``{"pending", "status", "result"}`` or ``"exception"``, in one request."""
+        """Per task id ``{"pending", "status", "result"}`` or ``"exception"`` (plus ``"stdout"``
+        and ``"stderr"`` when the task printed anything); one request per 1,000 ids."""
         ids = list(dict.fromkeys(task_ids))
-        if not ids:
-            return {}
-        return _base.batch_results(self._send(_base.batch_status(ids)), ids)
+        results: dict[str, dict[str, Any]] = {}
+        for chunk in _base.chunks(ids):
+            results.update(_base.batch_results(self._send(_base.batch_status(chunk)), chunk))
+        return results
 
-    def get_task_group(self, task_group_id: str) -> dict[str, Any]:
-        answer: dict[str, Any] = self._send(_base.get_task_group(task_group_id))
+    def get_tasks(self, task_ids: Sequence[str]) -> dict[str, TaskInfo]:
+        """The :class:`~sdk.messages.TaskInfo` of each task (state, timestamps, result or
+        exception, stdout and stderr); one request per 1,000 ids."""
+        ids = list(dict.fromkeys(task_ids))
+        infos: dict[str, TaskInfo] = {}
+        for chunk in _base.chunks(ids):
+            infos.update(_base.batch_infos(self._send(_base.batch_status(chunk)), chunk))
+        return infos
+
+    def wait(
+        self,
+        task_ids: Sequence[str],
+        *,
+        timeout_s: float | None = None,
+        progress: bool = False,
+        poll_s: float = 0.5,
+    ) -> dict[str, dict[str, Any]]:
+        """Poll until every task has finished; then :meth:`get_batch_result` of them all.
+
+        The first poll is immediate, then one every ``poll_s`` seconds asks only about the
+        tasks not yet finished (one request per 1,000). ``progress`` draws a bar on standard
+        error when it is a terminal, nothing otherwise. Raises :class:`TimeoutError` after
+        ``timeout_s``."""
+        ids = list(dict.fromkeys(task_ids))
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        done: dict[str, dict[str, Any]] = {}
+        with Progress(len(ids), enabled=progress) as bar:
+            while True:
+                pending = [t for t in ids if t not in done]
+                for task_id, entry in self.get_batch_result(pending).items():
+                    if not entry["pending"]:
+                        done[task_id] = entry
+                failed = sum(1 for entry in done.values() if "exception" in entry)
+                bar.update(len(done), failed=failed)
+                if len(done) == len(ids):
+                    return {t: done[t] for t in ids}
+                if deadline is not None and time.monotonic() + poll_s > deadline:
+                    raise TimeoutError(f"{len(ids) - len(done)} tasks still running")
+                time.sleep(poll_s)
+
+    def cancel(self, task_id: str) -> bool:
+        """Cancel a task; True only if it will not run (it was still queued and now is
+        ``cancelled``). A running task is asked to stop, but this answers False."""
+        return _base.parse_cancel(self._send(_base.cancel_task(task_id))) == "cancelled"
+
+    def cancel_tasks(self, task_ids: Sequence[str]) -> dict[str, str]:
+        """Cancel many tasks (one request per 1,000); per task id the outcome:
+        ``cancelled``, ``interrupt_requested`` or ``finished``."""
+        outcomes: dict[str, str] = {}
+        for chunk in _base.chunks(list(dict.fromkeys(task_ids))):
+            outcomes.update(_base.parse_cancels(self._send(_base.cancel_tasks(chunk))))
+        return outcomes
+
+    def get_task_group(
+        self, task_group_id: str, *, offset: int = 0, limit: int | None = None
+    ) -> dict[str, Any]:
+        """One page of the group's tasks: ``{"total", "task_ids", "tasks": [{id, state}]}``."""
+        request = _base.get_task_group(task_group_id, offset=offset, limit=limit)
+        answer: dict[str, Any] = self._send(request)
         return answer

@@ -8,10 +8,18 @@
 
 The Executor adds a thread, not a protocol: one background thread runs an asyncio loop with
 an :class:`~sdk.asyncio_client.AsyncClient`, so submissions are batched the same way
-(:mod:`sdk.batching`: the first leaves at once, those queued while a request is in flight
-join the next, up to ``batch_size``) and results arrive over the WebSocket
-(:mod:`sdk.results`), each resolving its future once, with the value or with
-:class:`~sdk.errors.TaskFailed`.
+(:mod:`sdk.batching`: the first leaves at once, those submitted while a request is in flight
+join the next, up to ``batch_size``; ``batch_interval_s`` optionally waits for more) and
+results arrive over the WebSocket (:mod:`sdk.results`), reconnecting from the last cursor after
+any disconnect, each resolving its :class:`~sdk.futures.TaskFuture` exactly once.
+
+Calls made from a thread that already runs an event loop (a Jupyter cell) work: nothing here
+touches the caller's loop. Requests that must answer at once (cancel, reload) go over a
+synchronous :class:`~sdk.client.Client`.
+
+**Crash recovery.** Every task of an Executor goes into one task group. A new process can
+reattach with ``Executor(endpoint_id, task_group_id=gid).reload_tasks()``: a future for every
+task of the group, finished ones already resolved, the others resolved as they finish.
 """
 
 from __future__ import annotations
@@ -19,24 +27,35 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
+import itertools
 import threading
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar
 
+from sdk import _base
 from sdk.asyncio_client import AsyncClient
 from sdk.client import Client
 from sdk.config import ClientConfig
+from sdk.errors import FxBrokerError
+from sdk.futures import TaskFuture
+from sdk.handles import TaskHandle
+from sdk.progress import Progress
+from sdk.states import TERMINAL_STATES
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+_TERMINAL = frozenset(s.value for s in TERMINAL_STATES)
 
 
 class Executor(concurrent.futures.Executor):
     """Runs submitted functions on one endpoint; ``map`` works as for any executor.
 
-    Each function is registered once per Executor. All tasks go into one task group:
-    ``task_group_id`` if given (results already in that group are not replayed into new
-    futures), else the one the first submit makes."""
+    Each function is registered once per Executor, however often it is submitted. All tasks
+    go into one task group: ``task_group_id`` if given, else the one the first submit makes.
+    """
 
     def __init__(
         self,
@@ -45,14 +64,19 @@ class Executor(concurrent.futures.Executor):
         batch_size: int = 128,
         *,
         task_group_id: str | None = None,
+        batch_interval_s: float = 0.0,
     ) -> None:
-        """``client`` lends its URL and token; without it the service is found as
-        :mod:`sdk.config` describes. A missing endpoint raises
-        :class:`~sdk.errors.ConfigurationError` here, not at the first submit."""
+        """``client`` lends its URL and token (and answers cancel and reload requests);
+        without it the service is found as :mod:`sdk.config` describes. A missing endpoint
+        raises :class:`~sdk.errors.ConfigurationError` here, not at the first submit."""
         config = client.config if client is not None else ClientConfig.from_env()
         self.endpoint_id = config.require_endpoint(endpoint_id)
+        self._own_client = client is None
+        self._sync = client if client is not None else _client_of(config)
         self._lock = threading.Lock()
-        self._futures: set[concurrent.futures.Future[Any]] = set()
+        self._futures: dict[int, TaskFuture[Any]] = {}
+        self._enqueueing: set[concurrent.futures.Future[None]] = set()
+        self._by_task: dict[str, TaskFuture[Any]] = {}
         self._shutdown = False
         self._loop = asyncio.new_event_loop()
         self._client = AsyncClient(
@@ -61,6 +85,7 @@ class Executor(concurrent.futures.Executor):
             ws_url=config.ws_url,
             endpoint_id=self.endpoint_id,
             batch_size=batch_size,
+            batch_interval_s=batch_interval_s,
             task_group_id=task_group_id,
         )
         self._thread = threading.Thread(target=self._serve, name="fxbroker-executor", daemon=True)
@@ -70,6 +95,13 @@ class Executor(concurrent.futures.Executor):
     def task_group_id(self) -> str | None:
         """The task group of every task this Executor submits (known after the first)."""
         return self._client.task_group_id
+
+    @property
+    def submit_requests(self) -> int:
+        """How many batch submit requests the Executor has sent."""
+        return self._client.submit_requests
+
+    # -- the loop thread ---------------------------------------------------------------------
 
     def _serve(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -83,69 +115,322 @@ class Executor(concurrent.futures.Executor):
             self._loop.run_until_complete(self._loop.shutdown_asyncgens())
             self._loop.close()
 
-    def _schedule(self, coro: Any) -> concurrent.futures.Future[Any]:
+    def _on_loop(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    def _track(self, future: TaskFuture[Any]) -> None:
         with self._lock:
             if self._shutdown:
-                coro.close()
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            future = asyncio.run_coroutine_threadsafe(coro, self._loop)
-            self._futures.add(future)
+            self._futures[id(future)] = future
         future.add_done_callback(self._forget)
-        return future
 
     def _forget(self, future: concurrent.futures.Future[Any]) -> None:
         with self._lock:
-            self._futures.discard(future)
+            self._futures.pop(id(future), None)
+        if future.cancelled() and isinstance(future, TaskFuture):
+            # Nobody waits for it any more: take it out of the submit queue if still there.
+            with contextlib.suppress(RuntimeError):  # the loop is already closed
+                self._loop.call_soon_threadsafe(self._withdraw, future)
 
-    def submit(
-        self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
-    ) -> concurrent.futures.Future[T]:
-        """Run ``fn(*args, **kwargs)`` on the endpoint; the future gets its result.
+    def _withdraw(self, future: TaskFuture[Any]) -> None:
+        handle = future.handle
+        if handle is None:
+            return
+        if handle.task_id is not None:
+            self._client.results.unwatch(handle.task_id)
+        handle.withdraw()
 
-        Cancelling the future stops waiting for it; if the task was already sent, it still
-        runs on the endpoint."""
-        return self._schedule(self._run_function(fn, args, kwargs))
+    # -- submitting ----------------------------------------------------------------------------
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> TaskFuture[T]:
+        """Run ``fn(*args, **kwargs)`` on the endpoint; the future gets its result, or the
+        remote exception (its own type where it can be rebuilt, else
+        :class:`~sdk.errors.TaskFailed`). The future is a :class:`~sdk.futures.TaskFuture`."""
+        return self._start(fn, None, args, kwargs)
 
     def submit_to_registered_function(
         self,
         function_id: str,
         args: Sequence[Any] = (),
         kwargs: Mapping[str, Any] | None = None,
-    ) -> concurrent.futures.Future[Any]:
+    ) -> TaskFuture[Any]:
         """Run an already registered function; the future gets its result."""
-        return self._schedule(
-            self._client.run_task(function_id, args, kwargs, endpoint_id=self.endpoint_id)
-        )
+        return self._start(None, function_id, args, kwargs or {})
 
-    async def _run_function(
-        self, fn: Callable[..., Any], args: Sequence[Any], kwargs: Mapping[str, Any]
-    ) -> Any:
-        function_id = await self._client.register_function(fn)
-        return await self._client.run_task(function_id, args, kwargs, endpoint_id=self.endpoint_id)
+    def _start(
+        self,
+        fn: Callable[..., Any] | None,
+        function_id: str | None,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+    ) -> TaskFuture[Any]:
+        future: TaskFuture[Any] = TaskFuture(self._cancel)
+        self._track(future)
+        coro = self._enqueue(future, fn, function_id, args, kwargs)
+        enqueueing = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        with self._lock:
+            self._enqueueing.add(enqueueing)
+        enqueueing.add_done_callback(self._enqueued)
+        return future
+
+    def _enqueued(self, enqueueing: concurrent.futures.Future[None]) -> None:
+        with self._lock:
+            self._enqueueing.discard(enqueueing)
+
+    def flush(self, timeout_s: float | None = None) -> None:
+        """Return once every task submitted so far has been sent and accepted by the service
+        (its future has its ``task_id``), or has failed to be. Results need not be in."""
+        with self._lock:
+            enqueueing = list(self._enqueueing)
+        concurrent.futures.wait(enqueueing, timeout_s)
+        with self._lock:
+            handles = [f.handle for f in self._futures.values() if f.handle is not None]
+
+        async def sent() -> None:
+            await asyncio.gather(*(self._client.wait_sent(h) for h in handles))
+
+        asyncio.run_coroutine_threadsafe(sent(), self._loop).result(timeout_s)
+
+    async def _enqueue(
+        self,
+        future: TaskFuture[Any],
+        fn: Callable[..., Any] | None,
+        function_id: str | None,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+    ) -> None:
+        try:
+            if function_id is None:
+                assert fn is not None
+                function_id = await self._client.register_function(fn)
+            with future.phase_lock:
+                if future.done():  # cancelled before it could leave
+                    return
+                handle = self._client.submit_task(
+                    function_id, args, kwargs, endpoint_id=self.endpoint_id
+                )
+                future.handle = handle
+        except Exception as exc:
+            future.fail(exc)
+            return
+        handle.future.add_done_callback(functools.partial(self._settled, future, handle))
+
+    def _settled(self, future: TaskFuture[Any], handle: TaskHandle, _: object) -> None:
+        if handle.task_id is not None:
+            future.task_id = handle.task_id
+        if handle.outcome is not None:
+            future.resolve(handle.outcome)
+        elif handle.future.cancelled():
+            future.cancel_locally()
+        elif (error := handle.future.exception()) is not None:
+            future.fail(error)
+
+    # -- cancelling ----------------------------------------------------------------------------
+
+    def _cancel(self, future: TaskFuture[Any]) -> bool:
+        """``TaskFuture.cancel``: withdraw the task if it has not left, else cancel it upstream."""
+        with future.phase_lock:
+            handle = future.handle
+            if handle is None:  # still registering its function: it will never leave
+                return future.cancel_locally()
+        if handle.task_id is None:
+            withdrawn = self._call_on_loop(handle.withdraw)
+            if withdrawn:
+                return future.cancel_locally()
+            if self._on_loop():
+                return False  # in flight; its id is not known yet and cannot be awaited here
+            task_id = self._await_task_id(handle)
+        else:
+            task_id = handle.task_id
+        if task_id is None:
+            return False
+        try:
+            cancelled = self._sync.cancel(task_id)
+        except FxBrokerError:
+            return False
+        if cancelled:
+            future.task_id = task_id
+            return future.cancel_locally()
+        return False
+
+    def _call_on_loop(self, fn: Callable[[], bool]) -> bool:
+        if self._on_loop():
+            return fn()
+
+        async def call() -> bool:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(call(), self._loop).result()
+
+    def _await_task_id(self, handle: TaskHandle) -> str | None:
+        """Wait for the submit request carrying ``handle`` to answer (or fail)."""
+        coro = self._client.wait_sent(handle)
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    # -- reattaching ---------------------------------------------------------------------------
+
+    def reload_tasks(self) -> list[TaskFuture[Any]]:
+        """A future for every task of this Executor's task group, in submission order.
+
+        Use it after a crash: ``Executor(endpoint_id, task_group_id=gid).reload_tasks()``.
+        Tasks that already finished have their futures resolved when this returns (one
+        ``batch_status`` request per 1,000 of them); the others resolve from the pushed
+        results as they finish. A task whose record expired fails with ``ResultExpired``.
+        Tasks this Executor already has a future for keep that future."""
+        group = self.task_group_id
+        if group is None:
+            raise RuntimeError("reload_tasks() needs Executor(task_group_id=...)")
+        tasks = self._group_tasks(group)
+        finished = [t for t, state in tasks if state in _TERMINAL]
+        outcomes: dict[str, _base.TaskOutcome] = {}
+        for chunk in _base.chunks(finished):
+            for task_id, info in self._sync.get_tasks(chunk).items():
+                outcomes[task_id] = _base.info_outcome(info)
+        futures: list[TaskFuture[Any]] = []
+        watch: list[tuple[str, TaskFuture[Any]]] = []
+        for task_id, state in tasks:
+            with self._lock:
+                known = self._by_task.get(task_id)
+            if known is not None:
+                futures.append(known)
+                continue
+            future: TaskFuture[Any] = TaskFuture(self._cancel)
+            future.task_id = task_id
+            self._track(future)
+            with self._lock:
+                self._by_task[task_id] = future
+            if task_id in outcomes:
+                future.resolve(outcomes[task_id])
+            elif state is None:
+                future.resolve(_base.expired_outcome(task_id))
+            else:
+                watch.append((task_id, future))
+            futures.append(future)
+        if watch:
+            self._call_on_loop(lambda: self._watch(watch))
+            self._settle_finished_meanwhile(watch)
+        return futures
+
+    def _settle_finished_meanwhile(self, watch: list[tuple[str, TaskFuture[Any]]]) -> None:
+        """Tasks that finished between reading the group and watching them may have been
+        pushed before the watch began (when the connection was already open); ask once."""
+        futures = dict(watch)
+        for chunk in _base.chunks(list(futures)):
+            for task_id, info in self._sync.get_tasks(chunk).items():
+                if info["state"] in _TERMINAL:
+                    futures[task_id].resolve(_base.info_outcome(info))
+                    self._loop.call_soon_threadsafe(self._client.results.unwatch, task_id)
+
+    def _group_tasks(self, group: str) -> list[tuple[str, str | None]]:
+        tasks: list[tuple[str, str | None]] = []
+        for offset in itertools.count(0, _base.GROUP_PAGE):
+            answer = self._sync.get_task_group(group, offset=offset, limit=_base.GROUP_PAGE)
+            total, page = _base.parse_task_group_page(answer)
+            tasks.extend(page)
+            if not page or len(tasks) >= total:
+                return tasks
+        raise AssertionError("unreachable")
+
+    def _watch(self, watch: list[tuple[str, TaskFuture[Any]]]) -> bool:
+        for task_id, future in watch:
+            handle = self._client.watch_task(task_id)
+            future.handle = handle
+            handle.future.add_done_callback(functools.partial(self._settled, future, handle))
+        return True
+
+    # -- mapping and closing -----------------------------------------------------------------
+
+    def map(
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+        progress: bool = True,
+    ) -> Iterator[T]:
+        """``fn`` over the iterables' items, results in order, as ``Executor.map``.
+
+        All tasks are submitted before the first result is awaited (batched into few
+        requests). ``progress`` draws a progress bar on standard error when it is a
+        terminal (nothing otherwise). If the iteration stops early (an error, a timeout,
+        the iterator dropped), the tasks not yet finished are cancelled."""
+        futures = [self.submit(fn, *items) for items in zip(*iterables, strict=False)]
+        return self.results_of(futures, timeout=timeout, progress=progress)
+
+    def results_of(
+        self,
+        futures: Sequence[concurrent.futures.Future[T]],
+        *,
+        timeout: float | None = None,
+        progress: bool = True,
+    ) -> Iterator[T]:
+        """The results of ``futures`` (this Executor's), in order, as :meth:`map` yields them."""
+        return self._results(futures, timeout, progress)
+
+    def _results(
+        self, futures: Sequence[concurrent.futures.Future[T]], timeout: float | None, progress: bool
+    ) -> Iterator[T]:
+        bar = Progress(len(futures), enabled=progress)
+
+        def advance(f: concurrent.futures.Future[Any]) -> None:
+            failed = not f.cancelled() and f.exception() is not None
+            bar.advance(failed=int(failed))
+
+        if bar.visible:
+            for f in futures:
+                f.add_done_callback(advance)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pending = list(reversed(futures))
+        try:
+            with bar:
+                while pending:
+                    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    yield pending[-1].result(left)
+                    pending.pop()
+        finally:
+            self._cancel_many([f for f in pending if not f.done()])
+
+    def _cancel_many(self, futures: Sequence[concurrent.futures.Future[Any]]) -> None:
+        """Cancel upstream (one request per 1,000) and stop waiting for every one of them."""
+        ids = [f.task_id for f in futures if isinstance(f, TaskFuture) and f.task_id]
+        with contextlib.suppress(FxBrokerError):
+            self._sync.cancel_tasks(ids)
+        for future in futures:
+            if isinstance(future, TaskFuture):
+                future.cancel_locally()
+            else:
+                future.cancel()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Accept no more submissions and close the connections once every future is done.
 
-        ``cancel_futures=True`` cancels every future not yet done (tasks already sent still
-        run on the endpoint, unobserved). ``wait=True`` blocks until the remaining futures
-        are done and the background thread has stopped; called from a future's callback
-        (which runs on that thread) it returns at once instead of waiting on itself."""
+        ``cancel_futures=True`` cancels upstream every task not yet done (one request per
+        1,000; those already running are asked to stop) and cancels their futures, so
+        nothing is left to wait for. ``wait=True`` blocks until the remaining futures are
+        done and the background thread has stopped; called from a future's callback (which
+        runs on that thread) it returns at once instead of waiting on itself."""
         with self._lock:
             first = not self._shutdown
             self._shutdown = True
-            futures = list(self._futures)
+            futures = list(self._futures.values())
         if cancel_futures:
-            for future in futures:
-                future.cancel()
+            self._cancel_many([f for f in futures if not f.done()])
         if first:
             asyncio.run_coroutine_threadsafe(self._close(futures), self._loop)
-        if wait and threading.current_thread() is not self._thread:
+        if wait and not self._on_loop():
             self._thread.join()
 
-    async def _close(self, futures: list[concurrent.futures.Future[Any]]) -> None:
+    async def _close(self, futures: list[TaskFuture[Any]]) -> None:
         try:
             await asyncio.gather(*(asyncio.wrap_future(f) for f in futures), return_exceptions=True)
             with contextlib.suppress(Exception):
                 await self._client.aclose()
+            if self._own_client:
+                self._sync.close()
         finally:
             self._loop.stop()
+
+
+def _client_of(config: ClientConfig) -> Client:
+    return Client(config.url, config.token, ws_url=config.ws_url, endpoint_id=config.endpoint_id)

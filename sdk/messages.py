@@ -9,11 +9,17 @@ Redis records (all values are strings; keys come from :mod:`sdk.keys`):
   (:mod:`sdk.serialize`); ``exception`` is an :class:`ExceptionRecord` as JSON.
 * **completion notice** (task-group results stream): ``task_id`` and ``state``.
 
+A task hash may carry ``stdout`` and ``stderr``: what the function printed, bounded by the
+agent, absent when empty. They travel in :class:`TaskInfo` and :class:`ResultItem` too.
+
 REST bodies are JSON; :class:`TaskInfo` is what ``GET /v1/tasks/{id}`` returns.
 
 WebSocket frames are JSON text frames, see :class:`SubscribeFrame` and :class:`ResultsFrame`.
 Pure helpers here turn an exception into an :class:`ExceptionRecord` (agent side) and a
-record back into an exception (SDK side).
+record back into an exception (SDK side): :func:`remote_exception` rebuilds the remote
+exception as its own type when its ``pickled`` form loads on the client, with the remote
+traceback attached as a note and as ``remote_traceback``; otherwise it is a
+:class:`~sdk.errors.TaskFailed` naming the type.
 """
 
 from __future__ import annotations
@@ -23,16 +29,24 @@ import traceback
 from typing import Any, Literal, NotRequired, TypedDict
 
 from sdk.errors import TaskFailed
+from sdk.serialize import DILL_DATA, deserialize, serialize
 from sdk.states import TaskState
+
+PICKLED_EXCEPTION_CHARS_MAX = 1_000_000
+"""An exception whose serialized form is longer than this travels without ``pickled``."""
 
 
 class StreamEntry(TypedDict):
-    """One queued task on an endpoint's stream."""
+    """One queued task on an endpoint's stream.
+
+    ``walltime_s`` (decimal seconds) caps how long the task may run; the agent applies the
+    tighter of it and its endpoint's own walltime."""
 
     task_id: str
     function_id: str
     task_group_id: str
     payload: str
+    walltime_s: NotRequired[str]
 
 
 class TaskHash(TypedDict, total=False):
@@ -51,15 +65,22 @@ class TaskHash(TypedDict, total=False):
     agent: str
     result: str
     exception: str
+    stdout: str
+    stderr: str
+    notice_pending: str
 
 
 class ExceptionRecord(TypedDict):
-    """Why a task failed: the exception's type, message and remote traceback."""
+    """Why a task failed: the exception's type, message and remote traceback.
+
+    ``pickled`` is the exception itself, serialized with ``sdk.serialize.serialize``
+    (strategy ``00``) when that succeeded; the SDK rebuilds the exception from it if it can."""
 
     type: str
     module: str
     message: str
     traceback: str
+    pickled: NotRequired[str]
 
 
 class TaskInfo(TypedDict):
@@ -75,6 +96,8 @@ class TaskInfo(TypedDict):
     completed_at: float | None
     result: NotRequired[str]
     exception: NotRequired[ExceptionRecord]
+    stdout: NotRequired[str]
+    stderr: NotRequired[str]
 
 
 class TaskSpec(TypedDict):
@@ -123,6 +146,8 @@ class ResultItem(TypedDict):
     cursor: str
     result: NotRequired[str]
     exception: NotRequired[ExceptionRecord]
+    stdout: NotRequired[str]
+    stderr: NotRequired[str]
 
 
 class ResultsFrame(TypedDict):
@@ -163,13 +188,23 @@ class ErrorFrame(TypedDict):
 
 
 def exception_record(exc: BaseException) -> ExceptionRecord:
-    """Describe ``exc`` (with its traceback) for the task hash."""
-    return {
+    """Describe ``exc`` (with its traceback) for the task hash.
+
+    ``pickled`` is added when the exception serializes (and is not huge); an exception that
+    does not pickle is still described by type, message and traceback."""
+    record: ExceptionRecord = {
         "type": type(exc).__qualname__,
         "module": type(exc).__module__,
         "message": str(exc),
         "traceback": "".join(traceback.format_exception(exc)),
     }
+    try:
+        pickled = serialize(exc, DILL_DATA)
+    except Exception:
+        return record
+    if len(pickled) <= PICKLED_EXCEPTION_CHARS_MAX:
+        record["pickled"] = pickled
+    return record
 
 
 def error_record(type_name: str, message: str, *, module: str = "fxbroker") -> ExceptionRecord:
@@ -186,17 +221,106 @@ def task_failed(task_id: str, state: str, record: ExceptionRecord | None) -> Tas
     return TaskFailed(task_id, record["type"], record["message"], record["traceback"], state)
 
 
+def remote_exception(task_id: str, state: str, record: ExceptionRecord | None) -> Exception:
+    """The exception the SDK raises for a failed or cancelled task.
+
+    A failed task whose record carries ``pickled`` that loads into an :class:`Exception` is
+    raised as that exception, so ``except ValueError`` catches a remote ``ValueError``; it is
+    also a :class:`~sdk.errors.TaskFailed` (``except TaskFailed`` catches every remote
+    failure), with ``task_id``, ``type_name``, ``message`` and ``remote_traceback``; the
+    remote traceback is attached as a note too (shown under the local traceback). Anything
+    else (no ``pickled``, a type the client cannot import, a ``BaseException`` such as
+    ``SystemExit`` that must not end the caller, a cancelled task) is :func:`task_failed`'s
+    plain :class:`~sdk.errors.TaskFailed`."""
+    if state != TaskState.FAILED or record is None or not record.get("pickled"):
+        return task_failed(task_id, state, record)
+    try:
+        exc: Any = deserialize(record["pickled"], allowed=(DILL_DATA.identifier,))
+    except Exception:
+        return task_failed(task_id, state, record)
+    if not isinstance(exc, Exception) or isinstance(exc, StopIteration | StopAsyncIteration):
+        return task_failed(task_id, state, record)
+    dual = _as_task_failed(exc, task_id, state, record)
+    if dual is None:
+        return task_failed(task_id, state, record)
+    if record["traceback"]:
+        dual.add_note(f"\nRemote traceback of task {task_id}:\n{record['traceback'].rstrip()}")
+    return dual
+
+
+_DUAL_TYPES: dict[type[Exception], type[Exception]] = {}
+
+
+def _reduce_as_cause(self: BaseException) -> tuple[Any, ...]:
+    """Pickle a dual exception as its remote type: the dual class exists only in this process."""
+    cause_type = type(self).__mro__[1]
+    return (cause_type, self.args, dict(self.__dict__))
+
+
+def _dual_type(cause: type[Exception]) -> type[Exception] | None:
+    """A class deriving from both ``cause`` and :class:`TaskFailed` (made once per type)."""
+    dual = _DUAL_TYPES.get(cause)
+    if dual is None:
+        namespace = {
+            "__module__": cause.__module__,
+            "__qualname__": cause.__qualname__,
+            "__str__": cause.__str__,
+            "__repr__": cause.__repr__,
+            "__reduce__": _reduce_as_cause,
+        }
+        try:
+            dual = type(cause.__name__, (cause, TaskFailed), namespace)
+        except TypeError:  # an incompatible layout: stay with the remote type alone
+            return None
+        _DUAL_TYPES[cause] = dual
+    return dual
+
+
+def _as_task_failed(
+    exc: Exception, task_id: str, state: str, record: ExceptionRecord
+) -> Exception | None:
+    """``exc`` re-made as an instance of its own type *and* :class:`TaskFailed`, so both
+    ``except ValueError`` and ``except TaskFailed`` catch a remote ``ValueError`` (Ray's
+    ``as_instanceof_cause`` does the same), carrying the TaskFailed attributes."""
+    dual_type = _dual_type(type(exc)) if not isinstance(exc, TaskFailed) else type(exc)
+    if dual_type is None:
+        return None
+    try:
+        dual: Any = type(exc).__new__(dual_type, *exc.args)
+        dual.__dict__.update(getattr(exc, "__dict__", {}))
+        dual.args = exc.args
+        dual.task_id = task_id
+        dual.type_name = record["type"]
+        dual.message = record["message"]
+        dual.remote_traceback = record["traceback"]
+        dual.state = state
+    except (TypeError, AttributeError):
+        return None
+    result: Exception = dual
+    return result
+
+
 def parse_exception(raw: str | None) -> ExceptionRecord | None:
-    """Parse the ``exception`` field of a task hash."""
+    """Parse the ``exception`` field of a task hash (``pickled`` is kept when present)."""
     if not raw:
         return None
     data: Any = json.loads(raw)
-    return {
+    return exception_from(data)
+
+
+def exception_from(data: Any) -> ExceptionRecord:
+    """An :class:`ExceptionRecord` from its decoded JSON (missing text fields are empty)."""
+    if not isinstance(data, dict):
+        data = {}
+    record: ExceptionRecord = {
         "type": str(data.get("type", "")),
         "module": str(data.get("module", "")),
         "message": str(data.get("message", "")),
         "traceback": str(data.get("traceback", "")),
     }
+    if isinstance(data.get("pickled"), str) and data["pickled"]:
+        record["pickled"] = data["pickled"]
+    return record
 
 
 def _opt_float(raw: str | None) -> float | None:
@@ -220,4 +344,8 @@ def task_info(fields: dict[str, str]) -> TaskInfo:
     record = parse_exception(fields.get("exception"))
     if record is not None:
         info["exception"] = record
+    if fields.get("stdout"):
+        info["stdout"] = fields["stdout"]
+    if fields.get("stderr"):
+        info["stderr"] = fields["stderr"]
     return info

@@ -2,8 +2,8 @@
 
 The listener is shared by :class:`~sdk.asyncio_client.AsyncClient` and
 :class:`~sdk.executor.Executor`. Its owner submits tasks, then calls :meth:`ResultListener.watch`
-with each task id and a callback; the listener calls that callback exactly once, with the value
-or with the :class:`~sdk.errors.TaskFailed` of the task.
+with each task id and a callback; the listener calls that callback exactly once, with the
+task's :class:`~sdk._base.TaskOutcome` (its value, or the remote exception, and its output).
 
 Delivery contract:
 
@@ -29,20 +29,20 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus, WebSocketException
 
 from sdk import _base
+from sdk._base import TaskOutcome
 from sdk.errors import APIError, ConnectionFailed
 from sdk.messages import ResultItem
 from sdk.states import TERMINAL_STATES
 
 log = logging.getLogger(__name__)
 
-Resolve = Callable[[Any, BaseException | None], None]
-"""Called once per watched task: ``(value, None)`` or ``(None, error)``."""
+Resolve = Callable[[TaskOutcome], None]
+"""Called once per watched task with how it ended."""
 
 _TRANSIENT_REFUSALS = frozenset({"UNAVAILABLE"})
 _TERMINAL = frozenset(s.value for s in TERMINAL_STATES)
@@ -89,13 +89,14 @@ class ResultListener:
         self._cursor = cursor
         self._reconnect = reconnect or Reconnect()
         self._waiting: dict[str, Resolve] = {}
-        self._early: dict[str, tuple[Any, BaseException | None]] = {}
+        self._early: dict[str, TaskOutcome] = {}
         self._submitting = 0
         self._task: asyncio.Task[None] | None = None
         self._ws: ClientConnection | None = None
         self._closer: asyncio.Task[None] | None = None
         self._closed = False
         self._subscribed = False
+        self._subscriptions = 0
 
     @property
     def cursor(self) -> str:
@@ -110,6 +111,11 @@ class ResultListener:
     @property
     def connected(self) -> bool:
         return self._ws is not None
+
+    @property
+    def subscriptions(self) -> int:
+        """How many times a connection subscribed (the first, then one per reconnect)."""
+        return self._subscriptions
 
     @contextlib.contextmanager
     def submitting(self) -> Iterator[None]:
@@ -131,13 +137,19 @@ class ResultListener:
             raise RuntimeError("watch() needs the task group id set first")
         early = self._early.pop(task_id, None)
         if early is not None:
-            resolve(*early)
+            resolve(early)
             return
         self._waiting[task_id] = resolve
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(
                 self._run(), name=f"fxbroker-results-{self.task_group_id}"
             )
+
+    def unwatch(self, task_id: str) -> None:
+        """Stop waiting for ``task_id`` (its callback will not run); the connection closes
+        when nothing else is outstanding."""
+        if self._waiting.pop(task_id, None) is not None:
+            self._close_if_idle()
 
     async def aclose(self) -> None:
         """Close the connection (with the closing handshake); outstanding tasks fail with
@@ -212,6 +224,7 @@ class ResultListener:
                 frame = _base.parse_frame(message)
                 if isinstance(frame, _base.Subscribed):
                     self._subscribed = True
+                    self._subscriptions += 1
                 elif isinstance(frame, _base.Results):
                     if frame.task_group_id == self.task_group_id:
                         self._deliver(frame.items)
@@ -235,7 +248,7 @@ class ResultListener:
             task_id = item["task_id"]
             resolve = self._waiting.pop(task_id, None)
             if resolve is not None:
-                resolve(*_base.item_outcome(item))
+                resolve(_base.item_outcome(item))
             elif self._submitting and task_id not in self._early:
                 self._early[task_id] = _base.item_outcome(item)
 
@@ -247,7 +260,7 @@ class ResultListener:
         if ws is not None and self._idle() and (self._closer is None or self._closer.done()):
             self._closer = asyncio.get_running_loop().create_task(ws.close())
 
-    def _fail_all(self, error: BaseException) -> None:
+    def _fail_all(self, error: Exception) -> None:
         waiting, self._waiting = self._waiting, {}
-        for resolve in waiting.values():
-            resolve(None, error)
+        for task_id, resolve in waiting.items():
+            resolve(TaskOutcome(task_id, "", None, error))

@@ -50,6 +50,7 @@ def component_schemas(*, max_tasks_per_batch: int) -> dict[str, Schema]:
             "module": {"type": "string"},
             "message": {"type": "string"},
             "traceback": {"type": "string"},
+            "pickled": {"type": "string", "description": "the exception, a serialized buffer"},
         }
     )
     task_info = obj(
@@ -64,6 +65,8 @@ def component_schemas(*, max_tasks_per_batch: int) -> dict[str, Schema]:
             "completed_at": NULLABLE_TIMESTAMP,
             "result": {"type": "string", "description": "a serialized buffer"},
             "exception": ref("ExceptionRecord"),
+            "stdout": {"type": "string", "description": "captured standard output (bounded)"},
+            "stderr": {"type": "string", "description": "captured standard error (bounded)"},
         },
         required=[
             "task_id",

@@ -146,7 +146,8 @@ def parse_notices(entries: Sequence[tuple[str, Mapping[str, str]]]) -> list[Noti
 
 
 def result_item(notice: Notice, fields: Mapping[str, str]) -> ResultItem:
-    """One pushed result: the notice's state with the result or exception of the task hash.
+    """One pushed result: the notice's state with the result or exception of the task hash,
+    and the task's ``stdout`` / ``stderr`` when it printed anything.
 
     A task hash that expired before delivery yields a ``failed`` item whose exception says
     so, rather than a success without a result."""
@@ -166,6 +167,10 @@ def result_item(notice: Notice, fields: Mapping[str, str]) -> ResultItem:
     }
     if fields.get("result"):
         item["result"] = fields["result"]
+    if fields.get("stdout"):
+        item["stdout"] = fields["stdout"]
+    if fields.get("stderr"):
+        item["stderr"] = fields["stderr"]
     try:
         record = parse_exception(fields.get("exception"))
     except ValueError:

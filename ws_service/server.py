@@ -1,10 +1,47 @@
 """The WebSocket result service: stateless fan-out of task-group results from Redis.
 
-A client connects to ``ws://host:port/v1/results`` with ``Authorization: Bearer <token>``
-(checked during the handshake; a missing or bad token is answered HTTP 401, an unreachable
-web service 503), then subscribes to task groups. Each subscription is one task reading the
-group's results stream from the client's cursor and pushing what it reads; nothing about a
-client is kept anywhere but in its connection, so any number of copies can run side by side.
+The push protocol
+=================
+
+**Connect** to ``ws://host:port/v1/results`` with ``Authorization: Bearer <token>``. The
+token is checked during the handshake (asked of the web service's ``GET /v1/whoami``, cached
+for ``auth_cache_s``): a missing or bad token is answered HTTP 401 and no WebSocket opens; an
+unreachable web service 503 (retry). Any other path is 404.
+
+**Subscribe** to a task group from a cursor; frames are JSON text::
+
+    client -> {"type": "subscribe", "task_group_id": "<gid>", "cursor": "0"}
+    server -> {"type": "subscribed", "task_group_id": "<gid>", "cursor": "0"}
+    server -> {"type": "results", "task_group_id": "<gid>", "cursor": "<last>",
+               "results": [{"task_id", "state", "cursor", "result"?, "exception"?,
+                            "stdout"?, "stderr"?}, ...]}
+    client -> {"type": "unsubscribe", "task_group_id": "<gid>"}
+    server -> {"type": "error", "code": "...", "message": "...", "task_group_id"?: "<gid>"}
+
+``"0"`` replays the group from its first result. A group that is not the caller's is refused
+with an ``error`` frame (``NOT_FOUND``); the connection stays open. Subscribing again to a
+group replaces the subscription (new cursor).
+
+**Results frames carry their cursor and batch.** Every completion of the group after the
+cursor is pushed, in completion order; each item carries its own ``cursor`` and the frame the
+cursor of its last item. One ``XREAD`` reads up to ``batch_max`` notices and they leave as
+one frame, split only where a frame would pass ``max_frame_bytes``.
+
+**Keepalive.** The server pings every ``ping_interval_s`` and closes a connection whose pong
+does not come within ``ping_timeout_s``; clients answer pings (the websockets library does)
+and may ping too.
+
+**Frame size.** Frames the server sends are at most ``max_frame_bytes`` (64 MiB by default),
+above the web service's 10 MiB request limit, so the largest result always fits one frame;
+client frames are commands, limited to :data:`CLIENT_FRAME_BYTES_MAX`.
+
+**Delivery.** At least once per subscription: a client that reconnects and resubscribes from
+the last cursor it saw misses nothing, and may see again a frame that was in flight when the
+connection dropped; the SDK drops repeats by task id, which makes it exactly once per task
+id for the user. A Redis failure delays results (retried with backoff), never loses them.
+
+Nothing about a client is kept anywhere but in its connection, so any number of copies of
+the service can run side by side and a restart loses nothing.
 """
 
 from __future__ import annotations
@@ -117,6 +154,7 @@ class ResultServer:
                 process_request=self._process_request,
                 create_connection=_Connection,
                 ping_interval=settings.ping_interval_s,
+                ping_timeout=settings.ping_timeout_s,
                 max_size=CLIENT_FRAME_BYTES_MAX,
             )
         except BaseException:

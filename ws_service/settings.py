@@ -54,6 +54,8 @@ class WsSettings:
     """At most this many task groups one connection may subscribe to at once."""
     ping_interval_s: float = 20.0
     """Keepalive ping interval of every connection."""
+    ping_timeout_s: float = 20.0
+    """A connection whose pong does not arrive within this long after a ping is closed."""
     max_frame_bytes: int = 64 * 1024 * 1024
     """Largest frame sent or accepted; above the 10 MB result limit so any result fits."""
 
@@ -63,6 +65,9 @@ class WsSettings:
         for name in ("batch_max", "max_subscriptions", "max_frame_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigurationError(f"{name} must be >= 1, not {getattr(self, name)}")
+        for name in ("ping_interval_s", "ping_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigurationError(f"{name} must be > 0, not {getattr(self, name)}")
         if not 0 <= self.port <= 65535:
             raise ConfigurationError(f"port must be in 0..65535, not {self.port}")
 
@@ -71,9 +76,9 @@ class WsSettings:
         """Read ``REDIS_URL``, ``FXBROKER_WEB_URL``, ``FXBROKER_KEY_PREFIX`` and the
         ``FXBROKER_WS_*`` variables (``HOST``, ``PORT``, ``AUTH_CACHE_S``, ``AUTH_TIMEOUT_S``,
         ``BLOCK_MS``, ``BATCH_MAX``, ``MAX_SUBSCRIPTIONS``, ``PING_INTERVAL_S``,
-        ``MAX_FRAME_BYTES``). ``REDIS_URL`` and ``FXBROKER_WEB_URL`` are required; other unset
-        variables keep their defaults; a missing required or malformed value raises
-        :class:`~sdk.errors.ConfigurationError` naming the variable."""
+        ``PING_TIMEOUT_S``, ``MAX_FRAME_BYTES``). ``REDIS_URL`` and ``FXBROKER_WEB_URL`` are
+        required; other unset variables keep their defaults; a missing required or malformed
+        value raises :class:`~sdk.errors.ConfigurationError` naming the variable."""
         env = os.environ if environ is None else environ
         return cls(
             redis_url=_required(env, "REDIS_URL"),
@@ -87,5 +92,6 @@ class WsSettings:
             batch_max=_parse(env, "FXBROKER_WS_BATCH_MAX", int, 1000),
             max_subscriptions=_parse(env, "FXBROKER_WS_MAX_SUBSCRIPTIONS", int, 1000),
             ping_interval_s=_parse(env, "FXBROKER_WS_PING_INTERVAL_S", float, 20.0),
+            ping_timeout_s=_parse(env, "FXBROKER_WS_PING_TIMEOUT_S", float, 20.0),
             max_frame_bytes=_parse(env, "FXBROKER_WS_MAX_FRAME_BYTES", int, 64 * 1024 * 1024),
         )

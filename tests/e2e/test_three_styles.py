@@ -75,6 +75,8 @@ def test_executor_runs_1000_tasks(platform: Platform) -> None:
 
 
 def _assert_remote_failure(exc: TaskFailed) -> None:
+    assert isinstance(exc, ValueError)  # the remote type, re-raised as its own type too
+    assert str(exc) == "cannot handle 7"
     assert exc.type_name == "ValueError"
     assert "cannot handle 7" in exc.message
     assert "in fail" in exc.remote_traceback

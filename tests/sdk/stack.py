@@ -113,17 +113,17 @@ class Stack:
 
         self._exit.push_async_callback(stop)
 
-    def _agent(self, endpoint_id: str) -> Agent:
+    def _agent(self, endpoint_id: str, workers: int = 4) -> Agent:
         return Agent(
             AgentSettings(
                 endpoint_id=endpoint_id, redis_url=self.redis_url, key_prefix=self.keys.prefix,
-                engine="thread", workers=4, block_ms=200, heartbeat_s=30.0,
+                engine="thread", workers=workers, block_ms=200, heartbeat_s=30.0,
             )
         )  # fmt: skip
 
-    async def serve(self, endpoint_id: str) -> None:
-        """Keep an agent serving ``endpoint_id`` until the stack closes."""
-        agent = await self._exit.enter_async_context(self._agent(endpoint_id))
+    async def serve(self, endpoint_id: str, *, workers: int = 4) -> None:
+        """Keep an agent (``workers`` threads) serving ``endpoint_id`` until the stack closes."""
+        agent = await self._exit.enter_async_context(self._agent(endpoint_id, workers))
         task = asyncio.create_task(agent.run())
 
         async def stop() -> None:
@@ -139,8 +139,17 @@ class Stack:
 
     async def restart_ws(self) -> None:
         """Stop the ws service (its connections close) and start it again on the same port."""
-        assert self._ws is not None and self.services is not None
+        await self.stop_ws()
+        await self.start_ws()
+
+    async def stop_ws(self) -> None:
+        """Stop the ws service: its connections close and its port refuses new ones."""
+        assert self._ws is not None
         await self._ws.__aexit__(None, None, None)
+
+    async def start_ws(self) -> None:
+        """Start the ws service again on the port it had."""
+        assert self.services is not None
         self._ws = ResultServer(self._ws_settings(self.services.url, self._ws_port))
         await self._ws.__aenter__()
         self._exit.push_async_callback(self._ws.__aexit__, None, None, None)

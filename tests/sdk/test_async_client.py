@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from sdk import AsyncClient, TaskFailed, TaskPending
+from sdk import AsyncClient, TaskPending
+from sdk._base import TaskOutcome
 from sdk.errors import APIError
 from sdk.results import ResultListener
 from tests.sdk.stack import Services, Stack
@@ -41,8 +42,9 @@ class Recorder:
         self.done = asyncio.Event()
 
     def resolver(self, task_id: str) -> Any:
-        def resolve(value: Any, error: BaseException | None) -> None:
-            self.calls.setdefault(task_id, []).append((value, error))
+        def resolve(outcome: TaskOutcome) -> None:
+            assert outcome.task_id == task_id
+            self.calls.setdefault(task_id, []).append((outcome.value, outcome.error))
             if len(self.calls) == self.expected:
                 self.done.set()
 
@@ -67,7 +69,7 @@ async def test_gathered_runs_return_results(stack: Stack) -> None:
         assert not ac.results.connected  # closed once nothing was outstanding
 
 
-async def test_failed_run_raises_task_failed_with_remote_traceback(stack: Stack) -> None:
+async def test_failed_run_raises_the_remote_exception_with_its_traceback(stack: Stack) -> None:
     s = services(stack)
     await stack.serve(s.endpoint_id)
     async with client(s) as ac:
@@ -79,10 +81,11 @@ async def test_failed_run_raises_task_failed_with_remote_traceback(stack: Stack)
         )  # fmt: skip
     failed, value = outcomes
     assert value == 9
-    assert isinstance(failed, TaskFailed)
-    assert (failed.type_name, failed.message) == ("ValueError", "no such thing")
-    assert "raise ValueError(message)" in failed.remote_traceback
-    assert "workload.py" in failed.remote_traceback
+    assert isinstance(failed, ValueError) and failed.args == ("no such thing",)
+    remote_traceback = failed.remote_traceback  # type: ignore[attr-defined]
+    assert "raise ValueError(message)" in remote_traceback
+    assert "workload.py" in remote_traceback
+    assert any("raise ValueError(message)" in note for note in failed.__notes__)
 
 
 async def test_get_result_of_a_queued_task_is_pending(stack: Stack) -> None:

@@ -121,8 +121,19 @@ def test_result_of_an_unfinished_task_is_pending(state: str) -> None:
     assert (caught.value.task_id, caught.value.state) == ("t1", state)
 
 
-def test_result_of_a_failed_task_carries_the_remote_traceback() -> None:
+def test_result_of_a_failed_task_is_its_own_exception_with_the_remote_traceback() -> None:
     record = exception_record(boom())
+    with pytest.raises(ValueError, match="bad input 42") as caught:
+        _base.task_result(info("failed", exception=record))
+    err: Any = caught.value
+    assert err.task_id == "t1" and isinstance(err, TaskFailed) and err.type_name == "ValueError"
+    assert 'raise ValueError("bad input 42")' in err.remote_traceback
+    assert err.__notes__ == [f"\nRemote traceback of task t1:\n{record['traceback'].rstrip()}"]
+
+
+def test_result_of_a_failed_task_without_its_pickle_is_task_failed() -> None:
+    record = exception_record(boom())
+    del record["pickled"]
     with pytest.raises(TaskFailed) as caught:
         _base.task_result(info("failed", exception=record))
     err = caught.value
@@ -149,8 +160,9 @@ def test_batch_results_funcx_shape() -> None:
     assert results["t1"] == {"pending": False, "status": "success", "result": 3}
     assert results["t2"] == {"pending": True, "status": "running"}
     assert results["t3"]["pending"] is False and results["t3"]["status"] == "failed"
-    assert isinstance(results["t3"]["exception"], TaskFailed)
-    assert results["t3"]["exception"].task_id == "t3"
+    remote: Any = results["t3"]["exception"]
+    assert isinstance(remote, ValueError) and isinstance(remote, TaskFailed)
+    assert remote.task_id == "t3"
 
 
 def test_batch_results_names_unknown_ids() -> None:
@@ -186,8 +198,8 @@ def test_frames() -> None:
         })
     )  # fmt: skip
     assert isinstance(frame, _base.Results)
-    assert [_base.item_outcome(i)[0] for i in frame.items] == [1, None]
-    assert isinstance(_base.item_outcome(frame.items[1])[1], TaskFailed)
+    assert [_base.item_outcome(i).value for i in frame.items] == [1, None]
+    assert isinstance(_base.item_outcome(frame.items[1]).error, ValueError)
     refused = _base.parse_frame('{"type":"error","code":"NOT_FOUND","message":"no g"}')
     assert refused == _base.Refused("NOT_FOUND", "no g", None)
     for bad in ("nope", "[]", '{"type":"results"}', '{"type":"other"}'):
@@ -197,8 +209,9 @@ def test_frames() -> None:
 
 def test_an_undeserializable_result_is_that_tasks_error() -> None:
     item = {"task_id": "a", "state": "success", "cursor": "1-0", "result": "00\nnot base64!"}
-    value, error = _base.item_outcome(item)  # type: ignore[arg-type]
-    assert value is None and error is not None and "deserialize" in str(error)
+    outcome = _base.item_outcome(item)  # type: ignore[arg-type]
+    assert outcome.value is None and outcome.error is not None
+    assert "deserialize" in str(outcome.error)
 
 
 def test_error_status_for_ws_codes() -> None:

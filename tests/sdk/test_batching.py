@@ -33,12 +33,13 @@ class Recorder:
 async def test_queued_while_in_flight_join_the_next_request() -> None:
     send = Recorder()
     queue = SubmitQueue(send, batch_size=3)
-    first = queue.put("e", spec(0))
+    first = queue.put("e", spec(0)).future
     await send.sent.wait()
     assert send.batches == [("e", ["0"])]  # the first left alone, at once
-    later = [queue.put("e", spec(n)) for n in range(1, 6)]
+    later = [queue.put("e", spec(n)).future for n in range(1, 6)]
     send.release.set()
     assert await asyncio.gather(first, *later) == [str(n) for n in range(6)]
+    assert queue.requests == 3
     assert send.batches == [("e", ["0"]), ("e", ["1", "2", "3"]), ("e", ["4", "5"])]
 
 
@@ -46,7 +47,7 @@ async def test_endpoints_take_turns_and_never_mix() -> None:
     send = Recorder()
     send.release.set()
     queue = SubmitQueue(send, batch_size=2)
-    futures = [queue.put(ep, spec(n)) for n, ep in enumerate("aabab")]
+    futures = [queue.put(ep, spec(n)).future for n, ep in enumerate("aabab")]
     await asyncio.gather(*futures)
     assert send.batches == [("a", ["0", "1"]), ("b", ["2", "4"]), ("a", ["3"])]
 
@@ -62,7 +63,7 @@ async def test_a_failed_request_fails_its_batch_only() -> None:
             s.future.set_result(endpoint_id)
 
     queue = SubmitQueue(send)
-    bad, good = queue.put("bad", spec(0)), queue.put("good", spec(1))
+    bad, good = queue.put("bad", spec(0)).future, queue.put("good", spec(1)).future
     assert await good == "good"
     with pytest.raises(RuntimeError, match="refused"):
         await bad
@@ -75,25 +76,59 @@ async def test_a_cancelled_submission_is_not_sent() -> None:
     first = queue.put("e", spec(0))
     await send.sent.wait()
     dropped, kept = queue.put("e", spec(1)), queue.put("e", spec(2))
-    dropped.cancel()
+    dropped.future.cancel()
+    assert not first.withdraw()  # in flight: it may run
+    assert kept.withdraw() and not kept.withdraw()  # queued: it never leaves
     send.release.set()
-    assert list(await asyncio.gather(first, kept)) == ["0", "2"]
-    assert send.batches == [("e", ["0"]), ("e", ["2"])]
+    assert await first.future == "0"
+    assert send.batches == [("e", ["0"])]
+    assert kept.future.cancelled() and dropped.future.cancelled()
 
 
 async def test_aclose_cancels_what_is_queued_and_in_flight() -> None:
     send = Recorder()
     queue = SubmitQueue(send)
-    in_flight = queue.put("e", spec(0))
+    in_flight = queue.put("e", spec(0)).future
     await send.sent.wait()
-    queued = queue.put("e", spec(1))
+    queued = queue.put("e", spec(1)).future
     await queue.aclose()
     assert in_flight.cancelled() and queued.cancelled()
     assert len(queue) == 0
 
 
-def test_batch_size_must_be_positive() -> None:
+async def test_batch_interval_waits_for_more_but_a_full_batch_leaves_at_once() -> None:
+    send = Recorder()
+    send.release.set()
+    queue = SubmitQueue(send, batch_size=3, batch_interval_s=3600.0)
+    first = queue.put("e", spec(0))
+    await first.future  # the first never waits for the interval
+    more = [queue.put("e", spec(n)).future for n in range(1, 4)]  # a full batch
+    await asyncio.gather(*more)  # leaves without waiting out the hour
+    assert send.batches == [("e", ["0"]), ("e", ["1", "2", "3"])]
+
+
+async def test_wait_sent_returns_once_the_request_is_answered() -> None:
+    send = Recorder()
+
+    async def send_and_name(endpoint_id: str, batch: list[Submission]) -> None:
+        await send(endpoint_id, batch)
+        for n, s in enumerate(batch):
+            s.task_id = f"task-{n}"
+
+    queue = SubmitQueue(send_and_name)
+    submission = queue.put("e", spec(0))
+    await send.sent.wait()
+    waiter = asyncio.create_task(queue.wait_sent(submission))
+    await asyncio.sleep(0)  # let the waiter start waiting
+    assert not waiter.done()
+    send.release.set()
+    assert await waiter == "task-0"
+
+
+def test_batch_size_and_interval_must_be_valid() -> None:
     async def send(endpoint_id: str, batch: list[Submission]) -> None: ...
 
     with pytest.raises(ValueError):
         SubmitQueue(send, batch_size=0)
+    with pytest.raises(ValueError):
+        SubmitQueue(send, batch_interval_s=-1.0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 
 def square(x: int) -> int:
     return x * x
@@ -17,3 +19,13 @@ def fail(message: str) -> None:
 
 async def async_add(a: int, b: int = 0) -> int:
     return a + b
+
+
+def nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def echo(x: int) -> int:
+    print(f"echo {x}")
+    return x

@@ -111,6 +111,19 @@ def test_a_failed_item_carries_the_exception_record() -> None:
     assert item == {"task_id": "t2", "state": "failed", "cursor": "8-0", "exception": record}
 
 
+def test_an_item_carries_the_exception_pickle_and_what_the_task_printed() -> None:
+    record = exception_record(KeyError("k"))
+    assert record["pickled"].startswith("00\n")
+    item = protocol.result_item(
+        Notice("8-1", "t6", "failed"),
+        {"state": "failed", "exception": json.dumps(record), "stdout": "out\n", "stderr": "e"},
+    )
+    assert item["exception"]["pickled"] == record["pickled"]
+    assert (item.get("stdout"), item.get("stderr")) == ("out\n", "e")
+    quiet = protocol.result_item(Notice("8-2", "t7", "success"), {"result": "11\n1"})
+    assert "stdout" not in quiet and "stderr" not in quiet
+
+
 def test_the_hash_state_fills_a_notice_without_one() -> None:
     item = protocol.result_item(Notice("9-0", "t3", ""), {"state": "cancelled"})
     assert item == {"task_id": "t3", "state": "cancelled", "cursor": "9-0"}

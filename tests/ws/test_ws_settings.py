@@ -33,6 +33,7 @@ def test_every_variable_is_read() -> None:
         "FXBROKER_WS_BATCH_MAX": "10",
         "FXBROKER_WS_MAX_SUBSCRIPTIONS": "3",
         "FXBROKER_WS_PING_INTERVAL_S": "7",
+        "FXBROKER_WS_PING_TIMEOUT_S": "3",
         "FXBROKER_WS_MAX_FRAME_BYTES": "2048",
     }
     settings = WsSettings.from_env(env)
@@ -48,6 +49,7 @@ def test_every_variable_is_read() -> None:
         "batch_max": 10,
         "max_subscriptions": 3,
         "ping_interval_s": 7.0,
+        "ping_timeout_s": 3.0,
         "max_frame_bytes": 2048,
     }
 
@@ -67,6 +69,7 @@ def test_required_variables(missing: str) -> None:
         ("FXBROKER_WS_BLOCK_MS", "1.5"),
         ("FXBROKER_WS_BATCH_MAX", "0"),
         ("FXBROKER_WS_AUTH_CACHE_S", "soon"),
+        ("FXBROKER_WS_PING_TIMEOUT_S", "0"),
     ],
 )
 def test_malformed_values_are_refused(name: str, value: str) -> None:
