@@ -1,0 +1,235 @@
+"""The fxbroker side of every workload, measured from a client process through the public SDK.
+
+Each function runs one sample and records it in :class:`~bench.report.Figures`. Every
+sample starts with a warm-up round trip (connections open, function registered, agent
+online) outside the clock; every wait is bounded by ``task_timeout_s``; every task's outcome
+is checked, so a figure is never made of failures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from bench import tasks
+from bench.platform import Deployment
+from bench.report import FXBROKER, Figures, percentile
+from bench.services import used_memory
+from bench.settings import BenchSettings
+from sdk import AsyncClient, Batch, Executor
+from sdk.keys import Keys
+
+PROCESS = "bench-process"
+THREAD = "bench-thread"
+SEED = "bench-seed"
+IDLE = "bench-idle"
+
+
+def _check_all_succeeded(results: dict[str, dict[str, Any]]) -> None:
+    failed = [t for t, entry in results.items() if "exception" in entry]
+    if failed:
+        raise RuntimeError(f"{len(failed)} tasks failed, e.g. {results[failed[0]]['exception']}")
+
+
+def _executor_wall(
+    deployment: Deployment, endpoint: str, fn: Callable[[], None], n: int, s: BenchSettings
+) -> float:
+    """Seconds from the first ``submit`` until every future of ``n`` calls of ``fn`` is done."""
+    with deployment.client() as client, Executor(deployment.endpoints[endpoint], client) as ex:
+        ex.submit(tasks.noop).result(timeout=s.task_timeout_s)  # warm-up
+        start = time.perf_counter()
+        futures = [ex.submit(fn) for _ in range(n)]
+        done, pending = concurrent.futures.wait(futures, timeout=s.task_timeout_s)
+        wall = time.perf_counter() - start
+        if pending:
+            raise TimeoutError(f"{len(pending)} of {n} tasks unfinished after the timeout")
+        for future in done:
+            future.result()
+    return wall
+
+
+def throughput_executor(
+    figures: Figures, deployment: Deployment, endpoint: str, variant: str, s: BenchSettings
+) -> None:
+    n = s.throughput_tasks
+    wall = _executor_wall(deployment, endpoint, tasks.noop, n, s)
+    figures.add("throughput", FXBROKER, variant, "throughput", n / wall,
+                unit="tasks/s", better="higher")  # fmt: skip
+
+
+def throughput_polling(
+    figures: Figures, deployment: Deployment, endpoint: str, variant: str, s: BenchSettings
+) -> None:
+    """``batch_run`` (one request per 10,000 tasks) then ``Client.wait`` polling."""
+    n = s.throughput_tasks
+    endpoint_id = deployment.endpoints[endpoint]
+    with deployment.client() as client:
+        fid = client.register_function(tasks.noop)
+        client.wait([client.run(function_id=fid, endpoint_id=endpoint_id)],
+                    timeout_s=s.task_timeout_s, poll_s=s.poll_interval_s)  # fmt: skip
+        start = time.perf_counter()
+        ids: list[str] = []
+        for first in range(0, n, 10_000):
+            batch = client.create_batch()
+            for _ in range(min(10_000, n - first)):
+                batch.add(fid)
+            ids += client.batch_run(endpoint_id, batch)
+        results = client.wait(ids, timeout_s=s.task_timeout_s, poll_s=s.poll_interval_s)
+        wall = time.perf_counter() - start
+    _check_all_succeeded(results)
+    figures.add("throughput", FXBROKER, variant, "throughput", n / wall,
+                unit="tasks/s", better="higher")  # fmt: skip
+
+
+def _add_latency(figures: Figures, variant: str, samples_s: list[float]) -> None:
+    ms = [x * 1000 for x in samples_s]
+    figures.add("latency", FXBROKER, variant, "p50", percentile(ms, 50), unit="ms",
+                better="lower")  # fmt: skip
+    figures.add("latency", FXBROKER, variant, "p99", percentile(ms, 99), unit="ms",
+                better="lower")  # fmt: skip
+
+
+def latency_async(figures: Figures, deployment: Deployment, s: BenchSettings) -> None:
+    """Sequential ``await fx.run(...)``: submit, then the result pushed over the WebSocket."""
+
+    async def measure() -> list[float]:
+        async with AsyncClient(deployment.url, deployment.token, ws_url=deployment.ws_url,
+                               endpoint_id=deployment.endpoints[PROCESS]) as fx:  # fmt: skip
+            fid = await fx.register_function(tasks.noop)
+            await asyncio.wait_for(fx.run(function_id=fid), s.task_timeout_s)
+            samples = []
+            for _ in range(s.latency_round_trips):
+                start = time.perf_counter()
+                await asyncio.wait_for(fx.run(function_id=fid), s.task_timeout_s)
+                samples.append(time.perf_counter() - start)
+            return samples
+
+    _add_latency(figures, "AsyncClient (push)", asyncio.run(measure()))
+
+
+def latency_polling(figures: Figures, deployment: Deployment, s: BenchSettings) -> None:
+    """Sequential ``Client.run`` then ``Client.wait`` polling every ``poll_interval_s``."""
+    endpoint_id = deployment.endpoints[PROCESS]
+    samples = []
+    with deployment.client() as client:
+        fid = client.register_function(tasks.noop)
+        for i in range(s.latency_round_trips + 1):
+            start = time.perf_counter()
+            tid = client.run(function_id=fid, endpoint_id=endpoint_id)
+            result = client.wait([tid], timeout_s=s.task_timeout_s, poll_s=s.poll_interval_s)
+            if i:  # the first is the warm-up
+                samples.append(time.perf_counter() - start)
+            _check_all_succeeded(result)
+    _add_latency(figures, f"Client (polling every {s.poll_interval_s * 1000:g} ms)", samples)
+
+
+def seed(figures: Figures, deployment: Deployment, s: BenchSettings) -> None:
+    """The seed's batching example: tasks that sleep 1 s each, through the Executor."""
+    wall = _executor_wall(deployment, SEED, tasks.sleep_1s, s.seed_tasks, s)
+    variant = f"Executor, thread x{s.seed_workers}"
+    figures.add("seed", FXBROKER, variant, "wall", wall, unit="s", better="lower")
+
+
+def async_concurrency(figures: Figures, deployment: Deployment, s: BenchSettings) -> None:
+    """``async def`` tasks each awaiting ``asyncio.sleep(1)``, all gathered at once."""
+
+    async def measure() -> float:
+        async with AsyncClient(deployment.url, deployment.token, ws_url=deployment.ws_url,
+                               endpoint_id=deployment.endpoints[PROCESS]) as fx:  # fmt: skip
+            await asyncio.wait_for(fx.run(function_id=await fx.register_function(tasks.noop)),
+                                   s.task_timeout_s)  # fmt: skip
+            fid = await fx.register_function(tasks.async_sleep_1s)
+            start = time.perf_counter()
+            runs = [fx.run(function_id=fid) for _ in range(s.async_tasks)]
+            await asyncio.wait_for(asyncio.gather(*runs), s.task_timeout_s)
+            return time.perf_counter() - start
+
+    figures.add("async", FXBROKER, "AsyncClient, process x2", "wall", asyncio.run(measure()),
+                unit="s", better="lower")  # fmt: skip
+
+
+def submission(figures: Figures, deployment: Deployment, s: BenchSettings) -> None:
+    """Tasks submitted in batches to an endpoint no agent serves: accepted per second and
+    Redis memory per queued task (``used_memory`` delta). The batches are built before the
+    clock starts; the queued tasks are deleted afterwards."""
+    endpoint_id = deployment.endpoints[IDLE]
+    keys = Keys(deployment.key_prefix)
+    with deployment.client() as client:
+        fid = client.register_function(tasks.noop)
+        client.run(function_id=fid, endpoint_id=endpoint_id)  # warm-up; makes the group
+        batches: list[Batch] = []
+        for first in range(0, s.submission_tasks, s.submission_batch):
+            batch = client.create_batch()
+            for _ in range(min(s.submission_batch, s.submission_tasks - first)):
+                batch.add(fid)
+            batches.append(batch)
+        before = used_memory(deployment.redis_url)
+        start = time.perf_counter()
+        ids: list[str] = []
+        for batch in batches:
+            ids += client.batch_run(endpoint_id, batch)
+        wall = time.perf_counter() - start
+        after = used_memory(deployment.redis_url)
+        group = client.task_group_id
+    _delete_queued(deployment, keys, endpoint_id, group, ids)
+    variant = "Client.batch_run"
+    figures.add("submission", FXBROKER, variant, "accepted", len(ids) / wall, unit="tasks/s",
+                better="higher")  # fmt: skip
+    figures.add("submission", FXBROKER, variant, "memory", (after - before) / len(ids),
+                unit="bytes/task", better="lower")  # fmt: skip
+
+
+def _delete_queued(
+    deployment: Deployment, keys: Keys, endpoint_id: str, group: str | None, ids: list[str]
+) -> None:
+    client = redis.Redis.from_url(deployment.redis_url)
+    try:
+        for first in range(0, len(ids), 1000):
+            client.unlink(*(keys.task(t) for t in ids[first : first + 1000]))
+        client.unlink(keys.endpoint_tasks(endpoint_id))
+        if group is not None:
+            client.unlink(keys.task_group_tasks(group))
+    finally:
+        client.close()
+
+
+def fanout(figures: Figures, deployment: Deployment, s: BenchSettings) -> None:
+    """Many AsyncClients at once, each with its own task group and WebSocket, each awaiting
+    its results; wall time for all, and p99 of every task's submit-to-result time."""
+
+    async def one(fx: AsyncClient, fid: str) -> list[float]:
+        async def timed() -> float:
+            start = time.perf_counter()
+            await fx.run(function_id=fid)
+            return time.perf_counter() - start
+
+        return list(await asyncio.gather(*(timed() for _ in range(s.fanout_results))))
+
+    async def measure() -> tuple[float, list[float]]:
+        clients = [
+            AsyncClient(deployment.url, deployment.token, ws_url=deployment.ws_url,
+                        endpoint_id=deployment.endpoints[PROCESS])
+            for _ in range(s.fanout_clients)
+        ]  # fmt: skip
+        try:
+            fid = await clients[0].register_function(tasks.noop)
+            await asyncio.wait_for(clients[0].run(function_id=fid), s.task_timeout_s)
+            start = time.perf_counter()
+            per_client = await asyncio.wait_for(
+                asyncio.gather(*(one(fx, fid) for fx in clients)), s.task_timeout_s
+            )
+            wall = time.perf_counter() - start
+        finally:
+            await asyncio.gather(*(fx.aclose() for fx in clients), return_exceptions=True)
+        return wall, [x for xs in per_client for x in xs]
+
+    wall, latencies = asyncio.run(measure())
+    variant = f"{s.fanout_clients} AsyncClients x {s.fanout_results}"
+    figures.add("fan-out", FXBROKER, variant, "wall", wall, unit="s", better="lower")
+    figures.add("fan-out", FXBROKER, variant, "p99", percentile([x * 1000 for x in latencies], 99),
+                unit="ms", better="lower")  # fmt: skip

@@ -1,0 +1,248 @@
+"""Figures, the table they are printed as, the targets, and the JSON they are written to.
+
+Pure code: nothing here measures or starts anything. A :class:`Figure` is one number of one
+system on one workload, one sample per repeat; what is printed is the median of the samples.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+Better = Literal["higher", "lower"]
+
+FXBROKER = "fxbroker"
+POOL = "ProcessPoolExecutor"
+BROKER_PEERS = ("celery", "rq", "arq")
+PEERS = (POOL, *BROKER_PEERS)
+
+
+@dataclass
+class Figure:
+    """One figure of one system on one workload; ``samples`` holds one value per repeat."""
+
+    workload: str
+    system: str
+    variant: str
+    metric: str
+    unit: str
+    better: Better
+    samples: list[float] = field(default_factory=list)
+
+    @property
+    def value(self) -> float:
+        """The median of the samples (NaN when there are none)."""
+        return statistics.median(self.samples) if self.samples else math.nan
+
+    @property
+    def key(self) -> tuple[str, str, str, str]:
+        return (self.workload, self.system, self.variant, self.metric)
+
+    @property
+    def label(self) -> str:
+        return f"{self.system} {self.variant}".strip()
+
+
+@dataclass(frozen=True)
+class Target:
+    """One claim of the issue, checked against the medians."""
+
+    name: str
+    value: float
+    threshold: float
+    unit: str
+    op: Literal[">=", "<="]
+    passed: bool
+    note: str = ""
+
+
+class Figures:
+    """Every figure of a run, in the order first recorded."""
+
+    def __init__(self) -> None:
+        self._figures: dict[tuple[str, str, str, str], Figure] = {}
+
+    def add(
+        self,
+        workload: str,
+        system: str,
+        variant: str,
+        metric: str,
+        value: float,
+        *,
+        unit: str,
+        better: Better,
+    ) -> None:
+        key = (workload, system, variant, metric)
+        figure = self._figures.get(key)
+        if figure is None:
+            figure = self._figures[key] = Figure(workload, system, variant, metric, unit, better)
+        figure.samples.append(value)
+
+    def __iter__(self) -> Iterator[Figure]:
+        return iter(self._figures.values())
+
+    def get(self, workload: str, system: str, variant: str, metric: str) -> Figure | None:
+        return self._figures.get((workload, system, variant, metric))
+
+    def value(self, workload: str, system: str, variant: str, metric: str) -> float:
+        figure = self.get(workload, system, variant, metric)
+        return math.nan if figure is None else figure.value
+
+    def fxbroker(self, workload: str, metric: str) -> float:
+        """The median of fxbroker's first figure ``metric`` on ``workload`` (NaN if none)."""
+        for figure in self._figures.values():
+            if (figure.workload, figure.system, figure.metric) == (workload, FXBROKER, metric):
+                return figure.value
+        return math.nan
+
+    def peers(self, workload: str, metric: str) -> dict[str, float]:
+        """The median of ``metric`` for each peer that has it on ``workload``."""
+        found: dict[str, float] = {}
+        for figure in self._figures.values():
+            if figure.workload == workload and figure.metric == metric and figure.system in PEERS:
+                found[figure.system] = figure.value
+        return found
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0-100) by linear interpolation between closest ranks."""
+    if not values:
+        raise ValueError("no values")
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100.0
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+# -- targets -----------------------------------------------------------------------------------
+
+THROUGHPUT_REFERENCE = "Executor, process x2"
+"""The fxbroker throughput row the targets use: 2 worker processes, like every peer."""
+
+
+def targets(figures: Figures) -> list[Target]:
+    """The targets of the issue, each PASS or FAIL on the medians (NaN figures FAIL)."""
+    found: list[Target] = []
+    fx = figures.value("throughput", FXBROKER, THROUGHPUT_REFERENCE, "throughput")
+    peers = figures.peers("throughput", "throughput")
+    brokers = {name: v for name, v in peers.items() if name in BROKER_PEERS}
+    if brokers:
+        best_name = max(brokers, key=lambda n: brokers[n])
+        need = 5 * brokers[best_name]
+        found.append(_at_least("throughput >= 5x fastest broker peer", fx, need, "tasks/s",
+                               f"fastest: {best_name}"))  # fmt: skip
+    if POOL in peers:
+        found.append(_at_least("throughput >= 0.5x bare ProcessPoolExecutor", fx,
+                               0.5 * peers[POOL], "tasks/s"))  # fmt: skip
+    p50 = figures.value("latency", FXBROKER, "AsyncClient (push)", "p50")
+    peer_p50 = {n: v for n, v in figures.peers("latency", "p50").items() if n in BROKER_PEERS}
+    if peer_p50:
+        best_name = min(peer_p50, key=lambda n: peer_p50[n])
+        found.append(_at_most("AsyncClient latency p50 <= 0.5x best broker peer's", p50,
+                              0.5 * peer_p50[best_name], "ms", f"best: {best_name}"))  # fmt: skip
+    seed = figures.fxbroker("seed", "wall")
+    found.append(_at_most("seed example (50 x sleep 1 s) wall", seed, 1.2, "s"))
+    concurrency = figures.fxbroker("async", "wall")
+    found.append(_at_most("1,000 async sleep(1) tasks wall", concurrency, 1.3, "s"))
+    accepted = figures.fxbroker("submission", "accepted")
+    found.append(_at_least("submission accepted", accepted, 30_000, "tasks/s"))
+    return found
+
+
+def _at_least(name: str, value: float, threshold: float, unit: str, note: str = "") -> Target:
+    return Target(name, value, threshold, unit, ">=", value >= threshold, note)
+
+
+def _at_most(name: str, value: float, threshold: float, unit: str, note: str = "") -> Target:
+    return Target(name, value, threshold, unit, "<=", value <= threshold, note)
+
+
+# -- rendering ---------------------------------------------------------------------------------
+
+
+def fmt(value: float) -> str:
+    if math.isnan(value):
+        return "-"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.3g}"
+
+
+def ratio(fx: float, peer: float) -> float:
+    """fxbroker / peer (NaN when either is missing or the peer is zero)."""
+    if math.isnan(fx) or math.isnan(peer) or peer == 0:
+        return math.nan
+    return fx / peer
+
+
+def render(figures: Figures, found: Sequence[Target], *, header: str) -> str:
+    """The table: every figure, then the ratios fxbroker / peer, then the targets."""
+    lines = [header, ""]
+    rows: list[tuple[str, ...]] = [("workload", "system", "figure", "median", "samples")]
+    for f in figures:
+        samples = ", ".join(fmt(s) for s in f.samples)
+        rows.append((f.workload, f.label, f"{f.metric} ({f.unit})", fmt(f.value), samples))
+    lines += _columns(rows)
+    lines += ["", "fxbroker / peer (throughput: > 1 is faster; latency: < 1 is faster)"]
+    ratio_rows: list[tuple[str, ...]] = [("workload", "fxbroker", "figure", *PEERS)]
+    for f in figures:
+        if f.system != FXBROKER or f.workload not in ("throughput", "latency"):
+            continue
+        peer_values = figures.peers(f.workload, f.metric)
+        cells = [fmt(ratio(f.value, peer_values.get(p, math.nan))) for p in PEERS]
+        ratio_rows.append((f.workload, f.variant, f.metric, *cells))
+    lines += _columns(ratio_rows)
+    lines += ["", "targets"]
+    for t in found:
+        verdict = "PASS" if t.passed else "FAIL"
+        note = f"  ({t.note})" if t.note else ""
+        lines.append(
+            f"  {verdict}  {t.name}: {fmt(t.value)} {t.unit} {t.op} {fmt(t.threshold)}{note}"
+        )
+    return "\n".join(lines)
+
+
+def _columns(rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+            for row in rows]  # fmt: skip
+
+
+def to_json(figures: Figures, found: Sequence[Target], *, meta: dict[str, Any]) -> dict[str, Any]:
+    """Everything the table shows, with every sample, as one JSON-ready dict."""
+    rows = []
+    for f in figures:
+        row = asdict(f)
+        row["median"] = None if math.isnan(f.value) else f.value
+        rows.append(row)
+    ratios = []
+    for f in figures:
+        if f.system != FXBROKER or f.workload not in ("throughput", "latency"):
+            continue
+        peer_values = figures.peers(f.workload, f.metric)
+        for peer, value in peer_values.items():
+            r = ratio(f.value, value)
+            ratios.append({"workload": f.workload, "variant": f.variant, "metric": f.metric,
+                           "peer": peer, "ratio": None if math.isnan(r) else r})  # fmt: skip
+    return {
+        **meta,
+        "figures": rows,
+        "ratios": ratios,
+        "targets": [
+            {**asdict(t), "value": None if math.isnan(t.value) else t.value} for t in found
+        ],
+    }
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")

@@ -1,0 +1,183 @@
+"""One benchmark run: start the systems, run every workload interleaved, report.
+
+Layout (a real deployment on one machine): Redis is ``REDIS_URL`` or a private
+``redis-server``; fxbroker runs as separate processes (``fxbroker web``, ``fxbroker ws`` and
+three ``fxbroker endpoint start`` agents); each peer's workers run as subprocesses started
+for its turn; the clients of every system run in this process. Each repeat runs every step
+once, the order rotated by one from repeat to repeat, so no system always goes first or
+last; the figures are the medians over the repeats.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import fx_workloads as fx
+from bench.peer_arq import ArqPeer
+from bench.peer_celery import CeleryPeer
+from bench.peer_rq import RqPeer
+from bench.peers import Peer, PoolPeer
+from bench.platform import AgentSpec, Deployment, Platform
+from bench.report import Figures, percentile, render, targets, to_json, write_json
+from bench.services import Processes, RedisServer
+from bench.settings import BenchSettings
+
+PACKAGES = ("fxbroker", "celery", "rq", "arq", "redis", "hiredis")
+WORKLOADS = ("throughput", "latency", "seed", "async", "submission", "fan-out", "peers")
+
+
+@dataclass(frozen=True)
+class Step:
+    workload: str
+    name: str
+    run: Callable[[], None]
+
+
+def _fx_steps(figures: Figures, d: Deployment, s: BenchSettings) -> list[Step]:
+    return [
+        Step("throughput", "fxbroker Executor, process x2", lambda: fx.throughput_executor(
+            figures, d, fx.PROCESS, "Executor, process x2", s)),
+        Step("throughput", "fxbroker Executor, thread x2", lambda: fx.throughput_executor(
+            figures, d, fx.THREAD, "Executor, thread x2", s)),
+        Step("throughput", "fxbroker batch_run+poll, process x2", lambda: fx.throughput_polling(
+            figures, d, fx.PROCESS, "batch_run + polling, process x2", s)),
+        Step("throughput", "fxbroker batch_run+poll, thread x2", lambda: fx.throughput_polling(
+            figures, d, fx.THREAD, "batch_run + polling, thread x2", s)),
+        Step("latency", "fxbroker AsyncClient", lambda: fx.latency_async(figures, d, s)),
+        Step("latency", "fxbroker Client polling", lambda: fx.latency_polling(figures, d, s)),
+        Step("seed", "fxbroker seed example", lambda: fx.seed(figures, d, s)),
+        Step("async", "fxbroker async tasks", lambda: fx.async_concurrency(figures, d, s)),
+        Step("submission", "fxbroker submission", lambda: fx.submission(figures, d, s)),
+        Step("fan-out", "fxbroker fan-out", lambda: fx.fanout(figures, d, s)),
+    ]  # fmt: skip
+
+
+def _peer_step(figures: Figures, s: BenchSettings, make: Callable[[], Peer], name: str) -> Step:
+    def run() -> None:
+        with make() as peer:
+            wall = peer.throughput(s.throughput_tasks, s.task_timeout_s)
+            figures.add("throughput", peer.name, peer.variant, "throughput",
+                        s.throughput_tasks / wall, unit="tasks/s", better="higher")  # fmt: skip
+            ms = [x * 1000 for x in peer.latency(s.latency_round_trips, s.task_timeout_s)]
+        for q in (50, 99):
+            figures.add("latency", peer.name, peer.variant, f"p{q}", percentile(ms, q),
+                        unit="ms", better="lower")  # fmt: skip
+
+    return Step("peers", name, run)
+
+
+def _peer_steps(
+    figures: Figures, s: BenchSettings, redis_url: str, tag: str, procs: Processes
+) -> list[Step]:
+    w = s.pool_workers
+    return [
+        _peer_step(figures, s, lambda: PoolPeer(w), "ProcessPoolExecutor"),
+        _peer_step(figures, s, lambda: CeleryPeer(redis_url, tag, procs, w), "celery"),
+        _peer_step(figures, s, lambda: RqPeer(redis_url, tag, procs, w), "rq"),
+        _peer_step(figures, s, lambda: ArqPeer(redis_url, tag, procs, s.poll_interval_s), "arq"),
+    ]
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run(settings: BenchSettings) -> tuple[str, dict[str, Any]]:
+    """Run every workload ``settings.repeat`` times; the table and the JSON document."""
+    s = settings
+    tag = uuid.uuid4().hex[:10]
+    started = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="fxbroker-bench-"))
+    figures = Figures()
+    agents = [
+        AgentSpec(fx.PROCESS, "process", 2),
+        AgentSpec(fx.THREAD, "thread", 2),
+        AgentSpec(fx.SEED, "thread", s.seed_workers),
+    ]
+    try:
+        with RedisServer(s.redis_url) as redis_server:
+            platform_ = Platform(
+                redis_url=redis_server.url, database_url=s.database_url, workdir=workdir,
+                tag=tag, agents=agents, idle_endpoints=[fx.IDLE],
+                start_timeout_s=s.start_timeout_s,
+            )  # fmt: skip
+            with platform_ as deployment, Processes(workdir / "peers.log") as peer_procs:
+                steps = _fx_steps(figures, deployment, s)
+                steps += _peer_steps(figures, s, redis_server.url, tag, peer_procs)
+                if s.only:
+                    steps = [step for step in steps if step.workload in s.only]
+                for r in range(s.repeat):
+                    shift = r % len(steps)
+                    for step in steps[shift:] + steps[:shift]:
+                        t0 = time.monotonic()
+                        step.run()
+                        platform_.processes.check()
+                        _say(f"[{r + 1}/{s.repeat}] {step.name}: {time.monotonic() - t0:.1f} s")
+            meta = _meta(s, tag, redis_server, time.monotonic() - started)
+    except BaseException:
+        _say(f"the run failed; the logs of its processes are in {workdir}")
+        raise
+    shutil.rmtree(workdir, ignore_errors=True)
+    found = targets(figures)
+    header = (
+        f"fxbroker bench: median of {s.repeat}, {meta['machine']['cpus']} CPUs, "
+        f"Redis {meta['redis']['version']} ({meta['redis']['kind']}), "
+        f"{meta['elapsed_s']:.0f} s"
+    )
+    if s.quick:
+        header += "\nQUICK RUN: tiny counts, one repeat; the figures and targets mean nothing"
+    return render(figures, found, header=header), to_json(figures, found, meta=meta)
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, frozenset):
+        return sorted(value)
+    return str(value) if isinstance(value, Path) else value
+
+
+def _meta(
+    s: BenchSettings, tag: str, redis_server: RedisServer, elapsed_s: float
+) -> dict[str, Any]:
+    hidden = ("redis_url", "database_url")  # may carry credentials
+    settings = {k: _plain(v) for k, v in asdict(s).items() if k not in hidden}
+    return {
+        "tag": tag,
+        "started_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "elapsed_s": elapsed_s,
+        "settings": settings,
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+        },
+        "redis": {"version": redis_server.version(), "kind": redis_server.kind},
+        "versions": {p: _version(p) for p in PACKAGES},
+    }
+
+
+def main_run(settings: BenchSettings) -> int:
+    table, data = run(settings)
+    print(table, flush=True)
+    write_json(settings.json_path, data)
+    _say(f"written to {settings.json_path}")
+    return 0
