@@ -18,15 +18,15 @@ cancel listener (:mod:`endpoint_agent.cancels`).
 it, so it reads as if the next tasks were like the last ones:
 
 * *sync-shaped* (the initial shape, and after any read that held a ``def`` function):
-  ``COUNT = workers - held``, every held task that is not a running ``async def`` counting
-  against the workers;
+  ``COUNT = workers + prefetch - held``, every held task that is not a running ``async def``
+  counting against the workers (``prefetch`` is 0 unless configured);
 * *async-shaped* (after a read that held only ``async def`` functions):
   ``COUNT = max_concurrency - held``, every held task that is not a ``def`` counting against
   the async slots.
 
 A task that cannot start at once (a ``def`` read in an async-shaped read while the workers
 are busy) waits inside the agent and counts as held. The agent never holds more than
-``workers + max_concurrency`` tasks, and a task counts as held until its stream entry is
+``workers + prefetch + max_concurrency`` tasks, and a task counts as held until its stream entry is
 acknowledged (or handed back), so ``XPENDING`` for this consumer never exceeds what the rule
 allows. When nothing may be read, the loop waits for a completion instead of reading.
 
@@ -371,7 +371,7 @@ class Agent:
         if self._async_shaped:
             want = s.max_concurrency - (held - self._held_sync)
         else:
-            want = s.workers - (held - self._held_async)
+            want = s.workers + s.prefetch - (held - self._held_async)
         return max(0, min(want, s.capacity - held))
 
     async def _wait_for_change(self) -> None:

@@ -139,6 +139,8 @@ class ResultWriter:
     async def _write_once(self, batch: Sequence[Completion]) -> None:
         written = await self._settle_all(batch)
         pipe = self._redis.pipeline(transaction=False)
+        groups: set[str] = set()
+        settled: list[str] = []
         for c, ok in zip(batch, written, strict=True):
             if not ok:
                 log.warning(
@@ -149,14 +151,18 @@ class ResultWriter:
                 continue
             state = str(c.outcome.state) if c.outcome is not None else c.pending_notice
             if state:
-                task_key = self._keys.task(c.task_id)
                 if c.task_group_id:
                     notices = self._keys.task_group_results(c.task_group_id)
                     pipe.xadd(notices, {"task_id": c.task_id, "state": state})
-                    pipe.expire(notices, self._ttl_s)
-                pipe.hdel(task_key, "notice_pending")
-            pipe.xack(self._stream, AGENT_GROUP, c.entry_id)
-            pipe.xdel(self._stream, c.entry_id)
+                    groups.add(notices)
+                pipe.hdel(self._keys.task(c.task_id), "notice_pending")
+            settled.append(c.entry_id)
+        # One EXPIRE per group and one XACK/XDEL for the whole batch, not one per task.
+        for notices in groups:
+            pipe.expire(notices, self._ttl_s)
+        if settled:
+            pipe.xack(self._stream, AGENT_GROUP, *settled)
+            pipe.xdel(self._stream, *settled)
         await pipe.execute()
 
     async def _settle_all(self, batch: Sequence[Completion]) -> list[bool]:

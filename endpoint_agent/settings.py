@@ -75,6 +75,10 @@ class AgentSettings:
     drain_grace_s: float = 30.0
     max_result_bytes: int = 10 * 1024 * 1024
     max_output_chars: int = 64 * 1024
+    prefetch: int = 0
+    """``def`` tasks held beyond the free workers, waiting in the agent for one (0: strict
+    backpressure, a task is read only when a worker is free). A few hide the Redis round
+    trips between one task and the next; a second agent then finds that many fewer."""
 
     def __post_init__(self) -> None:
         if not self.endpoint_id:
@@ -98,6 +102,10 @@ class AgentSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigurationError(f"{name} must be an integer >= 1, not {value!r}")
+        if isinstance(self.prefetch, bool) or not isinstance(self.prefetch, int) or (
+            self.prefetch < 0
+        ):
+            raise ConfigurationError(f"prefetch must be an integer >= 0, not {self.prefetch!r}")
         if not self.heartbeat_s > 0:
             raise ConfigurationError(f"heartbeat_s must be > 0, not {self.heartbeat_s!r}")
         if not self.drain_grace_s >= 0:
@@ -128,8 +136,8 @@ class AgentSettings:
 
     @property
     def capacity(self) -> int:
-        """How many tasks this agent runs at once: its workers plus its async slots."""
-        return self.workers + self.max_concurrency
+        """How many tasks this agent holds at most: workers, prefetched tasks, async slots."""
+        return self.workers + self.prefetch + self.max_concurrency
 
     @classmethod
     def from_env(
@@ -146,7 +154,7 @@ class AgentSettings:
         (comma-separated function ids), ``FXBROKER_ACCELERATORS`` (comma-separated ids,
         e.g. ``0,1``), ``FXBROKER_WALLTIME_S``, ``FXBROKER_LEASE_MS``,
         ``FXBROKER_MAX_ATTEMPTS``, ``FXBROKER_DRAIN_GRACE_S``, ``FXBROKER_MAX_RESULT_BYTES``,
-        ``FXBROKER_MAX_OUTPUT_CHARS``.
+        ``FXBROKER_MAX_OUTPUT_CHARS``, ``FXBROKER_PREFETCH``.
         """
         env = os.environ if environ is None else environ
 
@@ -193,6 +201,7 @@ class AgentSettings:
             drain_grace_s=optional("FXBROKER_DRAIN_GRACE_S", float, base.drain_grace_s),
             max_result_bytes=optional("FXBROKER_MAX_RESULT_BYTES", int, base.max_result_bytes),
             max_output_chars=optional("FXBROKER_MAX_OUTPUT_CHARS", int, base.max_output_chars),
+            prefetch=optional("FXBROKER_PREFETCH", int, base.prefetch),
         )
 
 

@@ -136,6 +136,7 @@ ENDPOINT_OPTIONS: dict[str, str] = {
     "drain_grace_s": "drain_grace_s",
     "max_result_bytes": "max_result_bytes",
     "max_output_chars": "max_output_chars",
+    "prefetch": "prefetch",
 }
 """``fxbroker endpoint configure`` option (argparse dest) -> ``config.toml`` key."""
 
@@ -231,6 +232,7 @@ def _add_endpoint_parsers(endpoint: argparse._SubParsersAction[argparse.Argument
     p.add_argument("--drain-grace-s", type=float)
     p.add_argument("--max-result-bytes", type=int)
     p.add_argument("--max-output-chars", type=int)
+    p.add_argument("--prefetch", type=int, help="def tasks held beyond the free workers")
     p.set_defaults(func=cmd_endpoint_configure)
 
     p = endpoint.add_parser("start", help="register NAME (once) and run its agent")

@@ -75,6 +75,7 @@ SETTINGS: dict[str, Setting] = {
     "drain_grace_s": Setting("FXBROKER_DRAIN_GRACE_S", float),
     "max_result_bytes": Setting("FXBROKER_MAX_RESULT_BYTES", int),
     "max_output_chars": Setting("FXBROKER_MAX_OUTPUT_CHARS", int),
+    "prefetch": Setting("FXBROKER_PREFETCH", int),
 }
 """``config.toml`` key -> the environment variable that overrides it, and its type."""
 

@@ -41,6 +41,23 @@ async def test_sync_tasks_are_read_no_faster_than_workers_free_up(
     await endpoint.assert_settled()
 
 
+async def test_prefetch_holds_at_most_that_many_beyond_the_workers(
+    endpoint: Endpoint, redis_url: str
+) -> None:
+    seen = await endpoint.register(PENDING_SEEN)
+    task_ids = await endpoint.submit_many(
+        seen, [((redis_url, endpoint.stream, AGENT_GROUP), {}) for _ in range(20)]
+    )
+
+    async with Agent(settings_for(endpoint, redis_url, workers=2, prefetch=3)) as agent:
+        await agent.run(burst=True)
+
+    pending = [await endpoint.result(t) for t in task_ids]
+    assert all(1 <= p <= 5 for p in pending), pending
+    assert max(pending) > 2, pending  # it did read ahead of the workers
+    await endpoint.assert_settled()
+
+
 async def test_a_second_agent_gets_what_the_first_cannot_hold(
     endpoint: Endpoint, redis_url: str
 ) -> None:
