@@ -102,8 +102,10 @@ class AgentSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigurationError(f"{name} must be an integer >= 1, not {value!r}")
-        if isinstance(self.prefetch, bool) or not isinstance(self.prefetch, int) or (
-            self.prefetch < 0
+        if (
+            isinstance(self.prefetch, bool)
+            or not isinstance(self.prefetch, int)
+            or (self.prefetch < 0)
         ):
             raise ConfigurationError(f"prefetch must be an integer >= 0, not {self.prefetch!r}")
         if not self.heartbeat_s > 0:
