@@ -26,6 +26,9 @@ from sdk.keys import Keys
 
 PROCESS = "bench-process"
 THREAD = "bench-thread"
+PREFETCH = "bench-process-prefetch"
+PREFETCH_TASKS = 8
+"""The prefetch of the PREFETCH agent (an opt-in setting; the other agents use the default 0)."""
 SEED = "bench-seed"
 IDLE = "bench-idle"
 

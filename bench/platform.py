@@ -32,12 +32,13 @@ FXBROKER = [PYTHON, "-m", "fxbroker.cli"]
 
 @dataclass(frozen=True)
 class AgentSpec:
-    """One agent process: its endpoint's name, engine, workers and async slots."""
+    """One agent process: its endpoint's name, engine, workers, async slots and prefetch."""
 
     name: str
     engine: str
     workers: int
     max_concurrency: int = 1000
+    prefetch: int = 0
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,7 @@ class Platform:
                 "FXBROKER_ENGINE": agent.engine,
                 "FXBROKER_WORKERS": str(agent.workers),
                 "FXBROKER_MAX_CONCURRENCY": str(agent.max_concurrency),
+                "FXBROKER_PREFETCH": str(agent.prefetch),
             }
             self.processes.start([*FXBROKER, "endpoint", "start", agent.name], agent_env)
         return Deployment(url, ws_url, token, endpoints, self.key_prefix, self.redis_url)

@@ -45,12 +45,17 @@ class Step:
     run: Callable[[], None]
 
 
+PREFETCH_ROW = f"Executor, process x2, prefetch {fx.PREFETCH_TASKS}"
+
+
 def _fx_steps(figures: Figures, d: Deployment, s: BenchSettings) -> list[Step]:
     return [
         Step("throughput", "fxbroker Executor, process x2", lambda: fx.throughput_executor(
             figures, d, fx.PROCESS, "Executor, process x2", s)),
         Step("throughput", "fxbroker Executor, thread x2", lambda: fx.throughput_executor(
             figures, d, fx.THREAD, "Executor, thread x2", s)),
+        Step("throughput", "fxbroker Executor, process x2, prefetch", lambda: (
+            fx.throughput_executor(figures, d, fx.PREFETCH, PREFETCH_ROW, s))),
         Step("throughput", "fxbroker batch_run+poll, process x2", lambda: fx.throughput_polling(
             figures, d, fx.PROCESS, "batch_run + polling, process x2", s)),
         Step("throughput", "fxbroker batch_run+poll, thread x2", lambda: fx.throughput_polling(
@@ -104,6 +109,7 @@ def run(settings: BenchSettings) -> tuple[str, dict[str, Any]]:
     agents = [
         AgentSpec(fx.PROCESS, "process", 2),
         AgentSpec(fx.THREAD, "thread", 2),
+        AgentSpec(fx.PREFETCH, "process", 2, prefetch=fx.PREFETCH_TASKS),
         AgentSpec(fx.SEED, "thread", s.seed_workers),
     ]
     try:

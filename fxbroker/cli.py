@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fxbroker import loops
+
 if TYPE_CHECKING:
     from fxbroker.stack import StackSettings
 
@@ -77,7 +79,7 @@ async def _dev(settings: StackSettings) -> None:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    asyncio.run(_dev(_stack_settings(args)))
+    loops.run(_dev(_stack_settings(args)))
     return 0
 
 
@@ -99,8 +101,9 @@ def cmd_web(args: argparse.Namespace) -> int:
     from web_service.settings import WebSettings
 
     uvicorn.run(
-        create_app(WebSettings.from_env()), host=args.host, port=args.port, log_level="info"
-    )
+        create_app(WebSettings.from_env()), host=args.host, port=args.port, log_level="info",
+        loop="uvloop", http="httptools", access_log=args.access_log,
+    )  # fmt: skip
     return 0
 
 
@@ -109,7 +112,7 @@ def cmd_ws(args: argparse.Namespace) -> int:
     from ws_service.settings import WsSettings
 
     settings = dataclasses.replace(WsSettings.from_env(), host=args.host, port=args.port)
-    asyncio.run(run_ws(settings))
+    loops.run(run_ws(settings))
     return 0
 
 
@@ -341,6 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("web", help="run the web service (DATABASE_URL, REDIS_URL)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--access-log", action="store_true", help="log every request (off: /metrics counts them)"
+    )
     p.set_defaults(func=cmd_web)
 
     p = sub.add_parser("ws", help="run the WebSocket service (REDIS_URL, FXBROKER_WEB_URL)")

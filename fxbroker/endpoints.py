@@ -18,7 +18,6 @@ worker to each accelerator the node has (``CUDA_VISIBLE_DEVICES``, else ``nvidia
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -38,6 +37,7 @@ import tomli_w
 
 from endpoint_agent.accelerators import detect_accelerators
 from endpoint_agent.settings import AgentSettings
+from fxbroker import loops
 from sdk.errors import ConfigurationError
 
 CONFIG_FILE = "config.toml"
@@ -248,7 +248,7 @@ def start(home: Path, name: str, environ: Mapping[str, str]) -> None:
         flush=True,
     )
     try:
-        asyncio.run(run_agent(settings))
+        loops.run(run_agent(settings))
     finally:
         with contextlib.suppress(FileNotFoundError, ValueError):
             if int(pid_path.read_text().strip()) == os.getpid():

@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 FX_ROWS = {
     ("throughput", "Executor, process x2", "throughput"),
     ("throughput", "Executor, thread x2", "throughput"),
+    ("throughput", "Executor, process x2, prefetch 8", "throughput"),
     ("throughput", "batch_run + polling, process x2", "throughput"),
     ("throughput", "batch_run + polling, thread x2", "throughput"),
     ("latency", "AsyncClient (push)", "p50"),
