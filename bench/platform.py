@@ -21,10 +21,10 @@ from bench.services import (
     REPO_ROOT,
     Processes,
     delete_matching,
-    free_port,
     python_env,
     wait_for_port,
 )
+from fxbroker.embedded import free_port
 from sdk import Client
 
 FXBROKER = [PYTHON, "-m", "fxbroker.cli"]

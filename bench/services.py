@@ -24,6 +24,8 @@ from types import TracebackType
 
 import redis
 
+from fxbroker.embedded import EmbeddedRedis
+
 PYTHON = sys.executable
 REPO_ROOT = Path(__file__).resolve().parent.parent
 """Where ``bench`` and the fxbroker packages import from; subprocesses run here."""
@@ -35,13 +37,6 @@ def python_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ if base is None else base)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     return env
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_for_port(port: int, *, timeout_s: float, proc: subprocess.Popen[bytes] | None) -> None:
@@ -131,24 +126,17 @@ class RedisServer:
         self._given = url
         self.url = url or ""
         self.kind = "REDIS_URL" if url else "private redis-server"
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._embedded: EmbeddedRedis | None = None
         self._dir: str | None = None
 
     def __enter__(self) -> RedisServer:
         if self._given:
             return self
-        binary = shutil.which("redis-server")
-        if binary is None:
+        if shutil.which("redis-server") is None:
             raise RuntimeError("set REDIS_URL, or install redis-server for a private one")
-        port = free_port()
         self._dir = tempfile.mkdtemp(prefix="fxbroker-bench-redis-")
-        self._proc = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self._dir],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        wait_for_port(port, timeout_s=15, proc=self._proc)
-        self.url = f"redis://127.0.0.1:{port}/0"
+        self._embedded = EmbeddedRedis(Path(self._dir), append_only=False).start()
+        self.url = self._embedded.url
         return self
 
     def __exit__(
@@ -157,13 +145,8 @@ class RedisServer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._proc is not None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        if self._embedded is not None:
+            self._embedded.stop()
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
 

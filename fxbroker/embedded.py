@@ -40,11 +40,12 @@ class EmbeddedRedis:
 
     ``data_dir`` holds its append-only file, so a ``fxbroker dev`` restart keeps queued
     tasks and results (the fakeredis fallback keeps nothing). ``use_binary=False`` forces
-    the fakeredis server."""
+    the fakeredis server; ``append_only=False`` keeps nothing on disk."""
 
     data_dir: Path
     port: int = 0
     use_binary: bool = True
+    append_only: bool = True
     host: str = "127.0.0.1"
     kind: str = field(default="", init=False)
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
@@ -64,7 +65,8 @@ class EmbeddedRedis:
             self._proc = subprocess.Popen(
                 [
                     binary, "--port", str(self.port), "--bind", self.host, "--save", "",
-                    "--appendonly", "yes", "--dir", str(self.data_dir),
+                    "--appendonly", "yes" if self.append_only else "no",
+                    "--dir", str(self.data_dir),
                     "--logfile", str(self.data_dir / "redis.log"),
                 ],
                 stdout=subprocess.DEVNULL,
