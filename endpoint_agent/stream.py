@@ -64,14 +64,15 @@ for i = 3, #ARGV do
   local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
   if p[1] and p[1][2] == ARGV[2] then
     redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
-  else
+  elseif p[1] then
     lost[#lost + 1] = ARGV[i]
   end
 end
 return lost
 """
 """KEYS: the stream. ARGV: group, consumer, entry ids. Resets the idle time of those
-entries still pending for this consumer; returns the ids that are not (any more)."""
+entries still pending for this consumer; returns the ids pending for another consumer. An
+entry no longer pending at all was settled while the renewal ran: not lost, not reported."""
 
 RELEASE_SCRIPT = """
 if redis.call('HGET', KEYS[1], 'state') ~= ARGV[1] or
@@ -255,7 +256,7 @@ class TaskStream:
         return starts
 
     async def touch(self, entry_ids: Sequence[str]) -> list[str]:
-        """Renew the lease of ``entry_ids``; returns those this consumer no longer holds."""
+        """Renew the lease of ``entry_ids``; returns those another consumer now holds."""
         if not entry_ids:
             return []
         lost: Any = await self._touch_script(

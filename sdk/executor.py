@@ -217,6 +217,8 @@ class Executor(concurrent.futures.Executor):
         handle.future.add_done_callback(functools.partial(self._settled, future, handle))
 
     def _settled(self, future: TaskFuture[Any], handle: TaskHandle, _: object) -> None:
+        if not handle.future.cancelled():
+            handle.future.exception()  # retrieved here: the TaskFuture carries the outcome
         if handle.task_id is not None:
             future.task_id = handle.task_id
         if handle.outcome is not None:
