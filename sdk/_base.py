@@ -28,15 +28,14 @@ from sdk.messages import (
 )
 from sdk.serialize import deserialize, pack_payload, serialize
 from sdk.states import TaskState
-
-API = "/v1"
-RESULTS_PATH = "/v1/results"
-START_CURSOR = "0"
-"""The cursor that replays a task group from its first result."""
-IDS_PER_REQUEST = 1000
-"""Most task ids one ``batch_status`` or batch cancel request may name."""
-GROUP_PAGE = 10_000
-"""Most tasks one ``GET /v1/task_groups/{id}`` page may list."""
+from sdk.wire import (
+    API,
+    IDS_PER_REQUEST,
+    NOT_FOUND,
+    RESULTS_PATH,
+    UNAUTHORIZED,
+    UNAVAILABLE,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -481,10 +480,10 @@ def item_outcome(item: ResultItem) -> TaskOutcome:
 
 def error_status(code: str) -> int:
     """The HTTP status matching a ws error code (for the :class:`APIError` it becomes)."""
-    if code == "UNAUTHORIZED":
+    if code == UNAUTHORIZED:
         return 401
-    if code.endswith("NOT_FOUND"):
+    if code.endswith(NOT_FOUND):
         return 404
-    if code == "UNAVAILABLE":
+    if code == UNAVAILABLE:
         return 503
     return 400

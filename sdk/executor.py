@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar
 
-from sdk import _base
+from sdk import _base, wire
 from sdk.asyncio_client import AsyncClient
 from sdk.client import Client
 from sdk.config import ClientConfig
@@ -326,8 +326,8 @@ class Executor(concurrent.futures.Executor):
 
     def _group_tasks(self, group: str) -> list[tuple[str, str | None]]:
         tasks: list[tuple[str, str | None]] = []
-        for offset in itertools.count(0, _base.GROUP_PAGE):
-            answer = self._sync.get_task_group(group, offset=offset, limit=_base.GROUP_PAGE)
+        for offset in itertools.count(0, wire.GROUP_PAGE_MAX):
+            answer = self._sync.get_task_group(group, offset=offset, limit=wire.GROUP_PAGE_MAX)
             total, page = _base.parse_task_group_page(answer)
             tasks.extend(page)
             if not page or len(tasks) >= total:

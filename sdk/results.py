@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus, WebSocketException
 
-from sdk import _base
+from sdk import _base, wire
 from sdk._base import TaskOutcome
 from sdk.errors import APIError, ConnectionFailed
 from sdk.messages import ResultItem
@@ -78,7 +78,7 @@ class ResultListener:
         ws_url: Callable[[], Awaitable[str]],
         token: str,
         task_group_id: str | None = None,
-        cursor: str = _base.START_CURSOR,
+        cursor: str = wire.START_CURSOR,
         reconnect: Reconnect | None = None,
     ) -> None:
         """``ws_url`` gives the ws service's base URL (awaited when a connection opens).

@@ -16,16 +16,17 @@ from starlette.requests import Request
 
 from sdk.messages import TaskSpec
 from sdk.serialize import IDENTIFIER_LENGTH, STRATEGIES
+from sdk.wire import GROUP_PAGE_DEFAULT, GROUP_PAGE_MAX, IDS_PER_REQUEST
 from web_service.errors import ApiError, bad_request, invalid
 from web_service.models import is_id
 
 MAX_NAME_LENGTH = 255
-MAX_STATUS_IDS = 1000
+MAX_STATUS_IDS = IDS_PER_REQUEST
 MAX_LIST_ITEMS = 1000
 DEFAULT_PAGE_LIMIT = 100
 MAX_PAGE_LIMIT = 1000
-DEFAULT_GROUP_PAGE_LIMIT = 1000
-MAX_GROUP_PAGE_LIMIT = 10_000
+DEFAULT_GROUP_PAGE_LIMIT = GROUP_PAGE_DEFAULT
+MAX_GROUP_PAGE_LIMIT = GROUP_PAGE_MAX
 MAX_OFFSET = 2**31 - 1
 
 

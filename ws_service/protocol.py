@@ -30,22 +30,10 @@ from sdk.messages import (
     parse_exception,
 )
 from sdk.states import TaskState
-
-BAD_FRAME = "BAD_FRAME"
-"""The frame is not a JSON object of a known type with well-formed fields."""
-NOT_FOUND = "NOT_FOUND"
-"""The task group does not exist or belongs to someone else."""
-UNAUTHORIZED = "UNAUTHORIZED"
-"""The connection's token is no longer valid."""
-TOO_MANY_SUBSCRIPTIONS = "TOO_MANY_SUBSCRIPTIONS"
-"""The connection already holds the most subscriptions allowed."""
-UNAVAILABLE = "UNAVAILABLE"
-"""The web service could not be asked whether the group is the caller's; try again."""
-INTERNAL = "INTERNAL"
-"""The subscription failed on the server's side; subscribing again may succeed."""
-
-START_CURSOR = "0"
-"""The cursor that replays a task group from its first result."""
+from sdk.wire import (
+    BAD_FRAME,
+    START_CURSOR,
+)
 
 _GROUP_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _CURSOR = re.compile(r"[0-9]{1,20}(-[0-9]{1,20})?")

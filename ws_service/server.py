@@ -62,22 +62,23 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from sdk import wire
 from sdk.errors import APIError
 from sdk.keys import Keys
+from sdk.wire import RESULTS_PATH
 from ws_service import protocol
 from ws_service.auth import Authenticator, Caller, WebUnavailable, bearer_token
 from ws_service.settings import WsSettings
 
 logger = logging.getLogger(__name__)
 
-RESULTS_PATH = "/v1/results"
 """The one WebSocket route."""
 CLIENT_FRAME_BYTES_MAX = 64 * 1024
 """Client frames are small commands; a larger one closes the connection (code 1009)."""
 _SUBSCRIBE_ERROR_CODES = {
-    401: protocol.UNAUTHORIZED,
-    403: protocol.NOT_FOUND,
-    404: protocol.NOT_FOUND,
+    401: wire.UNAUTHORIZED,
+    403: wire.NOT_FOUND,
+    404: wire.NOT_FOUND,
 }
 """Error frame code for each status of the web service's answer about a task group."""
 
@@ -253,7 +254,7 @@ class ResultServer:
             await connection.send(
                 protocol.encode(
                     protocol.error_frame(
-                        protocol.TOO_MANY_SUBSCRIPTIONS,
+                        wire.TOO_MANY_SUBSCRIPTIONS,
                         f"at most {self.settings.max_subscriptions} subscriptions per connection",
                         gid,
                     )
@@ -263,7 +264,7 @@ class ResultServer:
         try:
             await self._auth.check_task_group(caller, gid)
         except APIError as exc:
-            code = _SUBSCRIBE_ERROR_CODES.get(exc.status, protocol.UNAVAILABLE)
+            code = _SUBSCRIBE_ERROR_CODES.get(exc.status, wire.UNAVAILABLE)
             await connection.send(protocol.encode(protocol.error_frame(code, exc.message, gid)))
             return
         except WebUnavailable as exc:
@@ -271,7 +272,7 @@ class ResultServer:
             await connection.send(
                 protocol.encode(
                     protocol.error_frame(
-                        protocol.UNAVAILABLE, "cannot check the task group now; retry", gid
+                        wire.UNAVAILABLE, "cannot check the task group now; retry", gid
                     )
                 )
             )
@@ -292,7 +293,7 @@ class ResultServer:
         except Exception:
             logger.exception("pushing results of task group %s failed", task_group_id)
             frame = protocol.error_frame(
-                protocol.INTERNAL, "this subscription failed; subscribe again", task_group_id
+                wire.INTERNAL, "this subscription failed; subscribe again", task_group_id
             )
             with contextlib.suppress(ConnectionClosed):
                 await connection.send(protocol.encode(frame))

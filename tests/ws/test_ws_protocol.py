@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from sdk import wire
 from sdk.messages import ResultItem, exception_record
 from sdk.serialize import deserialize, serialize
 from ws_service import protocol
@@ -60,14 +61,14 @@ def test_malformed_frames_give_a_bad_frame_error(frame: str | bytes, fragment: s
     answer = protocol.parse_frame(frame)
     assert isinstance(answer, dict)
     assert answer["type"] == "error"
-    assert answer["code"] == protocol.BAD_FRAME
+    assert answer["code"] == wire.BAD_FRAME
     assert fragment in answer["message"]
 
 
 def test_a_bad_cursor_error_names_the_group() -> None:
     answer = protocol.parse_frame('{"type": "subscribe", "task_group_id": "g1", "cursor": "x"}')
     assert isinstance(answer, dict)
-    assert (answer["code"], answer.get("task_group_id")) == (protocol.BAD_FRAME, "g1")
+    assert (answer["code"], answer.get("task_group_id")) == (wire.BAD_FRAME, "g1")
 
 
 def test_subscribed_frame_echoes_group_and_cursor() -> None:
@@ -197,7 +198,7 @@ def test_no_items_no_frames() -> None:
 
 
 def test_encoded_error_frames_are_json() -> None:
-    frame = protocol.error_frame(protocol.NOT_FOUND, "no such group", GID)
+    frame = protocol.error_frame(wire.NOT_FOUND, "no such group", GID)
     assert json.loads(protocol.encode(frame)) == {
         "type": "error",
         "code": "NOT_FOUND",
