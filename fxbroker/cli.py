@@ -13,6 +13,11 @@ fxbroker user create NAME    create a user and print its first API token
 fxbroker user token NAME     print a new API token for NAME
 fxbroker user tokens NAME    list NAME's tokens (first characters, dates)
 fxbroker user revoke PREFIX  revoke the token that starts with PREFIX (8 characters or more)
+
+Every command finds the dev stack from ``$FXBROKER_HOME`` (default ``~/.fxbroker``), as
+``Client()`` does: its database for ``db`` and ``user``, its service and Redis for
+``endpoint`` (:mod:`fxbroker.home`); ``DATABASE_URL``, ``REDIS_URL`` and flags win. A
+configuration mistake ends a command with one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -32,17 +37,33 @@ from fxbroker import loops
 if TYPE_CHECKING:
     from fxbroker.stack import StackSettings
 
+CONFIGURATION_EXIT = 2
+"""The exit status of a configuration mistake (argparse's for a usage mistake)."""
 
-def default_home() -> Path:
-    """``$FXBROKER_HOME``, else ``~/.fxbroker``."""
-    return Path(os.environ.get("FXBROKER_HOME") or Path.home() / ".fxbroker")
+
+def configuration_errors() -> tuple[type[Exception], ...]:
+    """The exception types that mean a setting is missing or wrong (a variable, a flag, a
+    config file): :func:`main` reports them in one line and exits with
+    :data:`CONFIGURATION_EXIT`. The ws_service's and the agent's settings raise the SDK's
+    type; the web service's its own."""
+    from sdk.errors import ConfigurationError
+    from web_service.settings import SettingsError
+
+    return (ConfigurationError, SettingsError)
+
+
+def fxbroker_home() -> Path:
+    """``$FXBROKER_HOME``, else ``~/.fxbroker``: the folder ``Client()`` reads too."""
+    from sdk.config import fxbroker_home
+
+    return fxbroker_home()
 
 
 def _stack_settings(args: argparse.Namespace) -> StackSettings:
     from fxbroker.stack import StackSettings
 
     return StackSettings(
-        home=Path(args.home) if args.home else default_home(),
+        home=Path(args.home) if args.home else fxbroker_home(),
         host=args.host,
         web_port=args.web_port,
         ws_port=args.ws_port,
@@ -146,7 +167,6 @@ ENDPOINT_OPTIONS: dict[str, str] = {
 
 def cmd_endpoint_configure(args: argparse.Namespace) -> int:
     from fxbroker.endpoints import configure
-    from sdk.errors import ConfigurationError
 
     changes = {
         key: getattr(args, dest)
@@ -156,10 +176,7 @@ def cmd_endpoint_configure(args: argparse.Namespace) -> int:
     if isinstance(changes.get("accelerators"), str):
         raw: str = changes["accelerators"]
         changes["accelerators"] = [a.strip() for a in raw.split(",") if a.strip()]
-    try:
-        path = configure(default_home(), args.name, changes)
-    except ConfigurationError as exc:
-        return _endpoint_error("configure", exc)
+    path = configure(fxbroker_home(), args.name, changes)
     print(f"wrote {path}")
     return 0
 
@@ -174,20 +191,18 @@ def cmd_endpoint_start(args: argparse.Namespace) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        start(default_home(), args.name, os.environ)
-    except FxBrokerError as exc:  # bad settings, or the web service refused or is away
+        start(fxbroker_home(), args.name, os.environ)
+    except configuration_errors():
+        raise
+    except FxBrokerError as exc:  # the web service refused or is away
         return _endpoint_error("start", exc)
     return 0
 
 
 def cmd_endpoint_stop(args: argparse.Namespace) -> int:
     from fxbroker.endpoints import stop
-    from sdk.errors import ConfigurationError
 
-    try:
-        stopped = stop(default_home(), args.name, timeout_s=args.timeout_s)
-    except ConfigurationError as exc:
-        return _endpoint_error("stop", exc)
+    stopped = stop(fxbroker_home(), args.name, timeout_s=args.timeout_s)
     if stopped is None:
         print(f"endpoint {args.name} is not running")
         return 0
@@ -201,9 +216,9 @@ def cmd_endpoint_stop(args: argparse.Namespace) -> int:
 def cmd_endpoint_list(args: argparse.Namespace) -> int:
     from fxbroker.endpoints import list_endpoints
 
-    rows = list_endpoints(default_home(), os.environ)
+    rows = list_endpoints(fxbroker_home(), os.environ)
     if not rows:
-        print(f"no endpoints under {default_home() / 'endpoints'}")
+        print(f"no endpoints under {fxbroker_home() / 'endpoints'}")
         return 0
     print(f"{'NAME':<24} {'ENDPOINT ID':<38} {'PROCESS':<22} HEARTBEAT")
     for row in rows:
@@ -252,18 +267,21 @@ def _add_endpoint_parsers(endpoint: argparse._SubParsersAction[argparse.Argument
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from fxbroker.home import read_stack_record, sqlite_url
     from web_service.schema import upgrade
 
-    url = os.environ.get("DATABASE_URL") or f"sqlite+aiosqlite:///{default_home() / 'fxbroker.db'}"
-    upgrade(url)
+    home = fxbroker_home()
+    record = read_stack_record(home)
+    stack_url = record.database_url if record is not None else None
+    upgrade(os.environ.get("DATABASE_URL") or stack_url or sqlite_url(home))
     print("database is at the latest revision", flush=True)
     return 0
 
 
 def _database_url() -> str:
-    from web_service.settings import WebSettings
+    from fxbroker.home import database_url
 
-    return WebSettings.from_env().database_url
+    return database_url(os.environ, fxbroker_home())
 
 
 def cmd_user_create(args: argparse.Namespace) -> int:
@@ -384,7 +402,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+    except configuration_errors() as exc:
+        subcommand = getattr(args, f"{args.command}_command", None)
+        name = " ".join(["fxbroker", args.command, *([subcommand] if subcommand else [])])
+        message = " ".join(str(exc).splitlines())
+        print(f"{name}: {message}", file=sys.stderr)
+        return CONFIGURATION_EXIT
     return code
 
 

@@ -9,8 +9,11 @@ Each endpoint ``NAME`` has a folder ``$FXBROKER_HOME/endpoints/NAME/``::
 
 Every setting of the file has an environment variable, and a variable that is set wins
 over the file (:data:`SETTINGS` lists them). ``start`` registers the endpoint with the web
-service the first time (``url`` and ``token``; it needs no web service once the id is
-stored), writes the pid file, and runs the agent until SIGTERM or SIGINT, which drain it.
+service the first time (``url`` and ``token``, else the service ``Client()`` finds; it needs
+no web service once the id is stored), writes the pid file, and runs the agent until SIGTERM
+or SIGINT, which drain it. Without a Redis in the file or the environment it serves the dev
+stack's (``$FXBROKER_HOME/stack.json``, :mod:`fxbroker.home`). ``fxbroker dev`` keeps its own
+endpoint in ``local``, with its own pid while it runs.
 When neither the file nor the environment names accelerators, the process engine pins one
 worker to each accelerator the node has (``CUDA_VISIBLE_DEVICES``, else ``nvidia-smi -L``);
 ``accelerators = []`` in the file turns that off.
@@ -27,7 +30,7 @@ import re
 import select
 import signal
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +41,8 @@ import tomli_w
 from endpoint_agent.accelerators import detect_accelerators
 from endpoint_agent.settings import AgentSettings
 from fxbroker import loops
+from fxbroker.home import StackRecord, read_stack_record
+from sdk.config import ClientConfig
 from sdk.errors import ConfigurationError
 
 CONFIG_FILE = "config.toml"
@@ -95,10 +100,14 @@ def endpoint_dir(home: Path, name: str) -> Path:
 def read_config(folder: Path) -> dict[str, Any]:
     """The endpoint's ``config.toml`` ({} when there is none), checked key by key."""
     path = folder / CONFIG_FILE
-    if not path.exists():
-        return {}
     try:
-        data = tomllib.loads(path.read_text())
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read {path}: {exc}") from exc
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigurationError(f"{path} is not valid TOML: {exc}") from exc
     for key, value in data.items():
@@ -164,15 +173,20 @@ def agent_settings(
     *,
     endpoint_id: str,
     redis_url: str | None = None,
+    stack: StackRecord | None = None,
     detect: Callable[[Mapping[str, str]], Sequence[str]] | None = None,
 ) -> AgentSettings:
     """The agent's settings from the file and the environment (the environment wins).
 
-    ``detect`` finds the node's accelerators when neither source names any and the engine
-    is the process engine."""
+    When neither names a Redis, the agent serves the dev stack's: ``stack``'s Redis and key
+    prefix (a key prefix that is named still wins). ``detect`` finds the node's accelerators
+    when neither source names any and the engine is the process engine."""
     merged = merged_environment(config, environ)
     if redis_url is not None:
         merged.setdefault("REDIS_URL", redis_url)
+    if stack is not None and "REDIS_URL" not in merged:
+        merged["REDIS_URL"] = stack.redis_url
+        merged.setdefault("FXBROKER_KEY_PREFIX", stack.key_prefix)
     named = "accelerators" in config or environ.get("FXBROKER_ACCELERATORS")
     if detect is not None and not named and merged.get("FXBROKER_ENGINE", "process") == "process":
         found = detect(environ)
@@ -191,6 +205,11 @@ def stored_endpoint_id(folder: Path) -> str | None:
     return path.read_text().strip() or None
 
 
+def store_endpoint_id(folder: Path, endpoint_id: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / ID_FILE).write_text(endpoint_id + "\n")
+
+
 def register(folder: Path, name: str, merged: Mapping[str, str]) -> str:
     """The endpoint's stored id, else register ``name`` with the web service and store it."""
     endpoint_id = stored_endpoint_id(folder)
@@ -201,8 +220,7 @@ def register(folder: Path, name: str, merged: Mapping[str, str]) -> str:
     url, token = merged.get("FXBROKER_URL") or None, merged.get("FXBROKER_TOKEN") or None
     with Client(url=url, token=token) as client:
         endpoint_id = client.register_endpoint(name)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / ID_FILE).write_text(endpoint_id + "\n")
+    store_endpoint_id(folder, endpoint_id)
     return endpoint_id
 
 
@@ -224,8 +242,30 @@ def running_pid(folder: Path) -> int | None:
     return pid
 
 
+@contextlib.contextmanager
+def pid_file(folder: Path, name: str) -> Iterator[None]:
+    """Hold the endpoint's pid file for this process while the block runs.
+
+    Raises :class:`ConfigurationError` when another live process holds it."""
+    pid = running_pid(folder)
+    if pid is not None and pid != os.getpid():
+        raise ConfigurationError(f"endpoint {name} is already running (pid {pid})")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / PID_FILE
+    path.write_text(f"{os.getpid()}\n")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            if int(path.read_text().strip()) == os.getpid():
+                path.unlink()
+
+
 def start(home: Path, name: str, environ: Mapping[str, str]) -> None:
-    """Register (once) and run the endpoint's agent in this process until a signal."""
+    """Register (once) and run the endpoint's agent in this process until a signal.
+
+    Without a URL and token (file or environment) it registers with the service
+    ``Client()`` finds, and without a Redis it serves the dev stack's (:mod:`fxbroker.home`)."""
     from endpoint_agent.agent import run_agent
 
     folder = endpoint_dir(home, name)
@@ -234,25 +274,20 @@ def start(home: Path, name: str, environ: Mapping[str, str]) -> None:
     if pid is not None:
         raise ConfigurationError(f"endpoint {name} is already running (pid {pid})")
     # Settings are checked before anything is registered or written.
-    settings = agent_settings(config, environ, endpoint_id="unregistered",
-                              detect=detect_accelerators)  # fmt: skip
+    settings = agent_settings(
+        config, environ, endpoint_id="unregistered", stack=read_stack_record(home),
+        detect=detect_accelerators,
+    )  # fmt: skip
     endpoint_id = register(folder, name, merged_environment(config, environ))
     settings = dataclasses.replace(settings, endpoint_id=endpoint_id)
-    folder.mkdir(parents=True, exist_ok=True)
-    pid_path = folder / PID_FILE
-    pid_path.write_text(f"{os.getpid()}\n")
     pinned = f", accelerators {','.join(settings.accelerators)}" if settings.accelerators else ""
-    print(
-        f"endpoint {name}: {endpoint_id} ({settings.engine} engine, {settings.workers} "
-        f"workers{pinned})",
-        flush=True,
-    )
-    try:
+    with pid_file(folder, name):
+        print(
+            f"endpoint {name}: {endpoint_id} ({settings.engine} engine, {settings.workers} "
+            f"workers{pinned})",
+            flush=True,
+        )
         loops.run(run_agent(settings))
-    finally:
-        with contextlib.suppress(FileNotFoundError, ValueError):
-            if int(pid_path.read_text().strip()) == os.getpid():
-                pid_path.unlink()
 
 
 def stop(home: Path, name: str, *, timeout_s: float) -> bool | None:
@@ -298,12 +333,22 @@ def list_endpoints(home: Path, environ: Mapping[str, str]) -> list[EndpointRow]:
         endpoint_id = stored_endpoint_id(folder)
         online = None
         if endpoint_id is not None:
-            merged = merged_environment(read_config(folder), environ)
-            online = heartbeat_online(
-                merged.get("FXBROKER_URL", ""), merged.get("FXBROKER_TOKEN", ""), endpoint_id
-            )
+            service = _service(merged_environment(read_config(folder), environ))
+            online = None if service is None else heartbeat_online(*service, endpoint_id)
         rows.append(EndpointRow(folder.name, endpoint_id, running_pid(folder), online))
     return rows
+
+
+def _service(merged: Mapping[str, str]) -> tuple[str, str] | None:
+    """The URL and token of the endpoint's web service: its own settings, else the service
+    ``Client()`` finds (``$FXBROKER_HOME/config.json``); ``None`` when there is none."""
+    try:
+        config = ClientConfig.from_env(
+            url=merged.get("FXBROKER_URL") or None, token=merged.get("FXBROKER_TOKEN") or None
+        )
+    except ConfigurationError:
+        return None
+    return config.url, config.token
 
 
 def heartbeat_online(url: str, token: str, endpoint_id: str) -> bool | None:

@@ -3,14 +3,17 @@
 Web service (uvicorn), ws_service and one endpoint agent share one event loop; Redis is
 the embedded one unless a URL is given, SQL a SQLite file in the home folder unless a URL
 is given. On start it makes sure a user exists, registers the local endpoint, and writes
-the URL, token and endpoint id where the SDK looks (``$FXBROKER_HOME/config.json``).
+the URL, token and endpoint id where the SDK looks (``$FXBROKER_HOME/config.json``), its
+database, Redis and key prefix where the ``fxbroker`` commands look (``stack.json``), and
+the local endpoint's id and this process's pid in ``endpoints/local/``, so
+``fxbroker endpoint list`` shows it and ``fxbroker endpoint stop local`` stops the stack
+(:mod:`fxbroker.home` draws the folder).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
@@ -24,7 +27,9 @@ import uvicorn
 from endpoint_agent.agent import Agent
 from endpoint_agent.settings import AgentSettings
 from fxbroker.embedded import EmbeddedRedis, free_port
-from sdk.config import write_config
+from fxbroker.endpoints import endpoint_dir, pid_file, store_endpoint_id
+from fxbroker.home import StackRecord, sqlite_url, write_stack_record
+from sdk.config import read_config, write_config
 from web_service.accounts import UserExists, create_user, issue_token
 from web_service.app import create_app
 from web_service.schema import upgrade
@@ -107,13 +112,15 @@ class DevStack:
     async def _start(self) -> None:
         s = self.settings
         s.home.mkdir(parents=True, exist_ok=True)
+        endpoint_folder = endpoint_dir(s.home, ENDPOINT_NAME)
+        self._exit.enter_context(pid_file(endpoint_folder, ENDPOINT_NAME))
         redis_url, redis_kind = s.redis_url, "external"
         if redis_url is None:
             embedded = EmbeddedRedis(s.home / "redis", use_binary=s.redis_binary)
             await asyncio.to_thread(embedded.start)
             self._exit.callback(embedded.stop)
             redis_url, redis_kind = embedded.url, embedded.kind
-        database_url = s.database_url or f"sqlite+aiosqlite:///{s.home / 'fxbroker.db'}"
+        database_url = s.database_url or sqlite_url(s.home)
         await asyncio.to_thread(upgrade, database_url)
 
         web_port = s.web_port or free_port(s.host)
@@ -149,6 +156,9 @@ class DevStack:
                 await agent_task
 
         self._exit.push_async_callback(stop_agent)
+        store_endpoint_id(endpoint_folder, endpoint_id)
+        write_stack_record(s.home, StackRecord(database_url=database_url, redis_url=redis_url,
+                                               key_prefix=s.key_prefix))  # fmt: skip
         write_config(s.home, url=url, ws_url=ws_url, token=token, endpoint_id=endpoint_id)
         self._info = StackInfo(
             url=url, ws_url=ws_url, token=token, endpoint_id=endpoint_id,
@@ -187,16 +197,12 @@ class DevStack:
 
     async def _token(self, database_url: str, url: str) -> str:
         """Reuse the token of the last run when it still works, else make one."""
-        config = self.settings.home / "config.json"
-        if config.exists():
-            token = str(json.loads(config.read_text()).get("token", ""))
-            if token:
-                async with httpx.AsyncClient(base_url=url) as http:
-                    reply = await http.get(
-                        "/v1/whoami", headers={"Authorization": f"Bearer {token}"}
-                    )
-                if reply.status_code == 200:
-                    return token
+        token = read_config(self.settings.home).get("token", "")
+        if token:
+            async with httpx.AsyncClient(base_url=url) as http:
+                reply = await http.get("/v1/whoami", headers={"Authorization": f"Bearer {token}"})
+            if reply.status_code == 200:
+                return token
         try:
             _, token = await create_user(database_url, DEV_USER)
         except UserExists:

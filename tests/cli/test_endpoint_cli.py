@@ -63,11 +63,11 @@ def test_configure_writes_a_private_toml_file_and_keeps_other_keys(
 
 
 def test_configure_refuses_invalid_settings(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["endpoint", "configure", "bad", "--engine", "thread", "--accelerators", "0"]) == 1
+    assert main(["endpoint", "configure", "bad", "--engine", "thread", "--accelerators", "0"]) == 2
     assert "accelerators need engine='process'" in capsys.readouterr().err
-    assert main(["endpoint", "configure", "bad", "--allowed-strategy", "zz"]) == 1
+    assert main(["endpoint", "configure", "bad", "--allowed-strategy", "zz"]) == 2
     assert "unknown strategies ['zz']" in capsys.readouterr().err
-    assert main(["endpoint", "configure", "../escape", "--workers", "2"]) == 1
+    assert main(["endpoint", "configure", "../escape", "--workers", "2"]) == 2
     assert not (home / "endpoints" / "bad").exists()
     folder = home / "endpoints" / "typo"
     folder.mkdir(parents=True)
