@@ -267,13 +267,14 @@ def _add_endpoint_parsers(endpoint: argparse._SubParsersAction[argparse.Argument
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
-    from fxbroker.home import read_stack_record, sqlite_url
+    """Migrate ``DATABASE_URL``, else the dev stack's database, else create the SQLite file
+    where ``fxbroker dev`` keeps it."""
+    from fxbroker.home import database_url, read_stack_record, sqlite_url
     from web_service.schema import upgrade
 
     home = fxbroker_home()
-    record = read_stack_record(home)
-    stack_url = record.database_url if record is not None else None
-    upgrade(os.environ.get("DATABASE_URL") or stack_url or sqlite_url(home))
+    fresh = not os.environ.get("DATABASE_URL") and read_stack_record(home) is None
+    upgrade(sqlite_url(home) if fresh else database_url(os.environ, home))
     print("database is at the latest revision", flush=True)
     return 0
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -75,6 +76,15 @@ def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dev]:
         assert proc.wait(60) == 0, log_path.read_text()
         assert "fxbroker dev stopped." in proc.stdout.read()
         proc.stdout.close()
+
+
+def test_the_stack_records_where_its_state_is_for_its_owner_only(dev: Dev) -> None:
+    path = dev.home / "stack.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    record = json.loads(path.read_text())
+    assert record["database_url"] == f"sqlite+aiosqlite:///{dev.home / 'fxbroker.db'}"
+    assert record["redis_url"].startswith("redis://127.0.0.1:")
+    assert record["key_prefix"] == "fx"
 
 
 def test_user_and_token_commands_reach_the_dev_stacks_database(dev: Dev) -> None:
