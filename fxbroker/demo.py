@@ -11,9 +11,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from fxbroker import AsyncClient, Client, Executor, TaskFailed
 from fxbroker.stack import DevStack, StackInfo, StackSettings
 from fxbroker.workload import async_double, fail, square
-from sdk import AsyncClient, Client, Executor, TaskFailed
 
 
 @contextmanager

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
+from fxbroker import AsyncClient, Client, Executor, TaskFailed, TaskPending
 from fxbroker.workload import async_double, fail, square
-from sdk import AsyncClient, Client, Executor, TaskFailed, TaskPending
 from tests.e2e.conftest import Platform
 
 N = 1000

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from sdk import AsyncClient, TaskPending
+from fxbroker import AsyncClient, TaskPending
 from sdk._base import TaskOutcome
 from sdk.errors import APIError
 from sdk.results import ResultListener

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sdk import Client, TaskPending
+from fxbroker import Client, TaskPending
 from sdk.config import write_config
 from sdk.errors import APIError
 from tests.sdk.stack import Runner, Services, Stack, threaded

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import redis
 
-from sdk import AsyncClient, Client, Executor, TaskFailed, TaskFuture, TaskPending
+from fxbroker import AsyncClient, Client, Executor, TaskFailed, TaskFuture, TaskPending
 from sdk.serialize import serialize
 from tests.sdk.stack import Runner, Services, Stack, threaded
 from tests.sdk.workload import async_add, fail, scale, square
