@@ -115,7 +115,7 @@ def run_workload(info: StackInfo, *, tasks: int) -> list[Row]:
 
         def executor() -> bool:
             with Executor(endpoint_id=eid, client=client) as ex:
-                return list(ex.map(square, range(tasks))) == expected
+                return list(ex.map(square, range(tasks), progress=True)) == expected
 
         rows.append(_timed("Executor: map", tasks, executor))
 

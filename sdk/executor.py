@@ -2,6 +2,8 @@
 
 ::
 
+    from fxbroker import Executor
+
     with Executor(endpoint_id) as ex:
         futures = [ex.submit(double, i) for i in range(1000)]
         print([f.result() for f in futures])

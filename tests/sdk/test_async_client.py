@@ -9,9 +9,8 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from fxbroker import AsyncClient, TaskPending
+from fxbroker import APIError, AsyncClient, TaskPending
 from sdk._base import TaskOutcome
-from sdk.errors import APIError
 from sdk.results import ResultListener
 from tests.sdk.stack import Services, Stack
 from tests.sdk.workload import async_add, fail, scale, square
