@@ -21,7 +21,7 @@ from bench.platform import Deployment
 from bench.report import FXBROKER, Figures, percentile
 from bench.services import used_memory
 from bench.settings import BenchSettings
-from sdk import AsyncClient, Batch, Executor
+from fxbroker import AsyncClient, Batch, Executor
 from sdk.keys import Keys
 
 PROCESS = "bench-process"

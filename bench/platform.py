@@ -24,8 +24,8 @@ from bench.services import (
     python_env,
     wait_for_port,
 )
+from fxbroker import Client
 from fxbroker.embedded import free_port
-from sdk import Client
 
 FXBROKER = [PYTHON, "-m", "fxbroker.cli"]
 

@@ -11,9 +11,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from fxbroker import AsyncClient, Client, Executor, TaskFailed
 from fxbroker.stack import DevStack, StackInfo, StackSettings
 from fxbroker.workload import async_double, fail, square
-from sdk import AsyncClient, Client, Executor, TaskFailed
 
 
 @contextmanager
@@ -115,7 +115,7 @@ def run_workload(info: StackInfo, *, tasks: int) -> list[Row]:
 
         def executor() -> bool:
             with Executor(endpoint_id=eid, client=client) as ex:
-                return list(ex.map(square, range(tasks))) == expected
+                return list(ex.map(square, range(tasks), progress=True)) == expected
 
         rows.append(_timed("Executor: map", tasks, executor))
 

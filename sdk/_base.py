@@ -10,9 +10,10 @@ parsed here too.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from sdk.errors import APIError, ConfigurationError, TaskPending
@@ -100,10 +101,21 @@ def get_endpoint(endpoint_id: str) -> Request:
 
 
 def task_spec(
-    function_id: str, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None
+    function_id: str,
+    args: Sequence[Any] = (),
+    kwargs: Mapping[str, Any] | None = None,
+    *,
+    walltime_s: float | None = None,
 ) -> TaskSpec:
-    """One task of a batch: the function and its packed arguments."""
-    return {"function_id": function_id, "payload": pack_payload(tuple(args), dict(kwargs or {}))}
+    """One task of a batch: the function, its packed arguments and, when given, the longest
+    it may run (``walltime_s``; the endpoint's own walltime still applies if tighter)."""
+    spec: TaskSpec = {
+        "function_id": function_id,
+        "payload": pack_payload(tuple(args), dict(kwargs or {})),
+    }
+    if walltime_s is not None:
+        spec["walltime_s"] = walltime_s
+    return spec
 
 
 def submit(endpoint_id: str, tasks: Sequence[TaskSpec], task_group_id: str | None) -> Request:
@@ -143,6 +155,101 @@ def chunks(items: Sequence[str], size: int = IDS_PER_REQUEST) -> list[Sequence[s
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+R = TypeVar("R")
+V = TypeVar("V")
+
+
+@dataclass(frozen=True, slots=True)
+class Calls(Generic[R]):
+    """Requests for one call about many tasks, and how their answers merge into its result.
+
+    Both clients send :attr:`requests` one after another, in order, and hand the answers to
+    :attr:`merge`: the same requests and the same loop, sync or async."""
+
+    requests: list[Request]
+    merge: Callable[[list[Any]], R]
+
+
+def _per_chunk(
+    task_ids: Sequence[str],
+    build: Callable[[Sequence[str]], Request],
+    parse: Callable[[Any, Sequence[str]], Mapping[str, V]],
+) -> Calls[dict[str, V]]:
+    """One request per :data:`IDS_PER_REQUEST` distinct ids; answers merged by task id."""
+    parts = chunks(list(dict.fromkeys(task_ids)))
+
+    def merge(answers: list[Any]) -> dict[str, V]:
+        merged: dict[str, V] = {}
+        for part, answer in zip(parts, answers, strict=True):
+            merged.update(parse(answer, part))
+        return merged
+
+    return Calls([build(part) for part in parts], merge)
+
+
+def get_batch_result(task_ids: Sequence[str]) -> Calls[dict[str, dict[str, Any]]]:
+    """``get_batch_result``: funcX-style entries per task id (see :func:`batch_results`)."""
+    return _per_chunk(task_ids, batch_status, batch_results)
+
+
+def get_tasks(task_ids: Sequence[str]) -> Calls[dict[str, TaskInfo]]:
+    """``get_tasks``: the :class:`TaskInfo` per task id (see :func:`batch_infos`)."""
+    return _per_chunk(task_ids, batch_status, batch_infos)
+
+
+def cancel_many(task_ids: Sequence[str]) -> Calls[dict[str, str]]:
+    """``cancel_tasks``: the cancel outcome per task id (see :func:`parse_cancels`)."""
+    return _per_chunk(task_ids, cancel_tasks, lambda answer, _: parse_cancels(answer))
+
+
+class Waiting:
+    """Where a wait for many tasks stands (``Client.wait`` and ``AsyncClient.wait``).
+
+    The shell loops: ask :meth:`get_batch_result` of :meth:`pending` (the first time at
+    once), :meth:`record` the answer, stop when :attr:`finished`, else sleep
+    :meth:`pause_s`, which raises :class:`TimeoutError` once the next poll would come after
+    the deadline."""
+
+    def __init__(
+        self, task_ids: Sequence[str], *, timeout_s: float | None, poll_s: float, now: float
+    ) -> None:
+        if not (poll_s > 0 and math.isfinite(poll_s)):
+            raise ValueError(f"poll_s must be a positive number, not {poll_s!r}")
+        self.task_ids = list(dict.fromkeys(task_ids))
+        self.poll_s = poll_s
+        self.deadline = None if timeout_s is None else now + timeout_s
+        self.done: dict[str, dict[str, Any]] = {}
+
+    def pending(self) -> list[str]:
+        """The tasks not known to have finished, in the order given."""
+        return [t for t in self.task_ids if t not in self.done]
+
+    def record(self, results: Mapping[str, dict[str, Any]]) -> None:
+        """Keep the entries of the tasks that finished."""
+        for task_id, entry in results.items():
+            if not entry["pending"]:
+                self.done[task_id] = entry
+
+    @property
+    def failed(self) -> int:
+        """Finished tasks that ended with an exception."""
+        return sum(1 for entry in self.done.values() if "exception" in entry)
+
+    @property
+    def finished(self) -> bool:
+        return len(self.done) == len(self.task_ids)
+
+    def results(self) -> dict[str, dict[str, Any]]:
+        """Every task's entry, in the order given."""
+        return {t: self.done[t] for t in self.task_ids}
+
+    def pause_s(self, now: float) -> float:
+        """How long to sleep before the next poll; :class:`TimeoutError` past the deadline."""
+        if self.deadline is not None and now + self.poll_s > self.deadline:
+            raise TimeoutError(f"{len(self.task_ids) - len(self.done)} tasks still running")
+        return self.poll_s
+
+
 FunctionKey = tuple[Hashable, str | None, str | None]
 
 
@@ -168,9 +275,12 @@ class Batch:
         function_id: str,
         args: Sequence[Any] = (),
         kwargs: Mapping[str, Any] | None = None,
+        *,
+        walltime_s: float | None = None,
     ) -> None:
-        """Add one call of ``function_id``; its arguments are serialized now."""
-        self.tasks.append(task_spec(function_id, args, kwargs))
+        """Add one call of ``function_id``; its arguments are serialized now. ``walltime_s``
+        caps how long this task may run: past it the task fails with ``WalltimeExceeded``."""
+        self.tasks.append(task_spec(function_id, args, kwargs, walltime_s=walltime_s))
 
     def __len__(self) -> int:
         return len(self.tasks)

@@ -2,6 +2,8 @@
 
 ::
 
+    from fxbroker import AsyncClient
+
     async with AsyncClient() as fx:
         fid = await fx.register_function(double)
         values = await asyncio.gather(*(fx.run(i, function_id=fid) for i in range(1000)))
@@ -12,7 +14,11 @@
 Runs made close together leave as one batch request (:mod:`sdk.batching`); their results
 come back over one WebSocket (:mod:`sdk.results`), each exactly once, reconnecting from the
 last cursor after any disconnect. The other methods are the coroutine twins of
-:class:`~sdk.client.Client`'s, built on the same :mod:`sdk._base`.
+:class:`~sdk.client.Client`'s, built on the same :mod:`sdk._base` (the same requests, the
+same loops over 1,000 ids at a time). The one difference in meaning is ``run``: ``await
+AsyncClient.run(...)`` returns the function's result (funcX's async API), ``Client.run``
+returns a task id at once. What only pushed results allow (``submit``, ``as_completed``,
+``watch_task``) has no twin in ``Client``.
 
 Everything runs in the loop that calls it, so the client works inside an already-running
 loop (a Jupyter notebook: ``await fx.run(...)`` in a cell). Use one client per event loop.
@@ -23,7 +29,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -34,7 +40,10 @@ from sdk.config import ClientConfig
 from sdk.errors import APIError, ConnectionFailed
 from sdk.handles import TaskHandle, as_completed
 from sdk.messages import SubmitResponse, TaskInfo, TaskSpec
+from sdk.progress import Progress
 from sdk.results import Reconnect, Resolve, ResultListener
+
+R = TypeVar("R")
 
 
 def _resolver(submission: Submission) -> Resolve:
@@ -81,6 +90,7 @@ class AsyncClient:
         self._ws_url = self.config.ws_url
         self._functions: dict[FunctionKey, asyncio.Task[str]] = {}
         self._group_lock = asyncio.Lock()
+        self._on_close: list[Callable[[], None]] = []
         self._http = httpx.AsyncClient(
             base_url=self.config.url,
             headers=_base.auth_headers(self.config.token),
@@ -109,8 +119,19 @@ class AsyncClient:
             request_id=response.headers.get("x-request-id", ""),
         )
 
+    async def _send_all(self, calls: _base.Calls[R]) -> R:
+        return calls.merge([await self._send(request) for request in calls.requests])
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when the client closes, before its connections do."""
+        self._on_close.append(callback)
+
     async def aclose(self) -> None:
-        """Stop submitting and listening; runs still waiting end with an error."""
+        """Run the :meth:`on_close` callbacks (newest first), then stop submitting and
+        listening; runs still waiting end with an error."""
+        callbacks, self._on_close = self._on_close, []
+        for callback in reversed(callbacks):
+            callback()
         await self._queue.aclose()
         await self.results.aclose()
         await self._http.aclose()
@@ -208,9 +229,13 @@ class AsyncClient:
         kwargs: Mapping[str, Any] | None = None,
         *,
         endpoint_id: str | None = None,
+        walltime_s: float | None = None,
     ) -> Any:
-        """:meth:`run` with the arguments passed as a tuple and a dict."""
-        return await self.submit_task(function_id, args, kwargs, endpoint_id=endpoint_id)
+        """:meth:`run` with the arguments passed as a tuple and a dict (see
+        :meth:`submit_task` for ``walltime_s``)."""
+        return await self.submit_task(
+            function_id, args, kwargs, endpoint_id=endpoint_id, walltime_s=walltime_s
+        )
 
     def submit(
         self, *args: Any, endpoint_id: str | None = None, function_id: str, **kwargs: Any
@@ -226,10 +251,12 @@ class AsyncClient:
         kwargs: Mapping[str, Any] | None = None,
         *,
         endpoint_id: str | None = None,
+        walltime_s: float | None = None,
     ) -> TaskHandle:
-        """:meth:`submit` with the arguments passed as a tuple and a dict."""
+        """:meth:`submit` with the arguments passed as a tuple and a dict. ``walltime_s`` caps
+        how long the task may run: past it, it fails with ``WalltimeExceeded``."""
         endpoint = self.config.require_endpoint(endpoint_id)
-        spec = _base.task_spec(function_id, args, kwargs)
+        spec = _base.task_spec(function_id, args, kwargs, walltime_s=walltime_s)
         return TaskHandle(self._queue.put(endpoint, spec))
 
     def watch_task(self, task_id: str) -> TaskHandle:
@@ -315,10 +342,39 @@ class AsyncClient:
         return _base.task_result(await self.get_task(task_id))
 
     async def get_batch_result(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        ids = list(dict.fromkeys(task_ids))
-        if not ids:
-            return {}
-        return _base.batch_results(await self._send(_base.batch_status(ids)), ids)
+        """Per task id ``{"pending", "status", "result"}`` or ``"exception"`` (plus ``"stdout"``
+        and ``"stderr"`` when the task printed anything); one request per 1,000 ids."""
+        return await self._send_all(_base.get_batch_result(task_ids))
+
+    async def get_tasks(self, task_ids: Sequence[str]) -> dict[str, TaskInfo]:
+        """The :class:`~sdk.messages.TaskInfo` of each task; one request per 1,000 ids."""
+        return await self._send_all(_base.get_tasks(task_ids))
+
+    async def wait(
+        self,
+        task_ids: Sequence[str],
+        *,
+        timeout_s: float | None = None,
+        progress: bool = False,
+        poll_s: float = 0.5,
+    ) -> dict[str, dict[str, Any]]:
+        """Poll until every task has finished; then :meth:`get_batch_result` of them all, as
+        ``Client.wait`` does (for tasks made by :meth:`batch_run`; :meth:`run` and
+        :meth:`submit` get theirs pushed). Raises :class:`TimeoutError` after ``timeout_s``."""
+        loop = asyncio.get_running_loop()
+        waiting = _base.Waiting(task_ids, timeout_s=timeout_s, poll_s=poll_s, now=loop.time())
+        with Progress(len(waiting.task_ids), enabled=progress) as bar:
+            while True:
+                waiting.record(await self.get_batch_result(waiting.pending()))
+                bar.update(len(waiting.done), failed=waiting.failed)
+                if waiting.finished:
+                    return waiting.results()
+                await asyncio.sleep(waiting.pause_s(loop.time()))
+
+    async def cancel_tasks(self, task_ids: Sequence[str]) -> dict[str, str]:
+        """Cancel many tasks (one request per 1,000); per task id the outcome:
+        ``cancelled``, ``interrupt_requested`` or ``finished``."""
+        return await self._send_all(_base.cancel_many(task_ids))
 
     async def get_task_group(
         self, task_group_id: str, *, offset: int = 0, limit: int | None = None

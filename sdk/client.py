@@ -1,20 +1,25 @@
-"""``Client``: the synchronous SDK. Submit tasks, then poll for their results; or call a
-remote function as if it were local.
+"""``Client``: the synchronous SDK. Submit tasks, then poll for their results.
 
 ::
 
+    from fxbroker import Client, RemoteFunction
+
     with Client() as fx:
         fid = fx.register_function(double)
-        tid = fx.run(21, function_id=fid)          # the default endpoint
+        tid = fx.run(21, function_id=fid)          # the default endpoint; a task id at once
         fx.get_result(tid)                          # raises TaskPending until it is done
         fx.wait([tid], progress=True)               # polls until done, a bar on a terminal
 
-        rdouble = fx.function(double)               # a remote-function handle
+        rdouble = RemoteFunction(double, client=fx) # a remote-function handle (sdk.remote)
         rdouble(21)                                 # 42, computed on the endpoint
 
-Requests are built and answers parsed by :mod:`sdk._base`, shared with
-:class:`~sdk.asyncio_client.AsyncClient`. The client is plain blocking HTTP, so it works from
-any thread, including one that already runs an event loop (a Jupyter cell).
+``Client`` and :class:`~sdk.asyncio_client.AsyncClient` are twins: the same methods with the
+same arguments, one blocking, one to await, both building their requests and parsing the
+answers with :mod:`sdk._base`. The one difference in meaning is ``run``: ``Client.run``
+returns the task id at once (poll with ``get_result`` or ``wait``), ``await
+AsyncClient.run(...)`` returns the function's result, pushed over a WebSocket (funcX's async
+API). The client is plain blocking HTTP, so it works from any thread, including one that
+already runs an event loop (a Jupyter cell).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import Any, TypeVar
 
 import httpx
 
@@ -33,12 +38,7 @@ from sdk.errors import ConnectionFailed
 from sdk.messages import TaskInfo
 from sdk.progress import Progress
 
-if TYPE_CHECKING:
-    from sdk.executor import Executor
-    from sdk.remote import RemoteFunction
-
-P = ParamSpec("P")
-T = TypeVar("T")
+R = TypeVar("R")
 
 
 class Client:
@@ -64,7 +64,7 @@ class Client:
         self.task_group_id: str | None = None
         self._functions: dict[FunctionKey, str] = {}
         self._by_code: dict[tuple[str, str, str | None], str] = {}
-        self._executors: dict[str, Executor] = {}
+        self._on_close: list[Callable[[], None]] = []
         self._ws_url = self.config.ws_url
         self._http = httpx.Client(
             base_url=self.config.url,
@@ -85,12 +85,21 @@ class Client:
             request_id=response.headers.get("x-request-id", ""),
         )
 
+    def on_close(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when the client closes, before its connections do (how the
+        Executors shared by remote functions, :mod:`sdk.remote`, are shut down with it)."""
+        self._on_close.append(callback)
+
+    def _send_all(self, calls: _base.Calls[R]) -> R:
+        return calls.merge([self._send(request) for request in calls.requests])
+
     def close(self) -> None:
-        """Close the HTTP connections. Executors made for remote functions stop accepting
-        work; results still outstanding keep arriving until they are done."""
-        executors, self._executors = self._executors, {}
-        for executor in executors.values():
-            executor.shutdown(wait=False)
+        """Run the :meth:`on_close` callbacks (newest first), then close the HTTP
+        connections. Executors shared by remote functions stop accepting work; results still
+        outstanding keep arriving until they are done."""
+        callbacks, self._on_close = self._on_close, []
+        for callback in reversed(callbacks):
+            callback()
         self._http.close()
 
     def __enter__(self) -> Client:
@@ -156,34 +165,6 @@ class Client:
             self._functions[key] = function_id
         return function_id
 
-    def function(
-        self,
-        fn: Callable[P, T],
-        *,
-        endpoint_id: str | None = None,
-        function_name: str | None = None,
-        async_: bool = False,
-    ) -> RemoteFunction[P, T]:
-        """A handle that runs ``fn`` on the endpoint: ``rf(2)`` blocks for the result,
-        ``await rf(2, async_=True)`` awaits it, ``rf.submit(2)`` gives a
-        ``concurrent.futures.Future``, ``rf.map(items)`` maps. See :mod:`sdk.remote`."""
-        from sdk.remote import RemoteFunction  # sdk.remote builds on this module
-
-        return RemoteFunction(
-            self, fn, endpoint_id=endpoint_id, function_name=function_name, async_=async_
-        )
-
-    def executor(self, endpoint_id: str | None = None) -> Executor:
-        """The :class:`~sdk.executor.Executor` this client shares among its remote functions
-        for ``endpoint_id`` (made on first use, shut down by :meth:`close`)."""
-        from sdk.executor import Executor  # sdk.executor builds on this module
-
-        endpoint = self.config.require_endpoint(endpoint_id)
-        executor = self._executors.get(endpoint)
-        if executor is None:
-            executor = self._executors[endpoint] = Executor(endpoint, client=self)
-        return executor
-
     def get_function(self, function_id: str) -> dict[str, Any]:
         answer: dict[str, Any] = self._send(_base.get_function(function_id))
         return answer
@@ -199,7 +180,8 @@ class Client:
     def run(
         self, *args: Any, endpoint_id: str | None = None, function_id: str, **kwargs: Any
     ) -> str:
-        """Queue one call of ``function_id`` on the endpoint; returns the task id at once."""
+        """Queue one call of ``function_id`` on the endpoint; returns the task id at once.
+        (``AsyncClient.run`` returns the result instead: see the module docstring.)"""
         batch = self.create_batch()
         batch.add(function_id, args, kwargs)
         return self.batch_run(endpoint_id, batch)[0]
@@ -231,20 +213,12 @@ class Client:
     def get_batch_result(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Per task id ``{"pending", "status", "result"}`` or ``"exception"`` (plus ``"stdout"``
         and ``"stderr"`` when the task printed anything); one request per 1,000 ids."""
-        ids = list(dict.fromkeys(task_ids))
-        results: dict[str, dict[str, Any]] = {}
-        for chunk in _base.chunks(ids):
-            results.update(_base.batch_results(self._send(_base.batch_status(chunk)), chunk))
-        return results
+        return self._send_all(_base.get_batch_result(task_ids))
 
     def get_tasks(self, task_ids: Sequence[str]) -> dict[str, TaskInfo]:
         """The :class:`~sdk.messages.TaskInfo` of each task (state, timestamps, result or
         exception, stdout and stderr); one request per 1,000 ids."""
-        ids = list(dict.fromkeys(task_ids))
-        infos: dict[str, TaskInfo] = {}
-        for chunk in _base.chunks(ids):
-            infos.update(_base.batch_infos(self._send(_base.batch_status(chunk)), chunk))
-        return infos
+        return self._send_all(_base.get_tasks(task_ids))
 
     def wait(
         self,
@@ -260,22 +234,14 @@ class Client:
         tasks not yet finished (one request per 1,000). ``progress`` draws a bar on standard
         error when it is a terminal, nothing otherwise. Raises :class:`TimeoutError` after
         ``timeout_s``."""
-        ids = list(dict.fromkeys(task_ids))
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        done: dict[str, dict[str, Any]] = {}
-        with Progress(len(ids), enabled=progress) as bar:
+        waiting = _base.Waiting(task_ids, timeout_s=timeout_s, poll_s=poll_s, now=time.monotonic())
+        with Progress(len(waiting.task_ids), enabled=progress) as bar:
             while True:
-                pending = [t for t in ids if t not in done]
-                for task_id, entry in self.get_batch_result(pending).items():
-                    if not entry["pending"]:
-                        done[task_id] = entry
-                failed = sum(1 for entry in done.values() if "exception" in entry)
-                bar.update(len(done), failed=failed)
-                if len(done) == len(ids):
-                    return {t: done[t] for t in ids}
-                if deadline is not None and time.monotonic() + poll_s > deadline:
-                    raise TimeoutError(f"{len(ids) - len(done)} tasks still running")
-                time.sleep(poll_s)
+                waiting.record(self.get_batch_result(waiting.pending()))
+                bar.update(len(waiting.done), failed=waiting.failed)
+                if waiting.finished:
+                    return waiting.results()
+                time.sleep(waiting.pause_s(time.monotonic()))
 
     def cancel(self, task_id: str) -> bool:
         """Cancel a task; True only if it will not run (it was still queued and now is
@@ -285,10 +251,7 @@ class Client:
     def cancel_tasks(self, task_ids: Sequence[str]) -> dict[str, str]:
         """Cancel many tasks (one request per 1,000); per task id the outcome:
         ``cancelled``, ``interrupt_requested`` or ``finished``."""
-        outcomes: dict[str, str] = {}
-        for chunk in _base.chunks(list(dict.fromkeys(task_ids))):
-            outcomes.update(_base.parse_cancels(self._send(_base.cancel_tasks(chunk))))
-        return outcomes
+        return self._send_all(_base.cancel_many(task_ids))
 
     def get_task_group(
         self, task_group_id: str, *, offset: int = 0, limit: int | None = None

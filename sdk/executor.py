@@ -2,6 +2,8 @@
 
 ::
 
+    from fxbroker import Executor
+
     with Executor(endpoint_id) as ex:
         futures = [ex.submit(double, i) for i in range(1000)]
         print([f.result() for f in futures])
@@ -65,12 +67,17 @@ class Executor(concurrent.futures.Executor):
         *,
         task_group_id: str | None = None,
         batch_interval_s: float = 0.0,
+        walltime_s: float | None = None,
     ) -> None:
         """``client`` lends its URL and token (and answers cancel and reload requests);
         without it the service is found as :mod:`sdk.config` describes. A missing endpoint
-        raises :class:`~sdk.errors.ConfigurationError` here, not at the first submit."""
+        raises :class:`~sdk.errors.ConfigurationError` here, not at the first submit.
+        ``walltime_s`` caps how long each task may run (past it, it fails with
+        ``WalltimeExceeded``); the service rejects a value that is not a positive number."""
         config = client.config if client is not None else ClientConfig.from_env()
         self.endpoint_id = config.require_endpoint(endpoint_id)
+        self.walltime_s = walltime_s
+        """The longest each task may run, in seconds (``None``: the endpoint's limit only)."""
         self._own_client = client is None
         self._sync = client if client is not None else _client_of(config)
         self._lock = threading.Lock()
@@ -154,9 +161,12 @@ class Executor(concurrent.futures.Executor):
         function_id: str,
         args: Sequence[Any] = (),
         kwargs: Mapping[str, Any] | None = None,
+        *,
+        walltime_s: float | None = None,
     ) -> TaskFuture[Any]:
-        """Run an already registered function; the future gets its result."""
-        return self._start(None, function_id, args, kwargs or {})
+        """Run an already registered function; the future gets its result. ``walltime_s``
+        replaces the Executor's :attr:`walltime_s` for this task."""
+        return self._start(None, function_id, args, kwargs or {}, walltime_s)
 
     def _start(
         self,
@@ -164,10 +174,12 @@ class Executor(concurrent.futures.Executor):
         function_id: str | None,
         args: Sequence[Any],
         kwargs: Mapping[str, Any],
+        walltime_s: float | None = None,
     ) -> TaskFuture[Any]:
         future: TaskFuture[Any] = TaskFuture(self._cancel)
         self._track(future)
-        coro = self._enqueue(future, fn, function_id, args, kwargs)
+        walltime_s = self.walltime_s if walltime_s is None else walltime_s
+        coro = self._enqueue(future, fn, function_id, args, kwargs, walltime_s)
         enqueueing = asyncio.run_coroutine_threadsafe(coro, self._loop)
         with self._lock:
             self._enqueueing.add(enqueueing)
@@ -199,6 +211,7 @@ class Executor(concurrent.futures.Executor):
         function_id: str | None,
         args: Sequence[Any],
         kwargs: Mapping[str, Any],
+        walltime_s: float | None,
     ) -> None:
         try:
             if function_id is None:
@@ -208,7 +221,7 @@ class Executor(concurrent.futures.Executor):
                 if future.done():  # cancelled before it could leave
                     return
                 handle = self._client.submit_task(
-                    function_id, args, kwargs, endpoint_id=self.endpoint_id
+                    function_id, args, kwargs, endpoint_id=self.endpoint_id, walltime_s=walltime_s
                 )
                 future.handle = handle
         except Exception as exc:
@@ -349,7 +362,7 @@ class Executor(concurrent.futures.Executor):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int = 1,
-        progress: bool = True,
+        progress: bool = False,
     ) -> Iterator[T]:
         """``fn`` over the iterables' items, results in order, as ``Executor.map``.
 
@@ -365,7 +378,7 @@ class Executor(concurrent.futures.Executor):
         futures: Sequence[concurrent.futures.Future[T]],
         *,
         timeout: float | None = None,
-        progress: bool = True,
+        progress: bool = False,
     ) -> Iterator[T]:
         """The results of ``futures`` (this Executor's), in order, as :meth:`map` yields them."""
         return self._results(futures, timeout, progress)

@@ -101,10 +101,14 @@ class TaskInfo(TypedDict):
 
 
 class TaskSpec(TypedDict):
-    """One task in a batch submit body."""
+    """One task in a batch submit body.
+
+    ``walltime_s`` caps how long the task may run, in seconds (a positive finite number, at
+    most the service's maximum); the web service writes it on the task's stream entry."""
 
     function_id: str
     payload: str
+    walltime_s: NotRequired[float]
 
 
 class SubmitRequest(TypedDict):

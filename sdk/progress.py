@@ -1,7 +1,8 @@
 """A progress bar for waits on many tasks, drawn only on a terminal.
 
-``Client.wait(task_ids, progress=True)`` and the maps of ``Executor`` and remote functions
-draw one line on standard error, redrawn in place as tasks finish::
+``Client.wait``, ``AsyncClient.wait``, ``Executor.map`` and ``RemoteFunction.map`` take
+``progress=`` (off by default, the same everywhere); with ``progress=True`` they draw one
+line on standard error, redrawn in place as tasks finish::
 
     fxbroker  640/1000 [##############----------]  64%  1 failed
 

@@ -8,6 +8,7 @@ know are ignored, so newer clients keep working.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,8 @@ MAX_PAGE_LIMIT = 1000
 DEFAULT_GROUP_PAGE_LIMIT = GROUP_PAGE_DEFAULT
 MAX_GROUP_PAGE_LIMIT = GROUP_PAGE_MAX
 MAX_OFFSET = 2**31 - 1
+MAX_WALLTIME_S = 7 * 24 * 3600
+"""The longest walltime one task may ask for: a week."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -140,16 +143,36 @@ def parse_submit(data: Any, *, max_tasks: int) -> SubmitBatch:
     for index, raw in enumerate(raw_tasks):
         where = f"tasks[{index}]."
         item = _object(raw, f"tasks[{index}]")
-        tasks.append(
-            {
-                "function_id": _string(item, "function_id", where=where),
-                "payload": _string(item, "payload", where=where),
-            }
-        )
+        task: TaskSpec = {
+            "function_id": _string(item, "function_id", where=where),
+            "payload": _string(item, "payload", where=where),
+        }
+        walltime_s = _walltime_s(item, where=where)
+        if walltime_s is not None:
+            task["walltime_s"] = walltime_s
+        tasks.append(task)
     task_group_id = body.get("task_group_id")
     if task_group_id is not None and not (isinstance(task_group_id, str) and is_id(task_group_id)):
         raise invalid("task_group_id must be a uuid or null")
     return SubmitBatch(tasks=tasks, task_group_id=task_group_id)
+
+
+def _walltime_s(item: dict[str, Any], *, where: str) -> float | None:
+    """A task's optional ``walltime_s``: seconds, a finite number above 0, at most a week."""
+    value = item.get("walltime_s")
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not (0 < value <= MAX_WALLTIME_S)
+        or not math.isfinite(value)
+    ):
+        raise invalid(
+            f"{where}walltime_s must be a number of seconds above 0 and at most "
+            f"{MAX_WALLTIME_S}, not {value!r}"
+        )
+    return float(value)
 
 
 def _strings(data: dict[str, Any], field: str, *, min_items: int, max_items: int) -> list[str]:

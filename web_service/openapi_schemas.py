@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from sdk.states import TaskState
-from web_service.bodies import MAX_LIST_ITEMS, MAX_NAME_LENGTH, MAX_STATUS_IDS
+from web_service.bodies import MAX_LIST_ITEMS, MAX_NAME_LENGTH, MAX_STATUS_IDS, MAX_WALLTIME_S
 
 Schema = dict[str, Any]
 
@@ -189,7 +189,19 @@ def component_schemas(*, max_tasks_per_batch: int) -> dict[str, Schema]:
                     "minItems": 1,
                     "maxItems": max_tasks_per_batch,
                     "items": obj(
-                        {"function_id": {"type": "string"}, "payload": {"type": "string"}}
+                        {
+                            "function_id": {"type": "string"},
+                            "payload": {"type": "string"},
+                            "walltime_s": {
+                                "type": "number",
+                                "minimum": 0,
+                                "exclusiveMinimum": True,
+                                "maximum": MAX_WALLTIME_S,
+                                "description": "The longest the task may run, in seconds; "
+                                "past it the task fails with WalltimeExceeded.",
+                            },
+                        },
+                        required=["function_id", "payload"],
                     ),
                 },
                 "task_group_id": {**UUID, "nullable": True},

@@ -73,6 +73,8 @@ async def enqueue(
             "task_group_id": task_group_id,
             "payload": spec["payload"],
         }
+        if "walltime_s" in spec:
+            entry["walltime_s"] = repr(spec["walltime_s"])
         pipe.hset(keys.task(task_id), mapping=_fields(record))
         pipe.xadd(stream, _fields(entry))
     group_tasks = keys.task_group_tasks(task_group_id)

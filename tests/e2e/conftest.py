@@ -85,7 +85,7 @@ def platform(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
                 [*FXBROKER, "endpoint", "start", "e2e-endpoint"], env=env, stdout=log, stderr=log
             )
         )
-        from sdk import Client
+        from fxbroker import Client
 
         with Client(url=url, token=token) as client:
             endpoint_id = client.register_endpoint("e2e-endpoint")

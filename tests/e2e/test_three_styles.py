@@ -4,13 +4,13 @@ tasks surface as TaskFailed and TaskPending."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
+from fxbroker import AsyncClient, Client, Executor, RemoteFunction, TaskFailed, TaskPending
 from fxbroker.workload import async_double, fail, square
-from sdk import AsyncClient, Client, Executor, TaskFailed, TaskPending
 from tests.e2e.conftest import Platform
+from tests.sdk.workload import nap
 
 N = 1000
 
@@ -23,27 +23,13 @@ def test_client_polling_runs_1000_tasks(platform: Platform) -> None:
             batch.add(fid, args=(x,))
         task_ids = client.batch_run(platform.endpoint_id, batch)
         assert len(task_ids) == N and len(set(task_ids)) == N
-        results: dict[str, object] = {}
-        deadline = time.monotonic() + 120
-        while len(results) < N and time.monotonic() < deadline:
-            pending = [t for t in task_ids if t not in results]
-            for task_id, status in client.get_batch_result(pending[:1000]).items():
-                assert "exception" not in status, status
-                if not status["pending"]:
-                    results[task_id] = status["result"]
-            if len(results) < N:
-                time.sleep(0.1)
-        assert [results.get(t) for t in task_ids] == [x * x for x in range(N)]
+        results = client.wait(task_ids, timeout_s=120, poll_s=0.1)
+        assert list(results) == task_ids
+        assert all("exception" not in status for status in results.values())
+        assert [results[t]["result"] for t in task_ids] == [x * x for x in range(N)]
         single = client.run(12, endpoint_id=platform.endpoint_id, function_id=fid)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                assert client.get_result(single) == 144
-                break
-            except TaskPending:
-                time.sleep(0.05)
-        else:
-            pytest.fail("a single task did not finish in 60 s")
+        client.wait([single], timeout_s=60, poll_s=0.05)
+        assert client.get_result(single) == 144
 
 
 def test_async_client_runs_1000_tasks(platform: Platform) -> None:
@@ -87,17 +73,11 @@ def test_failures_come_back_as_task_failed_in_all_three_styles(platform: Platfor
     with Client(url=platform.url, token=platform.token) as client:
         fid = client.register_function(fail)
         task_id = client.run(7, endpoint_id=platform.endpoint_id, function_id=fid)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                client.get_result(task_id)
-                pytest.fail("get_result of a failed task returned")
-            except TaskPending:
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
-            except TaskFailed as exc:
-                _assert_remote_failure(exc)
-                break
+        [status] = client.wait([task_id], timeout_s=60, poll_s=0.05).values()
+        assert isinstance(status["exception"], TaskFailed)
+        with pytest.raises(TaskFailed) as failed:
+            client.get_result(task_id)
+        _assert_remote_failure(failed.value)
 
         with Executor(endpoint_id=platform.endpoint_id, client=client) as ex:
             with pytest.raises(TaskFailed) as info:
@@ -124,3 +104,59 @@ def test_queued_task_raises_task_pending(platform: Platform) -> None:
             client.get_result(task_id)
         assert info.value.state == "waiting-for-ep"
         assert client.get_task(task_id)["state"] == "waiting-for-ep"
+
+
+WALLTIME_S = 0.5
+"""The walltime of the task that sleeps 5 s; the one beside it without one sleeps longer."""
+
+
+def _assert_walltime_exceeded(exc: BaseException) -> None:
+    assert isinstance(exc, TaskFailed), repr(exc)
+    assert exc.type_name == "WalltimeExceeded"
+    assert f"walltime of {WALLTIME_S:g} s" in exc.message
+
+
+def test_a_tasks_own_walltime_stops_it_in_every_style(platform: Platform) -> None:
+    """A task given 0.5 s that sleeps 5 s fails with WalltimeExceeded; one beside it without
+    a walltime sleeps 1 s (longer than 0.5 s) and succeeds: the limit is the task's own."""
+    with Client(url=platform.url, token=platform.token) as client:
+        fid = client.register_function(nap)
+        batch = client.create_batch()
+        batch.add(fid, args=(5,), walltime_s=WALLTIME_S)
+        batch.add(fid, args=(1.0,))
+        capped, free = client.batch_run(platform.endpoint_id, batch)
+        results = client.wait([capped, free], timeout_s=60, poll_s=0.05)
+        _assert_walltime_exceeded(results[capped]["exception"])
+        assert results[free]["result"] == 1.0
+
+        with Executor(platform.endpoint_id, client=client, walltime_s=WALLTIME_S) as capped_ex:
+            with Executor(platform.endpoint_id, client=client) as free_ex:
+                capped_future = capped_ex.submit(nap, 5)
+                free_future = free_ex.submit(nap, 1.0)
+                assert free_future.result(timeout=60) == 1.0
+            _assert_walltime_exceeded(capped_future.exception(timeout=60))
+
+        rcapped = RemoteFunction(
+            nap, client=client, endpoint_id=platform.endpoint_id, walltime_s=WALLTIME_S
+        )
+        rfree = RemoteFunction(nap, client=client, endpoint_id=platform.endpoint_id)
+        capped_call, free_call = rcapped.submit(5), rfree.submit(1.0)
+        assert free_call.result(timeout=60) == 1.0
+        _assert_walltime_exceeded(capped_call.exception(timeout=60))
+
+    async def pushed() -> tuple[BaseException | None, float]:
+        async with AsyncClient(url=platform.url, token=platform.token) as ac:
+            aid = await ac.register_function(nap)
+            capped_handle = ac.submit_task(
+                aid, (5,), endpoint_id=platform.endpoint_id, walltime_s=WALLTIME_S
+            )
+            free_value = await asyncio.wait_for(
+                ac.run_task(aid, (1.0,), endpoint_id=platform.endpoint_id), 60
+            )
+            await asyncio.wait({capped_handle.future}, timeout=60)
+            return capped_handle.exception(), free_value
+
+    error, value = asyncio.run(pushed())
+    assert value == 1.0
+    assert error is not None
+    _assert_walltime_exceeded(error)

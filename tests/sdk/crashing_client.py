@@ -10,7 +10,7 @@ import json
 import sys
 import threading
 
-from sdk import Client, Executor
+from fxbroker import Client, Executor
 from tests.sdk.workload import square
 
 

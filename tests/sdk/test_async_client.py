@@ -9,9 +9,8 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from sdk import AsyncClient, TaskPending
+from fxbroker import APIError, AsyncClient, TaskPending
 from sdk._base import TaskOutcome
-from sdk.errors import APIError
 from sdk.results import ResultListener
 from tests.sdk.stack import Services, Stack
 from tests.sdk.workload import async_add, fail, scale, square
@@ -181,3 +180,29 @@ async def test_api_errors_and_ws_url_discovery(stack: Stack) -> None:
         with pytest.raises(APIError) as caught:
             await ac.run(1, endpoint_id=s.endpoint_id, function_id="no-such-function")
         assert caught.value.status == 404
+
+
+async def test_many_ids_go_in_requests_of_at_most_a_thousand(stack: Stack) -> None:
+    """1,001 ids: one request of 1,000 and one of 1 (one request of all of them gets a 422)."""
+    s = services(stack)
+    async with client(s, s.idle_endpoint_id) as ac:
+        fid = await ac.register_function(square)
+        batch = ac.create_batch()
+        for i in range(1001):
+            batch.add(fid, args=(i,))
+        task_ids = await ac.batch_run(None, batch)
+        assert len(task_ids) == 1001
+        results = await ac.get_batch_result(task_ids)
+        assert list(results) == task_ids
+        assert all(
+            entry == {"pending": True, "status": "waiting-for-ep"} for entry in results.values()
+        )
+        infos = await ac.get_tasks(task_ids)
+        assert list(infos) == task_ids and {i["state"] for i in infos.values()} == {
+            "waiting-for-ep"
+        }
+        outcomes = await ac.cancel_tasks(task_ids)
+        assert outcomes == dict.fromkeys(task_ids, "cancelled")
+        done = await ac.wait(task_ids, timeout_s=30)
+        assert list(done) == task_ids
+        assert {entry["status"] for entry in done.values()} == {"cancelled"}

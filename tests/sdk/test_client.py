@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from sdk import Client, TaskPending
+from fxbroker import APIError, Client, TaskPending
 from sdk.config import write_config
-from sdk.errors import APIError
 from tests.sdk.stack import Runner, Services, Stack, threaded
 from tests.sdk.workload import fail, scale, square
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from fxbroker import ConfigurationError
 from sdk.config import ClientConfig, config_path, fxbroker_home, read_config, write_config
-from sdk.errors import ConfigurationError
 
 ENV = ("FXBROKER_URL", "FXBROKER_TOKEN", "FXBROKER_WS_URL", "FXBROKER_ENDPOINT_ID")
 

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 import pytest
 import redis.asyncio as aioredis
 
-from sdk import AsyncClient
+from fxbroker import AsyncClient
 from sdk._base import TaskOutcome
 from sdk.keys import Keys
 from sdk.serialize import serialize

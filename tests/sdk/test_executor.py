@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from sdk import Client, Executor
+from fxbroker import Client, Executor
 from tests.sdk.stack import Runner, Services, Stack, threaded
 from tests.sdk.workload import async_add, fail, scale, square
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import concurrent.futures
 import io
 
-from sdk import Progress, TaskFailed, TaskFuture, TaskOutcome
+from fxbroker import TaskFailed, TaskFuture
+from sdk._base import TaskOutcome
 from sdk.messages import task_failed
+from sdk.progress import Progress
 
 
 class Terminal(io.StringIO):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sdk import Client, Executor
+from fxbroker import Client, Executor
 from tests.sdk.stack import Runner, Services, Stack, threaded
 
 TIMEOUT_S = 60

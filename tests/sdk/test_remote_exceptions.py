@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from fxbroker import TaskFailed
 from sdk import _base
-from sdk.errors import TaskFailed
 from sdk.messages import exception_record, parse_exception, remote_exception, task_info
 
 

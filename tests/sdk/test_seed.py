@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from sdk import Client, Executor
+from fxbroker import Client, Executor
 from tests.sdk.stack import Runner, Services, Stack, threaded
 from tests.sdk.workload import nap
 

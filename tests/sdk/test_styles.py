@@ -13,7 +13,15 @@ from typing import Any
 import pytest
 import redis
 
-from sdk import AsyncClient, Client, Executor, TaskFailed, TaskFuture, TaskPending
+from fxbroker import (
+    AsyncClient,
+    Client,
+    Executor,
+    RemoteFunction,
+    TaskFailed,
+    TaskFuture,
+    TaskPending,
+)
 from sdk.serialize import serialize
 from tests.sdk.stack import Runner, Services, Stack, threaded
 from tests.sdk.workload import async_add, fail, scale, square
@@ -74,7 +82,7 @@ def test_a_remote_value_error_is_caught_as_value_error_in_every_style(
             ex.submit(fail, "executed").result(TIMEOUT_S)
         assert_remote_value_error(future.value, "executed")
 
-    rfail = client.function(fail)
+    rfail = RemoteFunction(fail, client=client)
     with pytest.raises(ValueError) as called:
         rfail("called")
     assert_remote_value_error(called.value, "called")
@@ -88,15 +96,18 @@ def test_a_remote_value_error_is_caught_as_value_error_in_every_style(
 
 
 def test_remote_function_handles(client: Client) -> None:
-    rsquare = client.function(square)
+    rsquare = RemoteFunction(square, client=client)
     assert rsquare(7) == 49
     future = rsquare.submit(8)
     assert isinstance(future, concurrent.futures.Future) and isinstance(future, TaskFuture)
     assert future.result(TIMEOUT_S) == 64 and future.task_id
     assert list(rsquare.map(range(20), progress=False)) == [i * i for i in range(20)]
-    assert client.function(square).function_id == rsquare.function_id  # one registration
-    assert client.function(scale)(3, by=4) == 12
-    assert client.function(async_add)(40, b=2) == 42
+    again = RemoteFunction(square, client=client)
+    assert again.function_id == rsquare.function_id  # one registration
+    rscale = RemoteFunction(scale, client=client)
+    assert rscale(3, by=4) == 12
+    assert rscale.executor is rsquare.executor  # one Executor per client and endpoint
+    assert RemoteFunction(async_add, client=client)(40, b=2) == 42
 
     async def awaiting() -> list[int]:
         first = await rsquare(3, async_=True)
@@ -110,13 +121,25 @@ def test_remote_function_handles(client: Client) -> None:
     assert asyncio.run(awaiting()) == [9, 16, 25, 36]
 
 
+def test_closing_the_client_shuts_its_handles_executor_down(
+    platform: tuple[Services, Stack, Runner],
+) -> None:
+    s = platform[0]
+    with Client(s.url, s.token, ws_url=s.ws_url, endpoint_id=s.endpoint_id) as other:
+        rsquare = RemoteFunction(square, client=other)
+        assert rsquare(4) == 16
+        executor = rsquare.executor
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        executor.submit(square, 5)
+
+
 def test_two_handles_of_the_same_code_share_one_registered_function(client: Client) -> None:
     namespace: dict[str, Any] = {}
     source = "def cube(x):\n    return x ** 3\n"
     exec(source, namespace)  # a notebook cell ...
-    one = client.function(namespace["cube"])
+    one = RemoteFunction(namespace["cube"], client=client)
     exec(source, namespace)  # ... run again: a new function object with the same code
-    two = client.function(namespace["cube"])
+    two = RemoteFunction(namespace["cube"], client=client)
     assert one.fn is not two.fn
     assert one.function_id == two.function_id
     assert one(2) == two(2) == 8
@@ -127,7 +150,7 @@ def test_sync_calls_from_inside_a_running_event_loop(
 ) -> None:
     """As in a Jupyter cell: the calling thread runs a loop; blocking calls must still work."""
     s = platform[0]
-    rsquare = client.function(square)
+    rsquare = RemoteFunction(square, client=client)
 
     async def cell() -> tuple[int, int, int, int]:
         called = rsquare(5)

@@ -175,6 +175,41 @@ async def test_submit_bodies_are_validated(
     assert await aredis.xlen(keys.endpoint_tasks(endpoint_id)) == 0
 
 
+async def test_a_tasks_own_walltime_reaches_its_stream_entry(
+    alice: ApiUser, aredis: aioredis.Redis, keys: Keys
+) -> None:
+    function_id, endpoint_id = await setup(alice)
+    tasks = [
+        {"function_id": function_id, "payload": "a", "walltime_s": 0.5},
+        {"function_id": function_id, "payload": "b"},
+        {"function_id": function_id, "payload": "c", "walltime_s": 30},
+        {"function_id": function_id, "payload": "d", "walltime_s": None},
+    ]
+    await submit(alice, endpoint_id, {"tasks": tasks})
+    entries = await aredis.xrange(keys.endpoint_tasks(endpoint_id))
+    assert [fields.get("walltime_s") for _, fields in entries] == ["0.5", None, "30.0", None]
+
+
+async def test_a_bad_walltime_is_422_and_queues_nothing(
+    alice: ApiUser, aredis: aioredis.Redis, keys: Keys
+) -> None:
+    function_id, endpoint_id = await setup(alice)
+    path = f"/v1/endpoints/{endpoint_id}/submit"
+    good = {"function_id": function_id, "payload": "p"}
+    for walltime in [0, -1, "5", True, [1], 7 * 24 * 3600 + 1, 1e308]:
+        body = {"tasks": [good, {**good, "walltime_s": walltime}]}
+        response = await alice.post(path, body)
+        assert_error(response, 422, "VALIDATION_ERROR")
+        assert "tasks[1].walltime_s" in response.json()["message"]
+    for literal in (b"NaN", b"Infinity", b"-Infinity"):
+        content = b'{"tasks": [{"function_id": "%s", "payload": "p", "walltime_s": %s}]}' % (
+            function_id.encode(),
+            literal,
+        )
+        assert_error(await alice.post(path, content=content), 422, "VALIDATION_ERROR")
+    assert await aredis.xlen(keys.endpoint_tasks(endpoint_id)) == 0
+
+
 async def test_a_body_over_the_limit_is_413(
     alice: ApiUser, web_settings: WebSettings, aredis: aioredis.Redis, keys: Keys
 ) -> None:
