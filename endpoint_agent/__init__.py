@@ -13,7 +13,30 @@ engine: one worker process per slot or accelerator), :mod:`.worker` (running one
 :mod:`.accelerators` (finding the node's GPUs).
 """
 
-from endpoint_agent.agent import Agent, run_agent
-from endpoint_agent.settings import AgentSettings
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from endpoint_agent.agent import Agent, run_agent
+    from endpoint_agent.settings import AgentSettings
+
+_EXPORTS = {
+    "Agent": "endpoint_agent.agent",
+    "AgentSettings": "endpoint_agent.settings",
+    "run_agent": "endpoint_agent.agent",
+}
 
 __all__ = ["Agent", "AgentSettings", "run_agent"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy (PEP 562): a worker process, spawned to import endpoint_agent.processes, loads
+    # neither Redis nor the agent loop.
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -82,3 +82,9 @@ def test_a_worker_importing_sdk_keys_loads_no_client_library() -> None:
     loaded = _loaded("import sdk.keys")
     unwanted = set(SERVERS + CLI + CLIENT_LIBRARIES + ["fxbroker", "sdk.client"])
     assert loaded.isdisjoint(unwanted), sorted(loaded & unwanted)
+
+
+def test_a_spawned_worker_loads_neither_redis_nor_the_agent_loop() -> None:
+    loaded = _loaded("import endpoint_agent.processes")
+    unwanted = {"redis", "endpoint_agent.agent", "endpoint_agent.stream", *CLIENT_LIBRARIES}
+    assert loaded.isdisjoint(unwanted), sorted(loaded & unwanted)
