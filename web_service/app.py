@@ -15,13 +15,13 @@ from contextlib import asynccontextmanager
 from importlib.metadata import version
 from typing import Any
 
-import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 
 from sdk.keys import Keys
+from service_common.redis_client import connect_redis
 from web_service import (
     routes_endpoints,
     routes_functions,
@@ -53,12 +53,7 @@ def create_app(settings: WebSettings) -> Starlette:
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[dict[str, Any]]:
         engine = create_engine(settings.database_url)
-        # No per-reply socket timeout (redis-py's default before 6): it wraps every reply of a
-        # pipeline in an asyncio timeout, a quarter of the submit path's time in the profile;
-        # TCP keepalive finds a dead peer instead.
-        redis = aioredis.Redis.from_url(
-            settings.redis_url, decode_responses=True, socket_timeout=None, socket_keepalive=True
-        )
+        redis = connect_redis(settings.redis_url)
         try:
             sessions = async_sessionmaker(engine, expire_on_commit=False)
             globus = (

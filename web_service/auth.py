@@ -17,8 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from web_service.accounts import TOKEN_PREFIX, Caller, hash_token
-from web_service.cache import LRUCache
+from service_common.cache import LRUCache
+from service_common.tokens import bearer_token, hash_token
+from web_service.accounts import TOKEN_PREFIX, Caller
 from web_service.context import context_of
 from web_service.errors import ApiError, error_response, request_id_of, retry_later, unauthorized
 from web_service.globus_auth import GlobusIntrospector
@@ -43,17 +44,14 @@ class TokenAuthenticator:
     ) -> None:
         self._sessions = sessions
         self._globus = globus
-        self._cache: LRUCache[str, Caller] = LRUCache(
-            max_items=AUTH_CACHE_ITEMS if cache_s > 0 else 0, ttl_s=cache_s
-        )
+        self._cache: LRUCache[str, Caller] = LRUCache(max_items=AUTH_CACHE_ITEMS, ttl_s=cache_s)
 
     async def authenticate(self, authorization: str | None) -> Caller:
         """The caller an ``Authorization: Bearer <token>`` header names; else 401."""
         if not authorization:
             raise unauthorized("missing Authorization header; send 'Bearer <token>'")
-        scheme, _, token = authorization.partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
+        token = bearer_token(authorization)
+        if token is None:
             raise unauthorized("the Authorization header must be 'Bearer <token>'")
         if self._globus is not None and not token.startswith(TOKEN_PREFIX):
             return await self._globus.authenticate(token)

@@ -19,7 +19,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from web_service.cache import LRUCache
+from service_common.cache import LRUCache
 from web_service.models import (
     Function,
     FunctionShare,
