@@ -23,8 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service_common.errors import ServiceError
 from service_common.tokens import hash_token
-from web_service.database import open_engine
-from web_service.models import Token, User, utcnow
+from web_service.store.database import open_engine
+from web_service.store.models import Token, User, utcnow
 
 TOKEN_PREFIX = "fxb_"
 SHOWN_PREFIX_LENGTH = 8

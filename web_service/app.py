@@ -22,25 +22,23 @@ from starlette.routing import BaseRoute
 
 from sdk.keys import Keys
 from service_common.redis_client import connect_redis
-from web_service import (
-    routes_endpoints,
-    routes_functions,
-    routes_meta,
-    routes_submit,
-    routes_tasks,
-)
-from web_service.auth import AuthMiddleware, TokenAuthenticator
-from web_service.cancel import Canceller
 from web_service.context import AppContext
-from web_service.database import create_engine
-from web_service.endpoints import EndpointCatalog
 from web_service.errors import EXCEPTION_HANDLERS, RequestIdMiddleware
-from web_service.functions import FunctionCatalog
-from web_service.globus_auth import GlobusIntrospector
-from web_service.metrics import Metrics, MetricsMiddleware
-from web_service.ratelimit import RateLimiter
+from web_service.middleware.auth import AuthMiddleware, TokenAuthenticator
+from web_service.middleware.globus_auth import GlobusIntrospector
+from web_service.middleware.metrics import Metrics, MetricsMiddleware
+from web_service.middleware.ratelimit import RateLimiter
+from web_service.routes import endpoints as routes_endpoints
+from web_service.routes import functions as routes_functions
+from web_service.routes import meta as routes_meta
+from web_service.routes import submit as routes_submit
+from web_service.routes import tasks as routes_tasks
 from web_service.settings import WebSettings
-from web_service.task_groups import TaskGroupCatalog
+from web_service.store.database import create_engine
+from web_service.store.endpoints import EndpointCatalog
+from web_service.store.functions import FunctionCatalog
+from web_service.store.task_groups import TaskGroupCatalog
+from web_service.taskstore.cancel import Canceller
 
 DISTRIBUTION = "fxbroker"
 

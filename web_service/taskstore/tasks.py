@@ -16,7 +16,7 @@ from redis.typing import EncodableT, FieldT
 from sdk.keys import AGENT_GROUP, Keys
 from sdk.messages import StreamEntry, TaskHash, TaskInfo, TaskSpec, task_info
 from sdk.states import TaskState
-from web_service.models import is_id, new_id
+from web_service.store.models import is_id, new_id
 
 
 def new_task_ids(count: int) -> list[str]:

@@ -4,7 +4,7 @@ fxbroker's own tokens (``fxb_...``) are looked up by their sha256 among the toke
 revoked; who a token belongs to is cached in process for ``auth_cache_s``, so a revoked token
 stops working within that many seconds on every web process. Unknown tokens are not cached:
 they always cost a query. When Globus Auth is configured, any other bearer token is checked
-by :class:`~web_service.globus_auth.GlobusIntrospector`.
+by :class:`~web_service.middleware.globus_auth.GlobusIntrospector`.
 
 ``/healthz``, ``/readyz``, ``/metrics`` and ``/v1/openapi.json`` need no token (operators
 keep ``/metrics`` off the public network); every other route under ``/v1/`` does.
@@ -22,8 +22,8 @@ from service_common.tokens import bearer_token, hash_token
 from web_service.accounts import TOKEN_PREFIX, Caller
 from web_service.context import context_of
 from web_service.errors import ApiError, error_response, request_id_of, retry_later, unauthorized
-from web_service.globus_auth import GlobusIntrospector
-from web_service.models import Token, User
+from web_service.middleware.globus_auth import GlobusIntrospector
+from web_service.store.models import Token, User
 
 __all__ = ["AuthMiddleware", "Caller", "TokenAuthenticator", "caller_of"]
 

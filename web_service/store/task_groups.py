@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service_common.cache import LRUCache
-from web_service.models import TaskGroup, is_id, new_id, unix_seconds, utcnow
+from web_service.store.models import TaskGroup, is_id, new_id, unix_seconds, utcnow
 
 CACHE_ITEMS = 100_000
 
