@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from sdk.wire import API
 from service_common.cache import LRUCache
 from service_common.tokens import bearer_token, hash_token
 from web_service.accounts import TOKEN_PREFIX, Caller
@@ -28,8 +29,8 @@ from web_service.store.models import Token, User
 __all__ = ["AuthMiddleware", "Caller", "TokenAuthenticator", "caller_of"]
 
 AUTH_CACHE_ITEMS = 10_000
-PROTECTED_PREFIX = "/v1/"
-PUBLIC_PATHS = frozenset({"/v1/openapi.json"})
+PROTECTED_PREFIX = f"{API}/"
+PUBLIC_PATHS = frozenset({f"{API}/openapi.json"})
 
 
 class TokenAuthenticator:

@@ -25,7 +25,11 @@ from web_service.routes.bodies import (
     read_json,
 )
 from web_service.store.endpoints import EndpointRecord
-from web_service.taskstore.tasks import endpoint_load, endpoint_status, set_allowed_functions
+from web_service.taskstore.endpoint_state import (
+    endpoint_load,
+    endpoint_status,
+    set_allowed_functions,
+)
 
 __all__ = ["routes"]
 

@@ -19,7 +19,7 @@ from web_service.middleware.auth import caller_of
 from web_service.middleware.metrics import MAX_SCRAPED_ENDPOINTS
 from web_service.routes.openapi import build_openapi
 from web_service.store.models import Endpoint
-from web_service.taskstore.tasks import endpoint_load
+from web_service.taskstore.endpoint_state import endpoint_load
 
 __all__ = ["routes"]
 
