@@ -19,10 +19,9 @@ from typing import Literal
 from sdk.serialize import STRATEGIES
 from service_common.errors import SettingsError
 from service_common.settings import (
+    RedisSettings,
     check_at_least,
-    check_key_prefix,
     check_positive,
-    check_redis_url,
     env,
     integer,
     name_set,
@@ -41,7 +40,7 @@ def _default_workers() -> int:
 
 
 @dataclass(frozen=True, kw_only=True)
-class AgentSettings:
+class AgentSettings(RedisSettings):
     """How one endpoint agent connects, reads and runs tasks.
 
     *Execution.* ``workers`` sync functions run at once (in processes, or threads with
@@ -69,8 +68,6 @@ class AgentSettings:
     """
 
     endpoint_id: str = field(metadata=env("FXBROKER_ENDPOINT_ID"))
-    redis_url: str = field(metadata=env("REDIS_URL"))
-    key_prefix: str = field(default="fx", metadata=env("FXBROKER_KEY_PREFIX"))
     engine: Engine = field(default="process", metadata=env("FXBROKER_ENGINE", one_of(*ENGINES)))
     workers: int = field(
         default_factory=_default_workers, metadata=env("FXBROKER_WORKERS", integer)
@@ -105,10 +102,9 @@ class AgentSettings:
     trips between one task and the next; a second agent then finds that many fewer."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.endpoint_id:
             raise SettingsError("endpoint_id must not be empty")
-        check_redis_url(self.redis_url)
-        check_key_prefix(self.key_prefix)
         if self.engine not in ENGINES:
             raise SettingsError(f"engine must be one of {ENGINES}, not {self.engine!r}")
         check_at_least(

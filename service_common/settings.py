@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -71,23 +71,38 @@ def settings_from_env(cls: type[S], environ: Mapping[str, str], /, **given: Any)
     already knows). Raises :class:`SettingsError` by the rules of this module.
     """
     values: dict[str, Any] = {}
-    for field in dataclasses.fields(cls):
-        var: EnvVar | None = field.metadata.get(ENV_KEY)
-        if var is None or field.name in given:
+    for spec in dataclasses.fields(cls):
+        var: EnvVar | None = spec.metadata.get(ENV_KEY)
+        if var is None or spec.name in given:
             continue
         raw = environ.get(var.name)
         if raw is None:
-            if (
-                field.default is dataclasses.MISSING
-                and field.default_factory is dataclasses.MISSING
-            ):
+            if spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
                 raise SettingsError(f"{var.name} is not set")
             continue
         try:
-            values[field.name] = var.parse(raw)
+            values[spec.name] = var.parse(raw)
         except ValueError as exc:
             raise SettingsError(f"{var.name}={raw!r} is not valid: {exc}") from exc
     return cls(**values, **given)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RedisSettings:
+    """The settings every service has: where Redis is and the prefix of its keys.
+
+    The services' settings derive from it, so the variables, the defaults and the checks are
+    the same in all three; a subclass with a ``__post_init__`` calls this one's.
+    """
+
+    redis_url: str = field(metadata=env("REDIS_URL"))
+    """``redis://``, ``rediss://`` or ``unix://``; the Redis holding tasks and results."""
+    key_prefix: str = field(default="fx", metadata=env("FXBROKER_KEY_PREFIX"))
+    """Prefix of every Redis key (see :mod:`sdk.keys`): non-empty, no ``:``."""
+
+    def __post_init__(self) -> None:
+        check_redis_url(self.redis_url)
+        check_key_prefix(self.key_prefix)
 
 
 # -- parsers ------------------------------------------------------------------------------

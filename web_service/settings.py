@@ -36,9 +36,8 @@ from dataclasses import dataclass, field
 from service_common.errors import SettingsError
 from service_common.settings import (
     WS_SCHEMES,
+    RedisSettings,
     check_at_least,
-    check_key_prefix,
-    check_redis_url,
     check_url,
     env,
     integer,
@@ -69,12 +68,10 @@ def async_database_url(url: str) -> str:
 
 
 @dataclass(frozen=True, kw_only=True)
-class WebSettings:
+class WebSettings(RedisSettings):
     """Everything the web service needs; validated and normalised on construction."""
 
     database_url: str = field(metadata=env("DATABASE_URL"))
-    redis_url: str = field(metadata=env("REDIS_URL"))
-    key_prefix: str = field(default="fx", metadata=env("FXBROKER_KEY_PREFIX"))
     ws_url: str = field(default="", metadata=env("FXBROKER_WS_URL"))
     result_ttl_s: int = field(default=7 * 24 * 3600, metadata=env("FXBROKER_RESULT_TTL_S", integer))
     max_body_bytes: int = field(
@@ -106,9 +103,8 @@ class WebSettings:
         return bool(self.globus_client_id)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         object.__setattr__(self, "database_url", async_database_url(self.database_url))
-        check_redis_url(self.redis_url)
-        check_key_prefix(self.key_prefix)
         check_url("ws_url", self.ws_url, WS_SCHEMES, allow_empty=True)
         check_at_least(
             self,

@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 from service_common.errors import SettingsError
 from service_common.settings import (
     HTTP_SCHEMES,
+    RedisSettings,
     check_at_least,
-    check_key_prefix,
     check_positive,
-    check_redis_url,
     check_url,
     env,
     integer,
@@ -29,15 +28,11 @@ from service_common.settings import (
 
 
 @dataclass(frozen=True, kw_only=True)
-class WsSettings:
+class WsSettings(RedisSettings):
     """How the result service listens, where it reads results and whom it asks about tokens."""
 
-    redis_url: str = field(metadata=env("REDIS_URL"))
-    """The Redis holding task hashes and task-group result streams."""
     web_url: str = field(metadata=env("FXBROKER_WEB_URL"))
     """Base URL of the web service; tokens and task-group ownership are checked there."""
-    key_prefix: str = field(default="fx", metadata=env("FXBROKER_KEY_PREFIX"))
-    """Prefix of every Redis key (see :mod:`sdk.keys`)."""
     host: str = field(default="127.0.0.1", metadata=env("FXBROKER_WS_HOST"))
     port: int = field(default=8001, metadata=env("FXBROKER_WS_PORT", integer))
     """Port to listen on; 0 picks a free one (see ``ResultServer.port``)."""
@@ -65,9 +60,8 @@ class WsSettings:
     """Largest frame sent or accepted; above the 10 MB result limit so any result fits."""
 
     def __post_init__(self) -> None:
-        check_redis_url(self.redis_url)
+        super().__post_init__()
         check_url("web_url", self.web_url, HTTP_SCHEMES)
-        check_key_prefix(self.key_prefix)
         if not self.host:
             raise SettingsError("host must not be empty")
         check_at_least(self, 0, "block_ms", integer=True)
