@@ -14,7 +14,7 @@ import shutil
 import subprocess
 from collections.abc import Mapping
 
-from endpoint_agent.settings import parse_list
+from service_common.settings import split_names
 
 _GPU_LINE = re.compile(r"^GPU (\d+):", re.MULTILINE)
 NVIDIA_SMI_TIMEOUT_S = 10.0
@@ -32,7 +32,7 @@ def detect_accelerators(environ: Mapping[str, str]) -> tuple[str, ...]:
     wins over the full listing."""
     visible = environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
-        ids = parse_list(visible)
+        ids = split_names(visible)
         return tuple(i for i in ids if i != "-1")
     binary = shutil.which("nvidia-smi", path=environ.get("PATH"))
     if binary is None:

@@ -85,6 +85,7 @@ from endpoint_agent.worker import (
 from sdk.errors import DeserializationError
 from sdk.keys import Keys
 from sdk.messages import ExceptionRecord, error_record
+from service_common.redis_client import connect_redis
 
 log = logging.getLogger(__name__)
 
@@ -161,12 +162,7 @@ class Agent:
 
     async def __aenter__(self) -> Agent:
         s = self.settings
-        # No per-reply socket timeout (redis-py's default before 6): it wraps every reply of a
-        # pipeline in an asyncio timeout, a quarter of the submit path's time in the profile;
-        # TCP keepalive finds a dead peer instead.
-        redis = aioredis.Redis.from_url(
-            s.redis_url, decode_responses=True, socket_timeout=None, socket_keepalive=True
-        )
+        redis = connect_redis(s.redis_url)
         stream = TaskStream(redis, self._keys, s.endpoint_id, s.consumer)
         try:
             engine = make_engine(s)

@@ -1,9 +1,10 @@
 """The endpoint agent's settings: one frozen, keyword-only object, built in code or from env.
 
-Nothing is read from the environment until :meth:`AgentSettings.from_env` is called. An
-invalid value (unknown engine, a non-number where a number belongs, a count below one)
-raises :class:`sdk.errors.ConfigurationError` naming the setting; nothing silently falls
-back to a default.
+Nothing is read from the environment until :meth:`AgentSettings.from_env` is called; it
+reads the variable named beside each field by the rules of :mod:`service_common.settings`.
+An invalid value (unknown engine, a non-number where a number belongs, a count below one,
+an empty list) raises :class:`~service_common.errors.SettingsError` naming the setting;
+nothing silently falls back to a default.
 """
 
 from __future__ import annotations
@@ -11,17 +12,27 @@ from __future__ import annotations
 import math
 import os
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal, TypeVar
+from typing import Literal
 
-from sdk.errors import ConfigurationError
 from sdk.serialize import STRATEGIES
+from service_common.errors import SettingsError
+from service_common.settings import (
+    RedisSettings,
+    check_at_least,
+    check_positive,
+    env,
+    integer,
+    name_set,
+    number,
+    one_of,
+    settings_from_env,
+    split_names,
+)
 
 Engine = Literal["process", "thread"]
 ENGINES: tuple[Engine, ...] = ("process", "thread")
-
-_T = TypeVar("_T")
 
 
 def _default_workers() -> int:
@@ -29,7 +40,7 @@ def _default_workers() -> int:
 
 
 @dataclass(frozen=True, kw_only=True)
-class AgentSettings:
+class AgentSettings(RedisSettings):
     """How one endpoint agent connects, reads and runs tasks.
 
     *Execution.* ``workers`` sync functions run at once (in processes, or threads with
@@ -56,40 +67,49 @@ class AgentSettings:
     ``<hostname>-<pid>``).
     """
 
-    endpoint_id: str
-    redis_url: str
-    key_prefix: str = "fx"
-    engine: Engine = "process"
-    workers: int = field(default_factory=_default_workers)
-    max_concurrency: int = 1000
-    heartbeat_s: float = 5.0
-    block_ms: int = 1000
-    result_ttl_s: int = 7 * 24 * 3600
-    consumer: str = ""
-    allowed_strategies: frozenset[str] | None = None
-    allowed_functions: frozenset[str] | None = None
-    accelerators: tuple[str, ...] = ()
-    walltime_s: float | None = None
-    lease_ms: int = 30_000
-    max_attempts: int = 3
-    drain_grace_s: float = 30.0
-    max_result_bytes: int = 10 * 1024 * 1024
-    max_output_chars: int = 64 * 1024
-    prefetch: int = 0
+    endpoint_id: str = field(metadata=env("FXBROKER_ENDPOINT_ID"))
+    engine: Engine = field(default="process", metadata=env("FXBROKER_ENGINE", one_of(*ENGINES)))
+    workers: int = field(
+        default_factory=_default_workers, metadata=env("FXBROKER_WORKERS", integer)
+    )
+    max_concurrency: int = field(default=1000, metadata=env("FXBROKER_MAX_CONCURRENCY", integer))
+    heartbeat_s: float = field(default=5.0, metadata=env("FXBROKER_HEARTBEAT_S", number))
+    block_ms: int = field(default=1000, metadata=env("FXBROKER_BLOCK_MS", integer))
+    result_ttl_s: int = field(default=7 * 24 * 3600, metadata=env("FXBROKER_RESULT_TTL_S", integer))
+    consumer: str = field(default="", metadata=env("FXBROKER_CONSUMER"))
+    allowed_strategies: frozenset[str] | None = field(
+        default=None, metadata=env("FXBROKER_ALLOWED_STRATEGIES", name_set)
+    )
+    allowed_functions: frozenset[str] | None = field(
+        default=None, metadata=env("FXBROKER_ALLOWED_FUNCTIONS", name_set)
+    )
+    accelerators: tuple[str, ...] = field(
+        default=(), metadata=env("FXBROKER_ACCELERATORS", split_names)
+    )
+    walltime_s: float | None = field(default=None, metadata=env("FXBROKER_WALLTIME_S", number))
+    lease_ms: int = field(default=30_000, metadata=env("FXBROKER_LEASE_MS", integer))
+    max_attempts: int = field(default=3, metadata=env("FXBROKER_MAX_ATTEMPTS", integer))
+    drain_grace_s: float = field(default=30.0, metadata=env("FXBROKER_DRAIN_GRACE_S", number))
+    max_result_bytes: int = field(
+        default=10 * 1024 * 1024, metadata=env("FXBROKER_MAX_RESULT_BYTES", integer)
+    )
+    max_output_chars: int = field(
+        default=64 * 1024, metadata=env("FXBROKER_MAX_OUTPUT_CHARS", integer)
+    )
+    prefetch: int = field(default=0, metadata=env("FXBROKER_PREFETCH", integer))
     """``def`` tasks held beyond the free workers, waiting in the agent for one (0: strict
     backpressure, a task is read only when a worker is free). A few hide the Redis round
     trips between one task and the next; a second agent then finds that many fewer."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.endpoint_id:
-            raise ConfigurationError("endpoint_id must not be empty")
-        if not self.redis_url:
-            raise ConfigurationError("redis_url must not be empty")
-        if not self.key_prefix:
-            raise ConfigurationError("key_prefix must not be empty")
+            raise SettingsError("endpoint_id must not be empty")
         if self.engine not in ENGINES:
-            raise ConfigurationError(f"engine must be one of {ENGINES}, not {self.engine!r}")
-        for name in (
+            raise SettingsError(f"engine must be one of {ENGINES}, not {self.engine!r}")
+        check_at_least(
+            self,
+            1,
             "workers",
             "max_concurrency",
             "block_ms",
@@ -98,38 +118,29 @@ class AgentSettings:
             "max_attempts",
             "max_result_bytes",
             "max_output_chars",
-        ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigurationError(f"{name} must be an integer >= 1, not {value!r}")
-        if (
-            isinstance(self.prefetch, bool)
-            or not isinstance(self.prefetch, int)
-            or (self.prefetch < 0)
-        ):
-            raise ConfigurationError(f"prefetch must be an integer >= 0, not {self.prefetch!r}")
-        if not self.heartbeat_s > 0:
-            raise ConfigurationError(f"heartbeat_s must be > 0, not {self.heartbeat_s!r}")
-        if not self.drain_grace_s >= 0:
-            raise ConfigurationError(f"drain_grace_s must be >= 0, not {self.drain_grace_s!r}")
+            integer=True,
+        )
+        check_at_least(self, 0, "prefetch", integer=True)
+        check_positive(self, "heartbeat_s")
+        check_at_least(self, 0, "drain_grace_s")
         if self.walltime_s is not None and not (
             self.walltime_s > 0 and math.isfinite(self.walltime_s)
         ):
-            raise ConfigurationError(f"walltime_s must be > 0, not {self.walltime_s!r}")
+            raise SettingsError(f"walltime_s must be > 0, not {self.walltime_s!r}")
         if self.allowed_strategies is not None:
             unknown = sorted(set(self.allowed_strategies) - set(STRATEGIES))
             if unknown:
-                raise ConfigurationError(
+                raise SettingsError(
                     f"allowed_strategies names unknown strategies {unknown}; "
                     f"known: {sorted(STRATEGIES)}"
                 )
         if self.accelerators:
             if self.engine != "process":
-                raise ConfigurationError(
+                raise SettingsError(
                     "accelerators need engine='process': CUDA_VISIBLE_DEVICES is per process"
                 )
             if len(set(self.accelerators)) != len(self.accelerators) or not all(self.accelerators):
-                raise ConfigurationError(
+                raise SettingsError(
                     f"accelerators must be distinct, non-empty ids, not {self.accelerators!r}"
                 )
             object.__setattr__(self, "workers", len(self.accelerators))
@@ -145,79 +156,13 @@ class AgentSettings:
     def from_env(
         cls, environ: Mapping[str, str] | None = None, *, endpoint_id: str | None = None
     ) -> AgentSettings:
-        """Build settings from ``FXBROKER_*`` variables (and ``REDIS_URL``).
+        """Build settings from ``environ`` (default: the process environment).
 
         ``REDIS_URL`` is required, and ``FXBROKER_ENDPOINT_ID`` unless ``endpoint_id`` is
-        given (it wins over the variable). Optional:
-        ``FXBROKER_KEY_PREFIX``, ``FXBROKER_ENGINE`` (process|thread), ``FXBROKER_WORKERS``,
-        ``FXBROKER_MAX_CONCURRENCY``, ``FXBROKER_HEARTBEAT_S``, ``FXBROKER_BLOCK_MS``,
-        ``FXBROKER_RESULT_TTL_S``, ``FXBROKER_CONSUMER``, ``FXBROKER_ALLOWED_STRATEGIES``
-        (comma-separated strategy ids, e.g. ``00,11,st``), ``FXBROKER_ALLOWED_FUNCTIONS``
-        (comma-separated function ids), ``FXBROKER_ACCELERATORS`` (comma-separated ids,
-        e.g. ``0,1``), ``FXBROKER_WALLTIME_S``, ``FXBROKER_LEASE_MS``,
-        ``FXBROKER_MAX_ATTEMPTS``, ``FXBROKER_DRAIN_GRACE_S``, ``FXBROKER_MAX_RESULT_BYTES``,
-        ``FXBROKER_MAX_OUTPUT_CHARS``, ``FXBROKER_PREFETCH``.
+        given (it wins over the variable). List variables are comma-separated:
+        ``FXBROKER_ALLOWED_STRATEGIES`` (such as ``00,11,st``) and
+        ``FXBROKER_ALLOWED_FUNCTIONS`` name at least one item (unset: no restriction);
+        ``FXBROKER_ACCELERATORS`` (such as ``0,1``) may be empty, for none.
         """
-        env = os.environ if environ is None else environ
-
-        def required(name: str) -> str:
-            value = env.get(name, "")
-            if not value:
-                raise ConfigurationError(f"{name} is not set")
-            return value
-
-        def optional(name: str, parse: Callable[[str], _T], default: _T) -> _T:
-            raw = env.get(name, "")
-            if not raw:
-                return default
-            try:
-                return parse(raw)
-            except ValueError as exc:
-                raise ConfigurationError(f"{name}={raw!r} is not valid: {exc}") from exc
-
-        base = cls(
-            endpoint_id=endpoint_id or required("FXBROKER_ENDPOINT_ID"),
-            redis_url=required("REDIS_URL"),
-        )
-        return cls(
-            endpoint_id=base.endpoint_id,
-            redis_url=base.redis_url,
-            key_prefix=optional("FXBROKER_KEY_PREFIX", str, base.key_prefix),
-            engine=optional("FXBROKER_ENGINE", _parse_engine, base.engine),
-            workers=optional("FXBROKER_WORKERS", int, base.workers),
-            max_concurrency=optional("FXBROKER_MAX_CONCURRENCY", int, base.max_concurrency),
-            heartbeat_s=optional("FXBROKER_HEARTBEAT_S", float, base.heartbeat_s),
-            block_ms=optional("FXBROKER_BLOCK_MS", int, base.block_ms),
-            result_ttl_s=optional("FXBROKER_RESULT_TTL_S", int, base.result_ttl_s),
-            consumer=optional("FXBROKER_CONSUMER", str, base.consumer),
-            allowed_strategies=optional(
-                "FXBROKER_ALLOWED_STRATEGIES", _parse_set, base.allowed_strategies
-            ),
-            allowed_functions=optional(
-                "FXBROKER_ALLOWED_FUNCTIONS", _parse_set, base.allowed_functions
-            ),
-            accelerators=optional("FXBROKER_ACCELERATORS", parse_list, base.accelerators),
-            walltime_s=optional("FXBROKER_WALLTIME_S", float, base.walltime_s),
-            lease_ms=optional("FXBROKER_LEASE_MS", int, base.lease_ms),
-            max_attempts=optional("FXBROKER_MAX_ATTEMPTS", int, base.max_attempts),
-            drain_grace_s=optional("FXBROKER_DRAIN_GRACE_S", float, base.drain_grace_s),
-            max_result_bytes=optional("FXBROKER_MAX_RESULT_BYTES", int, base.max_result_bytes),
-            max_output_chars=optional("FXBROKER_MAX_OUTPUT_CHARS", int, base.max_output_chars),
-            prefetch=optional("FXBROKER_PREFETCH", int, base.prefetch),
-        )
-
-
-def _parse_engine(raw: str) -> Engine:
-    for engine in ENGINES:
-        if raw == engine:
-            return engine
-    raise ValueError(f"the engine is one of {', '.join(ENGINES)}")
-
-
-def parse_list(raw: str) -> tuple[str, ...]:
-    """``"0, 1,2"`` -> ``("0", "1", "2")``: comma-separated, blanks dropped."""
-    return tuple(part.strip() for part in raw.split(",") if part.strip())
-
-
-def _parse_set(raw: str) -> frozenset[str]:
-    return frozenset(parse_list(raw))
+        given = {} if endpoint_id is None else {"endpoint_id": endpoint_id}
+        return settings_from_env(cls, os.environ if environ is None else environ, **given)

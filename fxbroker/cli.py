@@ -33,23 +33,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fxbroker import loops
+from sdk.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from fxbroker.stack import StackSettings
 
 CONFIGURATION_EXIT = 2
-"""The exit status of a configuration mistake (argparse's for a usage mistake)."""
-
-
-def configuration_errors() -> tuple[type[Exception], ...]:
-    """The exception types that mean a setting is missing or wrong (a variable, a flag, a
-    config file): :func:`main` reports them in one line and exits with
-    :data:`CONFIGURATION_EXIT`. The ws_service's and the agent's settings raise the SDK's
-    type; the web service's its own."""
-    from sdk.errors import ConfigurationError
-    from web_service.settings import SettingsError
-
-    return (ConfigurationError, SettingsError)
+"""The exit status of a configuration mistake (argparse's for a usage mistake): any
+:class:`~sdk.errors.ConfigurationError`, which the services' ``SettingsError`` is too."""
 
 
 def fxbroker_home() -> Path:
@@ -192,7 +183,7 @@ def cmd_endpoint_start(args: argparse.Namespace) -> int:
     )
     try:
         start(fxbroker_home(), args.name, os.environ)
-    except configuration_errors():
+    except ConfigurationError:
         raise
     except FxBrokerError as exc:  # the web service refused or is away
         return _endpoint_error("start", exc)
@@ -405,7 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
-    except configuration_errors() as exc:
+    except ConfigurationError as exc:  # a service's SettingsError is one too
         subcommand = getattr(args, f"{args.command}_command", None)
         name = " ".join(["fxbroker", args.command, *([subcommand] if subcommand else [])])
         message = " ".join(str(exc).splitlines())

@@ -14,8 +14,8 @@ import asyncio
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from web_service.database import create_engine
-from web_service.models import metadata
+from web_service.store.database import create_engine
+from web_service.store.models import metadata
 
 
 def _database_url() -> str:

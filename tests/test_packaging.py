@@ -16,7 +16,15 @@ import pytest
 from packaging.requirements import Requirement
 
 REPO = Path(__file__).resolve().parent.parent
-PLATFORM = {"sdk", "web_service", "ws_service", "endpoint_agent", "fxbroker", "migrations"}
+PLATFORM = {
+    "sdk",
+    "service_common",
+    "web_service",
+    "ws_service",
+    "endpoint_agent",
+    "fxbroker",
+    "migrations",
+}
 BUILD = "import sys; from setuptools import build_meta; print(build_meta.build_wheel(sys.argv[1]))"
 
 

@@ -5,7 +5,7 @@ issued; SQL keeps only its sha256 (hex) and its first 8 characters (to name it l
 revocation). A user seen first through Globus Auth is created by :func:`user_for_identity`.
 Errors::
 
-    AccountError        base of this module's errors
+    AccountError        base of this module's errors (a service_common ServiceError)
     ├── UserExists      create_user: the name is taken
     ├── UnknownUser     issue_token, list_tokens: no user has that name
     └── UnknownToken    revoke_token: no live token matches (or several do)
@@ -13,7 +13,6 @@ Errors::
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,15 +21,17 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from web_service.database import open_engine
-from web_service.models import Token, User, utcnow
+from service_common.errors import ServiceError
+from service_common.tokens import hash_token
+from web_service.store.database import open_engine
+from web_service.store.models import Token, User, utcnow
 
 TOKEN_PREFIX = "fxb_"
 SHOWN_PREFIX_LENGTH = 8
 MAX_NAME_LENGTH = 255
 
 
-class AccountError(Exception):
+class AccountError(ServiceError):
     """A user or token operation could not be done."""
 
 
@@ -84,11 +85,6 @@ class TokenInfo:
 def generate_token() -> str:
     """A new random API token."""
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
-
-
-def hash_token(token: str) -> str:
-    """The sha256 hex digest under which a token is stored and looked up."""
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def _token_row(user_id: str) -> tuple[Token, str]:

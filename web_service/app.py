@@ -15,32 +15,30 @@ from contextlib import asynccontextmanager
 from importlib.metadata import version
 from typing import Any
 
-import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 
 from sdk.keys import Keys
-from web_service import (
-    routes_endpoints,
-    routes_functions,
-    routes_meta,
-    routes_submit,
-    routes_tasks,
-)
-from web_service.auth import AuthMiddleware, TokenAuthenticator
-from web_service.cancel import Canceller
+from service_common.redis_client import connect_redis
 from web_service.context import AppContext
-from web_service.database import create_engine
-from web_service.endpoints import EndpointCatalog
 from web_service.errors import EXCEPTION_HANDLERS, RequestIdMiddleware
-from web_service.functions import FunctionCatalog
-from web_service.globus_auth import GlobusIntrospector
-from web_service.metrics import Metrics, MetricsMiddleware
-from web_service.ratelimit import RateLimiter
+from web_service.middleware.auth import AuthMiddleware, TokenAuthenticator
+from web_service.middleware.globus_auth import GlobusIntrospector
+from web_service.middleware.metrics import Metrics, MetricsMiddleware
+from web_service.middleware.ratelimit import RateLimiter
+from web_service.routes import endpoints as routes_endpoints
+from web_service.routes import functions as routes_functions
+from web_service.routes import meta as routes_meta
+from web_service.routes import submit as routes_submit
+from web_service.routes import tasks as routes_tasks
 from web_service.settings import WebSettings
-from web_service.task_groups import TaskGroupCatalog
+from web_service.store.database import create_engine
+from web_service.store.endpoints import EndpointCatalog
+from web_service.store.functions import FunctionCatalog
+from web_service.store.task_groups import TaskGroupCatalog
+from web_service.taskstore.cancel import Canceller
 
 DISTRIBUTION = "fxbroker"
 
@@ -53,12 +51,7 @@ def create_app(settings: WebSettings) -> Starlette:
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[dict[str, Any]]:
         engine = create_engine(settings.database_url)
-        # No per-reply socket timeout (redis-py's default before 6): it wraps every reply of a
-        # pipeline in an asyncio timeout, a quarter of the submit path's time in the profile;
-        # TCP keepalive finds a dead peer instead.
-        redis = aioredis.Redis.from_url(
-            settings.redis_url, decode_responses=True, socket_timeout=None, socket_keepalive=True
-        )
+        redis = connect_redis(settings.redis_url)
         try:
             sessions = async_sessionmaker(engine, expire_on_commit=False)
             globus = (

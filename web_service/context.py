@@ -14,16 +14,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import HTTPConnection
 
 from sdk.keys import Keys
-from web_service.cancel import Canceller
-from web_service.endpoints import EndpointCatalog
-from web_service.functions import FunctionCatalog
-from web_service.metrics import Metrics
-from web_service.ratelimit import RateLimiter
+from web_service.middleware.metrics import Metrics
+from web_service.middleware.ratelimit import RateLimiter
 from web_service.settings import WebSettings
-from web_service.task_groups import TaskGroupCatalog
+from web_service.store.endpoints import EndpointCatalog
+from web_service.store.functions import FunctionCatalog
+from web_service.store.task_groups import TaskGroupCatalog
+from web_service.taskstore.cancel import Canceller
 
 if TYPE_CHECKING:
-    from web_service.auth import TokenAuthenticator
+    from web_service.middleware.auth import TokenAuthenticator
 
 
 @dataclass(frozen=True, kw_only=True)

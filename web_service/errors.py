@@ -27,12 +27,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service_common.errors import ServiceError
+
 logger = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "x-request-id"
 
 
-class ApiError(Exception):
+class ApiError(ServiceError):
     """An answer other than success, raised anywhere below a route."""
 
     def __init__(

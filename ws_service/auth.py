@@ -7,31 +7,30 @@ many subscriptions cost the web service one request per token and group per peri
 answers are never cached, so a token created a moment ago works at once. A revoked token
 keeps working here for at most ``cache_s``.
 
-Errors::
-
-    FxBrokerError (sdk.errors)
-    ├── APIError          the web service refused: 401 UNAUTHORIZED, 404 NOT_FOUND, ...
-    └── WebUnavailable    the web service could not be reached or failed (5xx)
+Errors: the web service's refusals (401 ``UNAUTHORIZED``, 404 ``NOT_FOUND``, ...) are
+:class:`sdk.errors.APIError`, as the SDK reads them; a web service that could not answer
+raises :class:`WebUnavailable`, a :class:`~service_common.errors.ServiceError`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from sdk.errors import APIError, FxBrokerError
+from sdk.errors import APIError
+from service_common.cache import LRUCache
+from service_common.errors import ServiceError
+from service_common.tokens import hash_token
 
 CACHE_ENTRIES_MAX = 10_000
 """Cached answers beyond this many drop the least recently used."""
 
 
-class WebUnavailable(FxBrokerError):
+class WebUnavailable(ServiceError):
     """The web service could not answer (transport error or a 5xx status)."""
 
 
@@ -45,49 +44,6 @@ class Caller:
 
     def __repr__(self) -> str:
         return f"Caller(user_id={self.user_id!r}, name={self.name!r})"
-
-
-def bearer_token(authorization: str | None) -> str | None:
-    """The token of an ``Authorization: Bearer <token>`` header, or None."""
-    if not authorization:
-        return None
-    scheme, _, token = authorization.strip().partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        return None
-    return token
-
-
-def _token_digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-class _TTLCache:
-    """Positive answers with an expiry, bounded in size (least recently used goes first)."""
-
-    def __init__(self, ttl_s: float, clock: Callable[[], float]) -> None:
-        self._ttl_s = ttl_s
-        self._clock = clock
-        self._entries: OrderedDict[Hashable, tuple[float, Any]] = OrderedDict()
-
-    def get(self, key: Hashable) -> Any | None:
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        expires, value = entry
-        if self._clock() >= expires:
-            del self._entries[key]
-            return None
-        self._entries.move_to_end(key)
-        return value
-
-    def put(self, key: Hashable, value: Any) -> None:
-        if self._ttl_s <= 0:
-            return
-        self._entries[key] = (self._clock() + self._ttl_s, value)
-        self._entries.move_to_end(key)
-        while len(self._entries) > CACHE_ENTRIES_MAX:
-            self._entries.popitem(last=False)
 
 
 class Authenticator:
@@ -105,13 +61,17 @@ class Authenticator:
     ) -> None:
         self._http = http
         self._web_url = web_url.rstrip("/")
-        self._callers = _TTLCache(cache_s, clock)
-        self._groups = _TTLCache(cache_s, clock)
+        self._callers: LRUCache[str, Caller] = LRUCache(
+            max_items=CACHE_ENTRIES_MAX, ttl_s=cache_s, clock=clock
+        )
+        self._groups: LRUCache[tuple[str, str], bool] = LRUCache(
+            max_items=CACHE_ENTRIES_MAX, ttl_s=cache_s, clock=clock
+        )
 
     async def authenticate(self, token: str) -> Caller | None:
         """The caller the token belongs to, or None when the web service answers 401."""
-        digest = _token_digest(token)
-        cached: Caller | None = self._callers.get(digest)
+        digest = hash_token(token)
+        cached = self._callers.get(digest)
         if cached is not None:
             return cached
         try:
@@ -130,7 +90,7 @@ class Authenticator:
         """Return when ``task_group_id`` is the caller's; raise :class:`APIError` (404
         ``NOT_FOUND`` for someone else's or no group, 401 for a token revoked since) or
         :class:`WebUnavailable` otherwise."""
-        key = (_token_digest(caller.token), task_group_id)
+        key = (hash_token(caller.token), task_group_id)
         if self._groups.get(key) is not None:
             return
         await self._get(f"/v1/task_groups/{task_group_id}", caller.token)

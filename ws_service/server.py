@@ -66,8 +66,10 @@ from sdk import wire
 from sdk.errors import APIError
 from sdk.keys import Keys
 from sdk.wire import RESULTS_PATH
+from service_common.redis_client import connect_redis
+from service_common.tokens import bearer_token
 from ws_service import protocol
-from ws_service.auth import Authenticator, Caller, WebUnavailable, bearer_token
+from ws_service.auth import Authenticator, Caller, WebUnavailable
 from ws_service.settings import WsSettings
 
 logger = logging.getLogger(__name__)
@@ -144,12 +146,7 @@ class ResultServer:
 
     async def __aenter__(self) -> Self:
         settings = self.settings
-        # No per-reply socket timeout (redis-py's default before 6): it wraps every reply of a
-        # pipeline in an asyncio timeout, a quarter of the submit path's time in the profile;
-        # TCP keepalive finds a dead peer instead.
-        self._redis = aioredis.Redis.from_url(
-            settings.redis_url, decode_responses=True, socket_timeout=None, socket_keepalive=True
-        )
+        self._redis = connect_redis(settings.redis_url)
         self._http = httpx.AsyncClient(timeout=settings.auth_timeout_s)
         self._auth = Authenticator(self._http, settings.web_url, cache_s=settings.auth_cache_s)
         try:

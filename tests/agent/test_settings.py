@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from endpoint_agent import AgentSettings
-from sdk.errors import ConfigurationError
+from service_common.errors import SettingsError
 
 REQUIRED = {"FXBROKER_ENDPOINT_ID": "ep-1", "REDIS_URL": "redis://127.0.0.1:6379/0"}
 
@@ -98,13 +98,18 @@ def test_an_explicit_endpoint_id_wins_over_the_environment() -> None:
         ({**REQUIRED, "FXBROKER_MAX_ATTEMPTS": "x"}, "FXBROKER_MAX_ATTEMPTS='x' is not valid"),
         ({**REQUIRED, "FXBROKER_DRAIN_GRACE_S": "-1"}, "drain_grace_s must be >= 0"),
         (
+            {**REQUIRED, "FXBROKER_ALLOWED_FUNCTIONS": ""},
+            "FXBROKER_ALLOWED_FUNCTIONS='' is not valid",
+        ),
+        ({**REQUIRED, "FXBROKER_KEY_PREFIX": ""}, "key_prefix must be non-empty"),
+        (
             {**REQUIRED, "FXBROKER_ENGINE": "thread", "FXBROKER_ACCELERATORS": "0"},
             "accelerators need engine='process'",
         ),
     ],
 )
 def test_invalid_settings_raise_a_clear_error(env: dict[str, str], message: str) -> None:
-    with pytest.raises(ConfigurationError, match=message.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(SettingsError, match=message.replace("[", r"\[").replace("]", r"\]")):
         AgentSettings.from_env(env)
 
 

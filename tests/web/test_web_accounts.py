@@ -19,8 +19,8 @@ from web_service.accounts import (
     list_tokens,
     revoke_token,
 )
-from web_service.database import open_engine
-from web_service.models import Token
+from web_service.store.database import open_engine
+from web_service.store.models import Token
 
 
 def test_tokens_are_random_and_prefixed() -> None:

@@ -9,8 +9,8 @@ import redis.asyncio as aioredis
 
 from sdk.keys import Keys
 from sdk.serialize import SOURCE_CODE, serialize
-from web_service.idempotency import fingerprint
 from web_service.settings import WebSettings
+from web_service.taskstore.idempotency import fingerprint
 
 from .helpers import ApiUser, assert_error
 

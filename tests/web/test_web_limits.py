@@ -8,7 +8,7 @@ import pytest
 
 from web_service.accounts import create_user
 from web_service.app import create_app
-from web_service.ratelimit import RateLimiter
+from web_service.middleware.ratelimit import RateLimiter
 from web_service.settings import WebSettings
 
 from .helpers import assert_error, in_process_client

@@ -12,8 +12,9 @@ from sqlalchemy import inspect, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from web_service.database import open_engine
-from web_service.models import (
+from web_service.schema import downgrade, upgrade
+from web_service.store.database import open_engine
+from web_service.store.models import (
     Endpoint,
     EndpointAllowedFunction,
     Function,
@@ -23,7 +24,6 @@ from web_service.models import (
     User,
     metadata,
 )
-from web_service.schema import downgrade, upgrade
 
 USER, FUNCTION, ENDPOINT, GROUP = (str(uuid.uuid4()) for _ in range(4))
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from web_service.settings import SettingsError, WebSettings, async_database_url
+from service_common.errors import SettingsError
+from web_service.settings import WebSettings, async_database_url
 
 BASE = {"DATABASE_URL": "sqlite:///fx.db", "REDIS_URL": "redis://127.0.0.1:6379/0"}
 

@@ -1,54 +1,12 @@
-"""The pure parts of the handshake and retry logic: bearer parsing, the answer cache, backoff."""
+"""The pure parts of the handshake and retry logic: the caller record, backoff.
+
+Bearer parsing and the answer cache are :mod:`service_common`'s (tests/common).
+"""
 
 from __future__ import annotations
 
-import pytest
-
-from ws_service.auth import CACHE_ENTRIES_MAX, Caller, _TTLCache, bearer_token
+from ws_service.auth import Caller
 from ws_service.server import Backoff
-
-
-@pytest.mark.parametrize(
-    ("header", "token"),
-    [
-        ("Bearer abc", "abc"),
-        ("bearer   abc ", "abc"),
-        ("Bearer", None),
-        ("Bearer ", None),
-        ("Basic abc", None),
-        ("", None),
-        (None, None),
-    ],
-)
-def test_bearer_token(header: str | None, token: str | None) -> None:
-    assert bearer_token(header) == token
-
-
-def test_cache_keeps_answers_for_its_ttl_only() -> None:
-    now = [100.0]
-    cache = _TTLCache(30.0, lambda: now[0])
-    cache.put("k", "v")
-    now[0] = 129.9
-    assert cache.get("k") == "v"
-    now[0] = 130.0
-    assert cache.get("k") is None
-
-
-def test_cache_with_no_ttl_keeps_nothing() -> None:
-    cache = _TTLCache(0.0, lambda: 0.0)
-    cache.put("k", "v")
-    assert cache.get("k") is None
-
-
-def test_cache_is_bounded_least_recently_used_first() -> None:
-    cache = _TTLCache(30.0, lambda: 0.0)
-    for i in range(CACHE_ENTRIES_MAX):
-        cache.put(i, i)
-    assert cache.get(0) == 0  # now the most recently used
-    cache.put("new", "new")
-    assert cache.get(1) is None
-    assert cache.get(0) == 0
-    assert cache.get("new") == "new"
 
 
 def test_caller_repr_hides_the_token() -> None:

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from sdk.errors import ConfigurationError
+from service_common.errors import SettingsError
 from ws_service.settings import WsSettings
 
 BASE = {"REDIS_URL": "redis://127.0.0.1:6379/0", "FXBROKER_WEB_URL": "http://127.0.0.1:8000"}
@@ -57,7 +57,7 @@ def test_every_variable_is_read() -> None:
 @pytest.mark.parametrize("missing", ["REDIS_URL", "FXBROKER_WEB_URL"])
 def test_required_variables(missing: str) -> None:
     env = {k: v for k, v in BASE.items() if k != missing}
-    with pytest.raises(ConfigurationError, match=missing):
+    with pytest.raises(SettingsError, match=missing):
         WsSettings.from_env(env)
 
 
@@ -73,7 +73,7 @@ def test_required_variables(missing: str) -> None:
     ],
 )
 def test_malformed_values_are_refused(name: str, value: str) -> None:
-    with pytest.raises(ConfigurationError):
+    with pytest.raises(SettingsError):
         WsSettings.from_env(BASE | {name: value})
 
 

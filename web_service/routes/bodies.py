@@ -19,7 +19,7 @@ from sdk.messages import TaskSpec
 from sdk.serialize import IDENTIFIER_LENGTH, STRATEGIES
 from sdk.wire import GROUP_PAGE_DEFAULT, GROUP_PAGE_MAX, IDS_PER_REQUEST
 from web_service.errors import ApiError, bad_request, invalid
-from web_service.models import is_id
+from web_service.store.models import is_id
 
 MAX_NAME_LENGTH = 255
 MAX_STATUS_IDS = IDS_PER_REQUEST

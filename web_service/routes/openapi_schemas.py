@@ -1,6 +1,6 @@
 """JSON Schemas of the request and response bodies, for the OpenAPI document.
 
-They mirror :mod:`sdk.messages` and the parsers of :mod:`web_service.bodies`: a request
+They mirror :mod:`sdk.messages` and the parsers of :mod:`web_service.routes.bodies`: a request
 body valid here is one the parsers accept (up to checks that need the database, such as
 ownership), and every answer of the service validates against its response schema.
 """
@@ -10,7 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from sdk.states import TaskState
-from web_service.bodies import MAX_LIST_ITEMS, MAX_NAME_LENGTH, MAX_STATUS_IDS, MAX_WALLTIME_S
+from web_service.routes.bodies import (
+    MAX_LIST_ITEMS,
+    MAX_NAME_LENGTH,
+    MAX_STATUS_IDS,
+    MAX_WALLTIME_S,
+)
 
 Schema = dict[str, Any]
 

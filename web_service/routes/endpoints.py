@@ -14,18 +14,22 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from web_service.accounts import Caller
-from web_service.auth import caller_of
-from web_service.bodies import (
+from web_service.context import AppContext, context_of
+from web_service.errors import forbidden, not_found
+from web_service.middleware.auth import caller_of
+from web_service.routes.bodies import (
     parse_endpoint_registration,
     parse_function_ids,
     parse_page,
     parse_user_names,
     read_json,
 )
-from web_service.context import AppContext, context_of
-from web_service.endpoints import EndpointRecord
-from web_service.errors import forbidden, not_found
-from web_service.queue import endpoint_load, endpoint_status, set_allowed_functions
+from web_service.store.endpoints import EndpointRecord
+from web_service.taskstore.endpoint_state import (
+    endpoint_load,
+    endpoint_status,
+    set_allowed_functions,
+)
 
 __all__ = ["routes"]
 

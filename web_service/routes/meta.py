@@ -14,12 +14,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from web_service.auth import caller_of
 from web_service.context import context_of
-from web_service.metrics import MAX_SCRAPED_ENDPOINTS
-from web_service.models import Endpoint
-from web_service.openapi import build_openapi
-from web_service.queue import endpoint_load
+from web_service.middleware.auth import caller_of
+from web_service.middleware.metrics import MAX_SCRAPED_ENDPOINTS
+from web_service.routes.openapi import build_openapi
+from web_service.store.models import Endpoint
+from web_service.taskstore.endpoint_state import endpoint_load
 
 __all__ = ["routes"]
 

@@ -19,8 +19,8 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from web_service.cache import LRUCache
-from web_service.models import (
+from service_common.cache import LRUCache
+from web_service.store.models import (
     Function,
     FunctionShare,
     code_hash,
@@ -29,7 +29,7 @@ from web_service.models import (
     unix_seconds,
     utcnow,
 )
-from web_service.sharing import (
+from web_service.store.sharing import (
     replace_shares,
     shared_user_ids,
     shared_user_names,

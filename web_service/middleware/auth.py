@@ -4,7 +4,7 @@ fxbroker's own tokens (``fxb_...``) are looked up by their sha256 among the toke
 revoked; who a token belongs to is cached in process for ``auth_cache_s``, so a revoked token
 stops working within that many seconds on every web process. Unknown tokens are not cached:
 they always cost a query. When Globus Auth is configured, any other bearer token is checked
-by :class:`~web_service.globus_auth.GlobusIntrospector`.
+by :class:`~web_service.middleware.globus_auth.GlobusIntrospector`.
 
 ``/healthz``, ``/readyz``, ``/metrics`` and ``/v1/openapi.json`` need no token (operators
 keep ``/metrics`` off the public network); every other route under ``/v1/`` does.
@@ -17,18 +17,20 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from web_service.accounts import TOKEN_PREFIX, Caller, hash_token
-from web_service.cache import LRUCache
+from sdk.wire import API
+from service_common.cache import LRUCache
+from service_common.tokens import bearer_token, hash_token
+from web_service.accounts import TOKEN_PREFIX, Caller
 from web_service.context import context_of
 from web_service.errors import ApiError, error_response, request_id_of, retry_later, unauthorized
-from web_service.globus_auth import GlobusIntrospector
-from web_service.models import Token, User
+from web_service.middleware.globus_auth import GlobusIntrospector
+from web_service.store.models import Token, User
 
 __all__ = ["AuthMiddleware", "Caller", "TokenAuthenticator", "caller_of"]
 
 AUTH_CACHE_ITEMS = 10_000
-PROTECTED_PREFIX = "/v1/"
-PUBLIC_PATHS = frozenset({"/v1/openapi.json"})
+PROTECTED_PREFIX = f"{API}/"
+PUBLIC_PATHS = frozenset({f"{API}/openapi.json"})
 
 
 class TokenAuthenticator:
@@ -43,17 +45,14 @@ class TokenAuthenticator:
     ) -> None:
         self._sessions = sessions
         self._globus = globus
-        self._cache: LRUCache[str, Caller] = LRUCache(
-            max_items=AUTH_CACHE_ITEMS if cache_s > 0 else 0, ttl_s=cache_s
-        )
+        self._cache: LRUCache[str, Caller] = LRUCache(max_items=AUTH_CACHE_ITEMS, ttl_s=cache_s)
 
     async def authenticate(self, authorization: str | None) -> Caller:
         """The caller an ``Authorization: Bearer <token>`` header names; else 401."""
         if not authorization:
             raise unauthorized("missing Authorization header; send 'Bearer <token>'")
-        scheme, _, token = authorization.partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
+        token = bearer_token(authorization)
+        if token is None:
             raise unauthorized("the Authorization header must be 'Bearer <token>'")
         if self._globus is not None and not token.startswith(TOKEN_PREFIX):
             return await self._globus.authenticate(token)

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
 from web_service.errors import ApiError
-from web_service.models import EndpointShare, FunctionShare, User
+from web_service.store.models import EndpointShare, FunctionShare, User
 
 MAX_NAMES_SHOWN = 10
 

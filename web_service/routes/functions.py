@@ -14,17 +14,17 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from web_service.accounts import Caller
-from web_service.auth import caller_of
-from web_service.bodies import (
+from web_service.context import AppContext, context_of
+from web_service.errors import forbidden, not_found
+from web_service.middleware.auth import caller_of
+from web_service.routes.bodies import (
     parse_function_registration,
     parse_function_sharing,
     parse_page,
     read_json,
 )
-from web_service.context import AppContext, context_of
-from web_service.errors import forbidden, not_found
-from web_service.functions import FunctionRecord
-from web_service.queue import store_function_code
+from web_service.store.functions import FunctionRecord
+from web_service.taskstore.tasks import store_function_code
 
 __all__ = ["routes"]
 

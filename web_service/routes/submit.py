@@ -19,12 +19,12 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from sdk.messages import SubmitResponse
-from web_service import idempotency
-from web_service.auth import caller_of
-from web_service.bodies import parse_json, parse_submit, read_body
 from web_service.context import context_of
 from web_service.errors import ApiError, not_found
-from web_service.queue import enqueue, new_task_ids
+from web_service.middleware.auth import caller_of
+from web_service.routes.bodies import parse_json, parse_submit, read_body
+from web_service.taskstore import idempotency
+from web_service.taskstore.tasks import enqueue, new_task_ids
 
 __all__ = ["routes"]
 
@@ -39,7 +39,7 @@ async def submit(request: Request) -> JSONResponse:
     """``POST /v1/endpoints/{endpoint_id}/submit``: queue a batch; task ids in order.
 
     With an ``Idempotency-Key`` header, a retry of the same request answers the same ids
-    and queues nothing (see :mod:`web_service.idempotency`).
+    and queues nothing (see :mod:`web_service.taskstore.idempotency`).
     """
     context = context_of(request)
     caller = caller_of(request)

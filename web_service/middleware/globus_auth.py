@@ -21,8 +21,9 @@ from typing import Any
 import globus_sdk
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from web_service.accounts import Caller, hash_token, user_for_identity
-from web_service.cache import LRUCache
+from service_common.cache import LRUCache
+from service_common.tokens import hash_token
+from web_service.accounts import Caller, user_for_identity
 from web_service.errors import ApiError, unauthorized
 
 logger = logging.getLogger(__name__)

@@ -1,9 +1,10 @@
-"""Small in-process caches: bounded, least-recently-used first out, optionally expiring.
+"""A small in-process cache: bounded, least-recently-used first out, optionally expiring.
 
-They hold, for a bounded time, what a request needs to know and rarely changes (a
-function's owner, sharing and code, an endpoint's owner, shares and allow-list, a task
-group's owner, who a token belongs to). Each web process
-has its own; nothing here is shared or persisted.
+The services keep in it, for a bounded time, what a request needs to know and rarely
+changes: in the web service a function's owner, sharing and code, an endpoint's owner,
+shares and allow-list, a task group's owner, who a token belongs to; in the ws service the
+web service's positive answers about tokens and task groups. Each process has its own;
+nothing here is shared or persisted.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ V = TypeVar("V")
 class LRUCache(Generic[K, V]):
     """At most ``max_items`` entries and ``max_weight`` total weight (``weigh`` of each value).
 
-    With ``ttl_s`` an entry is forgotten that many seconds after it was stored. An entry
-    heavier than ``max_weight`` is never stored.
+    With ``ttl_s`` an entry is forgotten that many seconds after it was stored; with
+    ``ttl_s <= 0`` (entries that would expire at once) or ``max_items < 1`` nothing is
+    stored. An entry heavier than ``max_weight`` is never stored.
     """
 
     def __init__(
@@ -59,7 +61,11 @@ class LRUCache(Generic[K, V]):
         if key in self._entries:
             self._drop(key)
         weight = self._weigh(value) if self._weigh is not None else 0
-        if self._max_items < 1 or (self._max_weight is not None and weight > self._max_weight):
+        if (
+            self._max_items < 1
+            or (self._ttl_s is not None and self._ttl_s <= 0)
+            or (self._max_weight is not None and weight > self._max_weight)
+        ):
             return
         expires_at = self._clock() + self._ttl_s if self._ttl_s is not None else 0.0
         self._entries[key] = (value, expires_at, weight)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from web_service.cache import LRUCache
+from service_common.cache import LRUCache
 
 MAX_USERS = 100_000
 

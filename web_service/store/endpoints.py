@@ -23,8 +23,8 @@ from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from web_service.cache import LRUCache
-from web_service.models import (
+from service_common.cache import LRUCache
+from web_service.store.models import (
     Endpoint,
     EndpointAllowedFunction,
     EndpointShare,
@@ -33,7 +33,7 @@ from web_service.models import (
     unix_seconds,
     utcnow,
 )
-from web_service.sharing import (
+from web_service.store.sharing import (
     replace_shares,
     shared_user_ids,
     shared_user_names,

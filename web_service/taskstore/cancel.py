@@ -27,7 +27,7 @@ import redis.asyncio as aioredis
 from sdk.keys import Keys
 from sdk.messages import CancelNotice
 from sdk.states import TaskState
-from web_service.models import is_id
+from web_service.store.models import is_id
 
 Outcome = Literal["cancelled", "interrupt_requested", "finished"]
 

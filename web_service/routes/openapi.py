@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from web_service.bodies import (
+from web_service.routes.bodies import (
     DEFAULT_GROUP_PAGE_LIMIT,
     DEFAULT_PAGE_LIMIT,
     MAX_GROUP_PAGE_LIMIT,
     MAX_OFFSET,
     MAX_PAGE_LIMIT,
 )
-from web_service.openapi_schemas import Schema, component_schemas, ref
+from web_service.routes.openapi_schemas import Schema, component_schemas, ref
 from web_service.settings import WebSettings
 
 JSON = "application/json"

@@ -13,8 +13,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from web_service.cache import LRUCache
-from web_service.models import TaskGroup, is_id, new_id, unix_seconds, utcnow
+from service_common.cache import LRUCache
+from web_service.store.models import TaskGroup, is_id, new_id, unix_seconds, utcnow
 
 CACHE_ITEMS = 100_000
 

@@ -11,17 +11,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from web_service.auth import caller_of
-from web_service.bodies import (
+from web_service.context import context_of
+from web_service.errors import not_found
+from web_service.middleware.auth import caller_of
+from web_service.routes.bodies import (
     DEFAULT_GROUP_PAGE_LIMIT,
     MAX_GROUP_PAGE_LIMIT,
     parse_page,
     parse_task_ids,
     read_json,
 )
-from web_service.context import context_of
-from web_service.errors import not_found
-from web_service.queue import read_task, read_tasks, task_group_page
+from web_service.taskstore.tasks import read_task, read_tasks, task_group_page
 
 __all__ = ["routes"]
 
@@ -54,7 +54,7 @@ async def cancel_task(request: Request) -> JSONResponse:
 
     ``outcome`` is ``cancelled`` (it was queued: it will never run and is now ``cancelled``),
     ``interrupt_requested`` (it is running: its agent is told to interrupt it and will
-    write ``cancelled``) or ``finished`` (nothing to do). See :mod:`web_service.cancel`.
+    write ``cancelled``) or ``finished`` (nothing to do). See :mod:`web_service.taskstore.cancel`.
     """
     context = context_of(request)
     task_id = request.path_params["task_id"]

@@ -1,8 +1,8 @@
-"""The in-process LRU cache behind auth and the submit hot path."""
+"""The in-process LRU cache behind auth, the submit hot path and the ws service's answers."""
 
 from __future__ import annotations
 
-from web_service.cache import LRUCache
+from service_common.cache import LRUCache
 
 
 class Clock:
@@ -51,3 +51,30 @@ def test_replacing_a_key_keeps_the_weight_right() -> None:
     cache.put("a", "y")
     cache.put("b", "zzz")
     assert (cache.get("a"), cache.get("b")) == ("y", "zzz")
+
+
+def test_a_ttl_of_zero_or_less_keeps_nothing() -> None:
+    for ttl_s in (0.0, -1.0):
+        cache: LRUCache[str, str] = LRUCache(max_items=10, ttl_s=ttl_s, clock=Clock())
+        cache.put("k", "v")
+        assert (cache.get("k"), len(cache)) == (None, 0)
+
+
+def test_replacing_with_an_unstorable_value_forgets_the_old_one() -> None:
+    cache: LRUCache[str, str] = LRUCache(max_items=10, max_weight=3, weigh=len)
+    cache.put("a", "xx")
+    cache.put("a", "xxxx")
+    assert (cache.get("a"), len(cache)) == (None, 0)
+
+
+def test_bounded_by_items_least_recently_used_first_with_a_ttl() -> None:
+    clock = Clock()
+    cache: LRUCache[int | str, int | str] = LRUCache(max_items=100, ttl_s=30.0, clock=clock)
+    for i in range(100):
+        cache.put(i, i)
+    assert cache.get(0) == 0  # now the most recently used
+    cache.put("new", "new")
+    assert cache.get(1) is None
+    assert (cache.get(0), cache.get("new"), len(cache)) == (0, "new", 100)
+    cache.forget(0)
+    assert (cache.get(0), len(cache)) == (None, 99)

@@ -1,0 +1,14 @@
+"""What the three services share: configuration, errors, the Redis client, tokens, a cache.
+
+Imported by ``web_service``, ``ws_service``, ``endpoint_agent`` and the composition root
+``fxbroker``; never by the SDK, and it imports none of them (import-linter contracts).
+
+Modules::
+
+    errors         ServiceError and SettingsError: the server-side exception tree
+    settings       settings_from_env, field metadata naming each variable, RedisSettings
+                   (the fields every service has) and the checks every service applies
+    redis_client   connect_redis: the one way a service opens Redis
+    tokens         the bearer token of an Authorization header, and its hash
+    cache          a bounded, expiring, least-recently-used in-process cache
+"""

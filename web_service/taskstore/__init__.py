@@ -1,0 +1,7 @@
+"""The Redis side: tasks in flight and what the web service keeps beside them.
+
+:mod:`.tasks` (queueing a batch, reading tasks and task groups back, function code for
+agents), :mod:`.endpoint_state` (an endpoint's queue load, heartbeat and allow-list
+mirror), :mod:`.cancel` (the cancel script and notices), :mod:`.idempotency` (the
+Idempotency-Key records of submits). Key names come from :mod:`sdk.keys`.
+"""
