@@ -215,7 +215,7 @@ def register(folder: Path, name: str, merged: Mapping[str, str]) -> str:
     endpoint_id = stored_endpoint_id(folder)
     if endpoint_id is not None:
         return endpoint_id
-    from sdk import Client
+    from sdk.client import Client
 
     url, token = merged.get("FXBROKER_URL") or None, merged.get("FXBROKER_TOKEN") or None
     with Client(url=url, token=token) as client:

@@ -172,7 +172,10 @@ def check_redis_url(url: str) -> None:
 def check_key_prefix(prefix: str) -> None:
     """The Redis key prefix must be non-empty and hold no ``:`` (see :mod:`sdk.keys`)."""
     if not prefix or ":" in prefix:
-        raise SettingsError(f"key_prefix must be non-empty and contain no ':', not {prefix!r}")
+        raise SettingsError(
+            "the key prefix (FXBROKER_KEY_PREFIX) must be non-empty and contain no ':', "
+            f"not {prefix!r}"
+        )
 
 
 def check_url(name: str, url: str, schemes: frozenset[str], *, allow_empty: bool = False) -> None:

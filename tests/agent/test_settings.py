@@ -101,7 +101,7 @@ def test_an_explicit_endpoint_id_wins_over_the_environment() -> None:
             {**REQUIRED, "FXBROKER_ALLOWED_FUNCTIONS": ""},
             "FXBROKER_ALLOWED_FUNCTIONS='' is not valid",
         ),
-        ({**REQUIRED, "FXBROKER_KEY_PREFIX": ""}, "key_prefix must be non-empty"),
+        ({**REQUIRED, "FXBROKER_KEY_PREFIX": ""}, r"\(FXBROKER_KEY_PREFIX\) must be non-empty"),
         (
             {**REQUIRED, "FXBROKER_ENGINE": "thread", "FXBROKER_ACCELERATORS": "0"},
             "accelerators need engine='process'",

@@ -33,14 +33,14 @@ def _bad_client_config(home: Path) -> None:
 
 CASES = [
     pytest.param(["web"], {**SERVICES, "FXBROKER_MAX_BODY_BYTES": "abc"}, _break_nothing,
-                 "fxbroker web: FXBROKER_MAX_BODY_BYTES='abc' is not a valid int",
+                 "fxbroker web: FXBROKER_MAX_BODY_BYTES='abc' is not valid: a whole number",
                  id="web-bad-number"),
     pytest.param(["web"], {**SERVICES, "FXBROKER_KEY_PREFIX": ""}, _break_nothing,
-                 "fxbroker web: invalid web service environment: key_prefix must be non-empty",
+                 "fxbroker web: the key prefix (FXBROKER_KEY_PREFIX) must be non-empty",
                  id="web-empty-key-prefix"),
     pytest.param(["web"], {"REDIS_URL": SERVICES["REDIS_URL"]}, _break_nothing,
                  "fxbroker web: DATABASE_URL is not set", id="web-missing-database"),
-    pytest.param(["ws"], {}, _break_nothing, "fxbroker ws: REDIS_URL must be set",
+    pytest.param(["ws"], {}, _break_nothing, "fxbroker ws: REDIS_URL is not set",
                  id="ws-missing-redis"),
     pytest.param(["user", "create", "x"], {}, _break_nothing,
                  "fxbroker user create: DATABASE_URL is not set and no `fxbroker dev` has run",

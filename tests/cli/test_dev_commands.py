@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sdk import Client
+from fxbroker import Client
 
 FXBROKER = [sys.executable, "-m", "fxbroker.cli"]
 SERVICE_VARIABLES = {

@@ -110,7 +110,7 @@ SERVICES: dict[str, tuple[Callable[[Mapping[str, str]], Any], dict[str, str]]] =
 @pytest.mark.parametrize("service", sorted(SERVICES))
 def test_an_empty_key_prefix_is_an_error_in_every_service(service: str) -> None:
     from_env, base = SERVICES[service]
-    with pytest.raises(SettingsError, match="key_prefix must be non-empty"):
+    with pytest.raises(SettingsError, match=r"\(FXBROKER_KEY_PREFIX\) must be non-empty"):
         from_env({**base, "FXBROKER_KEY_PREFIX": ""})
 
 
