@@ -23,8 +23,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
+from sdk.config import read_json_file
 from sdk.errors import ConfigurationError
 
 STACK_FILE = "stack.json"
@@ -64,16 +64,9 @@ def read_stack_record(home: Path) -> StackRecord | None:
     A file that cannot be read or is not what :func:`write_stack_record` writes raises
     :class:`ConfigurationError`."""
     path = home / STACK_FILE
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
+    data = read_json_file(path)
+    if data is None:
         return None
-    except OSError as exc:
-        raise ConfigurationError(f"cannot read {path}: {exc}") from exc
-    try:
-        data: Any = json.loads(text)
-    except ValueError as exc:
-        raise ConfigurationError(f"{path} is not valid JSON: {exc}") from exc
     names = ("database_url", "redis_url", "key_prefix")
     if not isinstance(data, dict) or not all(
         isinstance(data.get(name), str) and data[name] for name in names

@@ -48,21 +48,29 @@ def config_path(home: Path | None = None) -> Path:
     return (fxbroker_home() if home is None else home) / CONFIG_FILE
 
 
+def read_json_file(path: Path) -> Any:
+    """The JSON value in ``path``; ``None`` when there is no such file. A file that cannot
+    be read or parsed raises :class:`ConfigurationError` naming it."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read {path}: {exc}") from exc
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ConfigurationError(f"{path} is not valid JSON: {exc}") from exc
+
+
 def read_config(home: Path | None = None) -> dict[str, str]:
     """The config file's values; empty when there is no file.
 
     A file that is not a JSON object of strings raises :class:`ConfigurationError`."""
     path = config_path(home)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
+    data = read_json_file(path)
+    if data is None:
         return {}
-    except OSError as exc:
-        raise ConfigurationError(f"cannot read {path}: {exc}") from exc
-    try:
-        data: Any = json.loads(text)
-    except ValueError as exc:
-        raise ConfigurationError(f"{path} is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigurationError(f"{path} must hold a JSON object")
     values: dict[str, str] = {}
