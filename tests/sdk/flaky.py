@@ -1,4 +1,5 @@
-"""``FlakyProxy``: a real HTTP server on a loopback port that plays a script of faults.
+"""``FlakyProxy``: a real HTTP server on a loopback port that plays a script of faults (and
+:class:`FlakyWsProxy`, its WebSocket twin in front of the ws service).
 
 Each request takes the next step of the script; once the script is spent, every request is
 forwarded to the upstream web service (or answered 503 when there is none). Steps:
@@ -14,6 +15,7 @@ Every request is recorded (:attr:`FlakyProxy.seen`) with its headers and exact b
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import threading
@@ -22,7 +24,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
+from typing import Any
 from urllib.parse import urlsplit
+
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.http11 import Request as WsRequest
+from websockets.http11 import Response
 
 FORWARDED_HEADERS = ("authorization", "content-type", "idempotency-key")
 RETURNED_HEADERS = ("content-type", "retry-after", "x-request-id")
@@ -130,3 +138,66 @@ class FlakyProxy:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join()
+
+
+class FlakyWsProxy:
+    """A WebSocket server in front of the real ws service: it refuses the first
+    ``refuse`` handshakes with 503, answers the first ``unavailable`` subscriptions with an
+    ``UNAVAILABLE`` error frame, then relays frames both ways."""
+
+    def __init__(self, upstream: str, *, refuse: int = 0, unavailable: int = 0) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.refuse = refuse
+        self.unavailable = unavailable
+        self.refused = 0
+        self.unavailable_sent = 0
+        self.relayed = 0
+        self.url = ""
+        self._server: Server | None = None
+
+    def _process(self, connection: ServerConnection, request: WsRequest) -> Response | None:
+        if self.refused >= self.refuse:
+            return None
+        self.refused += 1
+        response = connection.respond(503, "try later\n")
+        response.headers["Retry-After"] = "0"
+        return response
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        if self.unavailable_sent < self.unavailable:
+            self.unavailable_sent += 1
+            await ws.recv()  # the subscribe frame
+            frame = {"type": "error", "code": "UNAVAILABLE", "message": "web service is down"}
+            await ws.send(json.dumps(frame))
+            await ws.wait_closed()
+            return
+        self.relayed += 1
+        assert ws.request is not None
+        headers = {"Authorization": ws.request.headers["Authorization"]}
+        async with connect(self.upstream + ws.request.path, additional_headers=headers) as up:
+
+            async def pump(source: Any, sink: Any) -> None:
+                async for message in source:
+                    await sink.send(message)
+
+            tasks = [asyncio.create_task(pump(ws, up)), asyncio.create_task(pump(up, ws))]
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def __aenter__(self) -> FlakyWsProxy:
+        self._server = await serve(self._handle, "127.0.0.1", 0, process_request=self._process)
+        port = next(iter(self._server.sockets)).getsockname()[1]
+        self.url = f"ws://127.0.0.1:{port}"
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()

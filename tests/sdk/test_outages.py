@@ -6,6 +6,7 @@ The only timing asserts are generous upper bounds that prove "does not hang"."""
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import logging
 import threading
@@ -16,7 +17,7 @@ import pytest
 
 from fxbroker import APIError, AsyncClient, Client, ConnectionFailed, Executor
 from tests.conftest import free_port
-from tests.sdk.flaky import FlakyProxy, Seen
+from tests.sdk.flaky import FlakyProxy, FlakyWsProxy, Seen
 from tests.sdk.stack import Runner, Services, Stack, threaded
 from tests.sdk.workload import square
 
@@ -198,3 +199,29 @@ def test_web_killed_and_restarted_amid_an_executor_run_completes_every_future_on
     assert page["total"] == N and len(set(page["task_ids"])) == N  # none lost, none twice
     assert {f.task_id for f in futures} == set(page["task_ids"])
     assert any("unavailable" in r.getMessage() for r in caplog.records)  # an outage was met
+
+
+async def test_the_result_listener_retries_503_handshakes_and_unavailable_frames(
+    database_url: str, redis_url: str, key_prefix: str
+) -> None:
+    stack = Stack(database_url=database_url, redis_url=redis_url, key_prefix=key_prefix)
+    async with stack as s:
+        await stack.serve(s.endpoint_id)
+        async with FlakyWsProxy(s.ws_url, refuse=2, unavailable=2) as proxy:
+            async with AsyncClient(s.url, s.token, ws_url=proxy.url, retry_for_s=TIMEOUT_S) as ac:
+                fid = await ac.register_function(square)
+                assert await ac.run(8, function_id=fid, endpoint_id=s.endpoint_id) == 64
+            assert (proxy.refused, proxy.unavailable_sent, proxy.relayed) == (2, 2, 1)
+            assert ac.results.subscriptions == 1
+
+            async with FlakyWsProxy(s.ws_url, refuse=10**6) as refusing:
+                async with AsyncClient(
+                    s.url, s.token, ws_url=refusing.url, retry_for_s=BOUND_S
+                ) as ac:
+                    fid = await ac.register_function(square)
+                    with pytest.raises(ConnectionFailed) as failed:
+                        await asyncio.wait_for(
+                            ac.run(9, function_id=fid, endpoint_id=s.endpoint_id), DOES_NOT_HANG_S
+                        )
+    assert failed.value.url.startswith(refusing.url) and "HTTP 503" in failed.value.reason
+    assert refusing.refused >= 2
