@@ -69,9 +69,7 @@ async def submit(request: Request) -> JSONResponse:
     if key is not None:
         redis_key = context.keys.idempotency(caller.user_id, key)
         fingerprint = idempotency.fingerprint(endpoint_id, raw)
-        earlier = await idempotency.claim(
-            context.redis, redis_key, fingerprint, ttl_s=context.settings.idempotency_ttl_s
-        )
+        earlier = await idempotency.claim(context.redis, redis_key, fingerprint)
         if earlier is not None:
             return JSONResponse(earlier)
     try:
@@ -92,7 +90,15 @@ async def submit(request: Request) -> JSONResponse:
             task_ids=response["task_ids"],
             codes=check.codes,
             result_ttl_s=context.settings.result_ttl_s,
-            remember=(redis_key, idempotency.answered(fingerprint, response)) if key else None,
+            remember=(
+                (
+                    redis_key,
+                    idempotency.answered(fingerprint, response),
+                    context.settings.idempotency_ttl_s,
+                )
+                if key
+                else None
+            ),
         )
     except BaseException:
         if key is not None:
