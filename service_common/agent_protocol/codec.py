@@ -54,6 +54,8 @@ from service_common.agent_protocol.frames import (
 )
 
 T = TypeVar("T")
+FRAME_OVERHEAD_BYTES = 64
+"""What a frame adds around its lists (type, field names, list headers), generously."""
 ITEM_OVERHEAD_BYTES = 160
 """What one record adds to a frame beyond its ids and text, generously (field names, tags)."""
 _ID = re.compile(rf"[!-~]{{1,{ID_CHARS_MAX}}}")
@@ -471,11 +473,12 @@ def task_bytes(task: Task) -> int:
 
 
 def split_to_fit(items: Sequence[T], size: Callable[[T], int], budget: int) -> list[list[T]]:
-    """``items`` in order, in as few runs as fit ``budget`` bytes and the item limit (one item
-    per run at least, whatever its size)."""
+    """``items`` in order, in as few runs as fit a frame of ``budget`` bytes and the item
+    limit (one item per run at least, whatever its size)."""
     runs: list[list[T]] = []
     run: list[T] = []
     used = 0
+    budget -= FRAME_OVERHEAD_BYTES
     for item in items:
         cost = size(item)
         if run and (used + cost > budget or len(run) >= ITEMS_PER_FRAME_MAX):

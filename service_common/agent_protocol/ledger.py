@@ -127,27 +127,32 @@ class Ledger:
         a delivery id is already handed, or a function's code is missing."""
         if len(tasks) > self._credit:
             raise ValueError(f"{len(tasks)} tasks but the agent granted only {self._credit}")
-        new_code: dict[str, str] = {}
+        first_use: dict[int, FunctionCode] = {}  # task index -> code that rides with it
+        fids: set[str] = set()
         deliveries: set[str] = set()
-        for task in tasks:
+        for i, task in enumerate(tasks):
             d = task.delivery_id
             if d in self._handed or d in self._settling or d in deliveries:
                 raise ValueError(f"delivery {d} is already handed to this connection")
             deliveries.add(d)
             fid = task.function_id
-            if fid not in self._code_sent and fid not in new_code:
+            if fid not in self._code_sent and fid not in fids:
                 if fid not in codes:
                     raise ValueError(f"the code of function {fid} is needed and was not given")
-                new_code[fid] = codes[fid]
-        frames: list[Tasks] = []
-        budget = self.max_frame_bytes - 1024
-        for run in split_to_fit(tasks, task_bytes, budget):
-            functions = []
-            for task in run:
-                code = new_code.pop(task.function_id, None)
-                if code is not None:
-                    functions.append(FunctionCode(task.function_id, code))
-            frames.append(Tasks(tuple(run), tuple(functions)))
+                fids.add(fid)
+                first_use[i] = FunctionCode(fid, codes[fid])
+
+        def cost(i: int) -> int:
+            code = first_use.get(i)
+            return task_bytes(tasks[i]) + (0 if code is None else code_bytes(code))
+
+        frames = [
+            Tasks(
+                tuple(tasks[i] for i in run),
+                tuple(first_use[i] for i in run if i in first_use),
+            )
+            for run in split_to_fit(range(len(tasks)), cost, self.max_frame_bytes)
+        ]
         for task in tasks:
             self._handed[task.delivery_id] = task.ref
             self._by_task[task.task_id] = task.delivery_id
@@ -161,7 +166,7 @@ class Ledger:
         found = [FunctionCode(fid, code) for fid in frame.function_ids if (code := codes.get(fid))]
         missing = tuple(fid for fid in frame.function_ids if not codes.get(fid))
         self._code_sent.update(c.function_id for c in found)
-        runs = split_to_fit(found, code_bytes, self.max_frame_bytes - 1024) or [[]]
+        runs = split_to_fit(found, code_bytes, self.max_frame_bytes) or [[]]
         return [Functions(tuple(run), missing if i == 0 else ()) for i, run in enumerate(runs)]
 
     def accept(self, frame: Outcomes) -> Accepted:
@@ -172,23 +177,23 @@ class Ledger:
         refused: list[Refusal] = []
         for o in frame.outcomes:
             d = o.delivery_id
-            ref = self._handed.get(d)
-            if d in self._settling:
-                refused.append(
-                    Refusal(
-                        o.task_id,
-                        d,
-                        DUPLICATE_OUTCOME,
-                        f"an outcome for delivery {d} is already being settled",
-                    )
-                )
-            elif ref is None or ref.task_id != o.task_id:
+            ref = self._handed.get(d) or self._settling.get(d)
+            if ref is None or ref.task_id != o.task_id:
                 refused.append(
                     Refusal(
                         o.task_id,
                         d,
                         NOT_HANDED,
                         f"task {o.task_id} was not handed to this connection as delivery {d}",
+                    )
+                )
+            elif d in self._settling:
+                refused.append(
+                    Refusal(
+                        o.task_id,
+                        d,
+                        DUPLICATE_OUTCOME,
+                        f"an outcome for delivery {d} is already being settled",
                     )
                 )
             else:

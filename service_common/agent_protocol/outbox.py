@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from service_common.agent_protocol.codec import outcome_bytes
+from service_common.agent_protocol.codec import FRAME_OVERHEAD_BYTES, outcome_bytes
 from service_common.agent_protocol.frames import (
     FRAME_BYTES_MAX,
     ITEMS_PER_FRAME_MAX,
@@ -77,7 +77,7 @@ class Outbox:
         at least one), now counted as sent; ``None`` when everything is sent."""
         if not self._unsent:
             return None
-        budget = max_frame_bytes - 1024
+        budget = max_frame_bytes - FRAME_OVERHEAD_BYTES
         batch: list[TaskOutcome] = []
         used = 0
         for d in self._unsent:
@@ -92,10 +92,11 @@ class Outbox:
 
     def acknowledge(self, frame: Settled) -> list[Refusal]:
         """Forget every outcome ``frame`` answers; returns its refusals of held outcomes.
-        An id the outbox does not hold (answered twice, or forgotten as lost) is ignored."""
+        An answer for an outcome the outbox does not hold (answered twice, forgotten as
+        lost, or a refusal naming another task) is ignored."""
         for d in frame.delivery_ids:
             self._forget(d)
-        return [r for r in frame.refused if self._forget(r.delivery_id)]
+        return [r for r in frame.refused if self._forget(r.delivery_id, r.task_id)]
 
     def disconnected(self) -> None:
         """The connection is gone: every outcome held is to be sent again, oldest first."""
@@ -113,10 +114,11 @@ class Outbox:
             self._forget(o.delivery_id)
         return dropped
 
-    def _forget(self, delivery_id: str) -> bool:
-        held = self._held.pop(delivery_id, None)
-        if held is None:
+    def _forget(self, delivery_id: str, task_id: str | None = None) -> bool:
+        held = self._held.get(delivery_id)
+        if held is None or (task_id is not None and held[0].task_id != task_id):
             return False
+        del self._held[delivery_id]
         self._unsent.pop(delivery_id, None)
         self._bytes -= held[1]
         return True
