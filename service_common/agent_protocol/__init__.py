@@ -16,9 +16,9 @@ The agent protocol
 **Connect** to ``ws[s]://host:port/v1/endpoint`` with ``Authorization: Bearer <endpoint
 credential>``; a bad credential is HTTP 401 and no WebSocket opens. Every frame is one
 binary WebSocket message holding one msgpack map with a ``type`` and the fields below
-(``?``: may be left out; ``[X]``: a list; strings are UTF-8; ids are 1-128 printable ASCII
-characters without spaces). A receiver ignores fields it does not know, so a version may
-grow optional fields; anything else that changes is a new version.
+(``?``: may be left out; ``[X]``: a list; strings are UTF-8, a lone surrogate sent as ``?``;
+ids are 1-128 printable ASCII characters without spaces). A receiver ignores fields it does
+not know, so a version may grow optional fields; anything else that changes is a new version.
 
 *Records* inside frames::
 
@@ -58,24 +58,29 @@ only echoes it.
     drain     {grace_s: float | nil}
     error     {code, message}
 
-**Order.** The agent's first frame is ``hello``, once; ``versions`` lists every version it
-speaks. The gateway answers ``welcome`` with the highest version both speak (or ``error``
-``UNSUPPORTED_VERSION``, then closes); nothing else comes first from either side. ``running``
-and ``held`` name the tasks the agent still runs and the outcomes it still holds from an
-earlier connection: the gateway keeps those whose lease it still holds (it renews them
-from now on) and lists the others in ``welcome.lost``; the agent stops those and forgets
-their outcomes, logging each one (they are another agent's now).
+**Order.** The agent's first frame is ``hello``, once: ``versions`` lists every version it
+speaks, ``agent`` names it (the same across its reconnects). The gateway answers ``welcome``
+with the highest version both speak (or ``error`` ``UNSUPPORTED_VERSION``, then closes);
+nothing else comes first from either side. ``running`` and ``held`` name the tasks the agent
+still runs and the outcomes it still holds from an earlier connection: the gateway keeps
+those whose lease it still holds (it renews them from now on) and lists the others in
+``welcome.lost``; the agent stops those and forgets their outcomes, logging each one (they
+are another agent's now).
 
 **Credit.** ``credit`` frames add up; each task sent uses one. The gateway never sends more
 tasks than the credit left (:class:`Ledger`), and outstanding credit is at most
-:data:`CREDIT_MAX` (more is ``CREDIT_OVERFLOW``). Credit lives and dies with the connection.
+:data:`CREDIT_MAX` (more is ``CREDIT_OVERFLOW``). Credit lives and dies with the connection,
+and a hand-back returns none: the agent grants again what it can take.
 
 **Code once.** A ``tasks`` frame carries the code of every function its tasks name that was
 not sent earlier on this connection; no task arrives before its function's code. An agent
 that evicted a function's code asks again with ``need_code``; the answer is a
 ``functions`` frame (``missing``: no code is stored; the agent fails those tasks with
 ``FunctionNotFound``). Tasks whose function is not allowed on the endpoint, whose code is
-missing, or whose attempt passes ``max_attempts`` are settled by the gateway and never sent.
+missing, whose ``walltime_s`` does not parse, or whose attempt passes ``max_attempts`` are
+settled by the gateway (``FunctionNotAllowed``, ``FunctionNotFound``,
+``DeserializationError``, ``WorkerLost``) and never sent; so is a task already terminal
+(cancelled while queued), which is only acknowledged.
 
 **Outcomes are answered exactly once per connection.** Every outcome sent is named once
 in a later ``settled`` frame: in ``delivery_ids`` once it is stored (state, result and
@@ -100,9 +105,26 @@ back is queued again at once, its attempt not counted.
 ``busy`` tasks executing, ``queued`` tasks received and waiting for a slot, ``held``
 outcomes not yet answered. The gateway records it for ``GET /v1/endpoints/{id}/status``.
 
-**Errors** carry one of the codes below. After a fatal one (:data:`FATAL_CODES`) the sender
-closes the connection with the WebSocket code of :data:`CLOSE_CODES`; the agent reconnects
-with capped backoff and says ``hello`` again, so both sides start from a clean state.
+**Errors and refusals** carry one of these codes (constants of this package); after a fatal
+one the sender closes the connection with the WebSocket code shown, the agent reconnects
+with capped backoff and says ``hello`` again, so both sides start from a clean state::
+
+    BAD_FRAME            not one msgpack map of a known type with well-formed fields  1002
+    UNSUPPORTED_VERSION  hello offers no version the gateway speaks                    1002
+    UNEXPECTED_FRAME     a frame before hello, or a second hello                       1002
+    CREDIT_OVERFLOW      outstanding credit would pass CREDIT_MAX                      1008
+    INTERNAL             the gateway failed on its own side                            1011
+    UNAVAILABLE          the gateway cannot reach Redis; it retries          (stays open)
+    NOT_HANDED           refusal: not handed to this connection as that delivery
+    DUPLICATE_OUTCOME    refusal: an outcome for that delivery is already settling
+    LEASE_LOST           refusal: the task is no longer this agent's; nothing written
+
+**Held outcomes are bounded by credit, never dropped.** The agent holds each outcome until
+it is answered, across reconnects, up to ``max_outcomes`` and ``max_bytes``
+(:class:`Outbox`). It grants credit only while every task it holds or has credit for still
+has room there, and none at all past ``max_bytes``; so a long disconnection stops the agent
+taking work, never makes it discard a result. Outcomes are forgotten only when answered,
+or when a welcome says their task is ``lost`` (logged).
 
 **Size.** A frame is at most ``max_frame_bytes`` (:data:`FRAME_BYTES_MAX` unless the welcome
 says less) and lists at most :data:`ITEMS_PER_FRAME_MAX` items; senders split batches to fit.

@@ -148,9 +148,13 @@ def _fields(frame: Frame) -> dict[str, Any]:
 
 
 def encode(frame: Frame) -> bytes:
-    """One frame as the bytes of one binary WebSocket message."""
+    """One frame as the bytes of one binary WebSocket message.
+
+    Never fails for a frame built from its own types: a lone surrogate in a string (what a
+    task may print, say), which UTF-8 cannot carry, is sent as ``?``, so the receiver's
+    strict decoding never refuses a frame because of what a task wrote."""
     wire = {"type": frame.TYPE, **_fields(frame)}
-    data: bytes = msgpack.packb(wire, use_bin_type=True)
+    data: bytes = msgpack.packb(wire, use_bin_type=True, unicode_errors="replace")
     return data
 
 

@@ -85,7 +85,7 @@ FAILED = TaskOutcome(
     stderr="warned ü\n",
     started_at=1700000001.0,
 )
-AGENT_FRAMES = [
+AGENT_FRAMES: list[p.AgentFrame] = [
     hello(),
     hello(versions=(1, 2), running=(ref(1), ref(2)), held=(ref(3),)),
     Credit(1),
@@ -97,7 +97,7 @@ AGENT_FRAMES = [
     HandBack((ref(1), ref(2))),
     NeedCode(("f1", "f2")),
 ]
-GATEWAY_FRAMES = [
+GATEWAY_FRAMES: list[p.GatewayFrame] = [
     Welcome(1, "ep-1", 30_000, 5.0),
     Welcome(1, "ep-1", 30_000, 0.5, 60.0, ("00", "st"), 1024 * 1024, ("t1", "t9")),
     Tasks(
@@ -157,6 +157,12 @@ def test_the_wire_is_one_msgpack_map_with_the_documented_field_names() -> None:
     }
 
 
+def test_a_lone_surrogate_a_task_printed_is_sent_as_a_question_mark() -> None:
+    printed = TaskOutcome("t1", "d1", TaskState.CANCELLED, 1.0, stdout="caf\udce9\n")
+    [decoded] = p.decode_agent_frame(p.encode(Outcomes((printed,)))).outcomes  # type: ignore[union-attr]
+    assert decoded.stdout == "caf?\n"
+
+
 def test_receivers_ignore_fields_they_do_not_know() -> None:
     data = raw(type="credit", grant=3, window_hint="later versions may add this")
     assert p.decode_agent_frame(data) == Credit(3)
@@ -173,16 +179,46 @@ def test_an_outcome_record_must_fit_its_state() -> None:
 
 # -- validation ------------------------------------------------------------------------
 
-OUTCOME = {"task_id": "t1", "delivery_id": "d1", "state": "success", "completed_at": 1.0,
-           "result": "11\n1"}  # fmt: skip
-TASK = {"task_id": "t1", "delivery_id": "d1", "attempt": 1, "function_id": "f1",
-        "payload": "11\n1", "walltime_s": None}  # fmt: skip
-HELLO = {"type": "hello", "versions": [1], "agent": "a1", "host": "h", "version": "0.1",
-         "capacity": {"engine": "process", "workers": 1, "max_concurrency": 1, "prefetch": 0,
-                      "accelerators": []}}  # fmt: skip
-WELCOME = {"type": "welcome", "version": 1, "endpoint_id": "ep", "lease_ms": 30000,
-           "heartbeat_s": 5.0, "walltime_s": None, "allowed_strategies": None,
-           "max_frame_bytes": 1 << 20, "lost": []}  # fmt: skip
+OUTCOME: dict[str, Any] = {
+    "task_id": "t1",
+    "delivery_id": "d1",
+    "state": "success",
+    "completed_at": 1.0,
+    "result": "11\n1",
+}
+TASK: dict[str, Any] = {
+    "task_id": "t1",
+    "delivery_id": "d1",
+    "attempt": 1,
+    "function_id": "f1",
+    "payload": "11\n1",
+    "walltime_s": None,
+}
+HELLO: dict[str, Any] = {
+    "type": "hello",
+    "versions": [1],
+    "agent": "a1",
+    "host": "h",
+    "version": "0.1",
+    "capacity": {
+        "engine": "process",
+        "workers": 1,
+        "max_concurrency": 1,
+        "prefetch": 0,
+        "accelerators": [],
+    },
+}
+WELCOME: dict[str, Any] = {
+    "type": "welcome",
+    "version": 1,
+    "endpoint_id": "ep",
+    "lease_ms": 30000,
+    "heartbeat_s": 5.0,
+    "walltime_s": None,
+    "allowed_strategies": None,
+    "max_frame_bytes": 1 << 20,
+    "lost": [],
+}
 TOO_MANY = [f"t{i}" for i in range(p.ITEMS_PER_FRAME_MAX + 1)]
 
 
@@ -323,7 +359,7 @@ def test_a_long_bad_value_is_described_not_echoed() -> None:
 def test_damaged_frames_only_ever_raise_protocol_errors() -> None:
     """Never a crash: every byte-level damage of valid frames decodes or is a BAD_FRAME."""
     rng = random.Random(11)
-    frames = [p.encode(f) for f in AGENT_FRAMES] + [p.encode(f) for f in GATEWAY_FRAMES]
+    frames = [p.encode(f) for f in [*AGENT_FRAMES, *GATEWAY_FRAMES]]
     outcomes = {"decoded": 0, "refused": 0}
     for _ in range(3000):
         data = bytearray(rng.choice(frames))
@@ -350,8 +386,11 @@ def test_a_protocol_error_is_a_service_error_that_survives_pickling() -> None:
     error = ProtocolError(p.CREDIT_OVERFLOW, "too much")
     assert isinstance(error, ServiceError)
     again = pickle.loads(pickle.dumps(error))
-    assert (again.code, again.message, str(again)) == (p.CREDIT_OVERFLOW, "too much",
-                                                        "CREDIT_OVERFLOW: too much")  # fmt: skip
+    assert (again.code, again.message, str(again)) == (
+        p.CREDIT_OVERFLOW,
+        "too much",
+        "CREDIT_OVERFLOW: too much",
+    )
     assert error.frame() == Error(p.CREDIT_OVERFLOW, "too much")
     assert error.fatal and p.CLOSE_CODES[error.code] == 1008
     assert not ProtocolError(p.UNAVAILABLE, "later").fatal
@@ -464,8 +503,11 @@ def test_a_delivery_is_handed_once() -> None:
 
 def test_a_window_too_big_for_one_frame_is_split_with_code_where_first_needed() -> None:
     ledger = greeted(10, max_frame_bytes=4096)
-    tasks = [task(1, "f1", "11\n" + "x" * 1500), task(2, "f1", "11\n" + "y" * 1500),
-             task(3, "f2", "11\n" + "z" * 1500)]  # fmt: skip
+    tasks = [
+        task(1, "f1", "11\n" + "x" * 1500),
+        task(2, "f1", "11\n" + "y" * 1500),
+        task(3, "f2", "11\n" + "z" * 1500),
+    ]
     frames = ledger.window(tasks, {"f1": "01\na", "f2": "01\nb"})
     assert [f.tasks for f in frames] == [(tasks[0], tasks[1]), (tasks[2],)]
     assert [f.functions for f in frames] == [
