@@ -245,10 +245,22 @@ class _Fields:
         return value
 
     def records(
-        self, key: str, parse: Callable[[_Fields], Any], *, optional: bool = False
+        self,
+        key: str,
+        parse: Callable[[_Fields], Any],
+        *,
+        fast: Callable[[Any], Any] | None = None,
+        optional: bool = False,
     ) -> tuple[Any, ...]:
-        path = f"{self.path}.{key}"
+        """Parse each item of the list ``key``: with ``fast`` (a check that returns the record,
+        or ``None`` for anything unusual) when given, else, or when it says ``None``, with the
+        precise ``parse``, which names what is wrong."""
         items = self.items(key, optional=optional)
+        if fast is not None:
+            records = [fast(item) for item in items]
+            if None not in records:
+                return tuple(records)
+        path = f"{self.path}.{key}"
         return tuple(parse(_Fields(item, f"{path}[{i}]")) for i, item in enumerate(items))
 
     def ids(self, key: str, *, optional: bool = False) -> tuple[str, ...]:
@@ -289,6 +301,75 @@ def _parse_task(f: _Fields) -> Task:
         payload=f.text("payload", max_chars=None),
         walltime_s=f.number("walltime_s", positive=True, optional=True),
     )
+
+
+_is_id = _ID.fullmatch
+_INT_MAX = 2**53
+
+
+def _fast_ref(o: Any) -> DeliveryRef | None:
+    if type(o) is not dict:
+        return None
+    tid, did = o.get("task_id"), o.get("delivery_id")
+    if type(tid) is str and type(did) is str and _is_id(tid) and _is_id(did):
+        return DeliveryRef(tid, did)
+    return None
+
+
+def _fast_task(o: Any) -> Task | None:
+    """The common, well-formed task without per-field calls (decoding a window is hot)."""
+    if type(o) is not dict:
+        return None
+    tid, did, fid = o.get("task_id"), o.get("delivery_id"), o.get("function_id")
+    attempt, payload, walltime = o.get("attempt"), o.get("payload"), o.get("walltime_s")
+    if (
+        type(attempt) is int
+        and 1 <= attempt <= _INT_MAX
+        and type(payload) is str
+        and (walltime is None or (type(walltime) is float and 0 < walltime < math.inf))
+        and type(tid) is str
+        and type(did) is str
+        and type(fid) is str
+        and _is_id(tid)
+        and _is_id(did)
+        and _is_id(fid)
+    ):
+        return Task(tid, did, attempt, fid, payload, walltime)
+    return None
+
+
+def _fast_outcome(o: Any) -> TaskOutcome | None:
+    """The common outcome (a success with its result, or a cancel, no exception) without
+    per-field calls; anything else takes the precise path."""
+    if type(o) is not dict or "exception" in o:
+        return None
+    tid, did, state, result = (
+        o.get("task_id"),
+        o.get("delivery_id"),
+        o.get("state"),
+        o.get("result"),
+    )
+    done, started = o.get("completed_at"), o.get("started_at")
+    stdout, stderr = o.get("stdout", ""), o.get("stderr", "")
+    if (
+        (
+            (state == "success" and type(result) is str)
+            or (state == "cancelled" and "result" not in o)
+        )
+        and type(done) is float
+        and 0 <= done < math.inf
+        and (started is None or (type(started) is float and 0 <= started < math.inf))
+        and type(stdout) is str
+        and type(stderr) is str
+        and type(tid) is str
+        and type(did) is str
+        and _is_id(tid)
+        and _is_id(did)
+    ):
+        return TaskOutcome(
+            tid, did, _OUTCOME_STATES[state], done, result, None, stdout, stderr, started
+        )
+    return None
 
 
 def _parse_exception(f: _Fields) -> ExceptionRecord:
@@ -355,8 +436,8 @@ def _parse_hello(f: _Fields) -> Hello:
         host=f.text("host"),
         version=f.text("version"),
         capacity=_parse_capacity(_Fields(f._get("capacity"), "hello.capacity")),
-        running=f.records("running", _parse_ref, optional=True),
-        held=f.records("held", _parse_ref, optional=True),
+        running=f.records("running", _parse_ref, fast=_fast_ref, optional=True),
+        held=f.records("held", _parse_ref, fast=_fast_ref, optional=True),
     )
 
 
@@ -377,7 +458,7 @@ def _parse_welcome(f: _Fields) -> Welcome:
 _AGENT_FRAMES: dict[str, Callable[[_Fields], AgentFrame]] = {
     Hello.TYPE: _parse_hello,
     Credit.TYPE: lambda f: Credit(f.integer("grant", low=1, high=CREDIT_MAX)),
-    Outcomes.TYPE: lambda f: Outcomes(f.records("outcomes", _parse_outcome)),
+    Outcomes.TYPE: lambda f: Outcomes(f.records("outcomes", _parse_outcome, fast=_fast_outcome)),
     Status.TYPE: lambda f: Status(
         f.integer("workers"),
         f.integer("busy"),
@@ -385,13 +466,14 @@ _AGENT_FRAMES: dict[str, Callable[[_Fields], AgentFrame]] = {
         f.integer("held"),
         f.flag("draining"),
     ),
-    HandBack.TYPE: lambda f: HandBack(f.records("tasks", _parse_ref)),
+    HandBack.TYPE: lambda f: HandBack(f.records("tasks", _parse_ref, fast=_fast_ref)),
     NeedCode.TYPE: lambda f: NeedCode(f.ids("function_ids")),
 }
 _GATEWAY_FRAMES: dict[str, Callable[[_Fields], GatewayFrame]] = {
     Welcome.TYPE: _parse_welcome,
     Tasks.TYPE: lambda f: Tasks(
-        f.records("tasks", _parse_task), f.records("functions", _parse_code, optional=True)
+        f.records("tasks", _parse_task, fast=_fast_task),
+        f.records("functions", _parse_code, optional=True),
     ),
     Functions.TYPE: lambda f: Functions(
         f.records("functions", _parse_code), f.ids("missing", optional=True)

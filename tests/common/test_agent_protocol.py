@@ -37,6 +37,7 @@ from service_common.agent_protocol import (
     TaskOutcome,
     Tasks,
     Welcome,
+    codec,
 )
 from service_common.errors import ServiceError
 
@@ -340,6 +341,78 @@ def test_a_malformed_gateway_frame_is_a_precise_bad_frame_error(
         p.decode_gateway_frame(data)
     assert caught.value.code == p.BAD_FRAME
     assert fragment in caught.value.message
+
+
+ODD_VALUES: list[Any] = [
+    None,
+    True,
+    0,
+    1,
+    2**60,
+    -1,
+    0.0,
+    2.5,
+    math.nan,
+    math.inf,
+    "",
+    "x",
+    "a b",
+    "x" * 129,
+    b"bytes",
+    [],
+    {},
+    "success",
+    "cancelled",
+    "failed",
+]
+
+
+@pytest.mark.parametrize(
+    ("record", "fast", "precise"),
+    [
+        (TASK, codec._fast_task, codec._parse_task),
+        (OUTCOME, codec._fast_outcome, codec._parse_outcome),
+        (
+            outcome(state="cancelled", result=..., stdout="o", started_at=0.5),
+            codec._fast_outcome,
+            codec._parse_outcome,
+        ),
+        ({"task_id": "t1", "delivery_id": "d1"}, codec._fast_ref, codec._parse_ref),
+    ],
+)
+def test_the_fast_path_accepts_nothing_the_precise_one_refuses(
+    record: dict[str, Any], fast: Any, precise: Any
+) -> None:
+    """Hot records are checked inline first; whatever that accepts, the precise validator
+    accepts too, giving the same record, field by field and value by value."""
+    variants = (
+        [record]
+        + [
+            record | {key: value}
+            for key in [*record, "stdout", "started_at", "result", "walltime_s"]
+            for value in ODD_VALUES
+        ]
+        + [{k: v for k, v in record.items() if k != key} for key in record]
+    )
+    accepted = 0
+    for variant in variants:
+        quick = fast(variant)
+        try:
+            expected = precise(codec._Fields(variant, "r"))
+        except ProtocolError:
+            assert quick is None, variant
+            continue
+        assert quick is None or quick == expected, variant
+        accepted += quick is not None
+    assert accepted >= 2
+    assert fast([record]) is None
+
+
+def test_a_whole_number_on_the_wire_is_read_as_seconds() -> None:
+    [t] = p.decode_gateway_frame(with_task(walltime_s=2)).tasks  # type: ignore[union-attr]
+    assert t.walltime_s == 2.0 and isinstance(t.walltime_s, float)
+    [o] = p.decode_agent_frame(raw(type="outcomes", outcomes=[outcome(completed_at=7)])).outcomes  # type: ignore[union-attr]
+    assert o.completed_at == 7.0 and isinstance(o.completed_at, float)
 
 
 def test_a_frame_past_the_size_limit_is_refused_before_it_is_unpacked() -> None:
