@@ -11,4 +11,6 @@ Modules::
     redis_client   connect_redis: the one way a service opens Redis
     tokens         the bearer token of an Authorization header, and its hash
     cache          a bounded, expiring, least-recently-used in-process cache
+    agent_protocol the agent <-> gateway protocol: frames, codec, the gateway's ledger and
+                   the agent's outbox (sans-I/O)
 """

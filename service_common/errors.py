@@ -13,8 +13,11 @@ type for a bad client setting and a bad service setting alike::
     │   ├── UserExists                  the user name is taken
     │   ├── UnknownUser                 no user has that name
     │   └── UnknownToken                no live token (or several) match a prefix
-    └── WebUnavailable (ws_service.auth)
-                                        the web service could not answer the ws service
+    ├── WebUnavailable (ws_service.auth)
+    │                                   the web service could not answer the ws service
+    └── ProtocolError (service_common.agent_protocol)
+                                        a frame of the agent <-> gateway protocol is malformed
+                                        or breaks its rules (carries the error code)
 
 Each error passes its context to ``super().__init__`` so it survives pickling.
 """
