@@ -8,6 +8,9 @@ fxbroker endpoint configure NAME [--url ... --engine ... --accelerators 0,1 ...]
 fxbroker endpoint start NAME register endpoint NAME (once) and run its agent
 fxbroker endpoint stop NAME  stop that agent gracefully (SIGTERM; it drains)
 fxbroker endpoint list       each endpoint with its id, process and heartbeat state
+fxbroker endpoint rotate-credential NAME
+                             issue NAME a new credential, stored in its folder (the old
+                             one stops working)
 fxbroker db upgrade          apply the SQL migrations
 fxbroker user create NAME    create a user and print its first API token
 fxbroker user token NAME     print a new API token for NAME
@@ -217,6 +220,23 @@ def cmd_endpoint_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_endpoint_rotate_credential(args: argparse.Namespace) -> int:
+    from fxbroker.endpoints import rotate_credential
+    from sdk.errors import FxBrokerError
+
+    try:
+        rotated = rotate_credential(fxbroker_home(), args.name, os.environ)
+    except ConfigurationError:
+        raise
+    except FxBrokerError as exc:  # the web service refused or is away
+        return _endpoint_error("rotate-credential", exc)
+    print(
+        f"endpoint {args.name} ({rotated.endpoint_id}): new credential {rotated.prefix}... "
+        f"stored in {rotated.path}; the old one no longer works"
+    )
+    return 0
+
+
 def _add_endpoint_parsers(endpoint: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = endpoint.add_parser("configure", help="write NAME's config.toml (other keys are kept)")
     p.add_argument("name")
@@ -255,6 +275,12 @@ def _add_endpoint_parsers(endpoint: argparse._SubParsersAction[argparse.Argument
 
     p = endpoint.add_parser("list", help="each endpoint: id, process, heartbeat")
     p.set_defaults(func=cmd_endpoint_list)
+
+    p = endpoint.add_parser(
+        "rotate-credential", help="issue NAME a new credential and store it in its folder"
+    )
+    p.add_argument("name")
+    p.set_defaults(func=cmd_endpoint_rotate_credential)
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:

@@ -1,19 +1,25 @@
-"""Endpoints on this machine: what ``fxbroker endpoint configure|start|stop|list`` do.
+"""Endpoints on this machine: what ``fxbroker endpoint configure|start|stop|list`` and
+``rotate-credential`` do.
 
 Each endpoint ``NAME`` has a folder ``$FXBROKER_HOME/endpoints/NAME/``::
 
     config.toml   what ``configure`` wrote (optional: ``start`` also works from the
                   environment alone); readable by its owner only, as it may hold a token
     endpoint_id   the id the web service gave the endpoint on its first start
+    credential    the endpoint's credential, issued when that start created the endpoint
+                  or by ``rotate-credential``; readable by its owner only
     agent.pid     the process id of the agent while it runs
 
 Every setting of the file has an environment variable, and a variable that is set wins
 over the file (:data:`SETTINGS` lists them). ``start`` registers the endpoint with the web
 service the first time (``url`` and ``token``, else the service ``Client()`` finds; it needs
 no web service once the id is stored), writes the pid file, and runs the agent until SIGTERM
-or SIGINT, which drain it. Without a Redis in the file or the environment it serves the dev
-stack's (``$FXBROKER_HOME/stack.json``, :mod:`fxbroker.home`). ``fxbroker dev`` keeps its own
-endpoint in ``local``, with its own pid while it runs.
+or SIGINT, which drain it. A first start that finds the endpoint already registered (by
+another machine, say) is shown no credential and stores none: copy that machine's, or
+``rotate-credential`` (which ends the old one for every agent). Without a Redis in the file
+or the environment it serves the dev stack's (``$FXBROKER_HOME/stack.json``,
+:mod:`fxbroker.home`). ``fxbroker dev`` keeps its own endpoint in ``local``, with its own pid
+while it runs.
 When neither the file nor the environment names accelerators, the process engine pins one
 worker to each accelerator the node has (``CUDA_VISIBLE_DEVICES``, else ``nvidia-smi -L``);
 ``accelerators = []`` in the file turns that off.
@@ -33,7 +39,7 @@ import tomllib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import tomli_w
@@ -45,11 +51,18 @@ from fxbroker.home import StackRecord, read_stack_record
 from sdk.config import ClientConfig
 from sdk.errors import ConfigurationError
 
+if TYPE_CHECKING:
+    from sdk.client import Client
+
 CONFIG_FILE = "config.toml"
 ID_FILE = "endpoint_id"
+CREDENTIAL_FILE = "credential"
+PRIVATE_MODE = 0o600
 PID_FILE = "agent.pid"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 STATUS_TIMEOUT_S = 3.0
+CREDENTIAL_SHOWN = 12
+"""How many first characters of a credential the commands print (what the owner sees)."""
 
 log = logging.getLogger(__name__)
 
@@ -210,18 +223,91 @@ def store_endpoint_id(folder: Path, endpoint_id: str) -> None:
     (folder / ID_FILE).write_text(endpoint_id + "\n")
 
 
-def register(folder: Path, name: str, merged: Mapping[str, str]) -> str:
-    """The endpoint's stored id, else register ``name`` with the web service and store it."""
-    endpoint_id = stored_endpoint_id(folder)
-    if endpoint_id is not None:
-        return endpoint_id
+def stored_credential(folder: Path) -> str | None:
+    path = folder / CREDENTIAL_FILE
+    if not path.exists():
+        return None
+    return path.read_text().strip() or None
+
+
+def store_credential(folder: Path, credential: str) -> Path:
+    """Write the endpoint's credential, readable by its owner only, replacing any: the new
+    file is complete before it takes the old one's name, so a reader never sees half."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / CREDENTIAL_FILE
+    partial = folder / f".{CREDENTIAL_FILE}.{os.getpid()}"
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_MODE)
+    try:
+        os.fchmod(fd, PRIVATE_MODE)  # a leftover file keeps its mode through O_CREAT
+        with os.fdopen(fd, "w") as out:
+            out.write(credential + "\n")
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _client(merged: Mapping[str, str]) -> Client:
+    """An SDK client of the endpoint's web service: its own URL and token, else the
+    service ``Client()`` finds."""
     from sdk.client import Client
 
     url, token = merged.get("FXBROKER_URL") or None, merged.get("FXBROKER_TOKEN") or None
-    with Client(url=url, token=token) as client:
-        endpoint_id = client.register_endpoint(name)
+    return Client(url=url, token=token)
+
+
+def _register(folder: Path, name: str, merged: Mapping[str, str]) -> tuple[str, str | None]:
+    """Register ``name`` with the web service; store its id, and its credential when this
+    registration created the endpoint (returned too; None when it existed already)."""
+    with _client(merged) as client:
+        endpoint_id, credential = client.register_endpoint_with_credential(name)
     store_endpoint_id(folder, endpoint_id)
+    if credential is not None:
+        store_credential(folder, credential)
+    return endpoint_id, credential
+
+
+def register(folder: Path, name: str, merged: Mapping[str, str]) -> str:
+    """The endpoint's stored id, else register ``name`` (:func:`_register`)."""
+    endpoint_id = stored_endpoint_id(folder)
+    if endpoint_id is not None:
+        return endpoint_id
+    endpoint_id, credential = _register(folder, name, merged)
+    if credential is None:
+        log.warning(
+            "endpoint %s was registered before, elsewhere: no credential was issued here; "
+            "copy the one it has or run 'fxbroker endpoint rotate-credential %s'",
+            name,
+            name,
+        )
     return endpoint_id
+
+
+@dataclass(frozen=True)
+class RotatedCredential:
+    """What ``rotate-credential`` did: never the credential itself, which is in ``path``."""
+
+    endpoint_id: str
+    prefix: str
+    path: Path
+
+
+def rotate_credential(home: Path, name: str, environ: Mapping[str, str]) -> RotatedCredential:
+    """Issue endpoint ``name`` a new credential and store it in its folder; the old one stops
+    working for every agent of the endpoint. Registers the endpoint first if this machine
+    has not (the registration's own credential then is the new one)."""
+    folder = endpoint_dir(home, name)
+    merged = merged_environment(read_config(folder), environ)
+    endpoint_id = stored_endpoint_id(folder)
+    credential = None
+    if endpoint_id is None:
+        endpoint_id, credential = _register(folder, name, merged)
+    if credential is None:
+        with _client(merged) as client:
+            credential = client.rotate_endpoint_credential(endpoint_id)
+    path = store_credential(folder, credential)
+    return RotatedCredential(endpoint_id, credential[:CREDENTIAL_SHOWN], path)
 
 
 def running_pid(folder: Path) -> int | None:

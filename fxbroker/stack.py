@@ -5,9 +5,9 @@ the embedded one unless a URL is given, SQL a SQLite file in the home folder unl
 is given. On start it makes sure a user exists, registers the local endpoint, and writes
 the URL, token and endpoint id where the SDK looks (``$FXBROKER_HOME/config.json``), its
 database, Redis and key prefix where the ``fxbroker`` commands look (``stack.json``), and
-the local endpoint's id and this process's pid in ``endpoints/local/``, so
-``fxbroker endpoint list`` shows it and ``fxbroker endpoint stop local`` stops the stack
-(:mod:`fxbroker.home` draws the folder).
+the local endpoint's id, credential (when this run created it) and this process's pid in
+``endpoints/local/``, so ``fxbroker endpoint list`` shows it and ``fxbroker endpoint stop
+local`` stops the stack (:mod:`fxbroker.home` draws the folder).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import uvicorn
 from endpoint_agent.agent import Agent
 from endpoint_agent.settings import AgentSettings
 from fxbroker.embedded import EmbeddedRedis, free_port
-from fxbroker.endpoints import endpoint_dir, pid_file, store_endpoint_id
+from fxbroker.endpoints import endpoint_dir, pid_file, store_credential, store_endpoint_id
 from fxbroker.home import StackRecord, sqlite_url, write_stack_record
 from sdk.config import read_config, write_config
 from web_service.accounts import UserExists, create_user, issue_token
@@ -139,7 +139,7 @@ class DevStack:
         self._background(ws.serve_forever(), "ws_service")
 
         token = await self._token(database_url, url)
-        endpoint_id = await self._register_endpoint(url, token)
+        endpoint_id, credential = await self._register_endpoint(url, token)
         agent = Agent(
             AgentSettings(
                 endpoint_id=endpoint_id, redis_url=redis_url, key_prefix=s.key_prefix,
@@ -157,6 +157,8 @@ class DevStack:
 
         self._exit.push_async_callback(stop_agent)
         store_endpoint_id(endpoint_folder, endpoint_id)
+        if credential is not None:
+            store_credential(endpoint_folder, credential)
         write_stack_record(s.home, StackRecord(database_url=database_url, redis_url=redis_url,
                                                key_prefix=s.key_prefix))  # fmt: skip
         write_config(s.home, url=url, ws_url=ws_url, token=token, endpoint_id=endpoint_id)
@@ -209,7 +211,8 @@ class DevStack:
             token = await issue_token(database_url, DEV_USER)
         return token
 
-    async def _register_endpoint(self, url: str, token: str) -> str:
+    async def _register_endpoint(self, url: str, token: str) -> tuple[str, str | None]:
+        """The local endpoint's id, and its credential when this run created it."""
         async with httpx.AsyncClient(base_url=url) as http:
             reply = await http.post(
                 "/v1/endpoints",
@@ -217,5 +220,5 @@ class DevStack:
                 headers={"Authorization": f"Bearer {token}"},
             )
         reply.raise_for_status()
-        endpoint_id: str = reply.json()["endpoint_id"]
-        return endpoint_id
+        body = reply.json()
+        return body["endpoint_id"], body.get("credential")

@@ -143,6 +143,15 @@ def get_endpoint(endpoint_id: str) -> Request:
     return Request("GET", f"{API}/endpoints/{_id(endpoint_id)}")
 
 
+def rotate_endpoint_credential(endpoint_id: str) -> Request:
+    """``POST /v1/endpoints/{id}/credential``: a new credential replaces the old one."""
+    return Request("POST", f"{API}/endpoints/{_id(endpoint_id)}/credential")
+
+
+def revoke_endpoint_credential(endpoint_id: str) -> Request:
+    return Request("DELETE", f"{API}/endpoints/{_id(endpoint_id)}/credential")
+
+
 def task_spec(
     function_id: str,
     args: Sequence[Any] = (),
@@ -453,6 +462,25 @@ def parse_function_id(data: Any) -> str:
 
 def parse_endpoint_id(data: Any) -> str:
     value: str = _field(data, "endpoint_id")
+    return value
+
+
+def parse_endpoint_registration(data: Any) -> tuple[str, str | None]:
+    """The endpoint id and, when that request created the endpoint, its credential."""
+    credential = data.get("credential") if isinstance(data, dict) else None
+    if credential is not None and not isinstance(credential, str):
+        raise _bad_response(200, "a credential that is not a string")
+    return parse_endpoint_id(data), credential
+
+
+def parse_credential(data: Any) -> str:
+    value: str = _field(data, "credential")
+    return value
+
+
+def parse_revoked(data: Any) -> bool:
+    """Whether the revoke request found a credential to revoke."""
+    value: bool = _field(data, "revoked", bool)
     return value
 
 

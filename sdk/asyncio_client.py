@@ -223,9 +223,20 @@ class AsyncClient:
     async def register_endpoint(self, name: str) -> str:
         return _base.parse_endpoint_id(await self._send(_base.register_endpoint(name)))
 
+    async def register_endpoint_with_credential(self, name: str) -> tuple[str, str | None]:
+        return _base.parse_endpoint_registration(await self._send(_base.register_endpoint(name)))
+
     async def get_endpoint(self, endpoint_id: str) -> dict[str, Any]:
         answer: dict[str, Any] = await self._send(_base.get_endpoint(endpoint_id))
         return answer
+
+    async def rotate_endpoint_credential(self, endpoint_id: str) -> str:
+        request = _base.rotate_endpoint_credential(endpoint_id)
+        return _base.parse_credential(await self._send(request))
+
+    async def revoke_endpoint_credential(self, endpoint_id: str) -> bool:
+        request = _base.revoke_endpoint_credential(endpoint_id)
+        return _base.parse_revoked(await self._send(request))
 
     @property
     def submit_requests(self) -> int:

@@ -197,9 +197,23 @@ class Client:
         """Create (or find, by name) one of your endpoints; returns its id."""
         return _base.parse_endpoint_id(self._send(_base.register_endpoint(name)))
 
+    def register_endpoint_with_credential(self, name: str) -> tuple[str, str | None]:
+        """Like :meth:`register_endpoint`, also returning the endpoint's credential when
+        this call created the endpoint (shown only this once), else None."""
+        return _base.parse_endpoint_registration(self._send(_base.register_endpoint(name)))
+
     def get_endpoint(self, endpoint_id: str) -> dict[str, Any]:
         answer: dict[str, Any] = self._send(_base.get_endpoint(endpoint_id))
         return answer
+
+    def rotate_endpoint_credential(self, endpoint_id: str) -> str:
+        """Issue your endpoint a new credential (returned only this once); the old one stops
+        working. Its agents need the new one to connect."""
+        return _base.parse_credential(self._send(_base.rotate_endpoint_credential(endpoint_id)))
+
+    def revoke_endpoint_credential(self, endpoint_id: str) -> bool:
+        """Revoke your endpoint's credential; False when it had none."""
+        return _base.parse_revoked(self._send(_base.revoke_endpoint_credential(endpoint_id)))
 
     def run(
         self, *args: Any, endpoint_id: str | None = None, function_id: str, **kwargs: Any

@@ -28,6 +28,7 @@ from web_service.middleware.auth import AuthMiddleware, TokenAuthenticator
 from web_service.middleware.globus_auth import GlobusIntrospector
 from web_service.middleware.metrics import Metrics, MetricsMiddleware
 from web_service.middleware.ratelimit import RateLimiter
+from web_service.routes import agents as routes_agents
 from web_service.routes import endpoints as routes_endpoints
 from web_service.routes import functions as routes_functions
 from web_service.routes import meta as routes_meta
@@ -95,6 +96,7 @@ def create_app(settings: WebSettings) -> Starlette:
         *routes_endpoints.routes,
         *routes_submit.routes,
         *routes_tasks.routes,
+        *routes_agents.routes,
     ]
     return Starlette(
         routes=routes,

@@ -157,6 +157,10 @@ def test_endpoint_commands_see_and_serve_the_dev_stack(dev: Dev) -> None:
             ]
             results = client.wait(task_ids, timeout_s=60)  # both agents served, so both beat
         assert [results[t]["result"] for t in task_ids] == [42, 8]
+        for name in ("local", "gpu"):  # each registration stored its endpoint's credential
+            credential = dev.home / "endpoints" / name / "credential"
+            assert stat.S_IMODE(credential.stat().st_mode) == 0o600
+            assert credential.read_text().startswith("fxep_")
 
         listed = dev.fxbroker("endpoint", "list")
         assert listed.returncode == 0, listed.stderr

@@ -1,5 +1,6 @@
-"""``fxbroker endpoint configure|start|stop|list``: the config file, environment overrides,
-a real agent process started, listed, and stopped with a drain."""
+"""``fxbroker endpoint configure|start|stop|list|rotate-credential``: the config file,
+environment overrides, a real agent process started, listed, and stopped with a drain, and
+the endpoint's credential stored on first start and rotated by a real process."""
 
 from __future__ import annotations
 
@@ -9,15 +10,18 @@ import stat
 import subprocess
 import sys
 import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 import redis.asyncio as aioredis
 
 from endpoint_agent.accelerators import detect_accelerators
 from fxbroker.cli import main
-from fxbroker.endpoints import agent_settings, read_config
+from fxbroker.endpoints import agent_settings, read_config, register
 from sdk.keys import Keys
 from sdk.serialize import deserialize, pack_payload
 from sdk.states import TaskState
@@ -167,31 +171,64 @@ def run_one_task(redis_url: str, keys: Keys, endpoint_id: str) -> object:
         client.close()
 
 
-def test_first_start_registers_the_endpoint_and_list_shows_it_online(
-    home: Path, redis_url: str, key_prefix: str, database_url: str,
-    capsys: pytest.CaptureFixture[str],
-) -> None:  # fmt: skip
+@dataclass(frozen=True)
+class WebProcess:
+    url: str
+    token: str
+    env: dict[str, str]
+
+    def session(self, credential: str) -> httpx.Response:
+        """``GET /v1/endpoint_session`` with ``credential``: what the gateway will ask."""
+        return httpx.get(
+            f"{self.url}/v1/endpoint_session", headers={"Authorization": f"Bearer {credential}"}
+        )
+
+
+@pytest.fixture
+def web_process(
+    home: Path, redis_url: str, key_prefix: str, database_url: str
+) -> Iterator[WebProcess]:
+    """``fxbroker web`` in a process of its own, on a migrated database with one user."""
     env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url,
            "FXBROKER_KEY_PREFIX": key_prefix, "FXBROKER_HOME": str(home)}  # fmt: skip
     subprocess.run([*FXBROKER, "db", "upgrade"], env=env, check=True, capture_output=True)
     token = subprocess.run([*FXBROKER, "user", "create", "lab-user"], env=env, check=True,
                            capture_output=True, text=True).stdout.strip()  # fmt: skip
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = (home / "services.log").open("wb")
-    web = subprocess.Popen([*FXBROKER, "web", "--port", str(port)], env=env, stdout=log,
-                           stderr=log)  # fmt: skip
-    agent: subprocess.Popen[bytes] | None = None
+    with (home / "web.log").open("wb") as log:
+        web = subprocess.Popen([*FXBROKER, "web", "--port", str(port)], env=env, stdout=log,
+                               stderr=log)  # fmt: skip
     try:
         wait_for_port(port, 30)
-        assert main(["endpoint", "configure", "lab", "--url", url, "--token", token,
-                     "--engine", "thread", "--workers", "1"]) == 0  # fmt: skip
+        yield WebProcess(f"http://127.0.0.1:{port}", token, env)
+    finally:
+        web.terminate()
+        web.wait(30)
+
+
+def test_first_start_registers_the_endpoint_and_list_shows_it_online(
+    home: Path, web_process: WebProcess, redis_url: str, key_prefix: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    env = web_process.env
+    log = (home / "agent.log").open("wb")
+    agent: subprocess.Popen[bytes] | None = None
+    try:
+        assert main(["endpoint", "configure", "lab", "--url", web_process.url,
+                     "--token", web_process.token, "--engine", "thread",
+                     "--workers", "1"]) == 0  # fmt: skip
         agent = subprocess.Popen([*FXBROKER, "endpoint", "start", "lab"], env=env,
                                  stdout=subprocess.PIPE, stderr=log)  # fmt: skip
         assert agent.stdout is not None
         first_line = agent.stdout.readline().decode()  # printed once registered
-        endpoint_id = (home / "endpoints" / "lab" / "endpoint_id").read_text().strip()
+        folder = home / "endpoints" / "lab"
+        endpoint_id = (folder / "endpoint_id").read_text().strip()
         assert first_line.startswith(f"endpoint lab: {endpoint_id} (thread engine, 1 workers")
+        # the first start stored the credential the registration issued, privately
+        credential_file = folder / "credential"
+        assert stat.S_IMODE(credential_file.stat().st_mode) == 0o600
+        credential = credential_file.read_text().strip()
+        assert web_process.session(credential).json()["endpoint_id"] == endpoint_id
         assert run_one_task(redis_url, Keys(key_prefix), endpoint_id) == 5  # it serves, so beats
         capsys.readouterr()
         assert main(["endpoint", "list"]) == 0
@@ -201,10 +238,57 @@ def test_first_start_registers_the_endpoint_and_list_shows_it_online(
         assert main(["endpoint", "stop", "lab"]) == 0
         assert agent.wait(30) == 0
     finally:
-        for proc in (agent, web):
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                proc.wait(30)
+        if agent is not None and agent.poll() is None:
+            agent.terminate()
+            agent.wait(30)
         if agent is not None and agent.stdout is not None:
             agent.stdout.close()
         log.close()
+
+
+def test_rotate_credential_stores_a_new_one_and_ends_the_old(
+    home: Path, web_process: WebProcess
+) -> None:
+    assert main(["endpoint", "configure", "lab", "--url", web_process.url,
+                 "--token", web_process.token]) == 0  # fmt: skip
+    folder = home / "endpoints" / "lab"
+    # Never started here: the command registers the endpoint; that credential is the new one.
+    first = subprocess.run([*FXBROKER, "endpoint", "rotate-credential", "lab"],
+                           env=web_process.env, capture_output=True, text=True)  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    endpoint_id = (folder / "endpoint_id").read_text().strip()
+    old = (folder / "credential").read_text().strip()
+    assert web_process.session(old).json()["endpoint_id"] == endpoint_id
+
+    rotated = subprocess.run([*FXBROKER, "endpoint", "rotate-credential", "lab"],
+                             env=web_process.env, capture_output=True, text=True)  # fmt: skip
+    assert rotated.returncode == 0, rotated.stderr
+    new = (folder / "credential").read_text().strip()
+    assert new.startswith("fxep_") and new != old
+    assert stat.S_IMODE((folder / "credential").stat().st_mode) == 0o600
+    assert rotated.stdout == (
+        f"endpoint lab ({endpoint_id}): new credential {new[:12]}... stored in "
+        f"{folder / 'credential'}; the old one no longer works\n"
+    )
+    assert new not in rotated.stdout + rotated.stderr  # shown once: only in the file
+    assert web_process.session(old).status_code == 401
+    assert web_process.session(new).json()["endpoint_id"] == endpoint_id
+    assert sorted(p.name for p in folder.iterdir()) == ["config.toml", "credential", "endpoint_id"]
+
+
+def test_a_first_start_that_finds_the_endpoint_registered_stores_no_credential(
+    home: Path, web_process: WebProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another machine registered it: its credential is not this machine's to replace."""
+    with httpx.Client(base_url=web_process.url) as http:
+        created = http.post("/v1/endpoints", json={"name": "lab"},
+                            headers={"Authorization": f"Bearer {web_process.token}"})  # fmt: skip
+    theirs = created.json()["credential"]
+    folder = home / "endpoints" / "lab"
+    merged = {"FXBROKER_URL": web_process.url, "FXBROKER_TOKEN": web_process.token}
+
+    assert register(folder, "lab", merged) == created.json()["endpoint_id"]
+
+    assert not (folder / "credential").exists()
+    assert "rotate-credential lab" in caplog.text
+    assert web_process.session(theirs).status_code == 200  # still theirs, still working

@@ -66,6 +66,12 @@ def test_simple_requests() -> None:
     assert _base.batch_status(["a", "b"]).json == {"task_ids": ["a", "b"]}
     assert _base.register_endpoint("gpu").json == {"name": "gpu"}
     assert _base.get_task_group("g").path == "/v1/task_groups/g"
+    assert _base.rotate_endpoint_credential("e/1") == _base.Request(
+        "POST", "/v1/endpoints/e%2F1/credential"
+    )
+    assert _base.revoke_endpoint_credential("e") == _base.Request(
+        "DELETE", "/v1/endpoints/e/credential"
+    )
     assert _base.info().path == "/v1/info"
     assert _base.auth_headers("tok") == {"Authorization": "Bearer tok"}
 
@@ -101,6 +107,15 @@ def test_parsers_check_their_fields() -> None:
     assert _base.parse_endpoint_id({"endpoint_id": "e", "name": "n"}) == "e"
     with pytest.raises(APIError, match="function_id"):
         _base.parse_function_id({"id": "f"})
+    created = {"endpoint_id": "e", "credential": "fxep_c"}
+    assert _base.parse_endpoint_registration(created) == ("e", "fxep_c")
+    assert _base.parse_endpoint_registration({"endpoint_id": "e"}) == ("e", None)
+    with pytest.raises(APIError, match="credential"):
+        _base.parse_endpoint_registration({"endpoint_id": "e", "credential": 7})
+    assert _base.parse_credential(created) == "fxep_c"
+    assert _base.parse_revoked({"endpoint_id": "e", "revoked": False}) is False
+    with pytest.raises(APIError, match="revoked"):
+        _base.parse_revoked({"endpoint_id": "e"})
     reply = _base.parse_submit({"task_group_id": "g", "task_ids": ["a", "b"]}, 2)
     assert reply == {"task_group_id": "g", "task_ids": ["a", "b"]}
     with pytest.raises(APIError, match="1 task ids for 2 tasks"):

@@ -81,6 +81,20 @@ async def test_fxbroker_tokens_still_work_beside_globus(
     assert len(mock.calls) == 0
 
 
+async def test_an_endpoint_credential_is_refused_without_asking_globus(
+    globus_settings: WebSettings, mock: responses.RequestsMock
+) -> None:
+    _, token = await create_user(globus_settings.database_url, "local")
+    async with in_process_client(create_app(globus_settings)) as client:
+        registered = await client.post("/v1/endpoints", json={"name": "gpu"}, headers=bearer(token))
+        credential = registered.json()["credential"]
+        response = await client.get("/v1/whoami", headers=bearer(credential))
+        assert "endpoint credential" in assert_error(response, 401, "UNAUTHORIZED")["message"]
+        session = await client.get("/v1/endpoint_session", headers=bearer(credential))
+        assert session.json()["endpoint_id"] == registered.json()["endpoint_id"]
+    assert len(mock.calls) == 0
+
+
 @pytest.mark.parametrize(
     "fields",
     [

@@ -58,7 +58,8 @@ async def test_a_second_user_can_neither_see_nor_touch_anything(
     fid = (await alice.post("/v1/functions", {"function_name": "s", "function_code": CODE})).json()[
         "function_id"
     ]
-    eid = (await alice.post("/v1/endpoints", {"name": "gpu"})).json()["endpoint_id"]
+    registered = (await alice.post("/v1/endpoints", {"name": "gpu"})).json()
+    eid, alices_credential = registered["endpoint_id"], registered["credential"]
     await alice.client.put(
         f"/v1/endpoints/{eid}/allowed_functions",
         json={"function_ids": [fid]},
@@ -70,7 +71,8 @@ async def test_a_second_user_can_neither_see_nor_touch_anything(
         )
     ).json()
     gid, (tid, tid2) = submitted["task_group_id"], submitted["task_ids"]
-    mallorys_eid = (await mallory.post("/v1/endpoints", {"name": "mine"})).json()["endpoint_id"]
+    mallorys = (await mallory.post("/v1/endpoints", {"name": "mine"})).json()
+    mallorys_eid, mallorys_credential = mallorys["endpoint_id"], mallorys["credential"]
 
     async def call(method: str, path: str, body: Any = None) -> Any:
         return await mallory.client.request(method, path, json=body, headers=mallory.headers)
@@ -125,6 +127,15 @@ async def test_a_second_user_can_neither_see_nor_touch_anything(
             "ENDPOINT_NOT_FOUND",
             {"function_ids": []},
         ),
+        ("POST", "/v1/endpoints/{endpoint_id}/credential"): lambda: hidden(
+            "POST", f"/v1/endpoints/{eid}/credential", "ENDPOINT_NOT_FOUND"
+        ),
+        ("DELETE", "/v1/endpoints/{endpoint_id}/credential"): lambda: hidden(
+            "DELETE", f"/v1/endpoints/{eid}/credential", "ENDPOINT_NOT_FOUND"
+        ),
+        ("GET", "/v1/endpoint_session"): lambda: _expect_own_session(
+            call, mallory, mallorys_eid, mallorys_credential
+        ),
         ("POST", "/v1/endpoints/{endpoint_id}/submit"): lambda: _expect_no_submit(
             hidden, eid, mallorys_eid, fid, gid
         ),
@@ -168,6 +179,10 @@ async def test_a_second_user_can_neither_see_nor_touch_anything(
     assert group["task_ids"] == [tid, tid2]
     assert await aredis.xlen(keys.endpoint_tasks(eid)) == 2
     assert await aredis.xlen(keys.task_group_results(gid)) == 0
+    session = await alice.client.get(
+        "/v1/endpoint_session", headers={"Authorization": f"Bearer {alices_credential}"}
+    )
+    assert session.json()["endpoint_id"] == eid  # alice's credential still works
 
 
 async def _expect_ok(response: Any) -> None:
@@ -186,6 +201,20 @@ async def _expect_own_function(call: Any, alices: str) -> None:
 
 async def _expect_own_endpoint(call: Any, alices: str) -> None:
     assert (await call("POST", "/v1/endpoints", {"name": "gpu"})).json()["endpoint_id"] != alices
+
+
+async def _expect_own_session(
+    call: Any, mallory: ApiUser, own_eid: str, own_credential: str
+) -> None:
+    """Her token is refused on the agents' route; her credential opens only her endpoint."""
+    assert_error(await call("GET", "/v1/endpoint_session"), 401, "UNAUTHORIZED")
+    response = await mallory.client.get(
+        "/v1/endpoint_session", headers={"Authorization": f"Bearer {own_credential}"}
+    )
+    assert (response.json()["endpoint_id"], response.json()["owner_id"]) == (
+        own_eid,
+        mallory.user_id,
+    )
 
 
 async def _expect_unlisted(call: Any, path: str, field: str, alices: str) -> None:

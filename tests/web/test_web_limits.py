@@ -1,4 +1,5 @@
-"""Limits: per-user request rate (429 with Retry-After), tasks per batch, body size."""
+"""Limits: per-user (and per-endpoint, for agents) request rate (429 with Retry-After),
+tasks per batch, body size."""
 
 from __future__ import annotations
 
@@ -55,3 +56,20 @@ async def test_too_many_requests_are_429_with_retry_after(web_settings: WebSetti
         other_headers = {"Authorization": f"Bearer {other}"}
         assert (await client.get("/v1/whoami", headers=other_headers)).status_code == 200
         assert (await client.get("/healthz")).status_code == 200  # probes are not limited
+
+
+async def test_an_agents_requests_count_against_its_endpoint_not_its_owner(
+    web_settings: WebSettings,
+) -> None:
+    settings = replace(web_settings, rate_limit_per_s=0.01, rate_limit_burst=2)
+    _, token = await create_user(settings.database_url, "owner")
+    async with in_process_client(create_app(settings)) as client:
+        headers = {"Authorization": f"Bearer {token}"}
+        registered = await client.post("/v1/endpoints", json={"name": "gpu"}, headers=headers)
+        agent = {"Authorization": f"Bearer {registered.json()['credential']}"}
+        assert (await client.get("/v1/endpoint_session", headers=agent)).status_code == 200
+        assert (await client.get("/v1/endpoint_session", headers=agent)).status_code == 200
+        assert_error(await client.get("/v1/endpoint_session", headers=agent), 429, "RATE_LIMITED")
+        # the owner spent one request of two: one is left
+        assert (await client.get("/v1/whoami", headers=headers)).status_code == 200
+        assert_error(await client.get("/v1/whoami", headers=headers), 429, "RATE_LIMITED")

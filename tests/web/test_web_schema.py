@@ -106,6 +106,7 @@ async def test_head_keeps_what_0001_held(database_url: str) -> None:
         )
         endpoint = await session.get(Endpoint, ENDPOINT)
         assert endpoint is not None and (endpoint.name, endpoint.deleted_at) == ("gpu", None)
+        assert (endpoint.credential_hash, endpoint.credential_prefix) == (None, None)
         assert await session.get(TaskGroup, GROUP) is not None
         token = await session.scalar(select(Token).where(Token.user_id == USER))
         assert token is not None and token.prefix == "fxb_abcd"

@@ -8,6 +8,12 @@ by :class:`~web_service.middleware.globus_auth.GlobusIntrospector`.
 
 ``/healthz``, ``/readyz``, ``/metrics`` and ``/v1/openapi.json`` need no token (operators
 keep ``/metrics`` off the public network); every other route under ``/v1/`` does.
+
+Scope: ``/v1/endpoint_session`` (the agents' route) takes only an endpoint credential
+(``fxep_...``), checked in SQL on every request, never cached here; every other route refuses
+one, by its prefix, before any lookup (and before Globus Auth would be asked). A user's token
+on the agents' route is refused the same way. The rate limit of an agent's request counts
+against its endpoint.
 """
 
 from __future__ import annotations
@@ -19,18 +25,33 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sdk.wire import API
 from service_common.cache import LRUCache
-from service_common.tokens import bearer_token, hash_token
+from service_common.tokens import (
+    ENDPOINT_SESSION_PATH,
+    bearer_token,
+    hash_token,
+    is_endpoint_credential,
+)
 from web_service.accounts import TOKEN_PREFIX, Caller
 from web_service.context import context_of
 from web_service.errors import ApiError, error_response, request_id_of, retry_later, unauthorized
 from web_service.middleware.globus_auth import GlobusIntrospector
+from web_service.store.endpoints import EndpointCatalog, EndpointRecord
 from web_service.store.models import Token, User
 
-__all__ = ["AuthMiddleware", "Caller", "TokenAuthenticator", "caller_of"]
+__all__ = [
+    "AuthMiddleware",
+    "Caller",
+    "TokenAuthenticator",
+    "authenticate_agent",
+    "caller_of",
+    "endpoint_of",
+]
 
 AUTH_CACHE_ITEMS = 10_000
 PROTECTED_PREFIX = f"{API}/"
 PUBLIC_PATHS = frozenset({f"{API}/openapi.json"})
+AGENT_PATHS = frozenset({ENDPOINT_SESSION_PATH})
+"""The routes an endpoint credential opens, and that refuse user tokens."""
 
 
 class TokenAuthenticator:
@@ -54,6 +75,11 @@ class TokenAuthenticator:
         token = bearer_token(authorization)
         if token is None:
             raise unauthorized("the Authorization header must be 'Bearer <token>'")
+        if is_endpoint_credential(token):
+            raise unauthorized(
+                "an endpoint credential authenticates that endpoint's agents only; "
+                "user routes need an API token"
+            )
         if self._globus is not None and not token.startswith(TOKEN_PREFIX):
             return await self._globus.authenticate(token)
         caller = await self._lookup(hash_token(token))
@@ -80,10 +106,28 @@ class TokenAuthenticator:
         return caller
 
 
+async def authenticate_agent(
+    endpoints: EndpointCatalog, authorization: str | None
+) -> EndpointRecord:
+    """The endpoint whose live credential the ``Authorization: Bearer`` header carries; else
+    401 (no header, a user's token, an unknown, rotated or revoked credential, a deleted
+    endpoint's)."""
+    token = bearer_token(authorization)
+    if token is None:
+        raise unauthorized("send 'Authorization: Bearer <endpoint credential>'")
+    if not is_endpoint_credential(token):
+        raise unauthorized("this route takes an endpoint credential, not a user's token")
+    record = await endpoints.for_credential(token)
+    if record is None:
+        raise unauthorized("unknown or revoked endpoint credential")
+    return record
+
+
 class AuthMiddleware:
     """Lets a ``/v1/`` request through only with a valid token and within the caller's rate.
 
-    Sets ``state.caller``. Unauthenticated requests are refused before they count.
+    Sets ``state.caller`` (a user's route) or ``state.endpoint`` (an agent's route).
+    Unauthenticated requests are refused before they count.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -96,20 +140,35 @@ class AuthMiddleware:
             return
         connection = HTTPConnection(scope)
         context = context_of(connection)
+        authorization = connection.headers.get("authorization")
         try:
-            caller = await context.auth.authenticate(connection.headers.get("authorization"))
-            wait_s = context.limiter.acquire(caller.user_id)
+            if path in AGENT_PATHS:
+                endpoint = await authenticate_agent(context.endpoints, authorization)
+                scope["state"]["endpoint"] = endpoint
+                rate_key = endpoint.id
+            else:
+                caller = await context.auth.authenticate(authorization)
+                scope["state"]["caller"] = caller
+                rate_key = caller.user_id
+            wait_s = context.limiter.acquire(rate_key)
             if wait_s > 0:
                 raise retry_later(429, "RATE_LIMITED", "too many requests; slow down", wait_s)
         except ApiError as exc:
             await error_response(exc, request_id_of(scope))(scope, receive, send)
             return
-        scope["state"]["caller"] = caller
         await self.app(scope, receive, send)
 
 
 def caller_of(connection: HTTPConnection) -> Caller:
-    caller = connection.state.caller
+    caller = getattr(connection.state, "caller", None)
     if not isinstance(caller, Caller):
-        raise RuntimeError("route is outside the authenticated prefix")
+        raise RuntimeError("route is outside the authenticated prefix, or an agent's route")
     return caller
+
+
+def endpoint_of(connection: HTTPConnection) -> EndpointRecord:
+    """The endpoint an agent's request was authenticated as (its credential's)."""
+    endpoint = getattr(connection.state, "endpoint", None)
+    if not isinstance(endpoint, EndpointRecord):
+        raise RuntimeError("route is not one of AGENT_PATHS")
+    return endpoint

@@ -1,8 +1,14 @@
-"""Endpoints: register, list, read, delete, status, sharing and the allow-list.
+"""Endpoints: register, list, read, delete, status, sharing, the allow-list and the
+endpoint's credential.
 
 An endpoint the caller may not use answers 404 ``ENDPOINT_NOT_FOUND`` whether or not it
 exists. A user it is shared with may read it and its status and submit to it; changing it
-(delete, sharing, allow-list) answers them 403 ``FORBIDDEN``.
+(delete, sharing, allow-list, credential) answers them 403 ``FORBIDDEN``.
+
+A credential is in an answer only when that request issued it: registering a new (or a
+deleted) endpoint, or rotating. It is never shown again; the owner sees only its first
+characters and when it was issued (``GET /v1/endpoints/{id}``). See
+:mod:`web_service.store.endpoints` for its lifecycle.
 """
 
 from __future__ import annotations
@@ -61,15 +67,28 @@ async def _owned(request: Request) -> tuple[AppContext, Caller, EndpointRecord]:
     return context, caller, record
 
 
+def credential_view(record: EndpointRecord) -> dict[str, Any] | None:
+    """What the owner may see of the endpoint's live credential: never the credential."""
+    if record.credential_prefix is None:
+        return None
+    return {"prefix": record.credential_prefix, "issued_at": record.credential_issued_at}
+
+
 async def register_endpoint(request: Request) -> JSONResponse:
-    """``POST /v1/endpoints``: the same name gives the same id (reviving it if deleted)."""
+    """``POST /v1/endpoints``: the same name gives the same id (reviving it if deleted).
+
+    Creating or reviving the endpoint issues its credential, in ``credential`` (shown this
+    once); finding an existing one answers without it."""
     context = context_of(request)
     caller = caller_of(request)
     name = parse_endpoint_registration(
         await read_json(request, max_bytes=context.settings.max_body_bytes)
     )
-    record = await context.endpoints.register(caller.user_id, name)
-    return JSONResponse(endpoint_view(record, caller))
+    record, credential = await context.endpoints.register(caller.user_id, name)
+    body = endpoint_view(record, caller)
+    if credential is not None:
+        body["credential"] = credential
+    return JSONResponse(body)
 
 
 async def list_endpoints(request: Request) -> JSONResponse:
@@ -82,10 +101,13 @@ async def list_endpoints(request: Request) -> JSONResponse:
 
 
 async def get_endpoint(request: Request) -> JSONResponse:
-    """``GET /v1/endpoints/{endpoint_id}``: the endpoint and its agents' heartbeat (or null)."""
+    """``GET /v1/endpoints/{endpoint_id}``: the endpoint and its agents' heartbeat (or null);
+    for the owner also ``credential``: its prefix and issue time, or null when it has none."""
     context, caller, record = await _usable(request)
     body = endpoint_view(record, caller)
     body["status"] = await endpoint_status(context.redis, context.keys, record.id)
+    if record.owner_id == caller.user_id:
+        body["credential"] = credential_view(record)
     return JSONResponse(body)
 
 
@@ -174,6 +196,26 @@ async def put_allowed_functions(request: Request) -> JSONResponse:
     return JSONResponse({"endpoint_id": record.id, "function_ids": sorted(function_ids)})
 
 
+async def rotate_credential(request: Request) -> JSONResponse:
+    """``POST /v1/endpoints/{endpoint_id}/credential``: a new credential (shown this once)
+    replaces the endpoint's old one, which stops working at once on the web service and
+    within ``auth_cache_s`` on the ws service; also how an endpoint without one gets one."""
+    context, _, record = await _owned(request)
+    credential, issued_at = await context.endpoints.rotate_credential(record.id)
+    return JSONResponse(
+        {"endpoint_id": record.id, "credential": credential, "issued_at": issued_at}
+    )
+
+
+async def revoke_credential(request: Request) -> JSONResponse:
+    """``DELETE /v1/endpoints/{endpoint_id}/credential``: the endpoint has no credential
+    afterwards (its agents are refused until the owner rotates one); ``revoked`` says
+    whether it had one."""
+    context, _, record = await _owned(request)
+    revoked = await context.endpoints.revoke_credential(record.id)
+    return JSONResponse({"endpoint_id": record.id, "revoked": revoked})
+
+
 routes = [
     Route("/v1/endpoints", register_endpoint, methods=["POST"]),
     Route("/v1/endpoints", list_endpoints, methods=["GET"]),
@@ -184,4 +226,6 @@ routes = [
     Route("/v1/endpoints/{endpoint_id}/sharing", put_sharing, methods=["PUT"]),
     Route("/v1/endpoints/{endpoint_id}/allowed_functions", get_allowed_functions, methods=["GET"]),
     Route("/v1/endpoints/{endpoint_id}/allowed_functions", put_allowed_functions, methods=["PUT"]),
+    Route("/v1/endpoints/{endpoint_id}/credential", rotate_credential, methods=["POST"]),
+    Route("/v1/endpoints/{endpoint_id}/credential", revoke_credential, methods=["DELETE"]),
 ]

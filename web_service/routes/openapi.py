@@ -61,10 +61,13 @@ def op(
     body: str | None = None,
     params: list[Schema] | None = None,
     public: bool = False,
+    security: str | None = None,
     answer_type: str = JSON,
     also: dict[str, str] | None = None,
 ) -> Schema:
-    """One operation: its success answer is ``answer`` (a component), anything else Error."""
+    """One operation: its success answer is ``answer`` (a component), anything else Error.
+
+    ``security`` names the scheme when it is not the default (a user's bearer token)."""
     content: Schema = (
         {answer_type: {"schema": ref(answer)}}
         if answer_type == JSON
@@ -91,6 +94,8 @@ def op(
         operation["requestBody"] = {"required": True, "content": {JSON: {"schema": ref(body)}}}
     if public:
         operation["security"] = []
+    elif security is not None:
+        operation["security"] = [{security: []}]
     return operation
 
 
@@ -142,7 +147,9 @@ def build_openapi(settings: WebSettings, *, version: str) -> dict[str, Any]:
         },
         "/v1/endpoints": {
             "post": op(
-                "Register an endpoint (same name, same id)", "Endpoint", body="EndpointRegistration"
+                "Register an endpoint (same name, same id; a new one's credential, shown once)",
+                "EndpointRegistered",
+                body="EndpointRegistration",
             ),
             "get": op(
                 "The caller's endpoints and those shared with them", "EndpointList", params=PAGE
@@ -169,6 +176,21 @@ def build_openapi(settings: WebSettings, *, version: str) -> dict[str, Any]:
                 "The endpoint's allow-list (empty: any function)", "AllowListAnswer", params=[eid]
             ),
             "put": op("Replace the allow-list", "AllowListAnswer", params=[eid], body="AllowList"),
+        },
+        "/v1/endpoints/{endpoint_id}/credential": {
+            "post": op(
+                "Issue the endpoint a new credential (shown once); the old one stops working",
+                "CredentialIssued",
+                params=[eid],
+            ),
+            "delete": op("Revoke the endpoint's credential", "CredentialRevoked", params=[eid]),
+        },
+        "/v1/endpoint_session": {
+            "get": op(
+                "The endpoint an agent's credential opens (the gateway asks at its handshake)",
+                "EndpointSession",
+                security="endpointCredential",
+            ),
         },
         "/v1/endpoints/{endpoint_id}/submit": {
             "post": op(
@@ -199,7 +221,19 @@ def build_openapi(settings: WebSettings, *, version: str) -> dict[str, Any]:
         "paths": paths,
         "components": {
             "schemas": component_schemas(max_tasks_per_batch=settings.max_tasks_per_batch),
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "a user's API token (fxb_...)",
+                },
+                "endpointCredential": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "an endpoint credential (fxep_...): opens only "
+                    "/v1/endpoint_session, and is refused on every other route",
+                },
+            },
         },
         "security": [{"bearer": []}],
     }

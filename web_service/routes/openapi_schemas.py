@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from sdk.states import TaskState
+from service_common.tokens import ENDPOINT_CREDENTIAL_PREFIX
 from web_service.routes.bodies import (
     MAX_LIST_ITEMS,
     MAX_NAME_LENGTH,
@@ -23,6 +24,11 @@ UUID: Schema = {"type": "string", "format": "uuid"}
 TIMESTAMP: Schema = {"type": "number", "description": "Unix seconds"}
 NULLABLE_TIMESTAMP: Schema = {**TIMESTAMP, "nullable": True}
 NAME: Schema = {"type": "string", "minLength": 1, "maxLength": MAX_NAME_LENGTH, "pattern": r"\S"}
+CREDENTIAL: Schema = {
+    "type": "string",
+    "pattern": f"^{ENDPOINT_CREDENTIAL_PREFIX}",
+    "description": "an endpoint credential: shown only in the answer that issued it",
+}
 
 
 def ref(name: str) -> Schema:
@@ -149,6 +155,15 @@ def component_schemas(*, max_tasks_per_batch: int) -> dict[str, Schema]:
         ),
         "Deleted": obj({"deleted": {"type": "boolean", "enum": [True]}}, required=["deleted"]),
         "Endpoint": endpoint,
+        "EndpointRegistered": {
+            "allOf": [
+                endpoint,
+                obj(
+                    {"credential": {**CREDENTIAL, "description": "present when issued now"}},
+                    required=[],
+                ),
+            ]
+        },
         "EndpointDetail": {
             "allOf": [
                 endpoint,
@@ -158,11 +173,31 @@ def component_schemas(*, max_tasks_per_batch: int) -> dict[str, Schema]:
                             "type": "object",
                             "additionalProperties": {"type": "string"},
                             "nullable": True,
-                        }
-                    }
+                        },
+                        "credential": {
+                            **obj({"prefix": {"type": "string"}, "issued_at": TIMESTAMP}),
+                            "nullable": True,
+                            "description": "the owner's view of the live credential",
+                        },
+                    },
+                    required=["status"],
                 ),
             ]
         },
+        "CredentialIssued": obj(
+            {"endpoint_id": UUID, "credential": CREDENTIAL, "issued_at": TIMESTAMP}
+        ),
+        "CredentialRevoked": obj({"endpoint_id": UUID, "revoked": {"type": "boolean"}}),
+        "EndpointSession": obj(
+            {
+                "endpoint_id": UUID,
+                "name": {"type": "string"},
+                "owner_id": UUID,
+                "allowed_functions": {"type": "array", "items": UUID},
+                "credential_prefix": {"type": "string"},
+                "credential_issued_at": TIMESTAMP,
+            }
+        ),
         "EndpointList": obj({"endpoints": {"type": "array", "items": ref("Endpoint")}}),
         "EndpointRegistration": obj({"name": NAME}),
         "EndpointStatus": obj(

@@ -12,10 +12,21 @@ queued stay on its stream.
 What a submit needs (owner, shares, allow-list) is cached in process for ``catalog_cache_s``;
 changes made on another web process are seen within that many seconds, this process's own
 at once.
+
+**Credentials.** Each endpoint has at most one live credential: ``fxep_`` and 32 random bytes
+in URL-safe base64, shown once, when issued, and kept in SQL only as its sha256 and first 12
+characters. Creating an endpoint issues one, and so does reviving a deleted one (deleting
+revokes it); finding an existing endpoint by name does not, so a credential is never shown
+twice. The owner replaces it (rotate: the old one stops working at once) or revokes it;
+an endpoint registered before credentials existed gets its first one by rotating.
+:meth:`EndpointCatalog.for_credential` is never cached here: a rotated or revoked
+credential is refused by the web service at once (the ws service caches its answers for
+``auth_cache_s``).
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Collection
 from dataclasses import dataclass
 
@@ -24,7 +35,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from service_common.cache import LRUCache
+from service_common.tokens import ENDPOINT_CREDENTIAL_PREFIX, hash_token, is_endpoint_credential
 from web_service.store.models import (
+    CREDENTIAL_PREFIX_LENGTH,
     Endpoint,
     EndpointAllowedFunction,
     EndpointShare,
@@ -41,6 +54,28 @@ from web_service.store.sharing import (
 )
 
 CACHE_ITEMS = 100_000
+CREDENTIAL_BYTES = 32
+"""Random bytes in a credential: 256 bits, beyond guessing."""
+
+
+def generate_credential() -> str:
+    """A new random endpoint credential."""
+    return ENDPOINT_CREDENTIAL_PREFIX + secrets.token_urlsafe(CREDENTIAL_BYTES)
+
+
+def _issue(row: Endpoint) -> str:
+    """Give ``row`` a new credential (replacing any) and return it; the caller commits."""
+    credential = generate_credential()
+    row.credential_hash = hash_token(credential)
+    row.credential_prefix = credential[:CREDENTIAL_PREFIX_LENGTH]
+    row.credential_issued_at = utcnow()
+    return credential
+
+
+def _clear_credential(row: Endpoint) -> None:
+    row.credential_hash = None
+    row.credential_prefix = None
+    row.credential_issued_at = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,6 +88,9 @@ class EndpointRecord:
     shared_with: frozenset[str]
     allowed_functions: frozenset[str]
     """Empty: the endpoint runs any function its users may run."""
+    credential_prefix: str | None = None
+    """The first characters of its live credential; None when it has none."""
+    credential_issued_at: float | None = None
 
     def usable_by(self, user_id: str) -> bool:
         return not self.deleted and (self.owner_id == user_id or user_id in self.shared_with)
@@ -68,25 +106,78 @@ class EndpointCatalog:
             max_items=CACHE_ITEMS, ttl_s=cache_s
         )
 
-    async def register(self, owner_id: str, name: str) -> EndpointRecord:
-        """The owner's endpoint called ``name``: created if new, revived if deleted."""
+    async def register(self, owner_id: str, name: str) -> tuple[EndpointRecord, str | None]:
+        """The owner's endpoint called ``name``: created if new, revived if deleted; and the
+        credential this call issued (on creation or revival), else None.
+
+        Of two calls that create the same name at once, only the one whose row was written
+        gets a credential; the other finds the endpoint."""
+        credential: str | None = None
         async with self._sessions() as session:
             row = await self._named(session, owner_id, name)
             if row is None:
-                session.add(Endpoint(id=new_id(), owner_id=owner_id, name=name))
+                row = Endpoint(id=new_id(), owner_id=owner_id, name=name)
+                credential = _issue(row)
+                session.add(row)
             elif row.deleted_at is not None:
                 row.deleted_at = None
+                credential = _issue(row)
             try:
                 await session.commit()
             except IntegrityError:
                 await session.rollback()  # created concurrently under the same name
+                credential = None
             row = await self._named(session, owner_id, name)
             assert row is not None
             endpoint_id = row.id
         self._records.forget(endpoint_id)
         record = await self._load(endpoint_id)
         assert record is not None
-        return record
+        return record, credential
+
+    async def rotate_credential(self, endpoint_id: str) -> tuple[str, float]:
+        """Issue the endpoint a new credential; its old one stops working. Returns the new
+        one and when it was issued (Unix seconds)."""
+        async with self._sessions() as session:
+            row = await session.get(Endpoint, endpoint_id)
+            assert row is not None, "the caller checked the endpoint exists"
+            credential = _issue(row)
+            assert row.credential_issued_at is not None
+            issued_at = unix_seconds(row.credential_issued_at)
+            await session.commit()
+        self._records.forget(endpoint_id)
+        return credential, issued_at
+
+    async def revoke_credential(self, endpoint_id: str) -> bool:
+        """Revoke the endpoint's credential; False when it had none."""
+        async with self._sessions() as session:
+            row = await session.get(Endpoint, endpoint_id)
+            assert row is not None, "the caller checked the endpoint exists"
+            had_one = row.credential_hash is not None
+            _clear_credential(row)
+            await session.commit()
+        self._records.forget(endpoint_id)
+        return had_one
+
+    async def for_credential(self, credential: str) -> EndpointRecord | None:
+        """The endpoint whose live credential ``credential`` is; None for anything else
+        (unknown, rotated away, revoked, a deleted endpoint's, or not a credential at all).
+
+        Cost: one indexed SQL query, plus the endpoint's shares and allow-list on a cold
+        catalog cache (the record may be up to ``catalog_cache_s`` old; the check of the
+        credential never is)."""
+        if not is_endpoint_credential(credential):
+            return None
+        async with self._sessions() as session:
+            endpoint_id = await session.scalar(
+                select(Endpoint.id).where(
+                    Endpoint.credential_hash == hash_token(credential),
+                    Endpoint.deleted_at.is_(None),
+                )
+            )
+        if endpoint_id is None:
+            return None
+        return await self._load(endpoint_id)
 
     @staticmethod
     async def _named(session: AsyncSession, owner_id: str, name: str) -> Endpoint | None:
@@ -116,6 +207,12 @@ class EndpointCatalog:
                 deleted=row.deleted_at is not None,
                 shared_with=shares[endpoint_id],
                 allowed_functions=frozenset(allowed),
+                credential_prefix=row.credential_prefix,
+                credential_issued_at=(
+                    None
+                    if row.credential_issued_at is None
+                    else unix_seconds(row.credential_issued_at)
+                ),
             )
         self._records.put(endpoint_id, record)
         return record
@@ -157,9 +254,17 @@ class EndpointCatalog:
         ]
 
     async def delete(self, endpoint_id: str) -> None:
+        """Hide the endpoint and revoke its credential."""
         async with self._sessions() as session:
             await session.execute(
-                update(Endpoint).where(Endpoint.id == endpoint_id).values(deleted_at=utcnow())
+                update(Endpoint)
+                .where(Endpoint.id == endpoint_id)
+                .values(
+                    deleted_at=utcnow(),
+                    credential_hash=None,
+                    credential_prefix=None,
+                    credential_issued_at=None,
+                )
             )
             await session.commit()
         self._records.forget(endpoint_id)

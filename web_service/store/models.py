@@ -36,6 +36,8 @@ metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 ID_LENGTH = 36
 """Length of a uuid in its canonical text form."""
+CREDENTIAL_PREFIX_LENGTH = 12
+"""How many first characters of an endpoint credential SQL keeps, to name it."""
 
 
 def new_id() -> str:
@@ -108,7 +110,10 @@ class Function(Base):
 
 
 class Endpoint(Base):
-    """An endpoint. A deleted one keeps its row: registering its name again revives it."""
+    """An endpoint. A deleted one keeps its row: registering its name again revives it.
+
+    Its live credential, if any, is kept only as its sha256 and its first characters (to
+    name it); rotating replaces all three, revoking or deleting the endpoint clears them."""
 
     __tablename__ = "endpoints"
     __table_args__ = (UniqueConstraint("owner_id", "name"),)
@@ -118,6 +123,13 @@ class Endpoint(Base):
     name: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    credential_hash: Mapped[str | None] = mapped_column(String(64), unique=True, nullable=True)
+    credential_prefix: Mapped[str | None] = mapped_column(
+        String(CREDENTIAL_PREFIX_LENGTH), nullable=True
+    )
+    credential_issued_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True
+    )
 
 
 class TaskGroup(Base):
