@@ -49,14 +49,14 @@ async def test_a_redis_restart_is_503_meanwhile_and_served_again_after(
     _, token = await create_user(settings.database_url, "heidi")
     async with in_process_client(create_app(settings), raise_app_exceptions=False) as client:
         assert_error(await get_task(client, token), 404, "TASK_NOT_FOUND")  # token now cached
-        private_redis.stop()
+        await asyncio.to_thread(private_redis.stop)
         for _ in range(3):
             response = await get_task(client, token)
             assert_error(response, 503, "SERVICE_UNAVAILABLE")
             assert response.headers["retry-after"] == "1"
         ready = await client.get("/readyz")
         assert (ready.status_code, ready.json()["failing"]) == (503, ["redis"])
-        private_redis.start()
+        await asyncio.to_thread(private_redis.start)
         deadline = time.monotonic() + DEADLINE_S
         while (await get_task(client, token)).status_code != 404:
             assert time.monotonic() < deadline, "the web service did not recover"

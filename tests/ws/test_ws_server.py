@@ -429,7 +429,9 @@ async def test_a_redis_restart_pauses_delivery_and_resumes_from_the_cursor(
             await subscribe(ws, group)
             await agent_writes([(t, i) for i, t in enumerate(task_ids[:2])])
             before = items_of(await results(ws, 2))
-            private_redis.restart(down_s=0.5)  # the subscription's reads fail meanwhile
+            await asyncio.to_thread(
+                private_redis.restart, down_s=0.5
+            )  # the subscription's reads fail meanwhile
             await agent_writes([(t, 9) for t in task_ids[2:]])
             after = items_of(await results(ws, 2))
             await send(ws, "not json")  # the connection is still open and serving
