@@ -10,7 +10,8 @@ import redis.asyncio as aioredis
 from sdk.keys import Keys
 from sdk.serialize import SOURCE_CODE, serialize
 from web_service.settings import WebSettings
-from web_service.taskstore.idempotency import UNDERWAY_TTL_S, claim, fingerprint
+from web_service.taskstore import idempotency
+from web_service.taskstore.idempotency import fingerprint
 
 from .helpers import ApiUser, assert_error
 
@@ -48,7 +49,7 @@ async def test_a_retry_answers_the_same_ids_and_queues_nothing(
     group = first.json()["task_group_id"]
     assert await aredis.lrange(keys.task_group_tasks(group), 0, -1) == first.json()["task_ids"]
     ttl = await aredis.ttl(keys.idempotency(alice.user_id, "batch-1"))
-    assert UNDERWAY_TTL_S < ttl <= web_settings.idempotency_ttl_s
+    assert idempotency.CLAIM_TTL_S < ttl <= web_settings.idempotency_ttl_s  # the answer's TTL
     other = await submit(alice, endpoint_id, body, "batch-2")
     assert set(other.json()["task_ids"]).isdisjoint(first.json()["task_ids"])
     assert await aredis.xlen(stream) == 4
@@ -103,14 +104,17 @@ async def test_bad_keys_are_422(alice: ApiUser) -> None:
 
 
 async def test_the_claim_of_a_request_that_died_lapses_soon(
-    alice: ApiUser, aredis: aioredis.Redis, keys: Keys
+    alice: ApiUser, aredis: aioredis.Redis, keys: Keys, web_settings: WebSettings
 ) -> None:
     """A web process killed between the claim and the answer leaves a short claim only, so
     the client's retry queues the batch once it lapses, not a day later."""
     endpoint_id, body = await setup(alice)
     key = keys.idempotency(alice.user_id, "crashed")
-    assert await claim(aredis, key, fingerprint(endpoint_id, body)) is None
-    assert 0 < await aredis.ttl(key) <= UNDERWAY_TTL_S
+    claimed = await idempotency.claim(
+        aredis, key, fingerprint(endpoint_id, body), ttl_s=web_settings.idempotency_ttl_s
+    )
+    assert claimed is None
+    assert 0 < await aredis.ttl(key) <= idempotency.CLAIM_TTL_S
     assert_error(await submit(alice, endpoint_id, body, "crashed"), 409, "CONFLICT")
     await aredis.delete(key)  # what the lapse does
     retry = await submit(alice, endpoint_id, body, "crashed")

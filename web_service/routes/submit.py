@@ -69,7 +69,9 @@ async def submit(request: Request) -> JSONResponse:
     if key is not None:
         redis_key = context.keys.idempotency(caller.user_id, key)
         fingerprint = idempotency.fingerprint(endpoint_id, raw)
-        earlier = await idempotency.claim(context.redis, redis_key, fingerprint)
+        earlier = await idempotency.claim(
+            context.redis, redis_key, fingerprint, ttl_s=context.settings.idempotency_ttl_s
+        )
         if earlier is not None:
             return JSONResponse(earlier)
     try:

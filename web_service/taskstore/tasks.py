@@ -43,7 +43,7 @@ async def enqueue(
     (state ``waiting-for-ep``) and appends its entry to ``keys.endpoint_tasks``, then appends
     the ids to the task group's list and renews that list's TTL. With ``remember`` as
     ``(key, value, ttl_s)`` it finally overwrites the existing ``key`` with ``value`` for
-    ``ttl_s`` (the Idempotency-Key record of the batch, replacing its short claim).
+    ``ttl_s`` seconds (the Idempotency-Key record of the batch).
 
     Contract: when this returns, Redis has acknowledged every write and agents may already be
     running the tasks; entries are appended in submission order. The pipeline is not a
