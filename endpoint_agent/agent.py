@@ -57,12 +57,11 @@ import logging
 import signal
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from endpoint_agent import capture
 from endpoint_agent.cancels import CancelListener
@@ -72,7 +71,7 @@ from endpoint_agent.heartbeat import Heartbeat, Status, package_version
 from endpoint_agent.leases import LeaseKeeper
 from endpoint_agent.results import Completion, ResultWriter
 from endpoint_agent.settings import AgentSettings
-from endpoint_agent.stream import TaskEntry, TaskStream
+from endpoint_agent.stream import Start, TaskEntry, TaskStream, start_stamp
 from endpoint_agent.worker import (
     WALLTIME_EXCEEDED,
     WORKER_LOST,
@@ -85,7 +84,8 @@ from endpoint_agent.worker import (
 from sdk.errors import DeserializationError
 from sdk.keys import Keys
 from sdk.messages import ExceptionRecord, error_record
-from service_common.redis_client import connect_redis
+from service_common.redis_client import connect_redis, redis_unavailable
+from service_common.retry import DEFAULT_BACKOFF, Outage, retry, wait_or_stop
 
 log = logging.getLogger(__name__)
 
@@ -154,9 +154,12 @@ class Agent:
         self._inflight: set[asyncio.Task[None]] = set()
         self._returned: list[_Held] = []
         self._wake = asyncio.Event()
+        self._stop_event = asyncio.Event()
+        self._outage = Outage("Redis", logger=log)
         self._stop_requested = False
         self._draining = False
         self._in_run = False
+        self._next_claim = 0.0
 
     # -- resources ---------------------------------------------------------------------
 
@@ -179,14 +182,25 @@ class Agent:
                 redis,
                 self._keys,
                 s.endpoint_id,
+                agent=s.consumer,
                 result_ttl_s=s.result_ttl_s,
                 on_written=self._settled,
+                outage=self._outage,
             ),
             heartbeat=Heartbeat(
-                redis, self._keys, s.endpoint_id, interval_s=s.heartbeat_s, status=self.status
+                redis,
+                self._keys,
+                s.endpoint_id,
+                interval_s=s.heartbeat_s,
+                status=self.status,
+                outage=self._outage,
             ),
-            leases=LeaseKeeper(stream, interval_s=s.lease_ms / 3000, held=self._held_ids),
-            cancels=CancelListener(redis, self._keys, s.endpoint_id, on_cancel=self.cancel),
+            leases=LeaseKeeper(
+                stream, interval_s=s.lease_ms / 3000, held=self._held_ids, outage=self._outage
+            ),
+            cancels=CancelListener(
+                redis, self._keys, s.endpoint_id, on_cancel=self.cancel, outage=self._outage
+            ),
             engine=engine,
             sync_slots=asyncio.Semaphore(s.workers),
             async_slots=asyncio.Semaphore(s.max_concurrency),
@@ -209,6 +223,7 @@ class Agent:
             for task in self._inflight:
                 task.cancel()
             await asyncio.gather(*self._inflight, return_exceptions=True)
+            rt.writer.give_up()  # one try each; never wait here for Redis to come back
             await rt.writer.drain()
         finally:
             capture.uninstall()
@@ -273,10 +288,14 @@ class Agent:
         except RuntimeError:
             current = None
         if current is rt.loop:
-            self._wake.set()
+            self._signal_stop()
         else:
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                rt.loop.call_soon_threadsafe(self._wake.set)
+                rt.loop.call_soon_threadsafe(self._signal_stop)
+
+    def _signal_stop(self) -> None:
+        self._stop_event.set()
+        self._wake.set()
 
     def cancel(self, task_id: str) -> bool:
         """Stop the task ``task_id`` if this agent holds it; it ends ``cancelled``.
@@ -304,50 +323,53 @@ class Agent:
         read is still unsettled.
 
         Every task read is run (or skipped, if already terminal) and its outcome written
-        before ``run`` returns normally, except tasks handed back by a stop."""
+        before ``run`` returns normally, except tasks handed back by a stop.
+
+        Redis going away (a restart, a failover) never ends ``run``: every step that needs
+        Redis waits it out with the shared backoff (:mod:`service_common.retry`) and the
+        outage is logged once when it starts and once when it ends. Tasks already read keep
+        running meanwhile and their outcomes are written once Redis is back (see
+        :mod:`endpoint_agent.results`). A stop during an outage leaves what could not be
+        written or handed back pending in the group: it runs again after its lease."""
         rt = self._runtime
         if self._in_run:
             raise RuntimeError("Agent.run() is already running")
         self._in_run = True
         self._draining = False
-        s = self.settings
+        if self._stop_requested:
+            self._stop_event.set()
+        else:
+            self._stop_event.clear()
         background: list[asyncio.Task[None]] = []
         stopped = asyncio.Event()
         listening = False
         try:
-            await rt.stream.ensure_group()
-            await rt.cancels.start()
-            listening = True
-            await rt.heartbeat.beat()
+            try:
+                await self._until_redis(rt.stream.ensure_group)
+                await self._until_redis(rt.cancels.start)
+                listening = True
+                await self._until_redis(rt.heartbeat.beat)
+            except Exception as exc:
+                if not (self._stop_requested and redis_unavailable(exc)):
+                    raise
             background.append(
                 asyncio.create_task(rt.heartbeat.run(stopped), name="fxbroker-heartbeat")
             )
             background.append(asyncio.create_task(rt.leases.run(stopped), name="fxbroker-leases"))
-            claim_every_s = s.lease_ms / 4000
-            next_claim = 0.0
+            self._next_claim = 0.0
+            failures = 0
             while not self._stop_requested:
-                count = self._read_count()
-                if count == 0:
-                    await self._wait_for_change()
-                    continue
-                if time.monotonic() >= next_claim:
-                    next_claim = time.monotonic() + claim_every_s
-                    claimed = await rt.stream.claim(count, min_idle_ms=s.lease_ms)
-                    if claimed:
-                        log.info("claimed %d tasks from lost agents", len(claimed))
-                        await self._dispatch(claimed)
-                        continue
-                block_ms = None
-                if not burst:
-                    until_claim_ms = int((next_claim - time.monotonic()) * 1000)
-                    block_ms = max(1, min(s.block_ms, until_claim_ms))
-                entries = await rt.stream.read(count, block_ms=block_ms)
-                if entries:
-                    await self._dispatch(entries)
-                elif burst:
-                    if not self._held:
+                try:
+                    if not await self._step(burst):
                         break
-                    await self._wait_for_change()
+                except Exception as exc:
+                    if not redis_unavailable(exc):
+                        raise
+                    self._outage.failed(exc)
+                    failures += 1
+                    await wait_or_stop(DEFAULT_BACKOFF.delay_s(failures), self._stop_event)
+                    continue
+                failures = 0
             await self._drain()
         finally:
             # Stopped, not cancelled: cancelling a Redis command in flight can leave the
@@ -364,6 +386,44 @@ class Agent:
             finally:
                 self._in_run = False
                 self._stop_requested = False
+
+    async def _until_redis(self, op: Callable[[], Awaitable[None]]) -> None:
+        """``op()``, waiting out a Redis outage; raises the last error if stopped meanwhile."""
+        await retry(op, transient=redis_unavailable, outage=self._outage, stop=self._stop_event)
+
+    async def _step(self, burst: bool) -> bool:
+        """One round of the loop: claim, or read and dispatch, or wait for a slot. False
+        when a ``burst`` run is done. Raises what Redis raised (the loop waits it out)."""
+        rt = self._runtime
+        s = self.settings
+        count = self._read_count()
+        if count == 0:
+            await self._wait_for_change()
+            return True
+        if time.monotonic() >= self._next_claim:
+            claimed = await rt.stream.claim(count, min_idle_ms=s.lease_ms)
+            self._outage.recovered()
+            self._next_claim = time.monotonic() + s.lease_ms / 4000
+            # After an outage this agent's own entries may look idle: they are still its
+            # own (it holds them), so they are not started a second time.
+            claimed = [entry for entry in claimed if entry.entry_id not in self._held]
+            if claimed:
+                log.info("claimed %d tasks from lost agents", len(claimed))
+                await self._dispatch(claimed)
+                return True
+        block_ms = None
+        if not burst:
+            until_claim_ms = int((self._next_claim - time.monotonic()) * 1000)
+            block_ms = max(1, min(s.block_ms, until_claim_ms))
+        entries = await rt.stream.read(count, block_ms=block_ms)
+        self._outage.recovered()
+        if entries:
+            await self._dispatch(entries)
+        elif burst:
+            if not self._held:
+                return False
+            await self._wait_for_change()
+        return True
 
     def _read_count(self) -> int:
         """How many entries the next read asks for (see the module docstring)."""
@@ -384,10 +444,14 @@ class Agent:
         """Stop: hand back what waits for a slot, give running tasks the grace period,
         hand back the rest, and write everything that finished."""
         rt = self._runtime
-        if self._stop_requested:
+        stopping = self._stop_requested
+        if stopping:
             self._draining = True
-            with contextlib.suppress(RedisError):
+            try:
                 await rt.heartbeat.beat()  # operators see the agent draining
+            except Exception as exc:
+                if not redis_unavailable(exc):
+                    raise
         for held in list(self._held.values()):
             if held.task is not None and not held.running and not held.task.done():
                 self._stop_task(held, _Stop.HAND_BACK)
@@ -402,6 +466,11 @@ class Agent:
         while self._inflight:
             await asyncio.wait(set(self._inflight))
         await self._hand_back()
+        if stopping:
+            # Outcomes still waiting for Redis get one more grace period, then stay pending.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(rt.writer.drain(), self.settings.drain_grace_s)
+            rt.writer.give_up()
         await rt.writer.drain()
 
     async def _hand_back(self) -> None:
@@ -411,8 +480,15 @@ class Agent:
         try:
             count = await self._runtime.stream.hand_back([(h.entry, h.attempt) for h in returned])
             log.info("handed %d tasks back to the stream", count)
-        except RedisError:
-            log.exception("could not hand %d tasks back; they return after a lease", len(returned))
+        except Exception as exc:
+            if not redis_unavailable(exc):
+                raise
+            log.warning(
+                "could not hand %d tasks back while Redis is away (%s); they run again after "
+                "their lease",
+                len(returned),
+                exc,
+            )
         for held in returned:
             self._release(held)
         self._wake.set()
@@ -426,10 +502,34 @@ class Agent:
         for held in batch:
             self._held[held.entry.entry_id] = held
         # Starting the tasks and resolving their functions are independent round trips:
-        # overlapped, a read costs one Redis round trip less before its tasks run.
-        starts, functions = await asyncio.gather(
-            rt.stream.start(entries), rt.catalog.resolve(entry.function_id for entry in entries)
-        )
+        # overlapped, a read costs one Redis round trip less before its tasks run. Both are
+        # safe to retry (the start is named by its stamp), so a Redis outage is waited out.
+        started_at = start_stamp()
+
+        async def start_and_resolve() -> tuple[list[Start], _Functions]:
+            return await asyncio.gather(
+                rt.stream.start(entries, started_at=started_at),
+                rt.catalog.resolve(entry.function_id for entry in entries),
+            )
+
+        try:
+            starts, functions = await retry(
+                start_and_resolve,
+                transient=redis_unavailable,
+                outage=self._outage,
+                stop=self._stop_event,
+            )
+        except Exception as exc:
+            for held in batch:
+                self._release(held)
+            if not redis_unavailable(exc):
+                raise
+            log.warning(
+                "stopping while Redis is away: %d tasks read but not started stay pending "
+                "and run again after their lease",
+                len(batch),
+            )
+            return
         to_run: list[_Held] = []
         for held, start in zip(batch, starts, strict=True):
             if not start.run:
@@ -558,6 +658,9 @@ class Agent:
             self._held_sync -= 1
         elif held.kind is _Kind.ASYNC:
             self._held_async -= 1
+
+
+_Functions = dict[str, FunctionInfo | ExceptionRecord]
 
 
 def _worker_lost(attempt: int, max_attempts: int) -> ExceptionRecord:

@@ -7,8 +7,9 @@ cancelled it. Every agent of the endpoint hears it; the one holding the task sto
 
 Pub/sub is fire-and-forget: the subscription is made before the agent reads its first
 task, so a task this agent started cannot have been cancelled unheard, except while the
-subscription is broken; it is then made again (after a short pause), and a notice sent in
-between is lost: the task runs to its end. A queued task needs no notice: the web service
+subscription is broken (Redis away or restarting); it is then made again with the shared
+backoff (:mod:`service_common.retry`, the outage logged once), and a notice sent in between
+is lost: the task runs to its end. A queued task needs no notice: the web service
 marks it ``cancelled`` itself, and the agent's start script skips it.
 """
 
@@ -25,10 +26,10 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from sdk.keys import Keys
+from service_common.redis_client import redis_unavailable
+from service_common.retry import DEFAULT_BACKOFF, Outage
 
 log = logging.getLogger(__name__)
-
-RESUBSCRIBE_S = 1.0
 
 
 class CancelListener:
@@ -41,18 +42,31 @@ class CancelListener:
         endpoint_id: str,
         *,
         on_cancel: Callable[[str], object],
+        outage: Outage,
     ) -> None:
         self._redis = redis
+        self._outage = outage
         self._channel = keys.endpoint_cancel(endpoint_id)
         self._on_cancel = on_cancel
         self._pubsub: Any = None
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Subscribe (so notices published from now on are heard) and start listening."""
-        self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-        await self._pubsub.subscribe(self._channel)
+        """Subscribe (so notices published from now on are heard) and start listening.
+
+        Raises when Redis is away; nothing is left open then."""
+        self._pubsub = await self._subscribe()
         self._task = asyncio.create_task(self._listen(), name="fxbroker-cancel-listener")
+
+    async def _subscribe(self) -> Any:
+        pubsub: Any = self._redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(self._channel)
+        except BaseException:
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.aclose()
+            raise
+        return pubsub
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -67,16 +81,17 @@ class CancelListener:
 
     async def _listen(self) -> None:
         while True:
+            started = self._outage.now()
             try:
                 message = await self._pubsub.get_message(timeout=None)
-            except (RedisError, OSError):
-                log.warning("the cancel subscription broke; subscribing again", exc_info=True)
-                await asyncio.sleep(RESUBSCRIBE_S)
+            except (RedisError, OSError) as exc:
+                if redis_unavailable(exc):
+                    self._outage.failed(exc, attempt_started=started)
+                else:
+                    log.exception("the cancel subscription failed; subscribing again")
                 with contextlib.suppress(RedisError, OSError):
                     await self._pubsub.aclose()
-                self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-                with contextlib.suppress(RedisError, OSError):
-                    await self._pubsub.subscribe(self._channel)
+                self._pubsub = await self._resubscribe()
                 continue
             if message is None or message.get("type") != "message":
                 continue
@@ -85,6 +100,21 @@ class CancelListener:
                 log.warning("ignoring a malformed cancel notice: %r", message.get("data"))
                 continue
             self._on_cancel(task_id)
+
+    async def _resubscribe(self) -> Any:
+        """Subscribe again, waiting out the outage with the shared backoff."""
+        failures = 0
+        while True:
+            failures += 1
+            await asyncio.sleep(DEFAULT_BACKOFF.delay_s(failures))
+            started = self._outage.now()
+            try:
+                pubsub = await self._subscribe()
+            except (RedisError, OSError) as exc:
+                self._outage.failed(exc, attempt_started=started)
+                continue
+            self._outage.recovered()
+            return pubsub
 
 
 def parse_notice(data: Any) -> str | None:

@@ -15,10 +15,11 @@ from dataclasses import asdict, dataclass
 from importlib.metadata import PackageNotFoundError, version
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 from redis.typing import EncodableT, FieldT
 
 from sdk.keys import Keys
+from service_common.redis_client import redis_unavailable
+from service_common.retry import Outage
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,10 @@ class Heartbeat:
         *,
         interval_s: float,
         status: Callable[[], Status],
+        outage: Outage,
     ) -> None:
         self._redis = redis
+        self._outage = outage
         self._key = keys.endpoint_status(endpoint_id)
         self._interval_s = interval_s
         self._status = status
@@ -81,12 +84,19 @@ class Heartbeat:
         await pipe.execute()
 
     async def run(self, stopped: asyncio.Event) -> None:
-        """Beat every ``interval_s`` until ``stopped`` is set; a failed beat is logged, not
-        fatal. Stopping lets a beat in flight finish rather than cancelling Redis I/O."""
+        """Beat every ``interval_s`` until ``stopped`` is set; a beat that fails because
+        Redis is away is part of the outage (logged once, by the shared :class:`Outage`),
+        never fatal. Stopping lets a beat in flight finish rather than cancelling Redis I/O."""
         while not stopped.is_set():
+            started = self._outage.now()
             try:
                 await self.beat()
-            except RedisError:
-                log.warning("heartbeat failed", exc_info=True)
+            except Exception as exc:
+                if redis_unavailable(exc):
+                    self._outage.failed(exc, attempt_started=started)
+                else:
+                    log.exception("heartbeat failed")
+            else:
+                self._outage.recovered()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopped.wait(), self._interval_s)

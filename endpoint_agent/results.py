@@ -7,7 +7,9 @@ A batch is two pipelined round trips (docs/internals.md):
    ``completed_at``, ``result`` or ``exception``, ``stdout``/``stderr`` (when not empty)
    and ``notice_pending``, and ``EXPIRE`` the hash. A task that is no longer this agent's
    (its lease lapsed and another agent claimed it) is not written: a late result never
-   overwrites anything.
+   overwrites anything. A task this agent and attempt already settled (an earlier try of
+   the same batch got through before the connection broke) is not written again: it goes
+   on to step 2 if its ``notice_pending`` is still there, else only to the acknowledgement.
 2. *Announce and acknowledge*, for each task written in step 1::
 
        XADD   task-group results stream * task_id <tid> state <state>
@@ -23,14 +25,24 @@ A batch is two pipelined round trips (docs/internals.md):
 
 Delivery contract: a task's entry is acknowledged only after its outcome is stored and its
 notice appended, so an agent that dies leaves the entry pending for redelivery; and the
-notice is appended exactly once per task, because only the writer of the terminal state
-appends it, and a redelivery appends it only while ``notice_pending`` says it is missing.
+notice is appended once per task, because only the writer of the terminal state appends
+it, and a redelivery or a retry appends it only while ``notice_pending`` says it is
+missing. (Step 2 is a pipeline, not a transaction, since its keys live in different hash
+slots: a Redis that dies between a batch's ``XADD`` and its ``HDEL`` leaves a notice that
+the retry appends again. Subscribers drop repeated task ids.)
 
 Batching needs no timer: the first completion schedules a flush on the next turn of the
 event loop; everything completed meanwhile, and everything completed while a write is in
-flight, shares the next batch. A write that fails is retried a few times; if Redis stays
-away the batch is dropped *unacknowledged* (its entries stay pending) and ``on_written`` is
-still called so the agent frees the slots.
+flight, shares the next batch.
+
+**Redis outages.** A write that fails because Redis is away is retried with the shared
+backoff (:mod:`service_common.retry`) until Redis is back, however long that takes: the
+outcomes of tasks that finished during the outage are kept and written then, and the
+outage is logged once. Their tasks count as held meanwhile, so the agent reads nothing new.
+Only :meth:`ResultWriter.give_up` (a stopping agent whose grace period ran out) ends the
+waiting: the batch is then left *unacknowledged* (its entries stay pending and are run
+again after their lease). ``on_written`` is called for every batch either way, so the agent
+frees the slots.
 """
 
 from __future__ import annotations
@@ -43,28 +55,36 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from endpoint_agent.worker import Outcome
 from sdk.keys import AGENT_GROUP, Keys
 from sdk.states import TaskState
+from service_common.redis_client import execute_pipeline, redis_unavailable
+from service_common.retry import Outage, retry
 
 log = logging.getLogger(__name__)
 
-WRITE_ATTEMPTS = 5
-RETRY_BASE_S = 0.1
-
 SETTLE_SCRIPT = """
-if redis.call('HGET', KEYS[1], 'state') ~= ARGV[1] or
-   redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[2] then
+local f = redis.call('HMGET', KEYS[1], 'state', 'attempts', 'agent')
+if f[2] ~= ARGV[2] or f[3] ~= ARGV[4] then
   return 0
 end
-redis.call('HSET', KEYS[1], 'notice_pending', '1', unpack(ARGV, 4))
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-return 1
+if f[1] == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'notice_pending', '1', unpack(ARGV, 5))
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+  return 1
+end
+if redis.call('HEXISTS', KEYS[1], 'notice_pending') == 1 then
+  return 1
+end
+return 2
 """
-"""KEYS: the task hash. ARGV: running state, attempt, ttl, then field/value pairs.
-1 when written, 0 when the task is not running under that attempt."""
+"""KEYS: the task hash. ARGV: running state, attempt, ttl, agent, then field/value pairs.
+1 when written (or written by an earlier try, its notice still pending), 2 when an earlier
+try wrote and announced it (only the acknowledgement may be missing), 0 when the task is
+no longer this agent's under that attempt."""
+
+WRITTEN, ANNOUNCED, NOT_OURS = 1, 2, 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,10 +111,15 @@ class ResultWriter:
         keys: Keys,
         endpoint_id: str,
         *,
+        agent: str,
         result_ttl_s: int,
         on_written: Callable[[Sequence[Completion]], None],
+        outage: Outage,
     ) -> None:
         self._redis = redis
+        self._agent = agent
+        self._outage = outage
+        self._give_up = asyncio.Event()
         self._keys = keys
         self._stream = keys.endpoint_tasks(endpoint_id)
         self._ttl_s = result_ttl_s
@@ -114,6 +139,11 @@ class ResultWriter:
         while self._flusher is not None and not self._flusher.done():
             await asyncio.shield(self._flusher)
 
+    def give_up(self) -> None:
+        """Stop waiting for Redis: a batch that fails from now on is left unacknowledged
+        (its tasks run again after their lease) instead of retried until Redis is back."""
+        self._give_up.set()
+
     async def _flush(self) -> None:
         while self._pending:
             batch, self._pending = self._pending, []
@@ -123,26 +153,33 @@ class ResultWriter:
                 self._on_written(batch)
 
     async def _write(self, batch: Sequence[Completion]) -> None:
-        for attempt in range(1, WRITE_ATTEMPTS + 1):
-            try:
-                await self._write_once(batch)
-                return
-            except RedisError:
-                if attempt == WRITE_ATTEMPTS:
-                    log.exception(
-                        "could not write %d completions; their entries stay pending", len(batch)
-                    )
-                    return
-                log.warning("writing %d completions failed, retrying", len(batch), exc_info=True)
-                await asyncio.sleep(RETRY_BASE_S * 2**attempt)
+        try:
+            await retry(
+                lambda: self._write_once(batch),
+                transient=redis_unavailable,
+                outage=self._outage,
+                stop=self._give_up,
+            )
+        except Exception as exc:
+            if redis_unavailable(exc):
+                log.warning(
+                    "gave up writing %d completions while Redis is away (%s); their entries "
+                    "stay pending and run again after their lease",
+                    len(batch),
+                    exc,
+                )
+            else:
+                log.exception(
+                    "could not write %d completions; their entries stay pending", len(batch)
+                )
 
     async def _write_once(self, batch: Sequence[Completion]) -> None:
         written = await self._settle_all(batch)
         pipe = self._redis.pipeline(transaction=False)
         groups: set[str] = set()
         settled: list[str] = []
-        for c, ok in zip(batch, written, strict=True):
-            if not ok:
+        for c, status in zip(batch, written, strict=True):
+            if status == NOT_OURS:
                 log.warning(
                     "task %s is no longer this agent's (its lease lapsed); its outcome is "
                     "dropped and its entry left to the agent that holds it",
@@ -150,7 +187,7 @@ class ResultWriter:
                 )
                 continue
             state = str(c.outcome.state) if c.outcome is not None else c.pending_notice
-            if state:
+            if state and status == WRITTEN:
                 if c.task_group_id:
                     notices = self._keys.task_group_results(c.task_group_id)
                     pipe.xadd(notices, {"task_id": c.task_id, "state": state})
@@ -165,11 +202,12 @@ class ResultWriter:
             pipe.xdel(self._stream, *settled)
         await pipe.execute()
 
-    async def _settle_all(self, batch: Sequence[Completion]) -> list[bool]:
-        """Step 1: write the outcomes; which completions may be announced and acknowledged."""
+    async def _settle_all(self, batch: Sequence[Completion]) -> list[int]:
+        """Step 1: write the outcomes; per completion, :data:`WRITTEN` (announce and
+        acknowledge), :data:`ANNOUNCED` (acknowledge) or :data:`NOT_OURS` (leave alone)."""
         outcomes = [c for c in batch if c.outcome is not None]
         if not outcomes:
-            return [True] * len(batch)
+            return [WRITTEN] * len(batch)
         now = f"{time.time():.6f}"
         pipe = self._redis.pipeline(transaction=False)
         for c in outcomes:
@@ -180,12 +218,13 @@ class ResultWriter:
                     str(TaskState.RUNNING),
                     str(c.attempt),
                     str(self._ttl_s),
+                    self._agent,
                     *_fields(c.outcome, now),
                 ],
                 client=pipe,
             )
-        replies = iter(await pipe.execute())
-        return [c.outcome is None or int(next(replies)) == 1 for c in batch]
+        replies = iter(await execute_pipeline(pipe))
+        return [WRITTEN if c.outcome is None else int(next(replies)) for c in batch]
 
 
 def _fields(outcome: Outcome, now: str) -> list[str]:

@@ -7,7 +7,9 @@
 * :meth:`TaskStream.claim` is ``XAUTOCLAIM`` of entries idle for a whole lease: entries an
   agent read and then lost (killed, cut off) come back to a live one.
 * :meth:`TaskStream.start` moves every task of one read to ``running`` in one round trip
-  (one Lua script per task, pipelined) and counts the attempt. A task already terminal (say
+  (one Lua script per task, pipelined) and counts the attempt. It is safe to retry after a
+  lost reply (a Redis restart): the same call's ``started_at`` is recognised and the
+  attempt is not counted twice. A task already terminal (say
   ``cancelled`` while queued) or whose hash is gone is reported as not to run; a terminal
   task whose completion notice may not have been appended (its agent died between writing
   the result and the notice: the hash still has ``notice_pending``) is reported so the
@@ -36,11 +38,16 @@ from redis.exceptions import ResponseError
 
 from sdk.keys import AGENT_GROUP, Keys
 from sdk.states import TERMINAL_STATES, TaskState
+from service_common.redis_client import execute_pipeline
 
 START_SCRIPT = """
-local state = redis.call('HGET', KEYS[1], 'state')
+local f = redis.call('HMGET', KEYS[1], 'state', 'agent', 'started_at', 'attempts')
+local state = f[1]
 if not state then
   return {0, ''}
+end
+if state == ARGV[1] and f[2] == ARGV[3] and f[3] == ARGV[2] then
+  return {1, tonumber(f[4])}
 end
 for i = 4, #ARGV do
   if state == ARGV[i] then
@@ -56,7 +63,9 @@ return {1, redis.call('HINCRBY', KEYS[1], 'attempts', 1)}
 """KEYS: the task hash. ARGV: running state, started_at, agent, then the terminal states.
 Returns ``{1, attempt}`` when the task was moved to running (attempt: the count after this
 start), ``{2, state}`` when it is terminal with its notice pending, ``{0, state}`` when it
-must not run."""
+must not run. ``started_at`` and the agent together name one start: a task already running
+under both was started by an earlier try of this same call (its reply was lost with the
+connection), so the retry answers that start again instead of counting a second attempt."""
 
 TOUCH_SCRIPT = """
 local lost = {}
@@ -98,6 +107,11 @@ Appends a copy of the entry and settles the old one, atomically."""
 
 CLAIM_ROUNDS = 10
 """At most this many XAUTOCLAIM calls per sweep (each scans a bounded part of the PEL)."""
+
+
+def start_stamp() -> str:
+    """The ``started_at`` of a start made now (Unix seconds, microseconds)."""
+    return f"{time.time():.6f}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,11 +246,14 @@ class TaskStream:
                 break
         return claimed
 
-    async def start(self, entries: Sequence[TaskEntry]) -> list[Start]:
-        """Move each entry's task to ``running`` and count the attempt (one round trip)."""
+    async def start(self, entries: Sequence[TaskEntry], *, started_at: str = "") -> list[Start]:
+        """Move each entry's task to ``running`` and count the attempt (one round trip).
+
+        ``started_at`` (default: now) names this start: retrying the call with the same
+        value after a failure counts no attempt twice (see :data:`START_SCRIPT`)."""
         if not entries:
             return []
-        now = f"{time.time():.6f}"
+        now = started_at or start_stamp()
         terminal = sorted(str(s) for s in TERMINAL_STATES)
         pipe = self._redis.pipeline(transaction=False)
         for entry in entries:
@@ -246,7 +263,7 @@ class TaskStream:
                 client=pipe,
             )
         starts: list[Start] = []
-        for code, value in await pipe.execute():
+        for code, value in await execute_pipeline(pipe):
             if int(code) == 1:
                 starts.append(Start(run=True, attempt=int(value)))
             elif int(code) == 2:
@@ -277,7 +294,7 @@ class TaskStream:
                 args=[str(TaskState.RUNNING), str(attempt), str(TaskState.WAITING)],
                 client=pipe,
             )
-        released = await pipe.execute()
+        released = await execute_pipeline(pipe)
         pipe = self._redis.pipeline(transaction=False)
         count = 0
         for (entry, _), ok in zip(entries, released, strict=True):
@@ -289,7 +306,7 @@ class TaskStream:
             )
             count += 1
         if count:
-            await pipe.execute()
+            await execute_pipeline(pipe)
         return count
 
     async def lookup(self, fetch: Iterable[str], check: Iterable[str]) -> Lookup:

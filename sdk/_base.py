@@ -5,18 +5,44 @@ and :class:`~sdk.executor.Executor` build every :class:`Request` here, send it t
 (sync or async httpx), and hand the answer back to a parser here, the way httpx shares one
 ``BaseClient``. The WebSocket frames the result listener sends and reads are built and
 parsed here too.
+
+**Retries** (:class:`Exchange`, with the policy of :mod:`sdk.retry`). Both clients send a
+request until it is answered: a connection failure (any httpx transport error, timeouts
+included) or a 429, 502, 503 or 504 answer is tried again with backoff until the client's
+outage has lasted ``retry_for_s``. Every request the SDK sends is safe to send twice:
+
+=====================================  ==========================================================
+request                                why a repeat does no harm
+=====================================  ==========================================================
+``GET`` (whoami, info, function,       reads
+endpoint, task, task group page)
+``batch_status``                       a read, though a ``POST``
+``register_function``                  the service derives the id from the owner and the code
+                                       hash: the same code answers the same id
+``register_endpoint``                  the same name answers the same id
+cancel, batch cancel                   a task already cancelled stays so; a repeat answers
+                                       ``finished`` with state ``cancelled``, which
+                                       :func:`parse_cancel` reads as ``cancelled``
+submit                                 carries an ``Idempotency-Key`` made once per batch and
+                                       sent on every retry: a repeat answers the first reply's
+                                       task ids and queues nothing (a ``409 CONFLICT`` while
+                                       the first is still underway is waited out too)
+=====================================  ==========================================================
+
+A request that is answered with anything else (a 2xx, a 4xx, a 500) is not tried again.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import uuid
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from sdk.errors import APIError, ConfigurationError, TaskPending
+from sdk.errors import APIError, ConfigurationError, ConnectionFailed, TaskPending
 from sdk.messages import (
     ExceptionRecord,
     ResultItem,
@@ -27,6 +53,7 @@ from sdk.messages import (
     exception_from,
     remote_exception,
 )
+from sdk.retry import RETRY_STATUSES, Outage, parse_retry_after
 from sdk.serialize import deserialize, pack_payload, serialize
 from sdk.states import TaskState
 from sdk.wire import (
@@ -46,6 +73,22 @@ class Request:
     method: str
     path: str
     json: Any = None
+    idempotency_key: str | None = None
+    """Sent as ``Idempotency-Key``: the same on every retry of this request."""
+
+    def headers(self) -> dict[str, str]:
+        """The headers of this request beyond the client's own (authorization)."""
+        if self.idempotency_key is None:
+            return {}
+        return {IDEMPOTENCY_HEADER: self.idempotency_key}
+
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+def new_idempotency_key() -> str:
+    """A fresh key for one batch submit (32 hex digits)."""
+    return uuid.uuid4().hex
 
 
 def _id(value: str) -> str:
@@ -118,12 +161,22 @@ def task_spec(
     return spec
 
 
-def submit(endpoint_id: str, tasks: Sequence[TaskSpec], task_group_id: str | None) -> Request:
-    """``POST /v1/endpoints/{id}/submit``: the reply lists task ids in the order of ``tasks``."""
+def submit(
+    endpoint_id: str,
+    tasks: Sequence[TaskSpec],
+    task_group_id: str | None,
+    *,
+    idempotency_key: str | None = None,
+) -> Request:
+    """``POST /v1/endpoints/{id}/submit``: the reply lists task ids in the order of ``tasks``.
+
+    The request carries ``idempotency_key`` (a new one when not given), so sending this same
+    :class:`Request` again never queues its tasks twice."""
     body: SubmitRequest = {"tasks": list(tasks)}
     if task_group_id is not None:
         body["task_group_id"] = task_group_id
-    return Request("POST", f"{API}/endpoints/{_id(endpoint_id)}/submit", body)
+    key = idempotency_key if idempotency_key is not None else new_idempotency_key()
+    return Request("POST", f"{API}/endpoints/{_id(endpoint_id)}/submit", body, key)
 
 
 def get_task(task_id: str) -> Request:
@@ -289,6 +342,78 @@ class Batch:
         return f"<Batch of {len(self.tasks)} tasks>"
 
 
+# -- sending with retries --------------------------------------------------------------------
+
+
+def retryable(request: Request, status: int) -> bool:
+    """Whether an answer with ``status`` is worth sending ``request`` again for."""
+    return status in RETRY_STATUSES or (status == 409 and request.idempotency_key is not None)
+
+
+class Exchange:
+    """One request sent until it is answered, the loop both clients run::
+
+        exchange = Exchange(request, client_outage, url=base_url)
+        while True:
+            try:
+                response = send(request)                      # the shell's own I/O
+            except httpx.TransportError as exc:
+                delay = exchange.after_error(exc, now())
+                if delay is None:
+                    raise exchange.unreachable(now()) from exc
+            else:
+                delay = exchange.after_answer(status, retry_after_header, now())
+                if delay is None:
+                    return exchange.result(status, content, request_id=..., now=now())
+            sleep(delay)
+
+    ``outage`` is the client's :class:`~sdk.retry.Outage`, shared by its requests."""
+
+    def __init__(self, request: Request, outage: Outage, *, url: str) -> None:
+        self.request = request
+        self.outage = outage
+        self.url = url
+        self.attempts = 0
+        """Times the request was sent (or tried to be)."""
+        self._reason = ""
+        self._gave_up = False
+
+    def after_error(self, error: Exception, now: float) -> float | None:
+        """The request could not be sent or got no answer: the delay before the next try,
+        or ``None`` when the outage has lasted the client's ``retry_for_s``."""
+        self.attempts += 1
+        self._reason = f"{type(error).__name__}: {error}"
+        return self.outage.failed(now, self._reason)
+
+    def after_answer(self, status: int, retry_after: str | None, now: float) -> float | None:
+        """The service answered ``status``: the delay before trying again, or ``None`` when
+        the answer is final (pass it to :meth:`result`)."""
+        self.attempts += 1
+        if not retryable(self.request, status):
+            self.outage.ended(now)
+            return None
+        self._reason = f"HTTP {status}"
+        retry_after_s = parse_retry_after(retry_after)
+        delay = self.outage.failed(now, self._reason, retry_after_s=retry_after_s)
+        self._gave_up = delay is None
+        return delay
+
+    def unreachable(self, now: float) -> ConnectionFailed:
+        """The error a call ends with when the service could not be reached in time."""
+        return ConnectionFailed(self.url, self.outage.describe(self._reason, now))
+
+    def result(self, status: int, content: bytes, *, request_id: str, now: float) -> Any:
+        """The parsed final answer (see :func:`parse_response`). An answer that was still
+        retryable when the bound was reached raises its :class:`APIError` saying so."""
+        try:
+            return parse_response(status, content, request_id=request_id)
+        except APIError as exc:
+            if not self._gave_up:
+                raise
+            message = self.outage.describe(exc.message or f"HTTP {status}", now)
+            raise APIError(exc.status, exc.code, message, exc.request_id) from exc
+
+
 # -- responses -------------------------------------------------------------------------------
 
 
@@ -353,8 +478,13 @@ def parse_submit(data: Any, expected: int) -> SubmitResponse:
 
 def parse_cancel(data: Any) -> str:
     """The outcome of one cancel: ``cancelled`` (it will never run), ``interrupt_requested``
-    (it was running; its agent is told to stop it) or ``finished`` (nothing to do)."""
+    (it was running; its agent is told to stop it) or ``finished`` (nothing to do).
+
+    A task found already ``cancelled`` reads as ``cancelled`` too: it will not run, and a
+    retried cancel whose first answer was lost must not report otherwise."""
     value: str = _field(data, "outcome")
+    if value == "finished" and data.get("state") == TaskState.CANCELLED:
+        return "cancelled"
     return value
 
 

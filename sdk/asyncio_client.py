@@ -37,11 +37,12 @@ from sdk import _base
 from sdk._base import Batch, FunctionKey, TaskOutcome, function_key
 from sdk.batching import Submission, SubmitQueue
 from sdk.config import ClientConfig
-from sdk.errors import APIError, ConnectionFailed
+from sdk.errors import APIError
 from sdk.handles import TaskHandle, as_completed
 from sdk.messages import SubmitResponse, TaskInfo, TaskSpec
 from sdk.progress import Progress
-from sdk.results import Reconnect, Resolve, ResultListener
+from sdk.results import Resolve, ResultListener
+from sdk.retry import Outage, Retry
 
 R = TypeVar("R")
 
@@ -77,15 +78,20 @@ class AsyncClient:
         batch_size: int = 128,
         batch_interval_s: float = 0.0,
         task_group_id: str | None = None,
-        reconnect: Reconnect | None = None,
+        retry_for_s: float | None = None,
     ) -> None:
         """Without ``url``/``token`` the service is found as :mod:`sdk.config` describes.
         ``batch_size`` caps the tasks of one submit request made by :meth:`run` and
         :meth:`submit`; ``batch_interval_s`` makes the queue wait that long after each request
-        for more tasks (see :mod:`sdk.batching`)."""
+        for more tasks (see :mod:`sdk.batching`). ``retry_for_s`` bounds how long an outage
+        of the web service, and of the WebSocket service while results are awaited, is
+        waited out, as for :class:`~sdk.client.Client`."""
         self.config = ClientConfig.from_env(
-            url=url, token=token, ws_url=ws_url, endpoint_id=endpoint_id
+            url=url, token=token, ws_url=ws_url, endpoint_id=endpoint_id, retry_for_s=retry_for_s
         )
+        self.retry = Retry(retry_for_s=self.config.retry_for_s)
+        """The retry policy of this client's requests and result listener (:mod:`sdk.retry`)."""
+        self._outage = Outage(self.retry, service=self.config.url)
         self.task_group_id = task_group_id
         self._ws_url = self.config.ws_url
         self._functions: dict[FunctionKey, asyncio.Task[str]] = {}
@@ -100,7 +106,7 @@ class AsyncClient:
             ws_url=self.get_ws_url,
             token=self.config.token,
             task_group_id=task_group_id,
-            reconnect=reconnect,
+            retry=self.retry,
         )
         self._queue = SubmitQueue(
             self._send_batch, batch_size=batch_size, batch_interval_s=batch_interval_s
@@ -109,15 +115,29 @@ class AsyncClient:
     # -- plumbing ------------------------------------------------------------------------
 
     async def _send(self, request: _base.Request) -> Any:
-        try:
-            response = await self._http.request(request.method, request.path, json=request.json)
-        except httpx.TransportError as exc:
-            raise ConnectionFailed(self.config.url, f"{type(exc).__name__}: {exc}") from exc
-        return _base.parse_response(
-            response.status_code,
-            response.content,
-            request_id=response.headers.get("x-request-id", ""),
-        )
+        """Send ``request`` until it is answered (see :class:`~sdk._base.Exchange`)."""
+        loop = asyncio.get_running_loop()
+        exchange = _base.Exchange(request, self._outage, url=self.config.url)
+        while True:
+            try:
+                response = await self._http.request(
+                    request.method, request.path, json=request.json, headers=request.headers()
+                )
+            except httpx.TransportError as exc:
+                delay = exchange.after_error(exc, loop.time())
+                if delay is None:
+                    raise exchange.unreachable(loop.time()) from exc
+            else:
+                retry_after = response.headers.get("retry-after")
+                delay = exchange.after_answer(response.status_code, retry_after, loop.time())
+                if delay is None:
+                    return exchange.result(
+                        response.status_code,
+                        response.content,
+                        request_id=response.headers.get("x-request-id", ""),
+                        now=loop.time(),
+                    )
+            await asyncio.sleep(delay)
 
     async def _send_all(self, calls: _base.Calls[R]) -> R:
         return calls.merge([await self._send(request) for request in calls.requests])

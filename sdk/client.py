@@ -34,9 +34,9 @@ import httpx
 from sdk import _base
 from sdk._base import Batch, FunctionKey, function_key
 from sdk.config import ClientConfig
-from sdk.errors import ConnectionFailed
 from sdk.messages import TaskInfo
 from sdk.progress import Progress
+from sdk.retry import Outage, Retry
 
 R = TypeVar("R")
 
@@ -56,11 +56,22 @@ class Client:
         timeout_s: float = 30.0,
         ws_url: str | None = None,
         endpoint_id: str | None = None,
+        retry_for_s: float | None = None,
     ) -> None:
-        """Without ``url``/``token`` the service is found as :mod:`sdk.config` describes."""
+        """Without ``url``/``token`` the service is found as :mod:`sdk.config` describes.
+
+        ``retry_for_s`` bounds how long an outage is waited out: a call whose request fails
+        to connect, or is answered 429/502/503/504, is sent again with backoff until the
+        service has been unavailable that long, then raises
+        :class:`~sdk.errors.ConnectionFailed` (or the last :class:`~sdk.errors.APIError`,
+        saying so). Default ``FXBROKER_RETRY_FOR_S``, else 60; 0 turns retries off. One
+        attempt may add up to ``timeout_s`` beyond the bound."""
         self.config = ClientConfig.from_env(
-            url=url, token=token, ws_url=ws_url, endpoint_id=endpoint_id
+            url=url, token=token, ws_url=ws_url, endpoint_id=endpoint_id, retry_for_s=retry_for_s
         )
+        self.retry = Retry(retry_for_s=self.config.retry_for_s)
+        """The retry policy of this client's requests (see :mod:`sdk.retry`)."""
+        self._outage = Outage(self.retry, service=self.config.url)
         self.task_group_id: str | None = None
         self._functions: dict[FunctionKey, str] = {}
         self._by_code: dict[tuple[str, str, str | None], str] = {}
@@ -75,15 +86,28 @@ class Client:
     # -- plumbing ------------------------------------------------------------------------
 
     def _send(self, request: _base.Request) -> Any:
-        try:
-            response = self._http.request(request.method, request.path, json=request.json)
-        except httpx.TransportError as exc:
-            raise ConnectionFailed(self.config.url, f"{type(exc).__name__}: {exc}") from exc
-        return _base.parse_response(
-            response.status_code,
-            response.content,
-            request_id=response.headers.get("x-request-id", ""),
-        )
+        """Send ``request`` until it is answered (see :class:`~sdk._base.Exchange`)."""
+        exchange = _base.Exchange(request, self._outage, url=self.config.url)
+        while True:
+            try:
+                response = self._http.request(
+                    request.method, request.path, json=request.json, headers=request.headers()
+                )
+            except httpx.TransportError as exc:
+                delay = exchange.after_error(exc, time.monotonic())
+                if delay is None:
+                    raise exchange.unreachable(time.monotonic()) from exc
+            else:
+                retry_after = response.headers.get("retry-after")
+                delay = exchange.after_answer(response.status_code, retry_after, time.monotonic())
+                if delay is None:
+                    return exchange.result(
+                        response.status_code,
+                        response.content,
+                        request_id=response.headers.get("x-request-id", ""),
+                        now=time.monotonic(),
+                    )
+            time.sleep(delay)
 
     def on_close(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` when the client closes, before its connections do (how the

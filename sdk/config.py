@@ -10,7 +10,12 @@ URL                ``url=``            ``FXBROKER_URL``        ``url``
 token              ``token=``          ``FXBROKER_TOKEN``      ``token``
 WebSocket URL      ``ws_url=``         ``FXBROKER_WS_URL``     ``ws_url`` (else ``GET /v1/info``)
 default endpoint   ``endpoint_id=``    ``FXBROKER_ENDPOINT_ID``  ``endpoint_id``
+outage bound       ``retry_for_s=``    ``FXBROKER_RETRY_FOR_S``  (not read from the file)
 =================  ==================  ======================  ================================
+
+The outage bound is how long a client retries a service that does not answer (or answers
+429/502/503/504) before calls fail, in seconds; 60 by default, 0 turns retries off (see
+:mod:`sdk.retry`).
 
 ``FXBROKER_HOME`` defaults to ``~/.fxbroker``; ``fxbroker dev`` writes the file with
 :func:`write_config`. The file describes one service, so its token, WebSocket URL and
@@ -27,11 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from sdk.errors import ConfigurationError
+from sdk.retry import DEFAULT_RETRY_FOR_S, check_retry_for_s
 
 ENV_URL = "FXBROKER_URL"
 ENV_TOKEN = "FXBROKER_TOKEN"
 ENV_WS_URL = "FXBROKER_WS_URL"
 ENV_ENDPOINT_ID = "FXBROKER_ENDPOINT_ID"
+ENV_RETRY_FOR_S = "FXBROKER_RETRY_FOR_S"
 ENV_HOME = "FXBROKER_HOME"
 CONFIG_FILE = "config.json"
 _FIELDS = ("url", "ws_url", "token", "endpoint_id")
@@ -121,6 +128,8 @@ class ClientConfig:
     """Base URL of the WebSocket service; ``None``: ask the web service (``GET /v1/info``)."""
     endpoint_id: str | None = None
     """Endpoint used when a call names none."""
+    retry_for_s: float = DEFAULT_RETRY_FOR_S
+    """How long an outage of the service is retried before calls fail; 0: no retries."""
 
     @classmethod
     def from_env(
@@ -130,10 +139,13 @@ class ClientConfig:
         token: str | None = None,
         ws_url: str | None = None,
         endpoint_id: str | None = None,
+        retry_for_s: float | None = None,
     ) -> ClientConfig:
         """Resolve each value from the arguments, the environment, then the config file.
 
-        Raises :class:`ConfigurationError` when no URL or no token can be found."""
+        Raises :class:`ConfigurationError` when no URL or no token can be found, or when
+        ``FXBROKER_RETRY_FOR_S`` is not a number of seconds ``>= 0``; :class:`ValueError`
+        for such a ``retry_for_s`` argument."""
         env = os.environ
         path = config_path()
         file = read_config()
@@ -158,6 +170,11 @@ class ClientConfig:
             token=resolved_token,
             ws_url=ws_url or env.get(ENV_WS_URL) or own.get("ws_url"),
             endpoint_id=endpoint_id or env.get(ENV_ENDPOINT_ID) or own.get("endpoint_id"),
+            retry_for_s=(
+                check_retry_for_s(retry_for_s)
+                if retry_for_s is not None
+                else _env_retry_for_s(env.get(ENV_RETRY_FOR_S))
+            ),
         )
 
     def require_endpoint(self, endpoint_id: str | None = None) -> str:
@@ -169,3 +186,14 @@ class ClientConfig:
                 "`fxbroker dev` (it writes the id of its local endpoint)"
             )
         return chosen
+
+
+def _env_retry_for_s(raw: str | None) -> float:
+    if raw is None or not raw.strip():
+        return DEFAULT_RETRY_FOR_S
+    try:
+        return check_retry_for_s(float(raw))
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"{ENV_RETRY_FOR_S} must be a number of seconds >= 0 (0: no retries), not {raw!r}"
+        ) from exc

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import functools
 import itertools
 import threading
@@ -44,6 +45,7 @@ from sdk.errors import FxBrokerError
 from sdk.futures import TaskFuture
 from sdk.handles import TaskHandle
 from sdk.progress import Progress
+from sdk.retry import check_retry_for_s
 from sdk.states import TERMINAL_STATES
 
 P = ParamSpec("P")
@@ -68,13 +70,25 @@ class Executor(concurrent.futures.Executor):
         task_group_id: str | None = None,
         batch_interval_s: float = 0.0,
         walltime_s: float | None = None,
+        retry_for_s: float | None = None,
     ) -> None:
         """``client`` lends its URL and token (and answers cancel and reload requests);
         without it the service is found as :mod:`sdk.config` describes. A missing endpoint
         raises :class:`~sdk.errors.ConfigurationError` here, not at the first submit.
         ``walltime_s`` caps how long each task may run (past it, it fails with
-        ``WalltimeExceeded``); the service rejects a value that is not a positive number."""
-        config = client.config if client is not None else ClientConfig.from_env()
+        ``WalltimeExceeded``); the service rejects a value that is not a positive number.
+
+        ``retry_for_s`` (default: the client's, else ``FXBROKER_RETRY_FOR_S``, else 60) is
+        how long an outage of the web or ws service is waited out: submits, registrations
+        and the result connection retry with backoff meanwhile; past it the futures still
+        outstanding fail with :class:`~sdk.errors.ConnectionFailed`. So leaving the ``with``
+        block never waits on a dead platform for much longer than that."""
+        if client is not None:
+            config = client.config
+            if retry_for_s is not None:
+                config = dataclasses.replace(config, retry_for_s=check_retry_for_s(retry_for_s))
+        else:
+            config = ClientConfig.from_env(retry_for_s=retry_for_s)
         self.endpoint_id = config.require_endpoint(endpoint_id)
         self.walltime_s = walltime_s
         """The longest each task may run, in seconds (``None``: the endpoint's limit only)."""
@@ -94,6 +108,7 @@ class Executor(concurrent.futures.Executor):
             batch_size=batch_size,
             batch_interval_s=batch_interval_s,
             task_group_id=task_group_id,
+            retry_for_s=config.retry_for_s,
         )
         self._thread = threading.Thread(target=self._serve, name="fxbroker-executor", daemon=True)
         self._thread.start()
@@ -407,24 +422,54 @@ class Executor(concurrent.futures.Executor):
             self._cancel_many([f for f in pending if not f.done()])
 
     def _cancel_many(self, futures: Sequence[concurrent.futures.Future[Any]]) -> None:
-        """Cancel upstream (one request per 1,000) and stop waiting for every one of them."""
+        """Stop waiting for every one of them and cancel their tasks: those still queued here
+        never leave; those whose submit is in flight are cancelled upstream once it answers,
+        with those already submitted (one request per 1,000; running ones are asked to stop).
+        If the service cannot be reached within ``retry_for_s`` the futures are cancelled
+        all the same."""
         ids = [f.task_id for f in futures if isinstance(f, TaskFuture) and f.task_id]
-        with contextlib.suppress(FxBrokerError):
-            self._sync.cancel_tasks(ids)
+        in_flight = [
+            f.handle
+            for f in futures
+            if isinstance(f, TaskFuture) and f.task_id is None and f.handle is not None
+        ]
         for future in futures:
             if isinstance(future, TaskFuture):
-                future.cancel_locally()
+                future.cancel_locally()  # withdraws it from the submit queue (_forget)
             else:
                 future.cancel()
+        if in_flight and not self._on_loop():
+            ids += self._sent_ids(in_flight)
+        with contextlib.suppress(FxBrokerError):
+            self._sync.cancel_tasks(ids)
+
+    def _sent_ids(self, handles: Sequence[TaskHandle]) -> list[str]:
+        """The task ids of ``handles`` whose submit request left, once it answered."""
+
+        async def sent() -> list[str | None]:
+            return await asyncio.gather(*(self._client.wait_sent(h) for h in handles))
+
+        try:
+            ids = asyncio.run_coroutine_threadsafe(sent(), self._loop).result()
+        except RuntimeError:  # the loop is already closed: nothing is in flight any more
+            return []
+        return [task_id for task_id in ids if task_id is not None]
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Accept no more submissions and close the connections once every future is done.
 
-        ``cancel_futures=True`` cancels upstream every task not yet done (one request per
-        1,000; those already running are asked to stop) and cancels their futures, so
-        nothing is left to wait for. ``wait=True`` blocks until the remaining futures are
-        done and the background thread has stopped; called from a future's callback (which
-        runs on that thread) it returns at once instead of waiting on itself."""
+        ``cancel_futures=True`` cancels every task not yet done, as :meth:`map` does when its
+        iteration stops early: queued here, it never leaves; submitted (or in flight), it is
+        cancelled upstream (one request per 1,000; those already running are asked to stop);
+        and its future is cancelled, so nothing is left to wait for.
+
+        Never hangs on a dead platform: once the web or ws service has been unreachable
+        for ``retry_for_s``, the futures still waiting fail with
+        :class:`~sdk.errors.ConnectionFailed` and the connections close.
+
+        ``wait=True`` blocks until the remaining futures are done and the background thread
+        has stopped; called from a future's callback (which runs on that thread) it returns
+        at once instead of waiting on itself."""
         with self._lock:
             first = not self._shutdown
             self._shutdown = True
@@ -448,4 +493,10 @@ class Executor(concurrent.futures.Executor):
 
 
 def _client_of(config: ClientConfig) -> Client:
-    return Client(config.url, config.token, ws_url=config.ws_url, endpoint_id=config.endpoint_id)
+    return Client(
+        config.url,
+        config.token,
+        ws_url=config.ws_url,
+        endpoint_id=config.endpoint_id,
+        retry_for_s=config.retry_for_s,
+    )

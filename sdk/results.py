@@ -10,16 +10,20 @@ Delivery contract:
 * The connection opens when the first task is watched, subscribes to the task group from the
   last cursor seen (``"0"`` at first: the whole group is replayed), and closes once no watched
   task is outstanding and no submit is in flight. The next watch reopens it from the cursor.
-* On any disconnect (network error, ws service restart) it reconnects with exponential
-  backoff and resubscribes from the last cursor, so nothing completed meanwhile is missed.
+* On any disconnect (network error, ws service restart, a 429/5xx answer to the handshake,
+  an ``UNAVAILABLE`` or ``INTERNAL`` error frame) it reconnects with capped, jittered
+  exponential backoff (:mod:`sdk.retry`) and resubscribes from the last cursor, so nothing
+  completed meanwhile is missed.
 * The ws service delivers at least once; the listener drops repeats by task id, so each
   callback runs once.
 * A result can arrive before the submit that made it has answered (the task ran fast). While
   a submit is in flight (:meth:`ResultListener.submitting`) results of tasks nobody watches
   yet are kept, and handed over when the task id is watched; otherwise they are dropped.
 * What cannot be recovered ends every outstanding task with an error instead of waiting for
-  ever: a refused token or subscription (:class:`~sdk.errors.APIError`), or more consecutive
-  connection failures than :attr:`Reconnect.attempts` (:class:`~sdk.errors.ConnectionFailed`).
+  ever: a refused token or subscription (:class:`~sdk.errors.APIError`), or a service that
+  has not subscribed a connection for the client's ``retry_for_s`` (an outage begins at the
+  first failure after the last subscription): :class:`~sdk.errors.ConnectionFailed` naming
+  the URL and how long it was tried.
 """
 
 from __future__ import annotations
@@ -28,7 +32,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus, WebSocketException
@@ -37,6 +40,7 @@ from sdk import _base, wire
 from sdk._base import TaskOutcome
 from sdk.errors import APIError, ConnectionFailed
 from sdk.messages import ResultItem
+from sdk.retry import Outage, Retry, parse_retry_after
 from sdk.states import TERMINAL_STATES
 
 log = logging.getLogger(__name__)
@@ -44,25 +48,10 @@ log = logging.getLogger(__name__)
 Resolve = Callable[[TaskOutcome], None]
 """Called once per watched task with how it ended."""
 
-_TRANSIENT_REFUSALS = frozenset({"UNAVAILABLE"})
+_TRANSIENT_REFUSALS = frozenset({wire.UNAVAILABLE, wire.INTERNAL})
 _TERMINAL = frozenset(s.value for s in TERMINAL_STATES)
-
-
-@dataclass(frozen=True, kw_only=True)
-class Reconnect:
-    """How the listener reconnects."""
-
-    min_s: float = 0.05
-    """Delay before the first reconnect; doubled after each failure in a row."""
-    max_s: float = 5.0
-    """Longest delay between two attempts."""
-    attempts: int = 12
-    """Failures in a row (connections that never subscribed) before outstanding tasks fail."""
-    open_timeout_s: float = 10.0
-    """Timeout of one WebSocket opening handshake."""
-
-    def delay_s(self, failures: int) -> float:
-        return float(min(self.max_s, self.min_s * 2 ** max(0, failures - 1)))
+OPEN_TIMEOUT_S = 10.0
+"""Timeout of one WebSocket opening handshake."""
 
 
 class _Transient(Exception):
@@ -79,15 +68,18 @@ class ResultListener:
         token: str,
         task_group_id: str | None = None,
         cursor: str = wire.START_CURSOR,
-        reconnect: Reconnect | None = None,
+        retry: Retry | None = None,
+        open_timeout_s: float = OPEN_TIMEOUT_S,
     ) -> None:
         """``ws_url`` gives the ws service's base URL (awaited when a connection opens).
-        ``task_group_id`` may be set later, but before the first :meth:`watch`."""
+        ``task_group_id`` may be set later, but before the first :meth:`watch`. ``retry``
+        says how reconnects back off and how long an outage is waited out."""
         self.task_group_id = task_group_id
         self._ws_url = ws_url
         self._token = token
         self._cursor = cursor
-        self._reconnect = reconnect or Reconnect()
+        self._outage = Outage(retry or Retry(), service="the ws service")
+        self._open_timeout_s = open_timeout_s
         self._waiting: dict[str, Resolve] = {}
         self._early: dict[str, TaskOutcome] = {}
         self._submitting = 0
@@ -168,7 +160,7 @@ class ResultListener:
     # -- the connection ------------------------------------------------------------------
 
     async def _run(self) -> None:
-        failures = 0
+        loop = asyncio.get_running_loop()
         while self._waiting:
             try:
                 base = await self._ws_url()
@@ -176,7 +168,9 @@ class ResultListener:
             except Exception as exc:
                 self._fail_all(exc)
                 return
+            self._outage.service = url
             self._subscribed = False
+            retry_after_s: float | None = None
             try:
                 await self._connection(url)
             except InvalidStatus as exc:
@@ -186,6 +180,7 @@ class ResultListener:
                     self._fail_all(APIError(status, code, f"{url} refused the connection"))
                     return
                 reason = f"HTTP {status}"
+                retry_after_s = parse_retry_after(exc.response.headers.get("Retry-After"))
             except APIError as exc:
                 self._fail_all(exc)
                 return
@@ -195,12 +190,12 @@ class ResultListener:
                 reason = "the connection closed"
             if not self._waiting:
                 return
-            failures = 1 if self._subscribed else failures + 1
-            if failures > self._reconnect.attempts:
-                self._fail_all(ConnectionFailed(url, f"{failures - 1} reconnects failed: {reason}"))
+            now = loop.time()
+            delay = self._outage.failed(now, reason, retry_after_s=retry_after_s)
+            if delay is None:
+                self._fail_all(ConnectionFailed(url, self._outage.describe(reason, now)))
                 return
-            delay = self._reconnect.delay_s(failures)
-            log.info("results of %s: %s; reconnecting in %.2fs", self.task_group_id, reason, delay)
+            log.debug("results of %s: %s; reconnecting in %.2fs", self.task_group_id, reason, delay)
             await asyncio.sleep(delay)
 
     async def _connection(self, url: str) -> None:
@@ -214,7 +209,7 @@ class ResultListener:
         async with connect(
             url,
             additional_headers=_base.auth_headers(self._token),
-            open_timeout=self._reconnect.open_timeout_s,
+            open_timeout=self._open_timeout_s,
             max_size=None,
         ) as ws:
             self._ws = ws
@@ -225,6 +220,7 @@ class ResultListener:
                 if isinstance(frame, _base.Subscribed):
                     self._subscribed = True
                     self._subscriptions += 1
+                    self._outage.ended(asyncio.get_running_loop().time())
                 elif isinstance(frame, _base.Results):
                     if frame.task_group_id == self.task_group_id:
                         self._deliver(frame.items)

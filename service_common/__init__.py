@@ -8,7 +8,9 @@ Modules::
     errors         ServiceError and SettingsError: the server-side exception tree
     settings       settings_from_env, field metadata naming each variable, RedisSettings
                    (the fields every service has) and the checks every service applies
-    redis_client   connect_redis: the one way a service opens Redis
+    redis_client   connect_redis: the one way a service opens Redis; redis_unavailable:
+                   which errors mean Redis is away
+    retry          Backoff, Outage and retry: the one policy for riding out an outage
     tokens         the bearer token of an Authorization header, and its hash
     cache          a bounded, expiring, least-recently-used in-process cache
 """

@@ -1,8 +1,41 @@
-"""The one way a service opens Redis, so every service talks to it with the same options."""
+"""The one way a service opens Redis, and what counts as Redis being away.
+
+Every service opens its client with :func:`connect_redis` and waits out the errors
+:func:`redis_unavailable` accepts with the shared retry policy (:mod:`service_common.retry`).
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import (
+    ConnectionError as RedisConnectionError,
+)
+from redis.exceptions import (
+    MasterDownError,
+    NoScriptError,
+    ReadOnlyError,
+    TryAgainError,
+)
+from redis.exceptions import (
+    TimeoutError as RedisTimeoutError,
+)
+
+CONNECT_TIMEOUT_S = 5.0
+"""How long opening one connection may take before it counts as Redis being away."""
+
+TRANSIENT_REDIS_ERRORS: tuple[type[BaseException], ...] = (
+    RedisConnectionError,  # refused, reset, closed by the server; also LOADING (BusyLoadingError)
+    RedisTimeoutError,
+    NoScriptError,  # Redis restarted and forgot its scripts: the retry loads them again
+    MasterDownError,
+    ReadOnlyError,  # a failover in progress: the old primary is now a replica
+    TryAgainError,
+    OSError,
+)
+"""Errors that mean Redis is (for now) away, not that the command was wrong."""
 
 
 def connect_redis(url: str) -> aioredis.Redis:
@@ -10,10 +43,34 @@ def connect_redis(url: str) -> aioredis.Redis:
 
     Replies are decoded to ``str``. There is no per-reply socket timeout (redis-py's default
     before 6): it wraps every reply of a pipeline in an asyncio timeout, a quarter of the
-    submit path's time in the profile; TCP keepalive finds a dead peer instead. redis-py
-    parses replies with hiredis when it is installed. Nothing connects until the first
-    command; the caller closes the client with ``await client.aclose()``.
+    submit path's time in the profile; TCP keepalive finds a dead peer instead, and opening
+    a connection gives up after :data:`CONNECT_TIMEOUT_S`. redis-py retries nothing by
+    itself, so a command that may have run is never sent twice behind the caller's back:
+    callers retry what is safe to retry (see :func:`redis_unavailable`). redis-py parses
+    replies with hiredis when it is installed. Nothing connects until the first command;
+    the caller closes the client with ``await client.aclose()``.
     """
     return aioredis.Redis.from_url(
-        url, decode_responses=True, socket_timeout=None, socket_keepalive=True
+        url,
+        decode_responses=True,
+        socket_timeout=None,
+        socket_connect_timeout=CONNECT_TIMEOUT_S,
+        socket_keepalive=True,
     )
+
+
+def redis_unavailable(exc: BaseException) -> bool:
+    """True when ``exc`` means Redis is away (down, restarting, loading its data, failing
+    over) rather than that a command was wrong: an outage to wait out."""
+    return isinstance(exc, TRANSIENT_REDIS_ERRORS)
+
+
+async def execute_pipeline(pipe: Pipeline) -> list[Any]:
+    """``await pipe.execute()``, giving the pipeline's connection back to the pool even when
+    Redis fails while the pipeline's scripts are being loaded (redis-py keeps it then, and a
+    connection would leak from the pool on every Redis outage). Use it for every pipeline
+    that runs a registered script."""
+    try:
+        return await pipe.execute()
+    finally:
+        await pipe.reset()  # type: ignore[no-untyped-call]

@@ -22,6 +22,7 @@ import redis
 import redis.asyncio as aioredis
 
 from sdk.keys import Keys
+from tests.private_redis import PrivateRedis, require_redis_server
 
 
 def free_port() -> int:
@@ -158,3 +159,12 @@ def postgres_database(url: str) -> Iterator[str]:
         )
     finally:
         run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A ``redis-server`` of this test's own (AOF, ``appendfsync always``) that it may stop,
+    kill and restart (see :mod:`tests.private_redis`); skips where none is installed."""
+    require_redis_server()
+    with PrivateRedis(tmp_path / "redis") as server:
+        yield server

@@ -4,8 +4,9 @@ Serve it with any ASGI server, e.g. ``uvicorn --factory`` over a function that c
 ``create_app(WebSettings.from_env())``. The lifespan opens the SQL engine and the Redis
 client and closes both on shutdown; nothing is opened before it runs.
 
-Every request passes, in order: the request id, the metrics, authentication and the rate
-limit (``/v1/`` only), then its route.
+Every request passes, in order: the request id, the metrics, the availability guard (Redis
+or SQL away: 503 with ``Retry-After``, see :mod:`web_service.middleware.availability`),
+authentication and the rate limit (``/v1/`` only), then its route.
 """
 
 from __future__ import annotations
@@ -18,13 +19,16 @@ from typing import Any
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.requests import HTTPConnection
 from starlette.routing import BaseRoute
+from starlette.types import Scope
 
 from sdk.keys import Keys
 from service_common.redis_client import connect_redis
-from web_service.context import AppContext
+from web_service.context import AppContext, context_of
 from web_service.errors import EXCEPTION_HANDLERS, RequestIdMiddleware
 from web_service.middleware.auth import AuthMiddleware, TokenAuthenticator
+from web_service.middleware.availability import AvailabilityMiddleware, Dependencies
 from web_service.middleware.globus_auth import GlobusIntrospector
 from web_service.middleware.metrics import Metrics, MetricsMiddleware
 from web_service.middleware.ratelimit import RateLimiter
@@ -52,6 +56,7 @@ def create_app(settings: WebSettings) -> Starlette:
     async def lifespan(_app: Starlette) -> AsyncIterator[dict[str, Any]]:
         engine = create_engine(settings.database_url)
         redis = connect_redis(settings.redis_url)
+        dependencies = Dependencies(redis=redis, engine=engine)
         try:
             sessions = async_sessionmaker(engine, expire_on_commit=False)
             globus = (
@@ -83,9 +88,11 @@ def create_app(settings: WebSettings) -> Starlette:
                 ),
                 metrics=metrics,
                 version=service_version,
+                dependencies=dependencies,
             )
             yield {"context": context}
         finally:
+            await dependencies.aclose()
             await redis.aclose()
             await engine.dispose()
 
@@ -101,8 +108,13 @@ def create_app(settings: WebSettings) -> Starlette:
         middleware=[
             Middleware(RequestIdMiddleware),
             Middleware(MetricsMiddleware, metrics=metrics, routes=routes),
+            Middleware(AvailabilityMiddleware, dependencies=_dependencies_of),
             Middleware(AuthMiddleware),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
+
+
+def _dependencies_of(scope: Scope) -> Dependencies:
+    return context_of(HTTPConnection(scope)).dependencies

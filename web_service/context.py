@@ -24,6 +24,7 @@ from web_service.taskstore.cancel import Canceller
 
 if TYPE_CHECKING:
     from web_service.middleware.auth import TokenAuthenticator
+    from web_service.middleware.availability import Dependencies
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,6 +41,7 @@ class AppContext:
     limiter: RateLimiter
     metrics: Metrics
     version: str
+    dependencies: Dependencies
 
 
 def context_of(connection: HTTPConnection) -> AppContext:

@@ -9,8 +9,9 @@ quote it and an operator can find it in the logs. Codes: ``BAD_REQUEST`` 400,
 (the same Idempotency-Key is being processed; retry after ``Retry-After``),
 ``FUNCTION_DELETED`` 410, ``PAYLOAD_TOO_LARGE`` 413, ``VALIDATION_ERROR`` / ``UNKNOWN_USER`` /
 ``IDEMPOTENCY_KEY_REUSED`` 422, ``RATE_LIMITED`` 429 (with ``Retry-After``),
-``INTERNAL_ERROR`` 500 (a server fault, logged with its traceback) and ``UNAVAILABLE`` 503
-(Globus Auth could not be asked about a token).
+``INTERNAL_ERROR`` 500 (a server fault, logged with its traceback), ``UNAVAILABLE`` 503
+(Globus Auth could not be asked about a token) and ``SERVICE_UNAVAILABLE`` 503 with
+``Retry-After`` (Redis or SQL is away: see :mod:`web_service.middleware.availability`).
 """
 
 from __future__ import annotations

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +27,7 @@ from endpoint_agent.agent import Agent
 from endpoint_agent.settings import AgentSettings
 from sdk import _base
 from sdk.keys import Keys
+from tests.conftest import wait_for_port
 from web_service.accounts import create_user
 from web_service.app import create_app
 from web_service.schema import upgrade
@@ -45,13 +49,20 @@ class Services:
 
 
 class Stack:
-    def __init__(self, *, database_url: str, redis_url: str, key_prefix: str) -> None:
+    def __init__(
+        self, *, database_url: str, redis_url: str, key_prefix: str, web_process: bool = False
+    ) -> None:
+        """``web_process``: run the web service as a process of its own (``fxbroker web``),
+        which :meth:`kill_web` kills with SIGKILL and :meth:`start_web` starts again."""
         self.database_url = database_url
         self.redis_url = redis_url
         self.keys = Keys(key_prefix)
         self._exit = contextlib.AsyncExitStack()
         self._ws: ResultServer | None = None
         self._ws_port = 0
+        self._web_process = web_process
+        self._web: subprocess.Popen[bytes] | None = None
+        self._web_port = 0
         self.services: Services | None = None
 
     def _ws_settings(self, web_url: str, port: int) -> WsSettings:
@@ -81,7 +92,13 @@ class Stack:
             database_url=self.database_url, redis_url=self.redis_url,
             key_prefix=self.keys.prefix, ws_url=ws_url,
         )  # fmt: skip
-        await self._serve_web(settings, sock)
+        if self._web_process:
+            self._web_port = sock.getsockname()[1]
+            sock.close()
+            self._exit.push_async_callback(self.kill_web)
+            await self.start_web()
+        else:
+            await self._serve_web(settings, sock)
         async with httpx.AsyncClient(base_url=url, headers=_base.auth_headers(token)) as http:
             ids = []
             for name in ("served", "idle"):
@@ -112,6 +129,29 @@ class Stack:
             await server.shutdown(sockets=[sock])
 
         self._exit.push_async_callback(stop)
+
+    async def start_web(self) -> None:
+        """Start the web service process on its port; return once it accepts connections."""
+        env = {
+            **os.environ,
+            "DATABASE_URL": self.database_url,
+            "REDIS_URL": self.redis_url,
+            "FXBROKER_KEY_PREFIX": self.keys.prefix,
+            "FXBROKER_WS_URL": f"ws://127.0.0.1:{self._ws_port}",
+        }
+        command = [sys.executable, "-m", "fxbroker.cli", "web", "--port", str(self._web_port)]
+        self._web = await asyncio.to_thread(
+            subprocess.Popen, command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        await asyncio.to_thread(wait_for_port, self._web_port, 60.0)
+
+    async def kill_web(self) -> None:
+        """SIGKILL the web service process (no shutdown at all) and reap it."""
+        web, self._web = self._web, None
+        if web is not None and web.poll() is None:
+            web.kill()
+        if web is not None:
+            await asyncio.to_thread(web.wait)
 
     def _agent(self, endpoint_id: str, workers: int = 4) -> Agent:
         return Agent(

@@ -8,7 +8,9 @@ from importlib.metadata import version
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 
+from sdk.keys import Keys
 from tests.conftest import free_port
 from web_service.accounts import create_user, issue_token, revoke_token
 from web_service.app import create_app
@@ -96,7 +98,7 @@ async def test_a_revoked_token_is_refused(web_settings: WebSettings) -> None:
         assert_error(await client.get("/v1/whoami", headers=headers), 401, "UNAUTHORIZED")
 
 
-async def test_server_faults_are_500_json_and_readyz_says_what_fails(
+async def test_redis_away_is_503_json_with_retry_after_and_readyz_says_what_fails(
     web_settings: WebSettings, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = replace(web_settings, redis_url=f"redis://127.0.0.1:{free_port()}/0")
@@ -107,9 +109,37 @@ async def test_server_faults_are_500_json_and_readyz_says_what_fails(
         ready = await client.get("/readyz")
         assert ready.status_code == 503
         assert ready.json() == {"status": "unavailable", "failing": ["redis"]}
-        response = await client.get(
-            f"/v1/tasks/{uuid.uuid4()}", headers={"Authorization": f"Bearer {token}"}
-        )
+        assert ready.headers["retry-after"] == "1"
+        for _ in range(3):
+            response = await client.get(
+                f"/v1/tasks/{uuid.uuid4()}", headers={"Authorization": f"Bearer {token}"}
+            )
+            body = assert_error(response, 503, "SERVICE_UNAVAILABLE")
+            assert response.headers["retry-after"] == "1"
+            assert "Redis" in body["message"]
+    # One line for the outage, however many requests met it; no traceback.
+    lines = [r for r in caplog.records if r.getMessage().startswith("Redis is unavailable")]
+    assert len(lines) == 1 and lines[0].exc_info is None
+    assert "Traceback" not in caplog.text
+
+
+async def test_a_real_fault_is_still_500_json_logged_with_its_request_id(
+    web_settings: WebSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, token = await create_user(web_settings.database_url, "grace")
+    task_id = str(uuid.uuid4())
+    keys = Keys(web_settings.key_prefix)
+    broken = aioredis.Redis.from_url(web_settings.redis_url)
+    try:
+        await broken.set(keys.task(task_id), "not a hash")  # WRONGTYPE: a bug, not an outage
+        async with in_process_client(
+            create_app(web_settings), raise_app_exceptions=False
+        ) as client:
+            response = await client.get(
+                f"/v1/tasks/{task_id}", headers={"Authorization": f"Bearer {token}"}
+            )
+    finally:
+        await broken.aclose()
     assert response.status_code == 500
     body = response.json()
     assert body["code"] == "INTERNAL_ERROR"

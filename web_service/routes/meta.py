@@ -8,14 +8,16 @@ on the operators' network.
 from __future__ import annotations
 
 import logging
+import math
 
-from sqlalchemy import select, text
+from sqlalchemy import select
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from web_service.context import context_of
 from web_service.middleware.auth import caller_of
+from web_service.middleware.availability import RETRY_AFTER_S
 from web_service.middleware.metrics import MAX_SCRAPED_ENDPOINTS
 from web_service.routes.openapi import build_openapi
 from web_service.store.models import Endpoint
@@ -46,22 +48,16 @@ async def healthz(request: Request) -> JSONResponse:
 
 
 async def readyz(request: Request) -> JSONResponse:
-    """``GET /readyz``: 200 when Redis and SQL answer, else 503 saying which do not."""
-    context = context_of(request)
-    failing: list[str] = []
-    try:
-        await context.redis.ping()
-    except Exception:
-        logger.exception("readiness: Redis does not answer")
-        failing.append("redis")
-    try:
-        async with context.engine.connect() as connection:
-            await connection.execute(text("SELECT 1"))
-    except Exception:
-        logger.exception("readiness: SQL does not answer")
-        failing.append("database")
+    """``GET /readyz``: 200 when Redis and SQL answer, else 503 (with ``Retry-After``) saying
+    which do not: ``{"status": "unavailable", "failing": ["redis", "database"]}``. Asks both
+    at once, each bounded in time; an outage is logged once, not per probe."""
+    failing = await context_of(request).dependencies.failing()
     if failing:
-        return JSONResponse({"status": "unavailable", "failing": failing}, status_code=503)
+        return JSONResponse(
+            {"status": "unavailable", "failing": failing},
+            status_code=503,
+            headers={"retry-after": str(math.ceil(RETRY_AFTER_S))},
+        )
     return JSONResponse({"status": "ok"})
 
 

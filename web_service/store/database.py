@@ -7,6 +7,8 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import event
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from web_service.settings import async_database_url
@@ -40,3 +42,14 @@ def _sqlite_foreign_keys(dbapi_connection: Any, _record: Any) -> None:
         cursor.execute("PRAGMA foreign_keys=ON")
     finally:
         cursor.close()
+
+
+def sql_unavailable(exc: BaseException) -> bool:
+    """True when ``exc`` means the database cannot be reached now (refused, restarting, a
+    connection dropped, the pool exhausted) rather than that a statement was wrong: an
+    outage to wait out. The asyncpg driver raises a bare ``OSError`` when it cannot connect."""
+    if isinstance(
+        exc, OperationalError | InterfaceError | DisconnectionError | PoolTimeoutError | OSError
+    ):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated

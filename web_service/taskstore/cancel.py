@@ -27,6 +27,7 @@ import redis.asyncio as aioredis
 from sdk.keys import Keys
 from sdk.messages import CancelNotice
 from sdk.states import TaskState
+from service_common.redis_client import execute_pipeline
 from web_service.store.models import is_id
 
 Outcome = Literal["cancelled", "interrupt_requested", "finished"]
@@ -73,7 +74,7 @@ class Canceller:
                 args=[user_id, now, self._result_ttl_s, TaskState.WAITING, TaskState.CANCELLED],
                 client=pipe,
             )
-        replies = await pipe.execute()
+        replies = await execute_pipeline(pipe)
         results: dict[str, CancelResult] = {}
         notices = self._redis.pipeline(transaction=False)
         for task_id, reply in zip(wanted, replies, strict=True):

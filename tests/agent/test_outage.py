@@ -1,0 +1,155 @@
+"""The agent rides out a Redis restart: it never exits, keeps the outcomes of tasks that
+finished while Redis was away and writes them once it is back, each notice once.
+
+The agent's Redis is a private ``redis-server`` (AOF, ``appendfsync always``) that the test
+stops or kills and starts again on the same port; the gates that hold tasks use the shared
+Redis, so they work while the agent's is down."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+import redis.asyncio as aioredis
+
+from endpoint_agent import Agent
+from sdk.keys import Keys
+from sdk.states import TaskState
+from tests.agent.helpers import HOLD, Endpoint, Gate, settings_for, source_code
+from tests.private_redis import PrivateRedis
+
+SQUARE = source_code("square", "def square(x):\n    return x * x\n")
+DEADLINE_S = 60.0
+
+
+@pytest.fixture
+async def private_endpoint(private_redis: PrivateRedis, key_prefix: str) -> AsyncIterator[Endpoint]:
+    client = aioredis.Redis.from_url(private_redis.url, decode_responses=True)
+    try:
+        yield Endpoint(client, Keys(key_prefix))
+    finally:
+        await client.aclose()
+
+
+async def until(condition: Callable[[], object], what: str) -> None:
+    """Wait (bounded) until ``condition()`` is true; it may be a coroutine function."""
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        value = condition()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {DEADLINE_S} s")
+        await asyncio.sleep(0.02)
+
+
+async def notices_at_least(endpoint: Endpoint, count: int) -> bool:
+    try:
+        return len(await endpoint.notices()) >= count
+    except (ConnectionError, OSError, aioredis.ConnectionError):
+        return False  # the test's own client, while Redis restarts
+
+
+def outage_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name.startswith("endpoint_agent") and r.getMessage().startswith("Redis is")
+    ]
+
+
+async def test_outcomes_finished_while_redis_is_down_are_written_once_it_is_back(
+    private_redis: PrivateRedis,
+    private_endpoint: Endpoint,
+    aredis: aioredis.Redis,
+    keys: Keys,
+    redis_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    endpoint = private_endpoint
+    gate = Gate(Endpoint(aredis, keys))  # on the shared Redis: works during the outage
+    hold = await endpoint.register(HOLD)
+    task_ids = [await endpoint.submit(hold, *gate.args(redis_url), value=v) for v in (1, 2)]
+    settings = settings_for(endpoint, private_redis.url, engine="thread")
+
+    async with Agent(settings) as agent:
+        run = asyncio.create_task(agent.run())
+        await gate.wait_started(2)
+        private_redis.stop()  # SIGTERM: Redis goes away with both tasks running
+        await gate.release(2)
+        await until(lambda: agent.running == 0, "both tasks finishing during the outage")
+        assert agent.held == 2  # finished, kept, not yet written
+        private_redis.start()
+        await until(lambda: notices_at_least(endpoint, 2), "both notices")
+        assert not run.done()  # the loop kept going through the outage
+        agent.stop()
+        await run
+
+    assert sorted(await endpoint.notices()) == sorted(
+        (task_id, TaskState.SUCCESS) for task_id in task_ids
+    )
+    assert [await endpoint.result(t) for t in task_ids] == [1, 2]
+    assert [(await endpoint.task(t))["attempts"] for t in task_ids] == ["1", "1"]
+    await endpoint.assert_settled()
+    # One line when an outage starts, one when it ends, never one per retry. (Redis may
+    # still answer one connection while it shuts down: that is two short outages.)
+    lines = outage_lines(caplog)
+    assert 2 <= len(lines) <= 4, lines
+    for i, line in enumerate(lines):
+        assert line.startswith("Redis is back" if i % 2 else "Redis is unavailable"), lines
+    assert not any("lease lapsed" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("kill", [False, True], ids=["sigterm", "sigkill"])
+async def test_a_redis_restart_in_the_middle_of_a_run_loses_and_repeats_nothing(
+    private_redis: PrivateRedis, private_endpoint: Endpoint, kill: bool
+) -> None:
+    endpoint = private_endpoint
+    square = await endpoint.register(SQUARE)
+    count = 400
+    task_ids = await endpoint.submit_many(square, [((i,), {}) for i in range(count)])
+    settings = settings_for(endpoint, private_redis.url, engine="thread", workers=4)
+
+    async with Agent(settings) as agent:
+        run = asyncio.create_task(agent.run())
+        await until(lambda: notices_at_least(endpoint, 40), "the first results")
+        private_redis.restart(kill=kill, down_s=0.5)
+        await until(lambda: notices_at_least(endpoint, count), "every result")
+        assert not run.done()
+        agent.stop()
+        await run
+
+    notices = await endpoint.notices()
+    assert sorted(task_id for task_id, _ in notices) == sorted(task_ids)  # each exactly once
+    assert {state for _, state in notices} == {TaskState.SUCCESS}
+    for i, task_id in enumerate(task_ids):
+        fields = await endpoint.task(task_id)
+        assert (fields["state"], fields["attempts"]) == (TaskState.SUCCESS, "1")
+        assert await endpoint.result(task_id) == i * i
+    await endpoint.assert_settled()
+
+
+async def test_an_agent_started_while_redis_is_down_serves_once_it_is_up(
+    private_redis: PrivateRedis, private_endpoint: Endpoint
+) -> None:
+    endpoint = private_endpoint
+    square = await endpoint.register(SQUARE)
+    task_id = await endpoint.submit(square, 7)
+    private_redis.stop()
+    settings = settings_for(endpoint, private_redis.url, engine="thread")
+
+    async with Agent(settings) as agent:
+        run = asyncio.create_task(agent.run())
+        await until(lambda: agent._outage.down, "the agent noticing the outage")
+        private_redis.start()
+        await until(lambda: notices_at_least(endpoint, 1), "the result")
+        agent.stop()
+        await run
+
+    assert await endpoint.result(task_id) == 49
