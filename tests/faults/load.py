@@ -95,6 +95,8 @@ class _Load:
         self.task_group_id: str | None = None
         self.task_of: dict[int, str] = {}
         """x -> task id, for every task that got one."""
+        self.handed = 0
+        """Tasks handed to the SDK so far (read while the load runs)."""
         self._done_at: list[float] = []
         self._done_lock = threading.Lock()
         self._thread = threading.Thread(target=self._main, name=f"fault-{self.tag}", daemon=True)
@@ -174,6 +176,7 @@ class ExecutorLoad(_Load):
                     continue
                 future.add_done_callback(done)
                 futures.append(future)
+                self.handed = len(futures)
             self.figures.submitted = len(futures)
             self.figures.unsent = self.n - len(futures)
             concurrent.futures.wait(futures, timeout=self.left_s())
@@ -240,6 +243,7 @@ class PollingLoad(_Load):
                     for i in range(x, x + room):
                         batch.add(function_id, args=(self.tag, i, self.runs))
                     f.submitted += room
+                    self.handed = f.submitted
                     try:
                         ids = client.batch_run(p.endpoint_id, batch)
                     except Exception as exc:  # counted, not retried: the SDK retries or not

@@ -66,6 +66,8 @@ class Row:
             )
         dead = ", ".join(f"{k} ({v})" for k, v in self.dead_after.items()) or "none"
         parts.append(f"dead after: {dead}")
+        if self.notes:
+            parts.append(json.dumps(self.notes))
         return " | ".join(parts)
 
 
@@ -104,6 +106,7 @@ def drive(
             time.sleep(0.01)
         faulted = time.monotonic()
         row.fault_at_s = faulted - begun
+        row.notes["submitted_at_fault"] = {load.figures.style: load.handed for load in loads}
         back = inject()
         row.down_s = back - faulted
     finally:
@@ -129,5 +132,5 @@ def save(rows: list[Row], path: Path = RESULTS / "faults.json") -> Path:
         known = {}
     for row in rows:
         known[row.fault] = row.as_dict()
-    path.write_text(json.dumps(known, indent=2, sort_keys=True) + "\n")
+    path.write_text(json.dumps(known, indent=2) + "\n")
     return path
