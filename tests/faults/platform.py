@@ -166,14 +166,13 @@ class Platform:
             try:
                 proc.wait(STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
+                pass
+            # Whatever is left in its group (a hung piece, the agent's workers) goes too.
+            try:
                 os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            else:
-                # The agent's workers end with it; anything else left in the group goes too.
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            except ProcessLookupError:
+                pass
+            proc.wait()
         self._log.close()
 
     def log_tail(self, chars: int = 4000) -> str:

@@ -113,24 +113,19 @@ def _drive(platform: Platform, redis_server: PrivateRedis, runs_dir: Path, fault
 
 
 @pytest.mark.parametrize(
-    ("fault", "appendfsync"),
-    [("redis SIGTERM + restart (AOF)", "everysec"),
-     ("redis SIGKILL + restart (appendfsync always)", "always")],
+    ("fault", "appendfsync", "kill"),
+    [("redis SIGTERM + restart (AOF)", "everysec", False),
+     ("redis SIGKILL + restart (appendfsync always)", "always", True)],
     ids=["sigterm", "sigkill"],
 )  # fmt: skip
 def test_redis_restart_loses_nothing_and_kills_nothing(
-    fault: str, appendfsync: str, tmp_path: Path, database_url: str, runs_dir: Path,
+    fault: str, appendfsync: str, kill: bool, tmp_path: Path, database_url: str, runs_dir: Path,
     fault_rows: Record,
 ) -> None:  # fmt: skip
     with running(tmp_path, database_url, appendfsync=appendfsync) as (redis_server, platform):
 
         def inject() -> float:
-            if appendfsync == "always":
-                redis_server.kill()
-            else:
-                redis_server.stop()
-            time.sleep(DOWN_S)  # the outage the row is about
-            redis_server.start()
+            redis_server.restart(down_s=DOWN_S, kill=kill)  # SIGTERM or SIGKILL, down, start
             return time.monotonic()
 
         row = _drive(platform, redis_server, runs_dir, fault, inject)
