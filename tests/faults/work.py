@@ -9,15 +9,19 @@ several worker processes never interleave.
 from __future__ import annotations
 
 import os
+import time
 
 
-def record_square(tag: str, x: int, runs: str) -> int:
-    """``x * x``, after writing ``tag x`` as one line to ``runs``."""
+def record_square(tag: str, x: int, runs: str, hold_s: float = 0.0) -> int:
+    """``x * x``, after writing ``tag x`` as one line to ``runs`` and then taking ``hold_s``
+    seconds (a task that is surely still running when its agent is killed)."""
     fd = os.open(runs, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, f"{tag} {x}\n".encode())
     finally:
         os.close(fd)
+    if hold_s > 0:
+        time.sleep(hold_s)
     return x * x
 
 
