@@ -72,15 +72,24 @@ class Outage:
 
     Every loop of a process that uses the dependency shares one instance, so an outage is
     logged once however many loops notice it. :meth:`failed` starts an outage (and logs it)
-    unless one is under way; :meth:`recovered` ends it (and logs how long it lasted). A
-    failure of an attempt that began before the last recovery (a request in flight across
-    the recovery) does not start a new outage."""
+    unless one is under way; :meth:`recovered` ends it (and logs how long it lasted).
+
+    Aftershocks are part of the outage they follow: a failure of an attempt that began
+    before the last recovery (a request in flight across it), or one within ``settle_s``
+    after it (each pooled connection to a restarted server fails once before it is
+    replaced), starts no new outage; the caller just retries."""
 
     def __init__(
-        self, what: str, *, logger: logging.Logger, clock: Callable[[], float] = time.monotonic
+        self,
+        what: str,
+        *,
+        logger: logging.Logger,
+        settle_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.what = what
         self._log = logger
+        self._settle_s = settle_s
         self._clock = clock
         self._since: float | None = None
         self._recovered_at = -float("inf")
@@ -102,9 +111,12 @@ class Outage:
         """Note a failure; True (and one warning logged) when it starts an outage."""
         if self._since is not None:
             return False
-        if attempt_started is not None and attempt_started < self._recovered_at:
+        now = self._clock()
+        if now < self._recovered_at + self._settle_s or (
+            attempt_started is not None and attempt_started < self._recovered_at
+        ):
             return False
-        self._since = self._clock()
+        self._since = now
         self.outages += 1
         self._log.warning(
             "%s is unavailable (%s: %s); waiting for it with backoff",

@@ -13,6 +13,10 @@ Stopping with SIGTERM lets Redis flush and fsync its AOF (nothing acknowledged i
 any ``appendfsync``); SIGKILL loses what the AOF had not fsynced (nothing with ``always``,
 up to about a second with ``everysec``). :func:`redis_server_binary` is ``None`` where no
 ``redis-server`` is installed: such tests skip.
+
+The methods block (``restart`` sleeps through the outage): from a test's event loop call them
+with ``await asyncio.to_thread(server.restart, down_s=1.5)``, so the clients under test live
+through the outage instead of being frozen during it.
 """
 
 from __future__ import annotations

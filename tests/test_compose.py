@@ -42,6 +42,9 @@ def test_production_shape(compose: dict[str, Any]) -> None:
     assert services["redis"]["command"][services["redis"]["command"].index("--appendonly") + 1] == (
         "yes"
     )
+    redis_command = services["redis"]["command"]
+    assert redis_command[redis_command.index("--appendfsync") + 1] == "always"  # as the README says
+    assert "appendfsync always" in (ROOT / "README.md").read_text()
     devices = services["agent"]["deploy"]["resources"]["reservations"]["devices"]
     assert any("gpu" in d["capabilities"] for d in devices)
     assert services["web"]["depends_on"]["migrate"]["condition"] == (

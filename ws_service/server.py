@@ -38,7 +38,11 @@ client frames are commands, limited to :data:`CLIENT_FRAME_BYTES_MAX`.
 **Delivery.** At least once per subscription: a client that reconnects and resubscribes from
 the last cursor it saw misses nothing, and may see again a frame that was in flight when the
 connection dropped; the SDK drops repeats by task id, which makes it exactly once per task
-id for the user. A Redis failure delays results (retried with backoff), never loses them.
+id for the user. A Redis outage (a restart, a failover) pauses every subscription, which
+waits it out with the shared backoff (:mod:`service_common.retry`) and resumes from its own
+cursor: nothing is lost or repeated by it, no connection is closed, and the outage is logged
+once. The web service being away answers the handshake 503 (``Retry-After``) and a
+subscribe ``UNAVAILABLE``; clients retry both.
 
 Nothing about a client is kept anywhere but in its connection, so any number of copies of
 the service can run side by side and a restart loses nothing.
@@ -50,7 +54,6 @@ import asyncio
 import contextlib
 import http
 import logging
-import random
 import signal
 from types import TracebackType
 from typing import Any, Self
@@ -66,7 +69,8 @@ from sdk import wire
 from sdk.errors import APIError
 from sdk.keys import Keys
 from sdk.wire import RESULTS_PATH
-from service_common.redis_client import connect_redis
+from service_common.redis_client import connect_redis, redis_unavailable
+from service_common.retry import DEFAULT_BACKOFF, Outage
 from service_common.tokens import bearer_token
 from ws_service import protocol
 from ws_service.auth import Authenticator, Caller, WebUnavailable
@@ -83,24 +87,6 @@ _SUBSCRIBE_ERROR_CODES = {
     404: wire.NOT_FOUND,
 }
 """Error frame code for each status of the web service's answer about a task group."""
-
-
-class Backoff:
-    """Delays between retries of a failing Redis read: doubling from ``initial_s`` up to
-    ``max_s``, each with up to 50 % random jitter so many subscriptions do not retry in step."""
-
-    def __init__(self, *, initial_s: float = 0.1, max_s: float = 5.0) -> None:
-        self.initial_s = initial_s
-        self.max_s = max_s
-        self._next_s = initial_s
-
-    def next_delay_s(self) -> float:
-        delay = self._next_s
-        self._next_s = min(self._next_s * 2, self.max_s)
-        return delay * (0.5 + random.random() / 2)
-
-    def reset(self) -> None:
-        self._next_s = self.initial_s
 
 
 class _Connection(ServerConnection):
@@ -135,6 +121,10 @@ class ResultServer:
         self._http: httpx.AsyncClient | None = None
         self._auth: Authenticator | None = None
         self._server: Server | None = None
+        self.redis_outage = Outage("Redis", logger=logger)
+        """Redis outages of this process, shared by every subscription: one log line each."""
+        self.web_outage = Outage("the web service", logger=logger)
+        """Outages of the web service, this service's peer for tokens and task groups."""
 
     @property
     def port(self) -> int:
@@ -205,10 +195,13 @@ class ResultServer:
         try:
             caller = await self._auth.authenticate(token)
         except (WebUnavailable, APIError) as exc:
-            logger.warning("cannot check a token with the web service: %s", exc)
-            return connection.respond(
+            self.web_outage.failed(exc)
+            response = connection.respond(
                 http.HTTPStatus.SERVICE_UNAVAILABLE, "cannot check the token now; retry\n"
             )
+            response.headers["Retry-After"] = "1"
+            return response
+        self.web_outage.recovered()
         if caller is None:
             return connection.respond(http.HTTPStatus.UNAUTHORIZED, "invalid token\n")
         connection.caller = caller
@@ -265,7 +258,7 @@ class ResultServer:
             await connection.send(protocol.encode(protocol.error_frame(code, exc.message, gid)))
             return
         except WebUnavailable as exc:
-            logger.warning("cannot check task group %s with the web service: %s", gid, exc)
+            self.web_outage.failed(exc)
             await connection.send(
                 protocol.encode(
                     protocol.error_frame(
@@ -307,8 +300,9 @@ class ResultServer:
         redis = self._redis
         settings = self.settings
         stream = self.keys.task_group_results(task_group_id)
-        backoff = Backoff()
+        failures = 0
         while True:
+            started = self.redis_outage.now()
             try:
                 reply: Any = await redis.xread(
                     {stream: cursor}, count=settings.batch_max, block=settings.block_ms
@@ -324,17 +318,14 @@ class ResultServer:
                             pipe.hgetall(self.keys.task(notice.task_id))
                         hashes = await pipe.execute()
             except RedisError as exc:
-                delay_s = backoff.next_delay_s()
-                logger.warning(
-                    "reading results of task group %s failed (%s: %s); retrying in %.1f s",
-                    task_group_id,
-                    type(exc).__name__,
-                    exc,
-                    delay_s,
-                )
-                await asyncio.sleep(delay_s)
+                if not redis_unavailable(exc):
+                    raise
+                self.redis_outage.failed(exc, attempt_started=started)
+                failures += 1
+                await asyncio.sleep(DEFAULT_BACKOFF.delay_s(failures))
                 continue
-            backoff.reset()
+            failures = 0
+            self.redis_outage.recovered()
             items = protocol.result_items(notices, hashes)
             frames = protocol.results_frames(
                 task_group_id, items, max_frame_bytes=settings.max_frame_bytes

@@ -70,9 +70,24 @@ def test_a_failure_begun_before_the_recovery_starts_no_new_outage() -> None:
     started = outage.now()  # an attempt in flight across the recovery
     clock.now += 1
     outage.recovered()
+    clock.now += 5
     assert outage.failed(OSError("stale connection"), attempt_started=started) is False
     assert not outage.down
     assert outage.failed(OSError("down again"), attempt_started=outage.now()) is True
+
+
+def test_failures_just_after_a_recovery_are_aftershocks_not_a_new_outage() -> None:
+    clock = Clock()
+    outage = Outage("Redis", logger=LOG, settle_s=1.0, clock=clock)
+    outage.failed(ConnectionError("refused"))
+    clock.now += 3
+    outage.recovered()
+    clock.now += 0.5
+    assert outage.failed(ConnectionError("closed by server")) is False  # a stale connection
+    assert (outage.down, outage.outages) == (False, 1)
+    clock.now += 1
+    assert outage.failed(ConnectionError("refused")) is True
+    assert outage.outages == 2
 
 
 async def test_retry_waits_out_transient_errors_and_returns_the_result() -> None:

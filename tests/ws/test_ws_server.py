@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -23,6 +24,7 @@ from sdk.keys import Keys
 from sdk.messages import exception_record
 from sdk.serialize import deserialize, pack_payload, serialize
 from tests.conftest import free_port
+from tests.private_redis import PrivateRedis
 from web_service.accounts import create_user
 from web_service.app import create_app
 from web_service.schema import upgrade
@@ -395,3 +397,49 @@ async def test_an_unreachable_web_service_answers_the_handshake_with_503(
             async with connect(url, additional_headers={"Authorization": "Bearer t"}):
                 pass
     assert info.value.response.status_code == 503
+    assert info.value.response.headers["Retry-After"] == "1"
+
+
+async def test_a_redis_restart_pauses_delivery_and_resumes_from_the_cursor(
+    web: str,
+    database_url: str,
+    key_prefix: str,
+    private_redis: PrivateRedis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    user = User(*await create_user(database_url, "ann"))
+    keys = Keys(key_prefix)
+    settings = WsSettings(
+        redis_url=private_redis.url, web_url=web, key_prefix=key_prefix, port=0, block_ms=200
+    )
+
+    async def agent_writes(outcomes: list[tuple[str, int | Exception]]) -> None:
+        # A fresh connection each time, as the agent's would be after the restart.
+        agent_side = aioredis.Redis.from_url(private_redis.url, decode_responses=True)
+        try:
+            await complete(agent_side, keys, group, outcomes)
+        finally:
+            await agent_side.aclose()
+
+    async with ResultServer(settings) as server:
+        stack = Stack(web, f"ws://127.0.0.1:{server.port}/v1/results", settings, user, user)
+        group, task_ids = await submit(stack, user, 4)
+        async with open_ws(stack, user) as ws:
+            await subscribe(ws, group)
+            await agent_writes([(t, i) for i, t in enumerate(task_ids[:2])])
+            before = items_of(await results(ws, 2))
+            await asyncio.to_thread(
+                private_redis.restart, down_s=0.5
+            )  # the subscription's reads fail meanwhile
+            await agent_writes([(t, 9) for t in task_ids[2:]])
+            after = items_of(await results(ws, 2))
+            await send(ws, "not json")  # the connection is still open and serving
+            assert (await recv(ws))["code"] == "BAD_FRAME"
+        assert server.redis_outage.outages >= 1 and not server.redis_outage.down
+
+    assert [i["task_id"] for i in before + after] == task_ids  # none lost, none repeated
+    assert [deserialize(i["result"]) for i in after] == [9, 9]
+    assert "Traceback" not in caplog.text
+    starts = [r for r in caplog.records if r.getMessage().startswith("Redis is unavailable")]
+    assert len(starts) == server.redis_outage.outages  # one line per outage, not per retry

@@ -92,7 +92,15 @@ async def submit(request: Request) -> JSONResponse:
             task_ids=response["task_ids"],
             codes=check.codes,
             result_ttl_s=context.settings.result_ttl_s,
-            remember=(redis_key, idempotency.answered(fingerprint, response)) if key else None,
+            remember=(
+                (
+                    redis_key,
+                    idempotency.answered(fingerprint, response),
+                    context.settings.idempotency_ttl_s,
+                )
+                if key
+                else None
+            ),
         )
     except BaseException:
         if key is not None:

@@ -2,14 +2,17 @@
 
 The first request with a key claims ``keys.idempotency(user_id, key)`` with ``SET NX GET``
 (one round trip, only when the header is present) *before* anything is queued, holding a
-record that the batch is underway, with the TTL ``idempotency_ttl_s``. The submit pipeline
-then overwrites it with the answer (task group and task ids), keeping the TTL. So:
+record that the batch is underway for at most :data:`CLAIM_TTL_S`. The submit pipeline then
+overwrites it with the answer (task group and task ids), kept for ``idempotency_ttl_s``. So:
 
 * a retry after the first request answered gets the same answer and queues nothing;
 * a retry while the first is still underway answers 409 ``CONFLICT`` with ``Retry-After``;
 * the same key with a different request (another endpoint or body) answers 422
   ``IDEMPOTENCY_KEY_REUSED``;
-* if queueing fails, the claim is dropped, so the retry queues the batch (at-least-once).
+* if queueing fails, the claim is dropped, so the retry queues the batch (at-least-once);
+  if even that fails (Redis went away in the middle of the submit), the claim lapses after
+  :data:`CLAIM_TTL_S`, so a key is never stuck "underway" for the whole
+  ``idempotency_ttl_s``: the SDK's retries get 409 (or 503) until then, and then queue it.
 
 A request is identified by the sha256 of its endpoint id and its exact body bytes.
 """
@@ -30,6 +33,8 @@ HEADER = "idempotency-key"
 KEY_PATTERN = re.compile(r"[!-~]{1,255}")
 """1 to 255 printable ASCII characters, no spaces."""
 RETRY_AFTER_S = 1.0
+CLAIM_TTL_S = 30
+"""How long a claim may say "underway" before it is taken as abandoned (its request died)."""
 
 
 def parse_key(raw: str | None) -> str | None:
@@ -59,7 +64,7 @@ async def claim(
     for a different request.
     """
     pending = json.dumps({"fingerprint": request_fingerprint, "response": None})
-    previous = await redis.set(key, pending, nx=True, ex=ttl_s, get=True)
+    previous = await redis.set(key, pending, nx=True, ex=min(ttl_s, CLAIM_TTL_S), get=True)
     if previous is None:
         return None
     record: Any = json.loads(str(previous))

@@ -34,7 +34,7 @@ async def enqueue(
     task_ids: Sequence[str],
     codes: Mapping[str, str],
     result_ttl_s: int,
-    remember: tuple[str, str] | None = None,
+    remember: tuple[str, str, int] | None = None,
 ) -> None:
     """Queue ``tasks`` under ``task_ids`` on the endpoint's stream in one pipelined round trip.
 
@@ -42,8 +42,8 @@ async def enqueue(
     that Redis evicted heals before an agent asks for it), then per task writes its hash
     (state ``waiting-for-ep``) and appends its entry to ``keys.endpoint_tasks``, then appends
     the ids to the task group's list and renews that list's TTL. With ``remember`` as
-    ``(key, value)`` it finally overwrites the existing ``key`` with ``value`` keeping its TTL
-    (the Idempotency-Key record of the batch).
+    ``(key, value, ttl_s)`` it finally overwrites the existing ``key`` with ``value`` for
+    ``ttl_s`` seconds (the Idempotency-Key record of the batch).
 
     Contract: when this returns, Redis has acknowledged every write and agents may already be
     running the tasks; entries are appended in submission order. The pipeline is not a
@@ -81,7 +81,8 @@ async def enqueue(
     pipe.rpush(group_tasks, *task_ids)
     pipe.expire(group_tasks, result_ttl_s)
     if remember is not None:
-        pipe.set(remember[0], remember[1], xx=True, keepttl=True)
+        key, value, ttl_s = remember
+        pipe.set(key, value, xx=True, ex=ttl_s)
     await pipe.execute()
 
 
