@@ -34,7 +34,7 @@ def table(rows: dict[str, Any]) -> str:
             ]  # fmt: skip
             lines.append("| " + " | ".join(str(c) for c in cells) + " |")
         if row.get("notes"):
-            lines.append(f"| {fault} | probes: {json.dumps(row['notes'])} |" + " |" * 8)
+            lines.append(f"| {fault} | notes: {json.dumps(row['notes'])} |" + " |" * 8)
     return "\n".join(lines)
 
 
