@@ -33,8 +33,10 @@ HEADER = "idempotency-key"
 KEY_PATTERN = re.compile(r"[!-~]{1,255}")
 """1 to 255 printable ASCII characters, no spaces."""
 RETRY_AFTER_S = 1.0
-CLAIM_TTL_S = 10
-"""How long a claim may say "underway" before it is taken as abandoned (its request died)."""
+CLAIM_TTL_S = 5
+"""How long a claim may say "underway" before it is taken as abandoned (its request died): many
+times a submit's own time (one pipelined round trip), and below the SDK's request timeout, so
+a client whose request died with its web process waits seconds, not a day, for its retry."""
 
 
 def parse_key(raw: str | None) -> str | None:
