@@ -123,11 +123,19 @@ class Settler:
         (stored and announced now), :data:`ANNOUNCED` (an earlier try did it; acknowledged
         now) or :data:`NOT_OURS` (no longer ``agent``'s: nothing written, not
         acknowledged)."""
+        return (await self.write_with_notices(batch, agent=agent))[0]
+
+    async def write_with_notices(
+        self, batch: Sequence[Completion], *, agent: str
+    ) -> tuple[list[int], list[str]]:
+        """:meth:`write`, also returning per completion the id of the completion notice it
+        appended to its task group's results stream ("" when none was appended now)."""
         written = await self._settle_all(batch, agent)
         pipe = self._redis.pipeline(transaction=False)
         groups: set[str] = set()
         settled: list[str] = []
-        for c, status in zip(batch, written, strict=True):
+        appended: list[int] = []  # batch indexes, in the order of their XADD
+        for i, (c, status) in enumerate(zip(batch, written, strict=True)):
             if status == NOT_OURS:
                 log.warning(
                     "task %s is no longer agent %s's (its lease lapsed); its outcome is "
@@ -141,6 +149,7 @@ class Settler:
                 if c.task_group_id:
                     notices = self._keys.task_group_results(c.task_group_id)
                     pipe.xadd(notices, {"task_id": c.task_id, "state": state})
+                    appended.append(i)
                     groups.add(notices)
                 pipe.hdel(self._keys.task(c.task_id), "notice_pending")
             settled.append(c.entry_id)
@@ -150,8 +159,13 @@ class Settler:
         if settled:
             pipe.xack(self._stream, AGENT_GROUP, *settled)
             pipe.xdel(self._stream, *settled)
-        await pipe.execute()
-        return written
+        replies = await pipe.execute()
+        # The XADDs are the pipeline's first commands but for the HDELs between them.
+        ids = [r for r in replies if isinstance(r, str)][: len(appended)]
+        notice_ids = [""] * len(batch)
+        for i, notice_id in zip(appended, ids, strict=True):
+            notice_ids[i] = notice_id
+        return written, notice_ids
 
     async def _settle_all(self, batch: Sequence[Completion], agent: str) -> list[int]:
         """Step 1: write the outcomes."""
