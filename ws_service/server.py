@@ -44,8 +44,19 @@ cursor: nothing is lost or repeated by it, no connection is closed, and the outa
 once. The web service being away answers the handshake 503 (``Retry-After``) and a
 subscribe ``UNAVAILABLE``; clients retry both.
 
+**Same process, same push.** An outcome that this copy's gateway settles is pushed at once
+to this copy's subscribers of its task group, before their own stream read gets to it; the
+stream read then skips it (tracked per subscription), so it arrives once. Such an item
+carries the subscription's cursor so far, not its own: resubscribing from it still misses
+nothing that other copies settled meanwhile.
+
+**The endpoint gateway** answers ``/v1/endpoint`` (an endpoint credential, not a user
+token): see :mod:`ws_service.gateway` and its protocol, :mod:`service_common.agent_protocol`.
+
 Nothing about a client is kept anywhere but in its connection, so any number of copies of
-the service can run side by side and a restart loses nothing.
+the service can run side by side and a restart loses nothing. The copy's Redis connections
+carry the name ``client_name``; the gateway's are bounded by ``gateway_redis_connections``
+whatever the number of agents, while each live subscription still holds one blocked read.
 """
 
 from __future__ import annotations
@@ -151,7 +162,7 @@ class ResultServer:
 
     async def __aenter__(self) -> Self:
         settings = self.settings
-        self._redis = connect_redis(settings.redis_url)
+        self._redis = connect_redis(settings.redis_url, client_name=settings.client_name)
         self._http = httpx.AsyncClient(timeout=settings.auth_timeout_s)
         self._auth = Authenticator(self._http, settings.web_url, cache_s=settings.auth_cache_s)
         try:
