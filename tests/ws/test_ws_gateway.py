@@ -26,7 +26,9 @@ from service_common.agent_protocol import (
     Credit,
     DeliveryRef,
     Drain,
+    Functions,
     HandBack,
+    NeedCode,
     Status,
     Tasks,
 )
@@ -416,3 +418,62 @@ async def test_a_result_settled_here_is_pushed_to_a_subscriber_here_once(stack: 
         while (reply := await frame())["type"] != "subscribed":
             seen += [item["task_id"] for item in reply["results"]]
     assert seen == task_ids
+
+
+# -- tasks the gateway settles itself ------------------------------------------------------
+
+
+async def test_tasks_that_must_not_run_are_settled_and_never_sent(
+    stack: Stack, aredis: aioredis.Redis, keys: Keys
+) -> None:
+    eid, credential = await stack.ann.endpoint()
+    fid, other = await stack.ann.function(), await stack.ann.function(triple)
+    _, [cancelled] = await stack.ann.submit(eid, fid, 1)
+    _, [refused] = await stack.ann.submit(eid, fid, 1)
+    await stack.ann.http.post(f"/v1/tasks/{cancelled}/cancel")
+    reply = await stack.ann.http.put(
+        f"/v1/endpoints/{eid}/allowed_functions", json={"function_ids": [other]}
+    )
+    reply.raise_for_status()
+    async with stack.ws() as url, AgentClient.connect(url, credential) as agent:
+        await agent.send(Credit(5))
+        await until(lambda: _state_is(aredis, keys, refused, "failed"), "refused settled")
+        await until(lambda: _xlen_is(aredis, keys, eid, 0), "both acknowledged")
+        # Nothing was sent before the answer to this question.
+        await agent.send(NeedCode((other, "no-such-function")))
+        answer = await agent.recv(Functions)
+    exception = json.loads(await aredis.hget(keys.task(refused), "exception") or "{}")
+    assert exception["type"] == "FunctionNotAllowed"
+    assert await aredis.hget(keys.task(cancelled), "state") == "cancelled"
+    assert [c.function_id for c in answer.functions] == [other]
+    assert answer.missing == ("no-such-function",)
+
+
+async def _xlen_is(aredis: aioredis.Redis, keys: Keys, eid: str, length: int) -> bool:
+    return bool(await aredis.xlen(keys.endpoint_tasks(eid)) == length)
+
+
+async def test_a_task_whose_agents_keep_vanishing_fails_with_worker_lost(
+    stack: Stack, aredis: aioredis.Redis, keys: Keys
+) -> None:
+    eid, credential = await stack.ann.endpoint()
+    fid = await stack.ann.function()
+    _, [task_id] = await stack.ann.submit(eid, fid, 1)
+    async with stack.ws(lease_ms=300, max_attempts=1) as url:
+        async with AgentClient.connect(url, credential, hello("vanishing")) as agent:
+            await agent.take(1)
+        async with AgentClient.connect(url, credential, hello("next")) as agent:
+            await agent.send(Credit(1))
+            await until(lambda: _state_is(aredis, keys, task_id, "failed"), "WorkerLost")
+    record = await aredis.hgetall(keys.task(task_id))
+    assert json.loads(record["exception"])["type"] == "WorkerLost"
+    assert record["attempts"] == "2"
+
+
+async def test_a_credential_opens_no_results_subscription(stack: Stack) -> None:
+    _, credential = await stack.ann.endpoint()
+    async with stack.ws() as url:
+        with pytest.raises(InvalidStatus) as caught:
+            async with connect(url + "/v1/results", additional_headers=_bearer(credential)):
+                pass
+    assert caught.value.response.status_code == 401

@@ -152,7 +152,7 @@ class AgentSession:
 
     @property
     def wants(self) -> int:
-        if self._closing or self.draining or self.hello is None or self._outage.down:
+        if self._closing or self.draining or self.hello is None:
             return 0
         return max(0, self.ledger.credit - self._reserved)
 
@@ -179,7 +179,9 @@ class AgentSession:
                 outage=self._outage,
             )
             background.append(asyncio.create_task(keeper.run(self._lease_stop)))
-            background.append(asyncio.create_task(self._starter(), name="gateway-starter"))
+            background.append(
+                asyncio.create_task(self._guard(self._starter), name="gateway-starter")
+            )
             self.gateway.attach(self)
             async for message in self.connection:
                 frame = decode_agent_frame(
@@ -266,13 +268,28 @@ class AgentSession:
         elif isinstance(frame, Outcomes):
             self._outcome_batches.append(frame)
             if self._settling is None or self._settling.done():
-                self._settling = asyncio.create_task(self._settle(), name="gateway-settle")
+                self._settling = asyncio.create_task(
+                    self._guard(self._settle), name="gateway-settle"
+                )
         elif isinstance(frame, Status):
             await self._record(frame)
         elif isinstance(frame, HandBack):
             await self._hand_back(frame)
         elif isinstance(frame, NeedCode):
             await self._need_code(frame)
+
+    async def _guard(self, work: Callable[[], Awaitable[None]]) -> None:
+        """Run a task of this session; one that fails on the gateway's side (not Redis
+        being away: that is waited out) ends the connection with ``INTERNAL``, so the agent
+        reconnects to a clean state."""
+        try:
+            await work()
+        except ConnectionClosed:
+            pass
+        except Exception:
+            log.exception("serving agent %s of endpoint %s failed", self.ledger.agent,
+                          self.endpoint_id)  # fmt: skip
+            await self._fail(ProtocolError(INTERNAL, "the gateway failed; reconnect"))
 
     async def _fail(self, exc: ProtocolError) -> None:
         """Answer a broken protocol: the error frame, then close when it is fatal."""
