@@ -22,16 +22,21 @@ from sdk.serialize import deserialize
 from service_common.agent_protocol import (
     AGENT_PATH,
     NOT_HANDED,
+    UNAVAILABLE,
     Cancel,
     Credit,
     DeliveryRef,
     Drain,
+    Error,
     Functions,
     HandBack,
     NeedCode,
+    Outcomes,
+    Settled,
     Status,
     Tasks,
 )
+from tests.private_redis import PrivateRedis
 from tests.ws.gateway_helpers import (
     FRAME_WAIT_S,
     AgentClient,
@@ -477,3 +482,44 @@ async def test_a_credential_opens_no_results_subscription(stack: Stack) -> None:
             async with connect(url + "/v1/results", additional_headers=_bearer(credential)):
                 pass
     assert caught.value.response.status_code == 401
+
+
+# -- Redis outages -------------------------------------------------------------------------
+
+
+async def test_the_gateway_rides_out_a_redis_restart(
+    database_url: str, private_redis: PrivateRedis
+) -> None:
+    """Redis goes away with an outcome in flight: the agent hears UNAVAILABLE, the outcome
+    is settled once Redis is back, and windows flow again; no connection is closed."""
+    await asyncio.to_thread(upgrade, database_url)
+    _, token = await create_user(database_url, "ann")
+    prefix = unique("fxt")
+    keys = Keys(prefix)
+    async with (
+        web_service(database_url, private_redis.url, prefix) as web_url,
+        httpx.AsyncClient(base_url=web_url, headers=_bearer(token)) as http,
+    ):
+        owner = Owner(http)
+        eid, credential = await owner.endpoint()
+        fid = await owner.function()
+        _, [first, second] = await owner.submit(eid, fid, 2)
+        settings = WsSettings(
+            redis_url=private_redis.url, web_url=web_url, key_prefix=prefix, port=0
+        )
+        async with (
+            ResultServer(settings) as server,
+            AgentClient.connect(f"ws://127.0.0.1:{server.port}", credential) as agent,
+        ):
+            [task] = await agent.take(1)
+            await asyncio.to_thread(private_redis.stop)
+            await agent.send(Outcomes((success(task, 7),)))
+            error = await agent.recv(Error)
+            await asyncio.to_thread(private_redis.start)
+            answer = await agent.recv(Settled)
+            [again] = await agent.take(1)
+        async with aioredis.Redis.from_url(private_redis.url, decode_responses=True) as check:
+            state = await check.hget(keys.task(first), "state")
+    assert error.code == UNAVAILABLE
+    assert answer.delivery_ids == (task.delivery_id,)
+    assert (task.task_id, again.task_id, state) == (first, second, "success")

@@ -311,10 +311,17 @@ class AgentSession:
         """``op()``, waiting out Redis outages (the agent told ``UNAVAILABLE`` once)."""
 
         async def attempt() -> T:
+            started = self._outage.now()
             try:
                 result = await op()
             except Exception as exc:
-                if redis_unavailable(exc) and not self._told_unavailable:
+                # Only an outage is told, not an aftershock (a pooled connection to a
+                # restarted Redis failing once): the shared Outage tells them apart.
+                if (
+                    redis_unavailable(exc)
+                    and (self._outage.failed(exc, attempt_started=started) or self._outage.down)
+                    and not self._told_unavailable
+                ):
                     self._told_unavailable = True
                     with contextlib.suppress(ConnectionClosed):
                         await self._send(
