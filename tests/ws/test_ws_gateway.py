@@ -523,3 +523,30 @@ async def test_the_gateway_rides_out_a_redis_restart(
     assert error.code == UNAVAILABLE
     assert answer.delivery_ids == (task.delivery_id,)
     assert (task.task_id, again.task_id, state) == (first, second, "success")
+
+
+# -- several copies ------------------------------------------------------------------------
+
+
+async def test_agents_on_two_copies_share_the_work_and_may_move_between_them(
+    stack: Stack, aredis: aioredis.Redis, keys: Keys
+) -> None:
+    eid, credential = await stack.ann.endpoint()
+    fid = await stack.ann.function()
+    _, task_ids = await stack.ann.submit(eid, fid, 4)
+    async with stack.ws() as url_a, stack.ws() as url_b:
+        async with (
+            AgentClient.connect(url_a, credential, hello("on-a")) as on_a,
+            AgentClient.connect(url_b, credential, hello("on-b")) as on_b,
+        ):
+            got_a = await on_a.take(2)
+            got_b = await on_b.take(2)
+        # on-a's connection dropped; it comes back through copy B within the lease.
+        greeting = hello("on-a", running=tuple(t.ref for t in got_a))
+        async with AgentClient.connect(url_b, credential, greeting) as moved:
+            answer = await moved.report([success(t) for t in got_a])
+    assert sorted(t.task_id for t in got_a + got_b) == sorted(task_ids)
+    assert moved.welcome.lost == ()
+    assert answer.delivery_ids == tuple(t.delivery_id for t in got_a)
+    for task in got_a:
+        assert await aredis.hget(keys.task(task.task_id), "state") == "success"

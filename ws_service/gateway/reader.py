@@ -163,9 +163,11 @@ class Reader:
                     self._changed.clear()
                     waiting = asyncio.ensure_future(self._changed.wait())
                     stopping = asyncio.ensure_future(stopped.wait())
-                    await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                    waiting.cancel()
-                    stopping.cancel()
+                    try:
+                        await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        waiting.cancel()
+                        stopping.cancel()
                     continue
                 started = self._outage.now()
                 try:
