@@ -7,12 +7,11 @@
 
 One loop reads the endpoint's stream through the ``agents`` consumer group (new entries,
 and entries claimed from lost agents), starts the tasks it read
-(:mod:`endpoint_agent.stream`), resolves their functions (:mod:`endpoint_agent.functions`),
+(:mod:`service_common.tasks.stream`), resolves their functions (:mod:`endpoint_agent.functions`),
 runs ``async def`` functions in this event loop and ``def`` functions in the engine's
 workers (:mod:`endpoint_agent.engines`), and hands each outcome to the batched writer
-(:mod:`endpoint_agent.results`). Beside the loop: the heartbeat
-(:mod:`endpoint_agent.heartbeat`), the lease keeper (:mod:`endpoint_agent.leases`) and the
-cancel listener (:mod:`endpoint_agent.cancels`).
+(:mod:`endpoint_agent.results`). Beside the loop: the heartbeat, the lease keeper and the
+cancel listener (:mod:`service_common.tasks`, shared with the gateway).
 
 **How many entries one read asks for.** The agent cannot know a task's kind before reading
 it, so it reads as if the next tasks were like the last ones:
@@ -64,14 +63,10 @@ from types import TracebackType
 import redis.asyncio as aioredis
 
 from endpoint_agent import capture
-from endpoint_agent.cancels import CancelListener
 from endpoint_agent.engines import Engine, make_engine
 from endpoint_agent.functions import FunctionCatalog, FunctionInfo
-from endpoint_agent.heartbeat import Heartbeat, Status, package_version
-from endpoint_agent.leases import LeaseKeeper
 from endpoint_agent.results import Completion, ResultWriter
 from endpoint_agent.settings import AgentSettings
-from endpoint_agent.stream import Start, TaskEntry, TaskStream, start_stamp
 from endpoint_agent.worker import (
     WALLTIME_EXCEEDED,
     WORKER_LOST,
@@ -86,6 +81,10 @@ from sdk.keys import Keys
 from sdk.messages import ExceptionRecord, error_record
 from service_common.redis_client import connect_redis, redis_unavailable
 from service_common.retry import DEFAULT_BACKOFF, Outage, retry, wait_or_stop
+from service_common.tasks.cancels import CancelListener
+from service_common.tasks.heartbeat import Heartbeat, Status, package_version
+from service_common.tasks.leases import LeaseKeeper
+from service_common.tasks.stream import Start, TaskEntry, TaskStream, start_stamp
 
 log = logging.getLogger(__name__)
 

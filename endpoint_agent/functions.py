@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from endpoint_agent.stream import TaskStream
 from endpoint_agent.worker import (
     CACHE_SIZE,
     FUNCTION_NOT_ALLOWED,
@@ -29,6 +28,7 @@ from endpoint_agent.worker import (
 )
 from sdk.errors import DeserializationError
 from sdk.messages import ExceptionRecord, error_record
+from service_common.tasks.stream import TaskStream
 
 
 @dataclass(frozen=True, slots=True)

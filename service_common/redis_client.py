@@ -38,7 +38,9 @@ TRANSIENT_REDIS_ERRORS: tuple[type[BaseException], ...] = (
 """Errors that mean Redis is (for now) away, not that the command was wrong."""
 
 
-def connect_redis(url: str) -> aioredis.Redis:
+def connect_redis(
+    url: str, *, client_name: str | None = None, max_connections: int | None = None
+) -> aioredis.Redis:
     """An asyncio Redis client for ``url`` (``redis://``, ``rediss://`` or ``unix://``).
 
     Replies are decoded to ``str``. There is no per-reply socket timeout (redis-py's default
@@ -49,14 +51,25 @@ def connect_redis(url: str) -> aioredis.Redis:
     callers retry what is safe to retry (see :func:`redis_unavailable`). redis-py parses
     replies with hiredis when it is installed. Nothing connects until the first command;
     the caller closes the client with ``await client.aclose()``.
+
+    ``client_name`` names every connection (``CLIENT SETNAME``, seen in ``CLIENT LIST``).
+    ``max_connections`` bounds the pool: a command that finds every connection busy waits
+    for one instead of opening another (default: no bound).
     """
-    return aioredis.Redis.from_url(
-        url,
-        decode_responses=True,
-        socket_timeout=None,
-        socket_connect_timeout=CONNECT_TIMEOUT_S,
-        socket_keepalive=True,
+    options: dict[str, Any] = {
+        "decode_responses": True,
+        "socket_timeout": None,
+        "socket_connect_timeout": CONNECT_TIMEOUT_S,
+        "socket_keepalive": True,
+    }
+    if client_name is not None:
+        options["client_name"] = client_name
+    if max_connections is None:
+        return aioredis.Redis.from_url(url, **options)
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=None, **options
     )
+    return aioredis.Redis.from_pool(pool)
 
 
 def redis_unavailable(exc: BaseException) -> bool:

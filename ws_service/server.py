@@ -44,8 +44,19 @@ cursor: nothing is lost or repeated by it, no connection is closed, and the outa
 once. The web service being away answers the handshake 503 (``Retry-After``) and a
 subscribe ``UNAVAILABLE``; clients retry both.
 
+**Same process, same push.** An outcome that this copy's gateway settles is pushed at once
+to this copy's subscribers of its task group, before their own stream read gets to it; the
+stream read then skips it (tracked per subscription), so it arrives once. Such an item
+carries the subscription's cursor so far, not its own: resubscribing from it still misses
+nothing that other copies settled meanwhile.
+
+**The endpoint gateway** answers ``/v1/endpoint`` (an endpoint credential, not a user
+token): see :mod:`ws_service.gateway` and its protocol, :mod:`service_common.agent_protocol`.
+
 Nothing about a client is kept anywhere but in its connection, so any number of copies of
-the service can run side by side and a restart loses nothing.
+the service can run side by side and a restart loses nothing. The copy's Redis connections
+carry the name ``client_name``; the gateway's are bounded by ``gateway_redis_connections``
+whatever the number of agents, while each live subscription still holds one blocked read.
 """
 
 from __future__ import annotations
@@ -55,6 +66,7 @@ import contextlib
 import http
 import logging
 import signal
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -68,12 +80,15 @@ from websockets.http11 import Request, Response
 from sdk import wire
 from sdk.errors import APIError
 from sdk.keys import Keys
+from sdk.messages import ResultItem
 from sdk.wire import RESULTS_PATH
+from service_common.agent_protocol import AGENT_PATH
 from service_common.redis_client import connect_redis, redis_unavailable
 from service_common.retry import DEFAULT_BACKOFF, Outage
 from service_common.tokens import bearer_token
 from ws_service import protocol
-from ws_service.auth import Authenticator, Caller, WebUnavailable
+from ws_service.auth import Authenticator, Caller, EndpointSession, WebUnavailable
+from ws_service.gateway import Gateway, Settlement
 from ws_service.settings import WsSettings
 
 logger = logging.getLogger(__name__)
@@ -93,6 +108,7 @@ class _Connection(ServerConnection):
     """A server connection that remembers who authenticated it during the handshake."""
 
     caller: Caller | None = None
+    endpoint: EndpointSession | None = None
 
 
 class ResultServer:
@@ -125,6 +141,16 @@ class ResultServer:
         """Redis outages of this process, shared by every subscription: one log line each."""
         self.web_outage = Outage("the web service", logger=logger)
         """Outages of the web service, this service's peer for tokens and task groups."""
+        self._gateway: Gateway | None = None
+        self._local: dict[str, set[_Subscription]] = {}
+        """This process's subscriptions by task group, for the same-process push."""
+
+    @property
+    def gateway(self) -> Gateway:
+        """The endpoint gateway of this copy (route ``/v1/endpoint``)."""
+        if self._gateway is None:
+            raise RuntimeError("the server is not open; use `async with ResultServer(...)`")
+        return self._gateway
 
     @property
     def port(self) -> int:
@@ -136,10 +162,13 @@ class ResultServer:
 
     async def __aenter__(self) -> Self:
         settings = self.settings
-        self._redis = connect_redis(settings.redis_url)
+        self._redis = connect_redis(settings.redis_url, client_name=settings.client_name)
         self._http = httpx.AsyncClient(timeout=settings.auth_timeout_s)
         self._auth = Authenticator(self._http, settings.web_url, cache_s=settings.auth_cache_s)
         try:
+            self._gateway = await Gateway(
+                settings, redis_outage=self.redis_outage, on_settled=self._push_settled
+            ).__aenter__()
             self._server = await serve(
                 self._handle,
                 settings.host,
@@ -148,7 +177,7 @@ class ResultServer:
                 create_connection=_Connection,
                 ping_interval=settings.ping_interval_s,
                 ping_timeout=settings.ping_timeout_s,
-                max_size=CLIENT_FRAME_BYTES_MAX,
+                max_size=max(CLIENT_FRAME_BYTES_MAX, settings.max_frame_bytes),
             )
         except BaseException:
             await self._close_clients()
@@ -162,6 +191,8 @@ class ResultServer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._gateway is not None:
+            await self._gateway.drain(timeout_s=self.settings.drain_timeout_s)
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -175,6 +206,9 @@ class ResultServer:
         await self._server.serve_forever()
 
     async def _close_clients(self) -> None:
+        if self._gateway is not None:
+            await self._gateway.__aexit__(None, None, None)
+            self._gateway = None
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None
@@ -185,14 +219,27 @@ class ResultServer:
     async def _process_request(
         self, connection: ServerConnection, request: Request
     ) -> Response | None:
-        """Handshake: the route must be ``/v1/results`` and the bearer token valid."""
+        """Handshake: ``/v1/results`` with a user's token, or ``/v1/endpoint`` with an
+        endpoint credential; anything else is refused before a WebSocket opens."""
         assert self._auth is not None and isinstance(connection, _Connection)
-        if request.path.split("?", 1)[0] != RESULTS_PATH:
+        path = request.path.split("?", 1)[0]
+        if path not in (RESULTS_PATH, AGENT_PATH):
             return connection.respond(http.HTTPStatus.NOT_FOUND, f"no route; use {RESULTS_PATH}\n")
         token = bearer_token(request.headers.get("Authorization"))
         if token is None:
             return connection.respond(http.HTTPStatus.UNAUTHORIZED, "missing bearer token\n")
         try:
+            if path == AGENT_PATH:
+                endpoint = await self._auth.authenticate_endpoint(token)
+                self.web_outage.recovered()
+                if endpoint is None:
+                    return connection.respond(
+                        http.HTTPStatus.UNAUTHORIZED, "invalid endpoint credential\n"
+                    )
+                connection.endpoint = endpoint
+                return None
+            # Client frames on the results route are small commands.
+            connection.protocol.max_message_size = CLIENT_FRAME_BYTES_MAX
             caller = await self._auth.authenticate(token)
         except (WebUnavailable, APIError) as exc:
             self.web_outage.failed(exc)
@@ -208,8 +255,15 @@ class ResultServer:
         return None
 
     async def _handle(self, connection: ServerConnection) -> None:
-        """One connection: read commands until it closes, then cancel its subscriptions."""
-        assert isinstance(connection, _Connection) and connection.caller is not None
+        """One connection: an agent's (the gateway serves it), or a client's: read commands
+        until it closes, then cancel its subscriptions."""
+        assert isinstance(connection, _Connection)
+        if connection.endpoint is not None:
+            await self.gateway.serve(
+                connection, connection.endpoint.endpoint_id, connection.endpoint.name
+            )
+            return
+        assert connection.caller is not None
         caller = connection.caller
         subscriptions: dict[str, asyncio.Task[None]] = {}
         try:
@@ -295,47 +349,135 @@ class ResultServer:
         stream, one pipeline of ``HGETALL`` for the tasks it names, then one ``results``
         frame with all of them (more only when one would pass ``max_frame_bytes``). The cursor
         advances only after the frames are handed to the connection, so a Redis error retries
-        the same read. Ends quietly when the connection closes."""
+        the same read. Results this process's gateway settled meanwhile may already have
+        been pushed (:meth:`_push_settled`); those are not sent again. Ends quietly when the
+        connection closes."""
         assert self._redis is not None
         redis = self._redis
         settings = self.settings
         stream = self.keys.task_group_results(task_group_id)
+        sub = _Subscription(connection, task_group_id, cursor)
+        self._local.setdefault(task_group_id, set()).add(sub)
         failures = 0
-        while True:
-            started = self.redis_outage.now()
-            try:
-                reply: Any = await redis.xread(
-                    {stream: cursor}, count=settings.batch_max, block=settings.block_ms
-                )
-                entries = _stream_entries(reply)
-                if not entries:
+        try:
+            while True:
+                started = self.redis_outage.now()
+                try:
+                    reply: Any = await redis.xread(
+                        {stream: sub.cursor}, count=settings.batch_max, block=settings.block_ms
+                    )
+                    entries = _stream_entries(reply)
+                    if not entries:
+                        continue
+                    sub.read(entries[-1][0])
+                    fresh = [e for e in entries if e[0] not in sub.pushed]
+                    notices = protocol.parse_notices(fresh)
+                    hashes: list[dict[str, str]] = []
+                    if notices:
+                        async with redis.pipeline(transaction=False) as pipe:
+                            for notice in notices:
+                                pipe.hgetall(self.keys.task(notice.task_id))
+                            hashes = await pipe.execute()
+                except RedisError as exc:
+                    if not redis_unavailable(exc):
+                        raise
+                    self.redis_outage.failed(exc, attempt_started=started)
+                    failures += 1
+                    await asyncio.sleep(DEFAULT_BACKOFF.delay_s(failures))
                     continue
-                notices = protocol.parse_notices(entries)
-                hashes: list[dict[str, str]] = []
-                if notices:
-                    async with redis.pipeline(transaction=False) as pipe:
-                        for notice in notices:
-                            pipe.hgetall(self.keys.task(notice.task_id))
-                        hashes = await pipe.execute()
-            except RedisError as exc:
-                if not redis_unavailable(exc):
-                    raise
-                self.redis_outage.failed(exc, attempt_started=started)
-                failures += 1
-                await asyncio.sleep(DEFAULT_BACKOFF.delay_s(failures))
-                continue
-            failures = 0
-            self.redis_outage.recovered()
-            items = protocol.result_items(notices, hashes)
-            frames = protocol.results_frames(
-                task_group_id, items, max_frame_bytes=settings.max_frame_bytes
-            )
-            try:
-                for frame in frames:
-                    await connection.send(frame)
-            except ConnectionClosed:
-                return
-            cursor = entries[-1][0]
+                failures = 0
+                self.redis_outage.recovered()
+                items = protocol.result_items(notices, hashes)
+                if items and items[-1]["cursor"] != entries[-1][0]:
+                    # The last entries were pushed already: the frame still moves the
+                    # client's cursor to the end of what was read.
+                    items[-1] = {**items[-1], "cursor": entries[-1][0]}
+                frames = protocol.results_frames(
+                    task_group_id, items, max_frame_bytes=settings.max_frame_bytes
+                )
+                try:
+                    for frame in frames:
+                        await connection.send(frame)
+                except ConnectionClosed:
+                    return
+                sub.sent(entries[-1][0])
+        finally:
+            group = self._local.get(task_group_id)
+            if group is not None:
+                group.discard(sub)
+                if not group:
+                    del self._local[task_group_id]
+
+    def _push_settled(self, settlements: Sequence[Settlement]) -> None:
+        """The same-process push: outcomes this copy's gateway just settled go at once to
+        this copy's subscribers of their task group, without waiting for their stream read
+        (which then skips them). Other copies get them through the stream as ever."""
+        for settled in settlements:
+            for sub in self._local.get(settled.task_group_id, ()):
+                o = settled.outcome
+                item: ResultItem = {"task_id": o.task_id, "state": str(o.state), "cursor": ""}
+                if o.result is not None:
+                    item["result"] = o.result
+                if o.exception is not None:
+                    item["exception"] = o.exception
+                if o.stdout:
+                    item["stdout"] = o.stdout
+                if o.stderr:
+                    item["stderr"] = o.stderr
+                sub.offer(settled.notice_id, item, max_frame_bytes=self.settings.max_frame_bytes)
+
+
+class _Subscription:
+    """One subscription's position, shared by its stream read and the same-process push.
+
+    ``cursor``: every notice up to it has been sent (stream order). ``read_upto``: the
+    stream read has taken every notice up to it (and will send those not pushed).
+    ``pushed``: notices after ``read_upto`` already pushed out of band, which the stream
+    read skips. A pushed item carries ``cursor`` (not its own notice id): resubscribing
+    from it then misses nothing that other copies settled meanwhile."""
+
+    def __init__(self, connection: ServerConnection, task_group_id: str, cursor: str) -> None:
+        self.connection = connection
+        self.task_group_id = task_group_id
+        self.cursor = cursor
+        self.read_upto = cursor
+        self.pushed: set[str] = set()
+        self._sends: set[asyncio.Task[None]] = set()
+
+    def read(self, last_id: str) -> None:
+        self.read_upto = last_id
+
+    def sent(self, last_id: str) -> None:
+        self.cursor = last_id
+        upto = _stream_id(last_id)
+        self.pushed = {nid for nid in self.pushed if _stream_id(nid) > upto}
+
+    def offer(self, notice_id: str, item: ResultItem, *, max_frame_bytes: int) -> None:
+        """Push ``item`` now unless the stream read has already taken its notice."""
+        if _stream_id(notice_id) <= _stream_id(self.read_upto) or notice_id in self.pushed:
+            return
+        self.pushed.add(notice_id)
+        item["cursor"] = self.cursor
+        frames = protocol.results_frames(
+            self.task_group_id, [item], max_frame_bytes=max_frame_bytes
+        )
+        task = asyncio.create_task(self._send(frames))
+        self._sends.add(task)
+        task.add_done_callback(self._sends.discard)
+
+    async def _send(self, frames: list[str]) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            for frame in frames:
+                await self.connection.send(frame)
+
+
+def _stream_id(value: str) -> tuple[int, int]:
+    """A stream entry id (``ms-seq``, or ``ms``, or ``0``) as a comparable pair."""
+    ms, _, seq = value.partition("-")
+    try:
+        return int(ms), int(seq or 0)
+    except ValueError:
+        return (0, 0)
 
 
 def _stream_entries(reply: Any) -> list[tuple[str, dict[str, str]]]:

@@ -59,8 +59,35 @@ class WsSettings(RedisSettings):
     )
     """Largest frame sent or accepted; above the 10 MB result limit so any result fits."""
 
+    client_name: str = field(default="fxbroker-ws", metadata=env("FXBROKER_WS_CLIENT_NAME"))
+    """The name of this copy's Redis connections (``CLIENT LIST``)."""
+    gateway_redis_connections: int = field(
+        default=8, metadata=env("FXBROKER_WS_GATEWAY_REDIS_CONNECTIONS", integer)
+    )
+    """The gateway's Redis connections, whatever the number of agents: one blocked read,
+    one cancel subscription, the rest a pool that starts, settles, renews and records."""
+    lease_ms: int = field(default=30_000, metadata=env("FXBROKER_LEASE_MS", integer))
+    """A task handed to an agent is its own while its connection lives (renewed every
+    ``lease_ms / 3``); one idle this long is claimed again for another agent."""
+    max_attempts: int = field(default=3, metadata=env("FXBROKER_MAX_ATTEMPTS", integer))
+    """Starts a task gets in all; the next fails it with ``WorkerLost``."""
+    heartbeat_s: float = field(default=5.0, metadata=env("FXBROKER_HEARTBEAT_S", number))
+    """How often agents report status; the status hash lives three of these."""
+    result_ttl_s: int = field(default=7 * 24 * 3600, metadata=env("FXBROKER_RESULT_TTL_S", integer))
+    """How long a settled task's record and its group's notices are kept."""
+    drain_timeout_s: float = field(
+        default=30.0, metadata=env("FXBROKER_WS_DRAIN_TIMEOUT_S", number)
+    )
+    """On shutdown, how long agents get to hand back their tasks and close."""
+
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_at_least(self, 3, "gateway_redis_connections", integer=True)
+        check_at_least(self, 1, "lease_ms", "max_attempts", "result_ttl_s", integer=True)
+        check_positive(self, "heartbeat_s")
+        check_at_least(self, 0, "drain_timeout_s")
+        if not self.client_name or any(c.isspace() for c in self.client_name):
+            raise SettingsError("client_name must be a non-empty name without spaces")
         check_url("web_url", self.web_url, HTTP_SCHEMES)
         if not self.host:
             raise SettingsError("host must not be empty")

@@ -65,7 +65,9 @@ nothing else comes first from either side. ``running`` and ``held`` name the tas
 still runs and the outcomes it still holds from an earlier connection: the gateway keeps
 those whose lease it still holds (it renews them from now on) and lists the others in
 ``welcome.lost``; the agent stops those and forgets their outcomes, logging each one (they
-are another agent's now).
+are another agent's now, or, for a held outcome whose ``settled`` answer was lost with the
+connection, already stored). The agent's id is its consumer in the endpoint's group: one
+id per agent process, never shared by two live agents.
 
 **Credit.** ``credit`` frames add up; each task sent uses one. The gateway never sends more
 tasks than the credit left (:class:`Ledger`), and outstanding credit is at most

@@ -35,6 +35,13 @@ def test_every_variable_is_read() -> None:
         "FXBROKER_WS_PING_INTERVAL_S": "7",
         "FXBROKER_WS_PING_TIMEOUT_S": "3",
         "FXBROKER_WS_MAX_FRAME_BYTES": "2048",
+        "FXBROKER_WS_CLIENT_NAME": "ws-a",
+        "FXBROKER_WS_GATEWAY_REDIS_CONNECTIONS": "4",
+        "FXBROKER_LEASE_MS": "900",
+        "FXBROKER_MAX_ATTEMPTS": "5",
+        "FXBROKER_HEARTBEAT_S": "0.5",
+        "FXBROKER_RESULT_TTL_S": "60",
+        "FXBROKER_WS_DRAIN_TIMEOUT_S": "4",
     }
     settings = WsSettings.from_env(env)
     assert dataclasses.asdict(settings) == {
@@ -51,6 +58,13 @@ def test_every_variable_is_read() -> None:
         "ping_interval_s": 7.0,
         "ping_timeout_s": 3.0,
         "max_frame_bytes": 2048,
+        "client_name": "ws-a",
+        "gateway_redis_connections": 4,
+        "lease_ms": 900,
+        "max_attempts": 5,
+        "heartbeat_s": 0.5,
+        "result_ttl_s": 60,
+        "drain_timeout_s": 4.0,
     }
 
 

@@ -21,6 +21,10 @@
   draining): their hash goes back to ``waiting-for-ep`` with the attempt taken back, and the
   entry is re-added at the stream's end and acknowledged, atomically (one script on the
   stream key), so any agent reading the stream gets it at once, not after a lease.
+* :meth:`TaskStream.holding` checks which entries a reconnecting agent still holds, and
+  :meth:`TaskStream.requeue` puts entries read but never started back.
+* :func:`read_streams`, :func:`read_blocking` and :func:`claim_streams` read, wait on and
+  claim many endpoints' streams at once for one consumer (the gateway's reader).
 * :meth:`TaskStream.lookup` gets the code of several functions and checks them against the
   endpoint's allow-list, in one round trip.
 """
@@ -191,11 +195,7 @@ class TaskStream:
 
     async def ensure_group(self) -> None:
         """Create the consumer group (and the stream) unless it exists."""
-        try:
-            await self._redis.xgroup_create(self.key, AGENT_GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        await ensure_group(self._redis, self.key)
 
     async def read(self, count: int, *, block_ms: int | None) -> list[TaskEntry]:
         """Read up to ``count`` new entries; wait up to ``block_ms`` (``None``: don't wait).
@@ -246,11 +246,16 @@ class TaskStream:
                 break
         return claimed
 
-    async def start(self, entries: Sequence[TaskEntry], *, started_at: str = "") -> list[Start]:
+    async def start(
+        self, entries: Sequence[TaskEntry], *, started_at: str = "", take: bool = False
+    ) -> list[Start]:
         """Move each entry's task to ``running`` and count the attempt (one round trip).
 
         ``started_at`` (default: now) names this start: retrying the call with the same
-        value after a failure counts no attempt twice (see :data:`START_SCRIPT`)."""
+        value after a failure counts no attempt twice (see :data:`START_SCRIPT`). With
+        ``take``, the entries (read by another consumer, the gateway's reader) are also
+        moved to this consumer in the same round trip (``XCLAIM ... JUSTID``), so their
+        lease is this consumer's from now on."""
         if not entries:
             return []
         now = started_at or start_stamp()
@@ -262,8 +267,18 @@ class TaskStream:
                 args=[str(TaskState.RUNNING), now, self.consumer, *terminal],
                 client=pipe,
             )
+        if take:
+            pipe.xclaim(
+                self.key,
+                AGENT_GROUP,
+                self.consumer,
+                0,
+                [entry.entry_id for entry in entries],
+                justid=True,
+            )
+        replies = await execute_pipeline(pipe)
         starts: list[Start] = []
-        for code, value in await execute_pipeline(pipe):
+        for code, value in replies[: len(entries)]:
             if int(code) == 1:
                 starts.append(Start(run=True, attempt=int(value)))
             elif int(code) == 2:
@@ -309,6 +324,51 @@ class TaskStream:
             await execute_pipeline(pipe)
         return count
 
+    async def requeue(self, entries: Sequence[TaskEntry]) -> None:
+        """Put entries read but never started back at the stream's end, for any reader
+        (one round trip)."""
+        if not entries:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for entry in entries:
+            flat = [part for pair in entry.fields.items() for part in pair]
+            await self._requeue_script(
+                keys=[self.key], args=[AGENT_GROUP, entry.entry_id, *flat], client=pipe
+            )
+        await execute_pipeline(pipe)
+
+    async def holding(self, held: Sequence[tuple[str, str, int]]) -> list[TaskEntry | None]:
+        """Which of ``held`` (entry id, task id, attempt) this consumer still holds: the
+        entry is pending for it, names that task, and the task is ``running`` under that
+        attempt and this consumer. Those are renewed at once (``XCLAIM ... JUSTID``); the
+        others are ``None``. Two round trips."""
+        if not held:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        for entry_id, task_id, _ in held:
+            pipe.xrange(self.key, entry_id, entry_id)
+            pipe.xpending_range(self.key, AGENT_GROUP, entry_id, entry_id, 1)
+            pipe.hmget(self._keys.task(task_id), ["state", "attempts", "agent"])
+        replies = await pipe.execute(raise_on_error=False)
+        found: list[TaskEntry | None] = []
+        for i, (entry_id, task_id, attempt) in enumerate(held):
+            rows, pending, fields = replies[3 * i : 3 * i + 3]
+            ok = (
+                isinstance(rows, list)
+                and len(rows) == 1
+                and isinstance(pending, list)
+                and len(pending) == 1
+                and pending[0].get("consumer") == self.consumer
+                and isinstance(fields, list)
+                and fields == [str(TaskState.RUNNING), str(attempt), self.consumer]
+            )
+            entry = TaskEntry.from_fields(entry_id, rows[0][1] or {}) if ok else None
+            found.append(entry if entry is not None and entry.task_id == task_id else None)
+        kept: list[Any] = [entry.entry_id for entry in found if entry is not None]
+        if kept:
+            await self._redis.xclaim(self.key, AGENT_GROUP, self.consumer, 0, kept, justid=True)
+        return found
+
     async def lookup(self, fetch: Iterable[str], check: Iterable[str]) -> Lookup:
         """The code of the ``fetch`` ids, and which ``check`` ids the endpoint's allow-list
         refuses (none when the endpoint has no allow-list), in one round trip."""
@@ -331,6 +391,97 @@ class TaskStream:
                 fid for fid, member in zip(check_ids, members, strict=True) if not int(member)
             )
         return Lookup(codes, refused)
+
+
+async def read_streams(
+    redis: aioredis.Redis, counts: Mapping[str, int], consumer: str
+) -> dict[str, list[TaskEntry]]:
+    """One non-blocking ``XREADGROUP ... COUNT n`` per stream (``counts``: stream key ->
+    n), pipelined: one round trip for any number of endpoints. A stream whose group is gone
+    is recreated and reads nothing this time."""
+    pipe = redis.pipeline(transaction=False)
+    streams = list(counts)
+    for key in streams:
+        pipe.xreadgroup(AGENT_GROUP, consumer, {key: ">"}, count=counts[key])
+    replies = await pipe.execute(raise_on_error=False)
+    found: dict[str, list[TaskEntry]] = {}
+    for key, reply in zip(streams, replies, strict=True):
+        if isinstance(reply, ResponseError) and "NOGROUP" in str(reply):
+            await ensure_group(redis, key)
+            continue
+        if isinstance(reply, Exception):
+            raise reply
+        entries = [
+            TaskEntry.from_fields(entry_id, fields or {})
+            for _stream, items in _stream_items(reply)
+            for entry_id, fields in items
+        ]
+        if entries:
+            found[key] = entries
+    return found
+
+
+async def read_blocking(
+    redis: aioredis.Redis, streams: Sequence[str], consumer: str, *, count: int, block_ms: int
+) -> dict[str, list[TaskEntry]]:
+    """One ``XREADGROUP COUNT count BLOCK block_ms`` over many streams: returns as soon as
+    any has new entries, with up to ``count`` from each. Holds one connection while it
+    waits, however many streams it watches."""
+    try:
+        reply: Any = await redis.xreadgroup(
+            AGENT_GROUP, consumer, dict.fromkeys(streams, ">"), count=count, block=block_ms
+        )
+    except ResponseError as exc:
+        if "NOGROUP" not in str(exc):
+            raise
+        for key in streams:
+            await ensure_group(redis, key)
+        return {}
+    found: dict[str, list[TaskEntry]] = {}
+    for key, items in _stream_items(reply):
+        found[str(key)] = [TaskEntry.from_fields(eid, fields or {}) for eid, fields in items]
+    return found
+
+
+async def claim_streams(
+    redis: aioredis.Redis,
+    claims: Mapping[str, tuple[int, str]],
+    consumer: str,
+    *,
+    min_idle_ms: int,
+) -> tuple[dict[str, list[TaskEntry]], dict[str, str]]:
+    """One ``XAUTOCLAIM`` per stream (``claims``: stream key -> (count, start cursor)),
+    pipelined: entries idle ``min_idle_ms`` or more (their holder is gone) move to
+    ``consumer``. Returns the entries claimed and each stream's next cursor."""
+    pipe = redis.pipeline(transaction=False)
+    streams = list(claims)
+    for key in streams:
+        count, cursor = claims[key]
+        pipe.xautoclaim(key, AGENT_GROUP, consumer, min_idle_ms, start_id=cursor, count=count)
+    replies = await pipe.execute(raise_on_error=False)
+    found: dict[str, list[TaskEntry]] = {}
+    cursors: dict[str, str] = {}
+    for key, reply in zip(streams, replies, strict=True):
+        if isinstance(reply, ResponseError) and "NOGROUP" in str(reply):
+            await ensure_group(redis, key)
+            cursors[key] = "0-0"
+            continue
+        if isinstance(reply, Exception):
+            raise reply
+        cursors[key] = str(reply[0])
+        entries = [TaskEntry.from_fields(eid, fields) for eid, fields in reply[1] if fields]
+        if entries:
+            found[key] = entries
+    return found, cursors
+
+
+async def ensure_group(redis: aioredis.Redis, key: str) -> None:
+    """Create the consumer group of the stream ``key`` (and the stream) unless it exists."""
+    try:
+        await redis.xgroup_create(key, AGENT_GROUP, id="0", mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
 
 
 def _stream_items(reply: Any) -> list[tuple[str, list[tuple[str, dict[str, str]]]]]:
