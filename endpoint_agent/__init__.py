@@ -4,13 +4,15 @@
 ``await run_agent(AgentSettings.from_env())`` with SIGINT/SIGTERM handling.
 
 Modules: :mod:`.settings` (configuration), :mod:`.agent` (the read/dispatch loop, drain),
-:mod:`.stream` (the task stream: reads, claims, starts, lease renewal, hand-backs, code and
-allow-list lookups), :mod:`.functions` (loading, classifying and allowing functions),
+:mod:`.transport` (what the loop asks of the platform), :mod:`.gateway` (through the endpoint
+gateway: one WebSocket, the credential, no Redis), :mod:`.redis_transport` (from Redis itself),
+:mod:`.functions` (loading, classifying and allowing functions),
 :mod:`.engines` (the engine interface and the thread engine), :mod:`.processes` (the process
 engine: one worker process per slot or accelerator), :mod:`.worker` (running one task),
 :mod:`.capture` (per-task stdout/stderr), :mod:`.results` (the batched completion writer),
-:mod:`.leases`, :mod:`.cancels` (the cancel subscription), :mod:`.heartbeat`,
-:mod:`.accelerators` (finding the node's GPUs).
+:mod:`.accelerators` (finding the node's GPUs). The Redis side (the task stream, settling,
+leases, the cancel subscription, the heartbeat) lives in :mod:`service_common.tasks`,
+shared with the gateway that will replace this agent's Redis mode.
 """
 
 from __future__ import annotations

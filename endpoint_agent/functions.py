@@ -28,6 +28,7 @@ from endpoint_agent.worker import (
 )
 from sdk.errors import DeserializationError
 from sdk.messages import ExceptionRecord, error_record
+from service_common.tasks.stream import Lookup
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,14 +39,6 @@ class FunctionInfo:
     code: str
     fn: Callable[..., Any]
     is_async: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Lookup:
-    """Function code by id (``None``: none stored) and the ids the allow-list refuses."""
-
-    codes: dict[str, str | None]
-    refused: frozenset[str]
 
 
 LookupFn = Callable[[Iterable[str], Iterable[str]], Awaitable[Lookup]]

@@ -44,8 +44,7 @@ from urllib.parse import urlsplit, urlunsplit
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
-from endpoint_agent.functions import FunctionCatalog, FunctionInfo, Lookup
-from endpoint_agent.heartbeat import package_version
+from endpoint_agent.functions import FunctionCatalog, FunctionInfo
 from endpoint_agent.settings import AgentSettings
 from endpoint_agent.transport import Host, Received
 from endpoint_agent.worker import FUNCTION_NOT_FOUND, Outcome
@@ -77,6 +76,8 @@ from service_common.agent_protocol import (
     encode,
 )
 from service_common.retry import DEFAULT_BACKOFF, Backoff, Outage, wait_or_stop
+from service_common.tasks.heartbeat import package_version
+from service_common.tasks.stream import Lookup
 
 log = logging.getLogger(__name__)
 

@@ -26,13 +26,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 
-from endpoint_agent.cancels import CancelListener
 from endpoint_agent.functions import FunctionCatalog, FunctionInfo, Resolved
-from endpoint_agent.heartbeat import Heartbeat, Status, package_version
-from endpoint_agent.leases import LeaseKeeper
-from endpoint_agent.results import Completion, ResultWriter
+from endpoint_agent.results import ResultWriter
 from endpoint_agent.settings import AgentSettings
-from endpoint_agent.stream import Start, TaskEntry, TaskStream, start_stamp
 from endpoint_agent.transport import Host, Received
 from endpoint_agent.worker import Outcome, describe, worker_lost
 from sdk.errors import DeserializationError
@@ -40,6 +36,11 @@ from sdk.keys import Keys
 from service_common.errors import SettingsError
 from service_common.redis_client import connect_redis, redis_unavailable
 from service_common.retry import Outage, retry
+from service_common.tasks.cancels import CancelListener
+from service_common.tasks.heartbeat import Heartbeat, Status, package_version
+from service_common.tasks.leases import LeaseKeeper
+from service_common.tasks.settle import Completion
+from service_common.tasks.stream import Start, TaskEntry, TaskStream, start_stamp
 
 log = logging.getLogger(__name__)
 

@@ -1,35 +1,7 @@
 """The completion writer: every completion ready together is written in one batch.
 
-A batch is two pipelined round trips (docs/internals.md):
-
-1. *Settle*, one Lua script per task on its hash alone: only if the task is still
-   ``running`` under the attempt this agent started does it write the terminal state,
-   ``completed_at``, ``result`` or ``exception``, ``stdout``/``stderr`` (when not empty)
-   and ``notice_pending``, and ``EXPIRE`` the hash. A task that is no longer this agent's
-   (its lease lapsed and another agent claimed it) is not written: a late result never
-   overwrites anything. A task this agent and attempt already settled (an earlier try of
-   the same batch got through before the connection broke) is not written again: it goes
-   on to step 2 if its ``notice_pending`` is still there, else only to the acknowledgement.
-2. *Announce and acknowledge*, for each task written in step 1::
-
-       XADD   task-group results stream * task_id <tid> state <state>
-       EXPIRE task-group results stream <result_ttl_s>
-       HDEL   task hash notice_pending
-       XACK   endpoint stream agents <entry id>
-       XDEL   endpoint stream <entry id>
-
-   Entries the agent skipped (a task already terminal when it was read) are only
-   acknowledged and deleted; a task found terminal with ``notice_pending`` (its agent died
-   between the two steps) gets its notice now. An entry whose task was not written in step
-   1 is *not* acknowledged: it belongs to the agent that claimed it.
-
-Delivery contract: a task's entry is acknowledged only after its outcome is stored and its
-notice appended, so an agent that dies leaves the entry pending for redelivery; and the
-notice is appended once per task, because only the writer of the terminal state appends
-it, and a redelivery or a retry appends it only while ``notice_pending`` says it is
-missing. (Step 2 is a pipeline, not a transaction, since its keys live in different hash
-slots: a Redis that dies between a batch's ``XADD`` and its ``HDEL`` leaves a notice that
-the retry appends again. Subscribers drop repeated task ids.)
+A batch is settled by :class:`service_common.tasks.settle.Settler` (two pipelined round
+trips; its docstring states what is written and the delivery contract).
 
 Batching needs no timer: the first completion schedules a flush on the next turn of the
 event loop; everything completed meanwhile, and everything completed while a write is in
@@ -48,58 +20,19 @@ frees the slots.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from endpoint_agent.worker import Outcome
-from sdk.keys import AGENT_GROUP, Keys
-from sdk.states import TaskState
-from service_common.redis_client import execute_pipeline, redis_unavailable
+from sdk.keys import Keys
+from service_common.redis_client import redis_unavailable
 from service_common.retry import Outage, retry
+from service_common.tasks.settle import Completion, Settler
 
 log = logging.getLogger(__name__)
 
-SETTLE_SCRIPT = """
-local f = redis.call('HMGET', KEYS[1], 'state', 'attempts', 'agent')
-if f[2] ~= ARGV[2] or f[3] ~= ARGV[4] then
-  return 0
-end
-if f[1] == ARGV[1] then
-  redis.call('HSET', KEYS[1], 'notice_pending', '1', unpack(ARGV, 5))
-  redis.call('EXPIRE', KEYS[1], ARGV[3])
-  return 1
-end
-if redis.call('HEXISTS', KEYS[1], 'notice_pending') == 1 then
-  return 1
-end
-return 2
-"""
-"""KEYS: the task hash. ARGV: running state, attempt, ttl, agent, then field/value pairs.
-1 when written (or written by an earlier try, its notice still pending), 2 when an earlier
-try wrote and announced it (only the acknowledgement may be missing), 0 when the task is
-no longer this agent's under that attempt."""
-
-WRITTEN, ANNOUNCED, NOT_OURS = 1, 2, 0
-
-
-@dataclass(frozen=True, slots=True)
-class Completion:
-    """One stream entry to settle.
-
-    ``outcome`` with the ``attempt`` it belongs to; or no outcome, to only acknowledge the
-    entry (``pending_notice``: first append the notice of that terminal state)."""
-
-    entry_id: str
-    task_id: str
-    task_group_id: str
-    outcome: Outcome | None
-    attempt: int = 0
-    pending_notice: str = ""
+__all__ = ["Completion", "ResultWriter"]
 
 
 class ResultWriter:
@@ -120,11 +53,8 @@ class ResultWriter:
         self._agent = agent
         self._outage = outage
         self._give_up = asyncio.Event()
-        self._keys = keys
-        self._stream = keys.endpoint_tasks(endpoint_id)
-        self._ttl_s = result_ttl_s
+        self._settler = Settler(redis, keys, endpoint_id, result_ttl_s=result_ttl_s)
         self._on_written = on_written
-        self._settle = redis.register_script(SETTLE_SCRIPT)
         self._pending: list[Completion] = []
         self._flusher: asyncio.Task[None] | None = None
 
@@ -174,67 +104,4 @@ class ResultWriter:
                 )
 
     async def _write_once(self, batch: Sequence[Completion]) -> None:
-        written = await self._settle_all(batch)
-        pipe = self._redis.pipeline(transaction=False)
-        groups: set[str] = set()
-        settled: list[str] = []
-        for c, status in zip(batch, written, strict=True):
-            if status == NOT_OURS:
-                log.warning(
-                    "task %s is no longer this agent's (its lease lapsed); its outcome is "
-                    "dropped and its entry left to the agent that holds it",
-                    c.task_id,
-                )
-                continue
-            state = str(c.outcome.state) if c.outcome is not None else c.pending_notice
-            if state and status == WRITTEN:
-                if c.task_group_id:
-                    notices = self._keys.task_group_results(c.task_group_id)
-                    pipe.xadd(notices, {"task_id": c.task_id, "state": state})
-                    groups.add(notices)
-                pipe.hdel(self._keys.task(c.task_id), "notice_pending")
-            settled.append(c.entry_id)
-        # One EXPIRE per group and one XACK/XDEL for the whole batch, not one per task.
-        for notices in groups:
-            pipe.expire(notices, self._ttl_s)
-        if settled:
-            pipe.xack(self._stream, AGENT_GROUP, *settled)
-            pipe.xdel(self._stream, *settled)
-        await pipe.execute()
-
-    async def _settle_all(self, batch: Sequence[Completion]) -> list[int]:
-        """Step 1: write the outcomes; per completion, :data:`WRITTEN` (announce and
-        acknowledge), :data:`ANNOUNCED` (acknowledge) or :data:`NOT_OURS` (leave alone)."""
-        outcomes = [c for c in batch if c.outcome is not None]
-        if not outcomes:
-            return [WRITTEN] * len(batch)
-        now = f"{time.time():.6f}"
-        pipe = self._redis.pipeline(transaction=False)
-        for c in outcomes:
-            assert c.outcome is not None
-            await self._settle(
-                keys=[self._keys.task(c.task_id)],
-                args=[
-                    str(TaskState.RUNNING),
-                    str(c.attempt),
-                    str(self._ttl_s),
-                    self._agent,
-                    *_fields(c.outcome, now),
-                ],
-                client=pipe,
-            )
-        replies = iter(await execute_pipeline(pipe))
-        return [WRITTEN if c.outcome is None else int(next(replies)) for c in batch]
-
-
-def _fields(outcome: Outcome, now: str) -> list[str]:
-    fields = ["state", str(outcome.state), "completed_at", now]
-    if outcome.result is not None:
-        fields += ["result", outcome.result]
-    if outcome.exception is not None:
-        fields += ["exception", json.dumps(outcome.exception)]
-    if outcome.stdout:
-        fields += ["stdout", outcome.stdout]
-    if outcome.stderr:
-        fields += ["stderr", outcome.stderr]
-    return fields
+        await self._settler.write(batch, agent=self._agent)

@@ -43,6 +43,11 @@ class Keys:
     def endpoint_cancel(self, endpoint_id: str) -> str:
         return f"{self.prefix}:{{ep:{endpoint_id}}}:cancel"
 
+    def endpoint_cancel_pattern(self) -> str:
+        """A PSUBSCRIBE pattern matching every endpoint's cancel channel."""
+        prefix = "".join("\\" + c if c in "*?[]\\" else c for c in self.prefix)
+        return f"{prefix}:{{ep:*}}:cancel"
+
     def endpoint_allowed_functions(self, endpoint_id: str) -> str:
         return f"{self.prefix}:{{ep:{endpoint_id}}}:allowed_functions"
 

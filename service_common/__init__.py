@@ -15,4 +15,6 @@ Modules::
     cache          a bounded, expiring, least-recently-used in-process cache
     agent_protocol the agent <-> gateway protocol: frames, codec, the gateway's ledger and
                    the agent's outbox (sans-I/O)
+    tasks          the Redis side of serving an endpoint, shared by the gateway and the
+                   agent's Redis mode: task stream, settle, leases, cancels, heartbeat
 """

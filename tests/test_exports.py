@@ -86,5 +86,5 @@ def test_a_worker_importing_sdk_keys_loads_no_client_library() -> None:
 
 def test_a_spawned_worker_loads_neither_redis_nor_the_agent_loop() -> None:
     loaded = _loaded("import endpoint_agent.processes")
-    unwanted = {"redis", "endpoint_agent.agent", "endpoint_agent.stream", *CLIENT_LIBRARIES}
+    unwanted = {"redis", "endpoint_agent.agent", "service_common.tasks.stream", *CLIENT_LIBRARIES}
     assert loaded.isdisjoint(unwanted), sorted(loaded & unwanted)

@@ -6,6 +6,8 @@ def test_key_strings_are_pinned() -> None:
     assert k.endpoint_tasks("e1") == "fx:{ep:e1}:tasks"
     assert k.endpoint_status("e1") == "fx:{ep:e1}:status"
     assert k.endpoint_cancel("e1") == "fx:{ep:e1}:cancel"
+    assert k.endpoint_cancel_pattern() == "fx:{ep:*}:cancel"
+    assert Keys("a*b").endpoint_cancel_pattern() == "a\\*b:{ep:*}:cancel"
     assert k.task("t1") == "fx:{task:t1}"
     assert k.function_code("f1") == "fx:{fn:f1}:code"
     assert k.task_group_results("g1") == "fx:{tg:g1}:results"

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from endpoint_agent import Agent
-from endpoint_agent.stream import TaskStream
 from sdk.keys import AGENT_GROUP
 from sdk.states import TaskState
+from service_common.tasks.stream import TaskStream
 from tests.agent.helpers import HOLD, Endpoint, Gate, settings_for, source_code
 
 SQUARE = source_code("square", "def square(x):\n    return x * x\n")

@@ -57,6 +57,17 @@ class Status:
         return {name: str(value) for name, value in asdict(self).items()}
 
 
+async def write_status(
+    redis: aioredis.Redis, key: str, status: Status, *, interval_s: float
+) -> None:
+    """Write ``status`` to the status hash ``key``, expiring three ``interval_s`` from now
+    (one round trip)."""
+    pipe = redis.pipeline(transaction=False)
+    pipe.hset(key, mapping=status.fields())
+    pipe.pexpire(key, max(1, round(3000 * interval_s)))
+    await pipe.execute()
+
+
 class Heartbeat:
     """Writes the status hash now (:meth:`beat`) and every ``interval_s`` (:meth:`run`)."""
 
@@ -78,10 +89,7 @@ class Heartbeat:
 
     async def beat(self) -> None:
         """Write one heartbeat (one round trip)."""
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.hset(self._key, mapping=self._status().fields())
-        pipe.pexpire(self._key, max(1, round(3000 * self._interval_s)))
-        await pipe.execute()
+        await write_status(self._redis, self._key, self._status(), interval_s=self._interval_s)
 
     async def run(self, stopped: asyncio.Event) -> None:
         """Beat every ``interval_s`` until ``stopped`` is set; a beat that fails because

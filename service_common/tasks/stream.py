@@ -36,7 +36,6 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from endpoint_agent.functions import Lookup
 from sdk.keys import AGENT_GROUP, Keys
 from sdk.states import TERMINAL_STATES, TaskState
 from service_common.redis_client import execute_pipeline
@@ -165,6 +164,14 @@ class Start:
     """The task's attempt count including this start (when ``run``)."""
     pending_notice: str = ""
     """The terminal state whose notice must still be appended ("" when none)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """Function code by id (``None``: none stored) and the ids the allow-list refuses."""
+
+    codes: dict[str, str | None]
+    refused: frozenset[str]
 
 
 class TaskStream:

@@ -1,4 +1,5 @@
-"""Cancel notices: the agent's subscription to its endpoint's cancel channel.
+"""Cancel notices: a subscription to one endpoint's cancel channel (the agent's Redis mode), or
+to every endpoint's (the gateway: one subscription per process, however many endpoints).
 
 The web service publishes :class:`~sdk.messages.CancelNotice` JSON on
 ``keys.endpoint_cancel(endpoint_id)`` for a task that was ``running`` when its owner
@@ -39,14 +40,21 @@ class CancelListener:
         self,
         redis: aioredis.Redis,
         keys: Keys,
-        endpoint_id: str,
+        endpoint_id: str | None,
         *,
         on_cancel: Callable[[str], object],
         outage: Outage,
     ) -> None:
         self._redis = redis
         self._outage = outage
-        self._channel = keys.endpoint_cancel(endpoint_id)
+        # None: every endpoint's channel (the gateway serves many endpoints on one
+        # subscription; a notice names its task, which only that task's holder acts on).
+        self._pattern = endpoint_id is None
+        self._channel = (
+            keys.endpoint_cancel_pattern()
+            if endpoint_id is None
+            else keys.endpoint_cancel(endpoint_id)
+        )
         self._on_cancel = on_cancel
         self._pubsub: Any = None
         self._task: asyncio.Task[None] | None = None
@@ -61,7 +69,10 @@ class CancelListener:
     async def _subscribe(self) -> Any:
         pubsub: Any = self._redis.pubsub(ignore_subscribe_messages=True)
         try:
-            await pubsub.subscribe(self._channel)
+            if self._pattern:
+                await pubsub.psubscribe(self._channel)
+            else:
+                await pubsub.subscribe(self._channel)
         except BaseException:
             with contextlib.suppress(RedisError, OSError):
                 await pubsub.aclose()
@@ -93,7 +104,7 @@ class CancelListener:
                     await self._pubsub.aclose()
                 self._pubsub = await self._resubscribe()
                 continue
-            if message is None or message.get("type") != "message":
+            if message is None or message.get("type") not in ("message", "pmessage"):
                 continue
             task_id = parse_notice(message.get("data"))
             if task_id is None:

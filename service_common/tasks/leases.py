@@ -2,7 +2,7 @@
 
 An entry read through the consumer group is *leased* to this agent for ``lease_ms`` of
 idleness: after that, any agent of the endpoint may claim it (``XAUTOCLAIM``, see
-:meth:`~endpoint_agent.stream.TaskStream.claim`) on the assumption that its agent is gone.
+:meth:`~service_common.tasks.stream.TaskStream.claim`) on the assumption that its agent is gone.
 :class:`LeaseKeeper` renews every held entry every ``lease_ms / 3`` (``XCLAIM ... JUSTID``
 to itself, which resets the idle time and counts no delivery), so a task that runs for hours
 is never taken from a live agent, while one held by a killed agent is claimed about
@@ -26,9 +26,9 @@ import contextlib
 import logging
 from collections.abc import Callable, Sequence
 
-from endpoint_agent.stream import TaskStream
 from service_common.redis_client import redis_unavailable
 from service_common.retry import DEFAULT_BACKOFF, Outage
+from service_common.tasks.stream import TaskStream
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,190 @@
+"""Settling outcomes: a batch of completions written in two pipelined round trips.
+
+Shared by the endpoint agent's batched writer and the gateway (docs/internals.md):
+
+1. *Settle*, one Lua script per task on its hash alone: only if the task is still
+   ``running`` under the attempt the given agent started does it write the terminal state,
+   ``completed_at``, ``result`` or ``exception``, ``stdout``/``stderr`` (when not empty)
+   and ``notice_pending``, and ``EXPIRE`` the hash. A task that is no longer that agent's
+   (its lease lapsed and another agent claimed it) is not written: a late result never
+   overwrites anything. A task that agent and attempt already settled (an earlier try of
+   the same batch got through before the connection broke) is not written again: it goes
+   on to step 2 if its ``notice_pending`` is still there, else only to the acknowledgement.
+2. *Announce and acknowledge*, for each task written in step 1::
+
+       XADD   task-group results stream * task_id <tid> state <state>
+       EXPIRE task-group results stream <result_ttl_s>
+       HDEL   task hash notice_pending
+       XACK   endpoint stream agents <entry id>
+       XDEL   endpoint stream <entry id>
+
+   Entries skipped (a task already terminal when read) are only acknowledged and deleted;
+   a task found terminal with ``notice_pending`` (its agent died between the two steps)
+   gets its notice now. An entry whose task was not written in step 1 is *not*
+   acknowledged: it belongs to the agent that claimed it.
+
+Delivery contract: a task's entry is acknowledged only after its outcome is stored and its
+notice appended, so an agent that dies leaves the entry pending for redelivery; and the
+notice is appended once per task, because only the writer of the terminal state appends
+it, and a redelivery or a retry appends it only while ``notice_pending`` says it is
+missing. (Step 2 is a pipeline, not a transaction, since its keys live in different hash
+slots: a Redis that dies between a batch's ``XADD`` and its ``HDEL`` leaves a notice that
+the retry appends again. Subscribers drop repeated task ids.)
+
+:meth:`Settler.write` is safe to retry after any failure; it retries nothing itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import redis.asyncio as aioredis
+
+from sdk.keys import AGENT_GROUP, Keys
+from sdk.messages import ExceptionRecord
+from sdk.states import TaskState
+from service_common.redis_client import execute_pipeline
+
+log = logging.getLogger(__name__)
+
+SETTLE_SCRIPT = """
+local f = redis.call('HMGET', KEYS[1], 'state', 'attempts', 'agent')
+if f[2] ~= ARGV[2] or f[3] ~= ARGV[4] then
+  return 0
+end
+if f[1] == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'notice_pending', '1', unpack(ARGV, 5))
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+  return 1
+end
+if redis.call('HEXISTS', KEYS[1], 'notice_pending') == 1 then
+  return 1
+end
+return 2
+"""
+"""KEYS: the task hash. ARGV: running state, attempt, ttl, agent, then field/value pairs.
+1 when written (or written by an earlier try, its notice still pending), 2 when an earlier
+try wrote and announced it (only the acknowledgement may be missing), 0 when the task is
+no longer this agent's under that attempt."""
+
+WRITTEN, ANNOUNCED, NOT_OURS = 1, 2, 0
+
+
+class OutcomeFields(Protocol):
+    """What a settle writes of an outcome (the agent's ``Outcome``, the protocol's
+    ``TaskOutcome``)."""
+
+    @property
+    def state(self) -> TaskState: ...
+    @property
+    def result(self) -> str | None: ...
+    @property
+    def exception(self) -> ExceptionRecord | None: ...
+    @property
+    def stdout(self) -> str: ...
+    @property
+    def stderr(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """One stream entry to settle.
+
+    ``outcome`` with the ``attempt`` it belongs to; or no outcome, to only acknowledge the
+    entry (``pending_notice``: first append the notice of that terminal state)."""
+
+    entry_id: str
+    task_id: str
+    task_group_id: str
+    outcome: OutcomeFields | None
+    attempt: int = 0
+    pending_notice: str = ""
+
+
+class Settler:
+    """Writes completions of one endpoint's tasks (see the module docstring)."""
+
+    def __init__(
+        self, redis: aioredis.Redis, keys: Keys, endpoint_id: str, *, result_ttl_s: int
+    ) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._stream = keys.endpoint_tasks(endpoint_id)
+        self._ttl_s = result_ttl_s
+        self._settle = redis.register_script(SETTLE_SCRIPT)
+
+    async def write(self, batch: Sequence[Completion], *, agent: str) -> list[int]:
+        """Settle ``batch`` for ``agent`` (two round trips); per completion, :data:`WRITTEN`
+        (stored and announced now), :data:`ANNOUNCED` (an earlier try did it; acknowledged
+        now) or :data:`NOT_OURS` (no longer ``agent``'s: nothing written, not
+        acknowledged)."""
+        written = await self._settle_all(batch, agent)
+        pipe = self._redis.pipeline(transaction=False)
+        groups: set[str] = set()
+        settled: list[str] = []
+        for c, status in zip(batch, written, strict=True):
+            if status == NOT_OURS:
+                log.warning(
+                    "task %s is no longer agent %s's (its lease lapsed); its outcome is "
+                    "dropped and its entry left to the agent that holds it",
+                    c.task_id,
+                    agent,
+                )
+                continue
+            state = str(c.outcome.state) if c.outcome is not None else c.pending_notice
+            if state and status == WRITTEN:
+                if c.task_group_id:
+                    notices = self._keys.task_group_results(c.task_group_id)
+                    pipe.xadd(notices, {"task_id": c.task_id, "state": state})
+                    groups.add(notices)
+                pipe.hdel(self._keys.task(c.task_id), "notice_pending")
+            settled.append(c.entry_id)
+        # One EXPIRE per group and one XACK/XDEL for the whole batch, not one per task.
+        for notices in groups:
+            pipe.expire(notices, self._ttl_s)
+        if settled:
+            pipe.xack(self._stream, AGENT_GROUP, *settled)
+            pipe.xdel(self._stream, *settled)
+        await pipe.execute()
+        return written
+
+    async def _settle_all(self, batch: Sequence[Completion], agent: str) -> list[int]:
+        """Step 1: write the outcomes."""
+        outcomes = [c for c in batch if c.outcome is not None]
+        if not outcomes:
+            return [WRITTEN] * len(batch)
+        now = f"{time.time():.6f}"
+        pipe = self._redis.pipeline(transaction=False)
+        for c in outcomes:
+            assert c.outcome is not None
+            await self._settle(
+                keys=[self._keys.task(c.task_id)],
+                args=[
+                    str(TaskState.RUNNING),
+                    str(c.attempt),
+                    str(self._ttl_s),
+                    agent,
+                    *_fields(c.outcome, now),
+                ],
+                client=pipe,
+            )
+        replies = iter(await execute_pipeline(pipe))
+        return [WRITTEN if c.outcome is None else int(next(replies)) for c in batch]
+
+
+def _fields(outcome: OutcomeFields, now: str) -> list[str]:
+    fields = ["state", str(outcome.state), "completed_at", now]
+    if outcome.result is not None:
+        fields += ["result", outcome.result]
+    if outcome.exception is not None:
+        fields += ["exception", json.dumps(outcome.exception)]
+    if outcome.stdout:
+        fields += ["stdout", outcome.stdout]
+    if outcome.stderr:
+        fields += ["stderr", outcome.stderr]
+    return fields
