@@ -1,4 +1,4 @@
-"""The fxbroker endpoint agent: pulls its endpoint's tasks from Redis, runs them, writes results.
+"""The fxbroker endpoint agent: receives its endpoint's tasks, runs them, reports their outcomes.
 
 ``async with Agent(AgentSettings(...)) as agent: await agent.run()``, or
 ``await run_agent(AgentSettings.from_env())`` with SIGINT/SIGTERM handling.

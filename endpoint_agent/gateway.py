@@ -361,6 +361,9 @@ class GatewayTransport:
         wake = self._host.wake
         wake.clear()
         if not self._inbox and not self._draining and self._connected.is_set():
+            # Outcomes first: the gateway never sees credit for a slot whose task's outcome
+            # it has not been sent.
+            await self._send_outcomes()
             held = len(self._host.unfinished())
             room = self._outbox.room(held + self._credit)
             want = min(count - self._credit, room)
@@ -408,6 +411,10 @@ class GatewayTransport:
 
     async def _flush(self) -> None:
         await asyncio.sleep(0)  # one turn: let the outcomes of this turn join the batch
+        await self._send_outcomes()
+
+    async def _send_outcomes(self) -> None:
+        """Send every outcome not yet sent on this connection, in frames that fit."""
         max_bytes = FRAME_BYTES_MAX if self._welcome is None else self._welcome.max_frame_bytes
         while self._connected.is_set():
             frame = self._outbox.next_frame(max_frame_bytes=max_bytes)
