@@ -1,9 +1,11 @@
-"""The fxbroker endpoint agent: pulls its endpoint's tasks from Redis, runs them, writes results.
+"""The fxbroker endpoint agent: receives its endpoint's tasks, runs them, reports their outcomes.
 
 ``async with Agent(AgentSettings(...)) as agent: await agent.run()``, or
 ``await run_agent(AgentSettings.from_env())`` with SIGINT/SIGTERM handling.
 
 Modules: :mod:`.settings` (configuration), :mod:`.agent` (the read/dispatch loop, drain),
+:mod:`.transport` (what the loop asks of the platform), :mod:`.gateway` (through the endpoint
+gateway: one WebSocket, the credential, no Redis), :mod:`.redis_transport` (from Redis itself),
 :mod:`.functions` (loading, classifying and allowing functions),
 :mod:`.engines` (the engine interface and the thread engine), :mod:`.processes` (the process
 engine: one worker process per slot or accelerator), :mod:`.worker` (running one task),

@@ -1,17 +1,17 @@
-"""The endpoint agent: read tasks of one endpoint, run them, write their outcomes.
+"""The endpoint agent: receive tasks of one endpoint, run them, report their outcomes.
 
 ::
 
     async with Agent(settings) as agent:
         await agent.run()            # until agent.stop(); run(burst=True) drains and returns
 
-One loop reads the endpoint's stream through the ``agents`` consumer group (new entries,
-and entries claimed from lost agents), starts the tasks it read
-(:mod:`service_common.tasks.stream`), resolves their functions (:mod:`endpoint_agent.functions`),
-runs ``async def`` functions in this event loop and ``def`` functions in the engine's
-workers (:mod:`endpoint_agent.engines`), and hands each outcome to the batched writer
-(:mod:`endpoint_agent.results`). Beside the loop: the heartbeat, the lease keeper and the
-cancel listener (:mod:`service_common.tasks`, shared with the gateway).
+One loop asks its transport (:mod:`endpoint_agent.transport`) for windows of tasks: through
+the endpoint gateway over one WebSocket (:mod:`endpoint_agent.gateway`, when the settings
+name a credential and no Redis) or from the endpoint's stream in Redis
+(:mod:`endpoint_agent.redis_transport`). It runs ``async def`` functions in this event loop
+and ``def`` functions in the engine's workers (:mod:`endpoint_agent.engines`) and hands each
+outcome back to the transport, which reports outcomes in batches. The rules below are the
+same for both transports; "read" is "received in a window", "acknowledged" is "settled".
 
 **How many entries one read asks for.** The agent cannot know a task's kind before reading
 it, so it reads as if the next tasks were like the last ones:
@@ -54,37 +54,25 @@ import contextlib
 import enum
 import logging
 import signal
-import socket
-import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
-import redis.asyncio as aioredis
-
 from endpoint_agent import capture
 from endpoint_agent.engines import Engine, make_engine
-from endpoint_agent.functions import FunctionCatalog, FunctionInfo
-from endpoint_agent.results import Completion, ResultWriter
+from endpoint_agent.functions import FunctionInfo
 from endpoint_agent.settings import AgentSettings
+from endpoint_agent.transport import Received, Transport
 from endpoint_agent.worker import (
     WALLTIME_EXCEEDED,
-    WORKER_LOST,
     Call,
     Limits,
     Outcome,
     describe,
     run_coroutine,
 )
-from sdk.errors import DeserializationError
-from sdk.keys import Keys
-from sdk.messages import ExceptionRecord, error_record
-from service_common.redis_client import connect_redis, redis_unavailable
-from service_common.retry import DEFAULT_BACKOFF, Outage, retry, wait_or_stop
-from service_common.tasks.cancels import CancelListener
-from service_common.tasks.heartbeat import Heartbeat, Status, package_version
-from service_common.tasks.leases import LeaseKeeper
-from service_common.tasks.stream import Start, TaskEntry, TaskStream, start_stamp
+from sdk.messages import error_record
+from service_common.retry import DEFAULT_BACKOFF, Outage, wait_or_stop
 
 log = logging.getLogger(__name__)
 
@@ -100,15 +88,15 @@ class _Stop(enum.Enum):
 
     CANCEL = "cancel"  # its owner cancelled it: it ends cancelled
     HAND_BACK = "hand back"  # the agent is stopping: it goes back to the stream
+    LOST = "lost"  # it is another agent's now: it ends with no outcome
 
 
 @dataclass(slots=True, eq=False)
 class _Held:
-    """One entry read and not yet settled."""
+    """One task received and not yet settled."""
 
-    entry: TaskEntry
+    work: Received
     kind: _Kind = _Kind.OTHER
-    attempt: int = 0
     task: asyncio.Task[None] | None = None
     stop: _Stop | None = None
     running: bool = False
@@ -119,18 +107,22 @@ class _Held:
 class _Runtime:
     """What ``async with Agent(...)`` opens and closes."""
 
-    redis: aioredis.Redis
-    stream: TaskStream
-    catalog: FunctionCatalog
-    writer: ResultWriter
-    heartbeat: Heartbeat
-    leases: LeaseKeeper
-    cancels: CancelListener
+    transport: Transport
     engine: Engine
     sync_slots: asyncio.Semaphore
     async_slots: asyncio.Semaphore
     loop: asyncio.AbstractEventLoop
-    version: str
+
+
+def make_transport(settings: AgentSettings, host: Agent, outage: Outage) -> Transport:
+    """The transport ``settings`` call for: the gateway when they name no Redis."""
+    if not settings.uses_gateway:
+        from endpoint_agent.redis_transport import RedisTransport
+
+        return RedisTransport(settings, host, outage=outage)
+    from endpoint_agent.gateway import GatewayTransport
+
+    return GatewayTransport(settings, host, outage=outage)
 
 
 class Agent:
@@ -138,13 +130,12 @@ class Agent:
 
     def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
-        self._keys = Keys(settings.key_prefix)
         self._limits = Limits(
             max_result_bytes=settings.max_result_bytes,
             max_output_chars=settings.max_output_chars,
         )
         self._rt: _Runtime | None = None
-        self._held: dict[str, _Held] = {}  # by entry id
+        self._held: dict[str, _Held] = {}  # by key
         self._by_task: dict[str, _Held] = {}  # started tasks, by task id
         self._held_sync = 0
         self._held_async = 0
@@ -154,57 +145,34 @@ class Agent:
         self._returned: list[_Held] = []
         self._wake = asyncio.Event()
         self._stop_event = asyncio.Event()
-        self._outage = Outage("Redis", logger=log)
+        self._outage = Outage("the gateway" if settings.uses_gateway else "Redis", logger=log)
         self._stop_requested = False
+        self._grace_s: float | None = None
         self._draining = False
         self._in_run = False
-        self._next_claim = 0.0
 
     # -- resources ---------------------------------------------------------------------
 
     async def __aenter__(self) -> Agent:
         s = self.settings
-        redis = connect_redis(s.redis_url)
-        stream = TaskStream(redis, self._keys, s.endpoint_id, s.consumer)
+        transport = make_transport(s, self, self._outage)
         try:
             engine = make_engine(s)
         except BaseException:
-            await redis.aclose()
+            await transport.aclose()
+            raise
+        try:
+            await transport.open()
+        except BaseException:
+            await engine.aclose()
+            await transport.aclose()
             raise
         self._rt = _Runtime(
-            redis=redis,
-            stream=stream,
-            catalog=FunctionCatalog(
-                stream, allowed=s.allowed_strategies, allowed_functions=s.allowed_functions
-            ),
-            writer=ResultWriter(
-                redis,
-                self._keys,
-                s.endpoint_id,
-                agent=s.consumer,
-                result_ttl_s=s.result_ttl_s,
-                on_written=self._settled,
-                outage=self._outage,
-            ),
-            heartbeat=Heartbeat(
-                redis,
-                self._keys,
-                s.endpoint_id,
-                interval_s=s.heartbeat_s,
-                status=self.status,
-                outage=self._outage,
-            ),
-            leases=LeaseKeeper(
-                stream, interval_s=s.lease_ms / 3000, held=self._held_ids, outage=self._outage
-            ),
-            cancels=CancelListener(
-                redis, self._keys, s.endpoint_id, on_cancel=self.cancel, outage=self._outage
-            ),
+            transport=transport,
             engine=engine,
             sync_slots=asyncio.Semaphore(s.workers),
             async_slots=asyncio.Semaphore(s.max_concurrency),
             loop=asyncio.get_running_loop(),
-            version=package_version(),
         )
         capture.install()
         return self
@@ -217,19 +185,17 @@ class Agent:
     ) -> None:
         rt, self._rt = self._runtime, None
         try:
-            # Only left over when run() was cancelled or failed: their entries stay pending
-            # and are claimed again once their lease lapses.
+            # Only left over when run() was cancelled or failed: their tasks stay leased
+            # and run again once their lease lapses.
             for task in self._inflight:
                 task.cancel()
             await asyncio.gather(*self._inflight, return_exceptions=True)
-            rt.writer.give_up()  # one try each; never wait here for Redis to come back
-            await rt.writer.drain()
         finally:
             capture.uninstall()
             try:
                 await rt.engine.aclose()
             finally:
-                await rt.redis.aclose()
+                await rt.transport.aclose()
 
     @property
     def _runtime(self) -> _Runtime:
@@ -237,11 +203,16 @@ class Agent:
             raise RuntimeError("use the agent inside `async with Agent(settings) as agent:`")
         return self._rt
 
-    # -- introspection -----------------------------------------------------------------
+    # -- introspection (also what a transport asks: endpoint_agent.transport.Host) -----
+
+    @property
+    def transport(self) -> str:
+        """How this agent reaches its endpoint: ``"gateway"`` or ``"redis"``."""
+        return self._runtime.transport.name
 
     @property
     def held(self) -> int:
-        """Tasks read from the stream and not yet acknowledged (or handed back)."""
+        """Tasks received and not yet settled (or handed back)."""
         return len(self._held)
 
     @property
@@ -249,36 +220,27 @@ class Agent:
         """Tasks executing right now (in a worker or in the event loop)."""
         return self._running
 
-    def status(self) -> Status:
-        """What the heartbeat reports."""
-        s = self.settings
-        return Status(
-            agent=s.consumer,
-            host=socket.gethostname(),
-            version=self._runtime.version,
-            engine=s.engine,
-            workers=s.workers,
-            max_concurrency=s.max_concurrency,
-            capacity=s.capacity,
-            running=self._running,
-            held=len(self._held),
-            accelerators=",".join(s.accelerators),
-            draining=int(self._draining),
-            heartbeat_at=time.time(),
-        )
+    def counts(self) -> tuple[int, int, bool]:
+        return len(self._held), self._running, self._draining
 
-    def _held_ids(self) -> list[str]:
+    def held_keys(self) -> list[str]:
         return list(self._held)
+
+    def unfinished(self) -> list[Received]:
+        return [h.work for h in self._held.values() if not h.completed]
 
     # -- control -----------------------------------------------------------------------
 
-    def stop(self) -> None:
-        """Make :meth:`run` return: it reads nothing more, lets running tasks finish within
-        ``drain_grace_s`` and hands the others back (see the module docstring).
+    def stop(self, grace_s: float | None = None) -> None:
+        """Make :meth:`run` return: it receives nothing more, lets running tasks finish
+        within ``grace_s`` (default ``drain_grace_s``) and hands the others back (see the
+        module docstring).
 
-        Safe to call from any thread and from a signal handler. A ``run`` blocked on Redis
-        notices within ``block_ms``."""
+        Safe to call from any thread and from a signal handler. A ``run`` waiting for a
+        window notices within ``block_ms``."""
         self._stop_requested = True
+        if grace_s is not None:
+            self._grace_s = grace_s
         rt = self._rt
         if rt is None or rt.loop.is_closed():
             return
@@ -300,7 +262,7 @@ class Agent:
         """Stop the task ``task_id`` if this agent holds it; it ends ``cancelled``.
 
         Called for each cancel notice of the endpoint (from the event loop). A task whose
-        outcome is already being written is not affected. True when the task was ours."""
+        outcome is already being reported is not affected. True when the task was ours."""
         held = self._by_task.get(task_id)
         if held is None or held.completed:
             return False
@@ -308,8 +270,24 @@ class Agent:
         self._stop_task(held, _Stop.CANCEL)
         return True
 
+    def forget(self, keys: Sequence[str]) -> None:
+        """Stop the tasks ``keys`` name and report nothing for them: they are another
+        agent's now (a reconnect came after their lease lapsed)."""
+        for key in keys:
+            held = self._held.get(key)
+            if held is None or held.completed:
+                continue
+            log.warning("task %s is no longer this agent's (its lease lapsed); stopping it",
+                        held.work.task_id)  # fmt: skip
+            held.completed = True
+            if held.task is not None and not held.task.done():
+                self._stop_task(held, _Stop.LOST)
+            else:
+                self._release(held)
+        self._wake.set()
+
     def _stop_task(self, held: _Held, why: _Stop) -> None:
-        if held.stop is None:
+        if held.stop is None or why is _Stop.LOST:
             held.stop = why
         if held.task is not None:
             held.task.cancel()
@@ -317,19 +295,20 @@ class Agent:
     # -- the loop ----------------------------------------------------------------------
 
     async def run(self, *, burst: bool = False) -> None:
-        """Serve the endpoint until :meth:`stop`; with ``burst`` also return once the stream
-        has nothing left for this agent (nothing new, nothing claimable) and nothing it
-        read is still unsettled.
+        """Serve the endpoint until :meth:`stop`; with ``burst`` also return once the
+        transport has nothing left for this agent (Redis: nothing new, nothing claimable;
+        the gateway: no task came for ``block_ms`` after credit was granted) and nothing
+        it received is still unsettled.
 
-        Every task read is run (or skipped, if already terminal) and its outcome written
-        before ``run`` returns normally, except tasks handed back by a stop.
+        Every task received is run (or skipped, if already terminal) and its outcome
+        reported before ``run`` returns normally, except tasks handed back by a stop.
 
-        Redis going away (a restart, a failover) never ends ``run``: every step that needs
-        Redis waits it out with the shared backoff (:mod:`service_common.retry`) and the
-        outage is logged once when it starts and once when it ends. Tasks already read keep
-        running meanwhile and their outcomes are written once Redis is back (see
-        :mod:`endpoint_agent.results`). A stop during an outage leaves what could not be
-        written or handed back pending in the group: it runs again after its lease."""
+        The platform going away (a Redis restart, a lost gateway) never ends ``run``: every
+        step that needs it waits it out with the shared backoff (:mod:`service_common.retry`)
+        and the outage is logged once when it starts and once when it ends. Tasks already
+        received keep running meanwhile and their outcomes are reported once it is back.
+        A stop during an outage leaves what could not be reported or handed back to its
+        lease: it runs again once that lapses."""
         rt = self._runtime
         if self._in_run:
             raise RuntimeError("Agent.run() is already running")
@@ -339,30 +318,17 @@ class Agent:
             self._stop_event.set()
         else:
             self._stop_event.clear()
-        background: list[asyncio.Task[None]] = []
         stopped = asyncio.Event()
-        listening = False
+        background: list[asyncio.Task[None]] = []
         try:
-            try:
-                await self._until_redis(rt.stream.ensure_group)
-                await self._until_redis(rt.cancels.start)
-                listening = True
-                await self._until_redis(rt.heartbeat.beat)
-            except Exception as exc:
-                if not (self._stop_requested and redis_unavailable(exc)):
-                    raise
-            background.append(
-                asyncio.create_task(rt.heartbeat.run(stopped), name="fxbroker-heartbeat")
-            )
-            background.append(asyncio.create_task(rt.leases.run(stopped), name="fxbroker-leases"))
-            self._next_claim = 0.0
+            background = await rt.transport.start(stop=self._stop_event, stopped=stopped)
             failures = 0
             while not self._stop_requested:
                 try:
                     if not await self._step(burst):
                         break
                 except Exception as exc:
-                    if not redis_unavailable(exc):
+                    if not rt.transport.transient(exc):
                         raise
                     self._outage.failed(exc)
                     failures += 1
@@ -371,12 +337,11 @@ class Agent:
                 failures = 0
             await self._drain()
         finally:
-            # Stopped, not cancelled: cancelling a Redis command in flight can leave the
-            # task running (and its connection in an unknown state).
+            # Stopped, not cancelled: cancelling I/O in flight can leave the task running
+            # (and its connection in an unknown state).
             stopped.set()
-            if listening:
-                await rt.cancels.stop()
             try:
+                await rt.transport.stopped()
                 await asyncio.gather(*background)
             except asyncio.CancelledError:
                 for task in background:
@@ -385,39 +350,19 @@ class Agent:
             finally:
                 self._in_run = False
                 self._stop_requested = False
-
-    async def _until_redis(self, op: Callable[[], Awaitable[None]]) -> None:
-        """``op()``, waiting out a Redis outage; raises the last error if stopped meanwhile."""
-        await retry(op, transient=redis_unavailable, outage=self._outage, stop=self._stop_event)
+                self._grace_s = None
 
     async def _step(self, burst: bool) -> bool:
-        """One round of the loop: claim, or read and dispatch, or wait for a slot. False
-        when a ``burst`` run is done. Raises what Redis raised (the loop waits it out)."""
-        rt = self._runtime
-        s = self.settings
+        """One round of the loop: receive a window and dispatch it, or wait for a slot.
+        False when a ``burst`` run is done. Raises what the transport raised when the
+        platform is away (the loop waits it out)."""
         count = self._read_count()
         if count == 0:
             await self._wait_for_change()
             return True
-        if time.monotonic() >= self._next_claim:
-            claimed = await rt.stream.claim(count, min_idle_ms=s.lease_ms)
-            self._outage.recovered()
-            self._next_claim = time.monotonic() + s.lease_ms / 4000
-            # After an outage this agent's own entries may look idle: they are still its
-            # own (it holds them), so they are not started a second time.
-            claimed = [entry for entry in claimed if entry.entry_id not in self._held]
-            if claimed:
-                log.info("claimed %d tasks from lost agents", len(claimed))
-                await self._dispatch(claimed)
-                return True
-        block_ms = None
-        if not burst:
-            until_claim_ms = int((self._next_claim - time.monotonic()) * 1000)
-            block_ms = max(1, min(s.block_ms, until_claim_ms))
-        entries = await rt.stream.read(count, block_ms=block_ms)
-        self._outage.recovered()
-        if entries:
-            await self._dispatch(entries)
+        received = await self._runtime.transport.receive(count, burst=burst)
+        if received:
+            self._dispatch(received)
         elif burst:
             if not self._held:
                 return False
@@ -425,7 +370,7 @@ class Agent:
         return True
 
     def _read_count(self) -> int:
-        """How many entries the next read asks for (see the module docstring)."""
+        """How many tasks the next window asks for (see the module docstring)."""
         s = self.settings
         held = len(self._held)
         if self._async_shaped:
@@ -434,138 +379,69 @@ class Agent:
             want = s.workers + s.prefetch - (held - self._held_async)
         return max(0, min(want, s.capacity - held))
 
+    @property
+    def wake(self) -> asyncio.Event:
+        """Set when a slot frees or a stop is requested (a transport waiting for a window
+        may wait on it too)."""
+        return self._wake
+
     async def _wait_for_change(self) -> None:
-        """Wait until a completion is written or a stop is requested."""
+        """Wait until a completion is settled or a stop is requested."""
         self._wake.clear()
         await self._wake.wait()
 
     async def _drain(self) -> None:
         """Stop: hand back what waits for a slot, give running tasks the grace period,
-        hand back the rest, and write everything that finished."""
+        hand back the rest, and report everything that finished."""
         rt = self._runtime
         stopping = self._stop_requested
+        grace_s = self.settings.drain_grace_s if self._grace_s is None else self._grace_s
         if stopping:
             self._draining = True
-            try:
-                await rt.heartbeat.beat()  # operators see the agent draining
-            except Exception as exc:
-                if not redis_unavailable(exc):
-                    raise
+            await rt.transport.draining()
         for held in list(self._held.values()):
             if held.task is not None and not held.running and not held.task.done():
                 self._stop_task(held, _Stop.HAND_BACK)
         running = {h.task for h in self._held.values() if h.task is not None and not h.task.done()}
         if running:
-            log.info("waiting up to %s s for %d running tasks", self.settings.drain_grace_s,
-                     len(running))  # fmt: skip
-            await asyncio.wait(running, timeout=self.settings.drain_grace_s)
+            log.info("waiting up to %s s for %d running tasks", grace_s, len(running))
+            await asyncio.wait(running, timeout=grace_s)
         for held in list(self._held.values()):
             if held.task is not None and not held.task.done():
                 self._stop_task(held, _Stop.HAND_BACK)
         while self._inflight:
             await asyncio.wait(set(self._inflight))
         await self._hand_back()
-        if stopping:
-            # Outcomes still waiting for Redis get one more grace period, then stay pending.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(rt.writer.drain(), self.settings.drain_grace_s)
-            rt.writer.give_up()
-        await rt.writer.drain()
+        await rt.transport.finish(grace_s if stopping else None)
 
     async def _hand_back(self) -> None:
         returned, self._returned = self._returned, []
         if not returned:
             return
-        try:
-            count = await self._runtime.stream.hand_back([(h.entry, h.attempt) for h in returned])
-            log.info("handed %d tasks back to the stream", count)
-        except Exception as exc:
-            if not redis_unavailable(exc):
-                raise
-            log.warning(
-                "could not hand %d tasks back while Redis is away (%s); they run again after "
-                "their lease",
-                len(returned),
-                exc,
-            )
+        await self._runtime.transport.hand_back([h.work for h in returned])
         for held in returned:
             self._release(held)
         self._wake.set()
 
     # -- dispatch and execution --------------------------------------------------------
 
-    async def _dispatch(self, entries: Sequence[TaskEntry]) -> None:
+    def _dispatch(self, window: Sequence[Received]) -> None:
         rt = self._runtime
-        s = self.settings
-        batch = [_Held(entry) for entry in entries]
-        for held in batch:
-            self._held[held.entry.entry_id] = held
-        # Starting the tasks and resolving their functions are independent round trips:
-        # overlapped, a read costs one Redis round trip less before its tasks run. Both are
-        # safe to retry (the start is named by its stamp), so a Redis outage is waited out.
-        started_at = start_stamp()
-
-        async def start_and_resolve() -> tuple[list[Start], _Functions]:
-            return await asyncio.gather(
-                rt.stream.start(entries, started_at=started_at),
-                rt.catalog.resolve(entry.function_id for entry in entries),
-            )
-
-        try:
-            starts, functions = await retry(
-                start_and_resolve,
-                transient=redis_unavailable,
-                outage=self._outage,
-                stop=self._stop_event,
-            )
-        except Exception as exc:
-            for held in batch:
-                self._release(held)
-            if not redis_unavailable(exc):
-                raise
-            log.warning(
-                "stopping while Redis is away: %d tasks read but not started stay pending "
-                "and run again after their lease",
-                len(batch),
-            )
-            return
-        to_run: list[_Held] = []
-        for held, start in zip(batch, starts, strict=True):
-            if not start.run:
-                log.debug("task %s is already settled; not running it", held.entry.task_id)
-                held.completed = True
-                rt.writer.add(
-                    Completion(
-                        held.entry.entry_id,
-                        held.entry.task_id,
-                        held.entry.task_group_id,
-                        None,
-                        pending_notice=start.pending_notice,
-                    )
-                )
-                continue
-            held.attempt = start.attempt
-            self._by_task[held.entry.task_id] = held
-            if start.attempt > s.max_attempts:
-                self._complete(held, Outcome.failure(_worker_lost(start.attempt, s.max_attempts)))
-            else:
-                to_run.append(held)
         saw_sync = saw_async = False
-        for held in to_run:
-            found = functions[held.entry.function_id]
-            if held.stop is _Stop.CANCEL:
-                self._complete(held, Outcome.cancelled())
+        for work in window:
+            held = _Held(work)
+            self._held[work.key] = held
+            if work.skip:
+                held.completed = True
+                rt.transport.settle(work, None)
                 continue
-            if not isinstance(found, FunctionInfo):
-                self._complete(held, Outcome.failure(found))
+            self._by_task[work.task_id] = held
+            if work.failure is not None:
+                self._complete(held, Outcome.failure(work.failure))
                 continue
-            try:
-                walltime_s = self._walltime_s(held.entry)
-            except ValueError as exc:
-                error = DeserializationError(f"the task's {exc}")
-                self._complete(held, Outcome.failure(describe(error)))
-                continue
-            if found.is_async:
+            info = work.function
+            assert info is not None, "a task to run names its function"
+            if info.is_async:
                 saw_async = True
                 held.kind = _Kind.ASYNC
                 self._held_async += 1
@@ -574,7 +450,7 @@ class Agent:
                 held.kind = _Kind.SYNC
                 self._held_sync += 1
             task = asyncio.create_task(
-                self._execute(held, found, walltime_s), name=f"task-{held.entry.task_id}"
+                self._execute(held, info, self._walltime_s(work)), name=f"task-{work.task_id}"
             )
             held.task = task
             self._inflight.add(task)
@@ -584,15 +460,16 @@ class Agent:
         elif saw_async:
             self._async_shaped = True
 
-    def _walltime_s(self, entry: TaskEntry) -> float | None:
+    def _walltime_s(self, work: Received) -> float | None:
         """The tighter of the endpoint's walltime and the task's own (``None``: none)."""
-        limits = [w for w in (self.settings.walltime_s, entry.task_walltime_s()) if w is not None]
+        limits = [w for w in (self.settings.walltime_s, work.walltime_s) if w is not None]
         return min(limits) if limits else None
 
     async def _execute(self, held: _Held, info: FunctionInfo, walltime_s: float | None) -> None:
         rt = self._runtime
         allowed = self.settings.allowed_strategies
         slots = rt.async_slots if info.is_async else rt.sync_slots
+        payload = held.work.payload
         try:
             async with slots:
                 self._running += 1
@@ -601,12 +478,10 @@ class Agent:
                     if info.is_async:
                         async with asyncio.timeout(walltime_s):
                             outcome = await run_coroutine(
-                                info.fn, held.entry.payload, allowed=allowed, limits=self._limits
+                                info.fn, payload, allowed=allowed, limits=self._limits
                             )
                     else:
-                        call = Call(
-                            info.function_id, info.code, held.entry.payload, allowed, self._limits
-                        )
+                        call = Call(info.function_id, info.code, payload, allowed, self._limits)
                         outcome = await rt.engine.run(call, walltime_s=walltime_s)
                 except TimeoutError:
                     outcome = Outcome.failure(
@@ -622,9 +497,12 @@ class Agent:
             if held.stop is None:
                 raise  # the agent itself is being torn down
         except Exception as exc:  # a fault of the engine, not of the task's code
-            log.exception("running task %s failed inside the agent", held.entry.task_id)
+            log.exception("running task %s failed inside the agent", held.work.task_id)
             outcome = Outcome.failure(describe(exc))
-        if held.stop is _Stop.HAND_BACK:
+        if held.stop is _Stop.LOST:
+            self._release(held)
+            self._wake.set()
+        elif held.stop is _Stop.HAND_BACK:
             self._returned.append(held)
         elif held.stop is _Stop.CANCEL:
             self._complete(held, Outcome.cancelled())
@@ -635,54 +513,41 @@ class Agent:
         if held.completed:
             return
         held.completed = True
-        entry = held.entry
-        self._runtime.writer.add(
-            Completion(entry.entry_id, entry.task_id, entry.task_group_id, outcome, held.attempt)
-        )
+        self._runtime.transport.settle(held.work, outcome)
 
-    def _settled(self, batch: Sequence[Completion]) -> None:
-        """The writer is done with ``batch``: free the slots its tasks held."""
-        for completion in batch:
-            held = self._held.get(completion.entry_id)
+    def settled(self, keys: Sequence[str]) -> None:
+        """The transport is done with the outcomes of ``keys``: free their slots."""
+        for key in keys:
+            held = self._held.get(key)
             if held is not None:
                 self._release(held)
         self._wake.set()
 
     def _release(self, held: _Held) -> None:
-        if self._held.pop(held.entry.entry_id, None) is None:
+        if self._held.pop(held.work.key, None) is None:
             return
-        if self._by_task.get(held.entry.task_id) is held:
-            del self._by_task[held.entry.task_id]
+        if self._by_task.get(held.work.task_id) is held:
+            del self._by_task[held.work.task_id]
         if held.kind is _Kind.SYNC:
             self._held_sync -= 1
         elif held.kind is _Kind.ASYNC:
             self._held_async -= 1
 
 
-_Functions = dict[str, FunctionInfo | ExceptionRecord]
-
-
-def _worker_lost(attempt: int, max_attempts: int) -> ExceptionRecord:
-    return error_record(
-        WORKER_LOST,
-        f"the agents running this task were lost {attempt - 1} times (max_attempts is "
-        f"{max_attempts}); it is not started again",
-    )
-
-
 async def run_agent(settings: AgentSettings, *, handle_signals: bool = True) -> None:
     """Run an agent until SIGINT or SIGTERM (when ``handle_signals``), then stop gracefully
     (:meth:`Agent.stop`): running tasks get ``drain_grace_s`` to finish, the rest go back to
-    the stream for another agent."""
+    the endpoint's queue for another agent."""
     async with Agent(settings) as agent:
         loop = asyncio.get_running_loop()
         signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
         for sig in signals:
             loop.add_signal_handler(sig, agent.stop)
         log.info(
-            "agent %s serving endpoint %s (%s engine, %d workers, %d async slots)",
+            "agent %s serving endpoint %s through %s (%s engine, %d workers, %d async slots)",
             settings.consumer,
             settings.endpoint_id,
+            agent.transport,
             settings.engine,
             settings.workers,
             settings.max_concurrency,

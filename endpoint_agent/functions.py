@@ -15,7 +15,7 @@ the agent's own ``allowed_functions`` setting. A refused function fails its task
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +28,7 @@ from endpoint_agent.worker import (
 )
 from sdk.errors import DeserializationError
 from sdk.messages import ExceptionRecord, error_record
-from service_common.tasks.stream import TaskStream
+from service_common.tasks.stream import Lookup
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +39,13 @@ class FunctionInfo:
     code: str
     fn: Callable[..., Any]
     is_async: bool
+
+
+LookupFn = Callable[[Iterable[str], Iterable[str]], Awaitable[Lookup]]
+"""``lookup(fetch, check)``: the code of the ``fetch`` ids and which ``check`` ids the
+endpoint's allow-list refuses (the Redis transport asks Redis, in one round trip)."""
+
+Resolved = dict[str, FunctionInfo | ExceptionRecord]
 
 
 def is_async_callable(fn: Callable[..., Any]) -> bool:
@@ -53,19 +60,17 @@ class FunctionCatalog:
 
     def __init__(
         self,
-        stream: TaskStream,
+        lookup: LookupFn,
         *,
         allowed: frozenset[str] | None,
         allowed_functions: frozenset[str] | None = None,
     ) -> None:
-        self._stream = stream
+        self._lookup = lookup
         self._allowed = allowed
         self._allowed_functions = allowed_functions
         self._known: dict[str, FunctionInfo] = {}
 
-    async def resolve(
-        self, function_ids: Iterable[str]
-    ) -> dict[str, FunctionInfo | ExceptionRecord]:
+    async def resolve(self, function_ids: Iterable[str]) -> Resolved:
         """Each id's function, or the record of why it cannot run (not allowed, missing or
         bad code).
 
@@ -80,7 +85,7 @@ class FunctionCatalog:
             if self._allowed_functions is not None and fid not in self._allowed_functions:
                 found[fid] = _not_allowed(fid, "this agent's allowed_functions")
         check = [fid for fid in wanted if fid not in found]
-        lookup = await self._stream.lookup((fid for fid in check if fid not in self._known), check)
+        lookup = await self._lookup((fid for fid in check if fid not in self._known), check)
         for fid in check:
             if fid in lookup.refused:
                 found[fid] = _not_allowed(fid, "the endpoint's allow-list")
@@ -89,6 +94,18 @@ class FunctionCatalog:
             else:
                 found[fid] = self._load(fid, lookup.codes.get(fid))
         return found
+
+    def known(self, function_id: str) -> FunctionInfo | None:
+        """The function ``function_id`` when it is loaded already."""
+        return self._known.get(function_id)
+
+    def load(self, function_id: str, code: str | None) -> FunctionInfo | ExceptionRecord:
+        """Load (or find loaded) ``function_id`` from ``code``, applying the agent's own
+        ``allowed_functions`` and ``allowed_strategies``; the record of why it cannot run."""
+        if self._allowed_functions is not None and function_id not in self._allowed_functions:
+            return _not_allowed(function_id, "this agent's allowed_functions")
+        known = self._known.get(function_id)
+        return known if known is not None else self._load(function_id, code)
 
     def _load(self, function_id: str, code: str | None) -> FunctionInfo | ExceptionRecord:
         if code is None:

@@ -15,12 +15,15 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
+from urllib.parse import urlsplit
 
 from sdk.serialize import STRATEGIES
 from service_common.errors import SettingsError
 from service_common.settings import (
+    WS_SCHEMES,
     RedisSettings,
     check_at_least,
+    check_key_prefix,
     check_positive,
     env,
     integer,
@@ -63,9 +66,29 @@ class AgentSettings(RedisSettings):
     agent and is claimed again, up to ``max_attempts`` starts in all. On stop, running
     tasks get ``drain_grace_s`` to finish; the rest are handed back to the stream.
 
-    ``consumer`` names this agent in the endpoint's consumer group (default
-    ``<hostname>-<pid>``).
+    *Transport.* With a ``credential`` (the endpoint's own, see ``fxbroker endpoint
+    start``) and no ``redis_url``, the agent reaches its endpoint only through the gateway
+    at ``ws_url`` (``ws[s]://host:port``, the WebSocket service) and never sees Redis
+    (:mod:`endpoint_agent.gateway`). It holds at most ``max_held_outcomes`` outcomes
+    (``max_held_bytes`` bytes) the gateway has not answered, for instance while it is away,
+    by taking no more work when full, never by dropping one. With a ``redis_url`` it reads
+    the endpoint's stream in that Redis itself (:mod:`endpoint_agent.redis_transport`).
+
+    ``consumer`` names this agent in the endpoint's consumer group, and to the gateway
+    (default ``<hostname>-<pid>``).
     """
+
+    redis_url: str | None = field(default=None, metadata=env("REDIS_URL"))  # type: ignore[assignment]
+    """The platform's Redis (the Redis transport); ``None``: reach the endpoint through the
+    gateway, which then needs ``ws_url`` and ``credential``."""
+    ws_url: str = field(default="", metadata=env("FXBROKER_WS_URL"))
+    credential: str = field(default="", repr=False, metadata=env("FXBROKER_CREDENTIAL"))
+    max_held_outcomes: int = field(
+        default=10_000, metadata=env("FXBROKER_MAX_HELD_OUTCOMES", integer)
+    )
+    max_held_bytes: int = field(
+        default=256 * 1024 * 1024, metadata=env("FXBROKER_MAX_HELD_BYTES", integer)
+    )
 
     endpoint_id: str = field(metadata=env("FXBROKER_ENDPOINT_ID"))
     engine: Engine = field(default="process", metadata=env("FXBROKER_ENGINE", one_of(*ENGINES)))
@@ -102,7 +125,20 @@ class AgentSettings(RedisSettings):
     trips between one task and the next; a second agent then finds that many fewer."""
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        if self.redis_url is not None:
+            super().__post_init__()
+        else:
+            check_key_prefix(self.key_prefix)
+            if not self.credential:
+                raise SettingsError(
+                    "give redis_url (REDIS_URL), or the endpoint's credential "
+                    "(FXBROKER_CREDENTIAL) and ws_url (FXBROKER_WS_URL) to use the gateway"
+                )
+            if urlsplit(self.ws_url).scheme not in WS_SCHEMES or not urlsplit(self.ws_url).netloc:
+                raise SettingsError(
+                    f"ws_url must be a ws:// or wss:// URL of the WebSocket service to reach "
+                    f"the gateway, not {self.ws_url!r}"
+                )
         if not self.endpoint_id:
             raise SettingsError("endpoint_id must not be empty")
         if self.engine not in ENGINES:
@@ -118,6 +154,8 @@ class AgentSettings(RedisSettings):
             "max_attempts",
             "max_result_bytes",
             "max_output_chars",
+            "max_held_outcomes",
+            "max_held_bytes",
             integer=True,
         )
         check_at_least(self, 0, "prefetch", integer=True)
@@ -148,6 +186,11 @@ class AgentSettings(RedisSettings):
             object.__setattr__(self, "consumer", f"{socket.gethostname()}-{os.getpid()}")
 
     @property
+    def uses_gateway(self) -> bool:
+        """Whether the agent reaches its endpoint through the gateway (no Redis named)."""
+        return self.redis_url is None
+
+    @property
     def capacity(self) -> int:
         """How many tasks this agent holds at most: workers, prefetched tasks, async slots."""
         return self.workers + self.prefetch + self.max_concurrency
@@ -158,11 +201,16 @@ class AgentSettings(RedisSettings):
     ) -> AgentSettings:
         """Build settings from ``environ`` (default: the process environment).
 
-        ``REDIS_URL`` is required, and ``FXBROKER_ENDPOINT_ID`` unless ``endpoint_id`` is
-        given (it wins over the variable). List variables are comma-separated:
+        ``REDIS_URL`` is required unless ``FXBROKER_CREDENTIAL`` is set (then, without a
+        ``REDIS_URL``, ``FXBROKER_WS_URL`` names the gateway), and ``FXBROKER_ENDPOINT_ID``
+        unless ``endpoint_id`` is given (it wins over the variable). List variables are
+        comma-separated:
         ``FXBROKER_ALLOWED_STRATEGIES`` (such as ``00,11,st``) and
         ``FXBROKER_ALLOWED_FUNCTIONS`` name at least one item (unset: no restriction);
         ``FXBROKER_ACCELERATORS`` (such as ``0,1``) may be empty, for none.
         """
         given = {} if endpoint_id is None else {"endpoint_id": endpoint_id}
-        return settings_from_env(cls, os.environ if environ is None else environ, **given)
+        environ = os.environ if environ is None else environ
+        if environ.get("REDIS_URL") is None and not environ.get("FXBROKER_CREDENTIAL"):
+            raise SettingsError("REDIS_URL is not set")
+        return settings_from_env(cls, environ, **given)

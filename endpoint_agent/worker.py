@@ -87,6 +87,15 @@ class Outcome:
         return replace(self, stdout=captured.stdout.getvalue(), stderr=captured.stderr.getvalue())
 
 
+def worker_lost(attempt: int, max_attempts: int) -> ExceptionRecord:
+    """Why a task started ``attempt`` times fails instead of starting again."""
+    return error_record(
+        WORKER_LOST,
+        f"the agents running this task were lost {attempt - 1} times (max_attempts is "
+        f"{max_attempts}); it is not started again",
+    )
+
+
 def describe(exc: BaseException) -> ExceptionRecord:
     """:func:`~sdk.messages.exception_record`, safe against exceptions that fail to print."""
     try:

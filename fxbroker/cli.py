@@ -140,6 +140,8 @@ ENDPOINT_OPTIONS: dict[str, str] = {
     "url": "url",
     "token": "token",
     "redis_url": "redis_url",
+    "ws_url": "ws_url",
+    "credential": "credential",
     "key_prefix": "key_prefix",
     "engine": "engine",
     "workers": "workers",
@@ -242,7 +244,9 @@ def _add_endpoint_parsers(endpoint: argparse._SubParsersAction[argparse.Argument
     p.add_argument("name")
     p.add_argument("--url", help="the web service (FXBROKER_URL)")
     p.add_argument("--token", help="an API token, to register the endpoint (FXBROKER_TOKEN)")
-    p.add_argument("--redis-url", help="the agent's Redis (REDIS_URL)")
+    p.add_argument("--redis-url", help="the agent's Redis (REDIS_URL); none: use the gateway")
+    p.add_argument("--ws-url", help="the WebSocket service of the gateway (FXBROKER_WS_URL)")
+    p.add_argument("--credential", help="the endpoint's credential (FXBROKER_CREDENTIAL)")
     p.add_argument("--key-prefix", help="the Redis key prefix (FXBROKER_KEY_PREFIX)")
     p.add_argument("--engine", choices=["process", "thread"], help="where def functions run")
     p.add_argument("--workers", type=int, help="def functions at once")

@@ -79,6 +79,8 @@ SETTINGS: dict[str, Setting] = {
     "url": Setting("FXBROKER_URL", str),
     "token": Setting("FXBROKER_TOKEN", str),
     "redis_url": Setting("REDIS_URL", str),
+    "ws_url": Setting("FXBROKER_WS_URL", str),
+    "credential": Setting("FXBROKER_CREDENTIAL", str),
     "key_prefix": Setting("FXBROKER_KEY_PREFIX", str),
     "engine": Setting("FXBROKER_ENGINE", str),
     "workers": Setting("FXBROKER_WORKERS", int),
@@ -351,7 +353,10 @@ def start(home: Path, name: str, environ: Mapping[str, str]) -> None:
     """Register (once) and run the endpoint's agent in this process until a signal.
 
     Without a URL and token (file or environment) it registers with the service
-    ``Client()`` finds, and without a Redis it serves the dev stack's (:mod:`fxbroker.home`)."""
+    ``Client()`` finds. Without a Redis it reaches the endpoint only through the gateway,
+    with the endpoint's credential (:func:`through_gateway`); only where the dev stack runs
+    (:mod:`fxbroker.home`) and no credential is named does it still serve the stack's Redis
+    (until the dev stack's WebSocket service serves the gateway)."""
     from endpoint_agent.agent import run_agent
 
     folder = endpoint_dir(home, name)
@@ -360,12 +365,18 @@ def start(home: Path, name: str, environ: Mapping[str, str]) -> None:
     if pid is not None:
         raise ConfigurationError(f"endpoint {name} is already running (pid {pid})")
     # Settings are checked before anything is registered or written.
+    merged = merged_environment(config, environ)
+    stack = read_stack_record(home)
+    gateway = "REDIS_URL" not in merged and (stack is None or "FXBROKER_CREDENTIAL" in merged)
+    check = {**environ, "FXBROKER_CREDENTIAL": "unknown-yet"} if gateway else environ
     settings = agent_settings(
-        config, environ, endpoint_id="unregistered", stack=read_stack_record(home),
+        config, check, endpoint_id="unregistered", stack=None if gateway else stack,
         detect=detect_accelerators,
     )  # fmt: skip
-    endpoint_id = register(folder, name, merged_environment(config, environ))
+    endpoint_id = register(folder, name, merged)
     settings = dataclasses.replace(settings, endpoint_id=endpoint_id)
+    if gateway:
+        settings = through_gateway(settings, folder, merged)
     pinned = f", accelerators {','.join(settings.accelerators)}" if settings.accelerators else ""
     with pid_file(folder, name):
         print(
@@ -374,6 +385,28 @@ def start(home: Path, name: str, environ: Mapping[str, str]) -> None:
             flush=True,
         )
         loops.run(run_agent(settings))
+
+
+def through_gateway(
+    settings: AgentSettings, folder: Path, merged: Mapping[str, str]
+) -> AgentSettings:
+    """``settings`` made to reach the endpoint through the gateway with its credential
+    (``FXBROKER_CREDENTIAL``, the file's ``credential``, else the one stored at
+    registration). The gateway's WebSocket service is ``FXBROKER_WS_URL`` (or the file's
+    ``ws_url``), else the one the web service announces (``GET /v1/info``, asked with the
+    endpoint's URL and token as the SDK does)."""
+    credential = merged.get("FXBROKER_CREDENTIAL") or stored_credential(folder)
+    if credential is None:
+        raise ConfigurationError(
+            f"no Redis is named and {folder.name} has no credential: configure one with "
+            f"'fxbroker endpoint configure {folder.name} --credential ...' or run "
+            f"'fxbroker endpoint rotate-credential {folder.name}'"
+        )
+    ws_url = merged.get("FXBROKER_WS_URL")
+    if not ws_url:
+        with _client(merged) as client:
+            ws_url = client.ws_url
+    return dataclasses.replace(settings, redis_url=None, credential=credential, ws_url=ws_url)
 
 
 def stop(home: Path, name: str, *, timeout_s: float) -> bool | None:
