@@ -16,6 +16,11 @@ fxbroker user create NAME    create a user and print its first API token
 fxbroker user token NAME     print a new API token for NAME
 fxbroker user tokens NAME    list NAME's tokens (first characters, dates)
 fxbroker user revoke PREFIX  revoke the token that starts with PREFIX (8 characters or more)
+fxbroker user client-credentials NAME
+                             print a new OAuth2 client id and secret for NAME (for the Globus
+                             Compute SDK's GLOBUS_COMPUTE_CLIENT_ID / _SECRET)
+fxbroker user revoke-client CLIENT_ID
+                             revoke that client credential and the tokens exchanged for it
 
 Every command finds the dev stack from ``$FXBROKER_HOME`` (default ``~/.fxbroker``), as
 ``Client()`` does: its database for ``db`` and ``user``, its service and Redis for
@@ -356,6 +361,34 @@ def cmd_user_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_user_client_credentials(args: argparse.Namespace) -> int:
+    from web_service.accounts import AccountError
+    from web_service.client_credentials import mint_client_credential
+
+    try:
+        minted = asyncio.run(mint_client_credential(_database_url(), args.name))
+    except AccountError as exc:
+        print(f"fxbroker user client-credentials: {exc}", file=sys.stderr)
+        return 1
+    print(f"GLOBUS_COMPUTE_CLIENT_ID={minted.client_id}")
+    print(f"GLOBUS_COMPUTE_CLIENT_SECRET={minted.secret}")
+    print(f"client credentials of {args.name}; the secret is shown only once", file=sys.stderr)
+    return 0
+
+
+def cmd_user_revoke_client(args: argparse.Namespace) -> int:
+    from web_service.accounts import AccountError
+    from web_service.client_credentials import revoke_client_credential
+
+    try:
+        asyncio.run(revoke_client_credential(_database_url(), args.client_id))
+    except AccountError as exc:
+        print(f"fxbroker user revoke-client: {exc}", file=sys.stderr)
+        return 1
+    print(f"revoked the client credential {args.client_id}", file=sys.stderr)
+    return 0
+
+
 def _add_stack_options(p: argparse.ArgumentParser, *, web_port: int, ws_port: int) -> None:
     p.add_argument("--home", default=None, help="state folder (default $FXBROKER_HOME)")
     p.add_argument("--host", default="127.0.0.1")
@@ -419,6 +452,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = user.add_parser("revoke", help="revoke a token, named by its first 8+ characters")
     p.add_argument("token_prefix")
     p.set_defaults(func=cmd_user_revoke)
+    p = user.add_parser(
+        "client-credentials", help="print a new OAuth2 client id and secret for a user"
+    )
+    p.add_argument("name")
+    p.set_defaults(func=cmd_user_client_credentials)
+    p = user.add_parser(
+        "revoke-client", help="revoke a client credential and the tokens exchanged for it"
+    )
+    p.add_argument("client_id")
+    p.set_defaults(func=cmd_user_revoke_client)
     return parser
 
 

@@ -40,13 +40,16 @@ class StreamEntry(TypedDict):
     """One queued task on an endpoint's stream.
 
     ``walltime_s`` (decimal seconds) caps how long the task may run; the agent applies the
-    tighter of it and its endpoint's own walltime."""
+    tighter of it and its endpoint's own walltime. ``result_serializers`` (comma-separated
+    strategy ids, from a Globus Compute submit) names how the result should be serialized,
+    the first that works; agents do not read it yet."""
 
     task_id: str
     function_id: str
     task_group_id: str
     payload: str
     walltime_s: NotRequired[str]
+    result_serializers: NotRequired[str]
 
 
 class TaskHash(TypedDict, total=False):

@@ -6,7 +6,8 @@ client and closes both on shutdown; nothing is opened before it runs.
 
 Every request passes, in order: the request id, the metrics, the availability guard (Redis
 or SQL away: 503 with ``Retry-After``, see :mod:`web_service.middleware.availability`),
-authentication and the rate limit (``/v1/`` only), then its route.
+authentication and the rate limit (``/v1/``, and the Globus Compute routes under ``/v2/``
+and ``/v3/``), then its route.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from starlette.types import Scope
 
 from sdk.keys import Keys
 from service_common.redis_client import connect_redis
+from web_service.client_credentials import ClientCredentialExchange
 from web_service.context import AppContext, context_of
 from web_service.errors import EXCEPTION_HANDLERS, RequestIdMiddleware
 from web_service.middleware.auth import AuthMiddleware, TokenAuthenticator
@@ -33,9 +35,12 @@ from web_service.middleware.globus_auth import GlobusIntrospector
 from web_service.middleware.metrics import Metrics, MetricsMiddleware
 from web_service.middleware.ratelimit import RateLimiter
 from web_service.routes import agents as routes_agents
+from web_service.routes import compute_v2 as routes_compute_v2
+from web_service.routes import compute_v3 as routes_compute_v3
 from web_service.routes import endpoints as routes_endpoints
 from web_service.routes import functions as routes_functions
 from web_service.routes import meta as routes_meta
+from web_service.routes import oauth as routes_oauth
 from web_service.routes import submit as routes_submit
 from web_service.routes import tasks as routes_tasks
 from web_service.settings import WebSettings
@@ -84,6 +89,7 @@ def create_app(settings: WebSettings) -> Starlette:
                 task_groups=TaskGroupCatalog(sessions),
                 canceller=Canceller(redis, keys, result_ttl_s=settings.result_ttl_s),
                 auth=TokenAuthenticator(sessions, cache_s=settings.auth_cache_s, globus=globus),
+                client_credentials=ClientCredentialExchange(sessions),
                 limiter=RateLimiter(
                     rate_per_s=settings.rate_limit_per_s, burst=settings.rate_limit_burst
                 ),
@@ -104,6 +110,9 @@ def create_app(settings: WebSettings) -> Starlette:
         *routes_submit.routes,
         *routes_tasks.routes,
         *routes_agents.routes,
+        *routes_compute_v2.routes,
+        *routes_compute_v3.routes,
+        *routes_oauth.routes,
     ]
     return Starlette(
         routes=routes,

@@ -23,6 +23,7 @@ from web_service.store.task_groups import TaskGroupCatalog
 from web_service.taskstore.cancel import Canceller
 
 if TYPE_CHECKING:
+    from web_service.client_credentials import ClientCredentialExchange
     from web_service.middleware.auth import TokenAuthenticator
     from web_service.middleware.availability import Dependencies
 
@@ -38,6 +39,7 @@ class AppContext:
     task_groups: TaskGroupCatalog
     canceller: Canceller
     auth: TokenAuthenticator
+    client_credentials: ClientCredentialExchange
     limiter: RateLimiter
     metrics: Metrics
     version: str

@@ -20,6 +20,9 @@ Environment variables read by :meth:`WebSettings.from_env` (nothing is read at i
     FXBROKER_RATE_LIMIT_BURST      requests one user may make at once (default 500)
     FXBROKER_GLOBUS_CLIENT_ID      with the secret below: accept Globus Auth access tokens
     FXBROKER_GLOBUS_CLIENT_SECRET  (checked by token introspection); both or neither
+    FXBROKER_AMQP_URL              amqp:// or amqps:// URL of the RabbitMQ that carries results
+                                   to Globus Compute Executors (default "": none, and
+                                   ``GET /v2/get_amqp_result_connection_url`` says to set it)
 
 The rules are :mod:`service_common.settings`'s: an absent variable keeps the default, a
 present one is used as given, and a value that does not parse or that the service cannot
@@ -45,6 +48,7 @@ from service_common.settings import (
     settings_from_env,
 )
 
+AMQP_SCHEMES = frozenset({"amqp", "amqps"})
 _DATABASE_SCHEMES = {
     "postgresql": "postgresql+asyncpg",
     "postgres": "postgresql+asyncpg",
@@ -96,6 +100,7 @@ class WebSettings(RedisSettings):
     globus_client_secret: str = field(
         default="", repr=False, metadata=env("FXBROKER_GLOBUS_CLIENT_SECRET")
     )
+    amqp_url: str = field(default="", repr=False, metadata=env("FXBROKER_AMQP_URL"))
 
     @property
     def globus_enabled(self) -> bool:
@@ -106,6 +111,7 @@ class WebSettings(RedisSettings):
         super().__post_init__()
         object.__setattr__(self, "database_url", async_database_url(self.database_url))
         check_url("ws_url", self.ws_url, WS_SCHEMES, allow_empty=True)
+        check_url("amqp_url", self.amqp_url, AMQP_SCHEMES, allow_empty=True)
         check_at_least(
             self,
             1,

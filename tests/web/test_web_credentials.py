@@ -21,7 +21,14 @@ from web_service.store.models import Endpoint
 from .helpers import ApiUser, assert_error
 
 SESSION = "/v1/endpoint_session"
-PUBLIC = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"), ("GET", "/v1/openapi.json")}
+PUBLIC = {
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("GET", "/v1/openapi.json"),
+    ("GET", "/v2/version"),
+    ("POST", "/v2/oauth2/token"),  # checks its own client credentials (HTTP Basic)
+}
 
 
 def bearer(token: str) -> dict[str, str]:

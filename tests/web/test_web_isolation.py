@@ -1,5 +1,6 @@
 """Isolation: a second user, created with the CLI, can neither see nor touch the first user's
-endpoint, function, task group or task through any route.
+endpoint, function, task group or task through any route (``/v1`` and the Globus Compute
+``/v2`` and ``/v3``).
 
 The test walks every route the app serves (a new route without a case here fails it) and
 afterwards checks that nothing of the first user's changed.
@@ -7,6 +8,8 @@ afterwards checks that nothing of the first user's changed.
 
 from __future__ import annotations
 
+import base64
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +19,7 @@ from starlette.routing import Route
 
 from fxbroker.cli import main
 from sdk.keys import Keys
-from sdk.serialize import SOURCE_CODE, serialize
+from sdk.serialize import SOURCE_CODE, pack_buffers, serialize
 from web_service.app import create_app
 from web_service.settings import WebSettings
 
@@ -155,6 +158,45 @@ async def test_a_second_user_can_neither_see_nor_touch_anything(
         ("GET", "/v1/task_groups/{task_group_id}"): lambda: hidden(
             "GET", f"/v1/task_groups/{gid}", "TASK_GROUP_NOT_FOUND"
         ),
+        # the Globus Compute routes
+        ("GET", "/v2/version"): lambda: _expect_ok(call("GET", "/v2/version")),
+        ("POST", "/v2/oauth2/token"): lambda: _expect_no_access_token(mallory),
+        ("GET", "/v2/functions/{function_id}"): lambda: hidden(
+            "GET", f"/v2/functions/{fid}", "FUNCTION_NOT_FOUND"
+        ),
+        ("DELETE", "/v2/functions/{function_id}"): lambda: hidden(
+            "DELETE", f"/v2/functions/{fid}", "FUNCTION_NOT_FOUND"
+        ),
+        ("GET", "/v2/endpoints"): lambda: _expect_unlisted_v2(call, eid, mallorys_eid),
+        ("GET", "/v2/endpoints/{endpoint_id}"): lambda: hidden(
+            "GET", f"/v2/endpoints/{eid}", "ENDPOINT_NOT_FOUND"
+        ),
+        ("DELETE", "/v2/endpoints/{endpoint_id}"): lambda: hidden(
+            "DELETE", f"/v2/endpoints/{eid}", "ENDPOINT_NOT_FOUND"
+        ),
+        ("GET", "/v2/endpoints/{endpoint_id}/status"): lambda: hidden(
+            "GET", f"/v2/endpoints/{eid}/status", "ENDPOINT_NOT_FOUND"
+        ),
+        ("GET", "/v2/tasks/{task_id}"): lambda: hidden("GET", f"/v2/tasks/{tid}", "TASK_NOT_FOUND"),
+        ("POST", "/v2/batch_status"): lambda: _expect_no_results(call, [tid, tid2]),
+        ("GET", "/v2/taskgroup/{task_group_id}"): lambda: hidden(
+            "GET", f"/v2/taskgroup/{gid}", "TASK_GROUP_NOT_FOUND"
+        ),
+        ("GET", "/v2/get_amqp_result_connection_url"): lambda: _expect_no_amqp(call),
+        ("POST", "/v3/functions"): lambda: _expect_own_function_v3(call, fid),
+        ("POST", "/v3/endpoints"): lambda: _expect_own_endpoint_v3(call, eid),
+        ("PUT", "/v3/endpoints/{endpoint_id}"): lambda: hidden(
+            "PUT", f"/v3/endpoints/{eid}", "ENDPOINT_NOT_FOUND", {"endpoint_name": "gpu"}
+        ),
+        ("POST", "/v3/endpoints/{endpoint_id}/lock"): lambda: hidden(
+            "POST", f"/v3/endpoints/{eid}/lock", "ENDPOINT_NOT_FOUND"
+        ),
+        ("GET", "/v3/endpoints/{endpoint_id}/allowed_functions"): lambda: hidden(
+            "GET", f"/v3/endpoints/{eid}/allowed_functions", "ENDPOINT_NOT_FOUND"
+        ),
+        ("POST", "/v3/endpoints/{endpoint_id}/submit"): lambda: _expect_no_submit_v3(
+            hidden, eid, mallorys_eid, fid
+        ),
     }
     served = {
         (method, route.path)
@@ -232,3 +274,51 @@ async def _expect_no_submit(hidden: Any, eid: str, own_eid: str, fid: str, gid: 
     task = {"function_id": fid, "payload": "p"}
     await hidden("POST", f"/v1/endpoints/{eid}/submit", "ENDPOINT_NOT_FOUND", {"tasks": [task]})
     await hidden("POST", f"/v1/endpoints/{own_eid}/submit", "FUNCTION_NOT_FOUND", {"tasks": [task]})
+
+
+async def _expect_no_access_token(mallory: ApiUser) -> None:
+    """The token route gives nothing for a client id that is not one."""
+    basic = base64.b64encode(f"{uuid.uuid4()}:guess".encode()).decode()
+    response = await mallory.client.post(
+        "/v2/oauth2/token",
+        content="grant_type=client_credentials",
+        headers={
+            "Authorization": f"Basic {basic}",
+            "Content-Type": "application/x-www-form-urlencoded",
+        },
+    )
+    assert response.status_code == 401 and "access_token" not in response.json()
+
+
+async def _expect_unlisted_v2(call: Any, alices: str, own: str) -> None:
+    listed = {item["uuid"] for item in (await call("GET", "/v2/endpoints?role=any")).json()}
+    assert alices not in listed and own in listed
+
+
+async def _expect_no_results(call: Any, task_ids: list[str]) -> None:
+    body = (await call("POST", "/v2/batch_status", {"task_ids": task_ids})).json()
+    assert body == {"response": "batch", "results": {}}
+
+
+async def _expect_no_amqp(call: Any) -> None:
+    """About no user's objects: this service has no AMQP, and says which setting gives it."""
+    body = assert_error(
+        await call("GET", "/v2/get_amqp_result_connection_url"), 404, "AMQP_NOT_CONFIGURED"
+    )
+    assert "FXBROKER_AMQP_URL" in body["message"]
+
+
+async def _expect_own_function_v3(call: Any, alices: str) -> None:
+    body = {"function_name": "s", "function_code": pack_buffers([CODE])}
+    assert (await call("POST", "/v3/functions", body)).json()["function_uuid"] != alices
+
+
+async def _expect_own_endpoint_v3(call: Any, alices: str) -> None:
+    body = {"endpoint_name": "gpu"}
+    assert (await call("POST", "/v3/endpoints", body)).json()["endpoint_id"] != alices
+
+
+async def _expect_no_submit_v3(hidden: Any, eid: str, own_eid: str, fid: str) -> None:
+    body = {"tasks": {fid: ["p"]}}
+    await hidden("POST", f"/v3/endpoints/{eid}/submit", "ENDPOINT_NOT_FOUND", body)
+    await hidden("POST", f"/v3/endpoints/{own_eid}/submit", "FUNCTION_NOT_FOUND", body)

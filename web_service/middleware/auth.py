@@ -1,4 +1,5 @@
-"""Bearer-token authentication and the per-user rate limit of every ``/v1`` request.
+"""Bearer-token authentication and the per-user rate limit of every ``/v1`` request, and of
+the Globus Compute routes under ``/v2`` and ``/v3`` (the same users, tokens and limits).
 
 fxbroker's own tokens (``fxb_...``) are looked up by their sha256 among the tokens not
 revoked; who a token belongs to is cached in process for ``auth_cache_s``, so a revoked token
@@ -6,8 +7,11 @@ stops working within that many seconds on every web process. Unknown tokens are 
 they always cost a query. When Globus Auth is configured, any other bearer token is checked
 by :class:`~web_service.middleware.globus_auth.GlobusIntrospector`.
 
-``/healthz``, ``/readyz``, ``/metrics`` and ``/v1/openapi.json`` need no token (operators
-keep ``/metrics`` off the public network); every other route under ``/v1/`` does.
+``/healthz``, ``/readyz``, ``/metrics``, ``/v1/openapi.json``, ``/v2/version`` and the
+OAuth2 token route ``/v2/oauth2/token`` (which checks its own client credentials) need no
+token (operators keep ``/metrics`` off the public network); every other route under
+``/v1/``, ``/v2/`` and ``/v3/`` does. A token exchanged for client credentials is refused
+once it expired.
 
 Scope: ``/v1/endpoint_session`` (the agents' route) takes only an endpoint credential
 (``fxep_...``), checked in SQL on every request, never cached here; every other route refuses
@@ -32,11 +36,12 @@ from service_common.tokens import (
     is_endpoint_credential,
 )
 from web_service.accounts import TOKEN_PREFIX, Caller
+from web_service.client_credentials import is_live
 from web_service.context import context_of
 from web_service.errors import ApiError, error_response, request_id_of, retry_later, unauthorized
 from web_service.middleware.globus_auth import GlobusIntrospector
 from web_service.store.endpoints import EndpointCatalog, EndpointRecord
-from web_service.store.models import Token, User
+from web_service.store.models import Token, User, utcnow
 
 __all__ = [
     "AuthMiddleware",
@@ -48,8 +53,8 @@ __all__ = [
 ]
 
 AUTH_CACHE_ITEMS = 10_000
-PROTECTED_PREFIX = f"{API}/"
-PUBLIC_PATHS = frozenset({f"{API}/openapi.json"})
+PROTECTED_PREFIXES = (f"{API}/", "/v2/", "/v3/")
+PUBLIC_PATHS = frozenset({f"{API}/openapi.json", "/v2/version", "/v2/oauth2/token"})
 AGENT_PATHS = frozenset({ENDPOINT_SESSION_PATH})
 """The routes an endpoint credential opens, and that refuse user tokens."""
 
@@ -94,12 +99,12 @@ class TokenAuthenticator:
         async with self._sessions() as session:
             row = (
                 await session.execute(
-                    select(User.id, User.name)
+                    select(User.id, User.name, Token.expires_at)
                     .join(Token, Token.user_id == User.id)
                     .where(Token.token_hash == token_hash, Token.revoked_at.is_(None))
                 )
             ).one_or_none()
-        if row is None:
+        if row is None or not is_live(row.expires_at, utcnow()):
             return None
         caller = Caller(row.id, row.name)
         self._cache.put(token_hash, caller)
@@ -135,7 +140,7 @@ class AuthMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"] if scope["type"] == "http" else ""
-        if not path.startswith(PROTECTED_PREFIX) or path in PUBLIC_PATHS:
+        if not path.startswith(PROTECTED_PREFIXES) or path in PUBLIC_PATHS:
             await self.app(scope, receive, send)
             return
         connection = HTTPConnection(scope)

@@ -50,6 +50,8 @@ class Page:
 class SubmitBatch:
     tasks: list[TaskSpec]
     task_group_id: str | None
+    result_strategies: tuple[str, ...] = ()
+    """Serialization strategy ids the agent should try for results, in order (none: its own)."""
 
 
 def too_large(max_bytes: int) -> ApiError:
@@ -86,13 +88,13 @@ def parse_json(body: bytes) -> Any:
         raise bad_request(f"the body is not valid JSON: {exc}") from exc
 
 
-def _object(data: Any, what: str = "the body") -> dict[str, Any]:
+def json_object(data: Any, what: str = "the body") -> dict[str, Any]:
     if not isinstance(data, dict):
         raise invalid(f"{what} must be a JSON object")
     return data
 
 
-def _string(
+def string_field(
     data: dict[str, Any], field: str, *, where: str = "", default: str | None = None
 ) -> str:
     value = data.get(field, default)
@@ -101,8 +103,8 @@ def _string(
     return value
 
 
-def _name(data: dict[str, Any], field: str) -> str:
-    name = _string(data, field)
+def name_field(data: dict[str, Any], field: str) -> str:
+    name = string_field(data, field)
     if not name.strip() or len(name) > MAX_NAME_LENGTH:
         raise invalid(f"{field} must be 1 to {MAX_NAME_LENGTH} characters, not blank")
     return name
@@ -110,8 +112,8 @@ def _name(data: dict[str, Any], field: str) -> str:
 
 def parse_function_registration(data: Any) -> FunctionRegistration:
     """``{"function_name", "function_code", "description"?}``; the code must be a code buffer."""
-    body = _object(data)
-    code = _string(body, "function_code")
+    body = json_object(data)
+    code = string_field(body, "function_code")
     strategy = STRATEGIES.get(code[: IDENTIFIER_LENGTH - 1])
     if (
         strategy is None
@@ -120,20 +122,20 @@ def parse_function_registration(data: Any) -> FunctionRegistration:
     ):
         raise invalid("function_code must be a serialized code buffer (strategy 01 or st)")
     return FunctionRegistration(
-        name=_name(body, "function_name"),
+        name=name_field(body, "function_name"),
         code=code,
-        description=_string(body, "description", default=""),
+        description=string_field(body, "description", default=""),
     )
 
 
 def parse_endpoint_registration(data: Any) -> str:
     """``{"name"}``: the endpoint's name."""
-    return _name(_object(data), "name")
+    return name_field(json_object(data), "name")
 
 
 def parse_submit(data: Any, *, max_tasks: int) -> SubmitBatch:
     """A :class:`~sdk.messages.SubmitRequest`: 1 to ``max_tasks`` tasks, an optional group id."""
-    body = _object(data)
+    body = json_object(data)
     raw_tasks = body.get("tasks")
     if not isinstance(raw_tasks, list) or not raw_tasks:
         raise invalid("tasks must be a non-empty list")
@@ -142,10 +144,10 @@ def parse_submit(data: Any, *, max_tasks: int) -> SubmitBatch:
     tasks: list[TaskSpec] = []
     for index, raw in enumerate(raw_tasks):
         where = f"tasks[{index}]."
-        item = _object(raw, f"tasks[{index}]")
+        item = json_object(raw, f"tasks[{index}]")
         task: TaskSpec = {
-            "function_id": _string(item, "function_id", where=where),
-            "payload": _string(item, "payload", where=where),
+            "function_id": string_field(item, "function_id", where=where),
+            "payload": string_field(item, "payload", where=where),
         }
         walltime_s = _walltime_s(item, where=where)
         if walltime_s is not None:
@@ -187,17 +189,17 @@ def _strings(data: dict[str, Any], field: str, *, min_items: int, max_items: int
 
 def parse_task_ids(data: Any) -> list[str]:
     """``{"task_ids": [...]}``: 1 to 1000 ids, duplicates dropped, order kept."""
-    return _strings(_object(data), "task_ids", min_items=1, max_items=MAX_STATUS_IDS)
+    return _strings(json_object(data), "task_ids", min_items=1, max_items=MAX_STATUS_IDS)
 
 
 def parse_user_names(data: Any) -> list[str]:
     """``{"users": [names]}``: 0 to 1000 user names to share with (all of them, replacing)."""
-    return _strings(_object(data), "users", min_items=0, max_items=MAX_LIST_ITEMS)
+    return _strings(json_object(data), "users", min_items=0, max_items=MAX_LIST_ITEMS)
 
 
 def parse_function_sharing(data: Any) -> tuple[bool, list[str]]:
     """``{"public": bool, "users": [names]}``."""
-    body = _object(data)
+    body = json_object(data)
     public = body.get("public")
     if not isinstance(public, bool):
         raise invalid("public must be true or false")
@@ -206,7 +208,7 @@ def parse_function_sharing(data: Any) -> tuple[bool, list[str]]:
 
 def parse_function_ids(data: Any) -> list[str]:
     """``{"function_ids": [ids]}``: 0 to 1000 function ids (an allow-list; empty lifts it)."""
-    ids = _strings(_object(data), "function_ids", min_items=0, max_items=MAX_LIST_ITEMS)
+    ids = _strings(json_object(data), "function_ids", min_items=0, max_items=MAX_LIST_ITEMS)
     bad = [function_id for function_id in ids if not is_id(function_id)]
     if bad:
         raise invalid(f"function_ids must be uuids; {bad[0]!r} is not")

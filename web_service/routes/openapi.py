@@ -1,4 +1,5 @@
-"""The OpenAPI 3.0 document of the service, served at ``GET /v1/openapi.json`` (no token).
+"""The OpenAPI 3.0 document of the service, served at ``GET /v1/openapi.json`` (no token); the
+Globus Compute routes come from :mod:`web_service.routes.compute_openapi`.
 
 Written by hand from the routes, so it says exactly what they do: each operation lists its
 parameters, its body and the schema of its success answer; every other answer is an
@@ -17,6 +18,7 @@ from web_service.routes.bodies import (
     MAX_OFFSET,
     MAX_PAGE_LIMIT,
 )
+from web_service.routes.compute_openapi import compute_paths, compute_schemas
 from web_service.routes.openapi_schemas import Schema, component_schemas, ref
 from web_service.settings import WebSettings
 
@@ -214,18 +216,28 @@ def build_openapi(settings: WebSettings, *, version: str) -> dict[str, Any]:
                 params=[gid, *group_page],
             ),
         },
+        **compute_paths(op, _path_id, IDEMPOTENCY_KEY),
     }
     return {
         "openapi": "3.0.3",
         "info": {"title": "fxbroker", "version": version},
         "paths": paths,
         "components": {
-            "schemas": component_schemas(max_tasks_per_batch=settings.max_tasks_per_batch),
+            "schemas": {
+                **component_schemas(max_tasks_per_batch=settings.max_tasks_per_batch),
+                **compute_schemas(max_tasks_per_batch=settings.max_tasks_per_batch),
+            },
             "securitySchemes": {
                 "bearer": {
                     "type": "http",
                     "scheme": "bearer",
                     "description": "a user's API token (fxb_...)",
+                },
+                "clientBasic": {
+                    "type": "http",
+                    "scheme": "basic",
+                    "description": "an OAuth2 client id and secret (fxbroker user "
+                    "client-credentials NAME), only on /v2/oauth2/token",
                 },
                 "endpointCredential": {
                     "type": "http",

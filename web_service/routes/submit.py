@@ -19,14 +19,15 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from sdk.messages import SubmitResponse
-from web_service.context import context_of
+from web_service.accounts import Caller
+from web_service.context import AppContext, context_of
 from web_service.errors import ApiError, not_found
 from web_service.middleware.auth import caller_of
-from web_service.routes.bodies import parse_json, parse_submit, read_body
+from web_service.routes.bodies import SubmitBatch, parse_json, parse_submit, read_body
 from web_service.taskstore import idempotency
 from web_service.taskstore.tasks import enqueue, new_task_ids
 
-__all__ = ["routes"]
+__all__ = ["queue_batch", "routes"]
 
 MAX_IDS_NAMED = 10
 
@@ -42,11 +43,36 @@ async def submit(request: Request) -> JSONResponse:
     and queues nothing (see :mod:`web_service.taskstore.idempotency`).
     """
     context = context_of(request)
-    caller = caller_of(request)
-    endpoint_id = request.path_params["endpoint_id"]
     key = idempotency.parse_key(request.headers.get(idempotency.HEADER))
     raw = await read_body(request, max_bytes=context.settings.max_body_bytes)
     batch = parse_submit(parse_json(raw), max_tasks=context.settings.max_tasks_per_batch)
+    response = await queue_batch(
+        context,
+        caller_of(request),
+        request.path_params["endpoint_id"],
+        batch,
+        idempotency_key=key,
+        body=raw,
+    )
+    return JSONResponse(response)
+
+
+async def queue_batch(
+    context: AppContext,
+    caller: Caller,
+    endpoint_id: str,
+    batch: SubmitBatch,
+    *,
+    idempotency_key: str | None,
+    body: bytes,
+) -> SubmitResponse:
+    """Check ``batch`` and queue it on ``endpoint_id`` for ``caller``: every submit route's
+    core (``/v1`` and the Globus Compute ``/v3`` one), with the checks and costs above.
+
+    ``body`` is the request's exact bytes: with ``idempotency_key``, a retry of the same body
+    answers the first answer and queues nothing.
+    """
+    key = idempotency_key
     endpoint = await context.endpoints.get(caller.user_id, endpoint_id)
     if endpoint is None:
         raise not_found("endpoint", endpoint_id)
@@ -68,12 +94,12 @@ async def submit(request: Request) -> JSONResponse:
     redis_key = fingerprint = ""
     if key is not None:
         redis_key = context.keys.idempotency(caller.user_id, key)
-        fingerprint = idempotency.fingerprint(endpoint_id, raw)
+        fingerprint = idempotency.fingerprint(endpoint_id, body)
         earlier = await idempotency.claim(
             context.redis, redis_key, fingerprint, ttl_s=context.settings.idempotency_ttl_s
         )
         if earlier is not None:
-            return JSONResponse(earlier)
+            return earlier
     try:
         task_group_id = await context.task_groups.claim(caller.user_id, batch.task_group_id)
         if task_group_id is None:
@@ -92,6 +118,7 @@ async def submit(request: Request) -> JSONResponse:
             task_ids=response["task_ids"],
             codes=check.codes,
             result_ttl_s=context.settings.result_ttl_s,
+            result_strategies=batch.result_strategies,
             remember=(
                 (
                     redis_key,
@@ -107,7 +134,7 @@ async def submit(request: Request) -> JSONResponse:
             await idempotency.release(context.redis, redis_key)
         raise
     context.metrics.tasks_submitted.inc(len(batch.tasks))
-    return JSONResponse(response)
+    return response
 
 
 routes = [Route("/v1/endpoints/{endpoint_id}/submit", submit, methods=["POST"])]

@@ -1,4 +1,5 @@
-"""The SQL schema: users, their API tokens, functions, endpoints, task groups and sharing.
+"""The SQL schema: users, their API tokens and client credentials, functions, endpoints, task
+groups and sharing.
 
 SQL holds what is durable and written rarely; tasks never touch it (they live in Redis).
 The ``MetaData`` carries a naming convention so Alembic migrations get stable constraint
@@ -79,8 +80,25 @@ class User(Base):
     """The Globus identity (``sub``) of a user created on first sight of it; else None."""
 
 
+class ClientCredential(Base):
+    """An OAuth2 client id and secret of a user (the secret stored only as its sha256): a
+    script exchanges them at ``POST /v2/oauth2/token`` for an access token that expires.
+    Revoking it revokes the tokens it was exchanged for."""
+
+    __tablename__ = "client_credentials"
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
 class Token(Base):
-    """An API token, stored only as its sha256; ``prefix`` is its first 8 characters."""
+    """An API token, stored only as its sha256; ``prefix`` is its first 8 characters.
+
+    A token exchanged for a client credential names it in ``client_id`` and stops working
+    at ``expires_at``; one issued by ``fxbroker user`` has neither."""
 
     __tablename__ = "tokens"
 
@@ -90,6 +108,10 @@ class Token(Base):
     prefix: Mapped[str] = mapped_column(String(8), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    client_id: Mapped[str | None] = mapped_column(
+        ForeignKey("client_credentials.id", ondelete="CASCADE"), index=True, nullable=True
+    )
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class Function(Base):

@@ -34,6 +34,7 @@ async def enqueue(
     task_ids: Sequence[str],
     codes: Mapping[str, str],
     result_ttl_s: int,
+    result_strategies: Sequence[str] = (),
     remember: tuple[str, str, int] | None = None,
 ) -> None:
     """Queue ``tasks`` under ``task_ids`` on the endpoint's stream in one pipelined round trip.
@@ -41,7 +42,8 @@ async def enqueue(
     The pipeline first re-``SET NX``es the code of every function in ``codes`` (so a cache
     that Redis evicted heals before an agent asks for it), then per task writes its hash
     (state ``waiting-for-ep``) and appends its entry to ``keys.endpoint_tasks``, then appends
-    the ids to the task group's list and renews that list's TTL. With ``remember`` as
+    the ids to the task group's list and renews that list's TTL. ``result_strategies`` (strategy
+    ids to try, in order, for the results) goes on every entry when given. With ``remember`` as
     ``(key, value, ttl_s)`` it finally overwrites the existing ``key`` with ``value`` for
     ``ttl_s`` seconds (the Idempotency-Key record of the batch).
 
@@ -75,6 +77,8 @@ async def enqueue(
         }
         if "walltime_s" in spec:
             entry["walltime_s"] = repr(spec["walltime_s"])
+        if result_strategies:
+            entry["result_serializers"] = ",".join(result_strategies)
         pipe.hset(keys.task(task_id), mapping=_fields(record))
         pipe.xadd(stream, _fields(entry))
     group_tasks = keys.task_group_tasks(task_group_id)

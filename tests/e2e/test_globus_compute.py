@@ -1,0 +1,220 @@
+"""The unmodified Globus Compute SDK against ``fxbroker web``/``ws``/``endpoint start``.
+
+The SDK is configured by environment variables only, as a user's script would be:
+``GLOBUS_SDK_ENVIRONMENT=local`` (its compute URL is then ``http://localhost:5000``, fixed in
+that SDK), ``GLOBUS_SDK_SERVICE_URL_AUTH`` (globus_sdk's Auth base URL: the token route) and
+``GLOBUS_COMPUTE_CLIENT_ID`` / ``_SECRET`` (minted by ``fxbroker user client-credentials``).
+The test's web service listens on a free port, not on 5000: ``http_proxy`` (read by the
+``requests`` library under globus_sdk) sends the SDK's requests for ``localhost:5000`` to it
+in absolute form, which an HTTP server must accept (RFC 9112 §3.2.2).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import globus_sdk
+import pytest
+from globus_compute_sdk import Client
+from globus_compute_sdk.errors import TaskExecutionFailed, TaskPending
+from globus_sdk.services.compute.errors import ComputeAPIError
+
+from fxbroker.workload import fail, square
+from tests.e2e.conftest import FXBROKER, Platform
+
+DEADLINE_S = 60.0
+POLL_S = 0.05
+
+
+def wait_until(condition: Callable[[], bool], *, timeout_s: float) -> None:
+    """Ask ``condition`` until it holds; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not done within {timeout_s} s")
+        time.sleep(POLL_S)
+
+
+def _greet(name: str) -> str:
+    return f"hello {name}"
+
+
+GREET_SOURCE = 'def greet(name):\n    return f"hello {name}"\n'
+
+
+@pytest.fixture(scope="module")
+def client_credentials(platform: Platform) -> tuple[str, str]:
+    out = subprocess.run(
+        [*FXBROKER, "user", "client-credentials", "e2e"],
+        env=platform.env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    values = dict(line.split("=", 1) for line in out.split())
+    return values["GLOBUS_COMPUTE_CLIENT_ID"], values["GLOBUS_COMPUTE_CLIENT_SECRET"]
+
+
+@pytest.fixture
+def compute_env(
+    platform: Platform,
+    client_credentials: tuple[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[None]:
+    """What a user sets to point an unmodified script at fxbroker (and nothing else)."""
+    client_id, secret = client_credentials
+    for name in ("no_proxy", "NO_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("GLOBUS_SDK_ENVIRONMENT", "local")
+    monkeypatch.setenv("GLOBUS_SDK_SERVICE_URL_AUTH", f"{platform.url}/")
+    monkeypatch.setenv("GLOBUS_COMPUTE_CLIENT_ID", client_id)
+    monkeypatch.setenv("GLOBUS_COMPUTE_CLIENT_SECRET", secret)
+    monkeypatch.setenv("GLOBUS_COMPUTE_USER_DIR", str(tmp_path / "gc"))
+    monkeypatch.setenv("http_proxy", platform.url)
+    monkeypatch.setenv("HTTP_PROXY", platform.url)
+    yield
+
+
+def _result(gc: Client, task_id: str) -> Any:
+    """The task's result once it finished (TaskPending until then)."""
+    found: list[Any] = []
+
+    def done() -> bool:
+        try:
+            found.append(gc.get_result(task_id))
+        except TaskPending:
+            return False
+        return True
+
+    wait_until(done, timeout_s=DEADLINE_S)
+    return found[0]
+
+
+def _raises(call: Callable[[], Any], kind: type[BaseException]) -> BaseException:
+    with pytest.raises(kind) as info:
+        call()
+    return info.value
+
+
+def test_register_run_poll_and_fail(platform: Platform, compute_env: None) -> None:
+    gc = Client()
+    fid = gc.register_function(square)
+    task_id = gc.run(7, endpoint_id=platform.endpoint_id, function_id=fid)
+    assert str(uuid.UUID(task_id)) == task_id
+    assert _result(gc, task_id) == 49
+    assert gc.get_task(task_id)["status"] == "success"
+
+    sid = gc.register_source_code(GREET_SOURCE, "greet")
+    greeting = gc.run("fxbroker", endpoint_id=platform.endpoint_id, function_id=sid)
+    assert _result(gc, greeting) == "hello fxbroker"
+
+    bad = gc.run("boom", endpoint_id=platform.endpoint_id, function_id=gc.register_function(fail))
+
+    def failed() -> bool:
+        try:
+            gc.get_result(bad)
+        except TaskPending:
+            return False
+        except TaskExecutionFailed:
+            return True
+        return False
+
+    wait_until(failed, timeout_s=DEADLINE_S)
+    error = _raises(lambda: gc.get_result(bad), TaskExecutionFailed)
+    assert "Traceback (most recent call last)" in str(error)
+    assert "boom" in str(error)
+
+
+def test_batch_of_100(platform: Platform, compute_env: None) -> None:
+    gc = Client()
+    fid = gc.register_function(square)
+    batch = gc.create_batch()
+    for x in range(100):
+        batch.add(fid, args=(x,))
+    answer = gc.batch_run(platform.endpoint_id, batch)
+    task_ids = answer["tasks"][fid]
+    assert len(set(task_ids)) == 100 and answer["endpoint_id"] == platform.endpoint_id
+    results: dict[str, Any] = {}
+
+    def all_done() -> bool:
+        results.update(gc.get_batch_result(task_ids))
+        return all(not results[t]["pending"] for t in task_ids if t in results) and len(
+            results
+        ) == len(task_ids)
+
+    wait_until(all_done, timeout_s=DEADLINE_S)
+    assert [results[t]["result"] for t in task_ids] == [x * x for x in range(100)]
+
+    web = gc._compute_web_client
+    group = web.v2.get_task_group(answer["task_group_id"])
+    assert group["taskgroup_id"] == answer["task_group_id"]
+    assert [task["id"] for task in group["tasks"]] == task_ids
+
+    more = gc.create_batch(task_group_id=answer["task_group_id"])
+    more.add(fid, args=(11,))
+    again = gc.batch_run(platform.endpoint_id, more)
+    assert again["task_group_id"] == answer["task_group_id"]
+    assert _result(gc, again["tasks"][fid][0]) == 121
+
+
+def test_function_and_endpoint_routes(platform: Platform, compute_env: None) -> None:
+    gc = Client()
+    version = gc._compute_web_client.v2.get_version(service="all")
+    assert {"min_sdk_version", "min_ep_version"} <= set(version.data)
+
+    fid = gc.register_function(_greet)
+    described = gc.get_function(fid)
+    assert described["function_uuid"] == fid and described["function_name"] == "_greet"
+    status = gc.get_endpoint_status(platform.endpoint_id)
+    assert status["status"] == "online" and status["details"]["total_workers"] == 2
+    metadata = gc.get_endpoint_metadata(platform.endpoint_id)
+    assert metadata["uuid"] == platform.endpoint_id
+    assert platform.endpoint_id in {ep["uuid"] for ep in gc.get_endpoints()}
+
+    name = f"gc-{uuid.uuid4().hex[:8]}"
+    registered = gc.register_endpoint(name, None, allowed_functions=[fid])
+    eid = registered["endpoint_id"]
+    assert registered["credential"].startswith("fxep_")
+    assert gc.register_endpoint(name, eid)["endpoint_id"] == eid
+    allowed = gc.get_allowed_functions(eid)
+    assert (allowed["restricted"], allowed["functions"]) == (True, [fid])
+    refused = _raises(
+        lambda: gc.run(1, endpoint_id=eid, function_id=gc.register_function(square)),
+        ComputeAPIError,
+    )
+    assert isinstance(refused, ComputeAPIError)
+    assert (refused.http_status, refused.code) == (403, "FUNCTION_NOT_ALLOWED")
+    assert gc.stop_endpoint(eid)["endpoint_id"] == eid
+    gc.delete_endpoint(eid)
+    gone = _raises(lambda: gc.get_endpoint_metadata(eid), ComputeAPIError)
+    assert isinstance(gone, ComputeAPIError) and gone.code == "ENDPOINT_NOT_FOUND"
+
+    gc.delete_function(fid)
+    deleted = _raises(
+        lambda: gc.run("x", endpoint_id=platform.endpoint_id, function_id=fid), ComputeAPIError
+    )
+    assert isinstance(deleted, ComputeAPIError) and deleted.http_status == 410
+
+    missing = _raises(lambda: gc.get_task(str(uuid.uuid4())), ComputeAPIError)
+    assert isinstance(missing, ComputeAPIError)
+    assert (missing.http_status, missing.code) == (404, "TASK_NOT_FOUND")
+    assert missing.request_id
+
+    no_amqp = _raises(gc.get_result_amqp_url, ComputeAPIError)
+    assert isinstance(no_amqp, ComputeAPIError) and no_amqp.http_status == 404
+    assert "FXBROKER_AMQP_URL" in no_amqp.message
+
+
+def test_a_static_token_through_authorizer(platform: Platform, compute_env: None) -> None:
+    gc = Client(authorizer=globus_sdk.AccessTokenAuthorizer(platform.token))
+    fid = gc.register_function(square)
+    assert _result(gc, gc.run(3, endpoint_id=platform.endpoint_id, function_id=fid)) == 9
+    stranger = Client(authorizer=globus_sdk.AccessTokenAuthorizer("fxb_not-a-token"))
+    refused = _raises(lambda: stranger.get_function(fid), ComputeAPIError)
+    assert isinstance(refused, ComputeAPIError) and refused.http_status == 401
