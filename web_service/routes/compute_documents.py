@@ -84,8 +84,8 @@ def _code_buffer(packed: str) -> str:
         usable = [c for c in candidates if strategy_of(c) in runnable]
         if not usable:
             raise invalid("function_code combines no strategy fxbroker runs (01, st or sd)")
-        source = [c for c in candidates if strategy_of(c) == SOURCE_CODE.identifier]
-        buffer = (source or usable)[-1]
+        source = [c for c in usable if strategy_of(c) != DILL_CODE.identifier]
+        buffer = (source or usable)[0]  # source first, as that SDK's own order tries it
     if strategy_of(buffer) == SOURCE_DILL:
         buffer = f"{SOURCE_CODE.identifier}\n{buffer[IDENTIFIER_LENGTH:]}"
     if (
