@@ -1,0 +1,310 @@
+"""The agent through the real gateway: the web service issues the endpoint's credential and
+takes the submits, ws_service's gateway serves the agent over one WebSocket, real Redis
+behind it; the agent is given a ws URL and the credential, never a Redis URL.
+
+(Tasks that must wait for the test use a Redis list as their gate, as elsewhere: that is
+the task's own code talking to Redis, not the agent.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from endpoint_agent import Agent
+from sdk.states import TaskState
+from tests.agent.gateway_stack import (
+    GatewayEndpoint,
+    GatewayStack,
+    agent_settings,
+    free_port,
+    gateway_stack,
+    until,
+    ws_url,
+)
+from tests.agent.helpers import AHOLD, HOLD, Gate, source_code
+from tests.conftest import wait_for_port
+from ws_service.server import ResultServer
+
+DOUBLE = source_code("double", "def double(x):\n    return 2 * x\n")
+BOOM = source_code(
+    "boom",
+    """
+    import os
+
+    def boom(how):
+        if how == "raise":
+            raise ValueError("bad input")
+        os._exit(3)
+    """,
+)
+
+
+@pytest.fixture
+async def stack(
+    database_url: str, redis_url: str, key_prefix: str, aredis: aioredis.Redis
+) -> AsyncIterator[GatewayStack]:
+    async with gateway_stack(database_url, redis_url, key_prefix, aredis) as built:
+        yield built
+
+
+@pytest.fixture
+async def endpoint(stack: GatewayStack) -> GatewayEndpoint:
+    return await stack.endpoint()
+
+
+async def finished(endpoint: GatewayEndpoint, task_ids: list[str]) -> bool:
+    states = [await endpoint.state(t) for t in task_ids]
+    return all(s in ("success", "failed", "cancelled") for s in states)
+
+
+def in_hand(server: ResultServer) -> int:
+    """Tasks the copy's gateway holds for its agents: handed without outcome plus credit."""
+    return sum(s.ledger.handed + s.ledger.credit for s in server.gateway.sessions)
+
+
+async def test_tasks_run_with_credit_never_past_the_free_workers(
+    stack: GatewayStack, endpoint: GatewayEndpoint
+) -> None:
+    fid = await endpoint.register(DOUBLE)
+    task_ids = await endpoint.submit_calls(fid, [(i,) for i in range(40)])
+    seen: list[int] = []
+    async with stack.ws() as server:
+        async with Agent(agent_settings(endpoint, ws_url(server))) as agent:
+            assert agent.transport == "gateway"
+            run = asyncio.create_task(agent.run())
+
+            async def sampled() -> bool:
+                seen.append(in_hand(server))
+                return await finished(endpoint, task_ids)
+
+            await until(sampled, "every task settled")
+            agent.stop()
+            await run
+    assert [await endpoint.result(t) for t in task_ids] == [2 * i for i in range(40)]
+    assert max(seen) == 2  # strict backpressure: never more than the free workers
+    assert sorted(await endpoint.notices()) == sorted((t, "success") for t in task_ids)
+    await endpoint.assert_settled()
+
+
+async def test_queued_tasks_wait_in_the_stream_not_in_the_agent(
+    stack: GatewayStack, endpoint: GatewayEndpoint, redis_url: str
+) -> None:
+    """With every worker busy the agent grants nothing: the rest stay in the stream."""
+    hold = await endpoint.register(HOLD)
+    gate = Gate(endpoint)
+    task_ids = await endpoint.submit_calls(hold, [(*gate.args(redis_url), i) for i in range(6)])
+    async with stack.ws() as server:
+        async with Agent(agent_settings(endpoint, ws_url(server))) as agent:
+            run = asyncio.create_task(agent.run())
+            await gate.wait_started(2)
+            assert await endpoint.pending() == 2 and in_hand(server) == 2
+            for _ in range(4):
+                await gate.release(1)
+                await gate.wait_started(1)
+                assert await endpoint.pending() <= 2 and in_hand(server) <= 2
+            await gate.release(2)
+            await until(lambda: finished(endpoint, task_ids), "every task settled")
+            agent.stop()
+            await run
+    assert [await endpoint.result(t) for t in task_ids] == list(range(6))
+
+
+async def test_a_raise_and_an_os_exit_fail_only_their_task(
+    stack: GatewayStack, endpoint: GatewayEndpoint
+) -> None:
+    boom, double = await endpoint.register(BOOM), await endpoint.register(DOUBLE)
+    raised, exited = await endpoint.submit_calls(boom, [("raise",), ("exit",)])
+    [ok] = await endpoint.submit_calls(double, [(4,)])
+    async with stack.ws() as server, Agent(agent_settings(endpoint, ws_url(server))) as agent:
+        run = asyncio.create_task(agent.run())
+        await until(lambda: finished(endpoint, [raised, exited, ok]), "three outcomes")
+        agent.stop()
+        await run
+    failure = await endpoint.failure(raised)
+    assert (failure["type"], failure["message"]) == ("ValueError", "bad input")
+    lost = await endpoint.failure(exited)
+    assert lost["type"] == "WorkerLost" and "exited with code 3" in lost["message"]
+    assert await endpoint.result(ok) == 8
+
+
+async def test_walltime_fails_a_task_that_runs_too_long(
+    stack: GatewayStack, endpoint: GatewayEndpoint, redis_url: str
+) -> None:
+    hold = await endpoint.register(HOLD)
+    gate = Gate(endpoint)
+    [slow] = await endpoint.submit_calls(hold, [gate.args(redis_url)], walltime_s=0.5)
+    async with stack.ws() as server, Agent(agent_settings(endpoint, ws_url(server))) as agent:
+        run = asyncio.create_task(agent.run())
+        await until(lambda: finished(endpoint, [slow]), "the walltime outcome")
+        agent.stop()
+        await run
+    failure = await endpoint.failure(slow)
+    assert failure["type"] == "WalltimeExceeded" and "walltime of 0.5 s" in failure["message"]
+
+
+async def test_cancels_stop_running_tasks_and_queued_ones_never_start(
+    stack: GatewayStack, endpoint: GatewayEndpoint, redis_url: str
+) -> None:
+    hold, ahold = await endpoint.register(HOLD), await endpoint.register(AHOLD)
+    gate = Gate(endpoint)
+    [sync] = await endpoint.submit_calls(hold, [gate.args(redis_url)])
+    async with stack.ws() as server:
+        settings = agent_settings(endpoint, ws_url(server), workers=1, max_concurrency=2)
+        async with Agent(settings) as agent:
+            run = asyncio.create_task(agent.run())
+            await gate.wait_started(1)  # the only worker is busy: the next task stays queued
+            [queued] = await endpoint.submit_calls(hold, [gate.args(redis_url)])
+            await endpoint.cancel(queued)
+            await endpoint.cancel(sync)
+            await until(lambda: finished(endpoint, [sync, queued]), "two cancels")
+            [async_] = await endpoint.submit_calls(ahold, [gate.args(redis_url)])
+            await gate.wait_started(1)
+            await endpoint.cancel(async_)
+            await until(lambda: finished(endpoint, [async_]), "the async task's cancel")
+            [after] = await endpoint.submit_calls(await endpoint.register(DOUBLE), [(5,)])
+            await until(lambda: finished(endpoint, [after]), "the task after the cancels")
+            agent.stop()
+            await run
+    for task_id in (sync, async_, queued):
+        fields = await endpoint.task(task_id)
+        assert fields["state"] == TaskState.CANCELLED, fields
+        assert "result" not in fields and "exception" not in fields
+    assert await endpoint.result(after) == 10
+    assert await endpoint.redis.llen(gate.started) == 0  # the queued one never started
+    await endpoint.assert_settled()
+
+
+async def test_a_gateway_that_goes_away_drains_its_agent_which_hands_back(
+    stack: GatewayStack, endpoint: GatewayEndpoint, redis_url: str
+) -> None:
+    """The copy stops with a task running and one received: the agent hands both back (no
+    grace), and the tasks are queued again at once, their attempts not counted."""
+    hold = await endpoint.register(HOLD)
+    gate = Gate(endpoint)
+    task_ids = await endpoint.submit_calls(hold, [gate.args(redis_url)] * 2)
+    async with stack.ws() as server:
+        settings = agent_settings(endpoint, ws_url(server), workers=1, prefetch=1,
+                                  drain_grace_s=0)  # fmt: skip
+        async with Agent(settings) as agent:
+            run = asyncio.create_task(agent.run())
+            await gate.wait_started(1)
+            await until(lambda: in_hand(server) == 2, "a running and a prefetched task")
+            await server.gateway.drain(timeout_s=30)
+            await asyncio.wait_for(run, 30)
+
+        async def queued_again() -> bool:
+            stream = await endpoint.redis.xlen(endpoint.stream)
+            return await endpoint.pending() == 0 and stream == 2
+
+        await until(queued_again, "both tasks queued again")  # the session's last frames
+        states = [await endpoint.task(t) for t in task_ids]
+    assert [(f["state"], f["attempts"]) for f in states] == [("waiting-for-ep", "0")] * 2
+
+
+# -- a ws process killed and restarted on the same port ------------------------------------
+
+
+@pytest.fixture
+def ws_process(stack: GatewayStack, tmp_path: object) -> Iterator[WsProcess]:
+    process = WsProcess(stack, free_port())
+    try:
+        yield process
+    finally:
+        process.kill()
+
+
+class WsProcess:
+    """A real ``fxbroker ws`` process on a fixed port, killable with SIGKILL."""
+
+    def __init__(self, stack: GatewayStack, port: int) -> None:
+        self.port = port
+        s = stack.ws_settings
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": os.environ.get("PYTHONPATH", os.getcwd()),
+            "REDIS_URL": s.redis_url,
+            "FXBROKER_WEB_URL": stack.web_url,
+            "FXBROKER_KEY_PREFIX": s.key_prefix,
+            "FXBROKER_WS_CLIENT_NAME": s.client_name,
+            "FXBROKER_WS_BLOCK_MS": "500",
+            "FXBROKER_LEASE_MS": "60000",
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self.proc = await asyncio.to_thread(
+            subprocess.Popen,
+            [sys.executable, "-m", "fxbroker.cli", "ws", "--port", str(self.port)],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        await asyncio.to_thread(wait_for_port, self.port, 30)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(30)
+        self.proc = None
+
+
+async def test_outcomes_are_held_across_a_ws_kill_and_restart_and_each_settled_once(
+    stack: GatewayStack, endpoint: GatewayEndpoint, ws_process: WsProcess, redis_url: str
+) -> None:
+    hold = await endpoint.register(HOLD)
+    gate = Gate(endpoint)
+    task_ids = await endpoint.submit_calls(hold, [(*gate.args(redis_url), i) for i in range(2)])
+    await ws_process.start()
+    async with Agent(agent_settings(endpoint, ws_process.url)) as agent:
+        run = asyncio.create_task(agent.run())
+        await gate.wait_started(2)
+        ws_process.kill()  # the gateway dies with both tasks running
+        await gate.release(2)
+        transport = agent._runtime.transport
+        await until(lambda: getattr(transport, "held_outcomes", 0) == 2, "two held outcomes")
+        assert [await endpoint.state(t) for t in task_ids] == ["running"] * 2
+        await ws_process.start()  # back on the same port, within the lease
+        await until(lambda: finished(endpoint, task_ids), "both outcomes after the restart")
+        await until(lambda: getattr(transport, "held_outcomes", 0) == 0, "answers")
+        agent.stop()
+        await run
+    assert [await endpoint.result(t) for t in task_ids] == [0, 1]
+    assert [(await endpoint.task(t))["attempts"] for t in task_ids] == ["1", "1"]
+    assert sorted(await endpoint.notices()) == sorted((t, "success") for t in task_ids)
+    await endpoint.assert_settled()
+
+
+async def test_an_agent_that_reconnects_within_the_lease_keeps_its_running_tasks(
+    stack: GatewayStack, endpoint: GatewayEndpoint, ws_process: WsProcess, redis_url: str
+) -> None:
+    hold = await endpoint.register(HOLD)
+    gate = Gate(endpoint)
+    task_ids = await endpoint.submit_calls(hold, [(*gate.args(redis_url), i) for i in range(2)])
+    await ws_process.start()
+    async with Agent(agent_settings(endpoint, ws_process.url)) as agent:
+        run = asyncio.create_task(agent.run())
+        pids = await gate.wait_started(2)
+        ws_process.kill()
+        await ws_process.start()
+        transport = agent._runtime.transport
+        await until(lambda: getattr(transport, "connected", False), "the agent reconnected")
+        await gate.release(2)  # the same runs finish after the reconnect
+        await until(lambda: finished(endpoint, task_ids), "both outcomes")
+        agent.stop()
+        await run
+    assert [await endpoint.result(t) for t in task_ids] == [0, 1]
+    assert [(await endpoint.task(t))["attempts"] for t in task_ids] == ["1", "1"]
+    assert await endpoint.redis.llen(gate.started) == 0 and len(pids) == 2  # no rerun
+    await endpoint.assert_settled()
