@@ -28,7 +28,13 @@ spec; this module is its I/O shell on the agent's side):
 the agent never exits: it reconnects with capped, jittered backoff
 (:mod:`service_common.retry`), logging the outage once when it starts and once when it
 ends. Tasks keep running meanwhile and their outcomes are held; after the new hello the
-gateway keeps those whose lease it still holds, so their outcomes are accepted.
+gateway keeps those whose lease it still holds, so their outcomes are accepted (any copy
+of ws_service can: what a connection holds is checked against Redis).
+
+**Several copies.** ``ws_url`` may name several copies of ws_service (comma-separated),
+for sites with no load balancer in front of them. The agent connects to the first; after
+a failed connect or a dropped connection it tries the next one, round robin, so an agent
+whose copy died reaches another within one backoff step and keeps its running tasks.
 """
 
 from __future__ import annotations
@@ -111,7 +117,8 @@ class GatewayTransport:
     ) -> None:
         s = settings
         self.settings = s
-        self.url = gateway_url(s.ws_url)
+        self.urls = tuple(gateway_url(url) for url in s.ws_urls)
+        self._turn = 0  # index into urls of the copy the next connect tries
         self._host = host
         self._outage = outage
         self._backoff = backoff
@@ -134,6 +141,11 @@ class GatewayTransport:
         self._full_logged = False
 
     # -- introspection -----------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """The gateway the agent is connected to, or tries next."""
+        return self.urls[self._turn]
 
     @property
     def connected(self) -> bool:
@@ -174,13 +186,15 @@ class GatewayTransport:
 
     async def _connection_loop(self, stopped: asyncio.Event) -> None:
         """Connect, serve the connection, and connect again when it drops, until the run
-        is over; every failure to connect waits the shared backoff (never an exit)."""
+        is over; every failure to connect waits the shared backoff (never an exit). After a
+        failure or a drop the next copy of ``urls`` is tried."""
         failures = 0
         while not (stopped.is_set() or self._closing.is_set()):
             started = self._outage.now()
+            url = self.url
             try:
                 async with connect(
-                    self.url,
+                    url,
                     additional_headers={"Authorization": f"Bearer {self.settings.credential}"},
                     max_size=FRAME_BYTES_MAX,
                     open_timeout=OPEN_TIMEOUT_S,
@@ -200,6 +214,9 @@ class GatewayTransport:
                 self._disconnected()
             if stopped.is_set() or self._closing.is_set():
                 return
+            self._turn = (self._turn + 1) % len(self.urls)
+            if len(self.urls) > 1:
+                log.debug("connecting to the gateway at %s next (after %s)", self.url, url)
             await wait_or_stop(self._backoff.delay_s(max(failures, 1)), self._closing)
 
     def _disconnected(self) -> None:
@@ -265,8 +282,9 @@ class GatewayTransport:
         lost = set(welcome.lost)
         for outcome in self._outbox.forget_lost(lost):
             log.warning(
-                "the outcome of task %s is dropped: the task is another agent's now (its "
-                "lease lapsed while the gateway was away)",
+                "the outcome of task %s is dropped: the gateway no longer holds the task "
+                "for this agent (its outcome was stored before the connection dropped, or "
+                "its lease lapsed and it is another agent's now)",
                 outcome.task_id,
             )
         self._inbox = [w for w in self._inbox if w.task_id not in lost]

@@ -19,8 +19,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from endpoint_agent import Agent
+from sdk.asyncio_client import AsyncClient
 from sdk.states import TaskState
 from tests.agent.gateway_stack import (
+    WAIT_S,
     GatewayEndpoint,
     GatewayStack,
     agent_settings,
@@ -31,6 +33,7 @@ from tests.agent.gateway_stack import (
 )
 from tests.agent.helpers import AHOLD, HOLD, Gate, source_code
 from tests.conftest import wait_for_port
+from tests.sdk.workload import nap
 from ws_service.server import ResultServer
 
 DOUBLE = source_code("double", "def double(x):\n    return 2 * x\n")
@@ -224,7 +227,7 @@ def ws_process(stack: GatewayStack, tmp_path: object) -> Iterator[WsProcess]:
 class WsProcess:
     """A real ``fxbroker ws`` process on a fixed port, killable with SIGKILL."""
 
-    def __init__(self, stack: GatewayStack, port: int) -> None:
+    def __init__(self, stack: GatewayStack, port: int, *, lease_ms: int = 60_000) -> None:
         self.port = port
         s = stack.ws_settings
         self.env = {
@@ -235,7 +238,7 @@ class WsProcess:
             "FXBROKER_KEY_PREFIX": s.key_prefix,
             "FXBROKER_WS_CLIENT_NAME": s.client_name,
             "FXBROKER_WS_BLOCK_MS": "500",
-            "FXBROKER_LEASE_MS": "60000",
+            "FXBROKER_LEASE_MS": str(lease_ms),
         }
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -307,4 +310,74 @@ async def test_an_agent_that_reconnects_within_the_lease_keeps_its_running_tasks
     assert [await endpoint.result(t) for t in task_ids] == [0, 1]
     assert [(await endpoint.task(t))["attempts"] for t in task_ids] == ["1", "1"]
     assert await endpoint.redis.llen(gate.started) == 0 and len(pids) == 2  # no rerun
+    await endpoint.assert_settled()
+
+
+# -- two copies, one killed mid-run --------------------------------------------------------
+
+FAILOVER_TASKS = 200
+FAILOVER_LEASE_MS = 5_000
+"""Short enough that what the killed copy had read for its agents and not yet handed out
+(entries under the copy's own consumer) is claimed again by the other copy soon; long
+enough for the agent to reconnect within it and keep its running tasks."""
+
+
+@pytest.fixture
+def two_ws_processes(stack: GatewayStack) -> Iterator[tuple[WsProcess, WsProcess]]:
+    copies = (
+        WsProcess(stack, free_port(), lease_ms=FAILOVER_LEASE_MS),
+        WsProcess(stack, free_port(), lease_ms=FAILOVER_LEASE_MS),
+    )
+    try:
+        yield copies
+    finally:
+        for process in copies:
+            process.kill()
+
+
+async def test_a_ws_copy_killed_mid_run_loses_no_task_and_each_result_reaches_its_client_once(
+    stack: GatewayStack,
+    endpoint: GatewayEndpoint,
+    two_ws_processes: tuple[WsProcess, WsProcess],
+) -> None:
+    """Two ``fxbroker ws`` copies; the agent is given both URLs and connects to the first.
+    That copy is killed (SIGKILL) while tasks run: the agent reconnects to the other one
+    within the lease and keeps its running tasks; every task runs once (attempt 1), has one
+    completion notice, and its result reaches the client (subscribed on the surviving copy)
+    once. (What the killed copy had read for the agent and not yet handed out is claimed
+    again by the other copy after the lease, its attempt not counted: it never started.)"""
+    first, second = two_ws_processes
+    await first.start()
+    await second.start()
+    token = stack.http.headers["Authorization"].removeprefix("Bearer ")
+    settings = agent_settings(endpoint, first.url, second.url, workers=2)
+    async with (
+        Agent(settings) as agent,
+        AsyncClient(url=stack.web_url, token=token, ws_url=second.url) as client,
+    ):
+        run = asyncio.create_task(agent.run())
+        fid = await client.register_function(nap)
+        handles = [
+            client.submit_task(fid, (0.01,), endpoint_id=endpoint.endpoint_id)
+            for _ in range(FAILOVER_TASKS)
+        ]
+        results = asyncio.gather(*(h.future for h in handles))
+        await until(
+            lambda: sum(h.done() for h in handles) >= FAILOVER_TASKS // 4,
+            "a quarter of the results",
+        )
+        first.kill()  # mid-run: tasks are running and queued
+        values = await asyncio.wait_for(results, WAIT_S)
+        transport = agent._runtime.transport
+        assert getattr(transport, "url", "").startswith(second.url)
+        agent.stop()
+        await run
+    assert values == [0.01] * FAILOVER_TASKS
+    task_ids = [str(h.task_id) for h in handles]
+    group = await endpoint.redis.hget(endpoint.keys.task(task_ids[0]), "task_group_id")
+    endpoint.task_group_id = str(group)
+    notices = await endpoint.notices()
+    assert sorted(notices) == sorted((t, "success") for t in task_ids)  # one each
+    attempts = [(await endpoint.task(t))["attempts"] for t in task_ids]
+    assert attempts == ["1"] * FAILOVER_TASKS  # none ran twice
     await endpoint.assert_settled()
