@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -26,15 +27,17 @@ from tests.agent.gateway_stack import (
     GatewayEndpoint,
     GatewayStack,
     agent_settings,
-    free_port,
     gateway_stack,
     until,
     ws_url,
 )
 from tests.agent.helpers import AHOLD, HOLD, Gate, source_code
-from tests.conftest import wait_for_port
+from tests.conftest import free_port, wait_for_port
 from tests.sdk.workload import nap
 from ws_service.server import ResultServer
+
+ROOT = Path(__file__).resolve().parents[2]
+"""The checkout whose code the ``fxbroker ws`` processes run."""
 
 DOUBLE = source_code("double", "def double(x):\n    return 2 * x\n")
 BOOM = source_code(
@@ -216,7 +219,7 @@ async def test_a_gateway_that_goes_away_drains_its_agent_which_hands_back(
 
 
 @pytest.fixture
-def ws_process(stack: GatewayStack, tmp_path: object) -> Iterator[WsProcess]:
+def ws_process(stack: GatewayStack) -> Iterator[WsProcess]:
     process = WsProcess(stack, free_port())
     try:
         yield process
@@ -232,7 +235,7 @@ class WsProcess:
         s = stack.ws_settings
         self.env = {
             **os.environ,
-            "PYTHONPATH": os.environ.get("PYTHONPATH", os.getcwd()),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
             "REDIS_URL": s.redis_url,
             "FXBROKER_WEB_URL": stack.web_url,
             "FXBROKER_KEY_PREFIX": s.key_prefix,
