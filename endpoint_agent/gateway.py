@@ -21,8 +21,13 @@ spec; this module is its I/O shell on the agent's side):
   the event loop shares a frame. Each is held until a ``settled`` frame answers it, sent
   again after a reconnect, and never dropped silently.
 * **Status** every ``welcome.heartbeat_s``; **cancel** frames stop the tasks they name;
-  **drain** is the agent's own stop with the gateway's grace period; a stop hands back the
-  tasks not started (and those that arrived after it) in ``hand_back`` frames.
+  a stop of the agent hands back the tasks not started (and those that arrived after it)
+  in ``hand_back`` frames.
+* **Drain** means that copy of the gateway is going away (a restart, a scale-down), not
+  that the agent should: the agent closes the connection and reconnects (to the next
+  ``ws_url``), its running and received tasks named in the new hello, so the gateway that
+  takes over keeps them and accepts their outcomes (the ``drain`` frame's ``grace_s`` is
+  not used). An agent stops only when it is told to itself (a signal, :meth:`Agent.stop`).
 
 **Reconnects.** When the gateway goes away (a restart, a network cut, a refused credential)
 the agent never exits: it reconnects with capped, jittered backoff
@@ -138,6 +143,7 @@ class GatewayTransport:
         self._closing = asyncio.Event()
         self._draining = False
         self._flusher: asyncio.Task[None] | None = None
+        self._leaving: asyncio.Task[None] | None = None
         self._full_logged = False
 
     # -- introspection -----------------------------------------------------------------
@@ -290,6 +296,13 @@ class GatewayTransport:
         self._inbox = [w for w in self._inbox if w.task_id not in lost]
         self._host.forget([w.key for w in self._host.unfinished() if w.task_id in lost])
 
+    async def _leave(self) -> None:
+        """Close the connection of a gateway that is going away; the connection loop then
+        connects again, to the next URL, keeping what the agent runs and holds."""
+        ws = self._ws
+        if ws is not None:
+            await ws.close(1001, "the gateway is going away")
+
     async def _send(self, frame: Frame) -> bool:
         """Send ``frame`` on the open connection; False when there is none (or it broke)."""
         ws = self._ws
@@ -336,8 +349,9 @@ class GatewayTransport:
             for task_id in frame.task_ids:
                 self._host.cancel(task_id)
         elif isinstance(frame, Drain):
-            log.info("the gateway asks this agent to drain")
-            self._host.stop(frame.grace_s)
+            log.info("the gateway at %s is going away: connecting to another", self.url)
+            self._connected.clear()  # no more credit or outcomes on this connection
+            self._leaving = asyncio.get_running_loop().create_task(self._leave())
         elif isinstance(frame, Functions):
             self._codes.update((c.function_id, c.code) for c in frame.functions)
         elif isinstance(frame, Error):

@@ -188,11 +188,11 @@ async def test_cancels_stop_running_tasks_and_queued_ones_never_start(
     await endpoint.assert_settled()
 
 
-async def test_a_gateway_that_goes_away_drains_its_agent_which_hands_back(
+async def test_a_stopping_agent_hands_back_what_it_did_not_finish(
     stack: GatewayStack, endpoint: GatewayEndpoint, redis_url: str
 ) -> None:
-    """The copy stops with a task running and one received: the agent hands both back (no
-    grace), and the tasks are queued again at once, their attempts not counted."""
+    """The agent stops (no grace) with a task running and one received: it hands both
+    back, and they are queued again at once, their attempts not counted."""
     hold = await endpoint.register(HOLD)
     gate = Gate(endpoint)
     task_ids = await endpoint.submit_calls(hold, [gate.args(redis_url)] * 2)
@@ -203,16 +203,49 @@ async def test_a_gateway_that_goes_away_drains_its_agent_which_hands_back(
             run = asyncio.create_task(agent.run())
             await gate.wait_started(1)
             await until(lambda: in_hand(server) == 2, "a running and a prefetched task")
-            await server.gateway.drain(timeout_s=30)
+            agent.stop()
             await asyncio.wait_for(run, 30)
 
         async def queued_again() -> bool:
             stream = await endpoint.redis.xlen(endpoint.stream)
             return await endpoint.pending() == 0 and stream == 2
 
-        await until(queued_again, "both tasks queued again")  # the session's last frames
+        await until(queued_again, "both tasks queued again")
         states = [await endpoint.task(t) for t in task_ids]
     assert [(f["state"], f["attempts"]) for f in states] == [("waiting-for-ep", "0")] * 2
+
+
+async def test_a_gateway_that_goes_away_hands_its_agent_over_to_another_copy(
+    stack: GatewayStack, endpoint: GatewayEndpoint, redis_url: str
+) -> None:
+    """Copy A stops (it drains its agents) with a task running and one received: the agent
+    does not stop, it reconnects to copy B, which keeps both tasks (no rerun, attempt 1)."""
+    hold = await endpoint.register(HOLD)
+    gate = Gate(endpoint)
+    task_ids = await endpoint.submit_calls(hold, [(*gate.args(redis_url), i) for i in range(2)])
+    port_a = free_port()
+    async with stack.ws() as b:
+        settings = agent_settings(
+            endpoint, f"ws://127.0.0.1:{port_a}", ws_url(b), workers=1, prefetch=1
+        )
+        async with Agent(settings) as agent:
+            async with stack.ws(port=port_a) as a:
+                run = asyncio.create_task(agent.run())
+                await gate.wait_started(1)
+                await until(lambda: in_hand(a) == 2, "a running and a prefetched task")
+            # A drained and closed; the agent moved to B with both tasks.
+            await until(lambda: in_hand(b) == 2, "both tasks kept by copy B")
+            assert not run.done()
+            await gate.release(1)
+            await gate.wait_started(1)  # the second starts once the first is done
+            await gate.release(1)
+            await until(lambda: finished(endpoint, task_ids), "both outcomes through B")
+            agent.stop()
+            await run
+    assert [await endpoint.result(t) for t in task_ids] == [0, 1]
+    assert [(await endpoint.task(t))["attempts"] for t in task_ids] == ["1", "1"]
+    assert await endpoint.redis.llen(gate.started) == 0  # each started once
+    await endpoint.assert_settled()
 
 
 # -- a ws process killed and restarted on the same port ------------------------------------

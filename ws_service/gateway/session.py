@@ -578,7 +578,7 @@ class AgentSession:
                 )
 
     async def drain(self, grace_s: float | None = None) -> None:
-        """Ask the agent to drain (the gateway is going away)."""
+        """Tell the agent this gateway is going away (it reconnects elsewhere)."""
         self.draining = True
         with contextlib.suppress(ConnectionClosed):
             await self._send(Drain(grace_s))
