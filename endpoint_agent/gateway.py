@@ -21,14 +21,25 @@ spec; this module is its I/O shell on the agent's side):
   the event loop shares a frame. Each is held until a ``settled`` frame answers it, sent
   again after a reconnect, and never dropped silently.
 * **Status** every ``welcome.heartbeat_s``; **cancel** frames stop the tasks they name;
-  **drain** is the agent's own stop with the gateway's grace period; a stop hands back the
-  tasks not started (and those that arrived after it) in ``hand_back`` frames.
+  a stop of the agent hands back the tasks not started (and those that arrived after it)
+  in ``hand_back`` frames.
+* **Drain** means that copy of the gateway is going away (a restart, a scale-down), not
+  that the agent should: the agent closes the connection and reconnects (to the next
+  ``ws_url``), its running and received tasks named in the new hello, so the gateway that
+  takes over keeps them and accepts their outcomes (the ``drain`` frame's ``grace_s`` is
+  not used). An agent stops only when it is told to itself (a signal, :meth:`Agent.stop`).
 
 **Reconnects.** When the gateway goes away (a restart, a network cut, a refused credential)
 the agent never exits: it reconnects with capped, jittered backoff
 (:mod:`service_common.retry`), logging the outage once when it starts and once when it
 ends. Tasks keep running meanwhile and their outcomes are held; after the new hello the
-gateway keeps those whose lease it still holds, so their outcomes are accepted.
+gateway keeps those whose lease it still holds, so their outcomes are accepted (any copy
+of ws_service can: what a connection holds is checked against Redis).
+
+**Several copies.** ``ws_url`` may name several copies of ws_service (comma-separated),
+for sites with no load balancer in front of them. The agent connects to the first; after
+a failed connect or a dropped connection it tries the next one, round robin, so an agent
+whose copy died reaches another within one backoff step and keeps its running tasks.
 """
 
 from __future__ import annotations
@@ -111,7 +122,8 @@ class GatewayTransport:
     ) -> None:
         s = settings
         self.settings = s
-        self.url = gateway_url(s.ws_url)
+        self.urls = tuple(gateway_url(url) for url in s.ws_urls)
+        self._turn = 0  # index into urls of the copy the next connect tries
         self._host = host
         self._outage = outage
         self._backoff = backoff
@@ -131,9 +143,15 @@ class GatewayTransport:
         self._closing = asyncio.Event()
         self._draining = False
         self._flusher: asyncio.Task[None] | None = None
+        self._leaving: asyncio.Task[None] | None = None
         self._full_logged = False
 
     # -- introspection -----------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """The gateway the agent is connected to, or tries next."""
+        return self.urls[self._turn]
 
     @property
     def connected(self) -> bool:
@@ -174,13 +192,15 @@ class GatewayTransport:
 
     async def _connection_loop(self, stopped: asyncio.Event) -> None:
         """Connect, serve the connection, and connect again when it drops, until the run
-        is over; every failure to connect waits the shared backoff (never an exit)."""
+        is over; every failure to connect waits the shared backoff (never an exit). After a
+        failure or a drop the next copy of ``urls`` is tried."""
         failures = 0
         while not (stopped.is_set() or self._closing.is_set()):
             started = self._outage.now()
+            url = self.url
             try:
                 async with connect(
-                    self.url,
+                    url,
                     additional_headers={"Authorization": f"Bearer {self.settings.credential}"},
                     max_size=FRAME_BYTES_MAX,
                     open_timeout=OPEN_TIMEOUT_S,
@@ -200,6 +220,9 @@ class GatewayTransport:
                 self._disconnected()
             if stopped.is_set() or self._closing.is_set():
                 return
+            self._turn = (self._turn + 1) % len(self.urls)
+            if len(self.urls) > 1:
+                log.debug("connecting to the gateway at %s next (after %s)", self.url, url)
             await wait_or_stop(self._backoff.delay_s(max(failures, 1)), self._closing)
 
     def _disconnected(self) -> None:
@@ -265,12 +288,20 @@ class GatewayTransport:
         lost = set(welcome.lost)
         for outcome in self._outbox.forget_lost(lost):
             log.warning(
-                "the outcome of task %s is dropped: the task is another agent's now (its "
-                "lease lapsed while the gateway was away)",
+                "the outcome of task %s is dropped: the gateway no longer holds the task "
+                "for this agent (its outcome was stored before the connection dropped, or "
+                "its lease lapsed and it is another agent's now)",
                 outcome.task_id,
             )
         self._inbox = [w for w in self._inbox if w.task_id not in lost]
         self._host.forget([w.key for w in self._host.unfinished() if w.task_id in lost])
+
+    async def _leave(self) -> None:
+        """Close the connection of a gateway that is going away; the connection loop then
+        connects again, to the next URL, keeping what the agent runs and holds."""
+        ws = self._ws
+        if ws is not None:
+            await ws.close(1001, "the gateway is going away")
 
     async def _send(self, frame: Frame) -> bool:
         """Send ``frame`` on the open connection; False when there is none (or it broke)."""
@@ -318,8 +349,9 @@ class GatewayTransport:
             for task_id in frame.task_ids:
                 self._host.cancel(task_id)
         elif isinstance(frame, Drain):
-            log.info("the gateway asks this agent to drain")
-            self._host.stop(frame.grace_s)
+            log.info("the gateway at %s is going away: connecting to another", self.url)
+            self._connected.clear()  # no more credit or outcomes on this connection
+            self._leaving = asyncio.get_running_loop().create_task(self._leave())
         elif isinstance(frame, Functions):
             self._codes.update((c.function_id, c.code) for c in frame.functions)
         elif isinstance(frame, Error):

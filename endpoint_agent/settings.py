@@ -82,6 +82,10 @@ class AgentSettings(RedisSettings):
     """The platform's Redis (the Redis transport); ``None``: reach the endpoint through the
     gateway, which then needs ``ws_url`` and ``credential``."""
     ws_url: str = field(default="", metadata=env("FXBROKER_WS_URL"))
+    """The WebSocket service whose gateway serves the agent: one URL, or several copies'
+    separated by commas (for copies with no load balancer in front). With several, the
+    agent connects to the first and, after a failed connect or a dropped connection, tries
+    the next, round robin (:attr:`ws_urls`)."""
     credential: str = field(default="", repr=False, metadata=env("FXBROKER_CREDENTIAL"))
     max_held_outcomes: int = field(
         default=10_000, metadata=env("FXBROKER_MAX_HELD_OUTCOMES", integer)
@@ -134,11 +138,12 @@ class AgentSettings(RedisSettings):
                     "give redis_url (REDIS_URL), or the endpoint's credential "
                     "(FXBROKER_CREDENTIAL) and ws_url (FXBROKER_WS_URL) to use the gateway"
                 )
-            if urlsplit(self.ws_url).scheme not in WS_SCHEMES or not urlsplit(self.ws_url).netloc:
-                raise SettingsError(
-                    f"ws_url must be a ws:// or wss:// URL of the WebSocket service to reach "
-                    f"the gateway, not {self.ws_url!r}"
-                )
+            for url in self.ws_urls or ("",):
+                if urlsplit(url).scheme not in WS_SCHEMES or not urlsplit(url).netloc:
+                    raise SettingsError(
+                        f"ws_url must be ws:// or wss:// URLs (comma-separated) of the "
+                        f"WebSocket service to reach the gateway, not {self.ws_url!r}"
+                    )
         if not self.endpoint_id:
             raise SettingsError("endpoint_id must not be empty")
         if self.engine not in ENGINES:
@@ -184,6 +189,11 @@ class AgentSettings(RedisSettings):
             object.__setattr__(self, "workers", len(self.accelerators))
         if not self.consumer:
             object.__setattr__(self, "consumer", f"{socket.gethostname()}-{os.getpid()}")
+
+    @property
+    def ws_urls(self) -> tuple[str, ...]:
+        """The URLs ``ws_url`` names, in order."""
+        return tuple(url.strip() for url in self.ws_url.split(",") if url.strip())
 
     @property
     def uses_gateway(self) -> bool:

@@ -23,8 +23,9 @@ fxbroker user revoke-client CLIENT_ID
                              revoke that client credential and the tokens exchanged for it
 
 Every command finds the dev stack from ``$FXBROKER_HOME`` (default ``~/.fxbroker``), as
-``Client()`` does: its database for ``db`` and ``user``, its service and Redis for
-``endpoint`` (:mod:`fxbroker.home`); ``DATABASE_URL``, ``REDIS_URL`` and flags win. A
+``Client()`` does: its database for ``db`` and ``user``, its web service (to register) and
+ws_service (whose gateway the agent reaches; never its Redis) for ``endpoint``
+(:mod:`fxbroker.home`); ``DATABASE_URL``, ``REDIS_URL`` and flags win. A
 configuration mistake ends a command with one line on stderr and exit status 2.
 """
 
@@ -250,7 +251,11 @@ def _add_endpoint_parsers(endpoint: argparse._SubParsersAction[argparse.Argument
     p.add_argument("--url", help="the web service (FXBROKER_URL)")
     p.add_argument("--token", help="an API token, to register the endpoint (FXBROKER_TOKEN)")
     p.add_argument("--redis-url", help="the agent's Redis (REDIS_URL); none: use the gateway")
-    p.add_argument("--ws-url", help="the WebSocket service of the gateway (FXBROKER_WS_URL)")
+    p.add_argument(
+        "--ws-url",
+        help="the WebSocket service of the gateway, or several copies comma-separated "
+        "(FXBROKER_WS_URL)",
+    )
     p.add_argument("--credential", help="the endpoint's credential (FXBROKER_CREDENTIAL)")
     p.add_argument("--key-prefix", help="the Redis key prefix (FXBROKER_KEY_PREFIX)")
     p.add_argument("--engine", choices=["process", "thread"], help="where def functions run")

@@ -17,9 +17,10 @@ no web service once the id is stored), writes the pid file, and runs the agent u
 or SIGINT, which drain it. A first start that finds the endpoint already registered (by
 another machine, say) is shown no credential and stores none: copy that machine's, or
 ``rotate-credential`` (which ends the old one for every agent). Without a Redis in the file
-or the environment it serves the dev stack's (``$FXBROKER_HOME/stack.json``,
-:mod:`fxbroker.home`). ``fxbroker dev`` keeps its own endpoint in ``local``, with its own pid
-while it runs.
+or the environment (the usual case) the agent reaches its endpoint through the gateway of
+the WebSocket service (``ws_url``, else the one the web service announces), with the
+credential; with the dev stack running that is the stack's ws. ``fxbroker dev`` keeps its
+own endpoint in ``local``, with its own pid while it runs.
 When neither the file nor the environment names accelerators, the process engine pins one
 worker to each accelerator the node has (``CUDA_VISIBLE_DEVICES``, else ``nvidia-smi -L``);
 ``accelerators = []`` in the file turns that off.
@@ -47,7 +48,6 @@ import tomli_w
 from endpoint_agent.accelerators import detect_accelerators
 from endpoint_agent.settings import AgentSettings
 from fxbroker import loops
-from fxbroker.home import StackRecord, read_stack_record
 from sdk.config import ClientConfig
 from sdk.errors import ConfigurationError
 
@@ -188,20 +188,15 @@ def agent_settings(
     *,
     endpoint_id: str,
     redis_url: str | None = None,
-    stack: StackRecord | None = None,
     detect: Callable[[Mapping[str, str]], Sequence[str]] | None = None,
 ) -> AgentSettings:
     """The agent's settings from the file and the environment (the environment wins).
 
-    When neither names a Redis, the agent serves the dev stack's: ``stack``'s Redis and key
-    prefix (a key prefix that is named still wins). ``detect`` finds the node's accelerators
-    when neither source names any and the engine is the process engine."""
+    ``detect`` finds the node's accelerators when neither source names any and the engine
+    is the process engine."""
     merged = merged_environment(config, environ)
     if redis_url is not None:
         merged.setdefault("REDIS_URL", redis_url)
-    if stack is not None and "REDIS_URL" not in merged:
-        merged["REDIS_URL"] = stack.redis_url
-        merged.setdefault("FXBROKER_KEY_PREFIX", stack.key_prefix)
     named = "accelerators" in config or environ.get("FXBROKER_ACCELERATORS")
     if detect is not None and not named and merged.get("FXBROKER_ENGINE", "process") == "process":
         found = detect(environ)
@@ -353,10 +348,10 @@ def start(home: Path, name: str, environ: Mapping[str, str]) -> None:
     """Register (once) and run the endpoint's agent in this process until a signal.
 
     Without a URL and token (file or environment) it registers with the service
-    ``Client()`` finds. Without a Redis it reaches the endpoint only through the gateway,
-    with the endpoint's credential (:func:`through_gateway`); only where the dev stack runs
-    (:mod:`fxbroker.home`) and no credential is named does it still serve the stack's Redis
-    (until the dev stack's WebSocket service serves the gateway)."""
+    ``Client()`` finds (the dev stack's, where one runs). Unless a Redis is named
+    (``redis_url``, ``REDIS_URL``: the agent's older mode, reading the stream itself) it
+    reaches the endpoint only through the gateway, with the endpoint's credential
+    (:func:`through_gateway`): the agent is handed no Redis URL, the dev stack's included."""
     from endpoint_agent.agent import run_agent
 
     folder = endpoint_dir(home, name)
@@ -366,13 +361,13 @@ def start(home: Path, name: str, environ: Mapping[str, str]) -> None:
         raise ConfigurationError(f"endpoint {name} is already running (pid {pid})")
     # Settings are checked before anything is registered or written.
     merged = merged_environment(config, environ)
-    stack = read_stack_record(home)
-    gateway = "REDIS_URL" not in merged and (stack is None or "FXBROKER_CREDENTIAL" in merged)
-    check = {**environ, "FXBROKER_CREDENTIAL": "unknown-yet"} if gateway else environ
-    settings = agent_settings(
-        config, check, endpoint_id="unregistered", stack=None if gateway else stack,
-        detect=detect_accelerators,
-    )  # fmt: skip
+    gateway = "REDIS_URL" not in merged
+    check = dict(environ)
+    if gateway:  # the credential (and maybe the ws URL) are known once registered
+        check["FXBROKER_CREDENTIAL"] = "unknown-yet"
+        if "FXBROKER_WS_URL" not in merged:
+            check["FXBROKER_WS_URL"] = "ws://unknown-yet"
+    settings = agent_settings(config, check, endpoint_id="unregistered", detect=detect_accelerators)
     endpoint_id = register(folder, name, merged)
     settings = dataclasses.replace(settings, endpoint_id=endpoint_id)
     if gateway:

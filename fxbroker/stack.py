@@ -2,12 +2,13 @@
 
 Web service (uvicorn), ws_service and one endpoint agent share one event loop; Redis is
 the embedded one unless a URL is given, SQL a SQLite file in the home folder unless a URL
-is given. On start it makes sure a user exists, registers the local endpoint, and writes
-the URL, token and endpoint id where the SDK looks (``$FXBROKER_HOME/config.json``), its
-database, Redis and key prefix where the ``fxbroker`` commands look (``stack.json``), and
-the local endpoint's id, credential (when this run created it) and this process's pid in
-``endpoints/local/``, so ``fxbroker endpoint list`` shows it and ``fxbroker endpoint stop
-local`` stops the stack (:mod:`fxbroker.home` draws the folder).
+is given. The agent reaches its endpoint as any other does: through ws_service's gateway,
+with the endpoint's credential, never with the Redis URL. On start it makes sure a user
+exists, registers the local endpoint, and writes the URL, token and endpoint id where the
+SDK looks (``$FXBROKER_HOME/config.json``), its database, Redis and key prefix where the
+``fxbroker`` commands look (``stack.json``), and the local endpoint's id, credential and
+this process's pid in ``endpoints/local/``, so ``fxbroker endpoint list`` shows it and
+``fxbroker endpoint stop local`` stops the stack (:mod:`fxbroker.home` draws the folder).
 """
 
 from __future__ import annotations
@@ -27,9 +28,16 @@ import uvicorn
 from endpoint_agent.agent import Agent
 from endpoint_agent.settings import AgentSettings
 from fxbroker.embedded import EmbeddedRedis, free_port
-from fxbroker.endpoints import endpoint_dir, pid_file, store_credential, store_endpoint_id
+from fxbroker.endpoints import (
+    endpoint_dir,
+    pid_file,
+    store_credential,
+    store_endpoint_id,
+    stored_credential,
+)
 from fxbroker.home import StackRecord, sqlite_url, write_stack_record
 from sdk.config import read_config, write_config
+from service_common.tokens import ENDPOINT_SESSION_PATH
 from web_service.accounts import UserExists, create_user, issue_token
 from web_service.app import create_app
 from web_service.schema import upgrade
@@ -140,9 +148,12 @@ class DevStack:
 
         token = await self._token(database_url, url)
         endpoint_id, credential = await self._register_endpoint(url, token)
+        credential = await self._credential(url, token, endpoint_id, credential)
+        store_endpoint_id(endpoint_folder, endpoint_id)
+        store_credential(endpoint_folder, credential)
         agent = Agent(
             AgentSettings(
-                endpoint_id=endpoint_id, redis_url=redis_url, key_prefix=s.key_prefix,
+                endpoint_id=endpoint_id, ws_url=ws_url, credential=credential,
                 engine="thread" if s.engine == "thread" else "process",
                 workers=s.workers, max_concurrency=s.max_concurrency,
             )
@@ -156,9 +167,6 @@ class DevStack:
                 await agent_task
 
         self._exit.push_async_callback(stop_agent)
-        store_endpoint_id(endpoint_folder, endpoint_id)
-        if credential is not None:
-            store_credential(endpoint_folder, credential)
         write_stack_record(s.home, StackRecord(database_url=database_url, redis_url=redis_url,
                                                key_prefix=s.key_prefix))  # fmt: skip
         write_config(s.home, url=url, ws_url=ws_url, token=token, endpoint_id=endpoint_id)
@@ -210,6 +218,27 @@ class DevStack:
         except UserExists:
             token = await issue_token(database_url, DEV_USER)
         return token
+
+    async def _credential(self, url: str, token: str, endpoint_id: str, issued: str | None) -> str:
+        """The local endpoint's credential: the one this run was issued, else the one an
+        earlier run stored while it still opens the endpoint, else a new one (rotated)."""
+        if issued is not None:
+            return issued
+        folder = endpoint_dir(self.settings.home, ENDPOINT_NAME)
+        stored = stored_credential(folder)
+        async with httpx.AsyncClient(base_url=url) as http:
+            if stored is not None:
+                reply = await http.get(
+                    ENDPOINT_SESSION_PATH, headers={"Authorization": f"Bearer {stored}"}
+                )
+                if reply.status_code == 200 and reply.json()["endpoint_id"] == endpoint_id:
+                    return stored
+            reply = await http.post(
+                f"/v1/endpoints/{endpoint_id}/credential",
+                headers={"Authorization": f"Bearer {token}"},
+            )
+        reply.raise_for_status()
+        return str(reply.json()["credential"])
 
     async def _register_endpoint(self, url: str, token: str) -> tuple[str, str | None]:
         """The local endpoint's id, and its credential when this run created it."""

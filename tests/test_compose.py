@@ -53,12 +53,24 @@ def test_production_shape(compose: dict[str, Any]) -> None:
     assert services["postgres"]["image"].startswith("postgres")
 
 
+def test_redis_is_private_and_the_agent_reaches_only_ws(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert "ports" not in services["redis"] and "expose" not in services["redis"]
+    agent = services["agent"]["environment"]
+    assert not any("redis" in str(value).lower() for value in agent.values()), agent
+    assert "REDIS_URL" not in agent
+    assert agent["FXBROKER_WS_URL"] == "ws://ws:8001"
+    assert agent["FXBROKER_CREDENTIAL"].startswith("${FXBROKER_CREDENTIAL:?")
+    assert "ws" in services["agent"]["depends_on"]
+    assert services["agent"]["command"] == ["endpoint", "start", "gpu-node"]
+
+
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
 def test_docker_compose_validates_the_file() -> None:
     result = subprocess.run(
         ["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config", "--quiet"],
         capture_output=True,
         text=True,
-        env={"FXBROKER_TOKEN": "x", "PATH": "/usr/bin:/bin"},
+        env={"FXBROKER_TOKEN": "x", "FXBROKER_CREDENTIAL": "y", "PATH": "/usr/bin:/bin"},
     )
     assert result.returncode == 0, result.stderr

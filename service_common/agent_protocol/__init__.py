@@ -97,11 +97,14 @@ windows and keeps retrying; outcomes wait unanswered.
 
 **Cancel and drain.** ``cancel`` names tasks handed to this connection whose owner
 cancelled them; the agent stops those it still runs and reports them ``cancelled`` (an id
-it does not hold is ignored). ``drain`` (the gateway is going away) and the agent's own stop
-are the same: the agent grants no more credit, sends ``hand_back`` for tasks it has not
-started, gives running ones ``grace_s`` (nil: its own ``drain_grace_s``), hands back what
-is still running, waits for its outcomes to be answered and closes (1000). A task handed
-back is queued again at once, its attempt not counted.
+it does not hold is ignored). ``drain`` says this gateway copy is going away: the agent
+grants no more credit on the connection, closes it (1001) and reconnects, to another copy
+when it knows one, naming what it still runs and holds in its ``hello`` so the next
+gateway keeps those tasks (``grace_s`` is advisory; the agent does not stop). The agent's
+own stop grants no more credit, sends ``hand_back`` for tasks it has not started, gives
+running ones its ``drain_grace_s``, hands back what is still running, waits for its
+outcomes to be answered and closes (1000). A task handed back is queued again at once, its
+attempt not counted.
 
 **Status** is sent after ``welcome`` and every ``welcome.heartbeat_s``: ``workers`` alive,
 ``busy`` tasks executing, ``queued`` tasks received and waiting for a slot, ``held``

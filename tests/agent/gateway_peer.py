@@ -85,6 +85,12 @@ class GatewayPeer:
             with contextlib.suppress(Exception):
                 await ws.send(encode(frame))
 
+    async def send_raw(self, message: bytes) -> None:
+        """Send ``message`` as it is (a frame that need not decode) to every agent."""
+        for ws in list(self._live):
+            with contextlib.suppress(Exception):
+                await ws.send(message)
+
     async def cancel(self, *task_ids: str) -> None:
         await self.send(Cancel(task_ids))
 

@@ -119,3 +119,14 @@ def test_settings_are_keyword_only_and_frozen() -> None:
     settings = AgentSettings(endpoint_id="ep-1", redis_url="redis://127.0.0.1:6379/0")
     with pytest.raises(AttributeError):
         settings.workers = 4  # type: ignore[misc]
+
+
+def test_ws_url_may_name_several_copies_and_each_must_be_a_ws_url() -> None:
+    gateway = {"FXBROKER_ENDPOINT_ID": "ep-1", "FXBROKER_CREDENTIAL": "c"}
+    one = AgentSettings.from_env({**gateway, "FXBROKER_WS_URL": "ws://a:1"})
+    assert one.ws_urls == ("ws://a:1",)
+    two = AgentSettings.from_env({**gateway, "FXBROKER_WS_URL": "ws://a:1, wss://b:2/,"})
+    assert two.ws_urls == ("ws://a:1", "wss://b:2/")
+    for bad in ("", ",", "ws://a:1,http://b:2", "ws://a:1,b:2"):
+        with pytest.raises(SettingsError, match="ws_url must be ws:// or wss:// URLs"):
+            AgentSettings.from_env({**gateway, "FXBROKER_WS_URL": bad})

@@ -13,11 +13,15 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
+import redis
 
 from fxbroker import Client
+from sdk.keys import AGENT_GROUP, Keys
+from tests.e2e.sockets import SocketWatch
 
 FXBROKER = [sys.executable, "-m", "fxbroker.cli"]
 SERVICE_VARIABLES = {
@@ -36,6 +40,7 @@ class Dev:
     token: str
     endpoint_id: str
     pid: int
+    ws_url: str
 
     def fxbroker(self, *argv: str, **env: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -70,7 +75,8 @@ def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dev]:
             pytest.fail(f"fxbroker dev exited: {''.join(banner)}{log_path.read_text()}")
         config = json.loads((home / "config.json").read_text())
         assert f"  endpoint:  {config['endpoint_id']}\n" in banner
-        yield Dev(home, env, config["url"], config["token"], config["endpoint_id"], proc.pid)
+        yield Dev(home, env, config["url"], config["token"], config["endpoint_id"], proc.pid,
+                  config["ws_url"])  # fmt: skip
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0, log_path.read_text()
@@ -136,7 +142,7 @@ def double(x: int) -> int:
 
 def test_endpoint_commands_see_and_serve_the_dev_stack(dev: Dev) -> None:
     # With no URL, token or Redis configured, an endpoint registers with the stack and
-    # serves from its Redis.
+    # serves through the stack's gateway: the agent process never connects to its Redis.
     env = {**dev.env, "FXBROKER_ENGINE": "thread", "FXBROKER_WORKERS": "1"}
     log_path = dev.home.parent / "gpu.log"
     with log_path.open("w") as log:
@@ -149,6 +155,7 @@ def test_endpoint_commands_see_and_serve_the_dev_stack(dev: Dev) -> None:
         assert first_line.startswith(f"endpoint gpu: {gpu_id} (thread engine, 1 workers"), (
             first_line + log_path.read_text()
         )
+        watch = SocketWatch(agent.pid).start()
         with Client(url=dev.url, token=dev.token) as client:
             function_id = client.register_function(double)
             task_ids = [
@@ -156,7 +163,17 @@ def test_endpoint_commands_see_and_serve_the_dev_stack(dev: Dev) -> None:
                 client.run(4, endpoint_id=gpu_id, function_id=function_id),
             ]
             results = client.wait(task_ids, timeout_s=60)  # both agents served, so both beat
+        watch.stop()
+        watch.sample()
         assert [results[t]["result"] for t in task_ids] == [42, 8]
+        stack = json.loads((dev.home / "stack.json").read_text())
+        assert watch.ports[urlsplit(dev.ws_url).port or 0] > 0, watch.ports
+        assert watch.ports[urlsplit(stack["redis_url"]).port or 0] == 0, watch.ports
+        with redis.Redis.from_url(stack["redis_url"], decode_responses=True) as store:
+            keys = Keys(stack["key_prefix"])
+            for eid in (dev.endpoint_id, gpu_id):  # the gateway's reader read for both agents
+                consumers = store.xinfo_consumers(keys.endpoint_tasks(eid), AGENT_GROUP)
+                assert any(c["name"].startswith("gw-") for c in consumers), consumers
         for name in ("local", "gpu"):  # each registration stored its endpoint's credential
             credential = dev.home / "endpoints" / name / "credential"
             assert stat.S_IMODE(credential.stat().st_mode) == 0o600

@@ -1,5 +1,10 @@
 """The platform as real processes: ``fxbroker web``, ``fxbroker ws`` and ``fxbroker endpoint
-start`` on loopback, against the session's Redis and a database of the module's own."""
+start`` on loopback, against the session's Redis and a database of the module's own.
+
+The endpoint is started with no Redis URL at all (its environment has no ``REDIS_URL``): it
+registers with the web service, stores the credential it is issued, and reaches its tasks
+through the gateway of ``fxbroker ws``. A :class:`~tests.e2e.sockets.SocketWatch` samples
+the TCP peers of the agent process and its workers for the module's whole run."""
 
 from __future__ import annotations
 
@@ -7,15 +12,18 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import redis
 
 from tests.conftest import free_port, postgres_database, wait_for_port
+from tests.e2e.sockets import SocketWatch
 
 FXBROKER = [sys.executable, "-m", "fxbroker.cli"]
 
@@ -27,6 +35,10 @@ class Platform:
     token: str
     endpoint_id: str
     env: dict[str, str]
+    redis_port: int
+    ws_port: int
+    agent: SocketWatch
+    """The TCP peers of the agent process and its workers, sampled from its start."""
 
 
 def _database(tmp: Path) -> Generator[str, None, None]:
@@ -49,6 +61,17 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
             proc.wait()
 
 
+def _wait_for_endpoint_id(home: Path, agent: subprocess.Popen[bytes]) -> str:
+    """The id ``fxbroker endpoint start`` stored once it registered the endpoint."""
+    path = home / "endpoints" / "e2e-endpoint" / "endpoint_id"
+    deadline = time.monotonic() + 60
+    while not (path.exists() and path.read_text().strip()):
+        assert agent.poll() is None, "fxbroker endpoint start exited"
+        assert time.monotonic() < deadline, "the endpoint was not registered within 60 s"
+        time.sleep(0.05)
+    return path.read_text().strip()
+
+
 @pytest.fixture(scope="module")
 def platform(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     tmp = tmp_path_factory.mktemp("platform")
@@ -56,6 +79,7 @@ def platform(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     web_port, ws_port = free_port(), free_port()
     url, ws_url = f"http://127.0.0.1:{web_port}", f"ws://127.0.0.1:{ws_port}"
     procs: list[subprocess.Popen[bytes]] = []
+    stop_watch: list[SocketWatch] = []
     db_gen = _database(tmp)
     database_url = next(db_gen)
     log = (tmp / "platform.log").open("wb")
@@ -80,17 +104,20 @@ def platform(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             procs.append(subprocess.Popen([*FXBROKER, *cmd], env=env, stdout=log, stderr=log))
         wait_for_port(web_port, 30)
         wait_for_port(ws_port, 30)
-        procs.append(
-            subprocess.Popen(
-                [*FXBROKER, "endpoint", "start", "e2e-endpoint"], env=env, stdout=log, stderr=log
-            )
-        )
-        from fxbroker import Client
-
-        with Client(url=url, token=token) as client:
-            endpoint_id = client.register_endpoint("e2e-endpoint")
-        yield Platform(url, ws_url, token, endpoint_id, env)
+        agent_env = {k: v for k, v in env.items() if k != "REDIS_URL"}
+        agent = subprocess.Popen(
+            [*FXBROKER, "endpoint", "start", "e2e-endpoint"],
+            env=agent_env, stdout=log, stderr=log,
+        )  # fmt: skip
+        procs.append(agent)
+        watch = SocketWatch(agent.pid).start()
+        stop_watch.append(watch)
+        endpoint_id = _wait_for_endpoint_id(tmp / "home", agent)
+        redis_port = urlsplit(redis_url).port or 6379
+        yield Platform(url, ws_url, token, endpoint_id, env, redis_port, ws_port, watch)
     finally:
+        for watch in stop_watch:
+            watch.stop()
         _stop(procs)
         log.close()
         db_gen.close()

@@ -22,6 +22,7 @@ def test_client_polling_runs_1000_tasks(platform: Platform) -> None:
         for x in range(N):
             batch.add(fid, args=(x,))
         task_ids = client.batch_run(platform.endpoint_id, batch)
+        platform.agent.sample()  # besides the watch's own samples: one while tasks run
         assert len(task_ids) == N and len(set(task_ids)) == N
         results = client.wait(task_ids, timeout_s=120, poll_s=0.1)
         assert list(results) == task_ids
@@ -36,15 +37,12 @@ def test_async_client_runs_1000_tasks(platform: Platform) -> None:
     async def main() -> tuple[list[int], int]:
         async with AsyncClient(url=platform.url, token=platform.token) as ac:
             fid = await ac.register_function(square)
-            values = await asyncio.wait_for(
-                asyncio.gather(
-                    *(
-                        ac.run(x, endpoint_id=platform.endpoint_id, function_id=fid)
-                        for x in range(N)
-                    )
-                ),
-                120,
+            running = asyncio.gather(
+                *(ac.run(x, endpoint_id=platform.endpoint_id, function_id=fid) for x in range(N))
             )
+            await asyncio.sleep(0)  # the runs start submitting
+            platform.agent.sample()
+            values = await asyncio.wait_for(running, 120)
             aid = await ac.register_function(async_double)
             doubled = await ac.run(21, endpoint_id=platform.endpoint_id, function_id=aid)
         return list(values), doubled
@@ -57,7 +55,9 @@ def test_async_client_runs_1000_tasks(platform: Platform) -> None:
 def test_executor_runs_1000_tasks(platform: Platform) -> None:
     with Client(url=platform.url, token=platform.token) as client:
         with Executor(endpoint_id=platform.endpoint_id, client=client) as ex:
-            assert list(ex.map(square, range(N), timeout=120)) == [x * x for x in range(N)]
+            results = ex.map(square, range(N), timeout=120)  # submitted now
+            platform.agent.sample()
+            assert list(results) == [x * x for x in range(N)]
 
 
 def _assert_remote_failure(exc: TaskFailed) -> None:
@@ -160,3 +160,14 @@ def test_a_tasks_own_walltime_stops_it_in_every_style(platform: Platform) -> Non
     assert value == 1.0
     assert error is not None
     _assert_walltime_exceeded(error)
+
+
+def test_the_agent_and_its_workers_never_connected_to_redis(platform: Platform) -> None:
+    """From the operating system's view, sampled every 20 ms while the tests above ran: the
+    agent process and its worker processes held connections to ws (the gateway) and never
+    one to Redis's port; the agent was started with no Redis URL at all."""
+    watch = platform.agent
+    watch.sample()
+    assert len(watch.processes) >= 3, watch.processes  # the agent and its 2 workers at least
+    assert watch.ports[platform.ws_port] > 0, watch.ports
+    assert watch.ports[platform.redis_port] == 0, watch.ports

@@ -1,6 +1,6 @@
 """A lightweight client of the agent <-> gateway protocol, built on the codec, and the real
 stack it talks to: the web service under uvicorn (credentials, functions, submits), the
-ws_service with its gateway on a free port, real Redis."""
+ws_service with its gateway on a free port, real Redis; a snapshot of a test's Redis keys."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import httpx
+import redis.asyncio as aioredis
 import uvicorn
 from websockets.asyncio.client import ClientConnection, connect
 
+from sdk.keys import AGENT_GROUP, Keys
 from sdk.serialize import pack_payload, serialize
 from sdk.states import TaskState
 from service_common.agent_protocol import (
@@ -37,8 +39,12 @@ from service_common.agent_protocol import (
     decode_gateway_frame,
     encode,
 )
+from web_service.accounts import create_user
 from web_service.app import create_app
+from web_service.schema import upgrade
 from web_service.settings import WebSettings
+from ws_service.server import ResultServer
+from ws_service.settings import WsSettings
 
 FRAME_WAIT_S = 10.0
 """A safety net so a broken gateway fails a test instead of hanging it; no timing claim."""
@@ -178,3 +184,76 @@ async def _recv(ws: ClientConnection, kind: type[F]) -> F:
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class Stack:
+    """The web service with two users (ann, bob), and the settings of ws_service copies."""
+
+    web_url: str
+    ann: Owner
+    bob: Owner
+    ann_token: str
+    settings: WsSettings
+
+    def server(self, **changes: Any) -> ResultServer:
+        return ResultServer(WsSettings(**{**self.settings.__dict__, **changes}))
+
+    @asynccontextmanager
+    async def ws(self, **changes: Any) -> AsyncIterator[str]:
+        """A ws_service copy (with its gateway) on a free port; yields its ws:// URL."""
+        async with self.server(**changes) as server:
+            yield f"ws://127.0.0.1:{server.port}"
+
+
+@asynccontextmanager
+async def running_stack(database_url: str, redis_url: str, key_prefix: str) -> AsyncIterator[Stack]:
+    """The web service on a free port with users ann and bob (what the ``stack`` fixture
+    of these tests yields)."""
+    await asyncio.to_thread(upgrade, database_url)
+    _, ann_token = await create_user(database_url, "ann")
+    _, bob_token = await create_user(database_url, "bob")
+    async with web_service(database_url, redis_url, key_prefix) as web_url:
+        async with (
+            httpx.AsyncClient(base_url=web_url, headers=bearer(ann_token)) as ann,
+            httpx.AsyncClient(base_url=web_url, headers=bearer(bob_token)) as bob,
+        ):
+            settings = WsSettings(
+                redis_url=redis_url,
+                web_url=web_url,
+                key_prefix=key_prefix,
+                port=0,
+                block_ms=1000,
+                client_name=unique("fxt-ws"),
+                drain_timeout_s=5.0,
+            )
+            yield Stack(web_url, Owner(ann), Owner(bob), ann_token, settings)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def snapshot(aredis: aioredis.Redis, keys: Keys) -> dict[str, Any]:
+    """Every key of this test and its value, to show that nothing changed."""
+    found: dict[str, Any] = {}
+    async for key in aredis.scan_iter(match=keys.pattern(), count=1000):
+        kind = await aredis.type(key)
+        if kind == "hash":
+            found[key] = await aredis.hgetall(key)
+        elif kind == "stream":
+            found[key] = (
+                await aredis.xrange(key),
+                await aredis.xpending(key, AGENT_GROUP) if await _has_group(aredis, key) else None,
+            )
+        elif kind == "string":
+            found[key] = await aredis.get(key)
+        elif kind == "set":
+            found[key] = await aredis.smembers(key)
+        elif kind == "list":
+            found[key] = await aredis.lrange(key, 0, -1)
+    return found
+
+
+async def _has_group(aredis: aioredis.Redis, key: str) -> bool:
+    return any(g["name"] == AGENT_GROUP for g in await aredis.xinfo_groups(key))

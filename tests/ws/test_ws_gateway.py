@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -41,6 +38,8 @@ from tests.ws.gateway_helpers import (
     FRAME_WAIT_S,
     AgentClient,
     Owner,
+    Stack,
+    bearer,
     hello,
     success,
     triple,
@@ -51,75 +50,6 @@ from web_service.accounts import create_user
 from web_service.schema import upgrade
 from ws_service.server import ResultServer
 from ws_service.settings import WsSettings
-
-
-@dataclass
-class Stack:
-    web_url: str
-    ann: Owner
-    bob: Owner
-    ann_token: str
-    settings: WsSettings
-
-    def server(self, **changes: Any) -> ResultServer:
-        return ResultServer(WsSettings(**{**self.settings.__dict__, **changes}))
-
-    @asynccontextmanager
-    async def ws(self, **changes: Any) -> AsyncIterator[str]:
-        """A ws_service copy (with its gateway) on a free port; yields its ws:// URL."""
-        async with self.server(**changes) as server:
-            yield f"ws://127.0.0.1:{server.port}"
-
-
-@pytest.fixture
-async def stack(database_url: str, redis_url: str, key_prefix: str) -> AsyncIterator[Stack]:
-    await asyncio.to_thread(upgrade, database_url)
-    _, ann_token = await create_user(database_url, "ann")
-    _, bob_token = await create_user(database_url, "bob")
-    async with web_service(database_url, redis_url, key_prefix) as web_url:
-        async with (
-            httpx.AsyncClient(base_url=web_url, headers=_bearer(ann_token)) as ann,
-            httpx.AsyncClient(base_url=web_url, headers=_bearer(bob_token)) as bob,
-        ):
-            settings = WsSettings(
-                redis_url=redis_url,
-                web_url=web_url,
-                key_prefix=key_prefix,
-                port=0,
-                block_ms=1000,
-                client_name=unique("fxt-ws"),
-                drain_timeout_s=5.0,
-            )
-            yield Stack(web_url, Owner(ann), Owner(bob), ann_token, settings)
-
-
-def _bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-async def snapshot(aredis: aioredis.Redis, keys: Keys) -> dict[str, Any]:
-    """Every key of this test and its value, to show that nothing changed."""
-    found: dict[str, Any] = {}
-    async for key in aredis.scan_iter(match=keys.pattern(), count=1000):
-        kind = await aredis.type(key)
-        if kind == "hash":
-            found[key] = await aredis.hgetall(key)
-        elif kind == "stream":
-            found[key] = (
-                await aredis.xrange(key),
-                await aredis.xpending(key, AGENT_GROUP) if await _has_group(aredis, key) else None,
-            )
-        elif kind == "string":
-            found[key] = await aredis.get(key)
-        elif kind == "set":
-            found[key] = await aredis.smembers(key)
-        elif kind == "list":
-            found[key] = await aredis.lrange(key, 0, -1)
-    return found
-
-
-async def _has_group(aredis: aioredis.Redis, key: str) -> bool:
-    return any(g["name"] == AGENT_GROUP for g in await aredis.xinfo_groups(key))
 
 
 async def until(check: Any, what: str) -> None:
@@ -153,7 +83,7 @@ async def test_only_a_live_endpoint_credential_opens_the_gateway(stack: Stack) -
         await stack.ann.http.delete(f"/v1/endpoints/{revoked[0]}/credential")
         refused["revoked"] = revoked[1]
         for what, token in refused.items():
-            headers = {} if token is None else _bearer(token)
+            headers = {} if token is None else bearer(token)
             with pytest.raises(InvalidStatus) as caught:
                 async with connect(url + AGENT_PATH, additional_headers=headers):
                     pass
@@ -201,54 +131,6 @@ async def test_outcomes_are_settled_and_answered(
     notices = await aredis.xrange(keys.task_group_results(group))
     assert [n[1]["task_id"] for n in notices] == task_ids
     assert await aredis.xlen(keys.endpoint_tasks(eid)) == 0  # acknowledged and deleted
-
-
-async def test_an_outcome_not_handed_to_the_connection_is_refused_and_changes_nothing(
-    stack: Stack, aredis: aioredis.Redis, keys: Keys
-) -> None:
-    eid, credential = await stack.ann.endpoint()
-    fid = await stack.ann.function()
-    await stack.ann.submit(eid, fid, 2)
-    async with stack.ws() as url:
-        async with (
-            AgentClient.connect(url, credential, hello("one")) as one,
-            AgentClient.connect(url, credential, hello("two")) as two,
-        ):
-            [mine] = await one.take(1)
-            [theirs] = await two.take(1)
-            before = await snapshot(aredis, keys)
-            forged = DeliveryRef(mine.task_id, mine.delivery_id.replace("/1", "/2"))
-            answer = await one.report([success(theirs), success(forged)])
-            after = await snapshot(aredis, keys)
-
-    assert [r.code for r in answer.refused] == [NOT_HANDED, NOT_HANDED]
-    assert answer.delivery_ids == ()
-    assert after == before
-
-
-async def test_a_credential_serves_its_own_endpoint_only(
-    stack: Stack, aredis: aioredis.Redis, keys: Keys
-) -> None:
-    a, credential_a = await stack.ann.endpoint("a")
-    b, credential_b = await stack.bob.endpoint("b")
-    fid_a, fid_b = await stack.ann.function(), await stack.bob.function(triple)
-    _, b_tasks = await stack.bob.submit(b, fid_b, 3)
-    _, [a_task] = await stack.ann.submit(a, fid_a, 1)
-    async with stack.ws() as url:
-        async with AgentClient.connect(url, credential_b, hello("b-agent")) as agent_b:
-            [b_task] = await agent_b.take(1)
-            async with AgentClient.connect(url, credential_a, hello("a-agent")) as agent_a:
-                # More credit than A has tasks: it gets A's one task and none of B's two.
-                [got] = await agent_a.take(1, grant=10)
-                before = await snapshot(aredis, keys)
-                answer = await agent_a.report([success(b_task)])
-                after = await snapshot(aredis, keys)
-                still_queued = await aredis.xlen(keys.endpoint_tasks(b))
-
-    assert got.task_id == a_task and got.task_id not in b_tasks
-    assert [r.code for r in answer.refused] == [NOT_HANDED]
-    assert after == before
-    assert still_queued == 3  # B's entries: one handed to B's agent, two still queued
 
 
 # -- cancel, drain, status -----------------------------------------------------------------
@@ -399,7 +281,7 @@ async def test_a_result_settled_here_is_pushed_to_a_subscriber_here_once(stack: 
     seen: list[str] = []
     async with (
         stack.ws() as url,
-        connect(url + "/v1/results", additional_headers=_bearer(stack.ann_token)) as ws,
+        connect(url + "/v1/results", additional_headers=bearer(stack.ann_token)) as ws,
     ):
 
         async def frame() -> dict[str, Any]:
@@ -475,15 +357,6 @@ async def test_a_task_whose_agents_keep_vanishing_fails_with_worker_lost(
     assert record["attempts"] == "2"
 
 
-async def test_a_credential_opens_no_results_subscription(stack: Stack) -> None:
-    _, credential = await stack.ann.endpoint()
-    async with stack.ws() as url:
-        with pytest.raises(InvalidStatus) as caught:
-            async with connect(url + "/v1/results", additional_headers=_bearer(credential)):
-                pass
-    assert caught.value.response.status_code == 401
-
-
 # -- Redis outages -------------------------------------------------------------------------
 
 
@@ -498,7 +371,7 @@ async def test_the_gateway_rides_out_a_redis_restart(
     keys = Keys(prefix)
     async with (
         web_service(database_url, private_redis.url, prefix) as web_url,
-        httpx.AsyncClient(base_url=web_url, headers=_bearer(token)) as http,
+        httpx.AsyncClient(base_url=web_url, headers=bearer(token)) as http,
     ):
         owner = Owner(http)
         eid, credential = await owner.endpoint()

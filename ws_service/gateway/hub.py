@@ -145,8 +145,9 @@ class Gateway:
                 task.add_done_callback(self._sends.discard)
 
     async def drain(self, *, timeout_s: float) -> None:
-        """Ask every agent to drain, and wait up to ``timeout_s`` for them to hand back
-        their tasks and close."""
+        """Tell every agent this copy is going away (``drain``), and wait up to
+        ``timeout_s`` for them to close: they reconnect to another copy, or to this one
+        once it is back, keeping the tasks they run."""
         sessions = list(self._sessions)
         if not sessions:
             return

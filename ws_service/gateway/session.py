@@ -51,6 +51,7 @@ from service_common.agent_protocol import (
     INTERNAL,
     UNAVAILABLE,
     UNEXPECTED_FRAME,
+    Accepted,
     AgentFrame,
     Credit,
     DeliveryRef,
@@ -144,7 +145,7 @@ class AgentSession:
         )
         self._outage = gateway.redis_outage
         self._told_unavailable = False
-        self._outcome_batches: list[Outcomes] = []
+        self._outcome_batches: list[Accepted] = []
         self._settling: asyncio.Task[None] | None = None
         self._lease_stop = asyncio.Event()
 
@@ -266,7 +267,9 @@ class AgentSession:
             self.ledger.grant(frame)
             self.gateway.reader.wake(self)
         elif isinstance(frame, Outcomes):
-            self._outcome_batches.append(frame)
+            # Accepted in frame order, so a credit frame that follows finds these slots
+            # free in the ledger (credit never counts a task whose outcome came first).
+            self._outcome_batches.append(self.ledger.accept(frame))
             if self._settling is None or self._settling.done():
                 self._settling = asyncio.create_task(
                     self._guard(self._settle), name="gateway-settle"
@@ -446,11 +449,13 @@ class AgentSession:
     # -- outcomes --------------------------------------------------------------------------
 
     async def _settle(self) -> None:
-        """Settle every ``outcomes`` frame received so far, in batches."""
+        """Settle every outcome accepted so far (:meth:`_on_frame`), in batches."""
         while self._outcome_batches:
-            frames, self._outcome_batches = self._outcome_batches, []
-            outcomes = tuple(o for frame in frames for o in frame.outcomes)
-            accepted = self.ledger.accept(Outcomes(outcomes))
+            batches, self._outcome_batches = self._outcome_batches, []
+            accepted = Accepted(
+                tuple(o for a in batches for o in a.outcomes),
+                tuple(r for a in batches for r in a.refused),
+            )
             for refusal in accepted.refused:
                 log.warning(
                     "agent %s of endpoint %s: outcome refused, %s: %s",
@@ -573,7 +578,7 @@ class AgentSession:
                 )
 
     async def drain(self, grace_s: float | None = None) -> None:
-        """Ask the agent to drain (the gateway is going away)."""
+        """Tell the agent this gateway is going away (it reconnects elsewhere)."""
         self.draining = True
         with contextlib.suppress(ConnectionClosed):
             await self._send(Drain(grace_s))
