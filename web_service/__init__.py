@@ -13,16 +13,25 @@ Modules::
     context                    AppContext: what every handler shares
     errors                     ApiError, the JSON error answers, the request id
     accounts                   users and API tokens (the CLI and the dev stack call it)
+    client_credentials         OAuth2 client ids and secrets (hashed), for Globus Compute scripts
     schema                     Alembic migrations to head, without an alembic.ini
     routes/meta                whoami, info, health, readiness, metrics, the OpenAPI document
     routes/functions           register, list, read, delete, share functions
     routes/endpoints           register, list, read, delete endpoints; status, sharing, allow-list
     routes/submit              submit a batch of tasks: the hot path
     routes/tasks               read and cancel tasks; list and read task groups
+    routes/agents              what an endpoint's agents reach, through the ws gateway (its session)
+    routes/oauth               the OAuth2 client-credentials token route (/v2/oauth2/token)
+    routes/compute_v2          the Globus Compute /v2 routes (version, functions, endpoints, tasks)
+    routes/compute_v3          the Globus Compute /v3 routes (register, lock, allow-list, submit)
+    routes/compute_documents   fxbroker records <-> Globus Compute documents (pure)
+    routes/compute_openapi     the Globus Compute routes in the OpenAPI document
+    routes/lookups             the endpoint or function a path names, checked against the caller
     routes/bodies              request bodies: read within the limit, parsed by pure functions
     routes/openapi             the OpenAPI document, written by hand from the routes
     routes/openapi_schemas     JSON Schemas of the bodies, for that document
     middleware/auth            bearer-token check and the middleware with the rate limit
+    middleware/availability    Redis or SQL away: 503 with Retry-After, one log line per outage
     middleware/globus_auth     Globus Auth access tokens, by introspection
     middleware/ratelimit       per-user token buckets
     middleware/metrics         Prometheus counters and histograms, and their middleware

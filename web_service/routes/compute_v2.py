@@ -17,8 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from web_service.accounts import Caller
-from web_service.context import AppContext, context_of
+from web_service.context import context_of
 from web_service.errors import ApiError, forbidden, invalid, not_found
 from web_service.middleware.auth import caller_of
 from web_service.routes.bodies import (
@@ -33,8 +32,8 @@ from web_service.routes.compute_documents import (
     globus_function_code,
     task_document,
 )
+from web_service.routes.lookups import usable_endpoint, usable_function
 from web_service.store.endpoints import EndpointRecord
-from web_service.store.functions import FunctionRecord
 from web_service.taskstore.endpoint_state import endpoint_load, endpoint_status
 from web_service.taskstore.tasks import read_task, read_tasks, task_group_page
 
@@ -56,20 +55,10 @@ async def version(request: Request) -> JSONResponse:
     )
 
 
-async def _function(request: Request) -> tuple[AppContext, Caller, FunctionRecord]:
-    context = context_of(request)
-    caller = caller_of(request)
-    function_id = request.path_params["function_id"]
-    record = await context.functions.get(caller.user_id, function_id)
-    if record is None:
-        raise not_found("function", function_id)
-    return context, caller, record
-
-
 async def get_function(request: Request) -> JSONResponse:
     """``GET /v2/functions/{id}``: ``function_uuid``, name, description, and for its owner
     ``function_code`` packed as that SDK registers it."""
-    _, caller, record = await _function(request)
+    _, caller, record = await usable_function(request)
     body: dict[str, Any] = {
         "function_uuid": record.id,
         "function_name": record.name,
@@ -84,7 +73,7 @@ async def get_function(request: Request) -> JSONResponse:
 
 async def delete_function(request: Request) -> JSONResponse:
     """``DELETE /v2/functions/{id}``: as ``DELETE /v1/functions/{id}`` (owner only)."""
-    context, caller, record = await _function(request)
+    context, caller, record = await usable_function(request)
     if record.owner_id != caller.user_id:
         raise forbidden("only the function's owner may do that")
     await context.functions.delete(record.id)
@@ -100,16 +89,6 @@ def endpoint_document(record: EndpointRecord) -> dict[str, Any]:
         "multi_user": False,
         "public": False,
     }
-
-
-async def _endpoint(request: Request) -> tuple[AppContext, Caller, EndpointRecord]:
-    context = context_of(request)
-    caller = caller_of(request)
-    endpoint_id = request.path_params["endpoint_id"]
-    record = await context.endpoints.get(caller.user_id, endpoint_id)
-    if record is None:
-        raise not_found("endpoint", endpoint_id)
-    return context, caller, record
 
 
 async def list_endpoints(request: Request) -> JSONResponse:
@@ -132,7 +111,7 @@ async def list_endpoints(request: Request) -> JSONResponse:
 
 async def get_endpoint(request: Request) -> JSONResponse:
     """``GET /v2/endpoints/{id}``: the endpoint, and ``status`` online or offline."""
-    context, _, record = await _endpoint(request)
+    context, _, record = await usable_endpoint(request)
     body = endpoint_document(record)
     beat = await endpoint_status(context.redis, context.keys, record.id)
     body["status"] = "online" if beat else "offline"
@@ -151,7 +130,7 @@ async def get_endpoint_status(request: Request) -> JSONResponse:
     """``GET /v2/endpoints/{id}/status``: ``{"status": "online"|"offline", "details":
     {"total_workers", "idle_workers", "pending_tasks", "outstanding_tasks", "managers"}}``
     from the agents' latest heartbeat and the endpoint's stream (zeros when offline)."""
-    context, _, record = await _endpoint(request)
+    context, _, record = await usable_endpoint(request)
     beat = await endpoint_status(context.redis, context.keys, record.id) or {}
     queued, in_flight = (await endpoint_load(context.redis, context.keys, [record.id]))[record.id]
     workers, running = _count(beat, "workers"), _count(beat, "running")
@@ -171,7 +150,7 @@ async def get_endpoint_status(request: Request) -> JSONResponse:
 
 async def delete_endpoint(request: Request) -> JSONResponse:
     """``DELETE /v2/endpoints/{id}``: as ``DELETE /v1/endpoints/{id}`` (owner only)."""
-    context, caller, record = await _endpoint(request)
+    context, caller, record = await usable_endpoint(request)
     if record.owner_id != caller.user_id:
         raise forbidden("only the endpoint's owner may do that")
     await context.endpoints.delete(record.id)

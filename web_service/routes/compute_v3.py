@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from web_service.accounts import Caller
 from web_service.context import AppContext, context_of
-from web_service.errors import ApiError, forbidden, invalid, not_found
+from web_service.errors import ApiError, invalid, not_found
 from web_service.middleware.auth import caller_of
 from web_service.routes.bodies import (
     MAX_LIST_ITEMS,
@@ -35,8 +35,8 @@ from web_service.routes.compute_documents import (
     submit_answer,
 )
 from web_service.routes.compute_v2 import amqp_not_configured
+from web_service.routes.lookups import owned_endpoint
 from web_service.routes.submit import queue_batch
-from web_service.store.endpoints import EndpointRecord
 from web_service.store.models import is_id
 from web_service.taskstore import idempotency
 from web_service.taskstore.endpoint_state import set_allowed_functions
@@ -99,23 +99,11 @@ async def register_endpoint(request: Request) -> JSONResponse:
     return await _registered(context, caller_of(request), body, name_field(body, "endpoint_name"))
 
 
-async def _owned(request: Request) -> tuple[AppContext, Caller, EndpointRecord]:
-    context = context_of(request)
-    caller = caller_of(request)
-    endpoint_id = request.path_params["endpoint_id"]
-    record = await context.endpoints.get(caller.user_id, endpoint_id)
-    if record is None:
-        raise not_found("endpoint", endpoint_id)
-    if record.owner_id != caller.user_id:
-        raise forbidden("only the endpoint's owner may do that")
-    return context, caller, record
-
-
 async def update_endpoint(request: Request) -> JSONResponse:
     """``PUT /v3/endpoints/{id}``: registers an existing endpoint again under its own name
     (its ``allowed_functions`` replaced when given). fxbroker picks endpoint ids itself and
     does not rename: an id the caller has no endpoint with answers 404, another name 409."""
-    context, caller, record = await _owned(request)
+    context, caller, record = await owned_endpoint(request)
     body = json_object(await read_json(request, max_bytes=context.settings.max_body_bytes))
     name = name_field(body, "endpoint_name")
     if name != record.name:
@@ -132,7 +120,7 @@ async def lock_endpoint(request: Request) -> JSONResponse:
     ``{"endpoint_id", "lock_expiration_timestamp": null}``. fxbroker holds no lock and does
     not drop the agents' connections here: stop an agent with ``fxbroker endpoint stop``, or
     shut all out by revoking the endpoint's credential."""
-    _, _, record = await _owned(request)
+    _, _, record = await owned_endpoint(request)
     return JSONResponse({"endpoint_id": record.id, "lock_expiration_timestamp": None})
 
 

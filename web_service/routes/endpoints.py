@@ -20,8 +20,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from web_service.accounts import Caller
-from web_service.context import AppContext, context_of
-from web_service.errors import forbidden, not_found
+from web_service.context import context_of
 from web_service.middleware.auth import caller_of
 from web_service.routes.bodies import (
     parse_endpoint_registration,
@@ -30,6 +29,7 @@ from web_service.routes.bodies import (
     parse_user_names,
     read_json,
 )
+from web_service.routes.lookups import owned_endpoint, usable_endpoint
 from web_service.store.endpoints import EndpointRecord
 from web_service.taskstore.endpoint_state import (
     endpoint_load,
@@ -48,23 +48,6 @@ def endpoint_view(record: EndpointRecord, caller: Caller) -> dict[str, Any]:
         "owned": record.owner_id == caller.user_id,
         "created_at": record.created_at,
     }
-
-
-async def _usable(request: Request) -> tuple[AppContext, Caller, EndpointRecord]:
-    context = context_of(request)
-    caller = caller_of(request)
-    endpoint_id = request.path_params["endpoint_id"]
-    record = await context.endpoints.get(caller.user_id, endpoint_id)
-    if record is None:
-        raise not_found("endpoint", endpoint_id)
-    return context, caller, record
-
-
-async def _owned(request: Request) -> tuple[AppContext, Caller, EndpointRecord]:
-    context, caller, record = await _usable(request)
-    if record.owner_id != caller.user_id:
-        raise forbidden("only the endpoint's owner may do that")
-    return context, caller, record
 
 
 def credential_view(record: EndpointRecord) -> dict[str, Any] | None:
@@ -103,7 +86,7 @@ async def list_endpoints(request: Request) -> JSONResponse:
 async def get_endpoint(request: Request) -> JSONResponse:
     """``GET /v1/endpoints/{endpoint_id}``: the endpoint and its agents' heartbeat (or null);
     for the owner also ``credential``: its prefix and issue time, or null when it has none."""
-    context, caller, record = await _usable(request)
+    context, caller, record = await usable_endpoint(request)
     body = endpoint_view(record, caller)
     body["status"] = await endpoint_status(context.redis, context.keys, record.id)
     if record.owner_id == caller.user_id:
@@ -126,7 +109,7 @@ async def get_status(request: Request) -> JSONResponse:
     the last); ``queued`` counts tasks no agent has read yet, ``in_flight`` those agents
     hold; the rest is the latest heartbeat (null when offline).
     """
-    context, _, record = await _usable(request)
+    context, _, record = await usable_endpoint(request)
     beat = await endpoint_status(context.redis, context.keys, record.id) or {}
     queued, in_flight = (await endpoint_load(context.redis, context.keys, [record.id]))[record.id]
     return JSONResponse(
@@ -149,21 +132,21 @@ async def get_status(request: Request) -> JSONResponse:
 
 async def delete_endpoint(request: Request) -> JSONResponse:
     """``DELETE /v1/endpoints/{endpoint_id}``: hidden from everyone, refuses new tasks."""
-    context, _, record = await _owned(request)
+    context, _, record = await owned_endpoint(request)
     await context.endpoints.delete(record.id)
     return JSONResponse({"endpoint_id": record.id, "deleted": True})
 
 
 async def get_sharing(request: Request) -> JSONResponse:
     """``GET /v1/endpoints/{endpoint_id}/sharing``: ``{"users"}`` (owner only)."""
-    context, _, record = await _owned(request)
+    context, _, record = await owned_endpoint(request)
     users = await context.endpoints.shared_with(record.id)
     return JSONResponse({"endpoint_id": record.id, "users": users})
 
 
 async def put_sharing(request: Request) -> JSONResponse:
     """``PUT /v1/endpoints/{endpoint_id}/sharing`` ``{"users"}``: share with exactly them."""
-    context, caller, record = await _owned(request)
+    context, caller, record = await owned_endpoint(request)
     names = parse_user_names(await read_json(request, max_bytes=context.settings.max_body_bytes))
     await context.endpoints.set_shares(record.id, names=names, owner_id=caller.user_id)
     users = await context.endpoints.shared_with(record.id)
@@ -175,7 +158,7 @@ async def get_allowed_functions(request: Request) -> JSONResponse:
 
     An empty list means the endpoint runs any function its users may run.
     """
-    _, _, record = await _usable(request)
+    _, _, record = await usable_endpoint(request)
     return JSONResponse(
         {"endpoint_id": record.id, "function_ids": sorted(record.allowed_functions)}
     )
@@ -187,7 +170,7 @@ async def put_allowed_functions(request: Request) -> JSONResponse:
     Written to SQL, then mirrored into Redis for the agents; a failure between the two is
     mended by repeating the request.
     """
-    context, _, record = await _owned(request)
+    context, _, record = await owned_endpoint(request)
     function_ids = parse_function_ids(
         await read_json(request, max_bytes=context.settings.max_body_bytes)
     )
@@ -200,7 +183,7 @@ async def rotate_credential(request: Request) -> JSONResponse:
     """``POST /v1/endpoints/{endpoint_id}/credential``: a new credential (shown this once)
     replaces the endpoint's old one, which stops working at once on the web service and
     within ``auth_cache_s`` on the ws service; also how an endpoint without one gets one."""
-    context, _, record = await _owned(request)
+    context, _, record = await owned_endpoint(request)
     credential, issued_at = await context.endpoints.rotate_credential(record.id)
     return JSONResponse(
         {"endpoint_id": record.id, "credential": credential, "issued_at": issued_at}
@@ -211,7 +194,7 @@ async def revoke_credential(request: Request) -> JSONResponse:
     """``DELETE /v1/endpoints/{endpoint_id}/credential``: the endpoint has no credential
     afterwards (its agents are refused until the owner rotates one); ``revoked`` says
     whether it had one."""
-    context, _, record = await _owned(request)
+    context, _, record = await owned_endpoint(request)
     revoked = await context.endpoints.revoke_credential(record.id)
     return JSONResponse({"endpoint_id": record.id, "revoked": revoked})
 

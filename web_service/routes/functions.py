@@ -14,8 +14,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from web_service.accounts import Caller
-from web_service.context import AppContext, context_of
-from web_service.errors import forbidden, not_found
+from web_service.context import context_of
 from web_service.middleware.auth import caller_of
 from web_service.routes.bodies import (
     parse_function_registration,
@@ -23,6 +22,7 @@ from web_service.routes.bodies import (
     parse_page,
     read_json,
 )
+from web_service.routes.lookups import owned_function, usable_function
 from web_service.store.functions import FunctionRecord
 from web_service.taskstore.tasks import store_function_code
 
@@ -39,23 +39,6 @@ def function_view(record: FunctionRecord, caller: Caller) -> dict[str, Any]:
         "owned": record.owner_id == caller.user_id,
         "public": record.public,
     }
-
-
-async def _usable(request: Request) -> tuple[AppContext, Caller, FunctionRecord]:
-    context = context_of(request)
-    caller = caller_of(request)
-    function_id = request.path_params["function_id"]
-    record = await context.functions.get(caller.user_id, function_id)
-    if record is None:
-        raise not_found("function", function_id)
-    return context, caller, record
-
-
-async def _owned(request: Request) -> tuple[AppContext, Caller, FunctionRecord]:
-    context, caller, record = await _usable(request)
-    if record.owner_id != caller.user_id:
-        raise forbidden("only the function's owner may do that")
-    return context, caller, record
 
 
 async def register_function(request: Request) -> JSONResponse:
@@ -86,7 +69,7 @@ async def list_functions(request: Request) -> JSONResponse:
 
 async def get_function(request: Request) -> JSONResponse:
     """``GET /v1/functions/{function_id}``: metadata, and ``function_code`` for its owner."""
-    _, caller, record = await _usable(request)
+    _, caller, record = await usable_function(request)
     body = function_view(record, caller)
     if record.owner_id == caller.user_id:
         body["function_code"] = record.code
@@ -98,14 +81,14 @@ async def delete_function(request: Request) -> JSONResponse:
 
     Tasks already queued still run: the code stays where agents fetch it.
     """
-    context, _, record = await _owned(request)
+    context, _, record = await owned_function(request)
     await context.functions.delete(record.id)
     return JSONResponse({"function_id": record.id, "deleted": True})
 
 
 async def get_sharing(request: Request) -> JSONResponse:
     """``GET /v1/functions/{function_id}/sharing``: ``{"public", "users"}`` (owner only)."""
-    context, _, record = await _owned(request)
+    context, _, record = await owned_function(request)
     public, users = await context.functions.sharing(record.id)
     return JSONResponse({"function_id": record.id, "public": public, "users": users})
 
@@ -115,7 +98,7 @@ async def put_sharing(request: Request) -> JSONResponse:
 
     Users are named; an unknown name answers 422 ``UNKNOWN_USER`` and changes nothing.
     """
-    context, caller, record = await _owned(request)
+    context, caller, record = await owned_function(request)
     public, names = parse_function_sharing(
         await read_json(request, max_bytes=context.settings.max_body_bytes)
     )
