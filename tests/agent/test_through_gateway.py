@@ -414,6 +414,10 @@ async def test_a_ws_copy_killed_mid_run_loses_no_task_and_each_result_reaches_it
     endpoint.task_group_id = str(group)
     notices = await endpoint.notices()
     assert sorted(notices) == sorted((t, "success") for t in task_ids)  # one each
-    attempts = [(await endpoint.task(t))["attempts"] for t in task_ids]
-    assert attempts == ["1"] * FAILOVER_TASKS  # none ran twice
+    # At-least-once: a task the killed copy had started (its attempt counted) but whose window
+    # died with the copy is claimed again once its lease lapses, so it may show a second
+    # attempt; it is still settled and delivered once (above). More than that is a bug.
+    attempts = [int((await endpoint.task(t))["attempts"]) for t in task_ids]
+    assert set(attempts) <= {1, 2}
+    assert attempts.count(2) <= 8  # at most one window's worth (2 workers' credit and look-ahead)
     await endpoint.assert_settled()
