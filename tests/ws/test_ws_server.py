@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -16,7 +15,6 @@ from typing import Any
 import httpx
 import pytest
 import redis.asyncio as aioredis
-import uvicorn
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -25,10 +23,9 @@ from sdk.messages import exception_record
 from sdk.serialize import deserialize, pack_payload, serialize
 from tests.conftest import free_port
 from tests.private_redis import PrivateRedis
+from tests.ws.gateway_helpers import web_service
 from web_service.accounts import create_user
-from web_service.app import create_app
 from web_service.schema import upgrade
-from web_service.settings import WebSettings
 from ws_service.server import ResultServer
 from ws_service.settings import WsSettings
 
@@ -63,21 +60,8 @@ class Stack:
 async def web(database_url: str, redis_url: str, key_prefix: str) -> AsyncIterator[str]:
     """The real web service on a free loopback port, with a migrated database."""
     await asyncio.to_thread(upgrade, database_url)
-    app = create_app(
-        WebSettings(database_url=database_url, redis_url=redis_url, key_prefix=key_prefix)
-    )
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", ws="none", lifespan="on"))
-    serving = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await serving
-        sock.close()
+    async with web_service(database_url, redis_url, key_prefix) as url:
+        yield url
 
 
 @pytest.fixture
