@@ -135,6 +135,7 @@ class GatewayTransport:
         self._codes: dict[str, str] = {}  # function code received on this connection
         self._inbox: list[Received] = []  # received, not yet taken by the loop
         self._credit = 0  # granted on this connection, not yet received
+        self._nothing = False  # the gateway found no task for the last grant
         self._ws: ClientConnection | None = None
         self._welcome: Welcome | None = None
         self._send_lock = asyncio.Lock()
@@ -145,6 +146,7 @@ class GatewayTransport:
         self._flusher: asyncio.Task[None] | None = None
         self._leaving: asyncio.Task[None] | None = None
         self._full_logged = False
+        self._stop = asyncio.Event()  # the run's stop request (set by start)
 
     # -- introspection -----------------------------------------------------------------
 
@@ -179,6 +181,7 @@ class GatewayTransport:
     ) -> list[asyncio.Task[None]]:
         self._closing.clear()
         self._draining = False
+        self._stop = stop
         return [asyncio.create_task(self._connection_loop(stopped), name="fxbroker-gateway")]
 
     async def stopped(self) -> None:
@@ -231,6 +234,7 @@ class GatewayTransport:
             self._welcome = None
             self._connected.clear()
             self._credit = 0
+            self._nothing = False
             self._codes.clear()
             self._outbox.disconnected()
             self._host.wake.set()
@@ -363,6 +367,9 @@ class GatewayTransport:
             raise ProtocolError("UNEXPECTED_FRAME", f"a {frame.TYPE} frame after the welcome")
 
     def _tasks(self, frame: Tasks) -> None:
+        if not frame.tasks:
+            self._nothing = True  # the gateway's word: no task for the credit granted
+            self._host.wake.set()
         self._codes.update((c.function_id, c.code) for c in frame.functions)
         for task in frame.tasks:
             self._credit = max(0, self._credit - 1)
@@ -390,32 +397,51 @@ class GatewayTransport:
     # -- the loop's side ---------------------------------------------------------------
 
     async def receive(self, count: int, *, burst: bool) -> list[Received]:
+        """A window of tasks, waiting up to ``block_ms`` for one. A ``burst`` run is told
+        "nothing left" (an empty window) only on the gateway's word, given on a live
+        connection after a grant, that the stream had nothing: until then it waits, through
+        reconnects, or until stopped."""
         wake = self._host.wake
-        wake.clear()
-        if not self._inbox and not self._draining and self._connected.is_set():
-            # Outcomes first: the gateway never sees credit for a slot whose task's outcome
-            # it has not been sent.
-            await self._send_outcomes()
-            held = len(self._host.unfinished())
-            room = self._outbox.room(held + self._credit)
-            want = min(count - self._credit, room)
-            if want > 0:
-                self._full_logged = False
-                if await self._send(Credit(want)):
-                    self._credit += want
-            elif room == 0 and not self._full_logged:
-                self._full_logged = True
-                log.warning(
-                    "%d outcomes (%d bytes) wait for the gateway's answer: taking no more "
-                    "work until it answers",
-                    len(self._outbox),
-                    self._outbox.bytes,
-                )
-        if not self._inbox:
+        while True:
+            if burst:
+                await _first_of(self._connected, self._stop)
+            wake.clear()
+            await self._grant(count)
+            if self._inbox or self._stop.is_set() or (burst and self._nothing):
+                break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), self.settings.block_ms / 1000)
+            waiting_for_word = burst and not (self._nothing or self._stop.is_set())
+            if self._inbox or not (
+                waiting_for_word and (self._credit > 0 or not self._connected.is_set())
+            ):
+                break
         window, self._inbox = self._inbox, []
         return window
+
+    async def _grant(self, count: int) -> None:
+        """Grant credit up to ``count`` tasks in hand, as far as the outbox has room."""
+        if self._inbox or self._draining or not self._connected.is_set():
+            return
+        # Outcomes first: the gateway never sees credit for a slot whose task's outcome it
+        # has not been sent.
+        await self._send_outcomes()
+        held = len(self._host.unfinished())
+        room = self._outbox.room(held + self._credit)
+        want = min(count - self._credit, room)
+        if want > 0:
+            self._full_logged = False
+            if await self._send(Credit(want)):
+                self._credit += want
+                self._nothing = False
+        elif room == 0 and not self._full_logged:
+            self._full_logged = True
+            log.warning(
+                "%d outcomes (%d bytes) wait for the gateway's answer: taking no more work "
+                "until it answers",
+                len(self._outbox),
+                self._outbox.bytes,
+            )
 
     def settle(self, task: Received, outcome: Outcome | None) -> None:
         if outcome is not None:
@@ -490,6 +516,18 @@ class GatewayTransport:
                 "again after their lease",
                 len(self._outbox),
             )
+
+
+async def _first_of(*events: asyncio.Event) -> None:
+    """Return once any of ``events`` is set."""
+    if any(e.is_set() for e in events):
+        return
+    waits = [asyncio.create_task(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
 
 
 async def _no_lookup(fetch: Iterable[str], check: Iterable[str]) -> Lookup:

@@ -73,6 +73,10 @@ id per agent process, never shared by two live agents.
 tasks than the credit left (:class:`Ledger`), and outstanding credit is at most
 :data:`CREDIT_MAX` (more is ``CREDIT_OVERFLOW``). Credit lives and dies with the connection,
 and a hand-back returns none: the agent grants again what it can take.
+A ``tasks`` frame with no tasks is the gateway's word that a read for the agent's credit
+found the endpoint's stream empty: sent at most once per grant, never while tasks for it
+are being started, so it never overtakes a window. The agent may rely on it to know that
+nothing is queued (a burst run ends on it); an agent that does not care ignores it.
 
 **Code once.** A ``tasks`` frame carries the code of every function its tasks name that was
 not sent earlier on this connection; no task arrives before its function's code. An agent

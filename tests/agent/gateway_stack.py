@@ -37,6 +37,8 @@ class GatewayEndpoint(Endpoint):
 
     credential: str = ""
     http: httpx.AsyncClient | None = None
+    gateway_url: str = ""
+    """The ws_service copy the agents of the ``endpoint`` fixture reach (see conftest)."""
 
     async def register(self, code: str) -> str:
         """Register a function's code buffer with the web service; returns its id."""
@@ -101,6 +103,12 @@ class GatewayStack:
 
 def ws_url(server: ResultServer) -> str:
     return f"ws://127.0.0.1:{server.port}"
+
+
+def settings_for(endpoint: GatewayEndpoint, **overrides: Any) -> AgentSettings:
+    """Settings of an agent of ``endpoint`` that reaches its own gateway copy."""
+    assert endpoint.gateway_url, "an endpoint from the conftest's fixture has a gateway"
+    return agent_settings(endpoint, endpoint.gateway_url, **overrides)
 
 
 def agent_settings(endpoint: GatewayEndpoint, *urls: str, **overrides: Any) -> AgentSettings:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from endpoint_agent import Agent, AgentSettings
 from endpoint_agent.accelerators import detect_accelerators, parse_nvidia_smi
-from tests.agent.helpers import Endpoint, Gate, settings_for, source_code
+from tests.agent.gateway_stack import GatewayEndpoint, settings_for
+from tests.agent.helpers import Gate, source_code
 
 SEEN = source_code(
     "seen",
@@ -29,12 +30,12 @@ SEEN = source_code(
 
 
 async def test_each_worker_sees_only_its_own_accelerator(
-    endpoint: Endpoint, redis_url: str
+    endpoint: GatewayEndpoint, redis_url: str
 ) -> None:
     seen = await endpoint.register(SEEN)
     gate = Gate(endpoint)
     task_ids = await endpoint.submit_many(seen, [(gate.args(redis_url), {}) for _ in range(6)])
-    settings = settings_for(endpoint, redis_url, engine="process", accelerators=("0", "1"))
+    settings = settings_for(endpoint, engine="process", accelerators=("0", "1"))
     assert settings.workers == 2
 
     async with Agent(settings) as agent:

@@ -10,36 +10,43 @@ import pytest
 
 from endpoint_agent import Agent
 from sdk.states import TaskState
-from tests.agent.helpers import AHOLD, HOLD, Endpoint, Gate, settings_for, source_code
+from tests.agent.gateway_stack import GatewayEndpoint, settings_for, until
+from tests.agent.helpers import AHOLD, HOLD, Gate, source_code
 
 PID = source_code("pid", "import os\n\ndef pid():\n    return os.getpid()\n")
 
 
-async def publish_cancel(endpoint: Endpoint, task_id: str) -> None:
+async def publish_cancel(endpoint: GatewayEndpoint, task_id: str) -> None:
     """What the web service publishes when the owner cancels a running task."""
     channel = endpoint.keys.endpoint_cancel(endpoint.endpoint_id)
     assert await endpoint.redis.publish(channel, json.dumps({"task_id": task_id})) >= 1
 
 
-async def assert_cancelled(endpoint: Endpoint, task_id: str) -> None:
+async def assert_cancelled(endpoint: GatewayEndpoint, task_id: str) -> None:
     fields = await endpoint.task(task_id)
     assert fields["state"] == TaskState.CANCELLED, fields
     assert "result" not in fields and "exception" not in fields
     assert fields["completed_at"]
 
 
-async def test_a_running_async_task_is_cancelled(endpoint: Endpoint, redis_url: str) -> None:
+async def test_a_running_async_task_is_cancelled(endpoint: GatewayEndpoint, redis_url: str) -> None:
     ahold = await endpoint.register(AHOLD)
     gate = Gate(endpoint)
     doomed, kept = await endpoint.submit_many(
         ahold, [(gate.args(redis_url), {}), (gate.args(redis_url), {})]
     )
 
-    async with Agent(settings_for(endpoint, redis_url, engine="thread")) as agent:
+    async with Agent(settings_for(endpoint, engine="thread")) as agent:
         running = asyncio.create_task(agent.run(burst=True))
         await gate.wait_started(2)
         await publish_cancel(endpoint, doomed)
         await publish_cancel(endpoint, "a-task-another-agent-holds")
+
+        # Released only once the cancel has ended it: its BLPOP must not take the release.
+        async def ended() -> bool:
+            return await endpoint.state(doomed) == TaskState.CANCELLED
+
+        await until(ended, "the cancel")
         await gate.release(1)
         await asyncio.wait_for(running, timeout=30)
 
@@ -52,14 +59,14 @@ async def test_a_running_async_task_is_cancelled(endpoint: Endpoint, redis_url: 
 
 
 async def test_a_running_def_task_is_stopped_and_its_worker_replaced(
-    endpoint: Endpoint, redis_url: str
+    endpoint: GatewayEndpoint, redis_url: str
 ) -> None:
     hold = await endpoint.register(HOLD)
     pid = await endpoint.register(PID)
     gate = Gate(endpoint)
     doomed = await endpoint.submit(hold, *gate.args(redis_url))
 
-    async with Agent(settings_for(endpoint, redis_url, engine="process", workers=1)) as agent:
+    async with Agent(settings_for(endpoint, engine="process", workers=1)) as agent:
         running = asyncio.create_task(agent.run(burst=True))
         (worker_pid,) = await gate.wait_started()
         await publish_cancel(endpoint, doomed)
@@ -77,14 +84,14 @@ async def test_a_running_def_task_is_stopped_and_its_worker_replaced(
 
 
 async def test_a_def_task_in_a_thread_is_abandoned_when_cancelled(
-    endpoint: Endpoint, redis_url: str
+    endpoint: GatewayEndpoint, redis_url: str
 ) -> None:
     hold = await endpoint.register(HOLD)
     gate = Gate(endpoint)
     doomed = await endpoint.submit(hold, *gate.args(redis_url))
     add = await endpoint.register(source_code("add", "def add(a, b):\n    return a + b\n"))
 
-    async with Agent(settings_for(endpoint, redis_url, engine="thread", workers=1)) as agent:
+    async with Agent(settings_for(endpoint, engine="thread", workers=1)) as agent:
         running = asyncio.create_task(agent.run(burst=True))
         await gate.wait_started()
         await publish_cancel(endpoint, doomed)
@@ -100,7 +107,7 @@ async def test_a_def_task_in_a_thread_is_abandoned_when_cancelled(
 
 @pytest.mark.parametrize("engine", ["process", "thread"])
 async def test_a_task_cancelled_while_queued_never_starts(
-    endpoint: Endpoint, redis_url: str, engine: str
+    endpoint: GatewayEndpoint, redis_url: str, engine: str
 ) -> None:
     # The web service cancels a queued task itself (state, notice); the agent skips it.
     hold = await endpoint.register(HOLD)
@@ -108,7 +115,7 @@ async def test_a_task_cancelled_while_queued_never_starts(
     queued = await endpoint.submit(hold, *gate.args(redis_url), state=TaskState.CANCELLED)
     probe = await endpoint.submit(hold, *gate.args(redis_url), "ran")
 
-    async with Agent(settings_for(endpoint, redis_url, engine=engine)) as agent:
+    async with Agent(settings_for(endpoint, engine=engine)) as agent:
         running = asyncio.create_task(agent.run(burst=True))
         await gate.wait_started(1)
         await gate.release(1)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from endpoint_agent import Agent
-from tests.agent.helpers import Endpoint, settings_for, source_code
+from tests.agent.gateway_stack import GatewayEndpoint, settings_for
+from tests.agent.helpers import source_code
 
 NAP = source_code(
     "nap",
@@ -22,11 +23,11 @@ NAP = source_code(
 
 
 async def test_1000_sleeping_async_tasks_finish_together(
-    endpoint: Endpoint, redis_url: str
+    endpoint: GatewayEndpoint, redis_url: str
 ) -> None:
     nap = await endpoint.register(NAP)
     task_ids = await endpoint.submit_many(nap, [((1.0,), {}) for _ in range(1000)])
-    settings = settings_for(endpoint, redis_url, engine="thread", workers=2)
+    settings = settings_for(endpoint, engine="thread", workers=2)
 
     async with Agent(settings) as agent:
         await asyncio.wait_for(agent.run(burst=True), timeout=60)

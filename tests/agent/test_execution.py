@@ -9,7 +9,8 @@ import pytest
 from endpoint_agent import Agent
 from sdk.serialize import DILL_CODE, JSON_DATA, pack_buffers, serialize
 from sdk.states import TaskState
-from tests.agent.helpers import Endpoint, settings_for, source_code
+from tests.agent.gateway_stack import GatewayEndpoint, settings_for
+from tests.agent.helpers import Endpoint, source_code
 
 ADD = source_code(
     "add",
@@ -45,7 +46,7 @@ EXIT = source_code(
 
 @pytest.mark.parametrize("engine", ["process", "thread"])
 async def test_sync_functions_run_to_their_outcome(
-    endpoint: Endpoint, redis_url: str, engine: str
+    endpoint: GatewayEndpoint, redis_url: str, engine: str
 ) -> None:
     add = await endpoint.register(ADD)
     boom = await endpoint.register(BOOM)
@@ -58,7 +59,7 @@ async def test_sync_functions_run_to_their_outcome(
     exited = await endpoint.submit(leave)
     product = await endpoint.submit(mul, 6, 7)
 
-    async with Agent(settings_for(endpoint, redis_url, engine=engine)) as agent:
+    async with Agent(settings_for(endpoint, engine=engine)) as agent:
         await agent.run(burst=True)
         assert agent.held == 0
 
@@ -96,10 +97,11 @@ async def test_sync_functions_run_to_their_outcome(
     await endpoint.assert_settled()
 
 
-async def test_bad_input_fails_only_its_task(endpoint: Endpoint, redis_url: str) -> None:
+async def test_bad_input_fails_only_its_task(endpoint: GatewayEndpoint, redis_url: str) -> None:
     add = await endpoint.register(ADD)
-    corrupt_code = await endpoint.register("01\nthis is not base64 dill")
-    not_callable = await endpoint.register(serialize(12))
+    # The web service refuses such code: written straight to the store, as if corrupted.
+    corrupt_code = await Endpoint.register(endpoint, "01\nthis is not base64 dill")
+    not_callable = await Endpoint.register(endpoint, serialize(12))
     missing = "function-that-was-never-registered"
     garbage = await endpoint.submit(add, payload="garbage")
     corrupt_args = await endpoint.submit(
@@ -110,7 +112,7 @@ async def test_bad_input_fails_only_its_task(endpoint: Endpoint, redis_url: str)
     no_code = await endpoint.submit(missing)
     fine = await endpoint.submit(add, 1, 2)
 
-    async with Agent(settings_for(endpoint, redis_url, engine="thread")) as agent:
+    async with Agent(settings_for(endpoint, engine="thread")) as agent:
         await agent.run(burst=True)
 
     record = await endpoint.failure(garbage)
@@ -132,7 +134,7 @@ async def test_bad_input_fails_only_its_task(endpoint: Endpoint, redis_url: str)
     await endpoint.assert_settled()
 
 
-async def test_disallowed_strategies_are_refused(endpoint: Endpoint, redis_url: str) -> None:
+async def test_disallowed_strategies_are_refused(endpoint: GatewayEndpoint, redis_url: str) -> None:
     dill_code = await endpoint.register(serialize(operator.add, DILL_CODE))
     source = await endpoint.register(ADD)
     refused_code = await endpoint.submit(dill_code, 1, 2)
@@ -140,9 +142,7 @@ async def test_disallowed_strategies_are_refused(endpoint: Endpoint, redis_url: 
     allowed = await endpoint.submit(
         source, payload=pack_buffers([serialize([1, 2], JSON_DATA), serialize({}, JSON_DATA)])
     )
-    settings = settings_for(
-        endpoint, redis_url, engine="thread", allowed_strategies=frozenset({"11", "st"})
-    )
+    settings = settings_for(endpoint, engine="thread", allowed_strategies=frozenset({"11", "st"}))
 
     async with Agent(settings) as agent:
         await agent.run(burst=True)
@@ -155,7 +155,7 @@ async def test_disallowed_strategies_are_refused(endpoint: Endpoint, redis_url: 
 
 
 async def test_async_functions_run_in_the_loop_and_notices_follow_completion_order(
-    endpoint: Endpoint, redis_url: str
+    endpoint: GatewayEndpoint, redis_url: str
 ) -> None:
     # Task i finishes only after task i+1 has, so they complete in reverse submission order.
     chain = await endpoint.register(
@@ -179,7 +179,7 @@ async def test_async_functions_run_in_the_loop_and_notices_follow_completion_ord
     )
     task_ids = await endpoint.submit_many(chain, [((i, 6), {}) for i in range(6)])
 
-    async with Agent(settings_for(endpoint, redis_url, engine="thread")) as agent:
+    async with Agent(settings_for(endpoint, engine="thread")) as agent:
         await agent.run(burst=True)
 
     assert [await endpoint.result(t) for t in task_ids] == [0, 10, 20, 30, 40, 50]
@@ -188,7 +188,7 @@ async def test_async_functions_run_in_the_loop_and_notices_follow_completion_ord
 
 
 async def test_async_function_that_raises_fails_with_its_traceback(
-    endpoint: Endpoint, redis_url: str
+    endpoint: GatewayEndpoint, redis_url: str
 ) -> None:
     fails = await endpoint.register(
         source_code(
@@ -204,7 +204,7 @@ async def test_async_function_that_raises_fails_with_its_traceback(
     )
     task_id = await endpoint.submit(fails)
 
-    async with Agent(settings_for(endpoint, redis_url, engine="thread")) as agent:
+    async with Agent(settings_for(endpoint, engine="thread")) as agent:
         await agent.run(burst=True)
 
     record = await endpoint.failure(task_id)
@@ -214,7 +214,7 @@ async def test_async_function_that_raises_fails_with_its_traceback(
 
 
 async def test_a_crashed_worker_process_fails_its_task_and_the_pool_recovers(
-    endpoint: Endpoint, redis_url: str
+    endpoint: GatewayEndpoint, redis_url: str
 ) -> None:
     crash = await endpoint.register(
         source_code(
@@ -230,7 +230,7 @@ async def test_a_crashed_worker_process_fails_its_task_and_the_pool_recovers(
     add = await endpoint.register(ADD)
     crashed = await endpoint.submit(crash)
 
-    async with Agent(settings_for(endpoint, redis_url, workers=1)) as agent:
+    async with Agent(settings_for(endpoint, workers=1)) as agent:
         await agent.run(burst=True)
         after = await endpoint.submit(add, 2, 3)
         await agent.run(burst=True)

@@ -10,7 +10,8 @@ import pytest
 from endpoint_agent import Agent
 from sdk.serialize import pack_buffers, serialize
 from sdk.states import TaskState
-from tests.agent.helpers import Endpoint, settings_for, source_code
+from tests.agent.gateway_stack import GatewayEndpoint, settings_for
+from tests.agent.helpers import source_code
 
 ADD = source_code("add", "def add(a, b=0):\n    return a + b\n")
 FAILURES = source_code(
@@ -49,7 +50,7 @@ def foreign_dill(pickled: bytes) -> str:
     return pack_buffers(["00\n" + base64.encodebytes(pickled).decode(), serialize({})])
 
 
-async def test_each_failure_fails_only_its_task(endpoint: Endpoint, redis_url: str) -> None:
+async def test_each_failure_fails_only_its_task(endpoint: GatewayEndpoint, redis_url: str) -> None:
     misbehave = await endpoint.register(FAILURES)
     add = await endpoint.register(ADD)
     asleep = await endpoint.register(ASLEEP)
@@ -63,7 +64,7 @@ async def test_each_failure_fails_only_its_task(endpoint: Endpoint, redis_url: s
     unknown_opcode = await endpoint.submit(add, payload=foreign_dill(b"\x80\x04\xfe\x00."))
     fine = await endpoint.submit_many(add, [((i, 1), {}) for i in range(6)])
     async_fine = await endpoint.submit(asleep, 0)
-    settings = settings_for(endpoint, redis_url, engine="process", workers=2, walltime_s=1.0)
+    settings = settings_for(endpoint, engine="process", workers=2, walltime_s=1.0)
 
     async with Agent(settings) as agent:
         await agent.run(burst=True)
@@ -97,7 +98,7 @@ async def test_each_failure_fails_only_its_task(endpoint: Endpoint, redis_url: s
 
 @pytest.mark.parametrize("engine", ["process", "thread"])
 async def test_a_task_walltime_is_the_tighter_of_task_and_endpoint(
-    endpoint: Endpoint, redis_url: str, engine: str
+    endpoint: GatewayEndpoint, redis_url: str, engine: str
 ) -> None:
     misbehave = await endpoint.register(FAILURES)
     asleep = await endpoint.register(ASLEEP)
@@ -105,7 +106,7 @@ async def test_a_task_walltime_is_the_tighter_of_task_and_endpoint(
     quick_async = await endpoint.submit(asleep, 60, walltime_s="0.2")
     capped = await endpoint.submit(asleep, 60, walltime_s="86400")
     bad = await endpoint.submit(asleep, 0, walltime_s="soon")
-    settings = settings_for(endpoint, redis_url, engine=engine, walltime_s=0.4)
+    settings = settings_for(endpoint, engine=engine, walltime_s=0.4)
 
     async with Agent(settings) as agent:
         await agent.run(burst=True)
@@ -124,7 +125,7 @@ async def test_a_task_walltime_is_the_tighter_of_task_and_endpoint(
 
 @pytest.mark.parametrize("engine", ["process", "thread"])
 async def test_results_over_the_limit_fail_with_result_too_large(
-    endpoint: Endpoint, redis_url: str, engine: str
+    endpoint: GatewayEndpoint, redis_url: str, engine: str
 ) -> None:
     make = await endpoint.register(source_code("make", "def make(n):\n    return 'x' * n\n"))
     amake = await endpoint.register(
@@ -132,7 +133,7 @@ async def test_results_over_the_limit_fail_with_result_too_large(
     )
     big, small = await endpoint.submit(make, 5000), await endpoint.submit(make, 10)
     abig = await endpoint.submit(amake, 5000)
-    settings = settings_for(endpoint, redis_url, engine=engine, max_result_bytes=1000)
+    settings = settings_for(endpoint, engine=engine, max_result_bytes=1000)
 
     async with Agent(settings) as agent:
         await agent.run(burst=True)
@@ -146,7 +147,7 @@ async def test_results_over_the_limit_fail_with_result_too_large(
 
 @pytest.mark.parametrize("engine", ["process", "thread"])
 async def test_stdout_and_stderr_are_captured_per_task_and_bounded(
-    endpoint: Endpoint, redis_url: str, engine: str
+    endpoint: GatewayEndpoint, redis_url: str, engine: str
 ) -> None:
     talk = await endpoint.register(
         source_code(
@@ -184,7 +185,7 @@ async def test_stdout_and_stderr_are_captured_per_task_and_bounded(
     long = await endpoint.submit(talk, 9, 5000)
     atalked = await endpoint.submit_many(atalk, [((i,), {}) for i in range(3)])
     silent = await endpoint.submit(quiet, 1, 1)
-    settings = settings_for(endpoint, redis_url, engine=engine, max_output_chars=100)
+    settings = settings_for(endpoint, engine=engine, max_output_chars=100)
 
     async with Agent(settings) as agent:
         await agent.run(burst=True)
@@ -202,7 +203,9 @@ async def test_stdout_and_stderr_are_captured_per_task_and_bounded(
     assert "stdout" not in fields and "stderr" not in fields
 
 
-async def test_allow_lists_refuse_other_functions(endpoint: Endpoint, redis_url: str) -> None:
+async def test_allow_lists_refuse_other_functions(
+    endpoint: GatewayEndpoint, redis_url: str
+) -> None:
     listed = await endpoint.register(ADD)
     unlisted = await endpoint.register(source_code("sub", "def sub(a, b):\n    return a - b\n"))
     config_only = await endpoint.register(source_code("mul", "def mul(a, b):\n    return a * b\n"))
@@ -212,7 +215,7 @@ async def test_allow_lists_refuse_other_functions(endpoint: Endpoint, redis_url:
     refused = await endpoint.submit(unlisted, 1, 2)
     refused_by_config = await endpoint.submit(config_only, 1, 2)
     settings = settings_for(
-        endpoint, redis_url, engine="thread", allowed_functions=frozenset({listed, unlisted})
+        endpoint, engine="thread", allowed_functions=frozenset({listed, unlisted})
     )
 
     async with Agent(settings) as agent:

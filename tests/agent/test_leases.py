@@ -16,13 +16,14 @@ from endpoint_agent import Agent
 from sdk.keys import AGENT_GROUP
 from sdk.states import TaskState
 from service_common.tasks.stream import TaskStream
-from tests.agent.helpers import HOLD, Endpoint, Gate, settings_for, source_code
+from tests.agent.gateway_stack import GatewayEndpoint, settings_for
+from tests.agent.helpers import HOLD, Gate, source_code
 
 SQUARE = source_code("square", "def square(x):\n    return x * x\n")
 HOUR_MS = 3_600_000
 
 
-async def lose(endpoint: Endpoint, attempts: int) -> str:
+async def lose(endpoint: GatewayEndpoint, attempts: int) -> str:
     """A task an agent named ``ghost`` read, started ``attempts`` times, and was lost with:
     its entry pending to ``ghost``, idle for an hour. Returns the entry id."""
     await endpoint.redis.xgroup_create(endpoint.stream, AGENT_GROUP, id="0", mkstream=True)
@@ -41,13 +42,13 @@ async def lose(endpoint: Endpoint, attempts: int) -> str:
 
 
 async def test_a_lost_agents_task_is_claimed_and_its_attempt_counted(
-    endpoint: Endpoint, redis_url: str
+    endpoint: GatewayEndpoint, redis_url: str
 ) -> None:
     square = await endpoint.register(SQUARE)
     task_id = await endpoint.submit(square, 12)
     await lose(endpoint, attempts=1)
 
-    async with Agent(settings_for(endpoint, redis_url, engine="thread")) as agent:
+    async with Agent(settings_for(endpoint, engine="thread")) as agent:
         await agent.run(burst=True)
 
     assert await endpoint.result(task_id) == 144
@@ -58,13 +59,13 @@ async def test_a_lost_agents_task_is_claimed_and_its_attempt_counted(
 
 
 async def test_after_max_attempts_the_task_fails_with_worker_lost(
-    endpoint: Endpoint, redis_url: str
+    endpoint: GatewayEndpoint, redis_url: str
 ) -> None:
     square = await endpoint.register(SQUARE)
     task_id = await endpoint.submit(square, 12)
     await lose(endpoint, attempts=3)
 
-    async with Agent(settings_for(endpoint, redis_url, engine="thread", max_attempts=3)) as agent:
+    async with Agent(settings_for(endpoint, engine="thread", max_attempts=3)) as agent:
         await agent.run(burst=True)
 
     record = await endpoint.failure(task_id)
@@ -75,7 +76,7 @@ async def test_after_max_attempts_the_task_fails_with_worker_lost(
 
 
 async def test_a_result_stored_without_its_notice_is_announced_on_redelivery(
-    endpoint: Endpoint, redis_url: str
+    endpoint: GatewayEndpoint, redis_url: str
 ) -> None:
     square = await endpoint.register(SQUARE)
     task_id = await endpoint.submit(square, 3)
@@ -86,7 +87,7 @@ async def test_a_result_stored_without_its_notice_is_announced_on_redelivery(
         mapping={"state": TaskState.SUCCESS, "result": "11\n9", "notice_pending": "1"},
     )
 
-    async with Agent(settings_for(endpoint, redis_url, engine="thread")) as agent:
+    async with Agent(settings_for(endpoint, engine="thread")) as agent:
         await agent.run(burst=True)
 
     fields = await endpoint.task(task_id)
@@ -97,7 +98,7 @@ async def test_a_result_stored_without_its_notice_is_announced_on_redelivery(
 
 
 async def test_renewing_a_lease_resets_idle_time_only_for_entries_still_held(
-    endpoint: Endpoint, redis_url: str
+    endpoint: GatewayEndpoint, redis_url: str
 ) -> None:
     square = await endpoint.register(SQUARE)
     await endpoint.submit_many(square, [((1,), {}), ((2,), {})])
@@ -118,18 +119,14 @@ async def test_renewing_a_lease_resets_idle_time_only_for_entries_still_held(
 
 
 async def test_a_stopping_agent_hands_tasks_back_for_another_at_once(
-    endpoint: Endpoint, redis_url: str
+    endpoint: GatewayEndpoint, redis_url: str
 ) -> None:
     hold = await endpoint.register(HOLD)
     gate = Gate(endpoint)
     task_ids = await endpoint.submit_many(hold, [(gate.args(redis_url), {}) for _ in range(3)])
     # Leases of an hour: only a hand-back can move the tasks to the second agent now.
-    first = settings_for(
-        endpoint, redis_url, workers=2, consumer="first", drain_grace_s=0, lease_ms=HOUR_MS
-    )
-    second = settings_for(
-        endpoint, redis_url, engine="thread", workers=3, consumer="second", lease_ms=HOUR_MS
-    )
+    first = settings_for(endpoint, workers=2, consumer="first", drain_grace_s=0, lease_ms=HOUR_MS)
+    second = settings_for(endpoint, engine="thread", workers=3, consumer="second", lease_ms=HOUR_MS)
 
     async with Agent(first) as agent:
         running = asyncio.create_task(agent.run())
@@ -173,7 +170,7 @@ async def spawn_agent(env: dict[str, str], log: IO[bytes]) -> asyncio.subprocess
     )
 
 
-async def read_notices(endpoint: Endpoint, cursor: str, until: int, seen: list[str]) -> str:
+async def read_notices(endpoint: GatewayEndpoint, cursor: str, until: int, seen: list[str]) -> str:
     """Block on the task group's stream until ``seen`` holds ``until`` task ids."""
     key = endpoint.keys.task_group_results(endpoint.task_group_id)
     deadline = time.monotonic() + 60
@@ -188,7 +185,7 @@ async def read_notices(endpoint: Endpoint, cursor: str, until: int, seen: list[s
 
 
 async def test_kill_9_in_the_middle_of_2000_tasks_loses_and_duplicates_nothing(
-    endpoint: Endpoint, redis_url: str, tmp_path: Path
+    endpoint: GatewayEndpoint, redis_url: str, tmp_path: Path
 ) -> None:
     square = await endpoint.register(SQUARE)
     task_ids = await endpoint.submit_many(square, [((i,), {}) for i in range(2000)])

@@ -18,7 +18,8 @@ import redis.asyncio as aioredis
 from endpoint_agent import Agent
 from sdk.keys import Keys
 from sdk.states import TaskState
-from tests.agent.helpers import HOLD, Endpoint, Gate, settings_for, source_code
+from tests.agent.gateway_stack import GatewayEndpoint, settings_for
+from tests.agent.helpers import HOLD, Gate, source_code
 from tests.private_redis import PrivateRedis
 
 SQUARE = source_code("square", "def square(x):\n    return x * x\n")
@@ -48,7 +49,7 @@ async def until(condition: Callable[[], object], what: str) -> None:
         await asyncio.sleep(0.02)
 
 
-async def notices_at_least(endpoint: Endpoint, count: int) -> bool:
+async def notices_at_least(endpoint: GatewayEndpoint, count: int) -> bool:
     try:
         return len(await endpoint.notices()) >= count
     except (ConnectionError, OSError, aioredis.ConnectionError):

@@ -176,8 +176,13 @@ class AgentClient:
 
 
 async def _recv(ws: ClientConnection, kind: type[F]) -> F:
+    """The next frame, which must be a ``kind``; the gateway's word that a grant found the
+    stream empty (an empty ``tasks`` frame, which may come at any time) is passed over."""
     async with asyncio.timeout(FRAME_WAIT_S):
-        frame = decode_gateway_frame(await ws.recv())
+        while True:
+            frame = decode_gateway_frame(await ws.recv())
+            if not (isinstance(frame, Tasks) and not frame.tasks):
+                break
     assert isinstance(frame, kind), frame
     return frame
 

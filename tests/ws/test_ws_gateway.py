@@ -32,6 +32,7 @@ from service_common.agent_protocol import (
     Settled,
     Status,
     Tasks,
+    decode_gateway_frame,
 )
 from tests.private_redis import PrivateRedis
 from tests.ws.gateway_helpers import (
@@ -111,6 +112,21 @@ async def test_windows_keep_to_credit_and_code_is_sent_once(
     assert {t.attempt for t in first + rest} == {1}
     states = [await aredis.hget(keys.task(tid), "state") for tid in task_ids]
     assert states == ["running"] * 5
+
+
+async def test_a_grant_that_finds_the_stream_empty_is_told_so_once(stack: Stack) -> None:
+    eid, credential = await stack.ann.endpoint()
+    fid = await stack.ann.function()
+    async with stack.ws() as url, AgentClient.connect(url, credential) as agent:
+        await agent.send(Credit(2))
+        told = decode_gateway_frame(await asyncio.wait_for(agent.ws.recv(), FRAME_WAIT_S))
+        assert told == Tasks(())  # the word: nothing queued for that grant
+        # Once per grant: the reader looks again (its wait is 1 s) and says nothing more.
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(agent.ws.recv(), 2.5)
+        _, [task_id] = await stack.ann.submit(eid, fid, 1)
+        window = decode_gateway_frame(await asyncio.wait_for(agent.ws.recv(), FRAME_WAIT_S))
+        assert isinstance(window, Tasks) and [t.task_id for t in window.tasks] == [task_id]
 
 
 async def test_outcomes_are_settled_and_answered(

@@ -8,7 +8,8 @@ copy's, ``gw-<random>``):
 1. *Claim* (every ``lease_ms / 4`` per endpoint): one pipelined ``XAUTOCLAIM`` per wanting
    endpoint takes entries idle for a whole lease (their agent or gateway is gone).
 2. *Read*: one pipelined non-blocking ``XREADGROUP COUNT n`` per wanting endpoint, ``n``
-   the credit its agents on this copy have left (:attr:`Wanting.wants`).
+   the credit its agents on this copy have left (:attr:`Wanting.wants`). A wanting agent
+   whose stream had nothing is told so (:meth:`Wanting.found_nothing`).
 3. *Wait*: when nothing was found, one ``XREADGROUP COUNT m BLOCK block_ms`` over every
    wanting stream at once, ``m`` the smallest want among them, on a connection of its own;
    it returns when any of them gets an entry. An agent whose endpoint is not in that wait
@@ -69,6 +70,10 @@ class Wanting(Protocol):
 
     def deliver(self, entries: list[TaskEntry]) -> None:
         """Take ``entries`` (at most :attr:`wants`) to start and send."""
+        ...
+
+    def found_nothing(self) -> None:
+        """A read for this agent's want found its endpoint's stream empty."""
         ...
 
 
@@ -213,6 +218,11 @@ class Reader:
                 return
         counts = {self._keys.endpoint_tasks(eid): n for eid, n in wants.items()}
         found = await read_streams(self._redis, counts, self.consumer)
+        for eid in wants:
+            if not found.get(self._keys.endpoint_tasks(eid)):
+                for session in self._sessions.get(eid, []):
+                    if session.wants > 0:
+                        session.found_nothing()
         if found:
             await self._distribute(found)
             return

@@ -67,6 +67,7 @@ from service_common.agent_protocol import (
     Status,
     Task,
     TaskOutcome,
+    Tasks,
     Welcome,
     decode_agent_frame,
     encode,
@@ -135,6 +136,8 @@ class AgentSession:
         self._deliveries: dict[str, Delivery] = {}
         self._inbox: list[TaskEntry] = []
         self._reserved = 0
+        self._told_nothing = False  # since the agent's last grant
+        self._telling: set[asyncio.Task[None]] = set()
         self._inbox_ready = asyncio.Event()
         self._closing = False
         self.draining = False
@@ -161,6 +164,17 @@ class AgentSession:
         self._reserved += len(entries)
         self._inbox.extend(entries)
         self._inbox_ready.set()
+
+    def found_nothing(self) -> None:
+        """Tell the agent, once per grant, that its stream is empty: an empty ``tasks``
+        frame. Not while tasks are being started for it, so the word never overtakes them
+        (the next read after they are sent tells it then)."""
+        if self._told_nothing or self._reserved or self._inbox:
+            return
+        self._told_nothing = True
+        told = asyncio.get_running_loop().create_task(self.send_quietly(Tasks(())))
+        self._telling.add(told)
+        told.add_done_callback(self._telling.discard)
 
     # -- the connection --------------------------------------------------------------------
 
@@ -265,6 +279,7 @@ class AgentSession:
     async def _on_frame(self, frame: AgentFrame) -> None:
         if isinstance(frame, Credit):
             self.ledger.grant(frame)
+            self._told_nothing = False
             self.gateway.reader.wake(self)
         elif isinstance(frame, Outcomes):
             # Accepted in frame order, so a credit frame that follows finds these slots
