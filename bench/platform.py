@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -135,15 +136,29 @@ class Platform:
         wait_for_port(ws_port, timeout_s=self._timeout_s, proc=ws)
         endpoints: dict[str, str] = {}
         with Client(url, token, ws_url=ws_url) as client:
-            for name in [*(a.name for a in self._agents), *self._idle]:
+            for name in self._idle:
                 endpoints[name] = client.register_endpoint(name)
+        # Each agent registers its own endpoint on first start (and so gets its credential)
+        # and reaches the platform through the gateway only: it is given no Redis or SQL.
+        private = {"REDIS_URL", "DATABASE_URL", "FXBROKER_KEY_PREFIX"}
         for agent in self._agents:
-            agent_env = {
-                **env,
-                "FXBROKER_ENGINE": agent.engine,
-                "FXBROKER_WORKERS": str(agent.workers),
-                "FXBROKER_MAX_CONCURRENCY": str(agent.max_concurrency),
-                "FXBROKER_PREFETCH": str(agent.prefetch),
-            }
-            self.processes.start([*FXBROKER, "endpoint", "start", agent.name], agent_env)
+            agent_env = {k: v for k, v in env.items() if k not in private}
+            agent_env.update(
+                FXBROKER_ENGINE=agent.engine,
+                FXBROKER_WORKERS=str(agent.workers),
+                FXBROKER_MAX_CONCURRENCY=str(agent.max_concurrency),
+                FXBROKER_PREFETCH=str(agent.prefetch),
+            )
+            proc = self.processes.start([*FXBROKER, "endpoint", "start", agent.name], agent_env)
+            endpoints[agent.name] = self._registered(agent.name, proc)
         return Deployment(url, ws_url, token, endpoints, self.key_prefix, self.redis_url)
+
+    def _registered(self, name: str, proc: subprocess.Popen[bytes]) -> str:
+        """The id endpoint ``name``'s agent stored once registered (it waits for it)."""
+        id_file = self._workdir / "home" / "endpoints" / name / "endpoint_id"
+        deadline = time.monotonic() + self._timeout_s
+        while not (id_file.exists() and id_file.read_text().strip()):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the agent of {name} did not register its endpoint")
+            time.sleep(0.02)
+        return id_file.read_text().strip()

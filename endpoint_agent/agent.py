@@ -5,15 +5,15 @@
     async with Agent(settings) as agent:
         await agent.run()            # until agent.stop(); run(burst=True) drains and returns
 
-One loop asks its transport (:mod:`endpoint_agent.transport`) for windows of tasks: through
-the endpoint gateway over one WebSocket (:mod:`endpoint_agent.gateway`, when the settings
-name a credential and no Redis) or from the endpoint's stream in Redis
-(:mod:`endpoint_agent.redis_transport`). It runs ``async def`` functions in this event loop
-and ``def`` functions in the engine's workers (:mod:`endpoint_agent.engines`) and hands each
-outcome back to the transport, which reports outcomes in batches. The rules below are the
-same for both transports; "read" is "received in a window", "acknowledged" is "settled".
+One loop asks its transport (:mod:`endpoint_agent.transport`) for windows of tasks: the
+endpoint gateway, over one WebSocket authenticated by the endpoint's credential
+(:mod:`endpoint_agent.gateway`); the agent never sees Redis. It runs ``async def`` functions
+in this event loop and ``def`` functions in the engine's workers
+(:mod:`endpoint_agent.engines`) and hands each outcome back to the transport, which reports
+outcomes in batches. "Read" is "received in a window" (the agent grants credit for as many
+as it asks), "acknowledged" is "settled".
 
-**How many entries one read asks for.** The agent cannot know a task's kind before reading
+**How many tasks one read asks for.** The agent cannot know a task's kind before reading
 it, so it reads as if the next tasks were like the last ones:
 
 * *sync-shaped* (the initial shape, and after any read that held a ``def`` function):
@@ -25,15 +25,16 @@ it, so it reads as if the next tasks were like the last ones:
 
 A task that cannot start at once (a ``def`` read in an async-shaped read while the workers
 are busy) waits inside the agent and counts as held. The agent never holds more than
-``workers + prefetch + max_concurrency`` tasks, and a task counts as held until its stream entry is
-acknowledged (or handed back), so ``XPENDING`` for this consumer never exceeds what the rule
-allows. When nothing may be read, the loop waits for a completion instead of reading.
+``workers + prefetch + max_concurrency`` tasks, and a task counts as held until its outcome is
+reported (or it is handed back), so the gateway never has more of this agent's tasks in hand
+than the rule allows. When nothing may be read, the loop waits for a completion instead.
 
-**Delivery.** Execution is at-least-once. A task is acknowledged only with its outcome; one
-read but never settled (the agent was killed) stays pending in the group, and once idle for
-``lease_ms`` it is claimed by a live agent and started again, its attempt counted; a start
-past ``max_attempts`` fails the task with ``WorkerLost`` instead. A task whose hash is
-already terminal when read (``cancelled`` while queued) is acknowledged and not run.
+**Delivery.** Execution is at-least-once. A task is settled only with its outcome; the
+gateway keeps the lease of every task it handed this agent while the agent's connection
+lives. One never settled (the agent was killed) is claimed again once its lease lapses and
+started again, its attempt counted; a start past the gateway's ``max_attempts`` fails the
+task with ``WorkerLost`` instead. A task already terminal when read (``cancelled`` while
+queued) is settled by the gateway and never sent.
 
 **Stopping a task.** A cancel notice, a walltime and a drain all stop a running task the
 same way: its asyncio task is cancelled, which cancels an ``async def`` function and makes
@@ -43,8 +44,8 @@ the process engine kill and replace the worker running a ``def`` one. A cancelle
 **Stopping the agent** (:meth:`Agent.stop`, SIGTERM with :func:`run_agent`): it reads
 nothing more, hands back at once the tasks still waiting for a slot, gives running tasks
 ``drain_grace_s`` to finish, then stops the rest and hands them back too. A task handed back
-is ``waiting-for-ep`` again with its attempt not counted, and its entry is re-added to the
-stream, so any agent reading it gets the task at once, not after a lease.
+is ``waiting-for-ep`` again with its attempt not counted, and the gateway re-adds its entry
+to the stream, so any agent gets the task at once, not after a lease.
 """
 
 from __future__ import annotations
@@ -115,11 +116,8 @@ class _Runtime:
 
 
 def make_transport(settings: AgentSettings, host: Agent, outage: Outage) -> Transport:
-    """The transport ``settings`` call for: the gateway when they name no Redis."""
-    if not settings.uses_gateway:
-        from endpoint_agent.redis_transport import RedisTransport
-
-        return RedisTransport(settings, host, outage=outage)
+    """The endpoint gateway, over one WebSocket (imported here: ``websockets`` loads only
+    in the agent's own process, not in its workers)."""
     from endpoint_agent.gateway import GatewayTransport
 
     return GatewayTransport(settings, host, outage=outage)
@@ -145,7 +143,7 @@ class Agent:
         self._returned: list[_Held] = []
         self._wake = asyncio.Event()
         self._stop_event = asyncio.Event()
-        self._outage = Outage("the gateway" if settings.uses_gateway else "Redis", logger=log)
+        self._outage = Outage("the gateway", logger=log)
         self._stop_requested = False
         self._grace_s: float | None = None
         self._draining = False
@@ -207,13 +205,23 @@ class Agent:
 
     @property
     def transport(self) -> str:
-        """How this agent reaches its endpoint: ``"gateway"`` or ``"redis"``."""
+        """How this agent reaches its endpoint (``"gateway"``)."""
         return self._runtime.transport.name
 
     @property
     def held(self) -> int:
         """Tasks received and not yet settled (or handed back)."""
         return len(self._held)
+
+    @property
+    def connected(self) -> bool:
+        """Whether the agent is connected to its gateway now."""
+        return self._runtime.transport.connected
+
+    @property
+    def unanswered(self) -> int:
+        """Outcomes reported and not yet answered (stored or refused) by the platform."""
+        return self._runtime.transport.held_outcomes
 
     @property
     def running(self) -> int:
@@ -296,16 +304,16 @@ class Agent:
 
     async def run(self, *, burst: bool = False) -> None:
         """Serve the endpoint until :meth:`stop`; with ``burst`` also return once the
-        transport has nothing left for this agent (Redis: nothing new, nothing claimable;
-        the gateway: no task came for ``block_ms`` after credit was granted) and nothing
-        it received is still unsettled.
+        gateway says a grant found the endpoint's stream empty and nothing it received is
+        still unsettled.
 
         Every task received is run (or skipped, if already terminal) and its outcome
         reported before ``run`` returns normally, except tasks handed back by a stop.
 
-        The platform going away (a Redis restart, a lost gateway) never ends ``run``: every
-        step that needs it waits it out with the shared backoff (:mod:`service_common.retry`)
-        and the outage is logged once when it starts and once when it ends. Tasks already
+        The platform going away (a lost gateway, a Redis restart behind it) never ends
+        ``run``: every step that needs it waits it out with the shared backoff
+        (:mod:`service_common.retry`) and the outage is logged once when it starts and once
+        when it ends. Tasks already
         received keep running meanwhile and their outcomes are reported once it is back.
         A stop during an outage leaves what could not be reported or handed back to its
         lease: it runs again once that lapses."""

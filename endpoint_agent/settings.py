@@ -21,10 +21,7 @@ from sdk.serialize import STRATEGIES
 from service_common.errors import SettingsError
 from service_common.settings import (
     WS_SCHEMES,
-    RedisSettings,
     check_at_least,
-    check_key_prefix,
-    check_positive,
     env,
     integer,
     name_set,
@@ -43,7 +40,7 @@ def _default_workers() -> int:
 
 
 @dataclass(frozen=True, kw_only=True)
-class AgentSettings(RedisSettings):
+class AgentSettings:
     """How one endpoint agent connects, reads and runs tasks.
 
     *Execution.* ``workers`` sync functions run at once (in processes, or threads with
@@ -61,26 +58,22 @@ class AgentSettings(RedisSettings):
     function code and payloads, ``allowed_functions`` the function ids this agent runs
     (``None``: no restriction of its own; the endpoint's allow-list in Redis applies too).
 
-    *Delivery.* A task read and not settled keeps its lease while this agent lives
-    (refreshed every ``lease_ms / 3``); an entry idle for ``lease_ms`` belongs to a lost
-    agent and is claimed again, up to ``max_attempts`` starts in all. On stop, running
-    tasks get ``drain_grace_s`` to finish; the rest are handed back to the stream.
+    *Delivery.* The gateway holds the lease of every task it handed this agent while the
+    agent's connection lives (its ``lease_ms``, ``max_attempts`` and heartbeat interval are
+    the ws_service copy's settings). On stop, running tasks get ``drain_grace_s`` to finish;
+    the rest are handed back.
 
-    *Transport.* With a ``credential`` (the endpoint's own, see ``fxbroker endpoint
-    start``) and no ``redis_url``, the agent reaches its endpoint only through the gateway
-    at ``ws_url`` (``ws[s]://host:port``, the WebSocket service) and never sees Redis
+    *Transport.* The agent reaches its endpoint only through the gateway at ``ws_url``
+    (``ws[s]://host:port``, the WebSocket service), authenticated by the endpoint's own
+    ``credential`` (see ``fxbroker endpoint start``); it never sees Redis
     (:mod:`endpoint_agent.gateway`). It holds at most ``max_held_outcomes`` outcomes
     (``max_held_bytes`` bytes) the gateway has not answered, for instance while it is away,
-    by taking no more work when full, never by dropping one. With a ``redis_url`` it reads
-    the endpoint's stream in that Redis itself (:mod:`endpoint_agent.redis_transport`).
+    by taking no more work when full, never by dropping one.
 
     ``consumer`` names this agent in the endpoint's consumer group, and to the gateway
     (default ``<hostname>-<pid>``).
     """
 
-    redis_url: str | None = field(default=None, metadata=env("REDIS_URL"))  # type: ignore[assignment]
-    """The platform's Redis (the Redis transport); ``None``: reach the endpoint through the
-    gateway, which then needs ``ws_url`` and ``credential``."""
     ws_url: str = field(default="", metadata=env("FXBROKER_WS_URL"))
     """The WebSocket service whose gateway serves the agent: one URL, or several copies'
     separated by commas (for copies with no load balancer in front). With several, the
@@ -100,9 +93,7 @@ class AgentSettings(RedisSettings):
         default_factory=_default_workers, metadata=env("FXBROKER_WORKERS", integer)
     )
     max_concurrency: int = field(default=1000, metadata=env("FXBROKER_MAX_CONCURRENCY", integer))
-    heartbeat_s: float = field(default=5.0, metadata=env("FXBROKER_HEARTBEAT_S", number))
     block_ms: int = field(default=1000, metadata=env("FXBROKER_BLOCK_MS", integer))
-    result_ttl_s: int = field(default=7 * 24 * 3600, metadata=env("FXBROKER_RESULT_TTL_S", integer))
     consumer: str = field(default="", metadata=env("FXBROKER_CONSUMER"))
     allowed_strategies: frozenset[str] | None = field(
         default=None, metadata=env("FXBROKER_ALLOWED_STRATEGIES", name_set)
@@ -114,8 +105,6 @@ class AgentSettings(RedisSettings):
         default=(), metadata=env("FXBROKER_ACCELERATORS", split_names)
     )
     walltime_s: float | None = field(default=None, metadata=env("FXBROKER_WALLTIME_S", number))
-    lease_ms: int = field(default=30_000, metadata=env("FXBROKER_LEASE_MS", integer))
-    max_attempts: int = field(default=3, metadata=env("FXBROKER_MAX_ATTEMPTS", integer))
     drain_grace_s: float = field(default=30.0, metadata=env("FXBROKER_DRAIN_GRACE_S", number))
     max_result_bytes: int = field(
         default=10 * 1024 * 1024, metadata=env("FXBROKER_MAX_RESULT_BYTES", integer)
@@ -129,21 +118,16 @@ class AgentSettings(RedisSettings):
     trips between one task and the next; a second agent then finds that many fewer."""
 
     def __post_init__(self) -> None:
-        if self.redis_url is not None:
-            super().__post_init__()
-        else:
-            check_key_prefix(self.key_prefix)
-            if not self.credential:
+        if not self.credential:
+            raise SettingsError(
+                "the endpoint's credential (FXBROKER_CREDENTIAL) is needed to reach the gateway"
+            )
+        for url in self.ws_urls or ("",):
+            if urlsplit(url).scheme not in WS_SCHEMES or not urlsplit(url).netloc:
                 raise SettingsError(
-                    "give redis_url (REDIS_URL), or the endpoint's credential "
-                    "(FXBROKER_CREDENTIAL) and ws_url (FXBROKER_WS_URL) to use the gateway"
+                    f"ws_url must be ws:// or wss:// URLs (comma-separated) of the "
+                    f"WebSocket service to reach the gateway, not {self.ws_url!r}"
                 )
-            for url in self.ws_urls or ("",):
-                if urlsplit(url).scheme not in WS_SCHEMES or not urlsplit(url).netloc:
-                    raise SettingsError(
-                        f"ws_url must be ws:// or wss:// URLs (comma-separated) of the "
-                        f"WebSocket service to reach the gateway, not {self.ws_url!r}"
-                    )
         if not self.endpoint_id:
             raise SettingsError("endpoint_id must not be empty")
         if self.engine not in ENGINES:
@@ -154,9 +138,6 @@ class AgentSettings(RedisSettings):
             "workers",
             "max_concurrency",
             "block_ms",
-            "result_ttl_s",
-            "lease_ms",
-            "max_attempts",
             "max_result_bytes",
             "max_output_chars",
             "max_held_outcomes",
@@ -164,7 +145,6 @@ class AgentSettings(RedisSettings):
             integer=True,
         )
         check_at_least(self, 0, "prefetch", integer=True)
-        check_positive(self, "heartbeat_s")
         check_at_least(self, 0, "drain_grace_s")
         if self.walltime_s is not None and not (
             self.walltime_s > 0 and math.isfinite(self.walltime_s)
@@ -196,11 +176,6 @@ class AgentSettings(RedisSettings):
         return tuple(url.strip() for url in self.ws_url.split(",") if url.strip())
 
     @property
-    def uses_gateway(self) -> bool:
-        """Whether the agent reaches its endpoint through the gateway (no Redis named)."""
-        return self.redis_url is None
-
-    @property
     def capacity(self) -> int:
         """How many tasks this agent holds at most: workers, prefetched tasks, async slots."""
         return self.workers + self.prefetch + self.max_concurrency
@@ -211,16 +186,13 @@ class AgentSettings(RedisSettings):
     ) -> AgentSettings:
         """Build settings from ``environ`` (default: the process environment).
 
-        ``REDIS_URL`` is required unless ``FXBROKER_CREDENTIAL`` is set (then, without a
-        ``REDIS_URL``, ``FXBROKER_WS_URL`` names the gateway), and ``FXBROKER_ENDPOINT_ID``
-        unless ``endpoint_id`` is given (it wins over the variable). List variables are
-        comma-separated:
+        ``FXBROKER_WS_URL`` (the gateway) and ``FXBROKER_CREDENTIAL`` are required, and
+        ``FXBROKER_ENDPOINT_ID`` unless ``endpoint_id`` is given (it wins over the variable).
+        List variables are comma-separated:
         ``FXBROKER_ALLOWED_STRATEGIES`` (such as ``00,11,st``) and
         ``FXBROKER_ALLOWED_FUNCTIONS`` name at least one item (unset: no restriction);
         ``FXBROKER_ACCELERATORS`` (such as ``0,1``) may be empty, for none.
         """
         given = {} if endpoint_id is None else {"endpoint_id": endpoint_id}
         environ = os.environ if environ is None else environ
-        if environ.get("REDIS_URL") is None and not environ.get("FXBROKER_CREDENTIAL"):
-            raise SettingsError("REDIS_URL is not set")
         return settings_from_env(cls, environ, **given)

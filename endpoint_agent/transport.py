@@ -1,12 +1,7 @@
-"""What the agent's loop needs from the platform, whichever way it reaches it.
-
-The dispatch and execution core (:mod:`endpoint_agent.agent`) is the same for every way an
-agent reaches its endpoint's tasks; a :class:`Transport` is that way:
-
-* :class:`~endpoint_agent.redis_transport.RedisTransport` reads the endpoint's stream in
-  Redis itself (the agent's first mode; it needs the platform's Redis URL);
-* :class:`~endpoint_agent.gateway.GatewayTransport` asks the endpoint gateway over one
-  WebSocket, authenticated by the endpoint's credential, and never sees Redis.
+"""What the agent's loop needs from the platform: the seam between the dispatch and
+execution core (:mod:`endpoint_agent.agent`) and the way the agent reaches its endpoint's
+tasks, :class:`~endpoint_agent.gateway.GatewayTransport` (the endpoint gateway over one
+WebSocket, authenticated by the endpoint's credential; the agent never sees Redis).
 
 The loop calls :meth:`Transport.receive` for the next window (as many tasks as it can take
 now), :meth:`Transport.settle` for each outcome, :meth:`Transport.hand_back` for tasks it
@@ -90,6 +85,16 @@ class Transport(Protocol):
     """How the agent reaches its endpoint's tasks (see the module docstring)."""
 
     name: str
+
+    @property
+    def connected(self) -> bool:
+        """Whether the platform is reachable now (the connection is open and welcomed)."""
+        ...
+
+    @property
+    def held_outcomes(self) -> int:
+        """Outcomes reported and not yet answered by the platform."""
+        ...
 
     async def open(self) -> None:
         """Acquire what the transport needs (connections); called once, in ``async with``."""

@@ -145,10 +145,8 @@ def _endpoint_error(command: str, exc: Exception) -> int:
 ENDPOINT_OPTIONS: dict[str, str] = {
     "url": "url",
     "token": "token",
-    "redis_url": "redis_url",
     "ws_url": "ws_url",
     "credential": "credential",
-    "key_prefix": "key_prefix",
     "engine": "engine",
     "workers": "workers",
     "max_concurrency": "max_concurrency",
@@ -156,9 +154,6 @@ ENDPOINT_OPTIONS: dict[str, str] = {
     "allowed_function": "allowed_functions",
     "allowed_strategy": "allowed_strategies",
     "accelerators": "accelerators",
-    "heartbeat_s": "heartbeat_s",
-    "lease_ms": "lease_ms",
-    "max_attempts": "max_attempts",
     "drain_grace_s": "drain_grace_s",
     "max_result_bytes": "max_result_bytes",
     "max_output_chars": "max_output_chars",
@@ -250,14 +245,12 @@ def _add_endpoint_parsers(endpoint: argparse._SubParsersAction[argparse.Argument
     p.add_argument("name")
     p.add_argument("--url", help="the web service (FXBROKER_URL)")
     p.add_argument("--token", help="an API token, to register the endpoint (FXBROKER_TOKEN)")
-    p.add_argument("--redis-url", help="the agent's Redis (REDIS_URL); none: use the gateway")
     p.add_argument(
         "--ws-url",
         help="the WebSocket service of the gateway, or several copies comma-separated "
         "(FXBROKER_WS_URL)",
     )
     p.add_argument("--credential", help="the endpoint's credential (FXBROKER_CREDENTIAL)")
-    p.add_argument("--key-prefix", help="the Redis key prefix (FXBROKER_KEY_PREFIX)")
     p.add_argument("--engine", choices=["process", "thread"], help="where def functions run")
     p.add_argument("--workers", type=int, help="def functions at once")
     p.add_argument("--max-concurrency", type=int, help="async def functions at once")
@@ -269,9 +262,6 @@ def _add_endpoint_parsers(endpoint: argparse._SubParsersAction[argparse.Argument
         "--allowed-strategy", action="append", help="a serialization strategy id (repeat)"
     )
     p.add_argument("--accelerators", help="comma-separated accelerator ids, e.g. 0,1 ('' for none)")
-    p.add_argument("--heartbeat-s", type=float)
-    p.add_argument("--lease-ms", type=int)
-    p.add_argument("--max-attempts", type=int)
     p.add_argument("--drain-grace-s", type=float)
     p.add_argument("--max-result-bytes", type=int)
     p.add_argument("--max-output-chars", type=int)

@@ -16,10 +16,10 @@ service the first time (``url`` and ``token``, else the service ``Client()`` fin
 no web service once the id is stored), writes the pid file, and runs the agent until SIGTERM
 or SIGINT, which drain it. A first start that finds the endpoint already registered (by
 another machine, say) is shown no credential and stores none: copy that machine's, or
-``rotate-credential`` (which ends the old one for every agent). Without a Redis in the file
-or the environment (the usual case) the agent reaches its endpoint through the gateway of
-the WebSocket service (``ws_url``, else the one the web service announces), with the
-credential; with the dev stack running that is the stack's ws. ``fxbroker dev`` keeps its
+``rotate-credential`` (which ends the old one for every agent). The agent reaches its
+endpoint only through the gateway of the WebSocket service (``ws_url``, else the one the web
+service announces), with the credential; with the dev stack running that is the stack's ws.
+It is never given a Redis URL: Redis stays private to the services. ``fxbroker dev`` keeps its
 own endpoint in ``local``, with its own pid while it runs.
 When neither the file nor the environment names accelerators, the process engine pins one
 worker to each accelerator the node has (``CUDA_VISIBLE_DEVICES``, else ``nvidia-smi -L``);
@@ -78,10 +78,8 @@ class Setting:
 SETTINGS: dict[str, Setting] = {
     "url": Setting("FXBROKER_URL", str),
     "token": Setting("FXBROKER_TOKEN", str),
-    "redis_url": Setting("REDIS_URL", str),
     "ws_url": Setting("FXBROKER_WS_URL", str),
     "credential": Setting("FXBROKER_CREDENTIAL", str),
-    "key_prefix": Setting("FXBROKER_KEY_PREFIX", str),
     "engine": Setting("FXBROKER_ENGINE", str),
     "workers": Setting("FXBROKER_WORKERS", int),
     "max_concurrency": Setting("FXBROKER_MAX_CONCURRENCY", int),
@@ -89,9 +87,6 @@ SETTINGS: dict[str, Setting] = {
     "allowed_functions": Setting("FXBROKER_ALLOWED_FUNCTIONS", list),
     "allowed_strategies": Setting("FXBROKER_ALLOWED_STRATEGIES", list),
     "accelerators": Setting("FXBROKER_ACCELERATORS", list),
-    "heartbeat_s": Setting("FXBROKER_HEARTBEAT_S", float),
-    "lease_ms": Setting("FXBROKER_LEASE_MS", int),
-    "max_attempts": Setting("FXBROKER_MAX_ATTEMPTS", int),
     "drain_grace_s": Setting("FXBROKER_DRAIN_GRACE_S", float),
     "max_result_bytes": Setting("FXBROKER_MAX_RESULT_BYTES", int),
     "max_output_chars": Setting("FXBROKER_MAX_OUTPUT_CHARS", int),
@@ -153,7 +148,8 @@ def configure(home: Path, name: str, changes: Mapping[str, Any]) -> Path:
     for key, value in changes.items():
         _check(key, value, "configure")
         config[key] = value
-    agent_settings(config, {}, endpoint_id="check", redis_url="redis://127.0.0.1:6379/0")
+    check = {"FXBROKER_CREDENTIAL": "unknown-yet", "FXBROKER_WS_URL": "ws://unknown-yet"}
+    agent_settings(config, check, endpoint_id="check")
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / CONFIG_FILE
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -187,7 +183,6 @@ def agent_settings(
     environ: Mapping[str, str],
     *,
     endpoint_id: str,
-    redis_url: str | None = None,
     detect: Callable[[Mapping[str, str]], Sequence[str]] | None = None,
 ) -> AgentSettings:
     """The agent's settings from the file and the environment (the environment wins).
@@ -195,8 +190,6 @@ def agent_settings(
     ``detect`` finds the node's accelerators when neither source names any and the engine
     is the process engine."""
     merged = merged_environment(config, environ)
-    if redis_url is not None:
-        merged.setdefault("REDIS_URL", redis_url)
     named = "accelerators" in config or environ.get("FXBROKER_ACCELERATORS")
     if detect is not None and not named and merged.get("FXBROKER_ENGINE", "process") == "process":
         found = detect(environ)
@@ -348,10 +341,8 @@ def start(home: Path, name: str, environ: Mapping[str, str]) -> None:
     """Register (once) and run the endpoint's agent in this process until a signal.
 
     Without a URL and token (file or environment) it registers with the service
-    ``Client()`` finds (the dev stack's, where one runs). Unless a Redis is named
-    (``redis_url``, ``REDIS_URL``: the agent's older mode, reading the stream itself) it
-    reaches the endpoint only through the gateway, with the endpoint's credential
-    (:func:`through_gateway`): the agent is handed no Redis URL, the dev stack's included."""
+    ``Client()`` finds (the dev stack's, where one runs). The agent reaches the endpoint
+    only through the gateway, with the endpoint's credential (:func:`through_gateway`)."""
     from endpoint_agent.agent import run_agent
 
     folder = endpoint_dir(home, name)
@@ -361,17 +352,14 @@ def start(home: Path, name: str, environ: Mapping[str, str]) -> None:
         raise ConfigurationError(f"endpoint {name} is already running (pid {pid})")
     # Settings are checked before anything is registered or written.
     merged = merged_environment(config, environ)
-    gateway = "REDIS_URL" not in merged
-    check = dict(environ)
-    if gateway:  # the credential (and maybe the ws URL) are known once registered
-        check["FXBROKER_CREDENTIAL"] = "unknown-yet"
-        if "FXBROKER_WS_URL" not in merged:
-            check["FXBROKER_WS_URL"] = "ws://unknown-yet"
+    check = dict(environ)  # the credential (and maybe the ws URL) are known once registered
+    check.setdefault("FXBROKER_CREDENTIAL", "unknown-yet")
+    if "FXBROKER_WS_URL" not in merged:
+        check["FXBROKER_WS_URL"] = "ws://unknown-yet"
     settings = agent_settings(config, check, endpoint_id="unregistered", detect=detect_accelerators)
     endpoint_id = register(folder, name, merged)
     settings = dataclasses.replace(settings, endpoint_id=endpoint_id)
-    if gateway:
-        settings = through_gateway(settings, folder, merged)
+    settings = through_gateway(settings, folder, merged)
     pinned = f", accelerators {','.join(settings.accelerators)}" if settings.accelerators else ""
     with pid_file(folder, name):
         print(
@@ -393,7 +381,7 @@ def through_gateway(
     credential = merged.get("FXBROKER_CREDENTIAL") or stored_credential(folder)
     if credential is None:
         raise ConfigurationError(
-            f"no Redis is named and {folder.name} has no credential: configure one with "
+            f"endpoint {folder.name} has no credential: configure one with "
             f"'fxbroker endpoint configure {folder.name} --credential ...' or run "
             f"'fxbroker endpoint rotate-credential {folder.name}'"
         )
@@ -401,7 +389,7 @@ def through_gateway(
     if not ws_url:
         with _client(merged) as client:
             ws_url = client.ws_url
-    return dataclasses.replace(settings, redis_url=None, credential=credential, ws_url=ws_url)
+    return dataclasses.replace(settings, credential=credential, ws_url=ws_url)
 
 
 def stop(home: Path, name: str, *, timeout_s: float) -> bool | None:

@@ -1,4 +1,5 @@
-"""Helpers of the agent tests: write tasks into Redis the way the web service does."""
+"""Helpers of the agent tests: write tasks into Redis the way the web service does, and
+gates that hold tasks until the test releases them."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.typing import EncodableT, FieldT
 
-from endpoint_agent import AgentSettings
 from sdk.keys import AGENT_GROUP, Keys
 from sdk.messages import ExceptionRecord, parse_exception
 from sdk.serialize import deserialize, pack_payload
@@ -124,18 +124,6 @@ class Endpoint:
         """Every entry was acknowledged and deleted."""
         assert await self.redis.xlen(self.stream) == 0
         assert await self.pending() == 0
-
-
-def settings_for(endpoint: Endpoint, redis_url: str, **overrides: Any) -> AgentSettings:
-    """Agent settings for ``endpoint``: two workers, the test's key prefix."""
-    options: dict[str, Any] = {"workers": 2, "consumer": "agent-1", "block_ms": 100}
-    options.update(overrides)
-    return AgentSettings(
-        endpoint_id=endpoint.endpoint_id,
-        redis_url=redis_url,
-        key_prefix=endpoint.keys.prefix,
-        **options,
-    )
 
 
 @dataclass

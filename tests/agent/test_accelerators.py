@@ -70,6 +70,10 @@ def test_accelerators_come_from_cuda_visible_devices_or_nvidia_smi(tmp_path: Pat
 
 def test_accelerators_set_one_process_worker_each() -> None:
     settings = AgentSettings(
-        endpoint_id="ep", redis_url="redis://127.0.0.1:6379/0", workers=8, accelerators=("0",)
+        endpoint_id="ep",
+        ws_url="ws://127.0.0.1:1",
+        credential="fxep_x",
+        workers=8,
+        accelerators=("0",),
     )
     assert settings.workers == 1

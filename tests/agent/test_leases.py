@@ -1,6 +1,7 @@
-"""Leases and redelivery: tasks of a lost agent are claimed again with the attempt counted,
-up to max_attempts; a stopping agent hands its tasks back at once; a kill -9 in the middle
-of 2,000 tasks loses none and duplicates none."""
+"""Leases and redelivery through the gateway: tasks of a lost agent are claimed again with
+the attempt counted, up to the gateway's max_attempts; a stopping agent hands its tasks back
+at once; a kill -9 of an agent process in the middle of 2,000 tasks loses none and
+duplicates none. Leases are the gateway's (``lease_ms`` of the ws_service copy)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,17 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from endpoint_agent import Agent
+from endpoint_agent import Agent, AgentSettings
 from sdk.keys import AGENT_GROUP
 from sdk.states import TaskState
 from service_common.tasks.stream import TaskStream
-from tests.agent.gateway_stack import GatewayEndpoint, settings_for
+from tests.agent.gateway_stack import (
+    GatewayEndpoint,
+    GatewayStack,
+    agent_settings,
+    settings_for,
+    ws_url,
+)
 from tests.agent.helpers import HOLD, Gate, source_code
 
 SQUARE = source_code("square", "def square(x):\n    return x * x\n")
@@ -65,7 +72,7 @@ async def test_after_max_attempts_the_task_fails_with_worker_lost(
     task_id = await endpoint.submit(square, 12)
     await lose(endpoint, attempts=3)
 
-    async with Agent(settings_for(endpoint, engine="thread", max_attempts=3)) as agent:
+    async with Agent(settings_for(endpoint, engine="thread")) as agent:  # the gateway's 3
         await agent.run(burst=True)
 
     record = await endpoint.failure(task_id)
@@ -119,15 +126,35 @@ async def test_renewing_a_lease_resets_idle_time_only_for_entries_still_held(
 
 
 async def test_a_stopping_agent_hands_tasks_back_for_another_at_once(
-    endpoint: GatewayEndpoint, redis_url: str
+    stack: GatewayStack, endpoint: GatewayEndpoint, redis_url: str
 ) -> None:
     hold = await endpoint.register(HOLD)
     gate = Gate(endpoint)
     task_ids = await endpoint.submit_many(hold, [(gate.args(redis_url), {}) for _ in range(3)])
     # Leases of an hour: only a hand-back can move the tasks to the second agent now.
-    first = settings_for(endpoint, workers=2, consumer="first", drain_grace_s=0, lease_ms=HOUR_MS)
-    second = settings_for(endpoint, engine="thread", workers=3, consumer="second", lease_ms=HOUR_MS)
+    async with stack.ws(lease_ms=HOUR_MS) as server:
+        url = ws_url(server)
+        first = agent_settings(endpoint, url, workers=2, consumer="first", drain_grace_s=0)
+        second = agent_settings(endpoint, url, engine="thread", workers=3, consumer="second")
+        await hand_over(endpoint, gate, task_ids, first, second)
 
+    for task_id in task_ids:
+        assert await endpoint.result(task_id) is True
+        fields = await endpoint.task(task_id)
+        assert (fields["agent"], fields["attempts"]) == ("second", "1")
+    assert sorted(await endpoint.notices()) == sorted((t, TaskState.SUCCESS) for t in task_ids)
+    await endpoint.assert_settled()
+
+
+async def hand_over(
+    endpoint: GatewayEndpoint,
+    gate: Gate,
+    task_ids: list[str],
+    first: AgentSettings,
+    second: AgentSettings,
+) -> None:
+    """Run ``first`` until two tasks started and stop it: all three are back in the stream,
+    no attempt counted; then ``second`` runs them."""
     async with Agent(first) as agent:
         running = asyncio.create_task(agent.run())
         await gate.wait_started(2)
@@ -147,13 +174,6 @@ async def test_a_stopping_agent_hands_tasks_back_for_another_at_once(
         await gate.wait_started(3)
         await gate.release(3)
         await asyncio.wait_for(running, timeout=30)
-
-    for task_id in task_ids:
-        assert await endpoint.result(task_id) is True
-        fields = await endpoint.task(task_id)
-        assert (fields["agent"], fields["attempts"]) == ("second", "1")
-    assert sorted(await endpoint.notices()) == sorted((t, TaskState.SUCCESS) for t in task_ids)
-    await endpoint.assert_settled()
 
 
 AGENT = (
@@ -185,20 +205,31 @@ async def read_notices(endpoint: GatewayEndpoint, cursor: str, until: int, seen:
 
 
 async def test_kill_9_in_the_middle_of_2000_tasks_loses_and_duplicates_nothing(
-    endpoint: GatewayEndpoint, redis_url: str, tmp_path: Path
+    stack: GatewayStack, endpoint: GatewayEndpoint, tmp_path: Path
 ) -> None:
     square = await endpoint.register(SQUARE)
     task_ids = await endpoint.submit_many(square, [((i,), {}) for i in range(2000)])
-    env = {
-        **os.environ,
-        "REDIS_URL": redis_url,
-        "FXBROKER_ENDPOINT_ID": endpoint.endpoint_id,
-        "FXBROKER_KEY_PREFIX": endpoint.keys.prefix,
-        "FXBROKER_ENGINE": "process",
-        "FXBROKER_WORKERS": "2",
-        "FXBROKER_LEASE_MS": "500",
-        "FXBROKER_BLOCK_MS": "100",
-    }
+    async with stack.ws(lease_ms=500) as server:
+        await kill_one_agent_midway(endpoint, ws_url(server), task_ids, tmp_path)
+
+
+async def kill_one_agent_midway(
+    endpoint: GatewayEndpoint, url: str, task_ids: list[str], tmp_path: Path
+) -> None:
+    """An agent process (its settings from the environment, as ``fxbroker endpoint start``
+    gives them: the gateway's URL and the credential, no Redis) is killed with SIGKILL after
+    500 results; a second one finishes the rest."""
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env.update(
+        {
+            "FXBROKER_WS_URL": url,
+            "FXBROKER_CREDENTIAL": endpoint.credential,
+            "FXBROKER_ENDPOINT_ID": endpoint.endpoint_id,
+            "FXBROKER_ENGINE": "process",
+            "FXBROKER_WORKERS": "2",
+            "FXBROKER_BLOCK_MS": "100",
+        }
+    )
     seen: list[str] = []
     with (tmp_path / "agent.log").open("wb") as log:
         first = await spawn_agent(env, log)

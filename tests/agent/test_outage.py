@@ -1,9 +1,11 @@
-"""The agent rides out a Redis restart: it never exits, keeps the outcomes of tasks that
-finished while Redis was away and writes them once it is back, each notice once.
+"""A Redis restart behind the gateway: the agent never exits and never sees it; the gateway
+answers its outcomes only once Redis is back, and writes each once; the agent keeps them
+until answered.
 
-The agent's Redis is a private ``redis-server`` (AOF, ``appendfsync always``) that the test
-stops or kills and starts again on the same port; the gates that hold tasks use the shared
-Redis, so they work while the agent's is down."""
+The platform's Redis here is a private ``redis-server`` (AOF, ``appendfsync always``) that
+the test stops or kills and starts again on the same port, under the web service and the
+ws_service copy; the gates that hold tasks use the shared Redis, so they work while the
+platform's is down."""
 
 from __future__ import annotations
 
@@ -18,8 +20,8 @@ import redis.asyncio as aioredis
 from endpoint_agent import Agent
 from sdk.keys import Keys
 from sdk.states import TaskState
-from tests.agent.gateway_stack import GatewayEndpoint, settings_for
-from tests.agent.helpers import HOLD, Gate, source_code
+from tests.agent.gateway_stack import GatewayEndpoint, gateway_stack, settings_for, ws_url
+from tests.agent.helpers import HOLD, Endpoint, Gate, source_code
 from tests.private_redis import PrivateRedis
 
 SQUARE = source_code("square", "def square(x):\n    return x * x\n")
@@ -27,10 +29,17 @@ DEADLINE_S = 60.0
 
 
 @pytest.fixture
-async def private_endpoint(private_redis: PrivateRedis, key_prefix: str) -> AsyncIterator[Endpoint]:
+async def private_endpoint(
+    private_redis: PrivateRedis, database_url: str, key_prefix: str
+) -> AsyncIterator[GatewayEndpoint]:
+    """An endpoint of a platform (web service, one ws_service copy) on the private Redis."""
     client = aioredis.Redis.from_url(private_redis.url, decode_responses=True)
     try:
-        yield Endpoint(client, Keys(key_prefix))
+        async with gateway_stack(database_url, private_redis.url, key_prefix, client) as stack:
+            endpoint = await stack.endpoint()
+            async with stack.ws() as server:
+                endpoint.gateway_url = ws_url(server)
+                yield endpoint
     finally:
         await client.aclose()
 
@@ -57,16 +66,17 @@ async def notices_at_least(endpoint: GatewayEndpoint, count: int) -> bool:
 
 
 def outage_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """What the platform logged of Redis's outage (the agent knows nothing of Redis)."""
     return [
         r.getMessage()
         for r in caplog.records
-        if r.name.startswith("endpoint_agent") and r.getMessage().startswith("Redis is")
+        if r.name.startswith("ws_service") and r.getMessage().startswith("Redis is")
     ]
 
 
 async def test_outcomes_finished_while_redis_is_down_are_written_once_it_is_back(
     private_redis: PrivateRedis,
-    private_endpoint: Endpoint,
+    private_endpoint: GatewayEndpoint,
     aredis: aioredis.Redis,
     keys: Keys,
     redis_url: str,
@@ -77,7 +87,7 @@ async def test_outcomes_finished_while_redis_is_down_are_written_once_it_is_back
     gate = Gate(Endpoint(aredis, keys))  # on the shared Redis: works during the outage
     hold = await endpoint.register(HOLD)
     task_ids = [await endpoint.submit(hold, *gate.args(redis_url), value=v) for v in (1, 2)]
-    settings = settings_for(endpoint, private_redis.url, engine="thread")
+    settings = settings_for(endpoint, engine="thread")
 
     async with Agent(settings) as agent:
         run = asyncio.create_task(agent.run())
@@ -87,7 +97,7 @@ async def test_outcomes_finished_while_redis_is_down_are_written_once_it_is_back
         )  # SIGTERM: Redis goes away with both tasks running
         await gate.release(2)
         await until(lambda: agent.running == 0, "both tasks finishing during the outage")
-        assert agent.held == 2  # finished, kept, not yet written
+        assert agent.unanswered == 2  # finished, sent, kept until the gateway answers
         await asyncio.to_thread(private_redis.start)
         await until(lambda: notices_at_least(endpoint, 2), "both notices")
         assert not run.done()  # the loop kept going through the outage
@@ -106,17 +116,22 @@ async def test_outcomes_finished_while_redis_is_down_are_written_once_it_is_back
     assert len(lines) == 2, lines
     assert lines[0].startswith("Redis is unavailable") and lines[1].startswith("Redis is back")
     assert not any("lease lapsed" in r.getMessage() for r in caplog.records)
+    assert not [
+        r
+        for r in caplog.records
+        if r.name.startswith("endpoint_agent.agent") and "unavailable" in r.getMessage()
+    ]  # the agent's connection never dropped
 
 
 @pytest.mark.parametrize("kill", [False, True], ids=["sigterm", "sigkill"])
 async def test_a_redis_restart_in_the_middle_of_a_run_loses_and_repeats_nothing(
-    private_redis: PrivateRedis, private_endpoint: Endpoint, kill: bool
+    private_redis: PrivateRedis, private_endpoint: GatewayEndpoint, kill: bool
 ) -> None:
     endpoint = private_endpoint
     square = await endpoint.register(SQUARE)
     count = 400
     task_ids = await endpoint.submit_many(square, [((i,), {}) for i in range(count)])
-    settings = settings_for(endpoint, private_redis.url, engine="thread", workers=4)
+    settings = settings_for(endpoint, engine="thread", workers=4)
 
     async with Agent(settings) as agent:
         run = asyncio.create_task(agent.run())
@@ -138,17 +153,17 @@ async def test_a_redis_restart_in_the_middle_of_a_run_loses_and_repeats_nothing(
 
 
 async def test_an_agent_started_while_redis_is_down_serves_once_it_is_up(
-    private_redis: PrivateRedis, private_endpoint: Endpoint
+    private_redis: PrivateRedis, private_endpoint: GatewayEndpoint
 ) -> None:
     endpoint = private_endpoint
     square = await endpoint.register(SQUARE)
     task_id = await endpoint.submit(square, 7)
     await asyncio.to_thread(private_redis.stop)
-    settings = settings_for(endpoint, private_redis.url, engine="thread")
+    settings = settings_for(endpoint, engine="thread")
 
     async with Agent(settings) as agent:
         run = asyncio.create_task(agent.run())
-        await until(lambda: agent._outage.down, "the agent noticing the outage")
+        await until(lambda: agent.connected, "the agent connected to the gateway")
         await asyncio.to_thread(private_redis.start)
         await until(lambda: notices_at_least(endpoint, 1), "the result")
         agent.stop()

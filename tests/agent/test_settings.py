@@ -10,66 +10,68 @@ import pytest
 from endpoint_agent import AgentSettings
 from service_common.errors import SettingsError
 
-REQUIRED = {"FXBROKER_ENDPOINT_ID": "ep-1", "REDIS_URL": "redis://127.0.0.1:6379/0"}
+REQUIRED = {
+    "FXBROKER_ENDPOINT_ID": "ep-1",
+    "FXBROKER_WS_URL": "ws://127.0.0.1:8001",
+    "FXBROKER_CREDENTIAL": "fxep_secret",
+}
+GATEWAY = {"ws_url": "ws://127.0.0.1:8001", "credential": "fxep_secret"}
 
 
 def test_defaults_are_computed_at_construction() -> None:
-    settings = AgentSettings(endpoint_id="ep-1", redis_url="redis://127.0.0.1:6379/0")
+    settings = AgentSettings(endpoint_id="ep-1", **GATEWAY)
     assert settings.workers == (os.cpu_count() or 1)
     assert settings.consumer == f"{socket.gethostname()}-{os.getpid()}"
-    assert (settings.engine, settings.key_prefix, settings.max_concurrency) == (
-        "process",
-        "fx",
-        1000,
-    )
+    assert (settings.engine, settings.max_concurrency, settings.prefetch) == ("process", 1000, 0)
     assert settings.capacity == settings.workers + 1000
-    assert (settings.lease_ms, settings.max_attempts, settings.walltime_s) == (30_000, 3, None)
+    assert (settings.walltime_s, settings.drain_grace_s) == (None, 30.0)
     assert (settings.max_result_bytes, settings.max_output_chars) == (10 * 1024 * 1024, 65536)
     assert (settings.accelerators, settings.allowed_functions) == ((), None)
+    assert "fxep_secret" not in repr(settings)  # the credential is never logged
 
 
 def test_from_env_reads_every_setting() -> None:
     settings = AgentSettings.from_env(
         {
             **REQUIRED,
-            "FXBROKER_KEY_PREFIX": "fxp",
             "FXBROKER_ENGINE": "thread",
             "FXBROKER_WORKERS": "3",
             "FXBROKER_MAX_CONCURRENCY": "50",
-            "FXBROKER_HEARTBEAT_S": "0.5",
             "FXBROKER_BLOCK_MS": "250",
-            "FXBROKER_RESULT_TTL_S": "60",
             "FXBROKER_CONSUMER": "gpu-node-7",
             "FXBROKER_ALLOWED_STRATEGIES": "00, 11,st",
             "FXBROKER_ALLOWED_FUNCTIONS": "fn-1,fn-2",
             "FXBROKER_WALLTIME_S": "90",
-            "FXBROKER_LEASE_MS": "5000",
-            "FXBROKER_MAX_ATTEMPTS": "5",
             "FXBROKER_DRAIN_GRACE_S": "2.5",
             "FXBROKER_MAX_RESULT_BYTES": "1000",
             "FXBROKER_MAX_OUTPUT_CHARS": "10",
+            "FXBROKER_MAX_HELD_OUTCOMES": "7",
+            "FXBROKER_MAX_HELD_BYTES": "4096",
+            "FXBROKER_PREFETCH": "2",
+            # The platform's own settings are not the agent's: ignored, never a Redis URL.
+            "REDIS_URL": "redis://127.0.0.1:6379/0",
+            "FXBROKER_LEASE_MS": "5000",
         }
     )
     assert settings == AgentSettings(
         endpoint_id="ep-1",
-        redis_url="redis://127.0.0.1:6379/0",
-        key_prefix="fxp",
+        **GATEWAY,
         engine="thread",
         workers=3,
         max_concurrency=50,
-        heartbeat_s=0.5,
         block_ms=250,
-        result_ttl_s=60,
         consumer="gpu-node-7",
         allowed_strategies=frozenset({"00", "11", "st"}),
         allowed_functions=frozenset({"fn-1", "fn-2"}),
         walltime_s=90.0,
-        lease_ms=5000,
-        max_attempts=5,
         drain_grace_s=2.5,
         max_result_bytes=1000,
         max_output_chars=10,
+        max_held_outcomes=7,
+        max_held_bytes=4096,
+        prefetch=2,
     )
+    assert not hasattr(settings, "redis_url")
 
 
 def test_accelerators_from_env_pin_one_process_each() -> None:
@@ -79,29 +81,37 @@ def test_accelerators_from_env_pin_one_process_each() -> None:
 
 def test_an_explicit_endpoint_id_wins_over_the_environment() -> None:
     assert AgentSettings.from_env(REQUIRED, endpoint_id="ep-2").endpoint_id == "ep-2"
-    env = {"REDIS_URL": "redis://127.0.0.1:6379/0"}
+    env = {k: v for k, v in REQUIRED.items() if k != "FXBROKER_ENDPOINT_ID"}
     assert AgentSettings.from_env(env, endpoint_id="ep-3").endpoint_id == "ep-3"
 
 
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"REDIS_URL": "redis://127.0.0.1:6379/0"}, "FXBROKER_ENDPOINT_ID is not set"),
-        ({"FXBROKER_ENDPOINT_ID": "ep-1"}, "REDIS_URL is not set"),
+        (
+            {k: v for k, v in REQUIRED.items() if k != "FXBROKER_ENDPOINT_ID"},
+            "FXBROKER_ENDPOINT_ID is not set",
+        ),
+        (
+            {"FXBROKER_ENDPOINT_ID": "ep-1", "FXBROKER_WS_URL": "ws://a:1"},
+            r"credential \(FXBROKER_CREDENTIAL\) is needed",
+        ),
+        (
+            {"FXBROKER_ENDPOINT_ID": "ep-1", "REDIS_URL": "redis://127.0.0.1:6379/0"},
+            r"credential \(FXBROKER_CREDENTIAL\) is needed",
+        ),
         ({**REQUIRED, "FXBROKER_ENGINE": "gpu"}, "FXBROKER_ENGINE='gpu' is not valid"),
         ({**REQUIRED, "FXBROKER_WORKERS": "many"}, "FXBROKER_WORKERS='many' is not valid"),
         ({**REQUIRED, "FXBROKER_WORKERS": "0"}, "workers must be an integer >= 1"),
-        ({**REQUIRED, "FXBROKER_HEARTBEAT_S": "-1"}, "heartbeat_s must be > 0"),
         ({**REQUIRED, "FXBROKER_ALLOWED_STRATEGIES": "00,zz"}, "unknown strategies ['zz']"),
         ({**REQUIRED, "FXBROKER_WALLTIME_S": "0"}, "walltime_s must be > 0"),
-        ({**REQUIRED, "FXBROKER_LEASE_MS": "0"}, "lease_ms must be an integer >= 1"),
-        ({**REQUIRED, "FXBROKER_MAX_ATTEMPTS": "x"}, "FXBROKER_MAX_ATTEMPTS='x' is not valid"),
+        ({**REQUIRED, "FXBROKER_BLOCK_MS": "0"}, "block_ms must be an integer >= 1"),
+        ({**REQUIRED, "FXBROKER_MAX_HELD_OUTCOMES": "x"}, "FXBROKER_MAX_HELD_OUTCOMES='x'"),
         ({**REQUIRED, "FXBROKER_DRAIN_GRACE_S": "-1"}, "drain_grace_s must be >= 0"),
         (
             {**REQUIRED, "FXBROKER_ALLOWED_FUNCTIONS": ""},
             "FXBROKER_ALLOWED_FUNCTIONS='' is not valid",
         ),
-        ({**REQUIRED, "FXBROKER_KEY_PREFIX": ""}, r"\(FXBROKER_KEY_PREFIX\) must be non-empty"),
         (
             {**REQUIRED, "FXBROKER_ENGINE": "thread", "FXBROKER_ACCELERATORS": "0"},
             "accelerators need engine='process'",
@@ -115,8 +125,8 @@ def test_invalid_settings_raise_a_clear_error(env: dict[str, str], message: str)
 
 def test_settings_are_keyword_only_and_frozen() -> None:
     with pytest.raises(TypeError):
-        AgentSettings("ep-1", "redis://127.0.0.1:6379/0")  # type: ignore[call-arg]
-    settings = AgentSettings(endpoint_id="ep-1", redis_url="redis://127.0.0.1:6379/0")
+        AgentSettings("ep-1", "ws://127.0.0.1:8001")  # type: ignore[misc]
+    settings = AgentSettings(endpoint_id="ep-1", **GATEWAY)
     with pytest.raises(AttributeError):
         settings.workers = 4  # type: ignore[misc]
 

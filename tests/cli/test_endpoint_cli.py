@@ -50,7 +50,7 @@ def test_configure_writes_a_private_toml_file_and_keeps_other_keys(
     path = home / "endpoints" / "gpu-1" / "config.toml"
     assert f"wrote {path}" in capsys.readouterr().out
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert main(["endpoint", "configure", "gpu-1", "--workers", "8", "--lease-ms", "5000"]) == 0
+    assert main(["endpoint", "configure", "gpu-1", "--workers", "8", "--drain-grace-s", "5"]) == 0
 
     assert tomllib.loads(path.read_text()) == {
         "url": "http://127.0.0.1:8000",
@@ -62,7 +62,7 @@ def test_configure_writes_a_private_toml_file_and_keeps_other_keys(
         "allowed_functions": ["fn-a", "fn-b"],
         "allowed_strategies": ["st"],
         "accelerators": ["0", "1"],
-        "lease_ms": 5000,
+        "drain_grace_s": 5.0,
     }
 
 
@@ -80,20 +80,23 @@ def test_configure_refuses_invalid_settings(home: Path, capsys: pytest.CaptureFi
         read_config(folder)
 
 
+GATEWAY_ENV = {"FXBROKER_WS_URL": "ws://127.0.0.1:2", "FXBROKER_CREDENTIAL": "fxep_env"}
+
+
 def test_the_environment_overrides_the_file() -> None:
-    config = {"redis_url": "redis://127.0.0.1:1/0", "engine": "thread", "workers": 3,
-              "walltime_s": 60.0, "allowed_functions": ["fn-a"]}  # fmt: skip
-    environ = {"REDIS_URL": "redis://127.0.0.1:2/0", "FXBROKER_WORKERS": "5"}
+    config = {"ws_url": "ws://127.0.0.1:1", "credential": "fxep_file", "engine": "thread",
+              "workers": 3, "walltime_s": 60.0, "allowed_functions": ["fn-a"]}  # fmt: skip
+    environ = {**GATEWAY_ENV, "FXBROKER_WORKERS": "5"}
 
     settings = agent_settings(config, environ, endpoint_id="ep-1")
 
-    assert settings.redis_url == "redis://127.0.0.1:2/0"
+    assert (settings.ws_url, settings.credential) == ("ws://127.0.0.1:2", "fxep_env")
     assert (settings.engine, settings.workers, settings.walltime_s) == ("thread", 5, 60.0)
     assert settings.allowed_functions == frozenset({"fn-a"})
 
 
 def test_accelerators_are_detected_unless_configured() -> None:
-    environ = {"REDIS_URL": "redis://127.0.0.1:2/0", "CUDA_VISIBLE_DEVICES": "0,1", "PATH": ""}
+    environ = {**GATEWAY_ENV, "CUDA_VISIBLE_DEVICES": "0,1", "PATH": ""}
     detected = agent_settings({}, environ, endpoint_id="ep-1", detect=detect_accelerators)
     assert (detected.accelerators, detected.workers) == (("0", "1"), 2)
     off = agent_settings({"accelerators": []}, environ, endpoint_id="ep-1",
@@ -106,33 +109,35 @@ def test_accelerators_are_detected_unless_configured() -> None:
 
 async def test_start_list_and_stop_a_real_agent(
     home: Path,
+    web_process: WebProcess,
     redis_url: str,
     aredis: aioredis.Redis,
     keys: Keys,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    endpoint = Endpoint(aredis, keys)
     folder = home / "endpoints" / "lab"
-    assert main(["endpoint", "configure", "lab", "--redis-url", redis_url,
-                 "--key-prefix", keys.prefix, "--engine", "thread", "--workers", "1",
+    assert main(["endpoint", "configure", "lab", "--url", web_process.url,
+                 "--token", web_process.token, "--engine", "thread", "--workers", "1",
                  "--drain-grace-s", "0"]) == 0  # fmt: skip
-    (folder / "endpoint_id").write_text(endpoint.endpoint_id + "\n")  # registered before
-    hold = await endpoint.register(HOLD)
-    gate = Gate(endpoint)
-    task_id = await endpoint.submit(hold, *gate.args(redis_url))
-    env = {k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "FXBROKER_KEY_PREFIX"}}
+    # The agent is given no Redis: it reaches the platform through the ws service's gateway.
+    env = {k: v for k, v in web_process.env.items() if k not in {"REDIS_URL", "DATABASE_URL"}}
     log = (home / "agent.log").open("wb")
     agent = await asyncio.create_subprocess_exec(
-        *FXBROKER, "endpoint", "start", "lab", env=env, stdout=log, stderr=log
+        *FXBROKER, "endpoint", "start", "lab", env=env, stdout=subprocess.PIPE, stderr=log
     )
     try:
+        assert agent.stdout is not None
+        await asyncio.wait_for(agent.stdout.readline(), 60)  # printed once registered
+        endpoint = Endpoint(aredis, keys, (folder / "endpoint_id").read_text().strip())
+        hold = await endpoint.register(HOLD)
+        gate = Gate(endpoint)
+        task_id = await endpoint.submit(hold, *gate.args(redis_url))
         await gate.wait_started()  # the agent runs, from the file's settings
         capsys.readouterr()
         assert main(["endpoint", "list"]) == 0
         out = capsys.readouterr().out
         assert "lab" in out and endpoint.endpoint_id in out
         assert f"running (pid {agent.pid})" in out
-        assert "unknown" in out  # no web service configured to ask about the heartbeat
 
         assert await asyncio.to_thread(main, ["endpoint", "stop", "lab"]) == 0
         assert "endpoint lab stopped" in capsys.readouterr().out
@@ -188,22 +193,30 @@ class WebProcess:
 def web_process(
     home: Path, redis_url: str, key_prefix: str, database_url: str
 ) -> Iterator[WebProcess]:
-    """``fxbroker web`` in a process of its own, on a migrated database with one user."""
+    """``fxbroker web`` and ``fxbroker ws`` (the agents' gateway) in processes of their own,
+    on a migrated database with one user; the web service announces the ws service."""
+    port, ws_port = free_port(), free_port()
     env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url,
-           "FXBROKER_KEY_PREFIX": key_prefix, "FXBROKER_HOME": str(home)}  # fmt: skip
+           "FXBROKER_KEY_PREFIX": key_prefix, "FXBROKER_HOME": str(home),
+           "FXBROKER_WS_URL": f"ws://127.0.0.1:{ws_port}",
+           "FXBROKER_WEB_URL": f"http://127.0.0.1:{port}"}  # fmt: skip
     subprocess.run([*FXBROKER, "db", "upgrade"], env=env, check=True, capture_output=True)
     token = subprocess.run([*FXBROKER, "user", "create", "lab-user"], env=env, check=True,
                            capture_output=True, text=True).stdout.strip()  # fmt: skip
-    port = free_port()
-    with (home / "web.log").open("wb") as log:
-        web = subprocess.Popen([*FXBROKER, "web", "--port", str(port)], env=env, stdout=log,
-                               stderr=log)  # fmt: skip
+    services: list[subprocess.Popen[bytes]] = []
+    with (home / "services.log").open("wb") as log:
+        for command in (["web", "--port", str(port)], ["ws", "--port", str(ws_port)]):
+            services.append(subprocess.Popen([*FXBROKER, *command], env=env, stdout=log,
+                                             stderr=log))  # fmt: skip
     try:
         wait_for_port(port, 30)
+        wait_for_port(ws_port, 30)
         yield WebProcess(f"http://127.0.0.1:{port}", token, env)
     finally:
-        web.terminate()
-        web.wait(30)
+        for service in services:
+            service.terminate()
+        for service in services:
+            service.wait(30)
 
 
 def test_first_start_registers_the_endpoint_and_list_shows_it_online(

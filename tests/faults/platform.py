@@ -57,7 +57,7 @@ class Platform:
         redis_url: str,
         database_url: str,
         home: Path,
-        agent_env: Mapping[str, str] | None = None,
+        service_env: Mapping[str, str] | None = None,
     ) -> None:
         self.home = home
         self.prefix = f"fxf-{uuid.uuid4().hex[:10]}"
@@ -78,8 +78,8 @@ class Platform:
             "FXBROKER_HOME": str(home / "fxbroker"),
             "FXBROKER_WORKERS": "2",
             "FXBROKER_ACCELERATORS": "",
+            **(service_env or {}),
         }
-        self._agent_env = dict(agent_env or {})
         self._log: IO[bytes] = (home / "platform.log").open("ab")
         self.pieces: dict[Piece, Process] = {
             "web": Process("web", ["web", "--port", str(web_port)], web_port),
@@ -106,6 +106,12 @@ class Platform:
             time.sleep(0.05)
         self.endpoint_id = id_file.read_text().strip()
 
+    def agent_environment(self) -> dict[str, str]:
+        """The agent's: no Redis, no database, no key prefix; it reaches the platform only
+        through the ws service's gateway, with the credential its first start stored."""
+        private = {"REDIS_URL", "DATABASE_URL", "FXBROKER_KEY_PREFIX"}
+        return {k: v for k, v in self.env.items() if k not in private}
+
     @property
     def log(self) -> Path:
         """Where every piece writes its output (one file, in the order written)."""
@@ -126,7 +132,7 @@ class Platform:
         piece = self.pieces[name]
         if piece.alive():
             raise RuntimeError(f"{name} is already running")
-        env = {**self.env, **self._agent_env} if name == "agent" else self.env
+        env = self.agent_environment() if name == "agent" else self.env
         piece.proc = subprocess.Popen(
             [*FXBROKER, *piece.argv], env=env, cwd=ROOT, stdout=self._log, stderr=self._log,
             start_new_session=True,

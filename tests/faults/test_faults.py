@@ -7,7 +7,9 @@ hold afterwards (DESIGN §4):
   most a delay (no error reaches them). A task runs again only where its lease lapsed.
 - web service killed and restarted: every submitted future completes once; a batch in flight
   is retried by the SDK with the same Idempotency-Key, neither lost nor duplicated.
-- ws_service killed and restarted: every result delivered once; no task run twice.
+- ws_service killed and restarted: every result delivered once; no task run twice. The
+  agent, which reaches the platform only through that ws_service's gateway, reconnects to
+  it and keeps the tasks it was running (their leases had not lapsed).
 - agent killed and a new one started: every task completes once (redelivery), attempts counted.
 - PostgreSQL restarted: submits with warm caches keep working; the rest answer 503 and
   recover by themselves.
@@ -58,7 +60,7 @@ TRIGGER = 150
 DEADLINE_S = 180.0
 """How long a row's loads may take, fault included, before what is left counts as lost."""
 SHORT_LEASE_MS = 3000
-"""The agent row's lease: a killed agent's tasks are claimed again after it."""
+"""The agent row's lease (the gateway's): a killed agent's tasks are claimed again after it."""
 HOLD_S = 2.0
 """How long the agent row's held task runs: it is still running when its agent is killed."""
 
@@ -73,13 +75,13 @@ def running(
     database_url: str,
     *,
     appendfsync: str = "everysec",
-    agent_env: dict[str, str] | None = None,
+    service_env: dict[str, str] | None = None,
 ) -> Iterator[tuple[PrivateRedis, Platform]]:
     require_redis_server()
     with PrivateRedis(tmp_path / "redis", appendfsync=appendfsync) as redis_server:
         with Platform(
             redis_url=redis_server.url, database_url=database_url, home=tmp_path,
-            agent_env=agent_env,
+            service_env=service_env,
         ) as platform:  # fmt: skip
             yield redis_server, platform
 
@@ -164,10 +166,10 @@ def test_agent_killed_and_a_new_one_started(
 ) -> None:
     """Besides the loads, one task that takes :data:`HOLD_S` is surely running when the agent
     dies: it must be claimed again after its lease, its attempt counted, and complete."""
-    agent_env = {"FXBROKER_LEASE_MS": str(SHORT_LEASE_MS)}
+    service_env = {"FXBROKER_LEASE_MS": str(SHORT_LEASE_MS)}
     runs = runs_dir / "runs.txt"
     held: list[str] = []
-    with running(tmp_path, database_url, agent_env=agent_env) as (redis_server, platform):
+    with running(tmp_path, database_url, service_env=service_env) as (redis_server, platform):
         client = Client(platform.url, platform.token)
 
         def inject() -> float:

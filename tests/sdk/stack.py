@@ -1,7 +1,8 @@
 """The platform in process for SDK tests: web (uvicorn), ws service and agents, on loopback.
 
 :class:`Stack` runs in the current event loop (``async with``); :func:`threaded` runs one in a
-thread of its own, for the synchronous ``Client`` and the ``Executor``. Agents are started and
+thread of its own, for the synchronous ``Client`` and the ``Executor``. Agents (through the ws
+service's gateway, with their endpoint's credential, as in production) are started and
 stopped by the test (:meth:`Stack.serve` keeps one running, :meth:`Stack.burst` runs one until
 its endpoint's queue is empty), so a test decides exactly when tasks complete.
 """
@@ -59,6 +60,8 @@ class Stack:
         self.keys = Keys(key_prefix)
         self._exit = contextlib.AsyncExitStack()
         self._ws: ResultServer | None = None
+        self.credentials: dict[str, str] = {}
+        """Endpoint id -> its credential, for the agents the stack starts."""
         self._ws_port = 0
         self._web_process = web_process
         self._web: subprocess.Popen[bytes] | None = None
@@ -104,6 +107,7 @@ class Stack:
             for name in ("served", "idle"):
                 reply = await http.post("/v1/endpoints", json={"name": name})
                 ids.append(_base.parse_endpoint_id(reply.json()))
+                self.credentials[ids[-1]] = reply.json()["credential"]
         self.services = Services(url, ws_url, token, ids[0], ids[1], self.keys)
         return self.services
 
@@ -154,10 +158,12 @@ class Stack:
             await asyncio.to_thread(web.wait)
 
     def _agent(self, endpoint_id: str, workers: int = 4) -> Agent:
+        """An agent of ``endpoint_id`` that reaches it through the ws service's gateway."""
         return Agent(
             AgentSettings(
-                endpoint_id=endpoint_id, redis_url=self.redis_url, key_prefix=self.keys.prefix,
-                engine="thread", workers=workers, block_ms=200, heartbeat_s=30.0,
+                endpoint_id=endpoint_id, ws_url=self.services.ws_url,
+                credential=self.credentials[endpoint_id],
+                engine="thread", workers=workers, block_ms=200,
             )
         )  # fmt: skip
 

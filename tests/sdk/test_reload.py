@@ -33,7 +33,9 @@ def test_a_killed_client_is_reloaded_from_its_task_group(
 ) -> None:
     s, stack, runner = platform
     with Client(s.url, s.token, ws_url=s.ws_url) as client:
-        later = client.register_endpoint("later")
+        later, credential = client.register_endpoint_with_credential("later")
+        assert credential is not None
+        stack.credentials[later] = credential  # for the agent that serves it below
         with subprocess.Popen(
             [sys.executable, "-m", "tests.sdk.crashing_client",
              s.url, s.token, s.ws_url, s.idle_endpoint_id, later],
