@@ -81,6 +81,7 @@ SETTINGS: dict[str, Setting] = {
     "redis_url": Setting("REDIS_URL", str),
     "ws_url": Setting("FXBROKER_WS_URL", str),
     "credential": Setting("FXBROKER_CREDENTIAL", str),
+    "ca_file": Setting("FXBROKER_CA_FILE", str),
     "key_prefix": Setting("FXBROKER_KEY_PREFIX", str),
     "engine": Setting("FXBROKER_ENGINE", str),
     "workers": Setting("FXBROKER_WORKERS", int),
@@ -251,7 +252,7 @@ def _client(merged: Mapping[str, str]) -> Client:
     from sdk.client import Client
 
     url, token = merged.get("FXBROKER_URL") or None, merged.get("FXBROKER_TOKEN") or None
-    return Client(url=url, token=token)
+    return Client(url=url, token=token, ca_file=merged.get("FXBROKER_CA_FILE") or None)
 
 
 def _register(folder: Path, name: str, merged: Mapping[str, str]) -> tuple[str, str | None]:
