@@ -40,6 +40,12 @@ of ws_service can: what a connection holds is checked against Redis).
 for sites with no load balancer in front of them. The agent connects to the first; after
 a failed connect or a dropped connection it tries the next one, round robin, so an agent
 whose copy died reaches another within one backoff step and keeps its running tasks.
+
+**TLS.** A ``wss://`` gateway's certificate is always verified, against ``ca_file``
+(``FXBROKER_CA_FILE``) when set, else ``SSL_CERT_FILE`` or the default authorities (the
+rule of :mod:`sdk.tls`); there is no setting that turns it off. A refused certificate is
+logged as an error on each attempt and retried like any failed connect (the agent never
+exits), so the agent connects once the gateway presents a certificate it trusts.
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ from endpoint_agent.functions import FunctionCatalog, FunctionInfo
 from endpoint_agent.settings import AgentSettings
 from endpoint_agent.transport import Host, Received
 from endpoint_agent.worker import FUNCTION_NOT_FOUND, Outcome
+from sdk import tls
 from sdk.messages import error_record
 from service_common.agent_protocol import (
     AGENT_PATH,
@@ -123,6 +130,7 @@ class GatewayTransport:
         s = settings
         self.settings = s
         self.urls = tuple(gateway_url(url) for url in s.ws_urls)
+        self._ssl = tls.client_context(s.ca_file or None)  # a bad file fails the start
         self._turn = 0  # index into urls of the copy the next connect tries
         self._host = host
         self._outage = outage
@@ -208,6 +216,7 @@ class GatewayTransport:
                     max_size=FRAME_BYTES_MAX,
                     open_timeout=OPEN_TIMEOUT_S,
                     user_agent_header=f"fxbroker-agent/{self._version}",
+                    **tls.connect_options(url, self._ssl),
                 ) as ws:
                     self._ws = ws
                     await self._serve(ws)
@@ -217,6 +226,9 @@ class GatewayTransport:
             except (OSError, WebSocketException, TimeoutError, ProtocolError) as exc:
                 if isinstance(exc, InvalidStatus) and exc.response.status_code == 401:
                     log.error("the gateway refused this endpoint's credential (HTTP 401)")
+                refused = tls.certificate_error(exc)
+                if refused is not None:
+                    log.error("the gateway at %s is not trusted: %s", url, tls.untrusted(refused))
                 self._outage.failed(exc, attempt_started=started)
                 failures += 1
             finally:

@@ -80,6 +80,9 @@ class AgentSettings:
     agent connects to the first and, after a failed connect or a dropped connection, tries
     the next, round robin (:attr:`ws_urls`)."""
     credential: str = field(default="", repr=False, metadata=env("FXBROKER_CREDENTIAL"))
+    ca_file: str = field(default="", metadata=env("FXBROKER_CA_FILE"))
+    """PEM file of the authorities a ``wss://`` gateway's certificate is checked against
+    (empty: ``SSL_CERT_FILE``, else the default ones; :mod:`sdk.tls`)."""
     max_held_outcomes: int = field(
         default=10_000, metadata=env("FXBROKER_MAX_HELD_OUTCOMES", integer)
     )

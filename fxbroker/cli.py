@@ -2,7 +2,8 @@
 
 fxbroker dev                 the whole platform on the embedded default
 fxbroker demo                the same stack plus a sample workload in all three client styles
-fxbroker web / fxbroker ws   one web or ws_service process (settings from the environment)
+fxbroker web / fxbroker ws   one web or ws_service process (settings from the environment;
+                             --tls-cert/--tls-key serve https:// and wss://)
 fxbroker endpoint configure NAME [--url ... --engine ... --accelerators 0,1 ...]
                              write $FXBROKER_HOME/endpoints/NAME/config.toml
 fxbroker endpoint start NAME register endpoint NAME (once) and run its agent
@@ -115,15 +116,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(settings, tasks=args.tasks)
 
 
+def _service_environ(args: argparse.Namespace) -> dict[str, str]:
+    """The process environment with ``--tls-cert`` / ``--tls-key`` in place of their
+    variables, so a flag wins and the settings check the pair as they check the variables."""
+    flags = {"FXBROKER_TLS_CERT": args.tls_cert, "FXBROKER_TLS_KEY": args.tls_key}
+    return {**os.environ, **{name: value for name, value in flags.items() if value is not None}}
+
+
 def cmd_web(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from service_common.tls import server_context
     from web_service.app import create_app
     from web_service.settings import WebSettings
 
+    settings = WebSettings.from_env(_service_environ(args))
+    if settings.tls_cert:  # loaded here so a bad file is one line, not uvicorn's traceback
+        server_context(settings.tls_cert, settings.tls_key)
     uvicorn.run(
-        create_app(WebSettings.from_env()), host=args.host, port=args.port, log_level="info",
+        create_app(settings), host=args.host, port=args.port, log_level="info",
         loop="uvloop", http="httptools", access_log=args.access_log,
+        ssl_certfile=settings.tls_cert or None, ssl_keyfile=settings.tls_key or None,
     )  # fmt: skip
     return 0
 
@@ -132,7 +145,9 @@ def cmd_ws(args: argparse.Namespace) -> int:
     from ws_service.server import run_ws
     from ws_service.settings import WsSettings
 
-    settings = dataclasses.replace(WsSettings.from_env(), host=args.host, port=args.port)
+    settings = dataclasses.replace(
+        WsSettings.from_env(_service_environ(args)), host=args.host, port=args.port
+    )
     loops.run(run_ws(settings))
     return 0
 
@@ -147,6 +162,7 @@ ENDPOINT_OPTIONS: dict[str, str] = {
     "token": "token",
     "ws_url": "ws_url",
     "credential": "credential",
+    "ca_file": "ca_file",
     "engine": "engine",
     "workers": "workers",
     "max_concurrency": "max_concurrency",
@@ -251,6 +267,10 @@ def _add_endpoint_parsers(endpoint: argparse._SubParsersAction[argparse.Argument
         "(FXBROKER_WS_URL)",
     )
     p.add_argument("--credential", help="the endpoint's credential (FXBROKER_CREDENTIAL)")
+    p.add_argument(
+        "--ca-file",
+        help="PEM file of the CAs that sign the services' TLS certificates (FXBROKER_CA_FILE)",
+    )
     p.add_argument("--engine", choices=["process", "thread"], help="where def functions run")
     p.add_argument("--workers", type=int, help="def functions at once")
     p.add_argument("--max-concurrency", type=int, help="async def functions at once")
@@ -396,6 +416,13 @@ def _add_stack_options(p: argparse.ArgumentParser, *, web_port: int, ws_port: in
     )
 
 
+def _add_tls_options(p: argparse.ArgumentParser, scheme: str) -> None:
+    p.add_argument(
+        "--tls-cert", help=f"serve {scheme} with this PEM certificate (FXBROKER_TLS_CERT)"
+    )
+    p.add_argument("--tls-key", help="the certificate's PEM private key (FXBROKER_TLS_KEY)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fxbroker", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -415,11 +442,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--access-log", action="store_true", help="log every request (off: /metrics counts them)"
     )
+    _add_tls_options(p, "https://")
     p.set_defaults(func=cmd_web)
 
     p = sub.add_parser("ws", help="run the WebSocket service (REDIS_URL, FXBROKER_WEB_URL)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8001)
+    _add_tls_options(p, "wss://")
     p.set_defaults(func=cmd_ws)
 
     endpoint = sub.add_parser("endpoint", help="endpoints").add_subparsers(

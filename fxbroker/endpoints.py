@@ -80,6 +80,7 @@ SETTINGS: dict[str, Setting] = {
     "token": Setting("FXBROKER_TOKEN", str),
     "ws_url": Setting("FXBROKER_WS_URL", str),
     "credential": Setting("FXBROKER_CREDENTIAL", str),
+    "ca_file": Setting("FXBROKER_CA_FILE", str),
     "engine": Setting("FXBROKER_ENGINE", str),
     "workers": Setting("FXBROKER_WORKERS", int),
     "max_concurrency": Setting("FXBROKER_MAX_CONCURRENCY", int),
@@ -244,7 +245,7 @@ def _client(merged: Mapping[str, str]) -> Client:
     from sdk.client import Client
 
     url, token = merged.get("FXBROKER_URL") or None, merged.get("FXBROKER_TOKEN") or None
-    return Client(url=url, token=token)
+    return Client(url=url, token=token, ca_file=merged.get("FXBROKER_CA_FILE") or None)
 
 
 def _register(folder: Path, name: str, merged: Mapping[str, str]) -> tuple[str, str | None]:

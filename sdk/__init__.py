@@ -15,7 +15,8 @@ Modules: :mod:`.client` and :mod:`.asyncio_client` (the twin clients) share the 
 core :mod:`._base`; :mod:`.executor` builds on the clients and :mod:`.remote` on the
 executor. :mod:`.batching` (the submit queue), :mod:`.results` (pushed results),
 :mod:`.handles` and :mod:`.futures` (what a submit returns), :mod:`.progress`, :mod:`.config`
-(finding the service), :mod:`.errors` (the exception tree) serve them; :mod:`.wire`,
+(finding the service), :mod:`.tls` (which certificates are trusted), :mod:`.errors` (the
+exception tree) serve them; :mod:`.wire`,
 :mod:`.messages`, :mod:`.serialize`, :mod:`.states` and :mod:`.keys` are the wire formats the
 services share.
 """
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from sdk.client import Client
     from sdk.errors import (
         APIError,
+        CertificateNotTrusted,
         ConfigurationError,
         ConnectionFailed,
         DeserializationError,
@@ -49,6 +51,7 @@ EXPORTS: dict[str, str] = {
     "APIError": "sdk.errors",
     "AsyncClient": "sdk.asyncio_client",
     "Batch": "sdk._base",
+    "CertificateNotTrusted": "sdk.errors",
     "Client": "sdk.client",
     "ConfigurationError": "sdk.errors",
     "ConnectionFailed": "sdk.errors",
@@ -70,6 +73,7 @@ __all__ = [
     "APIError",
     "AsyncClient",
     "Batch",
+    "CertificateNotTrusted",
     "Client",
     "ConfigurationError",
     "ConnectionFailed",

@@ -9,7 +9,8 @@ parsed here too.
 **Retries** (:class:`Exchange`, with the policy of :mod:`sdk.retry`). Both clients send a
 request until it is answered: a connection failure (any httpx transport error, timeouts
 included) or a 429, 502, 503 or 504 answer is tried again with backoff until the client's
-outage has lasted ``retry_for_s``. Every request the SDK sends is safe to send twice:
+outage has lasted ``retry_for_s``; a certificate that fails verification is not an outage
+and ends the call at once (:mod:`sdk.tls`). Every request the SDK sends is safe to send twice:
 
 =====================================  ==========================================================
 request                                why a repeat does no harm
@@ -42,7 +43,14 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from sdk.errors import APIError, ConfigurationError, ConnectionFailed, TaskPending
+from sdk import tls
+from sdk.errors import (
+    APIError,
+    CertificateNotTrusted,
+    ConfigurationError,
+    ConnectionFailed,
+    TaskPending,
+)
 from sdk.messages import (
     ExceptionRecord,
     ResultItem,
@@ -385,12 +393,18 @@ class Exchange:
         self.attempts = 0
         """Times the request was sent (or tried to be)."""
         self._reason = ""
+        self._untrusted = ""
         self._gave_up = False
 
     def after_error(self, error: Exception, now: float) -> float | None:
         """The request could not be sent or got no answer: the delay before the next try,
-        or ``None`` when the outage has lasted the client's ``retry_for_s``."""
+        or ``None`` when the outage has lasted the client's ``retry_for_s``, or when the
+        service's certificate was refused (no outage: waiting would not change it)."""
         self.attempts += 1
+        refused = tls.certificate_error(error)
+        if refused is not None:
+            self._untrusted = tls.untrusted(refused)
+            return None
         self._reason = f"{type(error).__name__}: {error}"
         return self.outage.failed(now, self._reason)
 
@@ -408,7 +422,10 @@ class Exchange:
         return delay
 
     def unreachable(self, now: float) -> ConnectionFailed:
-        """The error a call ends with when the service could not be reached in time."""
+        """The error a call ends with when the service could not be reached in time, or
+        :class:`~sdk.errors.CertificateNotTrusted` when its certificate was refused."""
+        if self._untrusted:
+            return CertificateNotTrusted(self.url, self._untrusted)
         return ConnectionFailed(self.url, self.outage.describe(self._reason, now))
 
     def result(self, status: int, content: bytes, *, request_id: str, now: float) -> Any:

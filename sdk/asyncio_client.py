@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from sdk import _base
+from sdk import _base, tls
 from sdk._base import Batch, FunctionKey, TaskOutcome, function_key
 from sdk.batching import Submission, SubmitQueue
 from sdk.config import ClientConfig
@@ -79,15 +79,22 @@ class AsyncClient:
         batch_interval_s: float = 0.0,
         task_group_id: str | None = None,
         retry_for_s: float | None = None,
+        ca_file: str | None = None,
     ) -> None:
         """Without ``url``/``token`` the service is found as :mod:`sdk.config` describes.
         ``batch_size`` caps the tasks of one submit request made by :meth:`run` and
         :meth:`submit`; ``batch_interval_s`` makes the queue wait that long after each request
         for more tasks (see :mod:`sdk.batching`). ``retry_for_s`` bounds how long an outage
         of the web service, and of the WebSocket service while results are awaited, is
-        waited out, as for :class:`~sdk.client.Client`."""
+        waited out, and ``ca_file`` which certificate authorities the ``https://`` and
+        ``wss://`` services are checked against, as for :class:`~sdk.client.Client`."""
         self.config = ClientConfig.from_env(
-            url=url, token=token, ws_url=ws_url, endpoint_id=endpoint_id, retry_for_s=retry_for_s
+            url=url,
+            token=token,
+            ws_url=ws_url,
+            endpoint_id=endpoint_id,
+            retry_for_s=retry_for_s,
+            ca_file=ca_file,
         )
         self.retry = Retry(retry_for_s=self.config.retry_for_s)
         """The retry policy of this client's requests and result listener (:mod:`sdk.retry`)."""
@@ -97,16 +104,19 @@ class AsyncClient:
         self._functions: dict[FunctionKey, asyncio.Task[str]] = {}
         self._group_lock = asyncio.Lock()
         self._on_close: list[Callable[[], None]] = []
+        self._ssl = tls.client_context(self.config.ca_file)
         self._http = httpx.AsyncClient(
             base_url=self.config.url,
             headers=_base.auth_headers(self.config.token),
             timeout=timeout_s,
+            verify=self._ssl or True,
         )
         self.results = ResultListener(
             ws_url=self.get_ws_url,
             token=self.config.token,
             task_group_id=task_group_id,
             retry=self.retry,
+            ssl_context=self._ssl,
         )
         self._queue = SubmitQueue(
             self._send_batch, batch_size=batch_size, batch_interval_s=batch_interval_s

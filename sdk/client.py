@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from sdk import _base
+from sdk import _base, tls
 from sdk._base import Batch, FunctionKey, function_key
 from sdk.config import ClientConfig
 from sdk.messages import TaskInfo
@@ -57,6 +57,7 @@ class Client:
         ws_url: str | None = None,
         endpoint_id: str | None = None,
         retry_for_s: float | None = None,
+        ca_file: str | None = None,
     ) -> None:
         """Without ``url``/``token`` the service is found as :mod:`sdk.config` describes.
 
@@ -65,9 +66,19 @@ class Client:
         service has been unavailable that long, then raises
         :class:`~sdk.errors.ConnectionFailed` (or the last :class:`~sdk.errors.APIError`,
         saying so). Default ``FXBROKER_RETRY_FOR_S``, else 60; 0 turns retries off. One
-        attempt may add up to ``timeout_s`` beyond the bound."""
+        attempt may add up to ``timeout_s`` beyond the bound.
+
+        ``ca_file`` names the PEM file of certificate authorities an ``https://`` service's
+        certificate is checked against (default ``FXBROKER_CA_FILE``, else ``SSL_CERT_FILE``
+        or the default authorities; :mod:`sdk.tls`). Verification is never off: a refused
+        certificate raises :class:`~sdk.errors.CertificateNotTrusted` at once."""
         self.config = ClientConfig.from_env(
-            url=url, token=token, ws_url=ws_url, endpoint_id=endpoint_id, retry_for_s=retry_for_s
+            url=url,
+            token=token,
+            ws_url=ws_url,
+            endpoint_id=endpoint_id,
+            retry_for_s=retry_for_s,
+            ca_file=ca_file,
         )
         self.retry = Retry(retry_for_s=self.config.retry_for_s)
         """The retry policy of this client's requests (see :mod:`sdk.retry`)."""
@@ -77,10 +88,12 @@ class Client:
         self._by_code: dict[tuple[str, str, str | None], str] = {}
         self._on_close: list[Callable[[], None]] = []
         self._ws_url = self.config.ws_url
+        self._ssl = tls.client_context(self.config.ca_file)
         self._http = httpx.Client(
             base_url=self.config.url,
             headers=_base.auth_headers(self.config.token),
             timeout=timeout_s,
+            verify=self._ssl or True,
         )
 
     # -- plumbing ------------------------------------------------------------------------

@@ -11,11 +11,14 @@ token              ``token=``          ``FXBROKER_TOKEN``      ``token``
 WebSocket URL      ``ws_url=``         ``FXBROKER_WS_URL``     ``ws_url`` (else ``GET /v1/info``)
 default endpoint   ``endpoint_id=``    ``FXBROKER_ENDPOINT_ID``  ``endpoint_id``
 outage bound       ``retry_for_s=``    ``FXBROKER_RETRY_FOR_S``  (not read from the file)
+CA file            ``ca_file=``        ``FXBROKER_CA_FILE``    (not read from the file)
 =================  ==================  ======================  ================================
 
 The outage bound is how long a client retries a service that does not answer (or answers
 429/502/503/504) before calls fail, in seconds; 60 by default, 0 turns retries off (see
-:mod:`sdk.retry`).
+:mod:`sdk.retry`). The CA file is the PEM file of certificate authorities an ``https://`` or
+``wss://`` service's certificate is checked against; without one, ``SSL_CERT_FILE`` or the
+default authorities are (:mod:`sdk.tls`).
 
 ``FXBROKER_HOME`` defaults to ``~/.fxbroker``; ``fxbroker dev`` writes the file with
 :func:`write_config`. The file describes one service, so its token, WebSocket URL and
@@ -33,6 +36,7 @@ from typing import Any
 
 from sdk.errors import ConfigurationError
 from sdk.retry import DEFAULT_RETRY_FOR_S, check_retry_for_s
+from sdk.tls import ENV_CA_FILE
 
 ENV_URL = "FXBROKER_URL"
 ENV_TOKEN = "FXBROKER_TOKEN"
@@ -130,6 +134,9 @@ class ClientConfig:
     """Endpoint used when a call names none."""
     retry_for_s: float = DEFAULT_RETRY_FOR_S
     """How long an outage of the service is retried before calls fail; 0: no retries."""
+    ca_file: str | None = None
+    """PEM file of the certificate authorities to trust; ``None``: ``SSL_CERT_FILE``, else
+    the default ones (:mod:`sdk.tls`)."""
 
     @classmethod
     def from_env(
@@ -140,6 +147,7 @@ class ClientConfig:
         ws_url: str | None = None,
         endpoint_id: str | None = None,
         retry_for_s: float | None = None,
+        ca_file: str | None = None,
     ) -> ClientConfig:
         """Resolve each value from the arguments, the environment, then the config file.
 
@@ -175,6 +183,7 @@ class ClientConfig:
                 if retry_for_s is not None
                 else _env_retry_for_s(env.get(ENV_RETRY_FOR_S))
             ),
+            ca_file=ca_file or env.get(ENV_CA_FILE) or None,
         )
 
     def require_endpoint(self, endpoint_id: str | None = None) -> str:

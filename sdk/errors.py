@@ -7,6 +7,7 @@
     ├── ConfigurationError          no URL/token/endpoint could be found
     ├── APIError                    the service answered with an error (status, code, message)
     ├── ConnectionFailed            the service could not be reached (after retries, where any)
+    │   └── CertificateNotTrusted   its TLS certificate failed verification (never retried)
     ├── TaskPending                 a result was asked for before the task finished
     └── TaskFailed                  the task ended failed or cancelled (remote traceback attached)
 
@@ -57,6 +58,14 @@ class ConnectionFailed(FxBrokerError):
 
     def __str__(self) -> str:
         return f"could not reach {self.url}: {self.reason}"
+
+
+class CertificateNotTrusted(ConnectionFailed):
+    """The service's TLS certificate failed verification: not retried, since waiting does
+    not make it trusted. ``reason`` says why and how to trust a private CA (:mod:`sdk.tls`)."""
+
+    def __str__(self) -> str:
+        return f"the TLS certificate of {self.url} is not trusted: {self.reason}"
 
 
 class TaskPending(FxBrokerError):

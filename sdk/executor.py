@@ -71,6 +71,7 @@ class Executor(concurrent.futures.Executor):
         batch_interval_s: float = 0.0,
         walltime_s: float | None = None,
         retry_for_s: float | None = None,
+        ca_file: str | None = None,
     ) -> None:
         """``client`` lends its URL and token (and answers cancel and reload requests);
         without it the service is found as :mod:`sdk.config` describes. A missing endpoint
@@ -82,13 +83,19 @@ class Executor(concurrent.futures.Executor):
         how long an outage of the web or ws service is waited out: submits, registrations
         and the result connection retry with backoff meanwhile; past it the futures still
         outstanding fail with :class:`~sdk.errors.ConnectionFailed`. So leaving the ``with``
-        block never waits on a dead platform for much longer than that."""
+        block never waits on a dead platform for much longer than that.
+
+        ``ca_file`` (default: the client's, else ``FXBROKER_CA_FILE``) names the certificate
+        authorities the ``https://`` and ``wss://`` services are checked against, as for
+        :class:`~sdk.client.Client`."""
         if client is not None:
             config = client.config
             if retry_for_s is not None:
                 config = dataclasses.replace(config, retry_for_s=check_retry_for_s(retry_for_s))
+            if ca_file is not None:
+                config = dataclasses.replace(config, ca_file=ca_file)
         else:
-            config = ClientConfig.from_env(retry_for_s=retry_for_s)
+            config = ClientConfig.from_env(retry_for_s=retry_for_s, ca_file=ca_file)
         self.endpoint_id = config.require_endpoint(endpoint_id)
         self.walltime_s = walltime_s
         """The longest each task may run, in seconds (``None``: the endpoint's limit only)."""
@@ -109,6 +116,7 @@ class Executor(concurrent.futures.Executor):
             batch_interval_s=batch_interval_s,
             task_group_id=task_group_id,
             retry_for_s=config.retry_for_s,
+            ca_file=config.ca_file,
         )
         self._thread = threading.Thread(target=self._serve, name="fxbroker-executor", daemon=True)
         self._thread.start()
@@ -499,4 +507,5 @@ def _client_of(config: ClientConfig) -> Client:
         ws_url=config.ws_url,
         endpoint_id=config.endpoint_id,
         retry_for_s=config.retry_for_s,
+        ca_file=config.ca_file,
     )

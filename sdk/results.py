@@ -23,7 +23,8 @@ Delivery contract:
   ever: a refused token or subscription (:class:`~sdk.errors.APIError`), or a service that
   has not subscribed a connection for the client's ``retry_for_s`` (an outage begins at the
   first failure after the last subscription): :class:`~sdk.errors.ConnectionFailed` naming
-  the URL and how long it was tried.
+  the URL and how long it was tried; a ``wss://`` certificate that fails verification, at
+  once (:class:`~sdk.errors.CertificateNotTrusted`: waiting would not make it trusted).
 """
 
 from __future__ import annotations
@@ -31,14 +32,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Awaitable, Callable, Iterator
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus, WebSocketException
 
-from sdk import _base, wire
+from sdk import _base, tls, wire
 from sdk._base import TaskOutcome
-from sdk.errors import APIError, ConnectionFailed
+from sdk.errors import APIError, CertificateNotTrusted, ConnectionFailed
 from sdk.messages import ResultItem
 from sdk.retry import Outage, Retry, parse_retry_after
 from sdk.states import TERMINAL_STATES
@@ -70,16 +72,19 @@ class ResultListener:
         cursor: str = wire.START_CURSOR,
         retry: Retry | None = None,
         open_timeout_s: float = OPEN_TIMEOUT_S,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         """``ws_url`` gives the ws service's base URL (awaited when a connection opens).
         ``task_group_id`` may be set later, but before the first :meth:`watch`. ``retry``
-        says how reconnects back off and how long an outage is waited out."""
+        says how reconnects back off and how long an outage is waited out. ``ssl_context``
+        verifies a ``wss://`` service (``None``: the default one; :mod:`sdk.tls`)."""
         self.task_group_id = task_group_id
         self._ws_url = ws_url
         self._token = token
         self._cursor = cursor
         self._outage = Outage(retry or Retry(), service="the ws service")
         self._open_timeout_s = open_timeout_s
+        self._ssl = ssl_context
         self._waiting: dict[str, Resolve] = {}
         self._early: dict[str, TaskOutcome] = {}
         self._submitting = 0
@@ -185,6 +190,10 @@ class ResultListener:
                 self._fail_all(exc)
                 return
             except (OSError, TimeoutError, WebSocketException, ValueError, _Transient) as exc:
+                refused = tls.certificate_error(exc)
+                if refused is not None:
+                    self._fail_all(CertificateNotTrusted(url, tls.untrusted(refused)))
+                    return
                 reason = f"{type(exc).__name__}: {exc}"
             else:
                 reason = "the connection closed"
@@ -211,6 +220,7 @@ class ResultListener:
             additional_headers=_base.auth_headers(self._token),
             open_timeout=self._open_timeout_s,
             max_size=None,
+            **tls.connect_options(url, self._ssl),
         ) as ws:
             self._ws = ws
             assert self.task_group_id is not None

@@ -12,6 +12,7 @@ Modules::
                    which errors mean Redis is away
     retry          Backoff, Outage and retry: the one policy for riding out an outage
     tokens         the bearer token of an Authorization header, and its hash
+    tls            the certificate and key the web and ws services serve https/wss with
     cache          a bounded, expiring, least-recently-used in-process cache
     agent_protocol the agent <-> gateway protocol: frames, codec, the gateway's ledger and
                    the agent's outbox (sans-I/O)

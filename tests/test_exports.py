@@ -17,6 +17,7 @@ PUBLIC = [
     "APIError",
     "AsyncClient",
     "Batch",
+    "CertificateNotTrusted",
     "Client",
     "ConfigurationError",
     "ConnectionFailed",

@@ -23,6 +23,8 @@ Environment variables read by :meth:`WebSettings.from_env` (nothing is read at i
     FXBROKER_AMQP_URL              amqp:// or amqps:// URL of the RabbitMQ that carries results
                                    to Globus Compute Executors (default "": none, and
                                    ``GET /v2/get_amqp_result_connection_url`` says to set it)
+    FXBROKER_TLS_CERT              with the key below: serve https:// with this PEM certificate
+    FXBROKER_TLS_KEY               (chain) and key; both or neither (:mod:`service_common.tls`)
 
 The rules are :mod:`service_common.settings`'s: an absent variable keeps the default, a
 present one is used as given, and a value that does not parse or that the service cannot
@@ -36,6 +38,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from service_common import tls
 from service_common.errors import SettingsError
 from service_common.settings import (
     WS_SCHEMES,
@@ -101,6 +104,8 @@ class WebSettings(RedisSettings):
         default="", repr=False, metadata=env("FXBROKER_GLOBUS_CLIENT_SECRET")
     )
     amqp_url: str = field(default="", repr=False, metadata=env("FXBROKER_AMQP_URL"))
+    tls_cert: str = field(default="", metadata=env(tls.CERT_VAR))
+    tls_key: str = field(default="", metadata=env(tls.KEY_VAR))
 
     @property
     def globus_enabled(self) -> bool:
@@ -126,6 +131,7 @@ class WebSettings(RedisSettings):
         check_at_least(self, 0, "auth_cache_s", "catalog_cache_s", "rate_limit_per_s")
         if bool(self.globus_client_id) != bool(self.globus_client_secret):
             raise SettingsError("set both globus_client_id and globus_client_secret, or neither")
+        tls.check_pair(self.tls_cert, self.tls_key)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> WebSettings:

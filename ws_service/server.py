@@ -82,6 +82,7 @@ from sdk.errors import APIError
 from sdk.keys import Keys
 from sdk.messages import ResultItem
 from sdk.wire import RESULTS_PATH
+from service_common import tls
 from service_common.agent_protocol import AGENT_PATH
 from service_common.redis_client import connect_redis, redis_unavailable
 from service_common.retry import DEFAULT_BACKOFF, Outage
@@ -162,6 +163,10 @@ class ResultServer:
 
     async def __aenter__(self) -> Self:
         settings = self.settings
+        # Loaded first: a bad certificate or key ends the start before anything opens.
+        ssl_context = (
+            tls.server_context(settings.tls_cert, settings.tls_key) if settings.tls_cert else None
+        )
         self._redis = connect_redis(settings.redis_url, client_name=settings.client_name)
         self._http = httpx.AsyncClient(timeout=settings.auth_timeout_s)
         self._auth = Authenticator(self._http, settings.web_url, cache_s=settings.auth_cache_s)
@@ -178,11 +183,13 @@ class ResultServer:
                 ping_interval=settings.ping_interval_s,
                 ping_timeout=settings.ping_timeout_s,
                 max_size=max(CLIENT_FRAME_BYTES_MAX, settings.max_frame_bytes),
+                ssl=ssl_context,
             )
         except BaseException:
             await self._close_clients()
             raise
-        logger.info("ws_service listening on %s:%d", settings.host, self.port)
+        scheme = "wss" if ssl_context is not None else "ws"
+        logger.info("ws_service listening on %s://%s:%d", scheme, settings.host, self.port)
         return self
 
     async def __aexit__(

@@ -1,7 +1,8 @@
 """Settings of the WebSocket result service: one frozen object, built by hand or from env.
 
 :meth:`WsSettings.from_env` reads ``REDIS_URL`` and ``FXBROKER_WEB_URL`` (both required),
-``FXBROKER_KEY_PREFIX`` and the ``FXBROKER_WS_*`` variables named beside each field, by the
+``FXBROKER_KEY_PREFIX``, ``FXBROKER_TLS_CERT`` / ``FXBROKER_TLS_KEY`` and the other
+``FXBROKER_*`` variables named beside each field, by the
 rules of :mod:`service_common.settings`: an absent variable keeps the default, a present
 one is used as given, and a value that does not parse or that the service cannot use raises
 :class:`~service_common.errors.SettingsError` naming it.
@@ -13,6 +14,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from service_common import tls
 from service_common.errors import SettingsError
 from service_common.settings import (
     HTTP_SCHEMES,
@@ -36,6 +38,11 @@ class WsSettings(RedisSettings):
     host: str = field(default="127.0.0.1", metadata=env("FXBROKER_WS_HOST"))
     port: int = field(default=8001, metadata=env("FXBROKER_WS_PORT", integer))
     """Port to listen on; 0 picks a free one (see ``ResultServer.port``)."""
+    tls_cert: str = field(default="", metadata=env(tls.CERT_VAR))
+    """PEM certificate (chain) to serve ``wss://`` with, with ``tls_key``; both or neither
+    (neither: ``ws://``). Loaded at start (:mod:`service_common.tls`)."""
+    tls_key: str = field(default="", metadata=env(tls.KEY_VAR))
+    """The PEM private key of ``tls_cert``."""
     auth_cache_s: float = field(default=30.0, metadata=env("FXBROKER_WS_AUTH_CACHE_S", number))
     """How long a positive answer of the web service (token, group ownership) is reused."""
     auth_timeout_s: float = field(default=10.0, metadata=env("FXBROKER_WS_AUTH_TIMEOUT_S", number))
@@ -89,6 +96,7 @@ class WsSettings(RedisSettings):
         if not self.client_name or any(c.isspace() for c in self.client_name):
             raise SettingsError("client_name must be a non-empty name without spaces")
         check_url("web_url", self.web_url, HTTP_SCHEMES)
+        tls.check_pair(self.tls_cert, self.tls_key)
         if not self.host:
             raise SettingsError("host must not be empty")
         check_at_least(self, 0, "block_ms", integer=True)

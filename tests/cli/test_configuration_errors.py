@@ -13,6 +13,7 @@ import pytest
 
 FXBROKER = [sys.executable, "-m", "fxbroker.cli"]
 SERVICES = {"DATABASE_URL": "sqlite+aiosqlite:///unused.db", "REDIS_URL": "redis://127.0.0.1:1/0"}
+WS = {"REDIS_URL": "redis://127.0.0.1:1/0", "FXBROKER_WEB_URL": "https://127.0.0.1:1"}
 
 
 def _break_nothing(home: Path) -> None:
@@ -42,6 +43,20 @@ CASES = [
                  "fxbroker web: DATABASE_URL is not set", id="web-missing-database"),
     pytest.param(["ws"], {}, _break_nothing, "fxbroker ws: REDIS_URL is not set",
                  id="ws-missing-redis"),
+    pytest.param(["web", "--tls-cert", "server.pem"], SERVICES, _break_nothing,
+                 "fxbroker web: set both tls_cert (FXBROKER_TLS_CERT) and tls_key",
+                 id="web-certificate-without-key"),
+    pytest.param(["web", "--tls-cert", "none.pem", "--tls-key", "none.key"], SERVICES,
+                 _break_nothing, "fxbroker web: the TLS certificate 'none.pem' (FXBROKER_TLS_CERT)",
+                 id="web-missing-certificate"),
+    pytest.param(["ws"], {**WS, "FXBROKER_TLS_CERT": "none.pem", "FXBROKER_TLS_KEY": "none.key"},
+                 _break_nothing, "fxbroker ws: the TLS certificate 'none.pem' (FXBROKER_TLS_CERT)",
+                 id="ws-missing-certificate"),
+    pytest.param(["endpoint", "start", "lab"],
+                 {"FXBROKER_URL": "https://127.0.0.1:1", "FXBROKER_TOKEN": "t",
+                  "FXBROKER_CA_FILE": "none-ca.pem"},
+                 _break_nothing, "fxbroker endpoint start: the CA file 'none-ca.pem'",
+                 id="endpoint-missing-ca-file"),
     pytest.param(["user", "create", "x"], {}, _break_nothing,
                  "fxbroker user create: DATABASE_URL is not set and no `fxbroker dev` has run",
                  id="user-without-database"),

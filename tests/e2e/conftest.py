@@ -4,10 +4,16 @@ start`` on loopback, against the session's Redis and a database of the module's 
 The endpoint is started with no Redis URL at all (its environment has no ``REDIS_URL``): it
 registers with the web service, stores the credential it is issued, and reaches its tasks
 through the gateway of ``fxbroker ws``. A :class:`~tests.e2e.sockets.SocketWatch` samples
-the TCP peers of the agent process and its workers for the module's whole run."""
+the TCP peers of the agent process and its workers for the module's whole run.
+
+:func:`running_platform` starts the same platform behind TLS when given certificates: the
+services serve ``https://`` and ``wss://``, the web service announces the ``wss://`` URL
+(the agent is told no ws URL and asks for it), ws_service trusts the web service through
+``SSL_CERT_FILE``, and the agent trusts both through ``FXBROKER_CA_FILE``."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -24,6 +30,7 @@ import redis
 
 from tests.conftest import free_port, postgres_database, wait_for_port
 from tests.e2e.sockets import SocketWatch
+from tests.tls_certificates import Certificates
 
 FXBROKER = [sys.executable, "-m", "fxbroker.cli"]
 
@@ -74,17 +81,29 @@ def _wait_for_endpoint_id(home: Path, agent: subprocess.Popen[bytes]) -> str:
 
 @pytest.fixture(scope="module")
 def platform(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    tmp = tmp_path_factory.mktemp("platform")
+    with running_platform(redis_url, tmp_path_factory.mktemp("platform")) as started:
+        yield started
+
+
+_TRUST_VARIABLES = {"SSL_CERT_FILE", "SSL_CERT_DIR", "FXBROKER_CA_FILE"}
+
+
+@contextlib.contextmanager
+def running_platform(
+    redis_url: str, tmp: Path, *, tls: Certificates | None = None
+) -> Iterator[Platform]:
+    """The platform as processes (see the module docstring), stopped on leaving."""
     prefix = f"fxe-{uuid.uuid4().hex[:10]}"
     web_port, ws_port = free_port(), free_port()
-    url, ws_url = f"http://127.0.0.1:{web_port}", f"ws://127.0.0.1:{ws_port}"
+    secure = "s" if tls is not None else ""
+    url, ws_url = f"http{secure}://127.0.0.1:{web_port}", f"ws{secure}://127.0.0.1:{ws_port}"
     procs: list[subprocess.Popen[bytes]] = []
     stop_watch: list[SocketWatch] = []
     db_gen = _database(tmp)
     database_url = next(db_gen)
     log = (tmp / "platform.log").open("wb")
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k not in _TRUST_VARIABLES},
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
         "FXBROKER_KEY_PREFIX": prefix,
@@ -100,11 +119,22 @@ def platform(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             text=True,
         ).stdout.strip()  # fmt: skip
         env = {**env, "FXBROKER_URL": url, "FXBROKER_TOKEN": token}
+        service_env, agent_env = env, {k: v for k, v in env.items() if k != "REDIS_URL"}
+        if tls is not None:
+            service_env = {
+                **env,
+                "FXBROKER_TLS_CERT": str(tls.cert_file),
+                "FXBROKER_TLS_KEY": str(tls.key_file),
+                "SSL_CERT_FILE": str(tls.ca_file),  # ws_service checks tokens at the web
+            }
+            agent_env = {k: v for k, v in agent_env.items() if k != "FXBROKER_WS_URL"}
+            agent_env["FXBROKER_CA_FILE"] = str(tls.ca_file)
         for cmd in (["web", "--port", str(web_port)], ["ws", "--port", str(ws_port)]):
-            procs.append(subprocess.Popen([*FXBROKER, *cmd], env=env, stdout=log, stderr=log))
+            procs.append(
+                subprocess.Popen([*FXBROKER, *cmd], env=service_env, stdout=log, stderr=log)
+            )
         wait_for_port(web_port, 30)
         wait_for_port(ws_port, 30)
-        agent_env = {k: v for k, v in env.items() if k != "REDIS_URL"}
         agent = subprocess.Popen(
             [*FXBROKER, "endpoint", "start", "e2e-endpoint"],
             env=agent_env, stdout=log, stderr=log,

@@ -42,6 +42,8 @@ def test_every_variable_is_read() -> None:
         "FXBROKER_HEARTBEAT_S": "0.5",
         "FXBROKER_RESULT_TTL_S": "60",
         "FXBROKER_WS_DRAIN_TIMEOUT_S": "4",
+        "FXBROKER_TLS_CERT": "server.pem",
+        "FXBROKER_TLS_KEY": "server.key",
     }
     settings = WsSettings.from_env(env)
     assert dataclasses.asdict(settings) == {
@@ -50,6 +52,8 @@ def test_every_variable_is_read() -> None:
         "key_prefix": "px",
         "host": "127.0.0.2",
         "port": 0,
+        "tls_cert": "server.pem",
+        "tls_key": "server.key",
         "auth_cache_s": 1.5,
         "auth_timeout_s": 2.5,
         "block_ms": 250,
