@@ -12,7 +12,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from sdk.keys import AGENT_GROUP, Keys
 from sdk.serialize import deserialize
@@ -49,6 +49,7 @@ from tests.ws.gateway_helpers import (
 )
 from web_service.accounts import create_user
 from web_service.schema import upgrade
+from ws_service.gateway import session
 from ws_service.server import ResultServer
 from ws_service.settings import WsSettings
 
@@ -89,6 +90,21 @@ async def test_only_a_live_endpoint_credential_opens_the_gateway(stack: Stack) -
                 async with connect(url + AGENT_PATH, additional_headers=headers):
                     pass
             assert caught.value.response.status_code == 401, what
+
+
+async def test_a_connection_that_never_says_hello_is_closed(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(session, "HELLO_TIMEOUT_S", 0.3)
+    _, credential = await stack.ann.endpoint()
+    async with stack.ws() as url:
+        async with connect(url + AGENT_PATH, additional_headers=bearer(credential)) as silent:
+            error = decode_gateway_frame(await asyncio.wait_for(silent.recv(), FRAME_WAIT_S))
+            assert isinstance(error, Error) and error.code == "UNEXPECTED_FRAME"
+            assert error.message == "no hello within 0.3 s of the handshake"
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(silent.recv(), FRAME_WAIT_S)
+        assert silent.close_code == 1002
 
 
 # -- windows, code, settle -----------------------------------------------------------------

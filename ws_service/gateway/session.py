@@ -121,6 +121,11 @@ def parse_delivery_id(value: str) -> tuple[str, int] | None:
     return entry_id, int(attempt)
 
 
+HELLO_TIMEOUT_S = 10.0
+"""How long an authenticated connection may stay silent before its hello: a client that
+never says hello does not hold a connection (and a slot of the copy) for ever."""
+
+
 class AgentSession:
     """Serves one agent connection for one endpoint (see the module docstring)."""
 
@@ -222,7 +227,13 @@ class AgentSession:
             await self._return_unsent()
 
     async def _greet(self) -> Hello | None:
-        message = await self.connection.recv()
+        try:
+            async with asyncio.timeout(HELLO_TIMEOUT_S):
+                message = await self.connection.recv()
+        except TimeoutError:
+            raise ProtocolError(
+                UNEXPECTED_FRAME, f"no hello within {HELLO_TIMEOUT_S:g} s of the handshake"
+            ) from None
         frame = decode_agent_frame(message, max_frame_bytes=self.gateway.settings.max_frame_bytes)
         if not isinstance(frame, Hello):
             raise ProtocolError(UNEXPECTED_FRAME, f"a {frame.TYPE} frame came before hello")
