@@ -97,13 +97,12 @@ def test_list_parsers() -> None:
         names(",")
 
 
-# -- the three services follow the same rules --------------------------------------------
+# -- the services that reach Redis follow the same rules (the agent never does) -----------
 
 REDIS = "redis://127.0.0.1:6379/0"
 SERVICES: dict[str, tuple[Callable[[Mapping[str, str]], Any], dict[str, str]]] = {
     "web": (WebSettings.from_env, {"DATABASE_URL": "sqlite:///fx.db", "REDIS_URL": REDIS}),
     "ws": (WsSettings.from_env, {"REDIS_URL": REDIS, "FXBROKER_WEB_URL": "http://127.0.0.1:1"}),
-    "agent": (AgentSettings.from_env, {"REDIS_URL": REDIS, "FXBROKER_ENDPOINT_ID": "ep-1"}),
 }
 
 
@@ -150,10 +149,19 @@ def test_a_missing_redis_url_is_named_in_every_service(service: str) -> None:
     [
         ("web", "FXBROKER_RESULT_TTL_S"),
         ("ws", "FXBROKER_WS_PORT"),
-        ("agent", "FXBROKER_RESULT_TTL_S"),
     ],
 )
 def test_an_empty_number_is_an_error_not_the_default(service: str, name: str) -> None:
     from_env, base = SERVICES[service]
     with pytest.raises(SettingsError, match=f"^{name}='' is not valid"):
         from_env({**base, name: ""})
+
+
+def test_an_empty_number_is_an_error_for_the_agent_too() -> None:
+    base = {
+        "FXBROKER_ENDPOINT_ID": "ep-1",
+        "FXBROKER_WS_URL": "ws://a:1",
+        "FXBROKER_CREDENTIAL": "c",
+    }
+    with pytest.raises(SettingsError, match=r"^FXBROKER_WORKERS='' is not valid"):
+        AgentSettings.from_env({**base, "FXBROKER_WORKERS": ""})
