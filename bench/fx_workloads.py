@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import redis
@@ -39,16 +41,27 @@ def _check_all_succeeded(results: dict[str, dict[str, Any]]) -> None:
         raise RuntimeError(f"{len(failed)} tasks failed, e.g. {results[failed[0]]['exception']}")
 
 
-def _executor_wall(
-    deployment: Deployment, endpoint: str, fn: Callable[[], None], n: int, s: BenchSettings
+def executor_wall(
+    deployment: Deployment,
+    endpoint: str,
+    fn: Callable[[], None],
+    n: int,
+    s: BenchSettings,
+    *,
+    meter: AbstractContextManager[object] | None = None,
 ) -> float:
-    """Seconds from the first ``submit`` until every future of ``n`` calls of ``fn`` is done."""
+    """Seconds from the first ``submit`` until every future of ``n`` calls of ``fn`` is done.
+
+    ``meter`` is entered just around that span (after the warm-up, before the results are
+    checked), so a caller can measure what else the clocked part costs (:mod:`bench.hop_cost`).
+    """
     with deployment.client() as client, Executor(deployment.endpoints[endpoint], client) as ex:
         ex.submit(tasks.noop).result(timeout=s.task_timeout_s)  # warm-up
-        start = time.perf_counter()
-        futures = [ex.submit(fn) for _ in range(n)]
-        done, pending = concurrent.futures.wait(futures, timeout=s.task_timeout_s)
-        wall = time.perf_counter() - start
+        with meter or contextlib.nullcontext():
+            start = time.perf_counter()
+            futures = [ex.submit(fn) for _ in range(n)]
+            done, pending = concurrent.futures.wait(futures, timeout=s.task_timeout_s)
+            wall = time.perf_counter() - start
         if pending:
             raise TimeoutError(f"{len(pending)} of {n} tasks unfinished after the timeout")
         for future in done:
@@ -60,7 +73,7 @@ def throughput_executor(
     figures: Figures, deployment: Deployment, endpoint: str, variant: str, s: BenchSettings
 ) -> None:
     n = s.throughput_tasks
-    wall = _executor_wall(deployment, endpoint, tasks.noop, n, s)
+    wall = executor_wall(deployment, endpoint, tasks.noop, n, s)
     figures.add("throughput", FXBROKER, variant, "throughput", n / wall,
                 unit="tasks/s", better="higher")  # fmt: skip
 
@@ -133,7 +146,7 @@ def latency_polling(figures: Figures, deployment: Deployment, s: BenchSettings) 
 
 def seed(figures: Figures, deployment: Deployment, s: BenchSettings) -> None:
     """The seed's batching example: tasks that sleep 1 s each, through the Executor."""
-    wall = _executor_wall(deployment, SEED, tasks.sleep_1s, s.seed_tasks, s)
+    wall = executor_wall(deployment, SEED, tasks.sleep_1s, s.seed_tasks, s)
     variant = f"Executor, thread x{s.seed_workers}"
     figures.add("seed", FXBROKER, variant, "wall", wall, unit="s", better="lower")
 

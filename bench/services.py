@@ -86,6 +86,11 @@ class Processes:
         with contextlib.suppress(ValueError):
             self._procs.remove(proc)
 
+    @property
+    def running(self) -> list[subprocess.Popen[bytes]]:
+        """The processes started and not yet stopped, in start order."""
+        return list(self._procs)
+
     def check(self) -> None:
         """Raise if any process stopped on its own."""
         for proc in self._procs:

@@ -1,0 +1,65 @@
+"""``python -m bench.hop_cost``: every role gets a CPU figure from a real run, the ``/proc``
+readings see a busy descendant, and the py-spy summaries count what they claim."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.hop_cost import ROLES, _cpu_s, _descendants, top_own, top_project
+
+REPO = Path(__file__).resolve().parent.parent
+
+RAW = """\
+main (app.py:1);run (ws_service/gateway/session.py:10);send (websockets/connection.py:5) 6
+main (app.py:1);run (ws_service/gateway/session.py:12);send (websockets/connection.py:7) 2
+main (app.py:1);pack (redis/connection.py:3) 2
+"""
+
+
+def test_top_own_sums_leaf_samples_per_function_not_per_line() -> None:
+    assert top_own(RAW) == [("send (connection.py)", 80.0), ("pack (connection.py)", 20.0)]
+
+
+def test_top_project_counts_a_function_once_per_stack() -> None:
+    assert top_project(RAW) == [("run (session.py)", 80.0)]
+
+
+def test_a_descendant_is_found_and_its_cpu_counted_once_reaped() -> None:
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\n"
+    spawn = (
+        f"import subprocess, sys\nsubprocess.run([sys.executable, '-c', {burn!r}], timeout=60)\n"
+        "print('reaped', flush=True)\nsys.stdin.read()"
+    )
+    args = [sys.executable, "-c", spawn]
+    with subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as child:
+        deadline = time.monotonic() + 30
+        below: list[int] = []
+        while len(below) < 2 and time.monotonic() < deadline:
+            below = _descendants(os.getpid())
+        assert child.pid in below and len(below) == 2, below
+        assert child.stdout is not None and child.stdout.readline() == "reaped\n"
+        own_s, reaped_s = _cpu_s(child.pid)
+        assert reaped_s >= 0.25 > own_s
+        child.kill()
+
+
+def test_hop_cost_prints_a_cpu_figure_for_every_role(redis_url: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.hop_cost", "--tasks", "100", "--repeat", "1",
+         "--redis-url", redis_url],
+        cwd=REPO, env=dict(os.environ), capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    for role in (*ROLES, "total"):
+        line = re.search(rf"^{re.escape(role)} +(\d+)  ", done.stdout, re.MULTILINE)
+        assert line is not None, (role, done.stdout)
+        if role not in ("web", "redis"):  # ticks are 10 ms: 100 tasks may round to 0
+            assert int(line.group(1)) > 0, (role, done.stdout)
+    assert re.search(r"^wall: \d+ tasks/s", done.stdout, re.MULTILINE)
+    calls = re.search(r"^redis commands/task: ([\d.]+)", done.stdout, re.MULTILINE)
+    assert calls is not None and float(calls.group(1)) >= 2.0  # at least submit and settle
