@@ -4,15 +4,14 @@
 ``await run_agent(AgentSettings.from_env())`` with SIGINT/SIGTERM handling.
 
 Modules: :mod:`.settings` (configuration), :mod:`.agent` (the read/dispatch loop, drain),
-:mod:`.transport` (what the loop asks of the platform), :mod:`.gateway` (through the endpoint
-gateway: one WebSocket, the credential, no Redis), :mod:`.redis_transport` (from Redis itself),
+:mod:`.transport` (what the loop asks of the platform), :mod:`.gateway` (the endpoint
+gateway: one WebSocket, the credential; the agent never sees Redis),
 :mod:`.functions` (loading, classifying and allowing functions),
 :mod:`.engines` (the engine interface and the thread engine), :mod:`.processes` (the process
 engine: one worker process per slot or accelerator), :mod:`.worker` (running one task),
-:mod:`.capture` (per-task stdout/stderr), :mod:`.results` (the batched completion writer),
-:mod:`.accelerators` (finding the node's GPUs). The Redis side (the task stream, settling,
-leases, the cancel subscription, the heartbeat) lives in :mod:`service_common.tasks`,
-shared with the gateway that will replace this agent's Redis mode.
+:mod:`.capture` (per-task stdout/stderr), :mod:`.accelerators` (finding the node's GPUs).
+The Redis side (the task stream, starting and settling, leases, cancels, the heartbeat)
+lives in the gateway (:mod:`ws_service.gateway`, on :mod:`service_common.tasks`).
 """
 
 from __future__ import annotations

@@ -71,14 +71,6 @@ def result(peer: GatewayPeer, task_id: str) -> object:
     return deserialize(outcome.result)
 
 
-def test_settings_choose_the_gateway_when_a_credential_and_no_redis_are_given() -> None:
-    s = AgentSettings.from_env(
-        {"FXBROKER_CREDENTIAL": "c", "FXBROKER_WS_URL": "ws://127.0.0.1:1"}, endpoint_id="ep"
-    )
-    assert s.uses_gateway and s.redis_url is None
-    assert "'c'" not in repr(s)
-
-
 async def test_a_malformed_frame_makes_the_agent_reconnect_not_exit(peer: GatewayPeer) -> None:
     """What a real gateway never sends: a frame that does not decode. The agent drops the
     connection, says hello again, and serves the tasks."""
