@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.client import Pipeline
 from redis.exceptions import (
     ConnectionError as RedisConnectionError,
 )
@@ -76,14 +75,3 @@ def redis_unavailable(exc: BaseException) -> bool:
     """True when ``exc`` means Redis is away (down, restarting, loading its data, failing
     over) rather than that a command was wrong: an outage to wait out."""
     return isinstance(exc, TRANSIENT_REDIS_ERRORS)
-
-
-async def execute_pipeline(pipe: Pipeline) -> list[Any]:
-    """``await pipe.execute()``, giving the pipeline's connection back to the pool even when
-    Redis fails while the pipeline's scripts are being loaded (redis-py keeps it then, and a
-    connection would leak from the pool on every Redis outage). Use it for every pipeline
-    that runs a registered script."""
-    try:
-        return await pipe.execute()
-    finally:
-        await pipe.reset()  # type: ignore[no-untyped-call]

@@ -48,7 +48,7 @@ import redis.asyncio as aioredis
 from sdk.keys import AGENT_GROUP, Keys
 from sdk.messages import ExceptionRecord
 from sdk.states import TaskState
-from service_common.redis_client import execute_pipeline
+from service_common.lua import Lua, execute_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,8 @@ if redis.call('HEXISTS', KEYS[1], 'notice_pending') == 1 then
 end
 return 2
 """
+
+SETTLE = Lua(SETTLE_SCRIPT)
 """KEYS: the task hash. ARGV: running state, attempt, ttl, agent, then field/value pairs.
 1 when written (or written by an earlier try, its notice still pending), 2 when an earlier
 try wrote and announced it (only the acknowledgement may be missing), 0 when the task is
@@ -116,7 +118,6 @@ class Settler:
         self._keys = keys
         self._stream = keys.endpoint_tasks(endpoint_id)
         self._ttl_s = result_ttl_s
-        self._settle = redis.register_script(SETTLE_SCRIPT)
 
     async def write(self, batch: Sequence[Completion], *, agent: str) -> list[int]:
         """Settle ``batch`` for ``agent`` (two round trips); per completion, :data:`WRITTEN`
@@ -176,7 +177,7 @@ class Settler:
         pipe = self._redis.pipeline(transaction=False)
         for c in outcomes:
             assert c.outcome is not None
-            await self._settle(
+            await SETTLE(
                 keys=[self._keys.task(c.task_id)],
                 args=[
                     str(TaskState.RUNNING),

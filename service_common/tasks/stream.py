@@ -42,7 +42,7 @@ from redis.exceptions import ResponseError
 
 from sdk.keys import AGENT_GROUP, Keys
 from sdk.states import TERMINAL_STATES, TaskState
-from service_common.redis_client import execute_pipeline
+from service_common.lua import Lua, execute_pipeline
 
 START_SCRIPT = """
 local f = redis.call('HMGET', KEYS[1], 'state', 'agent', 'started_at', 'attempts')
@@ -106,6 +106,11 @@ redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
 return id
 """
+
+START = Lua(START_SCRIPT)
+TOUCH = Lua(TOUCH_SCRIPT)
+RELEASE = Lua(RELEASE_SCRIPT)
+REQUEUE = Lua(REQUEUE_SCRIPT)
 """KEYS: the stream. ARGV: group, the old entry id, then the entry's fields and values.
 Appends a copy of the entry and settles the old one, atomically."""
 
@@ -187,10 +192,6 @@ class TaskStream:
         self.key = keys.endpoint_tasks(endpoint_id)
         self._allowed_key = keys.endpoint_allowed_functions(endpoint_id)
         self.consumer = consumer
-        self._start_script = redis.register_script(START_SCRIPT)
-        self._touch_script = redis.register_script(TOUCH_SCRIPT)
-        self._release_script = redis.register_script(RELEASE_SCRIPT)
-        self._requeue_script = redis.register_script(REQUEUE_SCRIPT)
         self._claim_cursor = "0-0"
 
     async def ensure_group(self) -> None:
@@ -262,7 +263,7 @@ class TaskStream:
         terminal = sorted(str(s) for s in TERMINAL_STATES)
         pipe = self._redis.pipeline(transaction=False)
         for entry in entries:
-            await self._start_script(
+            await START(
                 keys=[self._keys.task(entry.task_id)],
                 args=[str(TaskState.RUNNING), now, self.consumer, *terminal],
                 client=pipe,
@@ -291,8 +292,8 @@ class TaskStream:
         """Renew the lease of ``entry_ids``; returns those another consumer now holds."""
         if not entry_ids:
             return []
-        lost: Any = await self._touch_script(
-            keys=[self.key], args=[AGENT_GROUP, self.consumer, *entry_ids]
+        lost: Any = await TOUCH(
+            keys=[self.key], args=[AGENT_GROUP, self.consumer, *entry_ids], client=self._redis
         )
         return [str(entry_id) for entry_id in lost]
 
@@ -304,7 +305,7 @@ class TaskStream:
             return 0
         pipe = self._redis.pipeline(transaction=False)
         for entry, attempt in entries:
-            await self._release_script(
+            await RELEASE(
                 keys=[self._keys.task(entry.task_id)],
                 args=[str(TaskState.RUNNING), str(attempt), str(TaskState.WAITING)],
                 client=pipe,
@@ -316,9 +317,7 @@ class TaskStream:
             if int(ok) != 1:
                 continue
             flat = [part for pair in entry.fields.items() for part in pair]
-            await self._requeue_script(
-                keys=[self.key], args=[AGENT_GROUP, entry.entry_id, *flat], client=pipe
-            )
+            await REQUEUE(keys=[self.key], args=[AGENT_GROUP, entry.entry_id, *flat], client=pipe)
             count += 1
         if count:
             await execute_pipeline(pipe)
@@ -332,9 +331,7 @@ class TaskStream:
         pipe = self._redis.pipeline(transaction=False)
         for entry in entries:
             flat = [part for pair in entry.fields.items() for part in pair]
-            await self._requeue_script(
-                keys=[self.key], args=[AGENT_GROUP, entry.entry_id, *flat], client=pipe
-            )
+            await REQUEUE(keys=[self.key], args=[AGENT_GROUP, entry.entry_id, *flat], client=pipe)
         await execute_pipeline(pipe)
 
     async def holding(self, held: Sequence[tuple[str, str, int]]) -> list[TaskEntry | None]:

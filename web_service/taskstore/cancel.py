@@ -27,7 +27,7 @@ import redis.asyncio as aioredis
 from sdk.keys import Keys
 from sdk.messages import CancelNotice
 from sdk.states import TaskState
-from service_common.redis_client import execute_pipeline
+from service_common.lua import Lua, execute_pipeline
 from web_service.store.models import is_id
 
 Outcome = Literal["cancelled", "interrupt_requested", "finished"]
@@ -45,6 +45,8 @@ end
 return {0, fields[2] or '', fields[3] or '', fields[4] or ''}
 """
 
+CANCEL = Lua(CANCEL_SCRIPT)
+
 
 class CancelResult(TypedDict):
     """What cancelling one task did."""
@@ -59,7 +61,6 @@ class Canceller:
         self._redis = redis
         self._keys = keys
         self._result_ttl_s = result_ttl_s
-        self._script = redis.register_script(CANCEL_SCRIPT)
 
     async def cancel(self, user_id: str, task_ids: Sequence[str]) -> dict[str, CancelResult]:
         """Cancel those of ``task_ids`` that are ``user_id``'s; the others are left out."""
@@ -69,7 +70,7 @@ class Canceller:
         now = f"{time.time():.6f}"
         pipe = self._redis.pipeline(transaction=False)
         for task_id in wanted:
-            await self._script(
+            await CANCEL(
                 keys=[self._keys.task(task_id)],
                 args=[user_id, now, self._result_ttl_s, TaskState.WAITING, TaskState.CANCELLED],
                 client=pipe,
