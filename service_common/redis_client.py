@@ -25,6 +25,13 @@ from redis.exceptions import (
 CONNECT_TIMEOUT_S = 5.0
 """How long opening one connection may take before it counts as Redis being away."""
 
+MAX_CONNECTIONS = 512
+"""The most Redis connections one client (one service process) opens by default: far below
+Redis's own limit (10,000 clients) even with several copies of every service."""
+POOL_WAIT_S = 30.0
+"""How long a command waits for a free pooled connection before it fails as if Redis were
+away (the service then answers 503 with Retry-After)."""
+
 TRANSIENT_REDIS_ERRORS: tuple[type[BaseException], ...] = (
     RedisConnectionError,  # refused, reset, closed by the server; also LOADING (BusyLoadingError)
     RedisTimeoutError,
@@ -38,7 +45,7 @@ TRANSIENT_REDIS_ERRORS: tuple[type[BaseException], ...] = (
 
 
 def connect_redis(
-    url: str, *, client_name: str | None = None, max_connections: int | None = None
+    url: str, *, client_name: str | None = None, max_connections: int = MAX_CONNECTIONS
 ) -> aioredis.Redis:
     """An asyncio Redis client for ``url`` (``redis://``, ``rediss://`` or ``unix://``).
 
@@ -53,7 +60,9 @@ def connect_redis(
 
     ``client_name`` names every connection (``CLIENT SETNAME``, seen in ``CLIENT LIST``).
     ``max_connections`` bounds the pool: a command that finds every connection busy waits
-    for one instead of opening another (default: no bound).
+    up to :data:`POOL_WAIT_S` for one instead of opening another. (redis-py's own default
+    pool refuses the 101st concurrent command with "Too many connections", which a busy
+    service took for Redis being away and answered with 503s.)
     """
     options: dict[str, Any] = {
         "decode_responses": True,
@@ -63,10 +72,8 @@ def connect_redis(
     }
     if client_name is not None:
         options["client_name"] = client_name
-    if max_connections is None:
-        return aioredis.Redis.from_url(url, **options)
     pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=max_connections, timeout=None, **options
+        url, max_connections=max_connections, timeout=POOL_WAIT_S, **options
     )
     return aioredis.Redis.from_pool(pool)
 

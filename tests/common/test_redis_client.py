@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from service_common.redis_client import connect_redis
+import asyncio
+from typing import Any
+
+from redis.asyncio import BlockingConnectionPool
+
+from service_common.redis_client import MAX_CONNECTIONS, connect_redis
 
 
 async def test_options_are_the_services_own(redis_url: str, key_prefix: str) -> None:
@@ -15,5 +20,25 @@ async def test_options_are_the_services_own(redis_url: str, key_prefix: str) -> 
         key = f"{key_prefix}:probe"
         await client.set(key, "v", ex=10)
         assert await client.get(key) == "v"  # decoded to str
+    finally:
+        await client.aclose()
+
+
+async def test_more_concurrent_commands_than_connections_wait_for_one(
+    redis_url: str, key_prefix: str
+) -> None:
+    """Past its bound the pool makes a command wait for a connection, never fail with
+    "Too many connections" (which a service would take for Redis being away)."""
+    name = f"{key_prefix}-bounded"
+    client = connect_redis(redis_url, client_name=name, max_connections=2)
+    try:
+        assert isinstance(client.connection_pool, BlockingConnectionPool)
+        assert connect_redis(redis_url).connection_pool.max_connections == MAX_CONNECTIONS
+        keys = [f"{key_prefix}:wait-{i}" for i in range(6)]
+        # Six blocked reads at once on two connections: each times out (0.1 s) in turn.
+        replies = await asyncio.gather(*(client.blpop([k], timeout=0.1) for k in keys))
+        assert replies == [None] * 6
+        connected: Any = await client.client_list()
+        assert len([c for c in connected if c["name"] == name]) == 2
     finally:
         await client.aclose()
