@@ -117,6 +117,7 @@ class AsyncClient:
             task_group_id=task_group_id,
             retry=self.retry,
             ssl_context=self._ssl,
+            compression=self.config.ws_compression,
         )
         self._queue = SubmitQueue(
             self._send_batch, batch_size=batch_size, batch_interval_s=batch_interval_s

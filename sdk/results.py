@@ -73,11 +73,13 @@ class ResultListener:
         retry: Retry | None = None,
         open_timeout_s: float = OPEN_TIMEOUT_S,
         ssl_context: ssl.SSLContext | None = None,
+        compression: str = "none",
     ) -> None:
         """``ws_url`` gives the ws service's base URL (awaited when a connection opens).
         ``task_group_id`` may be set later, but before the first :meth:`watch`. ``retry``
         says how reconnects back off and how long an outage is waited out. ``ssl_context``
-        verifies a ``wss://`` service (``None``: the default one; :mod:`sdk.tls`)."""
+        verifies a ``wss://`` service (``None``: the default one; :mod:`sdk.tls`).
+        ``compression``: ``none`` offers no permessage-deflate, ``deflate`` offers it."""
         self.task_group_id = task_group_id
         self._ws_url = ws_url
         self._token = token
@@ -85,6 +87,7 @@ class ResultListener:
         self._outage = Outage(retry or Retry(), service="the ws service")
         self._open_timeout_s = open_timeout_s
         self._ssl = ssl_context
+        self._compression = None if compression == "none" else "deflate"
         self._waiting: dict[str, Resolve] = {}
         self._early: dict[str, TaskOutcome] = {}
         self._submitting = 0
@@ -220,6 +223,7 @@ class ResultListener:
             additional_headers=_base.auth_headers(self._token),
             open_timeout=self._open_timeout_s,
             max_size=None,
+            compression=self._compression,
             **tls.connect_options(url, self._ssl),
         ) as ws:
             self._ws = ws

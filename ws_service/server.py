@@ -27,6 +27,10 @@ cursor is pushed, in completion order; each item carries its own ``cursor`` and 
 cursor of its last item. One ``XREAD`` reads up to ``batch_max`` notices and they leave as
 one frame, split only where a frame would pass ``max_frame_bytes``.
 
+**No compression unless asked.** permessage-deflate is off (``compression``,
+``FXBROKER_WS_COMPRESSION=deflate`` turns it on): results are mostly base64 of pickles that
+deflate barely shrinks, and compressing costs CPU on both ends of every frame.
+
 **Keepalive.** The server pings every ``ping_interval_s`` and closes a connection whose pong
 does not come within ``ping_timeout_s``; clients answer pings (the websockets library does)
 and may ping too.
@@ -183,6 +187,7 @@ class ResultServer:
                 ping_interval=settings.ping_interval_s,
                 ping_timeout=settings.ping_timeout_s,
                 max_size=max(CLIENT_FRAME_BYTES_MAX, settings.max_frame_bytes),
+                compression=None if settings.compression == "none" else "deflate",
                 ssl=ssl_context,
             )
         except BaseException:

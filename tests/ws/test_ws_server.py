@@ -5,6 +5,7 @@ written into Redis the way an endpoint agent writes them."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -251,6 +252,21 @@ async def test_a_missing_or_bad_token_is_refused_at_the_handshake(
         async with connect(stack.ws_url, additional_headers=headers):
             pass
     assert info.value.response.status_code == 401
+
+
+async def test_frames_are_not_compressed_unless_the_service_is_told_to(stack: Stack) -> None:
+    """A client that offers permessage-deflate (websockets does by default) gets none."""
+    async with open_ws(stack, stack.ann) as ws:
+        assert "permessage-deflate" in ws.request.headers.get("Sec-WebSocket-Extensions", "")
+        assert ws.protocol.extensions == []
+        group, _ = await submit(stack, stack.ann, 1)
+        await subscribe(ws, group)
+    deflate = dataclasses.replace(stack.settings, compression="deflate")
+    async with ResultServer(deflate) as server:
+        url = f"ws://127.0.0.1:{server.port}/v1/results"
+        async with connect(url, additional_headers=stack.ann.headers) as ws:
+            assert [e.name for e in ws.protocol.extensions] == ["permessage-deflate"]
+            await subscribe(ws, group)
 
 
 async def test_an_unknown_path_is_refused(stack: Stack) -> None:
