@@ -168,13 +168,16 @@ def result_item(notice: Notice, fields: Mapping[str, str]) -> ResultItem:
     return item
 
 
+def needs_task_hash(notice: Notice) -> bool:
+    """Whether pushing ``notice`` needs its task hash read."""
+    return True
+
+
 def result_items(
-    notices: Sequence[Notice], hashes: Sequence[Mapping[str, str]]
+    notices: Sequence[Notice], hashes: Mapping[str, Mapping[str, str]]
 ) -> list[ResultItem]:
-    """Pair notices with their task hashes (same order, same length)."""
-    if len(notices) != len(hashes):
-        raise ValueError(f"{len(notices)} notices but {len(hashes)} task hashes")
-    return [result_item(n, h) for n, h in zip(notices, hashes, strict=True)]
+    """Pair notices with their task hashes (by task id; a task with no hash there expired)."""
+    return [result_item(n, hashes.get(n.task_id, {})) for n in notices]
 
 
 def results_frames(

@@ -145,10 +145,11 @@ def test_a_corrupt_exception_record_is_reported_not_raised() -> None:
 
 def test_result_items_pair_notices_with_hashes() -> None:
     notices = [Notice("1-0", "a", "success"), Notice("2-0", "b", "success")]
-    items = protocol.result_items(notices, [{"result": "11\n1"}, {"result": "11\n2"}])
+    items = protocol.result_items(notices, {"b": {"result": "11\n2"}, "a": {"result": "11\n1"}})
     assert [(i["task_id"], i["result"]) for i in items] == [("a", "11\n1"), ("b", "11\n2")]
-    with pytest.raises(ValueError, match="2 notices but 1"):
-        protocol.result_items(notices, [{}])
+    expired = protocol.result_items(notices, {"a": {"result": "11\n1"}})[1]
+    assert (expired["task_id"], expired["state"]) == ("b", "failed")
+    assert expired["exception"]["type"] == "ResultExpired"
 
 
 def _items(count: int, result_chars: int) -> list[ResultItem]:
