@@ -91,6 +91,23 @@ def test_notices_keep_stream_order_and_skip_entries_without_a_task_id() -> None:
     ]
 
 
+def test_a_notice_that_carries_its_outcome_needs_no_task_hash() -> None:
+    exception = '{"type": "ValueError"}'
+    entries = [
+        ("1-0", {"task_id": "a", "state": "success", "inline": "1", "result": "11\n1"}),
+        ("2-0", {"task_id": "b", "state": "failed", "inline": "1", "exception": exception}),
+        ("3-0", {"task_id": "c", "state": "success"}),
+        ("4-0", {"task_id": "d", "inline": "1", "result": "11\n1"}),  # no state: not trusted
+    ]
+    a, b, c, d = protocol.parse_notices(entries)
+    assert a == Notice("1-0", "a", "success", {"result": "11\n1"})
+    assert [protocol.needs_task_hash(n) for n in (a, b, c, d)] == [False, False, True, True]
+    # The task hash, even a missing one, is not looked at for an inline notice.
+    items = protocol.result_items([a, b], {})
+    assert items[0] == {"task_id": "a", "state": "success", "cursor": "1-0", "result": "11\n1"}
+    assert (items[1]["state"], items[1]["exception"]["type"]) == ("failed", "ValueError")
+
+
 def test_a_success_item_carries_the_result_buffer() -> None:
     buffer = serialize({"answer": 42})
     item = protocol.result_item(
