@@ -151,6 +151,8 @@ class ResultServer:
         self.web_outage = Outage("the web service", logger=logger)
         """Outages of the web service, this service's peer for tokens and task groups."""
         self._gateway: Gateway | None = None
+        self.results_connections = 0
+        """Results connections accepted so far (clients keep one open across calls)."""
         self._local: dict[str, set[Subscription]] = {}
         """This process's subscriptions by task group, for the same-process push."""
 
@@ -302,6 +304,7 @@ class ResultServer:
             return
         assert connection.caller is not None
         caller = connection.caller
+        self.results_connections += 1
         subscriptions: dict[str, Subscription] = {}
         try:
             async for message in connection:
