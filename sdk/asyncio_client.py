@@ -13,12 +13,14 @@
 
 Runs made close together leave as one batch request (:mod:`sdk.batching`); their results
 come back over one WebSocket (:mod:`sdk.results`), each exactly once, reconnecting from the
-last cursor after any disconnect. The other methods are the coroutine twins of
-:class:`~sdk.client.Client`'s, built on the same :mod:`sdk._base` (the same requests, the
-same loops over 1,000 ids at a time). The one difference in meaning is ``run``: ``await
-AsyncClient.run(...)`` returns the function's result (funcX's async API), ``Client.run``
-returns a task id at once. What only pushed results allow (``submit``, ``as_completed``,
-``watch_task``) has no twin in ``Client``.
+last cursor after any disconnect. The WebSocket stays open for ``ws_linger_s`` after the
+last result awaited, so sequential ``await fx.run(...)`` calls pay no handshake.
+
+The other methods are the coroutine twins of :class:`~sdk.client.Client`'s, built on the
+same :mod:`sdk._base` (the same requests, the same loops over 1,000 ids at a time). The
+one difference in meaning is ``run``: ``await AsyncClient.run(...)`` returns the function's
+result (funcX's async API), ``Client.run`` returns a task id at once. What only pushed
+results allow (``submit``, ``as_completed``, ``watch_task``) has no twin in ``Client``.
 
 Everything runs in the loop that calls it, so the client works inside an already-running
 loop (a Jupyter notebook: ``await fx.run(...)`` in a cell). Use one client per event loop.
@@ -80,6 +82,7 @@ class AsyncClient:
         task_group_id: str | None = None,
         retry_for_s: float | None = None,
         ca_file: str | None = None,
+        ws_linger_s: float | None = None,
     ) -> None:
         """Without ``url``/``token`` the service is found as :mod:`sdk.config` describes.
         ``batch_size`` caps the tasks of one submit request made by :meth:`run` and
@@ -87,7 +90,9 @@ class AsyncClient:
         for more tasks (see :mod:`sdk.batching`). ``retry_for_s`` bounds how long an outage
         of the web service, and of the WebSocket service while results are awaited, is
         waited out, and ``ca_file`` which certificate authorities the ``https://`` and
-        ``wss://`` services are checked against, as for :class:`~sdk.client.Client`."""
+        ``wss://`` services are checked against, as for :class:`~sdk.client.Client`.
+        ``ws_linger_s`` (default ``FXBROKER_WS_LINGER_S``, else 5) is how long the result
+        WebSocket stays open once nothing is awaited, so back-to-back runs reuse it."""
         self.config = ClientConfig.from_env(
             url=url,
             token=token,
@@ -95,6 +100,7 @@ class AsyncClient:
             endpoint_id=endpoint_id,
             retry_for_s=retry_for_s,
             ca_file=ca_file,
+            ws_linger_s=ws_linger_s,
         )
         self.retry = Retry(retry_for_s=self.config.retry_for_s)
         """The retry policy of this client's requests and result listener (:mod:`sdk.retry`)."""
@@ -117,6 +123,8 @@ class AsyncClient:
             task_group_id=task_group_id,
             retry=self.retry,
             ssl_context=self._ssl,
+            compression=self.config.ws_compression,
+            linger_s=self.config.ws_linger_s,
         )
         self._queue = SubmitQueue(
             self._send_batch, batch_size=batch_size, batch_interval_s=batch_interval_s

@@ -12,6 +12,8 @@ WebSocket URL      ``ws_url=``         ``FXBROKER_WS_URL``     ``ws_url`` (else 
 default endpoint   ``endpoint_id=``    ``FXBROKER_ENDPOINT_ID``  ``endpoint_id``
 outage bound       ``retry_for_s=``    ``FXBROKER_RETRY_FOR_S``  (not read from the file)
 CA file            ``ca_file=``        ``FXBROKER_CA_FILE``    (not read from the file)
+WS compression     (none)              ``FXBROKER_WS_COMPRESSION``  (not read from the file)
+WS linger          ``ws_linger_s=``    ``FXBROKER_WS_LINGER_S``  (not read from the file)
 =================  ==================  ======================  ================================
 
 The outage bound is how long a client retries a service that does not answer (or answers
@@ -19,6 +21,11 @@ The outage bound is how long a client retries a service that does not answer (or
 :mod:`sdk.retry`). The CA file is the PEM file of certificate authorities an ``https://`` or
 ``wss://`` service's certificate is checked against; without one, ``SSL_CERT_FILE`` or the
 default authorities are (:mod:`sdk.tls`).
+
+WebSocket compression is ``none`` (the default: no permessage-deflate is offered, results
+are mostly base64 that compresses little) or ``deflate`` (offered; used if the service has
+it on too). The linger is how long the result WebSocket stays open after the last awaited
+result, in seconds (default :data:`DEFAULT_WS_LINGER_S`), so back-to-back calls reuse it.
 
 ``FXBROKER_HOME`` defaults to ``~/.fxbroker``; ``fxbroker dev`` writes the file with
 :func:`write_config`. The file describes one service, so its token, WebSocket URL and
@@ -43,7 +50,12 @@ ENV_TOKEN = "FXBROKER_TOKEN"
 ENV_WS_URL = "FXBROKER_WS_URL"
 ENV_ENDPOINT_ID = "FXBROKER_ENDPOINT_ID"
 ENV_RETRY_FOR_S = "FXBROKER_RETRY_FOR_S"
+ENV_WS_COMPRESSION = "FXBROKER_WS_COMPRESSION"
+ENV_WS_LINGER_S = "FXBROKER_WS_LINGER_S"
 ENV_HOME = "FXBROKER_HOME"
+WS_COMPRESSIONS = ("none", "deflate")
+DEFAULT_WS_LINGER_S = 5.0
+"""Seconds the result WebSocket stays open with nothing outstanding."""
 CONFIG_FILE = "config.json"
 _FIELDS = ("url", "ws_url", "token", "endpoint_id")
 
@@ -137,6 +149,19 @@ class ClientConfig:
     ca_file: str | None = None
     """PEM file of the certificate authorities to trust; ``None``: ``SSL_CERT_FILE``, else
     the default ones (:mod:`sdk.tls`)."""
+    ws_compression: str = "none"
+    """``none``: the result WebSocket offers no compression; ``deflate``: permessage-deflate."""
+    ws_linger_s: float = DEFAULT_WS_LINGER_S
+    """How long the result WebSocket stays open once nothing is outstanding; 0: close at once."""
+
+    def __post_init__(self) -> None:
+        if self.ws_compression not in WS_COMPRESSIONS:
+            raise ConfigurationError(
+                f"ws_compression must be one of {', '.join(WS_COMPRESSIONS)}, "
+                f"not {self.ws_compression!r}"
+            )
+        if not self.ws_linger_s >= 0:  # also refuses NaN
+            raise ConfigurationError(f"ws_linger_s must be >= 0 seconds, not {self.ws_linger_s}")
 
     @classmethod
     def from_env(
@@ -148,12 +173,15 @@ class ClientConfig:
         endpoint_id: str | None = None,
         retry_for_s: float | None = None,
         ca_file: str | None = None,
+        ws_linger_s: float | None = None,
     ) -> ClientConfig:
         """Resolve each value from the arguments, the environment, then the config file.
 
         Raises :class:`ConfigurationError` when no URL or no token can be found, or when
         ``FXBROKER_RETRY_FOR_S`` is not a number of seconds ``>= 0``; :class:`ValueError`
-        for such a ``retry_for_s`` argument."""
+        for such a ``retry_for_s`` argument. ``FXBROKER_WS_COMPRESSION`` other than ``none``
+        or ``deflate``, or a linger that is not seconds ``>= 0``, raise
+        :class:`ConfigurationError` too."""
         env = os.environ
         path = config_path()
         file = read_config()
@@ -184,6 +212,10 @@ class ClientConfig:
                 else _env_retry_for_s(env.get(ENV_RETRY_FOR_S))
             ),
             ca_file=ca_file or env.get(ENV_CA_FILE) or None,
+            ws_compression=_env_compression(env.get(ENV_WS_COMPRESSION)),
+            ws_linger_s=(
+                ws_linger_s if ws_linger_s is not None else _env_linger_s(env.get(ENV_WS_LINGER_S))
+            ),
         )
 
     def require_endpoint(self, endpoint_id: str | None = None) -> str:
@@ -206,3 +238,26 @@ def _env_retry_for_s(raw: str | None) -> float:
         raise ConfigurationError(
             f"{ENV_RETRY_FOR_S} must be a number of seconds >= 0 (0: no retries), not {raw!r}"
         ) from exc
+
+
+def _env_linger_s(raw: str | None) -> float:
+    if raw is None or not raw.strip():
+        return DEFAULT_WS_LINGER_S
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"{ENV_WS_LINGER_S} must be a number of seconds >= 0, not {raw!r}"
+        ) from exc
+    if not value >= 0:
+        raise ConfigurationError(f"{ENV_WS_LINGER_S} must be a number of seconds >= 0, not {raw!r}")
+    return value
+
+
+def _env_compression(raw: str | None) -> str:
+    value = (raw or "").strip() or "none"
+    if value not in WS_COMPRESSIONS:
+        raise ConfigurationError(
+            f"{ENV_WS_COMPRESSION} must be one of {', '.join(WS_COMPRESSIONS)}, not {raw!r}"
+        )
+    return value

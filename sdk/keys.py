@@ -14,7 +14,8 @@ Layout (``fx`` is the default prefix; tests use a prefix of their own)::
                                              (absent: the endpoint runs any function)
     fx:{task:<task_id>}             Hash     one task: state, ids, timestamps, result or exception
     fx:{fn:<function_id>}:code      String   serialized function code, cached for agents
-    fx:{tg:<task_group_id>}:results Stream   completion notices of a task group (task_id, state)
+    fx:{tg:<task_group_id>}:results Stream   completion notices of a task group (task_id, state;
+                                             small outcomes inline: service_common.tasks.settle)
     fx:{tg:<task_group_id>}:tasks   List     every task id submitted into the group, in order
     fx:{idem:<user_id>}:<key>       String   JSON of what a batch submit with that
                                              Idempotency-Key answered (or that it is underway)

@@ -8,8 +8,11 @@ task's :class:`~sdk._base.TaskOutcome` (its value, or the remote exception, and 
 Delivery contract:
 
 * The connection opens when the first task is watched, subscribes to the task group from the
-  last cursor seen (``"0"`` at first: the whole group is replayed), and closes once no watched
-  task is outstanding and no submit is in flight. The next watch reopens it from the cursor.
+  last cursor seen (``"0"`` at first: the whole group is replayed), and stays open while a
+  watched task is outstanding or a submit is in flight, and for ``linger_s`` after (the
+  client's ``ws_linger_s``), so back-to-back calls reuse it: no handshake, no subscribe, and
+  the service keeps pushing from where it was. A watch after the linger reopens it from the
+  cursor.
 * On any disconnect (network error, ws service restart, a 429/5xx answer to the handshake,
   an ``UNAVAILABLE`` or ``INTERNAL`` error frame) it reconnects with capped, jittered
   exponential backoff (:mod:`sdk.retry`) and resubscribes from the last cursor, so nothing
@@ -73,11 +76,15 @@ class ResultListener:
         retry: Retry | None = None,
         open_timeout_s: float = OPEN_TIMEOUT_S,
         ssl_context: ssl.SSLContext | None = None,
+        compression: str = "none",
+        linger_s: float = 0.0,
     ) -> None:
         """``ws_url`` gives the ws service's base URL (awaited when a connection opens).
         ``task_group_id`` may be set later, but before the first :meth:`watch`. ``retry``
         says how reconnects back off and how long an outage is waited out. ``ssl_context``
-        verifies a ``wss://`` service (``None``: the default one; :mod:`sdk.tls`)."""
+        verifies a ``wss://`` service (``None``: the default one; :mod:`sdk.tls`).
+        ``compression``: ``none`` offers no permessage-deflate, ``deflate`` offers it.
+        ``linger_s``: how long the connection stays open with nothing outstanding."""
         self.task_group_id = task_group_id
         self._ws_url = ws_url
         self._token = token
@@ -85,12 +92,17 @@ class ResultListener:
         self._outage = Outage(retry or Retry(), service="the ws service")
         self._open_timeout_s = open_timeout_s
         self._ssl = ssl_context
+        self._compression = None if compression == "none" else "deflate"
+        self._linger_s = linger_s
+        self._lingered_out = False  # the last connection was closed by the linger, not lost
+        self._opened = 0
         self._waiting: dict[str, Resolve] = {}
         self._early: dict[str, TaskOutcome] = {}
         self._submitting = 0
         self._task: asyncio.Task[None] | None = None
         self._ws: ClientConnection | None = None
         self._closer: asyncio.Task[None] | None = None
+        self._linger: asyncio.Task[None] | None = None
         self._closed = False
         self._subscribed = False
         self._subscriptions = 0
@@ -108,6 +120,22 @@ class ResultListener:
     @property
     def connected(self) -> bool:
         return self._ws is not None
+
+    @property
+    def connection(self) -> ClientConnection | None:
+        """The open WebSocket, if any (to inspect what was negotiated)."""
+        return self._ws
+
+    @property
+    def connections(self) -> int:
+        """How many connections this listener opened so far."""
+        return self._opened
+
+    async def wait_closed(self) -> None:
+        """Return once the listener holds no connection and is not about to open one
+        (nothing outstanding and the linger over)."""
+        while self._task is not None and not self._task.done():
+            await asyncio.shield(self._task)
 
     @property
     def subscriptions(self) -> int:
@@ -137,6 +165,7 @@ class ResultListener:
             resolve(early)
             return
         self._waiting[task_id] = resolve
+        self._keep_open()
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(
                 self._run(), name=f"fxbroker-results-{self.task_group_id}"
@@ -156,7 +185,7 @@ class ResultListener:
         ws = self._ws
         if ws is not None:
             await ws.close()
-        for task in (self._task, self._closer):
+        for task in (self._task, self._closer, self._linger):
             if task is not None and not task.done():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -197,6 +226,9 @@ class ResultListener:
                 reason = f"{type(exc).__name__}: {exc}"
             else:
                 reason = "the connection closed"
+                if self._lingered_out:  # closed by us after the linger, not lost
+                    self._lingered_out = False
+                    continue
             if not self._waiting:
                 return
             now = loop.time()
@@ -220,9 +252,12 @@ class ResultListener:
             additional_headers=_base.auth_headers(self._token),
             open_timeout=self._open_timeout_s,
             max_size=None,
+            compression=self._compression,
             **tls.connect_options(url, self._ssl),
         ) as ws:
             self._ws = ws
+            self._opened += 1
+            self._lingered_out = False
             assert self.task_group_id is not None
             await ws.send(_base.subscribe_frame(self.task_group_id, self._cursor))
             async for message in ws:
@@ -236,8 +271,7 @@ class ResultListener:
                         self._deliver(frame.items)
                 else:
                     self._refused(frame)
-                if self._idle():
-                    break
+                self._close_if_idle()
 
     def _refused(self, frame: _base.Refused) -> None:
         if frame.task_group_id not in (None, self.task_group_id):
@@ -262,9 +296,28 @@ class ResultListener:
         return not self._waiting and not self._submitting
 
     def _close_if_idle(self) -> None:
+        """Nothing outstanding: close the connection once the linger is over."""
         ws = self._ws
-        if ws is not None and self._idle() and (self._closer is None or self._closer.done()):
-            self._closer = asyncio.get_running_loop().create_task(ws.close())
+        if ws is None or not self._idle():
+            return
+        if self._linger is not None or (self._closer is not None and not self._closer.done()):
+            return
+        self._linger = asyncio.get_running_loop().create_task(self._close_after(ws))
+
+    def _keep_open(self) -> None:
+        """Something is outstanding again: a pending close after the linger is called off."""
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
+
+    async def _close_after(self, ws: ClientConnection) -> None:
+        if self._linger_s > 0:
+            await asyncio.sleep(self._linger_s)
+        self._linger = None
+        if self._ws is not ws or not self._idle():
+            return
+        self._lingered_out = True
+        self._closer = asyncio.get_running_loop().create_task(ws.close())
 
     def _fail_all(self, error: Exception) -> None:
         waiting, self._waiting = self._waiting, {}

@@ -6,6 +6,8 @@ Every service opens its client with :func:`connect_redis` and waits out the erro
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -82,3 +84,37 @@ def redis_unavailable(exc: BaseException) -> bool:
     """True when ``exc`` means Redis is away (down, restarting, loading its data, failing
     over) rather than that a command was wrong: an outage to wait out."""
     return isinstance(exc, TRANSIENT_REDIS_ERRORS)
+
+
+UNBLOCK_TRIES = 50
+"""A wake that finds the blocked read not yet blocked on the server tries again this often."""
+UNBLOCK_PAUSE_S = 0.002
+
+
+async def unblock(
+    redis: aioredis.Redis,
+    client_id: int,
+    still_waiting: Callable[[], bool],
+    *,
+    tries: int = UNBLOCK_TRIES,
+    pause_s: float = UNBLOCK_PAUSE_S,
+) -> bool:
+    """Wake the connection ``client_id`` out of its blocking read (``CLIENT UNBLOCK``, sent
+    on ``redis``, another connection); True once it woke.
+
+    The blocking command may be sent but not yet blocked on the server; the wake is then
+    tried again after ``pause_s``, at most ``tries`` times, and only while ``still_waiting()``
+    says the read is in flight. Redis being away ends it quietly (the read fails too); other
+    errors propagate."""
+    for _ in range(tries):
+        if not still_waiting():
+            return False
+        try:
+            if await redis.client_unblock(client_id):
+                return True
+        except Exception as exc:
+            if redis_unavailable(exc):
+                return False
+            raise
+        await asyncio.sleep(pause_s)
+    return False

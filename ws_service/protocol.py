@@ -3,7 +3,8 @@
 Nothing here does I/O. :func:`parse_frame` turns a client frame into a :class:`Subscribe` or
 :class:`Unsubscribe` command, or into the :class:`~sdk.messages.ErrorFrame` to answer with.
 :func:`parse_notices`, :func:`result_items` and :func:`results_frames` turn what one ``XREAD``
-of a task-group results stream returned (plus the task hashes) into ``results`` frames.
+of a task-group results stream returned (plus the task hashes of notices that do not carry
+their outcome inline, :func:`needs_task_hash`) into ``results`` frames.
 
 Frames (JSON text, shapes in :mod:`sdk.messages`)::
 
@@ -34,6 +35,7 @@ from sdk.wire import (
     BAD_FRAME,
     START_CURSOR,
 )
+from service_common.tasks.settle import INLINE, INLINE_FIELDS
 
 _GROUP_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _CURSOR = re.compile(r"[0-9]{1,20}(-[0-9]{1,20})?")
@@ -66,6 +68,9 @@ class Notice:
     """The stream entry id; subscribing from it resumes after this notice."""
     task_id: str
     state: str
+    inline: Mapping[str, str] | None = None
+    """The outcome's fields, when the notice carries them (small outcomes); else the task
+    hash has them."""
 
 
 def error_frame(code: str, message: str, task_group_id: str | None = None) -> ErrorFrame:
@@ -125,21 +130,32 @@ def parse_notices(entries: Sequence[tuple[str, Mapping[str, str]]]) -> list[Noti
     """The completion notices among stream entries, in stream order.
 
     An entry without a ``task_id`` is not a notice and is skipped (its cursor still counts:
-    the caller advances past it). A missing ``state`` is left empty for the task hash to fill."""
+    the caller advances past it). A missing ``state`` is left empty for the task hash to fill.
+    A notice that carries its outcome (``inline``, written by
+    :func:`service_common.tasks.settle.notice_fields`) keeps those fields."""
     return [
-        Notice(entry_id, fields["task_id"], fields.get("state", ""))
+        Notice(entry_id, fields["task_id"], fields.get("state", ""), _inline(fields))
         for entry_id, fields in entries
         if fields.get("task_id")
     ]
 
 
+def _inline(fields: Mapping[str, str]) -> dict[str, str] | None:
+    if fields.get(INLINE) != "1" or not fields.get("state"):
+        return None
+    return {name: fields[name] for name in INLINE_FIELDS if fields.get(name)}
+
+
 def result_item(notice: Notice, fields: Mapping[str, str]) -> ResultItem:
-    """One pushed result: the notice's state with the result or exception of the task hash,
-    and the task's ``stdout`` / ``stderr`` when it printed anything.
+    """One pushed result: the notice's state with the result or exception of the task hash
+    (or of the notice itself, when inline), and the task's ``stdout`` / ``stderr`` when it
+    printed anything.
 
     A task hash that expired before delivery yields a ``failed`` item whose exception says
     so, rather than a success without a result."""
-    if not fields:
+    if notice.inline is not None:
+        fields = notice.inline
+    elif not fields:
         return {
             "task_id": notice.task_id,
             "state": TaskState.FAILED.value,
@@ -168,13 +184,16 @@ def result_item(notice: Notice, fields: Mapping[str, str]) -> ResultItem:
     return item
 
 
+def needs_task_hash(notice: Notice) -> bool:
+    """Whether pushing ``notice`` needs its task hash read (its outcome is not inline)."""
+    return notice.inline is None
+
+
 def result_items(
-    notices: Sequence[Notice], hashes: Sequence[Mapping[str, str]]
+    notices: Sequence[Notice], hashes: Mapping[str, Mapping[str, str]]
 ) -> list[ResultItem]:
-    """Pair notices with their task hashes (same order, same length)."""
-    if len(notices) != len(hashes):
-        raise ValueError(f"{len(notices)} notices but {len(hashes)} task hashes")
-    return [result_item(n, h) for n, h in zip(notices, hashes, strict=True)]
+    """Pair notices with their task hashes (by task id; a task with no hash there expired)."""
+    return [result_item(n, hashes.get(n.task_id, {})) for n in notices]
 
 
 def results_frames(

@@ -27,6 +27,10 @@ cursor is pushed, in completion order; each item carries its own ``cursor`` and 
 cursor of its last item. One ``XREAD`` reads up to ``batch_max`` notices and they leave as
 one frame, split only where a frame would pass ``max_frame_bytes``.
 
+**No compression unless asked.** permessage-deflate is off (``compression``,
+``FXBROKER_WS_COMPRESSION=deflate`` turns it on): results are mostly base64 of pickles that
+deflate barely shrinks, and compressing costs CPU on both ends of every frame.
+
 **Keepalive.** The server pings every ``ping_interval_s`` and closes a connection whose pong
 does not come within ``ping_timeout_s``; clients answer pings (the websockets library does)
 and may ping too.
@@ -55,8 +59,9 @@ token): see :mod:`ws_service.gateway` and its protocol, :mod:`service_common.age
 
 Nothing about a client is kept anywhere but in its connection, so any number of copies of
 the service can run side by side and a restart loses nothing. The copy's Redis connections
-carry the name ``client_name``; the gateway's are bounded by ``gateway_redis_connections``
-whatever the number of agents, while each live subscription still holds one blocked read.
+carry the name ``client_name`` and are bounded whatever the number of clients and agents:
+the results side holds at most :data:`ws_service.fanout.REDIS_CONNECTIONS` (one shared
+blocked read for every subscription), the gateway at most ``gateway_redis_connections``.
 """
 
 from __future__ import annotations
@@ -68,11 +73,10 @@ import logging
 import signal
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 
 import httpx
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
@@ -84,11 +88,12 @@ from sdk.messages import ResultItem
 from sdk.wire import RESULTS_PATH
 from service_common import tls
 from service_common.agent_protocol import AGENT_PATH
-from service_common.redis_client import connect_redis, redis_unavailable
-from service_common.retry import DEFAULT_BACKOFF, Outage
+from service_common.redis_client import connect_redis
+from service_common.retry import Outage
 from service_common.tokens import bearer_token
 from ws_service import protocol
 from ws_service.auth import Authenticator, Caller, EndpointSession, WebUnavailable
+from ws_service.fanout import POOL_CONNECTIONS, ResultReader, Subscription
 from ws_service.gateway import Gateway, Settlement
 from ws_service.settings import WsSettings
 
@@ -135,6 +140,9 @@ class ResultServer:
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
         self._redis: aioredis.Redis | None = None
+        self._waiter: aioredis.Redis | None = None
+        self._reader: ResultReader | None = None
+        self._reading: asyncio.Task[None] | None = None
         self._http: httpx.AsyncClient | None = None
         self._auth: Authenticator | None = None
         self._server: Server | None = None
@@ -143,7 +151,9 @@ class ResultServer:
         self.web_outage = Outage("the web service", logger=logger)
         """Outages of the web service, this service's peer for tokens and task groups."""
         self._gateway: Gateway | None = None
-        self._local: dict[str, set[_Subscription]] = {}
+        self.results_connections = 0
+        """Results connections accepted so far (clients keep one open across calls)."""
+        self._local: dict[str, set[Subscription]] = {}
         """This process's subscriptions by task group, for the same-process push."""
 
     @property
@@ -167,7 +177,22 @@ class ResultServer:
         ssl_context = (
             tls.server_context(settings.tls_cert, settings.tls_key) if settings.tls_cert else None
         )
-        self._redis = connect_redis(settings.redis_url, client_name=settings.client_name)
+        self._redis = connect_redis(
+            settings.redis_url, client_name=settings.client_name, max_connections=POOL_CONNECTIONS
+        )
+        self._waiter = connect_redis(
+            settings.redis_url, client_name=settings.client_name, max_connections=1
+        )
+        self._reader = ResultReader(
+            self._redis,
+            self._waiter,
+            self.keys,
+            block_ms=settings.block_ms,
+            batch_max=settings.batch_max,
+            max_frame_bytes=settings.max_frame_bytes,
+            outage=self.redis_outage,
+        )
+        self._reading = asyncio.create_task(self._reader.run(), name="results-reader")
         self._http = httpx.AsyncClient(timeout=settings.auth_timeout_s)
         self._auth = Authenticator(self._http, settings.web_url, cache_s=settings.auth_cache_s)
         try:
@@ -183,6 +208,7 @@ class ResultServer:
                 ping_interval=settings.ping_interval_s,
                 ping_timeout=settings.ping_timeout_s,
                 max_size=max(CLIENT_FRAME_BYTES_MAX, settings.max_frame_bytes),
+                compression=None if settings.compression == "none" else "deflate",
                 ssl=ssl_context,
             )
         except BaseException:
@@ -216,9 +242,15 @@ class ResultServer:
         if self._gateway is not None:
             await self._gateway.__aexit__(None, None, None)
             self._gateway = None
-        if self._redis is not None:
-            await self._redis.aclose()
-            self._redis = None
+        if self._reading is not None:
+            self._reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reading
+            self._reading = None
+        for client in (self._redis, self._waiter):
+            if client is not None:
+                await client.aclose()
+        self._redis = self._waiter = None
         if self._http is not None:
             await self._http.aclose()
             self._http = None
@@ -272,28 +304,28 @@ class ResultServer:
             return
         assert connection.caller is not None
         caller = connection.caller
-        subscriptions: dict[str, asyncio.Task[None]] = {}
+        self.results_connections += 1
+        subscriptions: dict[str, Subscription] = {}
         try:
             async for message in connection:
                 command = protocol.parse_frame(message)
                 if isinstance(command, protocol.Subscribe):
                     await self._subscribe(connection, caller, subscriptions, command)
                 elif isinstance(command, protocol.Unsubscribe):
-                    await _cancel(subscriptions.pop(command.task_group_id, None))
+                    self._drop(subscriptions.pop(command.task_group_id, None))
                 else:
                     await connection.send(protocol.encode(command))
         except ConnectionClosed:
             pass
         finally:
-            for task in subscriptions.values():
-                task.cancel()
-            await asyncio.gather(*subscriptions.values(), return_exceptions=True)
+            for sub in subscriptions.values():
+                self._drop(sub)
 
     async def _subscribe(
         self,
         connection: ServerConnection,
         caller: Caller,
-        subscriptions: dict[str, asyncio.Task[None]],
+        subscriptions: dict[str, Subscription],
         command: protocol.Subscribe,
     ) -> None:
         """Check the group is the caller's, answer ``subscribed``, start pushing.
@@ -328,92 +360,33 @@ class ResultServer:
                 )
             )
             return
-        await _cancel(subscriptions.pop(gid, None))
+        self._drop(subscriptions.pop(gid, None))
         await connection.send(protocol.encode(protocol.subscribed_frame(command)))
-        subscriptions[gid] = asyncio.create_task(
-            self._push_until_failure(connection, gid, command.cursor), name=f"push {gid}"
-        )
+        sub = Subscription(connection, gid, command.cursor, self.keys.task_group_results(gid))
+        subscriptions[gid] = sub
+        self._local.setdefault(gid, set()).add(sub)
+        self.reader.add(sub)
 
-    async def _push_until_failure(
-        self, connection: ServerConnection, task_group_id: str, cursor: str
-    ) -> None:
-        """:meth:`_push`, ending the subscription with an ``INTERNAL`` error frame (and a
-        logged traceback) should it fail for a reason other than Redis."""
-        try:
-            await self._push(connection, task_group_id, cursor)
-        except Exception:
-            logger.exception("pushing results of task group %s failed", task_group_id)
-            frame = protocol.error_frame(
-                wire.INTERNAL, "this subscription failed; subscribe again", task_group_id
-            )
-            with contextlib.suppress(ConnectionClosed):
-                await connection.send(protocol.encode(frame))
+    @property
+    def reader(self) -> ResultReader:
+        """The one reader of every subscription's results stream (:mod:`ws_service.fanout`)."""
+        if self._reader is None:
+            raise RuntimeError("the server is not open; use `async with ResultServer(...)`")
+        return self._reader
 
-    async def _push(self, connection: ServerConnection, task_group_id: str, cursor: str) -> None:
-        """Push the results of one task group after ``cursor`` until cancelled.
-
-        Each round: one ``XREAD COUNT batch_max BLOCK block_ms`` of the group's results
-        stream, one pipeline of ``HGETALL`` for the tasks it names, then one ``results``
-        frame with all of them (more only when one would pass ``max_frame_bytes``). The cursor
-        advances only after the frames are handed to the connection, so a Redis error retries
-        the same read. Results this process's gateway settled meanwhile may already have
-        been pushed (:meth:`_push_settled`); those are not sent again. Ends quietly when the
-        connection closes."""
-        assert self._redis is not None
-        redis = self._redis
-        settings = self.settings
-        stream = self.keys.task_group_results(task_group_id)
-        sub = _Subscription(connection, task_group_id, cursor)
-        self._local.setdefault(task_group_id, set()).add(sub)
-        failures = 0
-        try:
-            while True:
-                started = self.redis_outage.now()
-                try:
-                    reply: Any = await redis.xread(
-                        {stream: sub.cursor}, count=settings.batch_max, block=settings.block_ms
-                    )
-                    entries = _stream_entries(reply)
-                    if not entries:
-                        continue
-                    sub.read(entries[-1][0])
-                    fresh = [e for e in entries if e[0] not in sub.pushed]
-                    notices = protocol.parse_notices(fresh)
-                    hashes: list[dict[str, str]] = []
-                    if notices:
-                        async with redis.pipeline(transaction=False) as pipe:
-                            for notice in notices:
-                                pipe.hgetall(self.keys.task(notice.task_id))
-                            hashes = await pipe.execute()
-                except RedisError as exc:
-                    if not redis_unavailable(exc):
-                        raise
-                    self.redis_outage.failed(exc, attempt_started=started)
-                    failures += 1
-                    await asyncio.sleep(DEFAULT_BACKOFF.delay_s(failures))
-                    continue
-                failures = 0
-                self.redis_outage.recovered()
-                items = protocol.result_items(notices, hashes)
-                if items and items[-1]["cursor"] != entries[-1][0]:
-                    # The last entries were pushed already: the frame still moves the
-                    # client's cursor to the end of what was read.
-                    items[-1] = {**items[-1], "cursor": entries[-1][0]}
-                frames = protocol.results_frames(
-                    task_group_id, items, max_frame_bytes=settings.max_frame_bytes
-                )
-                try:
-                    for frame in frames:
-                        await connection.send(frame)
-                except ConnectionClosed:
-                    return
-                sub.sent(entries[-1][0])
-        finally:
-            group = self._local.get(task_group_id)
-            if group is not None:
-                group.discard(sub)
-                if not group:
-                    del self._local[task_group_id]
+    def _drop(self, sub: Subscription | None) -> None:
+        """End ``sub``: no more reads or pushes for it."""
+        if sub is None:
+            return
+        if self._reader is not None:
+            self._reader.remove(sub)
+        else:
+            sub.cancel()
+        group = self._local.get(sub.task_group_id)
+        if group is not None:
+            group.discard(sub)
+            if not group:
+                del self._local[sub.task_group_id]
 
     def _push_settled(self, settlements: Sequence[Settlement]) -> None:
         """The same-process push: outcomes this copy's gateway just settled go at once to
@@ -432,74 +405,6 @@ class ResultServer:
                 if o.stderr:
                     item["stderr"] = o.stderr
                 sub.offer(settled.notice_id, item, max_frame_bytes=self.settings.max_frame_bytes)
-
-
-class _Subscription:
-    """One subscription's position, shared by its stream read and the same-process push.
-
-    ``cursor``: every notice up to it has been sent (stream order). ``read_upto``: the
-    stream read has taken every notice up to it (and will send those not pushed).
-    ``pushed``: notices after ``read_upto`` already pushed out of band, which the stream
-    read skips. A pushed item carries ``cursor`` (not its own notice id): resubscribing
-    from it then misses nothing that other copies settled meanwhile."""
-
-    def __init__(self, connection: ServerConnection, task_group_id: str, cursor: str) -> None:
-        self.connection = connection
-        self.task_group_id = task_group_id
-        self.cursor = cursor
-        self.read_upto = cursor
-        self.pushed: set[str] = set()
-        self._sends: set[asyncio.Task[None]] = set()
-
-    def read(self, last_id: str) -> None:
-        self.read_upto = last_id
-
-    def sent(self, last_id: str) -> None:
-        self.cursor = last_id
-        upto = _stream_id(last_id)
-        self.pushed = {nid for nid in self.pushed if _stream_id(nid) > upto}
-
-    def offer(self, notice_id: str, item: ResultItem, *, max_frame_bytes: int) -> None:
-        """Push ``item`` now unless the stream read has already taken its notice."""
-        if _stream_id(notice_id) <= _stream_id(self.read_upto) or notice_id in self.pushed:
-            return
-        self.pushed.add(notice_id)
-        item["cursor"] = self.cursor
-        frames = protocol.results_frames(
-            self.task_group_id, [item], max_frame_bytes=max_frame_bytes
-        )
-        task = asyncio.create_task(self._send(frames))
-        self._sends.add(task)
-        task.add_done_callback(self._sends.discard)
-
-    async def _send(self, frames: list[str]) -> None:
-        with contextlib.suppress(ConnectionClosed):
-            for frame in frames:
-                await self.connection.send(frame)
-
-
-def _stream_id(value: str) -> tuple[int, int]:
-    """A stream entry id (``ms-seq``, or ``ms``, or ``0``) as a comparable pair."""
-    ms, _, seq = value.partition("-")
-    try:
-        return int(ms), int(seq or 0)
-    except ValueError:
-        return (0, 0)
-
-
-def _stream_entries(reply: Any) -> list[tuple[str, dict[str, str]]]:
-    """The entries of a one-stream ``XREAD`` reply: ``[[stream, [(id, fields), ...]]]``."""
-    if not reply:
-        return []
-    return [(entry_id, fields) for entry_id, fields in reply[0][1]]
-
-
-async def _cancel(task: asyncio.Task[None] | None) -> None:
-    if task is None:
-        return
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 async def run_ws(settings: WsSettings, *, handle_signals: bool = True) -> None:

@@ -25,8 +25,12 @@ from service_common.settings import (
     env,
     integer,
     number,
+    one_of,
     settings_from_env,
 )
+
+COMPRESSION_CHOICES = ("none", "deflate")
+"""``none``: frames leave as they are; ``deflate``: permessage-deflate for clients that offer it."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,6 +69,12 @@ class WsSettings(RedisSettings):
         default=64 * 1024 * 1024, metadata=env("FXBROKER_WS_MAX_FRAME_BYTES", integer)
     )
     """Largest frame sent or accepted; above the 10 MB result limit so any result fits."""
+    compression: str = field(
+        default="none", metadata=env("FXBROKER_WS_COMPRESSION", one_of(*COMPRESSION_CHOICES))
+    )
+    """``none`` (the default) or ``deflate``. Results are mostly serialized base64 that
+    deflate shrinks little, while compressing every frame costs CPU on both ends of every
+    push; turn it on only for slow links carrying compressible results."""
 
     client_name: str = field(default="fxbroker-ws", metadata=env("FXBROKER_WS_CLIENT_NAME"))
     """The name of this copy's Redis connections (``CLIENT LIST``)."""
@@ -99,6 +109,11 @@ class WsSettings(RedisSettings):
         tls.check_pair(self.tls_cert, self.tls_key)
         if not self.host:
             raise SettingsError("host must not be empty")
+        if self.compression not in COMPRESSION_CHOICES:
+            raise SettingsError(
+                f"compression must be one of {', '.join(COMPRESSION_CHOICES)}, "
+                f"not {self.compression!r}"
+            )
         check_at_least(self, 0, "block_ms", integer=True)
         check_at_least(self, 1, "batch_max", "max_subscriptions", "max_frame_bytes", integer=True)
         check_at_least(self, 0, "auth_cache_s")

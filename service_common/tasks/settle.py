@@ -12,11 +12,16 @@ Shared by the endpoint agent's batched writer and the gateway (docs/internals.md
    on to step 2 if its ``notice_pending`` is still there, else only to the acknowledgement.
 2. *Announce and acknowledge*, for each task written in step 1::
 
-       XADD   task-group results stream * task_id <tid> state <state>
+       XADD   task-group results stream * task_id <tid> state <state> [inline 1 result ...]
        EXPIRE task-group results stream <result_ttl_s>
        HDEL   task hash notice_pending
        XACK   endpoint stream agents <entry id>
        XDEL   endpoint stream <entry id>
+
+   A small outcome (result, exception and output together at most
+   :data:`INLINE_MAX_CHARS`) rides in its notice (``inline 1`` and the fields the task hash
+   has), so ws_service pushes it without reading the task hash; a bigger one, or a notice
+   appended for an outcome this call did not carry, names only the task.
 
    Entries skipped (a task already terminal when read) are only acknowledged and deleted;
    a task found terminal with ``notice_pending`` (its agent died between the two steps)
@@ -41,7 +46,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 
@@ -75,6 +80,14 @@ try wrote and announced it (only the acknowledgement may be missing), 0 when the
 no longer this agent's under that attempt."""
 
 WRITTEN, ANNOUNCED, NOT_OURS = 1, 2, 0
+
+INLINE_MAX_CHARS = 4096
+"""Outcomes up to this many characters (result, exception JSON, stdout, stderr together)
+are copied into their completion notice."""
+INLINE = "inline"
+"""The notice field that says the outcome's fields follow in the notice itself."""
+INLINE_FIELDS = ("result", "exception", "stdout", "stderr")
+"""The outcome fields an inline notice may carry, named as in the task hash."""
 
 
 class OutcomeFields(Protocol):
@@ -149,7 +162,8 @@ class Settler:
             if state and status == WRITTEN:
                 if c.task_group_id:
                     notices = self._keys.task_group_results(c.task_group_id)
-                    pipe.xadd(notices, {"task_id": c.task_id, "state": state})
+                    notice: dict[Any, Any] = notice_fields(c.task_id, state, c.outcome)
+                    pipe.xadd(notices, notice)
                     appended.append(i)
                     groups.add(notices)
                 pipe.hdel(self._keys.task(c.task_id), "notice_pending")
@@ -190,6 +204,28 @@ class Settler:
             )
         replies = iter(await execute_pipeline(pipe))
         return [WRITTEN if c.outcome is None else int(next(replies)) for c in batch]
+
+
+def notice_fields(task_id: str, state: str, outcome: OutcomeFields | None) -> dict[str, str]:
+    """A completion notice: the task and its state, and its outcome when that is small."""
+    fields = {"task_id": task_id, "state": state}
+    if outcome is None:
+        return fields
+    inline = {
+        name: value
+        for name, value in zip(INLINE_FIELDS, _outcome_values(outcome), strict=True)
+        if value
+    }
+    if sum(map(len, inline.values())) <= INLINE_MAX_CHARS:
+        fields[INLINE] = "1"
+        fields.update(inline)
+    return fields
+
+
+def _outcome_values(outcome: OutcomeFields) -> tuple[str, str, str, str]:
+    """The outcome's :data:`INLINE_FIELDS` as the task hash stores them ("" when absent)."""
+    exception = json.dumps(outcome.exception) if outcome.exception is not None else ""
+    return outcome.result or "", exception, outcome.stdout, outcome.stderr
 
 
 def _fields(outcome: OutcomeFields, now: str) -> list[str]:

@@ -7,7 +7,7 @@ from typing import Any
 
 from redis.asyncio import BlockingConnectionPool
 
-from service_common.redis_client import MAX_CONNECTIONS, connect_redis
+from service_common.redis_client import MAX_CONNECTIONS, connect_redis, unblock
 
 
 async def test_options_are_the_services_own(redis_url: str, key_prefix: str) -> None:
@@ -42,3 +42,23 @@ async def test_more_concurrent_commands_than_connections_wait_for_one(
         assert len([c for c in connected if c["name"] == name]) == 2
     finally:
         await client.aclose()
+
+
+async def test_unblock_wakes_a_blocked_read_even_one_not_yet_blocked(
+    redis_url: str, key_prefix: str
+) -> None:
+    """The wake is sent right after the read is started, before it is likely to have
+    reached the server: the retry makes it land; the read returns empty long before its
+    block of a minute."""
+    waiter = connect_redis(redis_url, max_connections=1)
+    other = connect_redis(redis_url)
+    try:
+        waiter_id = int(await waiter.client_id())
+        reading = asyncio.create_task(waiter.xread({f"{key_prefix}:nothing": "$"}, block=60_000))
+        async with asyncio.timeout(10):
+            assert await unblock(other, waiter_id, lambda: not reading.done())
+            assert not await reading  # woken empty-handed
+        assert not await unblock(other, waiter_id, lambda: False)  # nothing in flight: no try
+    finally:
+        await waiter.aclose()
+        await other.aclose()

@@ -68,6 +68,12 @@ class Stack:
         self._web_port = 0
         self.services: Services | None = None
 
+    @property
+    def ws_server(self) -> ResultServer:
+        """The ws service copy now running."""
+        assert self._ws is not None
+        return self._ws
+
     def _ws_settings(self, web_url: str, port: int) -> WsSettings:
         return WsSettings(
             redis_url=self.redis_url, web_url=web_url, key_prefix=self.keys.prefix, port=port,

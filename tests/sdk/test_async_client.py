@@ -65,7 +65,41 @@ async def test_gathered_runs_return_results(stack: Stack) -> None:
         assert ac.task_group_id is not None
         group = await ac.get_task_group(ac.task_group_id)
         assert len(group["task_ids"]) == 62
-        assert not ac.results.connected  # closed once nothing was outstanding
+        assert ac.results.connected  # lingers once nothing is outstanding, for the next run
+    assert not ac.results.connected  # closed with the client
+
+
+async def test_sequential_runs_share_one_websocket_without_compression(stack: Stack) -> None:
+    s = services(stack)
+    await stack.serve(s.endpoint_id)
+    async with client(s) as ac:
+        fid = await ac.register_function(square)
+        for i in range(50):
+            assert await ac.run(i, function_id=fid) == i * i
+        ws = ac.results.connection
+        assert ws is not None  # lingering: nothing is outstanding, the socket stays
+        assert "Sec-WebSocket-Extensions" not in ws.request.headers
+        assert ws.protocol.extensions == []
+        assert (ac.results.connections, ac.results.subscriptions) == (1, 1)
+    assert stack.ws_server.results_connections == 1
+
+
+async def test_the_websocket_closes_after_the_linger_and_reopens_from_the_cursor(
+    stack: Stack,
+) -> None:
+    s = services(stack)
+    await stack.serve(s.endpoint_id)
+    async with AsyncClient(
+        s.url, s.token, ws_url=s.ws_url, endpoint_id=s.endpoint_id, ws_linger_s=0.05
+    ) as ac:
+        fid = await ac.register_function(square)
+        assert await ac.run(3, function_id=fid) == 9
+        async with asyncio.timeout(10):
+            await ac.results.wait_closed()
+        assert ac.results.connection is None
+        assert await ac.run(4, function_id=fid) == 16
+        assert ac.results.connections == 2
+    assert stack.ws_server.results_connections == 2
 
 
 async def test_failed_run_raises_the_remote_exception_with_its_traceback(stack: Stack) -> None:

@@ -11,7 +11,10 @@ import pytest
 from fxbroker import ConfigurationError
 from sdk.config import ClientConfig, config_path, fxbroker_home, read_config, write_config
 
-ENV = ("FXBROKER_URL", "FXBROKER_TOKEN", "FXBROKER_WS_URL", "FXBROKER_ENDPOINT_ID")
+ENV = (
+    "FXBROKER_URL", "FXBROKER_TOKEN", "FXBROKER_WS_URL", "FXBROKER_ENDPOINT_ID",
+    "FXBROKER_WS_COMPRESSION", "FXBROKER_WS_LINGER_S",
+)  # fmt: skip
 
 
 @pytest.fixture
@@ -120,3 +123,36 @@ def test_rewriting_replaces_the_file(home: Path) -> None:
     write_config(home, url="http://b", ws_url="ws://b", token="2", endpoint_id="e")
     assert json.loads((home / "config.json").read_text())["token"] == "2"
     assert [p.name for p in home.iterdir()] == ["config.json"]
+
+
+def test_websocket_settings_default_to_no_compression_and_a_short_linger(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FXBROKER_URL", "http://127.0.0.1:1")
+    monkeypatch.setenv("FXBROKER_TOKEN", "et")
+    config = ClientConfig.from_env()
+    assert (config.ws_compression, config.ws_linger_s) == ("none", 5.0)
+    monkeypatch.setenv("FXBROKER_WS_COMPRESSION", "deflate")
+    monkeypatch.setenv("FXBROKER_WS_LINGER_S", "0.25")
+    config = ClientConfig.from_env()
+    assert (config.ws_compression, config.ws_linger_s) == ("deflate", 0.25)
+    assert ClientConfig.from_env(ws_linger_s=0).ws_linger_s == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("FXBROKER_WS_COMPRESSION", "gzip"),
+        ("FXBROKER_WS_LINGER_S", "soon"),
+        ("FXBROKER_WS_LINGER_S", "-1"),
+        ("FXBROKER_WS_LINGER_S", "nan"),
+    ],
+)
+def test_bad_websocket_settings_name_their_variable(
+    home: Path, monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv("FXBROKER_URL", "http://127.0.0.1:1")
+    monkeypatch.setenv("FXBROKER_TOKEN", "et")
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigurationError, match=name):
+        ClientConfig.from_env()

@@ -91,6 +91,23 @@ def test_notices_keep_stream_order_and_skip_entries_without_a_task_id() -> None:
     ]
 
 
+def test_a_notice_that_carries_its_outcome_needs_no_task_hash() -> None:
+    exception = '{"type": "ValueError"}'
+    entries = [
+        ("1-0", {"task_id": "a", "state": "success", "inline": "1", "result": "11\n1"}),
+        ("2-0", {"task_id": "b", "state": "failed", "inline": "1", "exception": exception}),
+        ("3-0", {"task_id": "c", "state": "success"}),
+        ("4-0", {"task_id": "d", "inline": "1", "result": "11\n1"}),  # no state: not trusted
+    ]
+    a, b, c, d = protocol.parse_notices(entries)
+    assert a == Notice("1-0", "a", "success", {"result": "11\n1"})
+    assert [protocol.needs_task_hash(n) for n in (a, b, c, d)] == [False, False, True, True]
+    # The task hash, even a missing one, is not looked at for an inline notice.
+    items = protocol.result_items([a, b], {})
+    assert items[0] == {"task_id": "a", "state": "success", "cursor": "1-0", "result": "11\n1"}
+    assert (items[1]["state"], items[1]["exception"]["type"]) == ("failed", "ValueError")
+
+
 def test_a_success_item_carries_the_result_buffer() -> None:
     buffer = serialize({"answer": 42})
     item = protocol.result_item(
@@ -145,10 +162,11 @@ def test_a_corrupt_exception_record_is_reported_not_raised() -> None:
 
 def test_result_items_pair_notices_with_hashes() -> None:
     notices = [Notice("1-0", "a", "success"), Notice("2-0", "b", "success")]
-    items = protocol.result_items(notices, [{"result": "11\n1"}, {"result": "11\n2"}])
+    items = protocol.result_items(notices, {"b": {"result": "11\n2"}, "a": {"result": "11\n1"}})
     assert [(i["task_id"], i["result"]) for i in items] == [("a", "11\n1"), ("b", "11\n2")]
-    with pytest.raises(ValueError, match="2 notices but 1"):
-        protocol.result_items(notices, [{}])
+    expired = protocol.result_items(notices, {"a": {"result": "11\n1"}})[1]
+    assert (expired["task_id"], expired["state"]) == ("b", "failed")
+    assert expired["exception"]["type"] == "ResultExpired"
 
 
 def _items(count: int, result_chars: int) -> list[ResultItem]:

@@ -5,6 +5,8 @@ written into Redis the way an endpoint agent writes them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -26,6 +28,7 @@ from tests.private_redis import PrivateRedis
 from tests.ws.gateway_helpers import web_service
 from web_service.accounts import create_user
 from web_service.schema import upgrade
+from ws_service.fanout import REDIS_CONNECTIONS
 from ws_service.server import ResultServer
 from ws_service.settings import WsSettings
 
@@ -253,6 +256,21 @@ async def test_a_missing_or_bad_token_is_refused_at_the_handshake(
     assert info.value.response.status_code == 401
 
 
+async def test_frames_are_not_compressed_unless_the_service_is_told_to(stack: Stack) -> None:
+    """A client that offers permessage-deflate (websockets does by default) gets none."""
+    async with open_ws(stack, stack.ann) as ws:
+        assert "permessage-deflate" in ws.request.headers.get("Sec-WebSocket-Extensions", "")
+        assert ws.protocol.extensions == []
+        group, _ = await submit(stack, stack.ann, 1)
+        await subscribe(ws, group)
+    deflate = dataclasses.replace(stack.settings, compression="deflate")
+    async with ResultServer(deflate) as server:
+        url = f"ws://127.0.0.1:{server.port}/v1/results"
+        async with connect(url, additional_headers=stack.ann.headers) as ws:
+            assert [e.name for e in ws.protocol.extensions] == ["permessage-deflate"]
+            await subscribe(ws, group)
+
+
 async def test_an_unknown_path_is_refused(stack: Stack) -> None:
     url = stack.ws_url.replace("/v1/results", "/v1/other")
     with pytest.raises(InvalidStatus) as info:
@@ -427,3 +445,32 @@ async def test_a_redis_restart_pauses_delivery_and_resumes_from_the_cursor(
     assert "Traceback" not in caplog.text
     starts = [r for r in caplog.records if r.getMessage().startswith("Redis is unavailable")]
     assert len(starts) == server.redis_outage.outages  # one line per outage, not per retry
+
+
+async def test_many_subscriptions_share_one_read_and_a_bounded_number_of_redis_connections(
+    stack: Stack, aredis: aioredis.Redis, keys: Keys, key_prefix: str
+) -> None:
+    """200 subscriptions (20 connections x 10 task groups) on one copy: every result
+    reaches every subscriber once, and the copy's Redis connections stay within the bound
+    that does not grow with subscriptions."""
+    name = f"ws-{key_prefix}"
+    settings = dataclasses.replace(stack.settings, client_name=name)
+    groups = [await submit(stack, stack.ann, 3) for _ in range(10)]
+    all_tasks = {task_id for _, task_ids in groups for task_id in task_ids}
+    async with ResultServer(settings) as server, contextlib.AsyncExitStack() as exit_stack:
+        url = f"ws://127.0.0.1:{server.port}/v1/results"
+        sockets = [
+            await exit_stack.enter_async_context(connect(url, additional_headers=stack.ann.headers))
+            for _ in range(20)
+        ]
+        for ws in sockets:
+            for group, _ in groups:
+                await subscribe(ws, group)
+        assert server.reader.subscriptions == 200
+        for group, task_ids in groups:
+            await complete(aredis, keys, group, [(t, i) for i, t in enumerate(task_ids)])
+        for ws in sockets:
+            received = [item["task_id"] for item in items_of(await results(ws, len(all_tasks)))]
+            assert len(received) == len(all_tasks) and set(received) == all_tasks
+        clients = [c for c in await aredis.client_list() if c.get("name") == name]
+        assert 1 <= len(clients) <= REDIS_CONNECTIONS + settings.gateway_redis_connections

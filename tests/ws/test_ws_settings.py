@@ -20,6 +20,7 @@ def test_defaults_from_a_minimal_environment() -> None:
     assert (settings.key_prefix, settings.host, settings.port) == ("fx", "127.0.0.1", 8001)
     assert (settings.block_ms, settings.batch_max, settings.auth_cache_s) == (5000, 1000, 30.0)
     assert settings.max_frame_bytes > 10 * 1024 * 1024
+    assert settings.compression == "none"
 
 
 def test_every_variable_is_read() -> None:
@@ -42,6 +43,7 @@ def test_every_variable_is_read() -> None:
         "FXBROKER_HEARTBEAT_S": "0.5",
         "FXBROKER_RESULT_TTL_S": "60",
         "FXBROKER_WS_DRAIN_TIMEOUT_S": "4",
+        "FXBROKER_WS_COMPRESSION": "deflate",
         "FXBROKER_TLS_CERT": "server.pem",
         "FXBROKER_TLS_KEY": "server.key",
     }
@@ -62,6 +64,7 @@ def test_every_variable_is_read() -> None:
         "ping_interval_s": 7.0,
         "ping_timeout_s": 3.0,
         "max_frame_bytes": 2048,
+        "compression": "deflate",
         "client_name": "ws-a",
         "gateway_redis_connections": 4,
         "lease_ms": 900,
@@ -88,6 +91,7 @@ def test_required_variables(missing: str) -> None:
         ("FXBROKER_WS_BATCH_MAX", "0"),
         ("FXBROKER_WS_AUTH_CACHE_S", "soon"),
         ("FXBROKER_WS_PING_TIMEOUT_S", "0"),
+        ("FXBROKER_WS_COMPRESSION", "gzip"),
     ],
 )
 def test_malformed_values_are_refused(name: str, value: str) -> None:

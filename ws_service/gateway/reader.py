@@ -39,7 +39,7 @@ from typing import Protocol
 import redis.asyncio as aioredis
 
 from sdk.keys import Keys
-from service_common.redis_client import redis_unavailable
+from service_common.redis_client import redis_unavailable, unblock
 from service_common.retry import DEFAULT_BACKOFF, Outage, wait_or_stop
 from service_common.tasks.stream import (
     TaskEntry,
@@ -51,11 +51,6 @@ from service_common.tasks.stream import (
 )
 
 log = logging.getLogger(__name__)
-
-UNBLOCK_TRIES = 50
-"""A wake that finds the wait not yet blocked on the server tries again, this many times."""
-UNBLOCK_PAUSE_S = 0.002
-
 
 class Wanting(Protocol):
     """What the reader needs of an agent's session."""
@@ -138,17 +133,13 @@ class Reader:
                 self._unblocking = asyncio.create_task(self._unblock(), name="gateway-unblock")
 
     async def _unblock(self) -> None:
-        for _ in range(UNBLOCK_TRIES):
-            if self._waiting_on is None or self._waiter_id is None:
-                return
-            try:
-                if await self._redis.client_unblock(self._waiter_id):
-                    return
-            except Exception as exc:
-                if not redis_unavailable(exc):
-                    log.exception("waking the gateway's reader failed")
-                return
-            await asyncio.sleep(UNBLOCK_PAUSE_S)  # sent, not yet blocked on the server
+        waiter_id = self._waiter_id
+        if waiter_id is None:
+            return
+        try:
+            await unblock(self._redis, waiter_id, lambda: self._waiting_on is not None)
+        except Exception:
+            log.exception("waking the gateway's reader failed")
 
     def _wants(self) -> dict[str, int]:
         wants: dict[str, int] = {}
