@@ -131,7 +131,11 @@ class AsyncClient:
         while True:
             try:
                 response = await self._http.request(
-                    request.method, request.path, json=request.json, headers=request.headers()
+                    request.method,
+                    request.path,
+                    json=request.json,
+                    headers=request.headers(),
+                    timeout=_base.held_timeout(self._http.timeout, request),
                 )
             except httpx.TransportError as exc:
                 delay = exchange.after_error(exc, loop.time())
@@ -377,10 +381,23 @@ class AsyncClient:
     async def get_task(self, task_id: str) -> TaskInfo:
         return _base.parse_task_info(await self._send(_base.get_task(task_id)))
 
-    async def get_result(self, task_id: str) -> Any:
+    async def get_result(self, task_id: str, *, timeout_s: float | None = None) -> Any:
         """The task's value now; raises :class:`~sdk.errors.TaskPending` while it is not done
-        and the remote exception (see :meth:`run`) when it failed."""
-        return _base.task_result(await self.get_task(task_id))
+        and the remote exception (see :meth:`run`) when it failed. ``timeout_s`` waits up to
+        that long for it to finish with long polls, as ``Client.get_result`` does."""
+        if timeout_s is None:
+            return _base.task_result(await self.get_task(task_id))
+        loop = asyncio.get_running_loop()
+        clock = _base.LongPoll(timeout_s=timeout_s, poll_s=0.5, now=loop.time())
+        while True:
+            asked_s, started = clock.wait_s(loop.time()), loop.time()
+            request = _base.get_task(task_id, wait_s=asked_s)
+            info = _base.parse_task_info(await self._send(request))
+            now = loop.time()
+            if _base.is_terminal(info) or clock.expired(now):
+                return _base.task_result(info)
+            pause = clock.pause_s(asked_s=asked_s, took_s=now - started, progressed=False, now=now)
+            await asyncio.sleep(pause)
 
     async def get_batch_result(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Per task id ``{"pending", "status", "result"}`` or ``"exception"`` (plus ``"stdout"``
@@ -399,18 +416,30 @@ class AsyncClient:
         progress: bool = False,
         poll_s: float = 0.5,
     ) -> dict[str, dict[str, Any]]:
-        """Poll until every task has finished; then :meth:`get_batch_result` of them all, as
-        ``Client.wait`` does (for tasks made by :meth:`batch_run`; :meth:`run` and
+        """Wait with long polls until every task has finished; then :meth:`get_batch_result`
+        of them all, as ``Client.wait`` does (for tasks made by :meth:`batch_run`; :meth:`run` and
         :meth:`submit` get theirs pushed). Raises :class:`TimeoutError` after ``timeout_s``."""
         loop = asyncio.get_running_loop()
         waiting = _base.Waiting(task_ids, timeout_s=timeout_s, poll_s=poll_s, now=loop.time())
+        clock = waiting.clock
         with Progress(len(waiting.task_ids), enabled=progress) as bar:
-            while True:
-                waiting.record(await self.get_batch_result(waiting.pending()))
+            while not waiting.finished:
+                asked_s, started = clock.wait_s(loop.time()), loop.time()
+                calls = _base.get_batch_result(waiting.asking(), wait_s=asked_s)
+                answer = await self._send_all(calls)
+                progressed = waiting.record(answer)
                 bar.update(len(waiting.done), failed=waiting.failed)
+                now = loop.time()
                 if waiting.finished:
-                    return waiting.results()
-                await asyncio.sleep(waiting.pause_s(loop.time()))
+                    break
+                if clock.expired(now):
+                    raise waiting.timed_out()
+                await asyncio.sleep(
+                    clock.pause_s(
+                        asked_s=asked_s, took_s=now - started, progressed=progressed, now=now
+                    )
+                )
+            return waiting.results()
 
     async def cancel_tasks(self, task_ids: Sequence[str]) -> dict[str, str]:
         """Cancel many tasks (one request per 1,000); per task id the outcome:
