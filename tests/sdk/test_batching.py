@@ -1,4 +1,5 @@
-"""SubmitQueue: the first submission leaves at once, later ones join the next request."""
+"""SubmitQueue: the first submission leaves at once; under backlog batches double up to the
+cap, with a bounded number of requests in flight."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ class Recorder:
             s.future.set_result(s.spec["payload"])
 
 
-async def test_queued_while_in_flight_join_the_next_request() -> None:
+async def test_a_backlog_grows_the_batches_up_to_the_cap() -> None:
     send = Recorder()
     queue = SubmitQueue(send, batch_size=3)
     first = queue.put("e", spec(0)).future
@@ -39,8 +40,24 @@ async def test_queued_while_in_flight_join_the_next_request() -> None:
     later = [queue.put("e", spec(n)).future for n in range(1, 6)]
     send.release.set()
     assert await asyncio.gather(first, *later) == [str(n) for n in range(6)]
-    assert queue.requests == 3
-    assert send.batches == [("e", ["0"]), ("e", ["1", "2", "3"]), ("e", ["4", "5"])]
+    assert queue.requests == 4
+    assert send.batches == [("e", ["0"]), ("e", ["1"]), ("e", ["2", "3"]), ("e", ["4", "5"])]
+
+
+async def test_ten_thousand_tasks_cost_few_requests_and_at_most_k_in_flight() -> None:
+    send = Recorder()
+    queue = SubmitQueue(send, batch_size=1000, max_in_flight=3)
+    futures = [queue.put("e", spec(n)).future for n in range(10_000)]
+    for _ in range(100):  # let the queue fill every slot it may
+        await asyncio.sleep(0)
+    assert len(send.batches) == 3  # held: no more than max_in_flight requests at once
+    send.release.set()
+    await asyncio.gather(*futures)
+    sizes = [len(batch) for _, batch in send.batches]
+    assert sizes[:11] == [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000]
+    assert sum(sizes) == 10_000 and max(sizes) == 1000
+    assert queue.requests == len(sizes) <= 20
+    assert queue.most_in_flight == 3
 
 
 async def test_endpoints_take_turns_and_never_mix() -> None:
@@ -49,7 +66,7 @@ async def test_endpoints_take_turns_and_never_mix() -> None:
     queue = SubmitQueue(send, batch_size=2)
     futures = [queue.put(ep, spec(n)).future for n, ep in enumerate("aabab")]
     await asyncio.gather(*futures)
-    assert send.batches == [("a", ["0", "1"]), ("b", ["2", "4"]), ("a", ["3"])]
+    assert send.batches == [("a", ["0"]), ("b", ["2", "4"]), ("a", ["1", "3"])]
 
 
 async def test_a_failed_request_fails_its_batch_only() -> None:
@@ -132,3 +149,15 @@ def test_batch_size_and_interval_must_be_valid() -> None:
         SubmitQueue(send, batch_size=0)
     with pytest.raises(ValueError):
         SubmitQueue(send, batch_interval_s=-1.0)
+    with pytest.raises(ValueError):
+        SubmitQueue(send, max_in_flight=0)
+
+
+async def test_a_batch_stops_short_of_its_byte_budget() -> None:
+    send = Recorder()
+    send.release.set()
+    queue = SubmitQueue(send, batch_size=100, max_batch_bytes=2500)
+    big: list[TaskSpec] = [{"function_id": "f", "payload": str(n) * 1000} for n in range(1, 6)]
+    futures = [queue.put("e", s).future for s in big]
+    await asyncio.gather(*futures)
+    assert [len(b) for _, b in send.batches] == [1, 2, 2]
