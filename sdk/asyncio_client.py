@@ -75,7 +75,7 @@ class AsyncClient:
         timeout_s: float = 30.0,
         ws_url: str | None = None,
         endpoint_id: str | None = None,
-        batch_size: int = 128,
+        batch_size: int = 1000,
         batch_interval_s: float = 0.0,
         task_group_id: str | None = None,
         retry_for_s: float | None = None,
@@ -211,12 +211,15 @@ class AsyncClient:
         description: str | None = None,
     ) -> str:
         """Register ``fn``; returns its id. Cached per function object: concurrent calls for
-        the same function share one request, later calls send nothing."""
-        request = _base.register_function(fn, function_name=function_name, description=description)
+        the same function share one request, later calls send nothing and serialize
+        nothing (the code is serialized only on a miss)."""
         key = function_key(fn, function_name, description)
+        task = self._functions.get(key) if key is not None else None
+        if task is not None and task.done() and not task.cancelled() and not task.exception():
+            return task.result()
+        request = _base.register_function(fn, function_name=function_name, description=description)
         if key is None:
             return _base.parse_function_id(await self._send(request))
-        task = self._functions.get(key)
         if task is None:
             task = asyncio.ensure_future(self._register(request))
             self._functions[key] = task
