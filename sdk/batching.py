@@ -1,14 +1,23 @@
 """``SubmitQueue``: submissions made close together leave as few batch requests.
 
-Adaptive batching: the first submission leaves at once, alone; a lone submission never
-waits for a timer. Batches then **grow under backlog**: each request takes at most the
-current size (starting at 1) of the tasks waiting for one endpoint; whenever tasks are
-still waiting after a pick, the size doubles, up to ``batch_size``; once the queue is idle
-(nothing waiting, nothing in flight) it starts again at 1. Up to ``max_in_flight``
-requests are in flight at once, so a burst of 10,000 ``Executor.submit`` calls costs
-about ``log2(batch_size) + 10,000 / batch_size`` requests, pipelined, not one per task.
-A batch also stops short once its payloads pass ``max_batch_bytes`` (one task always
-goes), so large arguments do not make a body the service refuses.
+Adaptive batching: the first submission leaves at once; a lone submission never waits for
+a timer. Batches **grow under backlog**: a request takes at most the current size (1 when
+the queue starts) of the tasks waiting for one endpoint, where the size is first raised to
+the waiting tasks' share of the ``max_in_flight`` request slots, and doubles whenever tasks
+are still waiting after a pick; it is capped at ``batch_size`` and starts again at 1 once
+the queue is idle (nothing waiting, nothing in flight). So submissions trickling in ramp up
+1, 2, 4, ... while a burst of 10,000 ``Executor.submit`` calls costs about
+``10,000 / batch_size`` requests, not one per task. A batch also stops short once its
+payloads pass ``max_batch_bytes`` (one task always goes), so large arguments do not make a
+body the service refuses.
+
+**Requests in flight.** At most ``max_in_flight`` at once. The default is 1 because the
+service appends each request's ids to the task group's list in the order requests
+*arrive*: with more than one in flight, batches can overtake each other and the group (and
+so ``Executor.reload_tasks``) would no longer list tasks in submission order. One in
+flight still overlaps the client's work (serializing the next batch) with the service's;
+a caller that needs no order in the group may raise it.
+
 With ``batch_interval_s`` the queue also waits that long before sending a batch that is
 not full (but never before the first) so that more tasks can gather. Endpoints take turns.
 """
@@ -68,7 +77,7 @@ class SubmitQueue:
         *,
         batch_size: int = 1000,
         batch_interval_s: float = 0.0,
-        max_in_flight: int = 4,
+        max_in_flight: int = 1,
         max_batch_bytes: int = 4 * 1024 * 1024,
     ) -> None:
         if batch_size < 1:
@@ -113,6 +122,9 @@ class SubmitQueue:
         while self._pending:
             endpoint_id = next(iter(self._pending))
             queue = self._pending.pop(endpoint_id)
+            # Enough to share what waits among the request slots, never less than before.
+            share = -(-len(queue) // self.max_in_flight)
+            self._size = min(self.batch_size, max(self._size, share))
             batch: list[Submission] = []
             size = 0
             while queue and len(batch) < self._size:
@@ -128,8 +140,8 @@ class SubmitQueue:
                 self._pending[endpoint_id] = queue  # back of the line: endpoints take turns
             if self.batch_interval_s > 0:
                 self._size = self.batch_size  # the caller chose to wait for full batches
-            elif self._pending:
-                self._size = min(self.batch_size, self._size * 2)  # a backlog waits: grow
+            elif self._pending:  # a backlog still waits: grow
+                self._size = min(self.batch_size, self._size * 2)
             if batch:
                 return endpoint_id, batch
         return None

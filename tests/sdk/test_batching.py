@@ -40,23 +40,37 @@ async def test_a_backlog_grows_the_batches_up_to_the_cap() -> None:
     later = [queue.put("e", spec(n)).future for n in range(1, 6)]
     send.release.set()
     assert await asyncio.gather(first, *later) == [str(n) for n in range(6)]
-    assert queue.requests == 4
-    assert send.batches == [("e", ["0"]), ("e", ["1"]), ("e", ["2", "3"]), ("e", ["4", "5"])]
+    assert queue.requests == 3
+    # One in flight (the default): the next batch takes the backlog, up to the cap.
+    assert send.batches == [("e", ["0"]), ("e", ["1", "2", "3"]), ("e", ["4", "5"])]
+    assert queue.most_in_flight == 1
+
+
+async def test_a_backlog_is_shared_among_k_slots() -> None:
+    send = Recorder()
+    queue = SubmitQueue(send, batch_size=8, max_in_flight=2)
+    futures = [queue.put("e", spec(n)).future for n in range(40)]
+    for _ in range(100):  # let the queue fill every slot it may
+        await asyncio.sleep(0)
+    assert [len(b) for _, b in send.batches] == [8, 8]  # held: no more than two at once
+    send.release.set()
+    await asyncio.gather(*futures)
+    assert [len(b) for _, b in send.batches] == [8] * 5
+    assert queue.most_in_flight == 2
 
 
 async def test_ten_thousand_tasks_cost_few_requests_and_at_most_k_in_flight() -> None:
     send = Recorder()
     queue = SubmitQueue(send, batch_size=1000, max_in_flight=3)
     futures = [queue.put("e", spec(n)).future for n in range(10_000)]
-    for _ in range(100):  # let the queue fill every slot it may
+    for _ in range(100):
         await asyncio.sleep(0)
     assert len(send.batches) == 3  # held: no more than max_in_flight requests at once
     send.release.set()
     await asyncio.gather(*futures)
     sizes = [len(batch) for _, batch in send.batches]
-    assert sizes[:11] == [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000]
-    assert sum(sizes) == 10_000 and max(sizes) == 1000
-    assert queue.requests == len(sizes) <= 20
+    assert sizes == [1000] * 10
+    assert queue.requests == 10
     assert queue.most_in_flight == 3
 
 
@@ -66,7 +80,7 @@ async def test_endpoints_take_turns_and_never_mix() -> None:
     queue = SubmitQueue(send, batch_size=2)
     futures = [queue.put(ep, spec(n)).future for n, ep in enumerate("aabab")]
     await asyncio.gather(*futures)
-    assert send.batches == [("a", ["0"]), ("b", ["2", "4"]), ("a", ["1", "3"])]
+    assert send.batches == [("a", ["0", "1"]), ("b", ["2", "4"]), ("a", ["3"])]
 
 
 async def test_a_failed_request_fails_its_batch_only() -> None:
@@ -160,4 +174,24 @@ async def test_a_batch_stops_short_of_its_byte_budget() -> None:
     big: list[TaskSpec] = [{"function_id": "f", "payload": str(n) * 1000} for n in range(1, 6)]
     futures = [queue.put("e", s).future for s in big]
     await asyncio.gather(*futures)
-    assert [len(b) for _, b in send.batches] == [1, 2, 2]
+    assert [len(b) for _, b in send.batches] == [2, 2, 1]
+
+
+async def test_a_trickle_ramps_up_one_two_four() -> None:
+    sizes: list[int] = []
+    queue: SubmitQueue
+
+    async def send(endpoint_id: str, batch: list[Submission]) -> None:
+        sizes.append(len(batch))
+        for s in batch:
+            s.future.set_result(None)
+        # While this request is in flight, two more tasks arrive for each one sent.
+        if sum(sizes) < 30:
+            for n in range(2 * len(batch)):
+                queue.put("e", spec(n))
+
+    queue = SubmitQueue(send, batch_size=8)
+    await queue.put("e", spec(0)).future
+    for _ in range(200):
+        await asyncio.sleep(0)
+    assert sizes[:4] == [1, 2, 4, 8] and max(sizes) == 8
