@@ -43,6 +43,8 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
+import httpx
+
 from sdk import tls
 from sdk.errors import (
     APIError,
@@ -83,6 +85,9 @@ class Request:
     json: Any = None
     idempotency_key: str | None = None
     """Sent as ``Idempotency-Key``: the same on every retry of this request."""
+    wait_s: float = 0.0
+    """How long the service may hold the answer (a long poll): the shells let the answer
+    take this much longer than their timeout."""
 
     def headers(self) -> dict[str, str]:
         """The headers of this request beyond the client's own (authorization)."""
@@ -196,12 +201,20 @@ def submit(
     return Request("POST", f"{API}/endpoints/{_id(endpoint_id)}/submit", body, key)
 
 
-def get_task(task_id: str) -> Request:
-    return Request("GET", f"{API}/tasks/{_id(task_id)}")
+def _wait_query(wait_s: float) -> str:
+    return f"?wait_s={wait_s:.3f}" if wait_s > 0 else ""
 
 
-def batch_status(task_ids: Sequence[str]) -> Request:
-    return Request("POST", f"{API}/tasks/batch_status", {"task_ids": list(task_ids)})
+def get_task(task_id: str, *, wait_s: float = 0.0) -> Request:
+    """``wait_s`` > 0: a long poll, answered once the task is terminal or after that long."""
+    return Request("GET", f"{API}/tasks/{_id(task_id)}{_wait_query(wait_s)}", wait_s=wait_s)
+
+
+def batch_status(task_ids: Sequence[str], *, wait_s: float = 0.0) -> Request:
+    """``wait_s`` > 0: a long poll, answered once any of the tasks is terminal or after
+    that long."""
+    path = f"{API}/tasks/batch_status{_wait_query(wait_s)}"
+    return Request("POST", path, {"task_ids": list(task_ids)}, wait_s=wait_s)
 
 
 def get_task_group(task_group_id: str, *, offset: int = 0, limit: int | None = None) -> Request:
@@ -257,9 +270,15 @@ def _per_chunk(
     return Calls([build(part) for part in parts], merge)
 
 
-def get_batch_result(task_ids: Sequence[str]) -> Calls[dict[str, dict[str, Any]]]:
-    """``get_batch_result``: funcX-style entries per task id (see :func:`batch_results`)."""
-    return _per_chunk(task_ids, batch_status, batch_results)
+def get_batch_result(
+    task_ids: Sequence[str], *, wait_s: float = 0.0
+) -> Calls[dict[str, dict[str, Any]]]:
+    """``get_batch_result``: funcX-style entries per task id (see :func:`batch_results`).
+    With ``wait_s`` > 0, the request about the first 1,000 ids is a long poll."""
+    calls = _per_chunk(task_ids, batch_status, batch_results)
+    if wait_s > 0 and calls.requests:
+        calls.requests[0] = batch_status(calls.requests[0].json["task_ids"], wait_s=wait_s)
+    return calls
 
 
 def get_tasks(task_ids: Sequence[str]) -> Calls[dict[str, TaskInfo]]:
@@ -272,33 +291,78 @@ def cancel_many(task_ids: Sequence[str]) -> Calls[dict[str, str]]:
     return _per_chunk(task_ids, cancel_tasks, lambda answer, _: parse_cancels(answer))
 
 
+LONG_POLL_S = 20.0
+"""The longest wait one request of the SDK asks for (the service allows 30 s), so that a
+long poll stays well inside the proxies' and the client's idle timeouts."""
+
+
+class LongPoll:
+    """The clock of a wait made of long polls (``get_result(timeout_s=...)``, ``wait``).
+
+    Each request asks the service to hold its answer :meth:`wait_s` seconds; an answer that
+    comes back early with nothing new finished means a service that does not hold answers
+    (an older one), and only then does the shell sleep, ``poll_s`` (:meth:`pause_s`)."""
+
+    def __init__(self, *, timeout_s: float | None, poll_s: float, now: float) -> None:
+        if not (poll_s > 0 and math.isfinite(poll_s)):
+            raise ValueError(f"poll_s must be a positive number, not {poll_s!r}")
+        if timeout_s is not None and not (timeout_s >= 0 and math.isfinite(timeout_s)):
+            raise ValueError(f"timeout_s must be a number >= 0 or None, not {timeout_s!r}")
+        self.poll_s = poll_s
+        self.deadline = None if timeout_s is None else now + timeout_s
+
+    def wait_s(self, now: float) -> float:
+        """How long the next request may be held: up to :data:`LONG_POLL_S`, never past
+        the deadline (0 once it has passed)."""
+        if self.deadline is None:
+            return LONG_POLL_S
+        return max(0.0, min(LONG_POLL_S, self.deadline - now))
+
+    def expired(self, now: float) -> bool:
+        return self.deadline is not None and now >= self.deadline
+
+    def pause_s(self, *, asked_s: float, took_s: float, progressed: bool, now: float) -> float:
+        """How long to sleep before the next request: 0 when the service held the answer
+        or something finished, else ``poll_s`` (never past the deadline)."""
+        if progressed or asked_s <= 0 or took_s >= asked_s / 2:
+            return 0.0
+        if self.deadline is None:
+            return self.poll_s
+        return max(0.0, min(self.poll_s, self.deadline - now))
+
+
 class Waiting:
     """Where a wait for many tasks stands (``Client.wait`` and ``AsyncClient.wait``).
 
-    The shell loops: ask :meth:`get_batch_result` of :meth:`pending` (the first time at
-    once), :meth:`record` the answer, stop when :attr:`finished`, else sleep
-    :meth:`pause_s`, which raises :class:`TimeoutError` once the next poll would come after
-    the deadline."""
+    The shell loops: ask :meth:`get_batch_result` of :meth:`asking` with ``wait_s`` =
+    ``clock.wait_s(now)`` (a long poll: the service answers as soon as any of them
+    finished), :meth:`record` the answer, stop when :attr:`finished`, raise
+    :meth:`timed_out` once ``clock`` expired, and sleep ``clock.pause_s(...)`` (0 unless the
+    service does not hold answers). Tasks that finish together come back in one answer."""
 
     def __init__(
         self, task_ids: Sequence[str], *, timeout_s: float | None, poll_s: float, now: float
     ) -> None:
-        if not (poll_s > 0 and math.isfinite(poll_s)):
-            raise ValueError(f"poll_s must be a positive number, not {poll_s!r}")
+        self.clock = LongPoll(timeout_s=timeout_s, poll_s=poll_s, now=now)
         self.task_ids = list(dict.fromkeys(task_ids))
-        self.poll_s = poll_s
-        self.deadline = None if timeout_s is None else now + timeout_s
         self.done: dict[str, dict[str, Any]] = {}
 
     def pending(self) -> list[str]:
         """The tasks not known to have finished, in the order given."""
         return [t for t in self.task_ids if t not in self.done]
 
-    def record(self, results: Mapping[str, dict[str, Any]]) -> None:
-        """Keep the entries of the tasks that finished."""
+    def asking(self) -> list[str]:
+        """The tasks the next request asks about: the first 1,000 pending (one long poll;
+        the others are asked once earlier ones finish)."""
+        return self.pending()[:IDS_PER_REQUEST]
+
+    def record(self, results: Mapping[str, dict[str, Any]]) -> bool:
+        """Keep the entries of the tasks that finished; True if any newly did."""
+        before = len(self.done)
         for task_id, entry in results.items():
             if not entry["pending"]:
                 self.done[task_id] = entry
+        return len(self.done) > before
 
     @property
     def failed(self) -> int:
@@ -313,11 +377,26 @@ class Waiting:
         """Every task's entry, in the order given."""
         return {t: self.done[t] for t in self.task_ids}
 
-    def pause_s(self, now: float) -> float:
-        """How long to sleep before the next poll; :class:`TimeoutError` past the deadline."""
-        if self.deadline is not None and now + self.poll_s > self.deadline:
-            raise TimeoutError(f"{len(self.task_ids) - len(self.done)} tasks still running")
-        return self.poll_s
+    def timed_out(self) -> TimeoutError:
+        return TimeoutError(f"{len(self.task_ids) - len(self.done)} tasks still running")
+
+
+def is_terminal(info: TaskInfo) -> bool:
+    return info["state"] in (TaskState.SUCCESS, TaskState.FAILED, TaskState.CANCELLED)
+
+
+def held_timeout(timeout: httpx.Timeout, request: Request) -> httpx.Timeout:
+    """The client's ``timeout`` with the read phase made longer by what the service may hold
+    ``request``'s answer (its :attr:`~Request.wait_s`). Builds an object, does no I/O."""
+    if not request.wait_s or timeout.read is None:
+        return timeout
+    return httpx.Timeout(
+        None,
+        connect=timeout.connect,
+        read=timeout.read + request.wait_s,
+        write=timeout.write,
+        pool=timeout.pool,
+    )
 
 
 FunctionKey = tuple[Hashable, str | None, str | None]

@@ -77,7 +77,7 @@ class AsyncClient:
         timeout_s: float = 30.0,
         ws_url: str | None = None,
         endpoint_id: str | None = None,
-        batch_size: int = 128,
+        batch_size: int = 1000,
         batch_interval_s: float = 0.0,
         task_group_id: str | None = None,
         retry_for_s: float | None = None,
@@ -139,7 +139,11 @@ class AsyncClient:
         while True:
             try:
                 response = await self._http.request(
-                    request.method, request.path, json=request.json, headers=request.headers()
+                    request.method,
+                    request.path,
+                    json=request.json,
+                    headers=request.headers(),
+                    timeout=_base.held_timeout(self._http.timeout, request),
                 )
             except httpx.TransportError as exc:
                 delay = exchange.after_error(exc, loop.time())
@@ -215,12 +219,15 @@ class AsyncClient:
         description: str | None = None,
     ) -> str:
         """Register ``fn``; returns its id. Cached per function object: concurrent calls for
-        the same function share one request, later calls send nothing."""
-        request = _base.register_function(fn, function_name=function_name, description=description)
+        the same function share one request, later calls send nothing and serialize
+        nothing (the code is serialized only on a miss)."""
         key = function_key(fn, function_name, description)
+        task = self._functions.get(key) if key is not None else None
+        if task is not None and task.done() and not task.cancelled() and not task.exception():
+            return task.result()
+        request = _base.register_function(fn, function_name=function_name, description=description)
         if key is None:
             return _base.parse_function_id(await self._send(request))
-        task = self._functions.get(key)
         if task is None:
             task = asyncio.ensure_future(self._register(request))
             self._functions[key] = task
@@ -385,10 +392,23 @@ class AsyncClient:
     async def get_task(self, task_id: str) -> TaskInfo:
         return _base.parse_task_info(await self._send(_base.get_task(task_id)))
 
-    async def get_result(self, task_id: str) -> Any:
+    async def get_result(self, task_id: str, *, timeout_s: float | None = None) -> Any:
         """The task's value now; raises :class:`~sdk.errors.TaskPending` while it is not done
-        and the remote exception (see :meth:`run`) when it failed."""
-        return _base.task_result(await self.get_task(task_id))
+        and the remote exception (see :meth:`run`) when it failed. ``timeout_s`` waits up to
+        that long for it to finish with long polls, as ``Client.get_result`` does."""
+        if timeout_s is None:
+            return _base.task_result(await self.get_task(task_id))
+        loop = asyncio.get_running_loop()
+        clock = _base.LongPoll(timeout_s=timeout_s, poll_s=0.5, now=loop.time())
+        while True:
+            asked_s, started = clock.wait_s(loop.time()), loop.time()
+            request = _base.get_task(task_id, wait_s=asked_s)
+            info = _base.parse_task_info(await self._send(request))
+            now = loop.time()
+            if _base.is_terminal(info) or clock.expired(now):
+                return _base.task_result(info)
+            pause = clock.pause_s(asked_s=asked_s, took_s=now - started, progressed=False, now=now)
+            await asyncio.sleep(pause)
 
     async def get_batch_result(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Per task id ``{"pending", "status", "result"}`` or ``"exception"`` (plus ``"stdout"``
@@ -407,18 +427,30 @@ class AsyncClient:
         progress: bool = False,
         poll_s: float = 0.5,
     ) -> dict[str, dict[str, Any]]:
-        """Poll until every task has finished; then :meth:`get_batch_result` of them all, as
-        ``Client.wait`` does (for tasks made by :meth:`batch_run`; :meth:`run` and
+        """Wait with long polls until every task has finished; then :meth:`get_batch_result`
+        of them all, as ``Client.wait`` does (for tasks made by :meth:`batch_run`; :meth:`run` and
         :meth:`submit` get theirs pushed). Raises :class:`TimeoutError` after ``timeout_s``."""
         loop = asyncio.get_running_loop()
         waiting = _base.Waiting(task_ids, timeout_s=timeout_s, poll_s=poll_s, now=loop.time())
+        clock = waiting.clock
         with Progress(len(waiting.task_ids), enabled=progress) as bar:
-            while True:
-                waiting.record(await self.get_batch_result(waiting.pending()))
+            while not waiting.finished:
+                asked_s, started = clock.wait_s(loop.time()), loop.time()
+                calls = _base.get_batch_result(waiting.asking(), wait_s=asked_s)
+                answer = await self._send_all(calls)
+                progressed = waiting.record(answer)
                 bar.update(len(waiting.done), failed=waiting.failed)
+                now = loop.time()
                 if waiting.finished:
-                    return waiting.results()
-                await asyncio.sleep(waiting.pause_s(loop.time()))
+                    break
+                if clock.expired(now):
+                    raise waiting.timed_out()
+                await asyncio.sleep(
+                    clock.pause_s(
+                        asked_s=asked_s, took_s=now - started, progressed=progressed, now=now
+                    )
+                )
+            return waiting.results()
 
     async def cancel_tasks(self, task_ids: Sequence[str]) -> dict[str, str]:
         """Cancel many tasks (one request per 1,000); per task id the outcome:

@@ -104,7 +104,11 @@ class Client:
         while True:
             try:
                 response = self._http.request(
-                    request.method, request.path, json=request.json, headers=request.headers()
+                    request.method,
+                    request.path,
+                    json=request.json,
+                    headers=request.headers(),
+                    timeout=_base.held_timeout(self._http.timeout, request),
                 )
             except httpx.TransportError as exc:
                 delay = exchange.after_error(exc, time.monotonic())
@@ -254,12 +258,26 @@ class Client:
         """The task as the service reports it (state, timestamps, result or exception)."""
         return _base.parse_task_info(self._send(_base.get_task(task_id)))
 
-    def get_result(self, task_id: str) -> Any:
+    def get_result(self, task_id: str, *, timeout_s: float | None = None) -> Any:
         """The task's value; raises :class:`~sdk.errors.TaskPending` while it is not done. A
         failed task raises its remote exception as its own type when it can be rebuilt here
         (``except ValueError`` works), else :class:`~sdk.errors.TaskFailed`; either carries
-        the remote traceback (a note, and ``remote_traceback``)."""
-        return _base.task_result(self.get_task(task_id))
+        the remote traceback (a note, and ``remote_traceback``).
+
+        ``timeout_s`` waits up to that long for the task to finish, returning as soon as it
+        does: each request is a long poll the service answers when the task is terminal (at
+        most 20 s, then the next), so nothing sleeps. Still pending then: ``TaskPending``."""
+        if timeout_s is None:
+            return _base.task_result(self.get_task(task_id))
+        clock = _base.LongPoll(timeout_s=timeout_s, poll_s=0.5, now=time.monotonic())
+        while True:
+            asked_s, started = clock.wait_s(time.monotonic()), time.monotonic()
+            info = _base.parse_task_info(self._send(_base.get_task(task_id, wait_s=asked_s)))
+            now = time.monotonic()
+            if _base.is_terminal(info) or clock.expired(now):
+                return _base.task_result(info)
+            pause = clock.pause_s(asked_s=asked_s, took_s=now - started, progressed=False, now=now)
+            time.sleep(pause)
 
     def get_batch_result(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Per task id ``{"pending", "status", "result"}`` or ``"exception"`` (plus ``"stdout"``
@@ -279,20 +297,34 @@ class Client:
         progress: bool = False,
         poll_s: float = 0.5,
     ) -> dict[str, dict[str, Any]]:
-        """Poll until every task has finished; then :meth:`get_batch_result` of them all.
+        """Wait until every task has finished; then :meth:`get_batch_result` of them all.
 
-        The first poll is immediate, then one every ``poll_s`` seconds asks only about the
-        tasks not yet finished (one request per 1,000). ``progress`` draws a bar on standard
-        error when it is a terminal, nothing otherwise. Raises :class:`TimeoutError` after
+        Each request is a long poll about the tasks not yet finished (up to 1,000 at a
+        time): the service answers as soon as any of them finished, so results are seen
+        when they exist and nothing sleeps. ``poll_s`` is the interval for a service that
+        does not hold answers (an older one). ``progress`` draws a bar on standard error
+        when it is a terminal, nothing otherwise. Raises :class:`TimeoutError` after
         ``timeout_s``."""
         waiting = _base.Waiting(task_ids, timeout_s=timeout_s, poll_s=poll_s, now=time.monotonic())
+        clock = waiting.clock
         with Progress(len(waiting.task_ids), enabled=progress) as bar:
-            while True:
-                waiting.record(self.get_batch_result(waiting.pending()))
+            while not waiting.finished:
+                asked_s, started = clock.wait_s(time.monotonic()), time.monotonic()
+                calls = _base.get_batch_result(waiting.asking(), wait_s=asked_s)
+                answer = self._send_all(calls)
+                progressed = waiting.record(answer)
                 bar.update(len(waiting.done), failed=waiting.failed)
+                now = time.monotonic()
                 if waiting.finished:
-                    return waiting.results()
-                time.sleep(waiting.pause_s(time.monotonic()))
+                    break
+                if clock.expired(now):
+                    raise waiting.timed_out()
+                time.sleep(
+                    clock.pause_s(
+                        asked_s=asked_s, took_s=now - started, progressed=progressed, now=now
+                    )
+                )
+            return waiting.results()
 
     def cancel(self, task_id: str) -> bool:
         """Cancel a task; True only if it will not run (it was still queued and now is

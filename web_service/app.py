@@ -12,6 +12,8 @@ and ``/v3/``), then its route.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import version
@@ -26,6 +28,7 @@ from starlette.types import Scope
 
 from sdk.keys import Keys
 from service_common.redis_client import connect_redis
+from service_common.stream_watch import StreamWatcher
 from web_service.client_credentials import ClientCredentialExchange
 from web_service.context import AppContext, context_of
 from web_service.errors import EXCEPTION_HANDLERS, RequestIdMiddleware
@@ -62,6 +65,11 @@ def create_app(settings: WebSettings) -> Starlette:
     async def lifespan(_app: Starlette) -> AsyncIterator[dict[str, Any]]:
         engine = create_engine(settings.database_url)
         redis = connect_redis(settings.redis_url)
+        # One connection, whatever the number of long polls waiting (stream_watch).
+        reader = connect_redis(settings.redis_url, max_connections=1)
+        watcher = StreamWatcher(redis, reader)
+        stopped = asyncio.Event()
+        watching = asyncio.create_task(watcher.run(stopped), name="fxbroker-web-watcher")
         dependencies = Dependencies(redis=redis, engine=engine)
         try:
             sessions = async_sessionmaker(engine, expire_on_commit=False)
@@ -88,6 +96,7 @@ def create_app(settings: WebSettings) -> Starlette:
                 endpoints=EndpointCatalog(sessions, cache_s=settings.catalog_cache_s),
                 task_groups=TaskGroupCatalog(sessions),
                 canceller=Canceller(redis, keys, result_ttl_s=settings.result_ttl_s),
+                watcher=watcher,
                 auth=TokenAuthenticator(sessions, cache_s=settings.auth_cache_s, globus=globus),
                 client_credentials=ClientCredentialExchange(sessions),
                 limiter=RateLimiter(
@@ -99,6 +108,11 @@ def create_app(settings: WebSettings) -> Starlette:
             )
             yield {"context": context}
         finally:
+            stopped.set()
+            watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watching
+            await reader.aclose()
             await dependencies.aclose()
             await redis.aclose()
             await engine.dispose()

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import HTTPConnection
 
 from sdk.keys import Keys
+from service_common.stream_watch import StreamWatcher
 from web_service.middleware.metrics import Metrics
 from web_service.middleware.ratelimit import RateLimiter
 from web_service.settings import WebSettings
@@ -38,6 +39,8 @@ class AppContext:
     endpoints: EndpointCatalog
     task_groups: TaskGroupCatalog
     canceller: Canceller
+    watcher: StreamWatcher
+    """The process's one blocked reader of results streams, for long polls."""
     auth: TokenAuthenticator
     client_credentials: ClientCredentialExchange
     limiter: RateLimiter

@@ -1,4 +1,5 @@
-"""SubmitQueue: the first submission leaves at once, later ones join the next request."""
+"""SubmitQueue: the first submission leaves at once; under backlog batches double up to the
+cap, with a bounded number of requests in flight."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ class Recorder:
             s.future.set_result(s.spec["payload"])
 
 
-async def test_queued_while_in_flight_join_the_next_request() -> None:
+async def test_a_backlog_grows_the_batches_up_to_the_cap() -> None:
     send = Recorder()
     queue = SubmitQueue(send, batch_size=3)
     first = queue.put("e", spec(0)).future
@@ -40,7 +41,37 @@ async def test_queued_while_in_flight_join_the_next_request() -> None:
     send.release.set()
     assert await asyncio.gather(first, *later) == [str(n) for n in range(6)]
     assert queue.requests == 3
+    # One in flight (the default): the next batch takes the backlog, up to the cap.
     assert send.batches == [("e", ["0"]), ("e", ["1", "2", "3"]), ("e", ["4", "5"])]
+    assert queue.most_in_flight == 1
+
+
+async def test_a_backlog_is_shared_among_k_slots() -> None:
+    send = Recorder()
+    queue = SubmitQueue(send, batch_size=8, max_in_flight=2)
+    futures = [queue.put("e", spec(n)).future for n in range(40)]
+    for _ in range(100):  # let the queue fill every slot it may
+        await asyncio.sleep(0)
+    assert [len(b) for _, b in send.batches] == [8, 8]  # held: no more than two at once
+    send.release.set()
+    await asyncio.gather(*futures)
+    assert [len(b) for _, b in send.batches] == [8] * 5
+    assert queue.most_in_flight == 2
+
+
+async def test_ten_thousand_tasks_cost_few_requests_and_at_most_k_in_flight() -> None:
+    send = Recorder()
+    queue = SubmitQueue(send, batch_size=1000, max_in_flight=3)
+    futures = [queue.put("e", spec(n)).future for n in range(10_000)]
+    for _ in range(100):
+        await asyncio.sleep(0)
+    assert len(send.batches) == 3  # held: no more than max_in_flight requests at once
+    send.release.set()
+    await asyncio.gather(*futures)
+    sizes = [len(batch) for _, batch in send.batches]
+    assert sizes == [1000] * 10
+    assert queue.requests == 10
+    assert queue.most_in_flight == 3
 
 
 async def test_endpoints_take_turns_and_never_mix() -> None:
@@ -132,3 +163,35 @@ def test_batch_size_and_interval_must_be_valid() -> None:
         SubmitQueue(send, batch_size=0)
     with pytest.raises(ValueError):
         SubmitQueue(send, batch_interval_s=-1.0)
+    with pytest.raises(ValueError):
+        SubmitQueue(send, max_in_flight=0)
+
+
+async def test_a_batch_stops_short_of_its_byte_budget() -> None:
+    send = Recorder()
+    send.release.set()
+    queue = SubmitQueue(send, batch_size=100, max_batch_bytes=2500)
+    big: list[TaskSpec] = [{"function_id": "f", "payload": str(n) * 1000} for n in range(1, 6)]
+    futures = [queue.put("e", s).future for s in big]
+    await asyncio.gather(*futures)
+    assert [len(b) for _, b in send.batches] == [2, 2, 1]
+
+
+async def test_a_trickle_ramps_up_one_two_four() -> None:
+    sizes: list[int] = []
+    queue: SubmitQueue
+
+    async def send(endpoint_id: str, batch: list[Submission]) -> None:
+        sizes.append(len(batch))
+        for s in batch:
+            s.future.set_result(None)
+        # While this request is in flight, two more tasks arrive for each one sent.
+        if sum(sizes) < 30:
+            for n in range(2 * len(batch)):
+                queue.put("e", spec(n))
+
+    queue = SubmitQueue(send, batch_size=8)
+    await queue.put("e", spec(0)).future
+    for _ in range(200):
+        await asyncio.sleep(0)
+    assert sizes[:4] == [1, 2, 4, 8] and max(sizes) == 8

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -86,3 +87,25 @@ def test_shutdown_from_a_done_callback_does_not_deadlock(
     assert future.result(TIMEOUT_S) == 81
     closed.result(TIMEOUT_S)
     ex.shutdown(wait=True)
+
+
+def test_ten_thousand_submits_wake_the_loop_once_and_cost_few_requests(
+    platform: tuple[Services, Stack, Runner], client: Client
+) -> None:
+    s = platform[0]
+    with Executor(s.idle_endpoint_id, client=client) as ex:
+        gate = threading.Event()
+        ex._loop.call_soon_threadsafe(gate.wait)  # the loop thread is busy meanwhile
+        futures = [ex.submit(square, i) for i in range(10_000)]
+        gate.set()
+        assert ex.loop_wakes == 1  # one wake took the whole burst
+        ex.flush(TIMEOUT_S)
+        assert all(f.task_id for f in futures)
+        # 1, 2, 4, ... 512, then batches of 1,000: not one request per task.
+        assert ex.submit_requests <= 20
+        more = [ex.submit(square, i) for i in range(10_000)]  # the loop free to wake now
+        ex.flush(TIMEOUT_S)
+        assert ex.loop_wakes < 1 + len(more) // 10
+        ex.shutdown(wait=True, cancel_futures=True)
+    group = client.get_task_group(ex.task_group_id or "", limit=1)
+    assert group["total"] == 20_000

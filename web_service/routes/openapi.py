@@ -21,6 +21,7 @@ from web_service.routes.bodies import (
 from web_service.routes.compute_openapi import compute_paths, compute_schemas
 from web_service.routes.openapi_schemas import Schema, component_schemas, ref
 from web_service.settings import WebSettings
+from web_service.taskstore.waiting import MAX_WAIT_S
 
 JSON = "application/json"
 
@@ -43,6 +44,16 @@ def _page(default: int, maximum: int) -> list[Schema]:
 
 
 PAGE = _page(DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT)
+WAIT_S: Schema = {
+    "name": "wait_s",
+    "in": "query",
+    "required": False,
+    "description": (
+        "long poll: answer as soon as any of the tasks is terminal, else after this many "
+        "seconds with their current states (0: at once)"
+    ),
+    "schema": {"type": "number", "minimum": 0, "maximum": MAX_WAIT_S, "default": 0},
+}
 IDEMPOTENCY_KEY: Schema = {
     "name": "Idempotency-Key",
     "in": "header",
@@ -203,10 +214,10 @@ def build_openapi(settings: WebSettings, *, version: str) -> dict[str, Any]:
             ),
         },
         "/v1/tasks/batch_status": {
-            "post": op("Up to 1000 tasks at once", "BatchStatus", body="TaskIds"),
+            "post": op("Up to 1000 tasks at once", "BatchStatus", body="TaskIds", params=[WAIT_S]),
         },
         "/v1/tasks/cancel": {"post": op("Cancel up to 1000 tasks", "BatchCancel", body="TaskIds")},
-        "/v1/tasks/{task_id}": {"get": op("One task", "TaskInfo", params=[tid])},
+        "/v1/tasks/{task_id}": {"get": op("One task", "TaskInfo", params=[tid, WAIT_S])},
         "/v1/tasks/{task_id}/cancel": {"post": op("Cancel one task", "CancelResult", params=[tid])},
         "/v1/task_groups": {"get": op("The caller's task groups", "TaskGroupList", params=PAGE)},
         "/v1/task_groups/{task_group_id}": {

@@ -3,16 +3,23 @@
 Tasks are read from their Redis hashes, so a task is visible as soon as its submit
 returned and until its result expires (``result_ttl_s`` after it completed). Only the
 user who submitted a task sees or cancels it; for anyone else it does not exist.
+
+Both reads take ``?wait_s=N`` (0 to 30 seconds, a long poll): the answer comes as soon as
+any of the tasks is terminal, else after ``N`` seconds with their current states
+(:mod:`web_service.taskstore.waiting` says why "any" and how it waits without polling).
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Mapping
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from web_service.context import context_of
-from web_service.errors import not_found
+from web_service.errors import invalid, not_found
 from web_service.middleware.auth import caller_of
 from web_service.routes.bodies import (
     DEFAULT_GROUP_PAGE_LIMIT,
@@ -21,30 +28,65 @@ from web_service.routes.bodies import (
     parse_task_ids,
     read_json,
 )
-from web_service.taskstore.tasks import read_task, read_tasks, task_group_page
+from web_service.taskstore.tasks import task_group_page
+from web_service.taskstore.waiting import MAX_WAIT_S, read_tasks_waiting
 
 __all__ = ["routes"]
 
 
+def parse_wait_s(query: Mapping[str, str]) -> float:
+    """``?wait_s=``: seconds to wait for a task to finish, a finite number from 0 to
+    :data:`MAX_WAIT_S` (default 0: answer at once)."""
+    raw = query.get("wait_s")
+    if raw is None:
+        return 0.0
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 0 <= value <= MAX_WAIT_S):
+        raise invalid(f"wait_s must be a number of seconds from 0 to {MAX_WAIT_S:g}, not {raw!r}")
+    return value
+
+
 async def get_task(request: Request) -> JSONResponse:
-    """``GET /v1/tasks/{task_id}``: a :class:`~sdk.messages.TaskInfo`; 404 if not the caller's."""
+    """``GET /v1/tasks/{task_id}?wait_s``: a :class:`~sdk.messages.TaskInfo`; 404 if not the
+    caller's. With ``wait_s``, answers once the task is terminal or after that long."""
     context = context_of(request)
     task_id = request.path_params["task_id"]
-    info = await read_task(context.redis, context.keys, caller_of(request).user_id, task_id)
+    wait_s = parse_wait_s(request.query_params)
+    found = await read_tasks_waiting(
+        context.redis,
+        context.keys,
+        context.watcher,
+        caller_of(request).user_id,
+        [task_id],
+        wait_s=wait_s,
+    )
+    info = found.get(task_id)
     if info is None:
         raise not_found("task", task_id)
     return JSONResponse(info)
 
 
 async def batch_status(request: Request) -> JSONResponse:
-    """``POST /v1/tasks/batch_status``: ``{"tasks": {id: TaskInfo}, "unknown": [ids]}``.
+    """``POST /v1/tasks/batch_status?wait_s``: ``{"tasks": {id: TaskInfo}, "unknown": [ids]}``.
 
     Takes 1 to 1000 ids. ``unknown`` lists, in request order, the ids that do not exist,
-    have expired, or are someone else's. One Redis round trip.
+    have expired, or are someone else's. One Redis round trip without ``wait_s``; with it,
+    the answer waits until any of the known tasks is terminal or ``wait_s`` ends.
     """
     context = context_of(request)
+    wait_s = parse_wait_s(request.query_params)
     task_ids = parse_task_ids(await read_json(request, max_bytes=context.settings.max_body_bytes))
-    found = await read_tasks(context.redis, context.keys, caller_of(request).user_id, task_ids)
+    found = await read_tasks_waiting(
+        context.redis,
+        context.keys,
+        context.watcher,
+        caller_of(request).user_id,
+        task_ids,
+        wait_s=wait_s,
+    )
     unknown = [task_id for task_id in task_ids if task_id not in found]
     return JSONResponse({"tasks": found, "unknown": unknown})
 
