@@ -33,17 +33,13 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.typing import KeyT, StreamIdT
 
-from service_common.redis_client import redis_unavailable
+from service_common.redis_client import redis_unavailable, unblock
 from service_common.retry import DEFAULT_BACKOFF, wait_or_stop
 
 log = logging.getLogger(__name__)
 
 Entry = tuple[str, dict[str, str]]
 """A stream entry: its id and its fields."""
-
-UNBLOCK_TRIES = 50
-"""A wake that finds the read not yet blocked on the server tries again, this many times."""
-UNBLOCK_PAUSE_S = 0.002
 
 
 def entry_key(entry_id: str) -> tuple[int, int]:
@@ -154,17 +150,13 @@ class StreamWatcher:
                     del self._watches[stream]
 
     async def _unblock(self) -> None:
-        for _ in range(UNBLOCK_TRIES):
-            if self._reading is None or self._reader_id is None:
-                return
-            try:
-                if await self._redis.client_unblock(self._reader_id):
-                    return
-            except Exception as exc:
-                if not redis_unavailable(exc):
-                    log.exception("waking the stream watcher failed")
-                return
-            await asyncio.sleep(UNBLOCK_PAUSE_S)  # sent, not yet blocked on the server
+        reader_id = self._reader_id
+        if reader_id is None:
+            return
+        try:
+            await unblock(self._redis, reader_id, lambda: self._reading is not None)
+        except Exception:
+            log.exception("waking the stream watcher failed")
 
     def _cursors(self) -> dict[str, str]:
         """Per watched stream, the oldest cursor a watch of it holds."""

@@ -52,6 +52,7 @@ from service_common.tasks.stream import (
 
 log = logging.getLogger(__name__)
 
+
 class Wanting(Protocol):
     """What the reader needs of an agent's session."""
 
