@@ -20,6 +20,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from endpoint_agent import Agent
+from endpoint_agent.processes import LOOKAHEAD_MAX
 from sdk.asyncio_client import AsyncClient
 from sdk.states import TaskState
 from tests.agent.gateway_stack import (
@@ -76,7 +77,7 @@ def in_hand(server: ResultServer) -> int:
     return sum(s.ledger.handed + s.ledger.credit for s in server.gateway.sessions)
 
 
-async def test_tasks_run_with_credit_never_past_the_free_workers(
+async def test_tasks_run_with_credit_never_past_the_workers_and_their_lookahead(
     stack: GatewayStack, endpoint: GatewayEndpoint
 ) -> None:
     fid = await endpoint.register(DOUBLE)
@@ -95,7 +96,9 @@ async def test_tasks_run_with_credit_never_past_the_free_workers(
             agent.stop()
             await run
     assert [await endpoint.result(t) for t in task_ids] == [2 * i for i in range(40)]
-    assert max(seen) == 2  # strict backpressure: never more than the free workers
+    # Quick calls add the engine's look-ahead, at most its cap per worker; long calls keep
+    # the credit at the free workers (test_long_tasks_leave_the_rest_to_a_second_agent).
+    assert 2 <= max(seen) <= 2 * LOOKAHEAD_MAX
     assert sorted(await endpoint.notices()) == sorted((t, "success") for t in task_ids)
     await endpoint.assert_settled()
 
