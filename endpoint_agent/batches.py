@@ -150,10 +150,12 @@ def _serve(conn: Connection, progress: Progress) -> None:
             return False
         kind, body = message
         if kind == BATCH:
-            for job in body:
-                if job[2] is not None:
-                    book.add(job[1], job[2])
-            queue.extend(body)
+            for seq, function_id, code, payload, allowed, limits in body:
+                if code is not None:
+                    book.add(function_id, code)
+                else:  # looked up now: a later batch may evict it before the call runs
+                    code = book.code(function_id)
+                queue.append((seq, function_id, code, payload, allowed, limits))
         elif kind == SKIP:
             skipped.update(body)
         return True
@@ -168,13 +170,12 @@ def _serve(conn: Connection, progress: Progress) -> None:
         while conn.poll(0):
             if not take(conn.recv()):
                 return
-        seq, function_id, _, payload, allowed, limits = queue.popleft()
+        seq, function_id, code, payload, allowed, limits = queue.popleft()
         if seq in skipped:
             skipped.discard(seq)
             continue
         if outbox.due() or quick.get(function_id, math.inf) >= FLUSH_AGE_S:
             outbox.flush()
-        code = book.code(function_id)
         progress.start(seq)
         started = time.perf_counter()
         outcome = _run(function_id, code, payload, allowed, limits)

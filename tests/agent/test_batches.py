@@ -13,7 +13,7 @@ import pytest
 
 from endpoint_agent.engines import run_one
 from endpoint_agent.processes import ProcessEngine
-from endpoint_agent.worker import Call, Outcome
+from endpoint_agent.worker import CACHE_SIZE, Call, Outcome
 from sdk.serialize import deserialize, pack_payload
 from sdk.states import TaskState
 from tests.agent.helpers import source_code
@@ -201,3 +201,18 @@ async def test_a_dying_worker_fails_only_its_call(
         -i for i in range(5)
     ]
     assert result(await run_one(engine, Call("pid", PID, pack_payload((), {})))) != first_pid
+
+
+async def test_a_call_queued_before_its_code_is_evicted_still_runs(engine: ProcessEngine) -> None:
+    """The worker keeps the code of the last CACHE_SIZE functions; a call that arrived
+    while its function was held runs even if a later call in its batch evicts it."""
+    payload = pack_payload((), {})
+    calls = [Call(f"fn-{i}", PID, payload) for i in range(CACHE_SIZE + 1)]
+    for call in calls[:CACHE_SIZE]:  # the worker holds every one of these now
+        assert isinstance(result(await asyncio.wait_for(run_one(engine, call), 30)), int)
+    codes, batches = engine.stats.codes, engine.stats.batches
+    first = asyncio.ensure_future(run_one(engine, calls[0]))  # known: sent without code
+    newest = asyncio.ensure_future(run_one(engine, calls[-1]))  # evicts fn-0 on arrival
+    done = await asyncio.wait_for(asyncio.gather(first, newest), 30)
+    assert [type(result(o)) for o in done] == [int, int]
+    assert (engine.stats.codes, engine.stats.batches) == (codes + 1, batches + 1)
