@@ -6,7 +6,8 @@ Messages, agent to worker (each one pickle on the pipe):
   ``code`` travels once per function per worker process: the agent remembers which ids a
   worker holds (:class:`CodeBook`, the same bounded first-in-first-out rule on both sides,
   so both always agree) and sends ``None`` for those.
-* ``(SKIP, [seq, ...])``: calls sent earlier that must not start (cancelled, handed back).
+* ``(SKIP, fence, [seq, ...])``: calls sent earlier that must not start (cancelled, handed
+  back, or moved to an idle worker); ``fence`` (0: none) lifts the fence that moved them.
 * ``None``: exit.
 
 Worker to agent: ``READY`` once, then lists of ``(seq, outcome, elapsed_s)``, outcomes
@@ -16,10 +17,18 @@ whose function it has not yet seen run in under ``FLUSH_AGE_S`` (so a slow call 
 holds back the outcomes of the quick ones before it for longer than that).
 
 Before each call the worker reads whatever arrived (``poll(0)``, no blocking), so a skip
-sent before the call starts is honoured. It then writes the call's start time and ``seq``
-into shared memory (:class:`Progress`, time first): the agent reads it to know which call
-is running, for a walltime, a cancel, or a death (``os._exit``, a segfault) that must fail
-only the call that caused it.
+sent before the call starts is honoured. It then records the call's ``seq`` and start time
+in shared memory (:class:`Progress`): the agent reads it to know which call is running, for
+a walltime, a cancel, or a death (``os._exit``, a segfault) that must fail only the call
+that caused it.
+
+**Fences.** A worker stuck in a long call cannot read its pipe, so the agent takes back the
+calls queued behind it with a fence instead: under the :class:`Progress` lock it reads the
+running ``seq`` and forbids any later one to start; the worker, under the same lock, starts
+a call only below the fence. So each queued call either started before the fence (and the
+agent leaves it) or never will on this worker, and the agent hands it to another at once.
+The ``SKIP`` that follows names those calls and lifts the fence; messages keep their order,
+so a batch sent after it is never held back by it.
 """
 
 from __future__ import annotations
@@ -54,19 +63,52 @@ Result = tuple[int, Outcome, float]
 """``(seq, outcome, elapsed_s)``."""
 
 
+NO_FENCE = 2**62
+LOCK_TIMEOUT_S = 0.1
+"""Longest the agent waits for a worker's :class:`Progress` lock (a worker killed while it
+held it never gives it back: the agent then moves nothing)."""
+
+
 class Progress:
-    """Which call a worker started last and when (``time.monotonic``), in shared memory.
+    """Which call a worker started last and when (``time.monotonic``), and the fence that
+    the agent may set (see the module docstring), in shared memory.
 
     The worker writes the time, then the ``seq``; a reader that sees a ``seq`` sees its time
     (or a later one, which only makes a walltime fire later, never early)."""
 
     def __init__(self, context: SpawnContext) -> None:
+        self._lock = context.Lock()
         self._seq = context.RawValue("q", 0)
         self._at = context.RawValue("d", 0.0)
+        self._limit = context.RawValue("q", NO_FENCE)
+        self._fence = context.RawValue("q", 0)
 
-    def start(self, seq: int) -> None:
-        self._at.value = time.monotonic()
-        self._seq.value = seq
+    def begin(self, seq: int) -> bool:
+        """The worker is about to start ``seq``: record it, unless a fence forbids it."""
+        with self._lock:
+            if seq > self._limit.value:
+                return False
+            self._at.value = time.monotonic()
+            self._seq.value = seq
+            return True
+
+    def fence(self, fence: int) -> int | None:
+        """Forbid every call after the running one to start; returns the running ``seq``
+        (``None``: the lock could not be had, nothing is fenced)."""
+        if not self._lock.acquire(timeout=LOCK_TIMEOUT_S):
+            return None
+        try:
+            self._limit.value = self._seq.value
+            self._fence.value = fence
+            return int(self._seq.value)
+        finally:
+            self._lock.release()
+
+    def lift(self, fence: int) -> None:
+        """The worker read the skip of ``fence``: calls may start again."""
+        with self._lock:
+            if self._fence.value == fence:
+                self._limit.value = NO_FENCE
 
     @property
     def seq(self) -> int:
@@ -157,7 +199,10 @@ def _serve(conn: Connection, progress: Progress) -> None:
                     code = book.code(function_id)
                 queue.append((seq, function_id, code, payload, allowed, limits))
         elif kind == SKIP:
-            skipped.update(body)
+            fence, seqs = body
+            skipped.update(seqs)
+            if fence:
+                progress.lift(fence)
         return True
 
     while True:
@@ -176,7 +221,8 @@ def _serve(conn: Connection, progress: Progress) -> None:
             continue
         if outbox.due() or quick.get(function_id, math.inf) >= FLUSH_AGE_S:
             outbox.flush()
-        progress.start(seq)
+        if not progress.begin(seq):
+            continue  # fenced: the agent moved it to another worker
         started = time.perf_counter()
         outcome = _run(function_id, code, payload, allowed, limits)
         elapsed = time.perf_counter() - started
@@ -204,5 +250,5 @@ def batch(jobs: Sequence[Job]) -> tuple[str, list[Job]]:
     return BATCH, list(jobs)
 
 
-def skip(seqs: Sequence[int]) -> tuple[str, list[int]]:
-    return SKIP, list(seqs)
+def skip(seqs: Sequence[int], fence: int = 0) -> tuple[str, tuple[int, list[int]]]:
+    return SKIP, (fence, list(seqs))

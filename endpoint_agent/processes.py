@@ -17,6 +17,11 @@ per worker hands each message to the event loop in one ``call_soon_threadsafe``,
 sender thread per worker writes to the pipe, so a worker busy with a long call never blocks
 the loop. The code of a function reaches each worker once, not once per call.
 
+**A long call in a deep batch** does not hold up the calls queued behind it: a worker whose
+call has run ``STUCK_AFTER_S`` gets no more calls while another has room, and once another
+worker runs dry the engine takes back what waits behind the long call (a fence, exact: each
+call starts on one worker only) and hands it out again.
+
 Cost once warm, per batch of up to ``LOOKAHEAD_MAX`` no-op calls per worker: one pickle and
 pipe message each way, one wake-up of the sender and of the reader thread, one callback in
 the loop; per call: a tuple, a ``poll(0)`` and two shared-memory stores in the worker.
@@ -85,6 +90,9 @@ LOOKAHEAD_MAX = 64
 """Most calls one worker holds at once."""
 MEAN_WEIGHT = 0.1
 """Weight of the latest call time in the running mean that sizes the look-ahead."""
+STUCK_AFTER_S = 2 * LOOKAHEAD_WINDOW_S
+"""A worker whose call has run this long gets no more calls while another has room, and
+the calls queued behind it move to a worker that runs dry."""
 
 _CLOSE = object()  # tells a sender thread to end
 
@@ -112,6 +120,7 @@ class PipeStats:
     batches: int = 0  # messages carrying calls
     calls: int = 0
     codes: int = 0  # calls that carried their function's code
+    moved: int = 0  # calls taken back from a worker stuck in a long call
     results: int = 0  # messages carrying outcomes
     outcomes: int = 0
 
@@ -167,6 +176,8 @@ class ProcessEngine:
         self._pending: deque[_Job] = deque()
         self._jobs: dict[str, _Job] = {}  # every call submitted and not yet done or stopped
         self._seq = itertools.count(1)
+        self._fences = itertools.count(1)
+        self._recheck: asyncio.TimerHandle | None = None
         self._mean_s: float | None = None
         self._pump_due = False
         self._background: set[asyncio.Task[None]] = set()
@@ -237,10 +248,12 @@ class ProcessEngine:
         if not ready:
             return
         depth = self.depth
+        now = time.monotonic()
+        stuck = {w.slot for w in ready if self._stuck_for(w, now) >= 0}
         out: dict[int, list[Job]] = {}
         while self._pending:
-            worker = min(ready, key=lambda w: len(w.jobs))
-            if len(worker.jobs) >= depth:
+            worker = min(ready, key=lambda w: len(w.jobs) + (depth if w.slot in stuck else 0))
+            if len(worker.jobs) >= depth or worker.slot in stuck:
                 break
             job = self._pending.popleft()
             if self._jobs.get(job.key) is not job:
@@ -264,6 +277,50 @@ class ProcessEngine:
             self.stats.batches += 1
             self.stats.calls += len(jobs)
             self._send(target, batch(jobs))
+        if not self._pending and any(not w.jobs for w in ready):
+            self._rebalance(ready, now)
+
+    @staticmethod
+    def _stuck_for(worker: _Worker, now: float) -> float:
+        """How long past ``STUCK_AFTER_S`` the worker's running call is (negative: not
+        stuck yet; ``-inf``: nothing runs)."""
+        if worker.running() is None:
+            return -math.inf
+        return now - worker.progress.started_at - STUCK_AFTER_S
+
+    def _rebalance(self, ready: list[_Worker], now: float) -> None:
+        """A worker ran dry: take back the calls queued behind another's long call (a
+        fence, see :mod:`endpoint_agent.batches`) and hand them out again."""
+        moved: list[_Job] = []
+        soonest = math.inf
+        for victim in ready:
+            if len(victim.jobs) < 2:
+                continue
+            late = self._stuck_for(victim, now)
+            if late < 0:
+                soonest = min(soonest, -late)
+                continue
+            fence = next(self._fences)
+            started = victim.progress.fence(fence)
+            if started is None:
+                continue
+            seqs = [seq for seq in sorted(victim.jobs) if seq > started]
+            self._send(victim, skip(seqs, fence))  # lifts the fence, moved or not
+            for seq in seqs:
+                job = victim.jobs.pop(seq)
+                self._cancel_timer(job)
+                job.worker, job.seq = None, 0
+                moved.append(job)
+        if moved:
+            self.stats.moved += len(moved)
+            self._pending.extendleft(reversed(moved))
+            self._schedule_pump()
+        elif soonest < math.inf and self._recheck is None:
+            self._recheck = self._loop.call_later(soonest, self._recheck_stuck)
+
+    def _recheck_stuck(self) -> None:
+        self._recheck = None
+        self._schedule_pump()
 
     def _send(self, worker: _Worker, message: object) -> None:
         worker.outgoing.put(message)
@@ -438,6 +495,8 @@ class ProcessEngine:
 
     async def aclose(self) -> None:
         self._closing = True
+        if self._recheck is not None:
+            self._recheck.cancel()
         while self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         workers = [w for w in self._live if w is not None]

@@ -31,6 +31,16 @@ TOUCH = source_code(
         return os.getpid()
     """,
 )
+NOTE = source_code(
+    "note",
+    """
+    import os
+
+    def note(path):
+        with open(path, "a") as f:
+            f.write(f"{os.getpid()}\\n")
+    """,
+)
 BLOCK = source_code(
     "block",
     """
@@ -216,3 +226,27 @@ async def test_a_call_queued_before_its_code_is_evicted_still_runs(engine: Proce
     done = await asyncio.wait_for(asyncio.gather(first, newest), 30)
     assert [type(result(o)) for o in done] == [int, int]
     assert (engine.stats.codes, engine.stats.batches) == (codes + 1, batches + 1)
+
+
+async def test_calls_queued_behind_a_long_call_move_to_a_worker_that_ran_dry(
+    fifos: tuple[str, str], tmp_path: Path
+) -> None:
+    started, release = fifos
+    engine = ProcessEngine(2)
+    try:
+        calls = Calls(engine)
+        await calls.warm()
+        blocked = calls.submit("blocked", BLOCK, started, release)
+        notes = [tmp_path / f"note-{i}" for i in range(10)]
+        quick = [calls.submit(f"quick-{i}", NOTE, str(note)) for i, note in enumerate(notes)]
+        await asyncio.to_thread(Path(started).read_text)
+        # Half of them were queued behind "blocked": they finish while it still blocks.
+        await asyncio.wait_for(asyncio.gather(*quick), 30)
+        assert engine.stats.moved >= 1 and not blocked.done()
+        await asyncio.to_thread(Path(release).write_text, "go")
+        blocked_pid = result(await asyncio.wait_for(blocked, 30))
+    finally:
+        await engine.aclose()
+    for note in notes:  # each ran once, and not on the blocked worker
+        lines = note.read_text().splitlines()
+        assert len(lines) == 1 and lines[0] != str(blocked_pid)
