@@ -235,7 +235,8 @@ class Agent:
     @property
     def running(self) -> int:
         """Tasks executing right now (in a worker or in the event loop)."""
-        return self._running + self._runtime.engine.running
+        rt = self._rt
+        return self._running + (rt.engine.running if rt is not None else 0)
 
     def counts(self) -> tuple[int, int, bool]:
         return len(self._held), self.running, self._draining

@@ -24,7 +24,8 @@ call starts on one worker only) and hands it out again.
 
 Cost once warm, per batch of up to ``LOOKAHEAD_MAX`` no-op calls per worker: one pickle and
 pipe message each way, one wake-up of the sender and of the reader thread, one callback in
-the loop; per call: a tuple, a ``poll(0)`` and two shared-memory stores in the worker.
+the loop; per call: a tuple, a ``poll(0)``, and an uncontended lock around two
+shared-memory stores in the worker.
 
 **Stopping a call** (:meth:`ProcessEngine.stop`: a cancel, a drain, a lost lease) or a
 walltime: a call still queued in the agent is dropped; one sent but not started is skipped
