@@ -25,11 +25,12 @@ import asyncio
 import contextlib
 import itertools
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
-from endpoint_agent.processes import Done, ProcessEngine
+from endpoint_agent.processes import CallTimes, Done, ProcessEngine
 from endpoint_agent.settings import AgentSettings
 from endpoint_agent.worker import Call, Outcome, run_call, walltime_exceeded
 
@@ -97,10 +98,10 @@ class _ThreadJob:
 
 class ThreadEngine:
     """Calls run in threads of the agent's process, one thread per call, ``workers`` at
-    a time."""
+    a time; quick calls are held ahead like the process engine's (:class:`CallTimes`), so
+    the agent asks the gateway for them before a thread frees."""
 
     name = "thread"
-    lookahead = 0
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
@@ -109,6 +110,11 @@ class ThreadEngine:
         self._pending: deque[_ThreadJob] = deque()
         self._jobs: dict[str, _ThreadJob] = {}  # submitted, not done or stopped
         self._running: dict[str, _ThreadJob] = {}
+        self._times = CallTimes()
+
+    @property
+    def lookahead(self) -> int:
+        return self.workers * (self._times.depth - 1)
 
     @property
     def running(self) -> int:
@@ -147,11 +153,14 @@ class ThreadEngine:
             thread.start()
 
     def _target(self, job: _ThreadJob) -> None:
+        started = time.perf_counter()
         outcome = run_call(job.call)
+        elapsed_s = time.perf_counter() - started
         with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
-            self._loop.call_soon_threadsafe(self._end, job, outcome)
+            self._loop.call_soon_threadsafe(self._end, job, outcome, elapsed_s)
 
-    def _end(self, job: _ThreadJob, outcome: Outcome) -> None:
+    def _end(self, job: _ThreadJob, outcome: Outcome, elapsed_s: float) -> None:
+        self._times.observe(elapsed_s)
         if self._running.get(job.key) is not job:
             return  # stopped or past its walltime: abandoned
         del self._running[job.key]

@@ -28,11 +28,11 @@ the loop; per call: a tuple, a ``poll(0)``, and an uncontended lock around two
 shared-memory stores in the worker.
 
 **Stopping a call** (:meth:`ProcessEngine.stop`: a cancel, a drain, a lost lease) or a
-walltime: a call still queued in the agent is dropped; one sent but not started is skipped
-by the worker (a ``SKIP`` message it reads before each call); the running one (the worker's
-:class:`~endpoint_agent.batches.Progress` names it) is stopped by killing its worker
-(``SIGKILL``). A stop that races the very start of the call lets it run; its outcome is
-dropped. Walltime is measured from the moment the worker started the call.
+walltime: a call still queued in the agent is dropped; for one sent to a worker, a fence
+decides exactly whether it started (the worker's :class:`~endpoint_agent.batches.Progress`
+names the running call): if not, it never will (the calls behind it come back to the
+engine's queue with it, and are sent again); if it did, its worker is killed (``SIGKILL``)
+and replaced. Walltime is measured from the moment the worker started the call.
 
 **A worker that dies** (``os._exit``, a segfault, a signal, out of memory, or killed by
 the engine) fails only the call it was running, with ``WorkerLost`` saying how it died
@@ -114,6 +114,22 @@ def how_it_died(exitcode: int | None) -> str:
     return f"exited with code {exitcode}"
 
 
+class CallTimes:
+    """The running mean of observed call times, and the look-ahead it sizes: ``depth`` is
+    ``ceil(LOOKAHEAD_WINDOW_S / mean)`` between 1 and ``LOOKAHEAD_MAX`` (1 until a call
+    has been seen)."""
+
+    def __init__(self) -> None:
+        self.mean_s: float | None = None
+        self.depth = 1
+
+    def observe(self, elapsed_s: float) -> None:
+        mean = self.mean_s
+        mean = elapsed_s if mean is None else mean + MEAN_WEIGHT * (elapsed_s - mean)
+        self.mean_s = mean
+        self.depth = max(1, min(LOOKAHEAD_MAX, math.ceil(LOOKAHEAD_WINDOW_S / max(mean, 1e-9))))
+
+
 @dataclass(slots=True)
 class PipeStats:
     """What crossed the engine's pipes (for tests and benchmarks)."""
@@ -121,7 +137,7 @@ class PipeStats:
     batches: int = 0  # messages carrying calls
     calls: int = 0
     codes: int = 0  # calls that carried their function's code
-    moved: int = 0  # calls taken back from a worker stuck in a long call
+    moved: int = 0  # calls taken back from a worker (behind a long call, or a stop)
     results: int = 0  # messages carrying outcomes
     outcomes: int = 0
 
@@ -179,7 +195,7 @@ class ProcessEngine:
         self._seq = itertools.count(1)
         self._fences = itertools.count(1)
         self._recheck: asyncio.TimerHandle | None = None
-        self._mean_s: float | None = None
+        self._times = CallTimes()
         self._pump_due = False
         self._background: set[asyncio.Task[None]] = set()
         self._closing = False
@@ -191,18 +207,12 @@ class ProcessEngine:
     @property
     def depth(self) -> int:
         """Most calls one worker holds now (see the module docstring)."""
-        if self._mean_s is None:
-            return 1
-        return max(1, min(LOOKAHEAD_MAX, math.ceil(LOOKAHEAD_WINDOW_S / max(self._mean_s, 1e-9))))
+        return self._times.depth
 
     @property
     def lookahead(self) -> int:
         """Calls this engine can usefully hold beyond one per worker."""
-        return self.workers * (self.depth - 1)
-
-    def _observe(self, elapsed_s: float) -> None:
-        mean = self._mean_s
-        self._mean_s = elapsed_s if mean is None else mean + MEAN_WEIGHT * (elapsed_s - mean)
+        return self.workers * (self._times.depth - 1)
 
     # -- the engine interface ----------------------------------------------------------
 
@@ -229,10 +239,13 @@ class ProcessEngine:
         if worker is None or not worker.alive:
             return  # queued here (dropped when the pump meets it) or its worker is gone
         del worker.jobs[job.seq]
-        started = worker.progress.seq
-        if started < job.seq:
-            self._send(worker, skip([job.seq]))
-        elif started == job.seq:
+        seen = worker.progress.seq
+        started: int | None = seen
+        if seen < job.seq:  # not started when we looked: make sure it never does
+            started = self._take_back(worker, job.seq)
+            if started is None:  # no lock: a plain skip, which a start may race
+                self._send(worker, skip([job.seq]))
+        if started == job.seq:
             self._kill(worker)
 
     # -- handing calls to workers ------------------------------------------------------
@@ -292,7 +305,7 @@ class ProcessEngine:
     def _rebalance(self, ready: list[_Worker], now: float) -> None:
         """A worker ran dry: take back the calls queued behind another's long call (a
         fence, see :mod:`endpoint_agent.batches`) and hand them out again."""
-        moved: list[_Job] = []
+        moved = False
         soonest = math.inf
         for victim in ready:
             if len(victim.jobs) < 2:
@@ -301,23 +314,29 @@ class ProcessEngine:
             if late < 0:
                 soonest = min(soonest, -late)
                 continue
-            fence = next(self._fences)
-            started = victim.progress.fence(fence)
-            if started is None:
-                continue
-            seqs = [seq for seq in sorted(victim.jobs) if seq > started]
-            self._send(victim, skip(seqs, fence))  # lifts the fence, moved or not
-            for seq in seqs:
-                job = victim.jobs.pop(seq)
-                self._cancel_timer(job)
-                job.worker, job.seq = None, 0
-                moved.append(job)
-        if moved:
-            self.stats.moved += len(moved)
-            self._pending.extendleft(reversed(moved))
-            self._schedule_pump()
-        elif soonest < math.inf and self._recheck is None:
+            moved = self._take_back(victim) is not None or moved
+        if not moved and soonest < math.inf and self._recheck is None:
             self._recheck = self._loop.call_later(soonest, self._recheck_stuck)
+
+    def _take_back(self, worker: _Worker, stopped: int = 0) -> int | None:
+        """Fence ``worker`` and put every call queued behind its running one back at the
+        front of the queue (see :mod:`endpoint_agent.batches`); ``stopped`` names a call
+        already taken from it that must not start either. Returns the running ``seq``
+        (``None``: the lock could not be had and nothing moved)."""
+        fence = next(self._fences)
+        started = worker.progress.fence(fence)
+        if started is None:
+            return None
+        seqs = [seq for seq in sorted(worker.jobs) if seq > started]
+        self._send(worker, skip([*seqs, stopped] if stopped > started else seqs, fence))
+        moved = [worker.jobs.pop(seq) for seq in seqs]
+        for job in moved:
+            self._cancel_timer(job)
+            job.worker, job.seq = None, 0
+        self.stats.moved += len(moved)
+        self._pending.extendleft(reversed(moved))
+        self._schedule_pump()
+        return started
 
     def _recheck_stuck(self) -> None:
         self._recheck = None
@@ -335,7 +354,7 @@ class ProcessEngine:
         self.stats.results += 1
         self.stats.outcomes += len(results)
         for seq, outcome, elapsed_s in results:
-            self._observe(elapsed_s)
+            self._times.observe(elapsed_s)
             job = worker.jobs.pop(seq, None)
             if job is not None:
                 self._finish(job, outcome)
