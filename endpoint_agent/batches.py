@@ -12,9 +12,11 @@ Messages, agent to worker (each one pickle on the pipe):
 
 Worker to agent: ``READY`` once, then lists of ``(seq, outcome, elapsed_s)``, outcomes
 coalesced: the worker flushes what it has when its queue runs dry, after
-``FLUSH_COUNT`` outcomes, once the oldest has waited ``FLUSH_AGE_S``, and before a call
-whose function it has not yet seen run in under ``FLUSH_AGE_S`` (so a slow call never
-holds back the outcomes of the quick ones before it for longer than that).
+``FLUSH_COUNT`` outcomes, and before starting a call once the oldest has waited
+``FLUSH_AGE_S`` or when the call's function has not yet been seen to run in under
+``FLUSH_AGE_S``. So outcomes wait behind a long call only when its function looked quick;
+if such a call is then killed (a walltime, a cancel), the outcomes it held back are lost
+with its worker and those calls run again.
 
 Before each call the worker reads whatever arrived (``poll(0)``, no blocking), so a skip
 sent before the call starts is honoured. It then records the call's ``seq`` and start time
@@ -25,10 +27,12 @@ that caused it.
 **Fences.** A worker stuck in a long call cannot read its pipe, so the agent takes back the
 calls queued behind it with a fence instead: under the :class:`Progress` lock it reads the
 running ``seq`` and forbids any later one to start; the worker, under the same lock, starts
-a call only below the fence. So each queued call either started before the fence (and the
-agent leaves it) or never will on this worker, and the agent hands it to another at once.
+a call only if it is not past the fence. So each queued call either started before the
+fence (and the agent leaves it) or never will on this worker, and the agent queues it again
+at once, for any worker.
 The ``SKIP`` that follows names those calls and lifts the fence; messages keep their order,
-so a batch sent after it is never held back by it.
+so a batch sent after it is never held back by it. A stop of a call the worker has not
+started uses the same fence, so it is exact too.
 """
 
 from __future__ import annotations
