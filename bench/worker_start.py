@@ -22,6 +22,7 @@ def _noop() -> None:
 
 
 async def _sample() -> float:
+    from endpoint_agent.engines import run_one
     from endpoint_agent.processes import ProcessEngine
     from endpoint_agent.worker import Call
 
@@ -29,7 +30,7 @@ async def _sample() -> float:
     started = time.perf_counter()
     engine = ProcessEngine(1)
     try:
-        await engine.run(call)
+        await run_one(engine, call)
         return time.perf_counter() - started
     finally:
         await engine.aclose()

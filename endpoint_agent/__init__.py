@@ -8,7 +8,8 @@ Modules: :mod:`.settings` (configuration), :mod:`.agent` (the read/dispatch loop
 gateway: one WebSocket, the credential; the agent never sees Redis),
 :mod:`.functions` (loading, classifying and allowing functions),
 :mod:`.engines` (the engine interface and the thread engine), :mod:`.processes` (the process
-engine: one worker process per slot or accelerator), :mod:`.worker` (running one task),
+engine: one worker process per slot or accelerator, fed in batches), :mod:`.batches` (the
+pipe to a worker process and the worker's loop), :mod:`.worker` (running one task),
 :mod:`.capture` (per-task stdout/stderr), :mod:`.accelerators` (finding the node's GPUs).
 The Redis side (the task stream, starting and settling, leases, cancels, the heartbeat)
 lives in the gateway (:mod:`ws_service.gateway`, on :mod:`service_common.tasks`).

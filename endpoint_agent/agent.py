@@ -17,17 +17,22 @@ as it asks), "acknowledged" is "settled".
 it, so it reads as if the next tasks were like the last ones:
 
 * *sync-shaped* (the initial shape, and after any read that held a ``def`` function):
-  ``COUNT = workers + prefetch - held``, every held task that is not a running ``async def``
-  counting against the workers (``prefetch`` is 0 unless configured);
+  ``COUNT = workers + prefetch + lookahead - held``, every held task that is not a running
+  ``async def`` counting against the workers (``prefetch`` is 0 unless configured;
+  ``lookahead`` is what the engine can usefully queue on its workers, learned from observed
+  call times: 0 while calls take longer than a few milliseconds, so the gateway keeps what
+  busy workers cannot start for another agent, and up to ``LOOKAHEAD_MAX`` per worker for
+  quick calls, see :mod:`endpoint_agent.processes`);
 * *async-shaped* (after a read that held only ``async def`` functions):
   ``COUNT = max_concurrency - held``, every held task that is not a ``def`` counting against
   the async slots.
 
 A task that cannot start at once (a ``def`` read in an async-shaped read while the workers
 are busy) waits inside the agent and counts as held. The agent never holds more than
-``workers + prefetch + max_concurrency`` tasks, and a task counts as held until its outcome is
-reported (or it is handed back), so the gateway never has more of this agent's tasks in hand
-than the rule allows. When nothing may be read, the loop waits for a completion instead.
+``workers + prefetch + lookahead + max_concurrency`` tasks, and a task counts as held until
+its outcome is reported (or it is handed back), so the gateway never has more of this
+agent's tasks in hand than the rule allows. When nothing may be read, the loop waits for a
+completion instead.
 
 **Delivery.** Execution is at-least-once. A task is settled only with its outcome; the
 gateway keeps the lease of every task it handed this agent while the agent's connection
@@ -36,9 +41,14 @@ started again, its attempt counted; a start past the gateway's ``max_attempts`` 
 task with ``WorkerLost`` instead. A task already terminal when read (``cancelled`` while
 queued) is settled by the gateway and never sent.
 
-**Stopping a task.** A cancel notice, a walltime and a drain all stop a running task the
-same way: its asyncio task is cancelled, which cancels an ``async def`` function and makes
-the process engine kill and replace the worker running a ``def`` one. A cancelled task ends
+**Running a task.** An ``async def`` function runs in its own asyncio task; a ``def`` one is
+submitted to the engine (:mod:`endpoint_agent.engines`), which queues it, runs it in
+batches and calls back with its outcome: no asyncio task or thread hop per ``def`` task.
+
+**Stopping a task.** A cancel notice, a walltime and a drain all stop a running task: an
+``async def`` one by cancelling its asyncio task, a ``def`` one by taking it back from the
+engine (:meth:`~endpoint_agent.engines.Engine.stop`: the process engine kills and replaces
+the worker running it, or skips it if it has not started). A cancelled task ends
 ``cancelled``; one past its walltime ends ``failed`` with ``WalltimeExceeded``.
 
 **Stopping the agent** (:meth:`Agent.stop`, SIGTERM with :func:`run_agent`): it reads
@@ -65,14 +75,13 @@ from endpoint_agent.functions import FunctionInfo
 from endpoint_agent.settings import AgentSettings
 from endpoint_agent.transport import Received, Transport
 from endpoint_agent.worker import (
-    WALLTIME_EXCEEDED,
     Call,
     Limits,
     Outcome,
     describe,
     run_coroutine,
+    walltime_exceeded,
 )
-from sdk.messages import error_record
 from service_common.retry import DEFAULT_BACKOFF, Outage, wait_or_stop
 
 log = logging.getLogger(__name__)
@@ -85,7 +94,7 @@ class _Kind(enum.Enum):
 
 
 class _Stop(enum.Enum):
-    """Why the agent cancelled a task's asyncio task."""
+    """Why the agent stopped a task before its end."""
 
     CANCEL = "cancel"  # its owner cancelled it: it ends cancelled
     HAND_BACK = "hand back"  # the agent is stopping: it goes back to the stream
@@ -98,7 +107,8 @@ class _Held:
 
     work: Received
     kind: _Kind = _Kind.OTHER
-    task: asyncio.Task[None] | None = None
+    task: asyncio.Task[None] | None = None  # an async def function's
+    in_engine: bool = False  # a def function's, submitted and not yet done
     stop: _Stop | None = None
     running: bool = False
     completed: bool = False
@@ -110,7 +120,6 @@ class _Runtime:
 
     transport: Transport
     engine: Engine
-    sync_slots: asyncio.Semaphore
     async_slots: asyncio.Semaphore
     loop: asyncio.AbstractEventLoop
 
@@ -142,6 +151,7 @@ class Agent:
         self._inflight: set[asyncio.Task[None]] = set()
         self._returned: list[_Held] = []
         self._wake = asyncio.Event()
+        self._engine_done = asyncio.Event()  # set whenever the engine reports an outcome
         self._stop_event = asyncio.Event()
         self._outage = Outage("the gateway", logger=log)
         self._stop_requested = False
@@ -168,7 +178,6 @@ class Agent:
         self._rt = _Runtime(
             transport=transport,
             engine=engine,
-            sync_slots=asyncio.Semaphore(s.workers),
             async_slots=asyncio.Semaphore(s.max_concurrency),
             loop=asyncio.get_running_loop(),
         )
@@ -226,10 +235,11 @@ class Agent:
     @property
     def running(self) -> int:
         """Tasks executing right now (in a worker or in the event loop)."""
-        return self._running
+        rt = self._rt
+        return self._running + (rt.engine.running if rt is not None else 0)
 
     def counts(self) -> tuple[int, int, bool]:
-        return len(self._held), self._running, self._draining
+        return len(self._held), self.running, self._draining
 
     def held_keys(self) -> list[str]:
         return list(self._held)
@@ -291,6 +301,9 @@ class Agent:
             if held.task is not None and not held.task.done():
                 self._stop_task(held, _Stop.LOST)
             else:
+                if held.in_engine:
+                    held.in_engine = False
+                    self._runtime.engine.stop(held.work.key)
                 self._release(held)
         self._wake.set()
 
@@ -299,6 +312,10 @@ class Agent:
             held.stop = why
         if held.task is not None:
             held.task.cancel()
+        elif held.in_engine:
+            held.in_engine = False
+            self._runtime.engine.stop(held.work.key)
+            self._stopped(held)
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -381,11 +398,12 @@ class Agent:
         """How many tasks the next window asks for (see the module docstring)."""
         s = self.settings
         held = len(self._held)
+        lookahead = self._runtime.engine.lookahead
         if self._async_shaped:
             want = s.max_concurrency - (held - self._held_sync)
         else:
-            want = s.workers + s.prefetch - (held - self._held_async)
-        return max(0, min(want, s.capacity - held))
+            want = s.workers + s.prefetch + lookahead - (held - self._held_async)
+        return max(0, min(want, s.capacity + lookahead - held))
 
     @property
     def wake(self) -> asyncio.Event:
@@ -407,20 +425,45 @@ class Agent:
         if stopping:
             self._draining = True
             await rt.transport.draining()
+        engine = rt.engine
         for held in list(self._held.values()):
             if held.task is not None and not held.running and not held.task.done():
                 self._stop_task(held, _Stop.HAND_BACK)
-        running = {h.task for h in self._held.values() if h.task is not None and not h.task.done()}
-        if running:
-            log.info("waiting up to %s s for %d running tasks", grace_s, len(running))
-            await asyncio.wait(running, timeout=grace_s)
+            elif held.in_engine and not engine.started(held.work.key):
+                self._stop_task(held, _Stop.HAND_BACK)
+        await self._wait_running(grace_s)
         for held in list(self._held.values()):
-            if held.task is not None and not held.task.done():
+            if (held.task is not None and not held.task.done()) or held.in_engine:
                 self._stop_task(held, _Stop.HAND_BACK)
         while self._inflight:
             await asyncio.wait(set(self._inflight))
         await self._hand_back()
         await rt.transport.finish(grace_s if stopping else None)
+
+    async def _wait_running(self, grace_s: float) -> None:
+        """Wait up to ``grace_s`` for the running tasks to end."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        logged = False
+        while True:
+            tasks = {
+                h.task for h in self._held.values() if h.task is not None and not h.task.done()
+            }
+            in_engine = sum(1 for h in self._held.values() if h.in_engine)
+            remaining = deadline - loop.time()
+            if not (tasks or in_engine) or remaining <= 0:
+                return
+            if not logged:
+                log.info("waiting up to %s s for %d running tasks", grace_s, len(tasks) + in_engine)
+                logged = True
+            self._engine_done.clear()
+            waiter = asyncio.create_task(self._engine_done.wait())
+            try:
+                await asyncio.wait(
+                    {*tasks, waiter}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                waiter.cancel()
 
     async def _hand_back(self) -> None:
         returned, self._returned = self._returned, []
@@ -435,6 +478,7 @@ class Agent:
 
     def _dispatch(self, window: Sequence[Received]) -> None:
         rt = self._runtime
+        allowed = self.settings.allowed_strategies
         saw_sync = saw_async = False
         for work in window:
             held = _Held(work)
@@ -449,14 +493,19 @@ class Agent:
                 continue
             info = work.function
             assert info is not None, "a task to run names its function"
-            if info.is_async:
-                saw_async = True
-                held.kind = _Kind.ASYNC
-                self._held_async += 1
-            else:
+            if not info.is_async:
                 saw_sync = True
                 held.kind = _Kind.SYNC
                 self._held_sync += 1
+                held.in_engine = True
+                call = Call(info.function_id, info.code, work.payload, allowed, self._limits)
+                rt.engine.submit(
+                    work.key, call, walltime_s=self._walltime_s(work), done=self._ended
+                )
+                continue
+            saw_async = True
+            held.kind = _Kind.ASYNC
+            self._held_async += 1
             task = asyncio.create_task(
                 self._execute(held, info, self._walltime_s(work)), name=f"task-{work.task_id}"
             )
@@ -473,40 +522,46 @@ class Agent:
         limits = [w for w in (self.settings.walltime_s, work.walltime_s) if w is not None]
         return min(limits) if limits else None
 
+    def _ended(self, key: str, outcome: Outcome) -> None:
+        """The engine's report of a ``def`` task's end."""
+        self._engine_done.set()
+        held = self._held.get(key)
+        if held is None or not held.in_engine:
+            return
+        held.in_engine = False
+        self._complete(held, outcome)
+
     async def _execute(self, held: _Held, info: FunctionInfo, walltime_s: float | None) -> None:
+        """Run an ``async def`` task in this loop, within the async slots."""
         rt = self._runtime
         allowed = self.settings.allowed_strategies
-        slots = rt.async_slots if info.is_async else rt.sync_slots
         payload = held.work.payload
+        outcome: Outcome | None = None
         try:
-            async with slots:
+            async with rt.async_slots:
                 self._running += 1
                 held.running = True
                 try:
-                    if info.is_async:
-                        async with asyncio.timeout(walltime_s):
-                            outcome = await run_coroutine(
-                                info.fn, payload, allowed=allowed, limits=self._limits
-                            )
-                    else:
-                        call = Call(info.function_id, info.code, payload, allowed, self._limits)
-                        outcome = await rt.engine.run(call, walltime_s=walltime_s)
-                except TimeoutError:
-                    outcome = Outcome.failure(
-                        error_record(
-                            WALLTIME_EXCEEDED,
-                            f"the task ran past its walltime of {walltime_s:g} s and was stopped",
+                    async with asyncio.timeout(walltime_s):
+                        outcome = await run_coroutine(
+                            info.fn, payload, allowed=allowed, limits=self._limits
                         )
-                    )
+                except TimeoutError:
+                    assert walltime_s is not None
+                    outcome = walltime_exceeded(walltime_s)
                 finally:
                     self._running -= 1
                     held.running = False
         except asyncio.CancelledError:
             if held.stop is None:
                 raise  # the agent itself is being torn down
-        except Exception as exc:  # a fault of the engine, not of the task's code
+        except Exception as exc:  # a fault of the agent, not of the task's code
             log.exception("running task %s failed inside the agent", held.work.task_id)
             outcome = Outcome.failure(describe(exc))
+        self._stopped(held, outcome)
+
+    def _stopped(self, held: _Held, outcome: Outcome | None = None) -> None:
+        """Settle a task that ended (``outcome``) or was stopped (``held.stop``)."""
         if held.stop is _Stop.LOST:
             self._release(held)
             self._wake.set()
@@ -514,7 +569,7 @@ class Agent:
             self._returned.append(held)
         elif held.stop is _Stop.CANCEL:
             self._complete(held, Outcome.cancelled())
-        else:
+        elif outcome is not None:
             self._complete(held, outcome)
 
     def _complete(self, held: _Held, outcome: Outcome) -> None:

@@ -96,6 +96,16 @@ def worker_lost(attempt: int, max_attempts: int) -> ExceptionRecord:
     )
 
 
+def walltime_exceeded(walltime_s: float) -> Outcome:
+    """How a task stopped for running past its walltime ends."""
+    return Outcome.failure(
+        error_record(
+            WALLTIME_EXCEEDED,
+            f"the task ran past its walltime of {walltime_s:g} s and was stopped",
+        )
+    )
+
+
 def describe(exc: BaseException) -> ExceptionRecord:
     """:func:`~sdk.messages.exception_record`, safe against exceptions that fail to print."""
     try:

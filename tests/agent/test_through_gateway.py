@@ -20,6 +20,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from endpoint_agent import Agent
+from endpoint_agent.processes import LOOKAHEAD_MAX
 from sdk.asyncio_client import AsyncClient
 from sdk.states import TaskState
 from tests.agent.gateway_stack import (
@@ -40,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[2]
 """The checkout whose code the ``fxbroker ws`` processes run."""
 
 DOUBLE = source_code("double", "def double(x):\n    return 2 * x\n")
+NAP = source_code("nap", "import time\n\ndef nap(s):\n    time.sleep(s)\n    return s\n")
 BOOM = source_code(
     "boom",
     """
@@ -76,7 +78,7 @@ def in_hand(server: ResultServer) -> int:
     return sum(s.ledger.handed + s.ledger.credit for s in server.gateway.sessions)
 
 
-async def test_tasks_run_with_credit_never_past_the_free_workers(
+async def test_tasks_run_with_credit_never_past_the_workers_and_their_lookahead(
     stack: GatewayStack, endpoint: GatewayEndpoint
 ) -> None:
     fid = await endpoint.register(DOUBLE)
@@ -95,8 +97,45 @@ async def test_tasks_run_with_credit_never_past_the_free_workers(
             agent.stop()
             await run
     assert [await endpoint.result(t) for t in task_ids] == [2 * i for i in range(40)]
-    assert max(seen) == 2  # strict backpressure: never more than the free workers
+    # Quick calls add the engine's look-ahead, at most its cap per worker; long calls keep
+    # the credit at the free workers (test_long_tasks_leave_the_rest_to_a_second_agent).
+    assert 2 <= max(seen) <= 2 * LOOKAHEAD_MAX
     assert sorted(await endpoint.notices()) == sorted((t, "success") for t in task_ids)
+    await endpoint.assert_settled()
+
+
+async def test_long_tasks_leave_the_rest_to_a_second_agent(
+    stack: GatewayStack, endpoint: GatewayEndpoint, redis_url: str
+) -> None:
+    """While its calls are seen to take long, an agent's credit is its free workers: what
+    they cannot start stays in the stream, and a second agent takes it."""
+    nap_id, hold = await endpoint.register(NAP), await endpoint.register(HOLD)
+    gate = Gate(endpoint)
+    async with stack.ws() as server:
+        url = ws_url(server)
+        async with Agent(agent_settings(endpoint, url, consumer="first")) as first:
+            run_first = asyncio.create_task(first.run())
+            naps = await endpoint.submit_calls(nap_id, [(0.3,) for _ in range(4)])
+            await until(lambda: finished(endpoint, naps), "the naps")  # seen to take long
+            assert first.settings.workers == 2 and in_hand(server) <= 2
+
+            held = await endpoint.submit_calls(hold, [(*gate.args(redis_url), i) for i in range(5)])
+            await gate.wait_started(2)
+            assert in_hand(server) == 2 and await endpoint.pending() == 2
+            second = agent_settings(endpoint, url, consumer="second", engine="thread")
+            async with Agent(second) as other:
+                run_second = asyncio.create_task(other.run())
+                await gate.wait_started(2)  # the second agent took what the first left
+                assert in_hand(server) == 4
+                await gate.release(5)
+                await until(lambda: finished(endpoint, held), "every held task settled")
+                other.stop()
+                await run_second
+            first.stop()
+            await run_first
+    agents = {(await endpoint.task(t))["agent"] for t in held}
+    assert agents == {"first", "second"}
+    assert [await endpoint.result(t) for t in held] == list(range(5))
     await endpoint.assert_settled()
 
 
