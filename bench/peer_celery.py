@@ -4,8 +4,9 @@ The worker runs as ``python -m bench.peer_celery REDIS_URL TAG``. Every key both
 starts with the run's tag (kombu's and the result backend's ``global_keyprefix``) and the
 queue is the run's own. The worker runs without gossip, mingle and heartbeat (cluster
 events this single-worker run does not need); everything else is Celery's default.
-Results are awaited with ``ResultSet.join_native`` (throughput) and ``AsyncResult.get``
-(latency), both pushed through the backend's pub/sub.
+Results are awaited with ``ResultSet.join_native`` (throughput, payload) and
+``AsyncResult.get`` (latency), both pushed through the backend's pub/sub. Payload bytes go
+through Celery's default JSON serializer (kombu writes bytes that are not UTF-8 as base64).
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from celery import Celery  # type: ignore[import-untyped]
 from celery.result import ResultSet  # type: ignore[import-untyped]
 
 from bench import tasks
+from bench.peers import check_echoes
 from bench.services import PYTHON, Processes, delete_matching
 
 TASK = "bench.noop"
+ECHO = "bench.echo"
 
 
 def make_app(redis_url: str, tag: str) -> Celery:
@@ -36,6 +39,7 @@ def make_app(redis_url: str, tag: str) -> Celery:
         worker_hijack_root_logger=False,
     )
     app.task(name=TASK)(tasks.noop)
+    app.task(name=ECHO)(tasks.echo)
     return app
 
 
@@ -97,6 +101,17 @@ class CeleryPeer:
             samples.append(time.perf_counter() - start)
             result.forget()
         return samples
+
+    def payload(self, n: int, data: bytes, timeout_s: float) -> float:
+        start = time.perf_counter()
+        results = ResultSet([self.app.send_task(ECHO, args=[data]) for _ in range(n)],
+                            app=self.app)  # fmt: skip
+        values = results.join_native(timeout=timeout_s)
+        wall = time.perf_counter() - start
+        check_echoes(self.name, list(values), data)
+        for result in results.results:
+            result.forget()
+        return wall
 
 
 def main(argv: list[str]) -> None:
