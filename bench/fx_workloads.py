@@ -81,7 +81,7 @@ def executor_wall(
             raise TimeoutError(f"{len(pending)} of {n} tasks unfinished after the timeout")
         wrong = sum(1 for future in done if future.result() != expect)
         if wrong:
-            raise RuntimeError(f"{wrong} of {n} tasks returned something else than expected")
+            raise RuntimeError(f"{wrong} of {n} tasks did not return what was expected")
     return wall
 
 

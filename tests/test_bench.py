@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from bench import fx_workloads as fx
 from bench.demo_run import parse_rates
 from bench.report import (
+    ASYNC_WIDE_ROW,
     DEMO_STYLES,
     FXBROKER,
     PEERS,
@@ -170,6 +172,10 @@ def test_every_target_fails_when_nothing_was_measured() -> None:
     assert not any(t.passed for t in found)
     assert all(math.isnan(t.value) for t in found)
     assert "no broker peer" in found[0].note
+
+
+def test_the_wide_async_row_names_the_wide_agents_slots() -> None:
+    assert ASYNC_WIDE_ROW == f"AsyncClient, {fx.WIDE_SLOTS:,} slots"
 
 
 def test_demo_within_2x_either_way() -> None:
