@@ -311,7 +311,10 @@ def render(figures: Figures, found: Sequence[Target], *, header: str) -> str:
     lines += ["", "targets"]
     for t in found:
         verdict = "PASS" if t.passed else "FAIL"
-        note = f"  ({t.note})" if t.note else ""
+        if math.isnan(t.value) or math.isnan(t.threshold):
+            note = "  (not measured in this run)"
+        else:
+            note = f"  ({t.note})" if t.note else ""
         lines.append(
             f"  {verdict}  {t.name}: {fmt(t.value)} {t.unit} {t.op} {fmt(t.threshold)}{note}"
         )

@@ -172,6 +172,8 @@ def test_every_target_fails_when_nothing_was_measured() -> None:
     assert not any(t.passed for t in found)
     assert all(math.isnan(t.value) for t in found)
     assert "no broker peer" in found[0].note
+    table = render(Figures(), found, header="h")
+    assert table.count("(not measured in this run)") == TARGETS
 
 
 def test_the_wide_async_row_names_the_wide_agents_slots() -> None:
