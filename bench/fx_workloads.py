@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import os
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -20,7 +21,14 @@ import redis
 
 from bench import tasks
 from bench.platform import Deployment
-from bench.report import FXBROKER, Figures, percentile
+from bench.report import (
+    ASYNC_PUSH_ROW,
+    FXBROKER,
+    LONG_POLL_ROW,
+    PAYLOAD_ROW,
+    Figures,
+    percentile,
+)
 from bench.services import used_memory
 from bench.settings import BenchSettings
 from fxbroker import AsyncClient, Batch, Executor
@@ -33,6 +41,9 @@ PREFETCH_TASKS = 8
 """The prefetch of the PREFETCH agent (an opt-in setting; the other agents use the default 0)."""
 SEED = "bench-seed"
 IDLE = "bench-idle"
+WIDE = "bench-wide"
+WIDE_SLOTS = 10_000
+"""The async slots (``max_concurrency``) of the WIDE agent, which runs the second async row."""
 
 
 def _check_all_succeeded(results: dict[str, dict[str, Any]]) -> None:
@@ -44,28 +55,33 @@ def _check_all_succeeded(results: dict[str, dict[str, Any]]) -> None:
 def executor_wall(
     deployment: Deployment,
     endpoint: str,
-    fn: Callable[[], None],
+    fn: Callable[..., object],
     n: int,
     s: BenchSettings,
     *,
+    args: tuple[object, ...] = (),
+    expect: object = None,
     meter: AbstractContextManager[object] | None = None,
 ) -> float:
-    """Seconds from the first ``submit`` until every future of ``n`` calls of ``fn`` is done.
+    """Seconds from the first ``submit`` until every future of ``n`` calls ``fn(*args)`` is done.
 
-    ``meter`` is entered just around that span (after the warm-up, before the results are
-    checked), so a caller can measure what else the clocked part costs (:mod:`bench.hop_cost`).
+    Every result must equal ``expect`` (the no-op's and the sleeps' ``None``, the echo's
+    argument). ``meter`` is entered just around the clocked span (after the warm-up, before
+    the results are checked), so a caller can measure what else it costs
+    (:mod:`bench.hop_cost`).
     """
     with deployment.client() as client, Executor(deployment.endpoints[endpoint], client) as ex:
         ex.submit(tasks.noop).result(timeout=s.task_timeout_s)  # warm-up
         with meter or contextlib.nullcontext():
             start = time.perf_counter()
-            futures = [ex.submit(fn) for _ in range(n)]
+            futures = [ex.submit(fn, *args) for _ in range(n)]
             done, pending = concurrent.futures.wait(futures, timeout=s.task_timeout_s)
             wall = time.perf_counter() - start
         if pending:
             raise TimeoutError(f"{len(pending)} of {n} tasks unfinished after the timeout")
-        for future in done:
-            future.result()
+        wrong = sum(1 for future in done if future.result() != expect)
+        if wrong:
+            raise RuntimeError(f"{wrong} of {n} tasks did not return what was expected")
     return wall
 
 
@@ -102,6 +118,26 @@ def throughput_polling(
                 unit="tasks/s", better="higher")  # fmt: skip
 
 
+def throughput_async(
+    figures: Figures, deployment: Deployment, endpoint: str, variant: str, s: BenchSettings
+) -> None:
+    """One ``AsyncClient`` gathering ``run`` of every task at once, results pushed."""
+    n = s.throughput_tasks
+
+    async def measure() -> float:
+        async with AsyncClient(deployment.url, deployment.token, ws_url=deployment.ws_url,
+                               endpoint_id=deployment.endpoints[endpoint]) as fx:  # fmt: skip
+            fid = await fx.register_function(tasks.noop)
+            await asyncio.wait_for(fx.run(function_id=fid), s.task_timeout_s)  # warm-up
+            start = time.perf_counter()
+            runs = [fx.run(function_id=fid) for _ in range(n)]
+            await asyncio.wait_for(asyncio.gather(*runs), s.task_timeout_s)
+            return time.perf_counter() - start
+
+    figures.add("throughput", FXBROKER, variant, "throughput", n / asyncio.run(measure()),
+                unit="tasks/s", better="higher")  # fmt: skip
+
+
 def _add_latency(figures: Figures, variant: str, samples_s: list[float]) -> None:
     ms = [x * 1000 for x in samples_s]
     figures.add("latency", FXBROKER, variant, "p50", percentile(ms, 50), unit="ms",
@@ -125,11 +161,12 @@ def latency_async(figures: Figures, deployment: Deployment, s: BenchSettings) ->
                 samples.append(time.perf_counter() - start)
             return samples
 
-    _add_latency(figures, "AsyncClient (push)", asyncio.run(measure()))
+    _add_latency(figures, ASYNC_PUSH_ROW, asyncio.run(measure()))
 
 
 def latency_polling(figures: Figures, deployment: Deployment, s: BenchSettings) -> None:
-    """Sequential ``Client.run`` then ``Client.wait`` polling every ``poll_interval_s``."""
+    """Sequential ``Client.run`` then ``Client.wait``, whose request is a long poll the
+    service answers when the result exists (``poll_s`` only paces a service that does not)."""
     endpoint_id = deployment.endpoints[PROCESS]
     samples = []
     with deployment.client() as client:
@@ -141,7 +178,7 @@ def latency_polling(figures: Figures, deployment: Deployment, s: BenchSettings) 
             if i:  # the first is the warm-up
                 samples.append(time.perf_counter() - start)
             _check_all_succeeded(result)
-    _add_latency(figures, f"Client (polling every {s.poll_interval_s * 1000:g} ms)", samples)
+    _add_latency(figures, LONG_POLL_ROW, samples)
 
 
 def seed(figures: Figures, deployment: Deployment, s: BenchSettings) -> None:
@@ -151,22 +188,24 @@ def seed(figures: Figures, deployment: Deployment, s: BenchSettings) -> None:
     figures.add("seed", FXBROKER, variant, "wall", wall, unit="s", better="lower")
 
 
-def async_concurrency(figures: Figures, deployment: Deployment, s: BenchSettings) -> None:
-    """``async def`` tasks each awaiting ``asyncio.sleep(1)``, all gathered at once."""
+def async_concurrency(
+    figures: Figures, deployment: Deployment, endpoint: str, n: int, variant: str, s: BenchSettings
+) -> None:
+    """``n`` ``async def`` tasks each awaiting ``asyncio.sleep(1)``, all gathered at once."""
 
     async def measure() -> float:
         async with AsyncClient(deployment.url, deployment.token, ws_url=deployment.ws_url,
-                               endpoint_id=deployment.endpoints[PROCESS]) as fx:  # fmt: skip
+                               endpoint_id=deployment.endpoints[endpoint]) as fx:  # fmt: skip
             await asyncio.wait_for(fx.run(function_id=await fx.register_function(tasks.noop)),
                                    s.task_timeout_s)  # fmt: skip
             fid = await fx.register_function(tasks.async_sleep_1s)
             start = time.perf_counter()
-            runs = [fx.run(function_id=fid) for _ in range(s.async_tasks)]
+            runs = [fx.run(function_id=fid) for _ in range(n)]
             await asyncio.wait_for(asyncio.gather(*runs), s.task_timeout_s)
             return time.perf_counter() - start
 
-    figures.add("async", FXBROKER, "AsyncClient, process x2", "wall", asyncio.run(measure()),
-                unit="s", better="lower")  # fmt: skip
+    figures.add("async", FXBROKER, variant, "wall", asyncio.run(measure()), unit="s",
+                better="lower")  # fmt: skip
 
 
 def submission(figures: Figures, deployment: Deployment, s: BenchSettings) -> None:
@@ -249,3 +288,18 @@ def fanout(figures: Figures, deployment: Deployment, s: BenchSettings) -> None:
     figures.add("fan-out", FXBROKER, variant, "wall", wall, unit="s", better="lower")
     figures.add("fan-out", FXBROKER, variant, "p99", percentile([x * 1000 for x in latencies], 99),
                 unit="ms", better="lower")  # fmt: skip
+
+
+def payload_megabytes(s: BenchSettings) -> float:
+    """MB (10^6 bytes) one payload sample moves: every argument in and every result out."""
+    return s.payload_tasks * 2 * s.payload_bytes / 1e6
+
+
+def payload(figures: Figures, deployment: Deployment, s: BenchSettings) -> None:
+    """Tasks that each take ``payload_bytes`` of random bytes and return them, through the
+    Executor on the process agent: MB/s of arguments and results together."""
+    data = os.urandom(s.payload_bytes)  # random, so no compression on the way helps
+    wall = executor_wall(deployment, PROCESS, tasks.echo, s.payload_tasks, s, args=(data,),
+                         expect=data)  # fmt: skip
+    figures.add("payload", FXBROKER, PAYLOAD_ROW, "throughput", payload_megabytes(s) / wall,
+                unit="MB/s", better="higher")  # fmt: skip

@@ -1,4 +1,4 @@
-"""arq: one worker process running the ``async def`` no-op (arq runs only coroutines).
+"""arq: one worker process running the ``async def`` no-op and echo (arq runs only coroutines).
 
 The worker runs as ``python -m bench.peer_arq REDIS_URL QUEUE POLL_S``. arq workers poll
 their queue; the poll delay is set to the benchmark's polling interval (arq's default is
@@ -23,6 +23,7 @@ from arq.jobs import Job
 from arq.worker import Worker, func
 
 from bench import tasks
+from bench.peers import check_echoes
 from bench.services import PYTHON, Processes, delete_matching
 
 ENQUEUE_AT_ONCE = 50
@@ -68,22 +69,25 @@ class ArqPeer:
         finally:
             await pool.aclose()
 
-    async def _run(self, pool: ArqRedis, n: int, timeout_s: float) -> None:
+    async def _run(
+        self, pool: ArqRedis, n: int, timeout_s: float, fn: str = "noop", *args: object
+    ) -> list[object]:
+        """Enqueue ``n`` jobs of ``fn(*args)``; their results, in order, once all succeeded."""
         first, self._count = self._count, self._count + n
         jobs: list[Job] = []
         for chunk in range(first, first + n, ENQUEUE_AT_ONCE):
             last = min(chunk + ENQUEUE_AT_ONCE, first + n)
             enqueued = await asyncio.gather(
-                *(pool.enqueue_job("noop", _job_id=f"{self._tag}-{i}") for i in range(chunk, last))
-            )
+                *(pool.enqueue_job(fn, *args, _job_id=f"{self._tag}-{i}")
+                  for i in range(chunk, last))
+            )  # fmt: skip
             jobs += [j for j in enqueued if j is not None]
         if len(jobs) != n:
             raise RuntimeError(f"arq: {n - len(jobs)} jobs were not enqueued")
         deadline = time.monotonic() + timeout_s
-        for job in jobs:
-            await self._result(job, deadline)
+        return [await self._result(job, deadline) for job in jobs]
 
-    async def _result(self, job: Job, deadline: float) -> None:
+    async def _result(self, job: Job, deadline: float) -> object:
         """``Job.result`` without its race (it reads the result and the queue in two
         commands, and calls a job finished in between "not found"): poll the result alone."""
         while (info := await job.result_info()) is None:
@@ -92,6 +96,7 @@ class ArqPeer:
             await asyncio.sleep(self._poll_s)
         if not info.success:
             raise RuntimeError(f"arq: job {job.job_id} failed: {info.result!r}")
+        return info.result
 
     def throughput(self, n: int, timeout_s: float) -> float:
         async def body(pool: ArqRedis) -> float:
@@ -112,10 +117,20 @@ class ArqPeer:
 
         return asyncio.run(self._session(body))
 
+    def payload(self, n: int, data: bytes, timeout_s: float) -> float:
+        async def body(pool: ArqRedis) -> float:
+            start = time.perf_counter()
+            values = await self._run(pool, n, timeout_s, "echo", data)
+            wall = time.perf_counter() - start
+            check_echoes(self.name, values, data)
+            return wall
+
+        return asyncio.run(self._session(body))
+
 
 async def _work(redis_url: str, queue: str, poll_s: float) -> None:
     worker = Worker(
-        functions=[func(tasks.async_noop, name="noop")],
+        functions=[func(tasks.async_noop, name="noop"), func(tasks.async_echo, name="echo")],
         redis_settings=RedisSettings.from_dsn(redis_url),
         queue_name=queue,
         poll_delay=poll_s,

@@ -5,11 +5,13 @@ starts with the run's tag (kombu's and the result backend's ``global_keyprefix``
 queue is the run's own. The worker runs without gossip, mingle and heartbeat (cluster
 events this single-worker run does not need); everything else is Celery's default.
 Results are awaited with ``ResultSet.join_native`` (throughput) and ``AsyncResult.get``
-(latency), both pushed through the backend's pub/sub.
+(latency, payload), both pushed through the backend's pub/sub. Payload bytes go
+through Celery's default JSON serializer (kombu writes bytes that are not UTF-8 as base64).
 """
 
 from __future__ import annotations
 
+import collections
 import sys
 import time
 from types import TracebackType
@@ -19,9 +21,16 @@ from celery import Celery  # type: ignore[import-untyped]
 from celery.result import ResultSet  # type: ignore[import-untyped]
 
 from bench import tasks
+from bench.peers import check_echoes
 from bench.services import PYTHON, Processes, delete_matching
 
 TASK = "bench.noop"
+ECHO = "bench.echo"
+PAYLOAD_IN_FLIGHT = 8
+"""Payload echoes outstanding at once. Celery's Redis backend pushes every result over pub/sub,
+and Redis drops a pub/sub client with over 32 MB of unread output (its default
+``client-output-buffer-limit``); Celery then waits for the results it missed until its
+timeout. Eight 1 MiB echoes (base64 in JSON) stay far below that and keep both workers busy."""
 
 
 def make_app(redis_url: str, tag: str) -> Celery:
@@ -36,6 +45,7 @@ def make_app(redis_url: str, tag: str) -> Celery:
         worker_hijack_root_logger=False,
     )
     app.task(name=TASK)(tasks.noop)
+    app.task(name=ECHO)(tasks.echo)
     return app
 
 
@@ -97,6 +107,29 @@ class CeleryPeer:
             samples.append(time.perf_counter() - start)
             result.forget()
         return samples
+
+    def payload(self, n: int, data: bytes, timeout_s: float) -> float:
+        """At most :data:`PAYLOAD_IN_FLIGHT` echoes outstanding, each awaited in order."""
+        deadline = time.monotonic() + timeout_s
+        start = time.perf_counter()
+        waiting: collections.deque[Any] = collections.deque()
+        values: list[object] = []
+        for _ in range(n):
+            waiting.append(self.app.send_task(ECHO, args=[data]))
+            if len(waiting) == PAYLOAD_IN_FLIGHT:
+                values.append(_collect(waiting.popleft(), deadline))
+        while waiting:
+            values.append(_collect(waiting.popleft(), deadline))
+        wall = time.perf_counter() - start
+        check_echoes(self.name, values, data)
+        return wall
+
+
+def _collect(result: Any, deadline: float) -> object:
+    """``result``'s value, waited for until ``deadline`` (monotonic); its record forgotten."""
+    value = result.get(timeout=max(deadline - time.monotonic(), 0.001))
+    result.forget()
+    return value
 
 
 def main(argv: list[str]) -> None:

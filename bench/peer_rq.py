@@ -2,9 +2,10 @@
 run's own.
 
 Each worker runs as ``python -m bench.peer_rq REDIS_URL QUEUE NAME``. Jobs are enqueued with
-``Queue.enqueue_many`` (one pipeline) and awaited with ``Job.latest_result(timeout=...)``,
-which blocks on the job's result stream. Queue, job and worker names carry the run's tag, so
-its keys are found and deleted afterwards; the worker leaves RQ's shared worker set on exit.
+``Queue.enqueue_many`` (one pipeline; arguments pickled, RQ's default) and awaited with
+``Job.latest_result(timeout=...)``, which blocks on the job's result stream. Queue, job and
+worker names carry the run's tag, so its keys are found and deleted afterwards; the worker
+leaves RQ's shared worker set on exit.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import math
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from types import TracebackType
 
 from redis import Redis
@@ -21,6 +23,7 @@ from rq.job import Job
 from rq.results import Result
 
 from bench import tasks
+from bench.peers import check_echoes
 from bench.services import PYTHON, Processes, delete_matching
 
 
@@ -61,18 +64,21 @@ class RqPeer:
             self._redis.close()
         delete_matching(self._url, f"*{self._tag}*")
 
-    def _enqueue(self, n: int) -> list[Job]:
+    def _enqueue(self, n: int, fn: Callable[..., object] = tasks.noop,
+                 args: tuple[object, ...] = ()) -> list[Job]:  # fmt: skip
         if self._queue is None:
             raise RuntimeError("open the peer with `with` first")
         first, self._count = self._count, self._count + n
         datas = [
-            Queue.prepare_data(tasks.noop, job_id=f"{self._tag}-{i}")
+            Queue.prepare_data(fn, args=args, job_id=f"{self._tag}-{i}")
             for i in range(first, first + n)
         ]
         return self._queue.enqueue_many(datas)
 
-    def _wait(self, jobs: list[Job], timeout_s: float) -> None:
+    def _wait(self, jobs: list[Job], timeout_s: float) -> list[object]:
+        """Every job's return value, in order, once each has succeeded."""
         deadline = time.monotonic() + timeout_s
+        values: list[object] = []
         for job in jobs:
             left = math.ceil(deadline - time.monotonic())
             if left < 1:
@@ -80,6 +86,8 @@ class RqPeer:
             result = job.latest_result(timeout=left)
             if result is None or result.type != Result.Type.SUCCESSFUL:
                 raise RuntimeError(f"rq: job {job.id} did not succeed: {result!r}")
+            values.append(result.return_value)
+        return values
 
     def throughput(self, n: int, timeout_s: float) -> float:
         start = time.perf_counter()
@@ -93,6 +101,13 @@ class RqPeer:
             self._wait(self._enqueue(1), timeout_s)
             samples.append(time.perf_counter() - start)
         return samples
+
+    def payload(self, n: int, data: bytes, timeout_s: float) -> float:
+        start = time.perf_counter()
+        values = self._wait(self._enqueue(n, tasks.echo, (data,)), timeout_s)
+        wall = time.perf_counter() - start
+        check_echoes(self.name, values, data)
+        return wall
 
 
 def main(argv: list[str]) -> None:

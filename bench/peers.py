@@ -1,10 +1,12 @@
 """What every peer offers the runner, and the bare ``ProcessPoolExecutor`` floor.
 
 A peer is opened with ``with`` (its workers start and one task warms it up), then asked for
-one throughput sample (seconds for ``n`` no-op tasks, submit to the last result) and one
-latency sample (seconds of each of ``n`` sequential round trips). Each peer runs the same
-:func:`bench.tasks.noop` (arq, which runs only coroutines, its ``async def`` twin) with two
-workers, and waits for results the fastest way its own client offers.
+one throughput sample (seconds for ``n`` no-op tasks, submit to the last result), one
+latency sample (seconds of each of ``n`` sequential round trips) or one payload sample
+(seconds for ``n`` tasks that each take ``data`` and return it, every result checked). Each
+peer runs the same :func:`bench.tasks.noop` and :func:`bench.tasks.echo` (arq, which runs
+only coroutines, their ``async def`` twins) with two workers, serializes them its own default
+way, and waits for results the fastest way its own client offers.
 """
 
 from __future__ import annotations
@@ -37,6 +39,17 @@ class Peer(Protocol):
     def latency(self, n: int, timeout_s: float) -> list[float]:
         """Seconds of each of ``n`` sequential submit-and-wait round trips."""
         ...
+
+    def payload(self, n: int, data: bytes, timeout_s: float) -> float:
+        """Seconds from the first submission of ``n`` echoes of ``data`` until all are back."""
+        ...
+
+
+def check_echoes(name: str, results: list[object], data: bytes) -> None:
+    """Raise unless every result is ``data``: a payload figure is never made of failures."""
+    wrong = sum(1 for result in results if result != data)
+    if wrong:
+        raise RuntimeError(f"{name}: {wrong} of {len(results)} echoes came back wrong")
 
 
 class PoolPeer:
@@ -88,3 +101,13 @@ class PoolPeer:
             self.pool.submit(tasks.noop).result(timeout=timeout_s)
             samples.append(time.perf_counter() - start)
         return samples
+
+    def payload(self, n: int, data: bytes, timeout_s: float) -> float:
+        start = time.perf_counter()
+        futures = [self.pool.submit(tasks.echo, data) for _ in range(n)]
+        done, pending = concurrent.futures.wait(futures, timeout=timeout_s)
+        wall = time.perf_counter() - start
+        if pending:
+            raise TimeoutError(f"{len(pending)} of {n} tasks unfinished")
+        check_echoes(self.name, [future.result() for future in done], data)
+        return wall

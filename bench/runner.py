@@ -2,8 +2,9 @@
 
 Layout (a real deployment on one machine): Redis is ``REDIS_URL`` or a private
 ``redis-server``; fxbroker runs as separate processes (``fxbroker web``, ``fxbroker ws`` and
-three ``fxbroker endpoint start`` agents); each peer's workers run as subprocesses started
-for its turn; the clients of every system run in this process. Each repeat runs every step
+one ``fxbroker endpoint start`` agent per endpoint); each peer's workers run as subprocesses
+started for its turn; the clients of every system run in this process, except ``fxbroker
+demo``, which runs as a user runs it, a subprocess with its own stack. Each repeat runs every step
 once, the order rotated by one from repeat to repeat, so no system always goes first or
 last; the figures are the medians over the repeats.
 """
@@ -24,18 +25,29 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from bench import demo_run
 from bench import fx_workloads as fx
 from bench.peer_arq import ArqPeer
 from bench.peer_celery import CeleryPeer
 from bench.peer_rq import RqPeer
 from bench.peers import Peer, PoolPeer
 from bench.platform import AgentSpec, Deployment, Platform
-from bench.report import Figures, percentile, render, targets, to_json, write_json
+from bench.report import (
+    ASYNC_ROW,
+    ASYNC_WIDE_ROW,
+    Figures,
+    percentile,
+    render,
+    targets,
+    to_json,
+    write_json,
+)
 from bench.services import Processes, RedisServer
 from bench.settings import BenchSettings
 
 PACKAGES = ("fxbroker", "celery", "rq", "arq", "redis", "hiredis")
-WORKLOADS = ("throughput", "latency", "seed", "async", "submission", "fan-out", "peers")
+WORKLOADS = ("throughput", "latency", "seed", "async", "submission", "fan-out", "payload", "demo",
+             "peers")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -48,7 +60,7 @@ class Step:
 PREFETCH_ROW = f"Executor, process x2, prefetch {fx.PREFETCH_TASKS}"
 
 
-def _fx_steps(figures: Figures, d: Deployment, s: BenchSettings) -> list[Step]:
+def _fx_steps(figures: Figures, d: Deployment, s: BenchSettings, workdir: Path) -> list[Step]:
     return [
         Step("throughput", "fxbroker Executor, process x2", lambda: fx.throughput_executor(
             figures, d, fx.PROCESS, "Executor, process x2", s)),
@@ -60,12 +72,19 @@ def _fx_steps(figures: Figures, d: Deployment, s: BenchSettings) -> list[Step]:
             figures, d, fx.PROCESS, "batch_run + polling, process x2", s)),
         Step("throughput", "fxbroker batch_run+poll, thread x2", lambda: fx.throughput_polling(
             figures, d, fx.THREAD, "batch_run + polling, thread x2", s)),
+        Step("throughput", "fxbroker AsyncClient gather, process x2", lambda: (
+            fx.throughput_async(figures, d, fx.PROCESS, "AsyncClient gather, process x2", s))),
         Step("latency", "fxbroker AsyncClient", lambda: fx.latency_async(figures, d, s)),
         Step("latency", "fxbroker Client polling", lambda: fx.latency_polling(figures, d, s)),
         Step("seed", "fxbroker seed example", lambda: fx.seed(figures, d, s)),
-        Step("async", "fxbroker async tasks", lambda: fx.async_concurrency(figures, d, s)),
+        Step("async", "fxbroker async tasks", lambda: fx.async_concurrency(
+            figures, d, fx.PROCESS, s.async_tasks, ASYNC_ROW, s)),
+        Step("async", "fxbroker async tasks, wide agent", lambda: fx.async_concurrency(
+            figures, d, fx.WIDE, s.async_wide_tasks, ASYNC_WIDE_ROW, s)),
         Step("submission", "fxbroker submission", lambda: fx.submission(figures, d, s)),
         Step("fan-out", "fxbroker fan-out", lambda: fx.fanout(figures, d, s)),
+        Step("payload", "fxbroker payload", lambda: fx.payload(figures, d, s)),
+        Step("demo", "fxbroker demo", lambda: demo_run.demo(figures, workdir, s)),
     ]  # fmt: skip
 
 
@@ -83,16 +102,31 @@ def _peer_step(figures: Figures, s: BenchSettings, make: Callable[[], Peer], nam
     return Step("peers", name, run)
 
 
+def _peer_payload_step(
+    figures: Figures, s: BenchSettings, make: Callable[[], Peer], name: str
+) -> Step:
+    def run() -> None:
+        data = os.urandom(s.payload_bytes)  # random, so no compression on the way helps
+        with make() as peer:
+            wall = peer.payload(s.payload_tasks, data, s.task_timeout_s)
+        figures.add("payload", peer.name, peer.variant, "throughput",
+                    fx.payload_megabytes(s) / wall, unit="MB/s", better="higher")  # fmt: skip
+
+    return Step("payload", f"{name} payload", run)
+
+
 def _peer_steps(
     figures: Figures, s: BenchSettings, redis_url: str, tag: str, procs: Processes
 ) -> list[Step]:
     w = s.pool_workers
-    return [
-        _peer_step(figures, s, lambda: PoolPeer(w), "ProcessPoolExecutor"),
-        _peer_step(figures, s, lambda: CeleryPeer(redis_url, tag, procs, w), "celery"),
-        _peer_step(figures, s, lambda: RqPeer(redis_url, tag, procs, w), "rq"),
-        _peer_step(figures, s, lambda: ArqPeer(redis_url, tag, procs, s.poll_interval_s), "arq"),
+    makers: list[tuple[str, Callable[[], Peer]]] = [
+        ("ProcessPoolExecutor", lambda: PoolPeer(w)),
+        ("celery", lambda: CeleryPeer(redis_url, tag, procs, w)),
+        ("rq", lambda: RqPeer(redis_url, tag, procs, w)),
+        ("arq", lambda: ArqPeer(redis_url, tag, procs, s.poll_interval_s)),
     ]
+    steps = [_peer_step(figures, s, make, name) for name, make in makers]
+    return steps + [_peer_payload_step(figures, s, make, name) for name, make in makers]
 
 
 def _say(message: str) -> None:
@@ -111,6 +145,7 @@ def run(settings: BenchSettings) -> tuple[str, dict[str, Any]]:
         AgentSpec(fx.THREAD, "thread", 2),
         AgentSpec(fx.PREFETCH, "process", 2, prefetch=fx.PREFETCH_TASKS),
         AgentSpec(fx.SEED, "thread", s.seed_workers),
+        AgentSpec(fx.WIDE, "process", 2, max_concurrency=fx.WIDE_SLOTS),
     ]
     try:
         with RedisServer(s.redis_url) as redis_server:
@@ -120,7 +155,7 @@ def run(settings: BenchSettings) -> tuple[str, dict[str, Any]]:
                 start_timeout_s=s.start_timeout_s,
             )  # fmt: skip
             with platform_ as deployment, Processes(workdir / "peers.log") as peer_procs:
-                steps = _fx_steps(figures, deployment, s)
+                steps = _fx_steps(figures, deployment, s, workdir)
                 steps += _peer_steps(figures, s, redis_server.url, tag, peer_procs)
                 if s.only:
                     steps = [step for step in steps if step.workload in s.only]

@@ -23,10 +23,17 @@ class BenchSettings:
     seed_tasks: int = 50
     seed_workers: int = 64
     async_tasks: int = 1_000
+    async_wide_tasks: int = 10_000
+    """The second async row: this many sleeps on an agent with as many async slots."""
     submission_tasks: int = 100_000
     submission_batch: int = 2_000
     fanout_clients: int = 200
     fanout_results: int = 50
+    payload_tasks: int = 200
+    payload_bytes: int = 1024 * 1024
+    """Bytes of each payload task's argument and of its result."""
+    demo_tasks: int = 1_000
+    """``fxbroker demo --tasks``: tasks per client style (the demo's own default)."""
     pool_workers: int = 2
     poll_interval_s: float = 0.005
     task_timeout_s: float = 300.0
@@ -38,8 +45,9 @@ class BenchSettings:
 
     def __post_init__(self) -> None:
         for name in ("repeat", "throughput_tasks", "latency_round_trips", "seed_tasks",
-                     "async_tasks", "submission_tasks", "submission_batch", "fanout_clients",
-                     "fanout_results", "pool_workers"):  # fmt: skip
+                     "async_tasks", "async_wide_tasks", "submission_tasks", "submission_batch",
+                     "fanout_clients", "fanout_results", "payload_tasks", "payload_bytes",
+                     "demo_tasks", "pool_workers"):  # fmt: skip
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, not {value!r}")
@@ -60,8 +68,9 @@ class BenchSettings:
         """Tiny counts, one repeat: proves every row is produced, measures nothing."""
         quick = cls(
             repeat=1, quick=True, throughput_tasks=200, latency_round_trips=20, seed_tasks=10,
-            seed_workers=16, async_tasks=50, submission_tasks=2_000, submission_batch=500,
-            fanout_clients=10, fanout_results=5, task_timeout_s=60.0,
+            seed_workers=16, async_tasks=50, async_wide_tasks=100, submission_tasks=2_000,
+            submission_batch=500, fanout_clients=10, fanout_results=5, payload_tasks=4,
+            payload_bytes=64 * 1024, demo_tasks=20, task_timeout_s=60.0,
         )  # fmt: skip
         return replace(quick, **overrides)  # type: ignore[arg-type]
 

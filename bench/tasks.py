@@ -1,4 +1,4 @@
-"""The functions every system runs: the same no-op everywhere, and the seed's sleeps.
+"""The functions every system runs: the same no-op and payload echo everywhere, and the sleeps.
 
 Kept import-light: worker processes of every peer (and fxbroker's process engine) import
 this module to find the functions by name.
@@ -27,3 +27,13 @@ def sleep_1s() -> None:
 async def async_sleep_1s() -> None:
     """An ``async def`` task awaiting a one-second sleep in the agent's event loop."""
     await asyncio.sleep(1.0)
+
+
+def echo(data: bytes) -> bytes:
+    """The payload task: its argument back, so the bytes cross the system both ways."""
+    return data
+
+
+async def async_echo(ctx: dict[str, Any] | None, data: bytes) -> bytes:
+    """The payload task for arq (``ctx`` is arq's job context)."""
+    return data

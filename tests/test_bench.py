@@ -12,8 +12,21 @@ from pathlib import Path
 
 import pytest
 
-from bench.report import FXBROKER, PEERS, Figures, percentile, render, targets
+from bench import fx_workloads as fx
+from bench.demo_run import parse_rates
+from bench.report import (
+    ASYNC_WIDE_ROW,
+    DEMO_STYLES,
+    FXBROKER,
+    PEERS,
+    Figures,
+    percentile,
+    render,
+    targets,
+    times_apart,
+)
 from bench.services import count_matching
+from fxbroker.demo import Row
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -23,17 +36,22 @@ FX_ROWS = {
     ("throughput", "Executor, process x2, prefetch 8", "throughput"),
     ("throughput", "batch_run + polling, process x2", "throughput"),
     ("throughput", "batch_run + polling, thread x2", "throughput"),
+    ("throughput", "AsyncClient gather, process x2", "throughput"),
     ("latency", "AsyncClient (push)", "p50"),
     ("latency", "AsyncClient (push)", "p99"),
-    ("latency", "Client (polling every 5 ms)", "p50"),
-    ("latency", "Client (polling every 5 ms)", "p99"),
+    ("latency", "Client (long poll)", "p50"),
+    ("latency", "Client (long poll)", "p99"),
     ("seed", "Executor, thread x16", "wall"),
-    ("async", "AsyncClient, process x2", "wall"),
+    ("async", "AsyncClient, 1,000 slots", "wall"),
+    ("async", "AsyncClient, 10,000 slots", "wall"),
     ("submission", "Client.batch_run", "accepted"),
     ("submission", "Client.batch_run", "memory"),
     ("fan-out", "10 AsyncClients x 5", "wall"),
     ("fan-out", "10 AsyncClients x 5", "p99"),
+    ("payload", "Executor, process x2", "throughput"),
+    *(("demo", style, "throughput") for style in DEMO_STYLES),
 }
+TARGETS = 15
 
 
 def test_quick_run_produces_every_row(redis_url: str, tmp_path: Path) -> None:
@@ -51,7 +69,8 @@ def test_quick_run_produces_every_row(redis_url: str, tmp_path: Path) -> None:
     assert fx == FX_ROWS
     for peer in PEERS:
         metrics = {(w, m) for (w, system, _, m) in figures if system == peer}
-        assert metrics == {("throughput", "throughput"), ("latency", "p50"), ("latency", "p99")}
+        assert metrics == {("throughput", "throughput"), ("latency", "p50"), ("latency", "p99"),
+                           ("payload", "throughput")}  # fmt: skip
 
     for key, f in figures.items():
         assert len(f["samples"]) == 1, key
@@ -62,11 +81,12 @@ def test_quick_run_produces_every_row(redis_url: str, tmp_path: Path) -> None:
         if metric == "p50":
             assert f["median"] <= figures[(workload, system, variant, "p99")]["median"]
     assert figures[("seed", FXBROKER, "Executor, thread x16", "wall")]["median"] >= 1.0
-    assert figures[("async", FXBROKER, "AsyncClient, process x2", "wall")]["median"] >= 1.0
+    for variant in ("AsyncClient, 1,000 slots", "AsyncClient, 10,000 slots"):
+        assert figures[("async", FXBROKER, variant, "wall")]["median"] >= 1.0
 
     assert {r["peer"] for r in data["ratios"]} == set(PEERS)
     assert all(r["ratio"] is not None and r["ratio"] > 0 for r in data["ratios"])
-    assert len(data["targets"]) == 6
+    assert len(data["targets"]) == TARGETS
     for target in data["targets"]:
         verdict = "PASS" if target["passed"] else "FAIL"
         assert f"{verdict}  {target['name']}" in done.stdout
@@ -84,37 +104,100 @@ def test_percentile_interpolates_between_ranks() -> None:
 
 
 def _figures(fx_throughput: float, fx_p50: float) -> Figures:
+    """Medians that meet every target exactly at its threshold for ``(3000.0, 1.5)``."""
     f = Figures()
     tp = "throughput"
     f.add(tp, FXBROKER, "Executor, process x2", tp, fx_throughput, unit="/s", better="higher")
     f.add("latency", FXBROKER, "AsyncClient (push)", "p50", fx_p50, unit="ms", better="lower")
-    for peer, throughput, p50 in (("ProcessPoolExecutor", 4000.0, 0.3), ("celery", 300.0, 4.0),
-                                  ("rq", 400.0, 3.0), ("arq", 600.0, 6.0)):  # fmt: skip
+    f.add("latency", FXBROKER, "AsyncClient (push)", "p99", 2.0, unit="ms", better="lower")
+    f.add("latency", FXBROKER, "Client (long poll)", "p50", 3.0, unit="ms", better="lower")
+    for peer, throughput, p50, p99, mb_s in (("ProcessPoolExecutor", 4000.0, 0.3, 0.5, 900.0),
+                                             ("celery", 300.0, 4.0, 4.0, 50.0),
+                                             ("rq", 400.0, 3.0, 5.0, 80.0),
+                                             ("arq", 600.0, 6.0, 9.0, 70.0)):  # fmt: skip
         f.add(tp, peer, "x2", tp, throughput - 10, unit="/s", better="higher")
         f.add(tp, peer, "x2", tp, throughput, unit="/s", better="higher")
         f.add(tp, peer, "x2", tp, throughput + 1000, unit="/s", better="higher")
         f.add("latency", peer, "x2", "p50", p50, unit="ms", better="lower")
+        f.add("latency", peer, "x2", "p99", p99, unit="ms", better="lower")
+        f.add("payload", peer, "x2", tp, mb_s, unit="MB/s", better="higher")
+    f.add("payload", FXBROKER, "Executor, process x2", tp, 80.0, unit="MB/s", better="higher")
     f.add("seed", FXBROKER, "Executor, thread x64", "wall", 1.1, unit="s", better="lower")
-    f.add("async", FXBROKER, "AsyncClient, process x2", "wall", 1.4, unit="s", better="lower")
-    f.add("submission", FXBROKER, "Client.batch_run", "accepted", 30_000, unit="/s",
+    f.add("async", FXBROKER, "AsyncClient, 1,000 slots", "wall", 1.4, unit="s", better="lower")
+    f.add("async", FXBROKER, "AsyncClient, 10,000 slots", "wall", 2.0, unit="s", better="lower")
+    f.add("submission", FXBROKER, "Client.batch_run", "accepted", 50_000, unit="/s",
           better="higher")  # fmt: skip
+    f.add("submission", FXBROKER, "Client.batch_run", "memory", 501, unit="B", better="lower")
+    f.add("fan-out", FXBROKER, "200 AsyncClients x 50", "wall", 3.0, unit="s", better="lower")
+    for style, row in DEMO_STYLES.items():
+        bench = {"Executor, process x2": fx_throughput}.get(row, 1000.0)
+        f.add(tp, FXBROKER, row, tp, bench, unit="/s", better="higher")
+        f.add("demo", FXBROKER, style, tp, bench / 2, unit="/s", better="higher")
     return f
 
 
 def test_targets_compare_medians_with_the_best_broker_peer() -> None:
-    verdicts = {t.name: t for t in targets(_figures(3000.0, 1.5))}
-    fastest = verdicts["throughput >= 5x fastest broker peer"]
+    found = targets(_figures(3000.0, 1.5))
+    assert len(found) == TARGETS
+    verdicts = {t.name: t for t in found}
+    fastest = verdicts["throughput (Executor, process x2) >= 5x the fastest broker peer"]
     assert fastest.threshold == 5 * 600.0 and fastest.passed and "arq" in fastest.note
-    assert verdicts["throughput >= 0.5x bare ProcessPoolExecutor"].threshold == 2000.0
-    latency = verdicts["AsyncClient latency p50 <= 0.5x best broker peer's"]
-    assert latency.threshold == 1.5 and latency.passed and "rq" in latency.note
+    pool = verdicts["throughput (Executor, process x2) >= 0.5x bare ProcessPoolExecutor"]
+    assert pool.threshold == 2000.0 and pool.passed
+    p50 = verdicts["AsyncClient round trip p50 <= 0.5x the best broker peer's"]
+    assert p50.threshold == 1.5 and p50.passed and "rq" in p50.note
+    p99 = verdicts["AsyncClient round trip p99 <= 0.5x the best broker peer's"]
+    assert p99.threshold == 2.0 and p99.passed and "celery" in p99.note
+    long_poll = verdicts["Client round trip (long poll) p50 <= the best broker peer's"]
+    assert long_poll.threshold == 3.0 and long_poll.passed
+    assert verdicts["submission accepted"].passed
+    assert not verdicts["submission Redis memory per queued no-op"].passed
     assert verdicts["seed example (50 x sleep 1 s) wall"].passed
     assert not verdicts["1,000 async sleep(1) tasks wall"].passed
-    assert verdicts["submission accepted"].passed
+    assert verdicts["10,000 async sleep(1) tasks, max_concurrency 10,000, wall"].passed
+    assert verdicts["fan-out (200 AsyncClients x 50) wall"].passed
+    payload = verdicts["payload (200 x 1 MiB in, 1 MiB out) >= the best broker peer"]
+    assert payload.threshold == 80.0 and payload.passed and "rq" in payload.note
+    demo = [t for t in found if t.name.startswith("fxbroker demo")]
+    assert len(demo) == len(DEMO_STYLES) and all(t.passed and t.value == 2.0 for t in demo)
 
     slower = {t.name: t.passed for t in targets(_figures(2999.0, 1.6))}
-    assert not slower["throughput >= 5x fastest broker peer"]
-    assert not slower["AsyncClient latency p50 <= 0.5x best broker peer's"]
+    assert not slower["throughput (Executor, process x2) >= 5x the fastest broker peer"]
+    assert not slower["AsyncClient round trip p50 <= 0.5x the best broker peer's"]
+
+
+def test_every_target_fails_when_nothing_was_measured() -> None:
+    found = targets(Figures())
+    assert len(found) == TARGETS
+    assert not any(t.passed for t in found)
+    assert all(math.isnan(t.value) for t in found)
+    assert "no broker peer" in found[0].note
+    table = render(Figures(), found, header="h")
+    assert table.count("(not measured in this run)") == TARGETS
+
+
+def test_the_wide_async_row_names_the_wide_agents_slots() -> None:
+    assert ASYNC_WIDE_ROW == f"AsyncClient, {fx.WIDE_SLOTS:,} slots"
+
+
+def test_demo_within_2x_either_way() -> None:
+    assert times_apart(100.0, 200.0) == times_apart(200.0, 100.0) == 2.0
+    for missing in ((0.0, 100.0), (100.0, 0.0), (math.nan, 100.0), (100.0, math.nan)):
+        assert math.isnan(times_apart(*missing))
+    f = _figures(3000.0, 1.5)
+    f.add("demo", FXBROKER, "Executor: map", "throughput", 1.0, unit="/s", better="higher")
+    f.add("demo", FXBROKER, "Executor: map", "throughput", 1.0, unit="/s", better="higher")
+    executor = next(t for t in targets(f) if "'Executor: map'" in t.name)
+    assert not executor.passed and executor.value == 3000.0  # median 1 task/s vs 3,000
+
+
+def test_parse_rates_reads_the_demo_table() -> None:
+    lines = [Row("Client: batch_run + polling", 1000, 0.5, True).line(),
+             Row("AsyncClient: gather of run()", 1000, 0.25, True).line(),
+             Row("Executor: map", 1000, 2.0, False).line(),
+             Row("Executor: a function that raises", 1, 0.0, True).line()]  # fmt: skip
+    rates = parse_rates("platform up\n\n" + "\n".join(lines) + "\n\ndemo FAILED\n")
+    assert rates == {"Client: batch_run + polling": 2000.0, "AsyncClient: gather of run()": 4000.0}
 
 
 def test_render_shows_ratios_fxbroker_over_peer() -> None:
@@ -122,4 +205,9 @@ def test_render_shows_ratios_fxbroker_over_peer() -> None:
     table = render(figures, targets(figures), header="h")
     ratio_line = next(line for line in table.splitlines() if line.startswith("throughput  Ex"))
     assert ratio_line.split()[-4:] == ["0.75", "10.0", "7.5", "5"]
-    assert "PASS  submission accepted: 30,000 tasks/s >= 30,000" in table
+    payload_line = next(
+        line for line in table.splitlines() if line.split()[:2] == ["payload", "Executor,"]
+    )
+    assert payload_line.split()[-4:] == ["0.0889", "1.6", "1", "1.14"]
+    assert "PASS  submission accepted: 50,000 tasks/s >= 50,000" in table
+    assert "FAIL  submission Redis memory per queued no-op: 501.0 bytes <= 500.0" in table
