@@ -25,6 +25,7 @@ from starlette.routing import BaseRoute
 from starlette.types import Scope
 
 from sdk.keys import Keys
+from service_common.amqp import AmqpKeys
 from service_common.redis_client import connect_redis
 from web_service.client_credentials import ClientCredentialExchange
 from web_service.context import AppContext, context_of
@@ -34,6 +35,7 @@ from web_service.middleware.availability import AvailabilityMiddleware, Dependen
 from web_service.middleware.globus_auth import GlobusIntrospector
 from web_service.middleware.metrics import Metrics, MetricsMiddleware
 from web_service.middleware.ratelimit import RateLimiter
+from web_service.result_queues import ResultQueues
 from web_service.routes import agents as routes_agents
 from web_service.routes import compute_v2 as routes_compute_v2
 from web_service.routes import compute_v3 as routes_compute_v3
@@ -63,6 +65,11 @@ def create_app(settings: WebSettings) -> Starlette:
         engine = create_engine(settings.database_url)
         redis = connect_redis(settings.redis_url)
         dependencies = Dependencies(redis=redis, engine=engine)
+        queues = (
+            ResultQueues(settings.amqp_url, redis, AmqpKeys(settings.key_prefix))
+            if settings.amqp_url
+            else None
+        )
         try:
             sessions = async_sessionmaker(engine, expire_on_commit=False)
             globus = (
@@ -96,9 +103,12 @@ def create_app(settings: WebSettings) -> Starlette:
                 metrics=metrics,
                 version=service_version,
                 dependencies=dependencies,
+                result_queues=queues,
             )
             yield {"context": context}
         finally:
+            if queues is not None:
+                await queues.aclose()
             await dependencies.aclose()
             await redis.aclose()
             await engine.dispose()
