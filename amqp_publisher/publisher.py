@@ -31,7 +31,7 @@ order of the results stream), as long as the broker keeps what it confirmed:
   than its lease while another takes the group over. Each can repeat a result. The
   unmodified SDK's watcher absorbs a repeat: it files results by task id, completes a
   future at most once, and acks and keeps (never surfaces) a result for a future already
-  done, so a user sees each result once (``tests/amqp/test_publisher.py`` checks it).
+  done, so a user sees each result once (``tests/e2e/test_globus_executor.py`` checks it).
 * Results are published *at least* as long as the stream keeps them: a group whose queue
   no copy could reach for ``FXBROKER_RESULT_TTL_S`` loses them with the stream.
 

@@ -16,7 +16,6 @@ from amqp_publisher.publisher import START, Publisher
 from sdk.keys import Keys
 from sdk.states import TaskState
 from service_common.amqp import STREAM_ID_HEADER, AmqpKeys, queue_name
-from tests.amqp.conftest import Broker
 from tests.amqp.helpers import (
     BIG,
     FakeOutcome,
@@ -28,6 +27,7 @@ from tests.amqp.helpers import (
     value_of,
 )
 from tests.private_redis import PrivateRedis
+from tests.rabbitmq import Broker
 from tests.tcp_proxy import TcpProxy
 
 DEADLINE_S = 30.0

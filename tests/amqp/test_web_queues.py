@@ -8,7 +8,7 @@ import redis.asyncio as aioredis
 
 from sdk.serialize import SOURCE_CODE, pack_buffers, pack_payload, serialize
 from service_common.amqp import QUEUE_PREFIX, AmqpKeys, ledger_name, queue_name
-from tests.amqp.conftest import Broker
+from tests.rabbitmq import Broker
 from tests.web.helpers import ApiUser, assert_error, in_process_client
 from web_service.accounts import create_user
 from web_service.app import create_app
