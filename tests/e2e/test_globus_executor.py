@@ -24,13 +24,14 @@ from typing import Any
 
 import pika
 import pytest
+import redis
 from globus_compute_common import messagepack
 from globus_compute_sdk import Client, Executor
 from globus_compute_sdk.errors import TaskExecutionFailed
 from globus_compute_sdk.sdk.executor import _RESULT_WATCHERS
 
 from fxbroker.workload import fail, square
-from service_common.amqp import EXCHANGE, STREAM_ID_HEADER, ledger_name, queue_name
+from service_common.amqp import EXCHANGE, STREAM_ID_HEADER, AmqpKeys, ledger_name, queue_name
 from tests.e2e.conftest import FXBROKER, Platform, running_platform
 from tests.rabbitmq import amqp_url
 
@@ -75,7 +76,10 @@ class PublisherProcess:
 
 
 @pytest.fixture
-def publisher(amqp_platform: Platform, tmp_path: Path) -> Iterator[PublisherProcess]:
+def publisher(
+    amqp_platform: Platform, group: tuple[str, Tap], tmp_path: Path
+) -> Iterator[PublisherProcess]:
+    """The publisher, stopped before the test's group goes (so nothing declares it again)."""
     process = PublisherProcess(amqp_platform.env, tmp_path / "publisher.log")
     process.start()
     try:
@@ -134,9 +138,9 @@ class Tap:
 
 
 @pytest.fixture
-def group(amqp_url: str) -> Iterator[tuple[str, Tap]]:
-    """A fresh task group id with a tap on it; the group's and the tap's queues are deleted
-    afterwards (never the shared exchange)."""
+def group(amqp_url: str, amqp_platform: Platform, redis_url: str) -> Iterator[tuple[str, Tap]]:
+    """A fresh task group id with a tap on it; afterwards the group leaves the publisher's
+    list and its queues and the tap are deleted (never the shared exchange)."""
     tg = str(uuid.uuid4())
     connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
     channel = connection.channel()
@@ -158,6 +162,11 @@ def group(amqp_url: str) -> Iterator[tuple[str, Tap]]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ResourceWarning)
             gc.collect()
+        registry = redis.Redis.from_url(redis_url)
+        try:
+            registry.zrem(AmqpKeys(amqp_platform.env["FXBROKER_KEY_PREFIX"]).groups(), tg)
+        finally:
+            registry.close()
         for name in (tap, queue_name(tg), ledger_name(tg)):
             channel.queue_delete(name)
         connection.close()
