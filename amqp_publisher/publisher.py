@@ -26,7 +26,8 @@ order of the results stream), as long as the broker keeps what it confirmed:
   to the later of the two. A publish whose frame never reached the broker was not routed
   and is published again; one that was routed is in the ledger and is not. (After its own
   connection broke, a copy reads the ledger on a new connection once the backoff delay has
-  passed; frames the broker had received on the old one are routed by then.)
+  passed; frames the broker had received on the old one are, in practice, routed by then:
+  a strict bound would need the broker to say so, which AMQP does not.)
 * What remains: a broker that itself fails after routing a message to one of the two
   queues and not the other; a notice the settle step appended twice (a Redis failure
   inside its pipeline, :mod:`service_common.tasks.settle`); and a copy that stalls longer
