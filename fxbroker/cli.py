@@ -4,6 +4,8 @@ fxbroker dev                 the whole platform on the embedded default
 fxbroker demo                the same stack plus a sample workload in all three client styles
 fxbroker web / fxbroker ws   one web or ws_service process (settings from the environment;
                              --tls-cert/--tls-key serve https:// and wss://)
+fxbroker amqp-publisher      publish Globus Compute Executor results to RabbitMQ
+                             (REDIS_URL, FXBROKER_AMQP_URL; run one or more copies)
 fxbroker endpoint configure NAME [--url ... --engine ... --accelerators 0,1 ...]
                              write $FXBROKER_HOME/endpoints/NAME/config.toml
 fxbroker endpoint start NAME register endpoint NAME (once) and run its agent
@@ -71,6 +73,7 @@ def _stack_settings(args: argparse.Namespace) -> StackSettings:
         redis_url=os.environ.get("REDIS_URL") or None,
         database_url=os.environ.get("DATABASE_URL") or None,
         redis_binary=not args.fakeredis,
+        amqp_url=os.environ.get("FXBROKER_AMQP_URL") or None,
         workers=args.workers,
         engine=args.engine,
     )
@@ -149,6 +152,20 @@ def cmd_ws(args: argparse.Namespace) -> int:
         WsSettings.from_env(_service_environ(args)), host=args.host, port=args.port
     )
     loops.run(run_ws(settings))
+    return 0
+
+
+def cmd_amqp_publisher(args: argparse.Namespace) -> int:
+    import logging
+
+    from amqp_publisher.publisher import run_publisher
+    from amqp_publisher.settings import PublisherSettings
+
+    settings = PublisherSettings.from_env()
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    loops.run(run_publisher(settings))
     return 0
 
 
@@ -450,6 +467,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8001)
     _add_tls_options(p, "wss://")
     p.set_defaults(func=cmd_ws)
+
+    p = sub.add_parser(
+        "amqp-publisher",
+        help="publish Executor results to RabbitMQ (REDIS_URL, FXBROKER_AMQP_URL)",
+    )
+    p.set_defaults(func=cmd_amqp_publisher)
 
     endpoint = sub.add_parser("endpoint", help="endpoints").add_subparsers(
         dest="endpoint_command", required=True

@@ -1,7 +1,8 @@
 """The whole platform in one process: what ``fxbroker dev`` and ``fxbroker demo`` run.
 
-Web service (uvicorn), ws_service and one endpoint agent share one event loop; Redis is
-the embedded one unless a URL is given, SQL a SQLite file in the home folder unless a URL
+Web service (uvicorn), ws_service, one endpoint agent and, given an AMQP URL
+(``FXBROKER_AMQP_URL``), the AMQP result publisher share one event loop; Redis is the
+embedded one unless a URL is given, SQL a SQLite file in the home folder unless a URL
 is given. The agent reaches its endpoint as any other does: through ws_service's gateway,
 with the endpoint's credential, never with the Redis URL. On start it makes sure a user
 exists, registers the local endpoint, and writes the URL, token and endpoint id where the
@@ -25,6 +26,8 @@ from typing import Any
 import httpx
 import uvicorn
 
+from amqp_publisher.publisher import Publisher
+from amqp_publisher.settings import PublisherSettings
 from endpoint_agent.agent import Agent
 from endpoint_agent.settings import AgentSettings
 from fxbroker.embedded import EmbeddedRedis, free_port
@@ -60,6 +63,9 @@ class StackSettings:
     redis_url: str | None = None
     database_url: str | None = None
     redis_binary: bool = True
+    amqp_url: str | None = None
+    """RabbitMQ for Globus Compute Executor results: the web service declares queues on it
+    and an AMQP publisher runs in the stack (None: neither)."""
     key_prefix: str = "fx"
     engine: str = "process"
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
@@ -135,9 +141,17 @@ class DevStack:
         ws_port = s.ws_port or free_port(s.host)
         url, ws_url = f"http://{s.host}:{web_port}", f"ws://{s.host}:{ws_port}"
         web_settings = WebSettings(
-            database_url=database_url, redis_url=redis_url, key_prefix=s.key_prefix, ws_url=ws_url
-        )
+            database_url=database_url, redis_url=redis_url, key_prefix=s.key_prefix, ws_url=ws_url,
+            amqp_url=s.amqp_url or "",
+        )  # fmt: skip
         await self._serve_web(web_settings, web_port)
+        if s.amqp_url:
+            publisher = Publisher(
+                PublisherSettings(redis_url=redis_url, key_prefix=s.key_prefix,
+                                  amqp_url=s.amqp_url)
+            )  # fmt: skip
+            await self._exit.enter_async_context(publisher)
+            self._background(publisher.run(), "amqp_publisher")
 
         ws = ResultServer(
             WsSettings(redis_url=redis_url, web_url=url, key_prefix=s.key_prefix,

@@ -64,6 +64,18 @@ class Keys:
     def task_group_tasks(self, task_group_id: str) -> str:
         return f"{self.prefix}:{{tg:{task_group_id}}}:tasks"
 
+    def amqp_groups(self) -> str:
+        """The task groups whose results go to AMQP (a sorted set; see amqp_publisher)."""
+        return f"{self.prefix}:amqp:groups"
+
+    def amqp_cursor(self, task_group_id: str) -> str:
+        """The last result of the group the AMQP publisher had confirmed by the broker."""
+        return f"{self.prefix}:{{tg:{task_group_id}}}:amqp_cursor"
+
+    def amqp_lease(self, task_group_id: str) -> str:
+        """Which publisher copy publishes the group now."""
+        return f"{self.prefix}:{{tg:{task_group_id}}}:amqp_lease"
+
     def idempotency(self, user_id: str, key: str) -> str:
         return f"{self.prefix}:{{idem:{user_id}}}:{key}"
 

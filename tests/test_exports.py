@@ -34,7 +34,10 @@ PUBLIC = [
     "as_completed",
 ]
 
-SERVERS = ["web_service", "ws_service", "endpoint_agent", "starlette", "uvicorn", "sqlalchemy"]
+SERVERS = [
+    "web_service", "ws_service", "endpoint_agent", "amqp_publisher", "aio_pika", "starlette",
+    "uvicorn", "sqlalchemy",
+]  # fmt: skip
 CLI = ["fxbroker.cli", "fxbroker.stack", "fxbroker.endpoints", "fxbroker.embedded"]
 CLIENT_LIBRARIES = ["httpx", "websockets"]
 

@@ -22,6 +22,7 @@ PLATFORM = {
     "web_service",
     "ws_service",
     "endpoint_agent",
+    "amqp_publisher",
     "fxbroker",
     "migrations",
 }

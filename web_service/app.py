@@ -37,6 +37,7 @@ from web_service.middleware.availability import AvailabilityMiddleware, Dependen
 from web_service.middleware.globus_auth import GlobusIntrospector
 from web_service.middleware.metrics import Metrics, MetricsMiddleware
 from web_service.middleware.ratelimit import RateLimiter
+from web_service.result_queues import ResultQueues
 from web_service.routes import agents as routes_agents
 from web_service.routes import compute_v2 as routes_compute_v2
 from web_service.routes import compute_v3 as routes_compute_v3
@@ -71,6 +72,11 @@ def create_app(settings: WebSettings) -> Starlette:
         stopped = asyncio.Event()
         watching = asyncio.create_task(watcher.run(stopped), name="fxbroker-web-watcher")
         dependencies = Dependencies(redis=redis, engine=engine)
+        queues = (
+            ResultQueues(settings.amqp_url, redis, Keys(settings.key_prefix))
+            if settings.amqp_url
+            else None
+        )
         try:
             sessions = async_sessionmaker(engine, expire_on_commit=False)
             globus = (
@@ -105,6 +111,7 @@ def create_app(settings: WebSettings) -> Starlette:
                 metrics=metrics,
                 version=service_version,
                 dependencies=dependencies,
+                result_queues=queues,
             )
             yield {"context": context}
         finally:
@@ -113,6 +120,8 @@ def create_app(settings: WebSettings) -> Starlette:
             with contextlib.suppress(asyncio.CancelledError):
                 await watching
             await reader.aclose()
+            if queues is not None:
+                await queues.aclose()
             await dependencies.aclose()
             await redis.aclose()
             await engine.dispose()

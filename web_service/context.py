@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from web_service.client_credentials import ClientCredentialExchange
     from web_service.middleware.auth import TokenAuthenticator
     from web_service.middleware.availability import Dependencies
+    from web_service.result_queues import ResultQueues
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,6 +48,8 @@ class AppContext:
     metrics: Metrics
     version: str
     dependencies: Dependencies
+    result_queues: ResultQueues | None = None
+    """Declares Executor result queues; None without ``FXBROKER_AMQP_URL``."""
 
 
 def context_of(connection: HTTPConnection) -> AppContext:

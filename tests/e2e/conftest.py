@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -90,9 +90,14 @@ _TRUST_VARIABLES = {"SSL_CERT_FILE", "SSL_CERT_DIR", "FXBROKER_CA_FILE"}
 
 @contextlib.contextmanager
 def running_platform(
-    redis_url: str, tmp: Path, *, tls: Certificates | None = None
+    redis_url: str,
+    tmp: Path,
+    *,
+    tls: Certificates | None = None,
+    extra_env: Mapping[str, str] | None = None,
 ) -> Iterator[Platform]:
-    """The platform as processes (see the module docstring), stopped on leaving."""
+    """The platform as processes (see the module docstring), stopped on leaving;
+    ``extra_env`` is added to every process's environment."""
     prefix = f"fxe-{uuid.uuid4().hex[:10]}"
     web_port, ws_port = free_port(), free_port()
     secure = "s" if tls is not None else ""
@@ -111,6 +116,7 @@ def running_platform(
         "FXBROKER_WEB_URL": url,
         "FXBROKER_HOME": str(tmp / "home"),
         "FXBROKER_WORKERS": "2",
+        **(extra_env or {}),
     }
     try:
         subprocess.run([*FXBROKER, "db", "upgrade"], env=env, check=True, capture_output=True)

@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from service_common.amqp import QUEUE_PREFIX
 from web_service.context import context_of
 from web_service.errors import ApiError, forbidden, invalid, not_found
 from web_service.middleware.auth import caller_of
@@ -39,7 +40,7 @@ from web_service.taskstore.tasks import read_task, read_tasks, task_group_page
 
 __all__ = ["AMQP_QUEUE_PREFIX", "routes"]
 
-AMQP_QUEUE_PREFIX = "fxbroker.results."
+AMQP_QUEUE_PREFIX = QUEUE_PREFIX
 """Each task group's result queue is this prefix and the group's id."""
 ENDPOINT_ROLES = frozenset({"owner", "any"})
 

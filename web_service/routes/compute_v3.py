@@ -145,14 +145,18 @@ async def submit(request: Request) -> JSONResponse:
 
     ``task_group_id`` adds the tasks to an existing group of the caller's; ``create_queue``
     (sent by that SDK's Executor) needs ``FXBROKER_AMQP_URL``: without it the answer is 422
-    ``AMQP_NOT_CONFIGURED`` and nothing is queued; ``result_serializers`` goes onto every
-    task's stream entry. With an ``Idempotency-Key``, a retry answers the same ids.
+    ``AMQP_NOT_CONFIGURED`` and nothing is queued; with it, the group's queue is declared
+    and the group recorded for the publisher before the answer
+    (:meth:`~web_service.result_queues.ResultQueues.open`; 503 ``AMQP_UNAVAILABLE`` while
+    RabbitMQ is away). ``result_serializers`` goes onto every task's stream entry. With an
+    ``Idempotency-Key``, a retry answers the same ids.
     """
     context = context_of(request)
     key = idempotency.parse_key(request.headers.get(idempotency.HEADER))
     raw = await read_body(request, max_bytes=context.settings.max_body_bytes)
     batch = parse_submit(parse_json(raw), max_tasks=context.settings.max_tasks_per_batch)
-    if batch.create_queue and not context.settings.amqp_url:
+    queues = context.result_queues
+    if batch.create_queue and queues is None:
         raise amqp_not_configured(422)
     endpoint_id = request.path_params["endpoint_id"]
     answer = await queue_batch(
@@ -167,6 +171,8 @@ async def submit(request: Request) -> JSONResponse:
         idempotency_key=key,
         body=raw,
     )
+    if batch.create_queue and queues is not None:
+        await queues.open(answer["task_group_id"])
     return JSONResponse(submit_answer(str(uuid.uuid4()), endpoint_id, batch, answer))
 
 
