@@ -383,6 +383,7 @@ class Agent:
         platform is away (the loop waits it out)."""
         count = self._read_count()
         if count == 0:
+            await self._runtime.transport.want(0)
             await self._wait_for_change()
             return True
         received = await self._runtime.transport.receive(count, burst=burst)

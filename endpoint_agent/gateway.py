@@ -12,7 +12,11 @@ spec; this module is its I/O shell on the agent's side):
   the loop can take now (its free slots; ``prefetch`` adds look-ahead, 0 keeps strict
   backpressure) minus the credit still outstanding, and never more than the outbox has room
   for (:meth:`~service_common.agent_protocol.Outbox.room`): when the outbox is full the
-  agent takes no work until the gateway answers.
+  agent takes no work until the gateway answers. When the loop wants fewer than the credit
+  outstanding by a worker's worth or more (its tasks turned long, so the engine's
+  look-ahead shrank), the agent sends one ``withdraw`` for the excess and no other until
+  ``withdrawn`` answers it; what the gateway took back then leaves ``_credit``, so tasks
+  the workers could not start soon go to the endpoint's other agents.
 * **Tasks** arrive in windows with their function's code, once per function per connection;
   they are resolved against the agent's own ``allowed_functions`` and
   ``allowed_strategies`` and handed to the shared dispatch core (:mod:`endpoint_agent.agent`).
@@ -90,6 +94,8 @@ from service_common.agent_protocol import (
     TaskOutcome,
     Tasks,
     Welcome,
+    Withdraw,
+    Withdrawn,
     decode_gateway_frame,
     encode,
 )
@@ -142,7 +148,8 @@ class GatewayTransport:
         self._version = package_version()
         self._codes: dict[str, str] = {}  # function code received on this connection
         self._inbox: list[Received] = []  # received, not yet taken by the loop
-        self._credit = 0  # granted on this connection, not yet received
+        self._credit = 0  # granted on this connection, not yet received nor withdrawn
+        self._withdrawing = False  # a withdraw is sent and its answer has not come
         self._nothing = False  # the gateway found no task for the last grant
         self._ws: ClientConnection | None = None
         self._welcome: Welcome | None = None
@@ -246,6 +253,7 @@ class GatewayTransport:
             self._welcome = None
             self._connected.clear()
             self._credit = 0
+            self._withdrawing = False
             self._nothing = False
             self._codes.clear()
             self._outbox.disconnected()
@@ -351,6 +359,10 @@ class GatewayTransport:
     def _handle(self, frame: Frame) -> None:
         if isinstance(frame, Tasks):
             self._tasks(frame)
+        elif isinstance(frame, Withdrawn):
+            self._credit = max(0, self._credit - frame.count)
+            self._withdrawing = False
+            self._host.wake.set()
         elif isinstance(frame, Settled):
             for refusal in self._outbox.acknowledge(frame):
                 log.warning(
@@ -441,6 +453,7 @@ class GatewayTransport:
         held = len(self._host.unfinished())
         room = self._outbox.room(held + self._credit)
         want = min(count - self._credit, room)
+        await self.want(count)
         if want > 0:
             self._full_logged = False
             if await self._send(Credit(want)):
@@ -454,6 +467,17 @@ class GatewayTransport:
                 len(self._outbox),
                 self._outbox.bytes,
             )
+
+    async def want(self, count: int) -> None:
+        """Withdraw the credit past ``count`` once it is a worker's worth or more: tasks
+        turned long and the look-ahead shrank, so what the workers cannot start soon is
+        left to the endpoint's other agents. One withdraw at a time (the next waits for
+        ``withdrawn``), and none for less, so a wobbling count does not chatter."""
+        excess = self._credit - max(count, 0)
+        if excess < max(1, self.settings.workers) or self._withdrawing or self._draining:
+            return
+        if await self._send(Withdraw(excess)):
+            self._withdrawing = True
 
     def settle(self, task: Received, outcome: Outcome | None) -> None:
         if outcome is not None:
