@@ -12,11 +12,12 @@ spec; this module is its I/O shell on the agent's side):
   the loop can take now (its free slots; ``prefetch`` adds look-ahead, 0 keeps strict
   backpressure) minus the credit still outstanding, and never more than the outbox has room
   for (:meth:`~service_common.agent_protocol.Outbox.room`): when the outbox is full the
-  agent takes no work until the gateway answers. When the loop wants fewer than the credit
-  outstanding by a worker's worth or more (its tasks turned long, so the engine's
-  look-ahead shrank), the agent sends one ``withdraw`` for the excess and no other until
-  ``withdrawn`` answers it; what the gateway took back then leaves ``_credit``, so tasks
-  the workers could not start soon go to the endpoint's other agents.
+  agent takes no work until the gateway answers. When the tasks in hand and on their way
+  are twice what the loop wants, and more by a worker's worth (its tasks turned long, so
+  the engine's look-ahead collapsed), the agent sends one ``withdraw`` for the excess
+  credit and no other until ``withdrawn`` answers it, which lowers its count by what the
+  gateway took back: tasks the workers could not start soon go to the endpoint's other
+  agents. The loop asks this of a full agent too (:meth:`GatewayTransport.want`).
 * **Tasks** arrive in windows with their function's code, once per function per connection;
   they are resolved against the agent's own ``allowed_functions`` and
   ``allowed_strategies`` and handed to the shared dispatch core (:mod:`endpoint_agent.agent`).
@@ -469,12 +470,18 @@ class GatewayTransport:
             )
 
     async def want(self, count: int) -> None:
-        """Withdraw the credit past ``count`` once it is a worker's worth or more: tasks
-        turned long and the look-ahead shrank, so what the workers cannot start soon is
-        left to the endpoint's other agents. One withdraw at a time (the next waits for
-        ``withdrawn``), and none for less, so a wobbling count does not chatter."""
-        excess = self._credit - max(count, 0)
-        if excess < max(1, self.settings.workers) or self._withdrawing or self._draining:
+        """Withdraw the credit past ``count`` once the tasks in hand and on their way
+        (held + credit) are at least twice what the loop wants (held + ``count``), and
+        the excess is a worker's worth: tasks turned long and the look-ahead collapsed, so
+        what the workers cannot start soon is left to the endpoint's other agents. A
+        look-ahead wobbling during quick calls stays well under that bar, and there is one
+        withdraw at a time (the next waits for ``withdrawn``), so there is no chatter."""
+        count = max(count, 0)
+        excess = self._credit - count
+        held = len(self._host.unfinished())
+        if excess < max(1, self.settings.workers, held + count):
+            return
+        if self._withdrawing or self._draining:
             return
         if await self._send(Withdraw(excess)):
             self._withdrawing = True
