@@ -32,7 +32,8 @@ are busy) waits inside the agent and counts as held. The agent never holds more 
 ``workers + prefetch + lookahead + max_concurrency`` tasks, and a task counts as held until
 its outcome is reported (or it is handed back), so the gateway never has more of this
 agent's tasks in hand than the rule allows. When nothing may be read, the loop waits for a
-completion instead.
+completion instead, after telling the transport so (:meth:`~endpoint_agent.transport.
+Transport.want`): credit granted while the look-ahead was deep may then be withdrawn.
 
 **Delivery.** Execution is at-least-once. A task is settled only with its outcome; the
 gateway keeps the lease of every task it handed this agent while the agent's connection
@@ -383,6 +384,7 @@ class Agent:
         platform is away (the loop waits it out)."""
         count = self._read_count()
         if count == 0:
+            await self._runtime.transport.want(0)
             await self._wait_for_change()
             return True
         received = await self._runtime.transport.receive(count, burst=burst)

@@ -12,7 +12,12 @@ spec; this module is its I/O shell on the agent's side):
   the loop can take now (its free slots; ``prefetch`` adds look-ahead, 0 keeps strict
   backpressure) minus the credit still outstanding, and never more than the outbox has room
   for (:meth:`~service_common.agent_protocol.Outbox.room`): when the outbox is full the
-  agent takes no work until the gateway answers.
+  agent takes no work until the gateway answers. When the tasks in hand and on their way
+  are twice what the loop wants, and more by a worker's worth (its tasks turned long, so
+  the engine's look-ahead collapsed), the agent sends one ``withdraw`` for the excess
+  credit and no other until ``withdrawn`` answers it, which lowers its count by what the
+  gateway took back: tasks the workers could not start soon go to the endpoint's other
+  agents. The loop asks this of a full agent too (:meth:`GatewayTransport.want`).
 * **Tasks** arrive in windows with their function's code, once per function per connection;
   they are resolved against the agent's own ``allowed_functions`` and
   ``allowed_strategies`` and handed to the shared dispatch core (:mod:`endpoint_agent.agent`).
@@ -90,6 +95,8 @@ from service_common.agent_protocol import (
     TaskOutcome,
     Tasks,
     Welcome,
+    Withdraw,
+    Withdrawn,
     decode_gateway_frame,
     encode,
 )
@@ -142,7 +149,8 @@ class GatewayTransport:
         self._version = package_version()
         self._codes: dict[str, str] = {}  # function code received on this connection
         self._inbox: list[Received] = []  # received, not yet taken by the loop
-        self._credit = 0  # granted on this connection, not yet received
+        self._credit = 0  # granted on this connection, not yet received nor withdrawn
+        self._withdrawing = False  # a withdraw is sent and its answer has not come
         self._nothing = False  # the gateway found no task for the last grant
         self._ws: ClientConnection | None = None
         self._welcome: Welcome | None = None
@@ -246,6 +254,7 @@ class GatewayTransport:
             self._welcome = None
             self._connected.clear()
             self._credit = 0
+            self._withdrawing = False
             self._nothing = False
             self._codes.clear()
             self._outbox.disconnected()
@@ -351,6 +360,10 @@ class GatewayTransport:
     def _handle(self, frame: Frame) -> None:
         if isinstance(frame, Tasks):
             self._tasks(frame)
+        elif isinstance(frame, Withdrawn):
+            self._credit = max(0, self._credit - frame.count)
+            self._withdrawing = False
+            self._host.wake.set()
         elif isinstance(frame, Settled):
             for refusal in self._outbox.acknowledge(frame):
                 log.warning(
@@ -441,6 +454,7 @@ class GatewayTransport:
         held = len(self._host.unfinished())
         room = self._outbox.room(held + self._credit)
         want = min(count - self._credit, room)
+        await self.want(count)
         if want > 0:
             self._full_logged = False
             if await self._send(Credit(want)):
@@ -454,6 +468,23 @@ class GatewayTransport:
                 len(self._outbox),
                 self._outbox.bytes,
             )
+
+    async def want(self, count: int) -> None:
+        """Withdraw the credit past ``count`` once the tasks in hand and on their way
+        (held + credit) are at least twice what the loop wants (held + ``count``), and
+        the excess is a worker's worth: tasks turned long and the look-ahead collapsed, so
+        what the workers cannot start soon is left to the endpoint's other agents. A
+        look-ahead wobbling during quick calls stays well under that bar, and there is one
+        withdraw at a time (the next waits for ``withdrawn``), so there is no chatter."""
+        count = max(count, 0)
+        excess = self._credit - count
+        held = len(self._host.unfinished())
+        if excess < max(1, self.settings.workers, held + count):
+            return
+        if self._withdrawing or self._draining:
+            return
+        if await self._send(Withdraw(excess)):
+            self._withdrawing = True
 
     def settle(self, task: Received, outcome: Outcome | None) -> None:
         if outcome is not None:

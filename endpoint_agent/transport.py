@@ -123,6 +123,12 @@ class Transport(Protocol):
         Raises what the transport's ``transient`` accepts while the platform is away."""
         ...
 
+    async def want(self, count: int) -> None:
+        """The loop wants at most ``count`` more tasks for now (it calls this with 0 when
+        it can take nothing): credit granted past that may be taken back (:meth:`receive`
+        does the same for its own ``count``)."""
+        ...
+
     def settle(self, task: Received, outcome: Outcome | None) -> None:
         """Report ``task``'s outcome (``None``: only acknowledge a skipped task); the
         transport calls :meth:`Host.settled` once it is done with it."""

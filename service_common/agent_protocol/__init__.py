@@ -41,6 +41,7 @@ only echoes it.
     hello     {versions: [int], agent: id, host, version, capacity: {engine, workers,
                max_concurrency, prefetch, accelerators: [str]}, running: [ref], held: [ref]}
     credit    {grant: int >= 1}                 the agent can take ``grant`` more tasks
+    withdraw  {count: int >= 1}                 it no longer wants ``count`` of its credit
     outcomes  {outcomes: [outcome]}
     status    {workers, busy, queued, held: int >= 0, draining: bool}
     hand_back {tasks: [ref]}                    tasks it will not finish (drain)
@@ -52,6 +53,7 @@ only echoes it.
                walltime_s: float | nil, allowed_strategies: [str] | nil,
                max_frame_bytes: int, lost: [task_id]}
     tasks     {functions: [code], tasks: [task]}        a window
+    withdrawn {count: int >= 0}                         credit taken back by a withdraw
     functions {functions: [code], missing: [function_id]}
     settled   {delivery_ids: [id], refused: [refusal]}
     cancel    {task_ids: [id]}
@@ -73,6 +75,16 @@ id per agent process, never shared by two live agents.
 tasks than the credit left (:class:`Ledger`), and outstanding credit is at most
 :data:`CREDIT_MAX` (more is ``CREDIT_OVERFLOW``). Credit lives and dies with the connection,
 and a hand-back returns none: the agent grants again what it can take.
+An agent whose wanted credit fell (its tasks turned long, so its look-ahead shrank) sends
+``withdraw``: the gateway lowers the outstanding credit by ``count`` or by what is left
+unused, whichever is less (credit a read in flight has reserved counts as used: those
+tasks are coming), and answers ``withdrawn`` with the amount taken back. The answer
+follows, in frame order, every ``tasks`` frame that used credit before the withdraw was
+handled, so the agent's own count (granted - tasks received - withdrawn) stays exact when
+it applies frames in order; a second ``withdraw`` before the answer is allowed, though an
+agent has no need of one. The frames are optional within version 1: an agent that never
+sends ``withdraw`` never sees ``withdrawn`` (the agent and gateway of this code base are
+released together; a gateway older than the frame refuses it as ``BAD_FRAME``).
 A ``tasks`` frame with no tasks is the gateway's word that a read for the agent's credit
 found the endpoint's stream empty: sent at most once per grant, never while tasks for it
 are being started, so it never overtakes a window. The agent may rely on it to know that
@@ -186,6 +198,8 @@ from service_common.agent_protocol.frames import (
     TaskOutcome,
     Tasks,
     Welcome,
+    Withdraw,
+    Withdrawn,
 )
 from service_common.agent_protocol.ledger import Accepted, Ledger
 from service_common.agent_protocol.outbox import Outbox
@@ -234,6 +248,8 @@ __all__ = [
     "TaskOutcome",
     "Tasks",
     "Welcome",
+    "Withdraw",
+    "Withdrawn",
     "decode_agent_frame",
     "decode_gateway_frame",
     "encode",

@@ -50,6 +50,8 @@ from service_common.agent_protocol.frames import (
     TaskOutcome,
     Tasks,
     Welcome,
+    Withdraw,
+    Withdrawn,
     check_outcome,
 )
 
@@ -458,6 +460,7 @@ def _parse_welcome(f: _Fields) -> Welcome:
 _AGENT_FRAMES: dict[str, Callable[[_Fields], AgentFrame]] = {
     Hello.TYPE: _parse_hello,
     Credit.TYPE: lambda f: Credit(f.integer("grant", low=1, high=CREDIT_MAX)),
+    Withdraw.TYPE: lambda f: Withdraw(f.integer("count", low=1, high=CREDIT_MAX)),
     Outcomes.TYPE: lambda f: Outcomes(f.records("outcomes", _parse_outcome, fast=_fast_outcome)),
     Status.TYPE: lambda f: Status(
         f.integer("workers"),
@@ -475,6 +478,7 @@ _GATEWAY_FRAMES: dict[str, Callable[[_Fields], GatewayFrame]] = {
         f.records("tasks", _parse_task, fast=_fast_task),
         f.records("functions", _parse_code, optional=True),
     ),
+    Withdrawn.TYPE: lambda f: Withdrawn(f.integer("count", high=CREDIT_MAX)),
     Functions.TYPE: lambda f: Functions(
         f.records("functions", _parse_code), f.ids("missing", optional=True)
     ),

@@ -201,6 +201,15 @@ class Credit:
 
 
 @dataclass(frozen=True, slots=True)
+class Withdraw:
+    """Take back up to ``count`` credit the agent no longer wants (answered by
+    :class:`Withdrawn`)."""
+
+    TYPE: ClassVar[str] = "withdraw"
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
 class Outcomes:
     TYPE: ClassVar[str] = "outcomes"
     outcomes: tuple[TaskOutcome, ...]
@@ -249,6 +258,14 @@ class Tasks:
 
 
 @dataclass(frozen=True, slots=True)
+class Withdrawn:
+    """The credit a ``withdraw`` took back (0 when all of it was used or being used)."""
+
+    TYPE: ClassVar[str] = "withdrawn"
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
 class Functions:
     TYPE: ClassVar[str] = "functions"
     functions: tuple[FunctionCode, ...]
@@ -281,6 +298,6 @@ class Error:
     message: str
 
 
-AgentFrame = Hello | Credit | Outcomes | Status | HandBack | NeedCode
-GatewayFrame = Welcome | Tasks | Functions | Settled | Cancel | Drain | Error
+AgentFrame = Hello | Credit | Withdraw | Outcomes | Status | HandBack | NeedCode
+GatewayFrame = Welcome | Tasks | Withdrawn | Functions | Settled | Cancel | Drain | Error
 Frame = AgentFrame | GatewayFrame

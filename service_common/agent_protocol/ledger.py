@@ -31,6 +31,8 @@ from service_common.agent_protocol.frames import (
     Task,
     TaskOutcome,
     Tasks,
+    Withdraw,
+    Withdrawn,
 )
 
 
@@ -48,7 +50,8 @@ class Ledger:
 
     * Hello first, once (:meth:`admit`, :meth:`greet`).
     * Credit: grants add up to at most :data:`CREDIT_MAX`; a window never holds more tasks
-      than the credit left (:meth:`window` raises ``ValueError`` rather than exceed it).
+      than the credit left (:meth:`window` raises ``ValueError`` rather than exceed it); a
+      withdraw takes back only credit that no read has reserved (:meth:`withdraw`).
     * Code once: a window carries the code of each function not sent before on this
       connection, and only those (:meth:`needs_code` says which to fetch).
     * Outcomes: only for a delivery handed to this connection (or adopted from the agent's
@@ -112,6 +115,17 @@ class Ledger:
                 f"credit, {CREDIT_MAX}",
             )
         self._credit += frame.grant
+
+    def withdraw(self, frame: Withdraw, *, reserved: int = 0) -> Withdrawn:
+        """Take back what the agent no longer wants: ``frame.count`` or the credit not used
+        and not ``reserved`` (by a read in flight, whose tasks will use it), whichever is
+        less. The answer must be sent after every ``tasks`` frame whose credit a
+        :meth:`window` took before this call, so the agent's count stays exact."""
+        if reserved < 0:
+            raise ValueError(f"reserved must be at least 0, not {reserved}")
+        taken = max(0, min(frame.count, self._credit - reserved))
+        self._credit -= taken
+        return Withdrawn(taken)
 
     def needs_code(self, function_ids: Iterable[str]) -> list[str]:
         """The ids among ``function_ids`` whose code was not sent on this connection."""

@@ -37,6 +37,7 @@ from service_common.agent_protocol import (
     Task,
     TaskOutcome,
     Welcome,
+    Withdraw,
     decode_agent_frame,
     encode,
 )
@@ -57,10 +58,14 @@ class GatewayPeer:
     """Most tasks one connection held at once: handed without outcome plus unused credit."""
     handed: dict[str, DeliveryRef] = field(default_factory=dict)
     """Every delivery handed out and not yet answered or handed back (kept across restarts)."""
+    withdraws: list[Withdraw] = field(default_factory=list)
+    answer_withdraws: bool = True
+    """False: withdraws wait unanswered until :meth:`answer_withdraws_now`."""
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _server: Server | None = None
     _live: dict[ServerConnection, Ledger] = field(default_factory=dict)
+    _unanswered: list[tuple[ServerConnection, Withdraw]] = field(default_factory=list)
 
     def add(self, task_id: str, function_id: str, payload: str, walltime_s: float | None = None):
         self.queue.append(Task(task_id, f"d{next(self._ids)}", 1, function_id, payload, walltime_s))
@@ -90,6 +95,24 @@ class GatewayPeer:
         for ws in list(self._live):
             with contextlib.suppress(Exception):
                 await ws.send(message)
+
+    def credit(self) -> int:
+        """Credit outstanding on the live connections."""
+        return sum(ledger.credit for ledger in self._live.values())
+
+    async def answer_withdraws_now(self) -> None:
+        """Answer the withdraws held back, and every later one at once."""
+        self.answer_withdraws = True
+        held, self._unanswered = self._unanswered, []
+        for ws, frame in held:
+            await self._withdraw(ws, frame)
+
+    async def _withdraw(self, ws: ServerConnection, frame: Withdraw) -> None:
+        ledger = self._live.get(ws)
+        if ledger is not None:
+            with contextlib.suppress(Exception):
+                await ws.send(encode(ledger.withdraw(frame)))
+        self.changed.set()
 
     async def cancel(self, *task_ids: str) -> None:
         await self.send(Cancel(task_ids))
@@ -144,6 +167,12 @@ class GatewayPeer:
                     for ref in returned:
                         self.hand_backs.append(ref)
                         self.handed.pop(ref.delivery_id, None)
+                elif isinstance(frame, Withdraw):
+                    self.withdraws.append(frame)
+                    if self.answer_withdraws:
+                        await self._withdraw(ws, frame)
+                    else:
+                        self._unanswered.append((ws, frame))
                 elif isinstance(frame, Status):
                     self.statuses.append(frame)
                 self.changed.set()

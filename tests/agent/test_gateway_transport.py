@@ -1,5 +1,6 @@
 """The agent's gateway transport against a test peer, for what a real gateway cannot be
-made to do: send a malformed frame, count the handshakes it refused.
+made to do: send a malformed frame, count the handshakes it refused, hold back the answer
+to a withdraw.
 
 Everything a real gateway can serve (credit, outcomes, cancel, walltime, drain, reconnects)
 is tested against the real one in :mod:`tests.agent.test_through_gateway`. The peer
@@ -23,6 +24,7 @@ from tests.agent.helpers import AHOLD, HOLD, source_code
 from tests.conftest import free_port
 
 DOUBLE = source_code("double", "def double(x):\n    return 2 * x\n")
+NAP = source_code("nap", "import time\n\ndef nap(s):\n    time.sleep(s)\n    return s\n")
 BOOM = source_code(
     "boom",
     """
@@ -39,7 +41,7 @@ BOOM = source_code(
 @pytest.fixture
 async def peer() -> AsyncIterator[GatewayPeer]:
     gateway = GatewayPeer(credential=uuid.uuid4().hex, port=free_port())
-    gateway.codes.update({"double": DOUBLE, "boom": BOOM, "hold": HOLD, "ahold": AHOLD})
+    gateway.codes.update({"double": DOUBLE, "boom": BOOM, "hold": HOLD, "ahold": AHOLD, "nap": NAP})
     await gateway.start()
     try:
         yield gateway
@@ -94,3 +96,30 @@ async def test_a_refused_credential_is_retried_not_fatal(peer: GatewayPeer) -> N
         assert not run.done()
         agent.stop()
         await asyncio.wait_for(run, 30)
+
+
+async def test_one_withdraw_at_a_time_until_the_gateway_answers(peer: GatewayPeer) -> None:
+    """What a real gateway answers at once: a withdraw left unanswered. The agent sends no
+    second one meanwhile, and lowers its credit by what the answer says."""
+    peer.answer_withdraws = False
+    async with Agent(settings(peer, engine="thread")) as agent:
+        run = await serving(agent)
+        for i in range(300):
+            peer.add(f"q{i}", "double", pack_payload((i,), {}))
+        await peer.until(lambda: len(peer.outcomes) == 300, "the quick calls")
+        await peer.until(lambda: peer.credit() > 8, "credit grown by the look-ahead")
+        for i in range(2):
+            peer.add(f"n{i}", "nap", pack_payload((0.2,), {}))
+        await peer.until(lambda: peer.withdraws, "a withdraw once the naps were seen")
+        for i in range(2, 4):  # more windows asked for while the answer is held back
+            peer.add(f"n{i}", "nap", pack_payload((0.1,), {}))
+        await peer.until(lambda: len(peer.outcomes) == 304, "the second naps")
+        assert len(peer.withdraws) == 1
+        [withdraw] = peer.withdraws
+        before = peer.credit()
+        await peer.answer_withdraws_now()
+        assert 0 < before - peer.credit() <= withdraw.count
+        await peer.until(lambda: peer.credit() <= 2, "credit down to the free workers")
+        agent.stop()
+        await run
+    assert len(peer.withdraws) == 1

@@ -139,6 +139,51 @@ async def test_long_tasks_leave_the_rest_to_a_second_agent(
     await endpoint.assert_settled()
 
 
+async def test_credit_grown_on_quick_tasks_is_withdrawn_when_tasks_turn_long(
+    stack: GatewayStack, endpoint: GatewayEndpoint, redis_url: str
+) -> None:
+    """Quick calls grow an agent's credit by its look-ahead; once its calls are seen to take
+    long it withdraws what its workers cannot start, so a second agent gets the long tasks
+    they would otherwise have waited behind."""
+    double, nap_id, hold = (
+        await endpoint.register(DOUBLE),
+        await endpoint.register(NAP),
+        await endpoint.register(HOLD),
+    )
+    gate = Gate(endpoint)
+    async with stack.ws() as server:
+        url = ws_url(server)
+        settings = agent_settings(endpoint, url, consumer="first", engine="thread")
+        async with Agent(settings) as first:
+            run_first = asyncio.create_task(first.run())
+            quick = await endpoint.submit_calls(double, [(i,) for i in range(300)])
+            await until(lambda: finished(endpoint, quick), "the quick calls")
+            await until(lambda: in_hand(server) > 4 * settings.workers, "credit grown")
+            naps = await endpoint.submit_calls(nap_id, [(0.2,) for _ in range(2)])
+            await until(lambda: finished(endpoint, naps), "the naps")  # seen to take long
+            await until(lambda: in_hand(server) <= 2 * settings.workers, "credit withdrawn")
+
+            second = agent_settings(endpoint, url, consumer="second", engine="thread")
+            async with Agent(second) as other:
+                run_second = asyncio.create_task(other.run())
+                await until(lambda: len(server.gateway.sessions) == 2, "both connected")
+                held = await endpoint.submit_calls(
+                    hold, [(*gate.args(redis_url), i) for i in range(6)]
+                )
+                await gate.wait_started(4)  # two workers of each agent
+                assert in_hand(server) <= 4 * settings.workers
+                await gate.release(6)
+                await until(lambda: finished(endpoint, held), "every held task settled")
+                other.stop()
+                await run_second
+            first.stop()
+            await run_first
+    agents = [(await endpoint.task(t))["agent"] for t in held]
+    assert {"first", "second"} == set(agents)
+    assert [await endpoint.result(t) for t in held] == list(range(6))
+    await endpoint.assert_settled()
+
+
 async def test_queued_tasks_wait_in_the_stream_not_in_the_agent(
     stack: GatewayStack, endpoint: GatewayEndpoint, redis_url: str
 ) -> None:

@@ -37,6 +37,8 @@ from service_common.agent_protocol import (
     TaskOutcome,
     Tasks,
     Welcome,
+    Withdraw,
+    Withdrawn,
     codec,
 )
 from service_common.errors import ServiceError
@@ -91,6 +93,8 @@ AGENT_FRAMES: list[p.AgentFrame] = [
     hello(versions=(1, 2), running=(ref(1), ref(2)), held=(ref(3),)),
     Credit(1),
     Credit(p.CREDIT_MAX),
+    Withdraw(1),
+    Withdraw(p.CREDIT_MAX),
     Outcomes((success(1), FAILED, TaskOutcome("t3", "d3", TaskState.CANCELLED, 0.0))),
     Outcomes(()),
     Status(workers=2, busy=2, queued=5, held=1, draining=True),
@@ -105,6 +109,8 @@ GATEWAY_FRAMES: list[p.GatewayFrame] = [
         (task(1), Task("t2", "1700-2/2", 2, "f2", "00\nabc", 2.5)), (FunctionCode("f1", "01\nx"),)
     ),
     Tasks(()),
+    Withdrawn(0),
+    Withdrawn(7),
     Functions((FunctionCode("f1", "01\nx"),), ("f9",)),
     Settled(("1700-1/1",), (Refusal("t2", "1700-2/1", p.NOT_HANDED, "not yours"),)),
     Cancel(("t1", "t2")),
@@ -279,6 +285,10 @@ AGENT_ERRORS: list[tuple[object, str]] = [
     (raw(type="status", workers=1, busy=0, queued=0), "status.held is missing"),
     (raw(type="status", workers=1, busy=0, queued=0, held=0, draining=1), "status.draining"),
     (raw(type="hand_back", tasks=[{"task_id": "t1"}]), "hand_back.tasks[0].delivery_id"),
+    (raw(type="withdraw", count=0), "withdraw.count must be an integer from 1"),
+    (raw(type="withdraw", count=p.CREDIT_MAX + 1), "withdraw.count must be an integer from 1"),
+    (raw(type="withdraw", count=True), "withdraw.count must be"),
+    (raw(type="withdraw"), "withdraw.count is missing"),
     (raw(type="need_code", function_ids=["f1", 2]), "need_code.function_ids[1] must be an id"),
     (raw(type="need_code", function_ids=TOO_MANY), "need_code.function_ids lists 10001"),
     (raw(**HELLO | {"versions": []}), "hello.versions must list at least one"),
@@ -321,6 +331,8 @@ GATEWAY_ERRORS: list[tuple[object, str]] = [
     (raw(type="settled", delivery_ids="d1"), "settled.delivery_ids must be a list"),
     (raw(type="settled", delivery_ids=[], refused=[{"task_id": "t"}]), "refused[0].delivery"),
     (raw(type="cancel", task_ids=TOO_MANY), "cancel.task_ids lists 10001 items"),
+    (raw(type="withdrawn", count=-1), "withdrawn.count must be an integer from 0"),
+    (raw(type="withdrawn", count=2.0), "withdrawn.count must be"),
     (raw(type="drain", grace_s="soon"), "drain.grace_s must be a finite number"),
     (raw(type="error", code="BAD FRAME", message="m"), "error.code must be"),
     (raw(type="error", code="X", message="m" * 1025), "error.message must be at most"),
@@ -522,6 +534,44 @@ def test_credit_adds_up_and_is_bounded() -> None:
         ledger.grant(Credit(p.CREDIT_MAX - 6))
     assert caught.value.code == p.CREDIT_OVERFLOW
     assert ledger.credit == 7
+
+
+def test_a_withdraw_takes_back_only_credit_not_used_or_reserved() -> None:
+    ledger = greeted(10)
+    assert ledger.withdraw(Withdraw(7)) == Withdrawn(7)
+    assert ledger.credit == 3
+    ledger.window([task(1)], {"f1": "01\nx"})
+    assert ledger.credit == 2
+    # A read in flight reserved one: only the other may be taken back, however many asked.
+    assert ledger.withdraw(Withdraw(5), reserved=1) == Withdrawn(1)
+    assert ledger.credit == 1
+    assert ledger.withdraw(Withdraw(1), reserved=1) == Withdrawn(0)
+    assert len(ledger.window([task(2)], {})) == 1
+    assert ledger.withdraw(Withdraw(3)) == Withdrawn(0)
+    assert (ledger.credit, ledger.handed) == (0, 2)
+    with pytest.raises(ValueError, match="reserved must be at least 0"):
+        ledger.withdraw(Withdraw(1), reserved=-1)
+
+
+def test_the_agents_count_stays_exact_across_a_withdraw() -> None:
+    """granted - received - withdrawn on the agent's side equals the ledger's credit."""
+    ledger = greeted(0)
+    granted = received = withdrawn = 0
+    rng = random.Random(7)
+    for n in range(200):
+        step = rng.choice(("grant", "window", "withdraw"))
+        if step == "grant":
+            grant = rng.randint(1, 5)
+            ledger.grant(Credit(grant))
+            granted += grant
+        elif step == "window" and ledger.credit:
+            count = rng.randint(1, ledger.credit)
+            frames = ledger.window([task(n * 1000 + i) for i in range(count)], {"f1": "01\nx"})
+            received += sum(len(f.tasks) for f in frames)
+        elif step == "withdraw":
+            reserved = rng.randint(0, ledger.credit)
+            withdrawn += ledger.withdraw(Withdraw(rng.randint(1, 6)), reserved=reserved).count
+        assert granted - received - withdrawn == ledger.credit >= 0
 
 
 def test_a_window_never_exceeds_the_credit_and_a_refused_one_changes_nothing() -> None:

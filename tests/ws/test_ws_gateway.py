@@ -31,7 +31,10 @@ from service_common.agent_protocol import (
     Outcomes,
     Settled,
     Status,
+    Task,
     Tasks,
+    Withdraw,
+    Withdrawn,
     decode_gateway_frame,
 )
 from tests.private_redis import PrivateRedis
@@ -143,6 +146,33 @@ async def test_a_grant_that_finds_the_stream_empty_is_told_so_once(stack: Stack)
         _, [task_id] = await stack.ann.submit(eid, fid, 1)
         window = decode_gateway_frame(await asyncio.wait_for(agent.ws.recv(), FRAME_WAIT_S))
         assert isinstance(window, Tasks) and [t.task_id for t in window.tasks] == [task_id]
+
+
+async def test_withdrawn_credit_is_left_to_the_endpoints_other_agents(
+    stack: Stack, aredis: aioredis.Redis, keys: Keys
+) -> None:
+    eid, credential = await stack.ann.endpoint()
+    fid = await stack.ann.function()
+    async with stack.ws() as url, AgentClient.connect(url, credential) as agent:
+        await agent.send(Credit(2))
+        await agent.send(Withdraw(5))
+        assert await agent.recv(Withdrawn) == Withdrawn(2)  # no more than is outstanding
+        await agent.send(Credit(10))
+        await agent.send(Withdraw(7))
+        assert await agent.recv(Withdrawn) == Withdrawn(7)
+        _, task_ids = await stack.ann.submit(eid, fid, 10)
+        tasks: list[Task] = []
+        while len(tasks) < 3:
+            tasks.extend((await agent.recv(Tasks)).tasks)
+        # The answer follows every window sent before it, and none can follow: all used.
+        await agent.send(Withdraw(1))
+        assert await agent.recv(Withdrawn) == Withdrawn(0)
+        running = await aredis.xpending(keys.endpoint_tasks(eid), AGENT_GROUP)
+        async with AgentClient.connect(url, credential, hello("agent-2")) as other:
+            rest = await other.take(7)
+    assert [t.task_id for t in tasks] == task_ids[:3]
+    assert running["consumers"] == [{"name": "agent-1", "pending": 3}]
+    assert sorted(t.task_id for t in rest) == sorted(task_ids[3:])
 
 
 async def test_outcomes_are_settled_and_answered(

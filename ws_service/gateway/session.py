@@ -69,6 +69,7 @@ from service_common.agent_protocol import (
     TaskOutcome,
     Tasks,
     Welcome,
+    Withdraw,
     decode_agent_frame,
     encode,
 )
@@ -144,6 +145,7 @@ class AgentSession:
         self._told_nothing = False  # since the agent's last grant
         self._telling: set[asyncio.Task[None]] = set()
         self._inbox_ready = asyncio.Event()
+        self._window_lock = asyncio.Lock()  # a window's credit taken and its frames sent
         self._closing = False
         self.draining = False
         self.hello: Hello | None = None
@@ -292,6 +294,8 @@ class AgentSession:
             self.ledger.grant(frame)
             self._told_nothing = False
             self.gateway.reader.wake(self)
+        elif isinstance(frame, Withdraw):
+            await self._withdraw(frame)
         elif isinstance(frame, Outcomes):
             # Accepted in frame order, so a credit frame that follows finds these slots
             # free in the ledger (credit never counts a task whose outcome came first).
@@ -306,6 +310,17 @@ class AgentSession:
             await self._hand_back(frame)
         elif isinstance(frame, NeedCode):
             await self._need_code(frame)
+
+    async def _withdraw(self, frame: Withdraw) -> None:
+        """Take back credit the agent no longer wants, never what a read in flight reserved
+        (those tasks are coming); the reader's :attr:`wants` drops with it. The answer goes
+        out after any window whose credit was taken before (the window lock), so the agent's
+        count stays exact."""
+        async with self._window_lock:
+            withdrawn = self.ledger.withdraw(frame, reserved=self._reserved)
+            await self._send(withdrawn)
+        if withdrawn.count:
+            log.debug("agent %s withdrew %d credit", self.ledger.agent, withdrawn.count)
 
     async def _guard(self, work: Callable[[], Awaitable[None]]) -> None:
         """Run a task of this session; one that fails on the gateway's side (not Redis
@@ -436,8 +451,9 @@ class AgentSession:
             return
         codes = {fid: code for fid, code in lookup.codes.items() if code is not None}
         try:
-            for frame in self.ledger.window(tasks, codes):
-                await self._send(frame)
+            async with self._window_lock:
+                for frame in self.ledger.window(tasks, codes):
+                    await self._send(frame)
         except ConnectionClosed:
             # Started for this agent but never sent: back to the stream, attempt not counted.
             await self._hand_back_deliveries([t.delivery_id for t in tasks])
