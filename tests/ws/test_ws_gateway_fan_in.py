@@ -54,6 +54,7 @@ async def test_300_agents_share_a_bounded_number_of_redis_connections(
             base_url=web_url,
             headers={"Authorization": f"Bearer {token}"},
             limits=httpx.Limits(max_connections=CONCURRENCY),
+            timeout=60,  # 300 registrations at once on a busy machine: slow is not wrong here
         ) as http,
     ):
         owner = Owner(http)
