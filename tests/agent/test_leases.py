@@ -210,15 +210,24 @@ async def test_kill_9_in_the_middle_of_2000_tasks_loses_and_duplicates_nothing(
     square = await endpoint.register(SQUARE)
     task_ids = await endpoint.submit_many(square, [((i,), {}) for i in range(2000)])
     async with stack.ws(lease_ms=500) as server:
-        await kill_one_agent_midway(endpoint, ws_url(server), task_ids, tmp_path)
+        seen = await kill_one_agent_midway(endpoint, ws_url(server), tmp_path)
+
+    assert len(seen) == 2000 and set(seen) == set(task_ids)  # each result exactly once
+    pipe = endpoint.redis.pipeline(transaction=False)
+    for task_id in task_ids:
+        pipe.hmget(endpoint.keys.task(task_id), ["state", "result", "attempts"])
+    rows = await pipe.execute()
+    assert {state for state, _, _ in rows} == {TaskState.SUCCESS}
+    assert {int(attempts) for _, _, attempts in rows} <= {1, 2}
+    assert [await endpoint.result(t) for t in task_ids[:5]] == [0, 1, 4, 9, 16]
+    await endpoint.assert_settled()
 
 
-async def kill_one_agent_midway(
-    endpoint: GatewayEndpoint, url: str, task_ids: list[str], tmp_path: Path
-) -> None:
+async def kill_one_agent_midway(endpoint: GatewayEndpoint, url: str, tmp_path: Path) -> list[str]:
     """An agent process (its settings from the environment, as ``fxbroker endpoint start``
     gives them: the gateway's URL and the credential, no Redis) is killed with SIGKILL after
-    500 results; a second one finishes the rest."""
+    500 results; a second one finishes the rest. Returns the task ids of the results, in the
+    order their notices came."""
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     env.update(
         {
@@ -245,13 +254,4 @@ async def kill_one_agent_midway(
         finally:
             second.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(second.wait(), 60) == 0
-
-    assert len(seen) == 2000 and set(seen) == set(task_ids)  # each result exactly once
-    pipe = endpoint.redis.pipeline(transaction=False)
-    for task_id in task_ids:
-        pipe.hmget(endpoint.keys.task(task_id), ["state", "result", "attempts"])
-    rows = await pipe.execute()
-    assert {state for state, _, _ in rows} == {TaskState.SUCCESS}
-    assert {int(attempts) for _, _, attempts in rows} <= {1, 2}
-    assert [await endpoint.result(t) for t in task_ids[:5]] == [0, 1, 4, 9, 16]
-    await endpoint.assert_settled()
+    return seen
