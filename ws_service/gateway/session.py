@@ -18,6 +18,12 @@ another attempt), and enough for a reconnecting agent's next session to check, a
 Redis, that the task is still that agent's (:meth:`TaskStream.holding`). The agent's
 consumer name in the endpoint's group is its ``hello.agent`` id, stable across reconnects.
 
+**Credit** comes in ``credit`` frames and goes back in ``withdraw`` ones (an agent whose
+look-ahead shrank): a withdraw takes only credit no read has reserved, and its ``withdrawn``
+answer is sent under the same lock as the windows, so it follows every window that used
+credit before it. A grant that finds the stream empty is told so, once (an empty ``tasks``
+frame), never ahead of a window being started.
+
 **Outcomes** are settled in batches (:class:`~service_common.tasks.settle.Settler`) only
 for deliveries the ledger says were handed to this connection; each is answered once in a
 ``settled`` frame. Written outcomes are then pushed to subscribers of this process
