@@ -50,7 +50,7 @@ def test_a_descendant_is_found_and_its_cpu_counted_once_reaped() -> None:
 
 def test_hop_cost_prints_a_cpu_figure_for_every_role(redis_url: str) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "bench.hop_cost", "--tasks", "100", "--repeat", "1",
+        [sys.executable, "-m", "bench.hop_cost", "--tasks", "1000", "--repeat", "1",
          "--redis-url", redis_url],
         cwd=REPO, env=dict(os.environ), capture_output=True, text=True, timeout=180,
     )  # fmt: skip
@@ -58,7 +58,7 @@ def test_hop_cost_prints_a_cpu_figure_for_every_role(redis_url: str) -> None:
     for role in (*ROLES, "total"):
         line = re.search(rf"^{re.escape(role)} +(\d+)  ", done.stdout, re.MULTILINE)
         assert line is not None, (role, done.stdout)
-        if role not in ("web", "redis"):  # ticks are 10 ms: 100 tasks may round to 0
+        if role not in ("web", "redis"):  # ticks are 10 ms: small figures may round to 0
             assert int(line.group(1)) > 0, (role, done.stdout)
     assert re.search(r"^wall: \d+ tasks/s", done.stdout, re.MULTILINE)
     calls = re.search(r"^redis commands/task: ([\d.]+)", done.stdout, re.MULTILINE)
