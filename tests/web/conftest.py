@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
+import uvicorn
 
+from tests.conftest import free_port
 from web_service.accounts import create_user
 from web_service.app import create_app
 from web_service.schema import upgrade
@@ -49,3 +52,24 @@ async def alice(migrated_database_url: str, client: httpx.AsyncClient) -> ApiUse
 async def bob(migrated_database_url: str, client: httpx.AsyncClient) -> ApiUser:
     user_id, token = await create_user(migrated_database_url, "bob")
     return ApiUser(user_id, "bob", token, client)
+
+
+@pytest.fixture
+def server_url(web_settings: WebSettings) -> Iterator[str]:
+    """The web service under uvicorn, in a thread of its own, on a free loopback port."""
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(web_settings), host="127.0.0.1", port=port, log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            if not thread.is_alive():
+                raise RuntimeError("the web service did not start")
+            thread.join(0.01)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)

@@ -9,20 +9,17 @@ request that was blocked and woke, not one that happened to read late.
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 import redis.asyncio as aioredis
-import uvicorn
 
 from sdk.keys import Keys
 from sdk.serialize import deserialize, serialize
 from service_common.stream_watch import StreamWatcher
-from tests.conftest import free_port
 from web_service.accounts import create_user
 from web_service.app import create_app
 from web_service.context import AppContext
@@ -152,27 +149,6 @@ async def test_wait_s_is_validated(carol: ApiUser) -> None:
         assert_error(await carol.get(f"/v1/tasks/{task_id}?wait_s={bad}"), 422, "VALIDATION_ERROR")
         response = await carol.post(f"/v1/tasks/batch_status?wait_s={bad}", {"task_ids": [task_id]})
         assert_error(response, 422, "VALIDATION_ERROR")
-
-
-@pytest.fixture
-def server_url(web_settings: WebSettings) -> Iterator[str]:
-    """The web service under uvicorn, in a thread of its own, on a free loopback port."""
-    port = free_port()
-    config = uvicorn.Config(
-        create_app(web_settings), host="127.0.0.1", port=port, log_level="warning"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        while not server.started:
-            if not thread.is_alive():
-                raise RuntimeError("the web service did not start")
-            thread.join(0.01)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 async def test_plain_http_clients_long_poll_too(

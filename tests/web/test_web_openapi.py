@@ -4,15 +4,11 @@ answer that violates it (bounded examples, against a real server on a free port)
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import hypothesis
-import pytest
 import schemathesis
-import uvicorn
 from hypothesis import HealthCheck, Phase
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
@@ -24,7 +20,6 @@ from schemathesis.specs.openapi.checks import (
 )
 from starlette.routing import Route
 
-from tests.conftest import free_port
 from web_service.accounts import create_user
 from web_service.app import create_app
 from web_service.settings import WebSettings
@@ -38,27 +33,6 @@ CHECKS = [
     content_type_conformance,
     response_schema_conformance,
 ]
-
-
-@pytest.fixture
-def server_url(web_settings: WebSettings) -> Iterator[str]:
-    """The web service under uvicorn, in a thread of its own, on a free loopback port."""
-    port = free_port()
-    config = uvicorn.Config(
-        create_app(web_settings), host="127.0.0.1", port=port, log_level="warning"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        while not server.started:
-            if not thread.is_alive():
-                raise RuntimeError("the web service did not start")
-            thread.join(0.01)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 async def test_the_document_describes_every_route(alice: ApiUser) -> None:
