@@ -66,6 +66,8 @@ class TaskHash(TypedDict, total=False):
     completed_at: str
     attempts: str
     agent: str
+    entry: str
+    """The stream entry id the task was started from (a duplicate entry does not start it)."""
     result: str
     exception: str
     stdout: str

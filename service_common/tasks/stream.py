@@ -45,7 +45,7 @@ from sdk.states import TERMINAL_STATES, TaskState
 from service_common.lua import Lua, execute_pipeline
 
 START_SCRIPT = """
-local f = redis.call('HMGET', KEYS[1], 'state', 'agent', 'started_at', 'attempts')
+local f = redis.call('HMGET', KEYS[1], 'state', 'agent', 'started_at', 'attempts', 'entry')
 local state = f[1]
 if not state then
   return {0, ''}
@@ -53,7 +53,7 @@ end
 if state == ARGV[1] and f[2] == ARGV[3] and f[3] == ARGV[2] then
   return {1, tonumber(f[4])}
 end
-for i = 4, #ARGV do
+for i = 5, #ARGV do
   if state == ARGV[i] then
     if redis.call('HEXISTS', KEYS[1], 'notice_pending') == 1 then
       return {2, state}
@@ -61,15 +61,26 @@ for i = 4, #ARGV do
     return {0, state}
   end
 end
-redis.call('HSET', KEYS[1], 'state', ARGV[1], 'started_at', ARGV[2], 'agent', ARGV[3])
+if state == ARGV[1] and f[5] and f[5] ~= ARGV[4] then
+  return {0, state}
+end
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'started_at', ARGV[2], 'agent', ARGV[3],
+  'entry', ARGV[4])
 return {1, redis.call('HINCRBY', KEYS[1], 'attempts', 1)}
 """
-"""KEYS: the task hash. ARGV: running state, started_at, agent, then the terminal states.
-Returns ``{1, attempt}`` when the task was moved to running (attempt: the count after this
-start), ``{2, state}`` when it is terminal with its notice pending, ``{0, state}`` when it
-must not run. ``started_at`` and the agent together name one start: a task already running
-under both was started by an earlier try of this same call (its reply was lost with the
-connection), so the retry answers that start again instead of counting a second attempt."""
+"""KEYS: the task hash. ARGV: running state, started_at, agent, the entry id, then the
+terminal states. Returns ``{1, attempt}`` when the task was moved to running (attempt: the
+count after this start), ``{2, state}`` when it is terminal with its notice pending, ``{0,
+state}`` when it must not run. ``started_at`` and the agent together name one start: a task
+already running under both was started by an earlier try of this same call (its reply was
+lost with the connection), so the retry answers that start again instead of counting a
+second attempt.
+
+The task remembers the entry that started it (``entry``): a task running from *another*
+entry is not started again from this one, which is then only acknowledged. Such a second
+entry is a duplicate, appended by a retried submit that could not know whether its first
+try reached Redis (see ``web_service.taskstore.tasks.enqueue``); a redelivery after a lapsed
+lease comes from the same entry and is started (and counted) again."""
 
 TOUCH_SCRIPT = """
 local lost = {}
@@ -94,11 +105,12 @@ if redis.call('HGET', KEYS[1], 'state') ~= ARGV[1] or
 end
 redis.call('HSET', KEYS[1], 'state', ARGV[3])
 redis.call('HINCRBY', KEYS[1], 'attempts', -1)
-redis.call('HDEL', KEYS[1], 'started_at', 'agent')
+redis.call('HDEL', KEYS[1], 'started_at', 'agent', 'entry')
 return 1
 """
 """KEYS: the task hash. ARGV: running state, the attempt this agent started, the waiting
-state. Puts a task this agent started back to waiting; 0 when it is no longer ours."""
+state. Puts a task this agent started back to waiting; 0 when it is no longer ours. The
+entry that started it is forgotten too: the task goes back on the stream as a new entry."""
 
 REQUEUE_SCRIPT = """
 local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))
@@ -265,7 +277,7 @@ class TaskStream:
         for entry in entries:
             await START(
                 keys=[self._keys.task(entry.task_id)],
-                args=[str(TaskState.RUNNING), now, self.consumer, *terminal],
+                args=[str(TaskState.RUNNING), now, self.consumer, entry.entry_id, *terminal],
                 client=pipe,
             )
         if take:

@@ -104,6 +104,31 @@ async def test_a_result_stored_without_its_notice_is_announced_on_redelivery(
     await endpoint.assert_settled()
 
 
+async def test_a_task_queued_twice_by_a_retried_submit_runs_once(
+    endpoint: GatewayEndpoint, redis_url: str
+) -> None:
+    """A submit retried after a Redis restart cut its first try may append a task's entry
+    twice; the task runs from the first entry started and the other is only acknowledged."""
+    square = await endpoint.register(SQUARE)
+    task_id = await endpoint.submit(square, 5)
+    other = await endpoint.submit(square, 6)
+    read: Any = await endpoint.redis.xrange(endpoint.stream)
+    fields = next(f for _, f in read if f["task_id"] == task_id)
+    await endpoint.redis.xadd(endpoint.stream, fields)  # the retry's copy
+    assert await endpoint.redis.xlen(endpoint.stream) == 3
+
+    async with Agent(settings_for(endpoint, engine="thread")) as agent:
+        await agent.run(burst=True)
+
+    assert await endpoint.result(task_id) == 25
+    assert await endpoint.result(other) == 36
+    assert (await endpoint.task(task_id))["attempts"] == "1"  # started once, not twice
+    assert sorted(await endpoint.notices()) == sorted(
+        [(task_id, TaskState.SUCCESS), (other, TaskState.SUCCESS)]
+    )
+    await endpoint.assert_settled()
+
+
 async def test_renewing_a_lease_resets_idle_time_only_for_entries_still_held(
     endpoint: GatewayEndpoint, redis_url: str
 ) -> None:

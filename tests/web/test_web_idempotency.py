@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from sdk.keys import Keys
+from sdk.messages import SubmitResponse
 from sdk.serialize import SOURCE_CODE, serialize
 from web_service.settings import WebSettings
+from web_service.store.models import new_id
 from web_service.taskstore import idempotency
 from web_service.taskstore.idempotency import fingerprint
+from web_service.taskstore.tasks import new_task_ids
 
 from .helpers import ApiUser, assert_error
 
@@ -106,17 +110,54 @@ async def test_bad_keys_are_422(alice: ApiUser) -> None:
 async def test_the_claim_of_a_request_that_died_lapses_soon(
     alice: ApiUser, aredis: aioredis.Redis, keys: Keys, web_settings: WebSettings
 ) -> None:
-    """A web process killed between the claim and the answer leaves a short claim only, so
-    the client's retry queues the batch once it lapses, not a day later."""
+    """A web process killed between the claim and the answer leaves a claim whose deadline
+    passes in seconds, not a day: the client's retry then queues the batch, with the ids the
+    dead request had chosen."""
     endpoint_id, body = await setup(alice)
     key = keys.idempotency(alice.user_id, "crashed")
+    plan: SubmitResponse = {"task_group_id": new_id(), "task_ids": new_task_ids(2)}
     claimed = await idempotency.claim(
-        aredis, key, fingerprint(endpoint_id, body), ttl_s=web_settings.idempotency_ttl_s
+        aredis, key, fingerprint(endpoint_id, body), plan, ttl_s=web_settings.idempotency_ttl_s
     )
-    assert claimed is None
-    assert 0 < await aredis.ttl(key) <= idempotency.CLAIM_TTL_S
+    assert (claimed.answer, claimed.retry, claimed.plan) == (None, False, plan)
+    record = json.loads(str(await aredis.get(key)))
+    assert 0 < record["until"] - time.time() <= idempotency.CLAIM_TTL_S
     assert_error(await submit(alice, endpoint_id, body, "crashed"), 409, "CONFLICT")
-    await aredis.delete(key)  # what the lapse does
+    await aredis.set(key, json.dumps({**record, "until": time.time() - 1}))  # what time does
     retry = await submit(alice, endpoint_id, body, "crashed")
     assert retry.status_code == 200, retry.text
+    assert retry.json() == plan
     assert await aredis.xlen(keys.endpoint_tasks(endpoint_id)) == 2
+
+
+async def test_a_retry_after_a_batch_cut_in_the_middle_queues_each_task_once(
+    alice: ApiUser, aredis: aioredis.Redis, keys: Keys, web_settings: WebSettings
+) -> None:
+    """Redis went away after the first task of the batch was queued: the retry queues the
+    same ids, leaves the task already queued (and maybe running) as it is, and lists each id
+    once in the group; the first task's second entry is for the start script to drop."""
+    endpoint_id, body = await setup(alice)
+    key = keys.idempotency(alice.user_id, "cut")
+    request = fingerprint(endpoint_id, body)
+    ttl_s = web_settings.idempotency_ttl_s
+    plan: SubmitResponse = {"task_group_id": new_id(), "task_ids": new_task_ids(2)}
+    await idempotency.claim(aredis, key, request, plan, ttl_s=ttl_s)
+    first_id = plan["task_ids"][0]
+    await aredis.hset(keys.task(first_id), mapping={"state": "running", "attempts": "1"})
+    await aredis.xadd(keys.endpoint_tasks(endpoint_id), {"task_id": first_id})
+    await idempotency.abandon(aredis, key, request, plan, ttl_s=ttl_s)  # the cut try gives up
+
+    retry = await submit(alice, endpoint_id, body, "cut")
+    assert retry.status_code == 200, retry.text
+    assert retry.json() == plan
+    assert await aredis.hmget(keys.task(first_id), "state", "attempts") == ["running", "1"]
+    second = await aredis.hgetall(keys.task(plan["task_ids"][1]))
+    assert (second["state"], second["attempts"]) == ("waiting-for-ep", "0")
+    stream: Any = await aredis.xrange(keys.endpoint_tasks(endpoint_id))
+    assert [f["task_id"] for _, f in stream] == [first_id, *plan["task_ids"]]
+    group = keys.task_group_tasks(plan["task_group_id"])
+    assert await aredis.lrange(group, 0, -1) == plan["task_ids"]
+    again = await submit(alice, endpoint_id, body, "cut")  # answered now: nothing queued
+    assert again.json() == plan
+    assert await aredis.xlen(keys.endpoint_tasks(endpoint_id)) == 3
+    assert await aredis.lrange(group, 0, -1) == plan["task_ids"]

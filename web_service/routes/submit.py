@@ -9,7 +9,9 @@ every function (403 ``FUNCTION_NOT_ALLOWED``), a given task group is not someone
 
 Cost once the caches are warm: one Redis pipeline round trip, plus one SQL statement when
 the batch opens a new task group, plus one Redis round trip when an ``Idempotency-Key`` is
-sent. Nothing per task.
+sent. Nothing per task. With an ``Idempotency-Key``, the ids are chosen before the claim and
+kept in it, so a retry after a failure in the middle of queueing queues the same ids again
+and runs nothing twice (:mod:`web_service.taskstore.idempotency`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from web_service.context import AppContext, context_of
 from web_service.errors import ApiError, not_found
 from web_service.middleware.auth import caller_of
 from web_service.routes.bodies import SubmitBatch, parse_json, parse_submit, read_body
+from web_service.store.models import new_id
 from web_service.taskstore import idempotency
 from web_service.taskstore.tasks import enqueue, new_task_ids
 
@@ -91,23 +94,26 @@ async def queue_batch(
             "FUNCTION_NOT_ALLOWED",
             f"endpoint {endpoint_id} does not run these functions: {_named(refused)}",
         )
+    plan: SubmitResponse = {
+        "task_group_id": batch.task_group_id or new_id(),
+        "task_ids": new_task_ids(len(batch.tasks)),
+    }
+    retry = False
     redis_key = fingerprint = ""
+    ttl_s = context.settings.idempotency_ttl_s
     if key is not None:
         redis_key = context.keys.idempotency(caller.user_id, key)
         fingerprint = idempotency.fingerprint(endpoint_id, body)
-        earlier = await idempotency.claim(
-            context.redis, redis_key, fingerprint, ttl_s=context.settings.idempotency_ttl_s
-        )
-        if earlier is not None:
-            return earlier
+        claimed = await idempotency.claim(context.redis, redis_key, fingerprint, plan, ttl_s=ttl_s)
+        if claimed.answer is not None:
+            return claimed.answer
+        plan, retry = claimed.plan, claimed.retry
     try:
-        task_group_id = await context.task_groups.claim(caller.user_id, batch.task_group_id)
+        task_group_id = await context.task_groups.claim(
+            caller.user_id, plan["task_group_id"], new=batch.task_group_id is None and not retry
+        )
         if task_group_id is None:
             raise not_found("task_group", str(batch.task_group_id))
-        response: SubmitResponse = {
-            "task_group_id": task_group_id,
-            "task_ids": new_task_ids(len(batch.tasks)),
-        }
         await enqueue(
             context.redis,
             context.keys,
@@ -115,26 +121,19 @@ async def queue_batch(
             endpoint_id=endpoint_id,
             task_group_id=task_group_id,
             tasks=batch.tasks,
-            task_ids=response["task_ids"],
+            task_ids=plan["task_ids"],
             codes=check.codes,
             result_ttl_s=context.settings.result_ttl_s,
             result_strategies=batch.result_strategies,
-            remember=(
-                (
-                    redis_key,
-                    idempotency.answered(fingerprint, response),
-                    context.settings.idempotency_ttl_s,
-                )
-                if key
-                else None
-            ),
+            remember=(redis_key, idempotency.answered(fingerprint, plan), ttl_s) if key else None,
+            retry=retry,
         )
     except BaseException:
         if key is not None:
-            await idempotency.release(context.redis, redis_key)
+            await idempotency.abandon(context.redis, redis_key, fingerprint, plan, ttl_s=ttl_s)
         raise
     context.metrics.tasks_submitted.inc(len(batch.tasks))
-    return response
+    return plan
 
 
 routes = [Route("/v1/endpoints/{endpoint_id}/submit", submit, methods=["POST"])]

@@ -44,13 +44,16 @@ class TaskGroupCatalog:
                 self._groups.put(task_group_id, record)
         return record if record is not None and record.owner_id == owner_id else None
 
-    async def claim(self, owner_id: str, task_group_id: str | None) -> str | None:
+    async def claim(
+        self, owner_id: str, task_group_id: str | None, *, new: bool = False
+    ) -> str | None:
         """The task group a batch goes into: ``task_group_id`` or, if None, a new one.
 
-        The row is written only when the group is new. Returns None when the group exists
-        and belongs to someone else.
+        The row is written only when the group is new; ``new`` says the caller just made
+        ``task_group_id`` up (a fresh id), so it is written without looking for it first.
+        Returns None when the group exists and belongs to someone else.
         """
-        if task_group_id is not None:
+        if task_group_id is not None and not new:
             existing = await self.get(owner_id, task_group_id)
             if existing is not None:
                 return existing.id

@@ -1,30 +1,40 @@
-"""``Idempotency-Key`` on batch submit: a retried request creates nothing new.
+"""``Idempotency-Key`` on batch submit: a retried request creates nothing new and runs no
+task twice.
 
 The first request with a key claims ``keys.idempotency(user_id, key)`` with ``SET NX GET``
-(one round trip, only when the header is present) *before* anything is queued, holding a
-record that the batch is underway for at most :data:`CLAIM_TTL_S`. The submit pipeline then
-overwrites it with the answer (task group and task ids), kept for ``idempotency_ttl_s``. So:
+(one round trip, only when the header is present) *before* anything is queued. The claim
+holds the request's fingerprint and its *plan*, the task group and task ids it is about to
+queue, and says "underway" until a deadline :data:`CLAIM_TTL_S` ahead. The submit pipeline
+then overwrites it with the answer (the same ids), kept for ``idempotency_ttl_s``. So:
 
 * a retry after the first request answered gets the same answer and queues nothing;
 * a retry while the first is still underway answers 409 ``CONFLICT`` with ``Retry-After``;
 * the same key with a different request (another endpoint or body) answers 422
   ``IDEMPOTENCY_KEY_REUSED``;
-* if queueing fails, the claim is dropped, so the retry queues the batch (at-least-once);
-  if even that fails (Redis went away in the middle of the submit), the claim lapses after
-  :data:`CLAIM_TTL_S`, so a key is never stuck "underway" for the whole
-  ``idempotency_ttl_s``: the SDK's retries get 409 (or 503) until then, and then queue it.
+* if queueing fails, the claim is marked abandoned (its deadline passed), and if even that
+  fails (Redis went away in the middle of the submit) the deadline passes by itself within
+  :data:`CLAIM_TTL_S`. A retry then *takes over* the plan: it queues the same ids again,
+  in the submit's retry mode, which writes only the task hashes that are missing and lets a
+  task whose entry is now on the stream twice run once (``web_service.taskstore.tasks.
+  enqueue``). A batch cut in the middle by a Redis restart thus ends up queued exactly once,
+  and a key is never stuck "underway" for the whole ``idempotency_ttl_s``: the SDK's retries
+  get 409 (or 503) for a few seconds at most.
 
 A request is identified by the sha256 of its endpoint id and its exact body bytes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from sdk.messages import SubmitResponse
 from web_service.errors import ApiError, invalid, retry_later
@@ -37,6 +47,16 @@ CLAIM_TTL_S = 5
 """How long a claim may say "underway" before it is taken as abandoned (its request died): many
 times a submit's own time (one pipelined round trip), and below the SDK's request timeout, so
 a client whose request died with its web process waits seconds, not a day, for its retry."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What :func:`claim` found: an earlier ``answer`` to return, or the ``plan`` to queue
+    (``retry``: an abandoned earlier try's plan, which may be partly queued)."""
+
+    plan: SubmitResponse
+    answer: SubmitResponse | None = None
+    retry: bool = False
 
 
 def parse_key(raw: str | None) -> str | None:
@@ -57,18 +77,32 @@ def answered(request_fingerprint: str, response: SubmitResponse) -> str:
     return json.dumps({"fingerprint": request_fingerprint, "response": response})
 
 
+def _underway(request_fingerprint: str, plan: SubmitResponse, until: float) -> str:
+    return json.dumps(
+        {"fingerprint": request_fingerprint, "response": None, "plan": plan, "until": until}
+    )
+
+
+def _response(record: Any) -> SubmitResponse:
+    return {
+        "task_group_id": str(record["task_group_id"]),
+        "task_ids": [str(task_id) for task_id in record["task_ids"]],
+    }
+
+
 async def claim(
-    redis: aioredis.Redis, key: str, request_fingerprint: str, *, ttl_s: int
-) -> SubmitResponse | None:
-    """Claim ``key`` for this request: None when it is ours to queue, else the earlier answer.
+    redis: aioredis.Redis, key: str, request_fingerprint: str, plan: SubmitResponse, *, ttl_s: int
+) -> Claim:
+    """Claim ``key`` for this request, to queue ``plan``; or the earlier answer; or the plan of
+    an abandoned earlier try, taken over.
 
     Raises 409 while the first request with the key is underway, 422 when the key was used
     for a different request.
     """
-    pending = json.dumps({"fingerprint": request_fingerprint, "response": None})
-    previous = await redis.set(key, pending, nx=True, ex=min(ttl_s, CLAIM_TTL_S), get=True)
+    pending = _underway(request_fingerprint, plan, time.time() + CLAIM_TTL_S)
+    previous = await redis.set(key, pending, nx=True, ex=ttl_s, get=True)
     if previous is None:
-        return None
+        return Claim(plan)
     record: Any = json.loads(str(previous))
     if record.get("fingerprint") != request_fingerprint:
         raise ApiError(
@@ -76,18 +110,23 @@ async def claim(
             "IDEMPOTENCY_KEY_REUSED",
             "this Idempotency-Key was used for a different request; use a new key",
         )
-    response = record.get("response")
-    if response is None:
+    if record.get("response") is not None:
+        return Claim(plan, answer=_response(record["response"]))
+    earlier = record.get("plan")
+    if earlier is None or float(record.get("until", 0)) > time.time():
         raise retry_later(
             409, "CONFLICT", "a request with this Idempotency-Key is underway", RETRY_AFTER_S
         )
-    answer: SubmitResponse = {
-        "task_group_id": str(response["task_group_id"]),
-        "task_ids": [str(task_id) for task_id in response["task_ids"]],
-    }
-    return answer
+    taken = _response(earlier)
+    pending = _underway(request_fingerprint, taken, time.time() + CLAIM_TTL_S)
+    await redis.set(key, pending, xx=True, ex=ttl_s)
+    return Claim(taken, retry=True)
 
 
-async def release(redis: aioredis.Redis, key: str) -> None:
-    """Drop a claim whose batch could not be queued, so a retry can queue it."""
-    await redis.delete(key)
+async def abandon(
+    redis: aioredis.Redis, key: str, request_fingerprint: str, plan: SubmitResponse, *, ttl_s: int
+) -> None:
+    """Mark the claim of a batch that could not be queued as abandoned, so a retry takes its
+    plan over at once. Best effort: with Redis away the claim's deadline passes by itself."""
+    with contextlib.suppress(RedisError):
+        await redis.set(key, _underway(request_fingerprint, plan, 0.0), xx=True, ex=ttl_s)

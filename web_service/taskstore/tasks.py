@@ -18,6 +18,28 @@ from sdk.messages import StreamEntry, TaskHash, TaskInfo, TaskSpec, task_info
 from sdk.states import TaskState
 from web_service.store.models import is_id, new_id
 
+CREATE_TASK = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return 0
+end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+"""KEYS: a task hash. ARGV: its fields and values. Writes the hash only if it does not exist
+(a retried submit never resets a task its first try queued)."""
+
+APPEND_ONCE = """
+if redis.call('LPOS', KEYS[1], ARGV[1]) then
+  return 0
+end
+for i = 1, #ARGV, 1000 do
+  redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+end
+return 1
+"""
+"""KEYS: a task group's list. ARGV: the ids of one batch. Appends them unless the batch's
+first id is there already (one ``RPUSH`` per thousand ids, so a batch is all there or not)."""
+
 
 def new_task_ids(count: int) -> list[str]:
     return [new_id() for _ in range(count)]
@@ -36,6 +58,7 @@ async def enqueue(
     result_ttl_s: int,
     result_strategies: Sequence[str] = (),
     remember: tuple[str, str, int] | None = None,
+    retry: bool = False,
 ) -> None:
     """Queue ``tasks`` under ``task_ids`` on the endpoint's stream in one pipelined round trip.
 
@@ -49,9 +72,16 @@ async def enqueue(
 
     Contract: when this returns, Redis has acknowledged every write and agents may already be
     running the tasks; entries are appended in submission order. The pipeline is not a
-    transaction (a batch spans hash slots): if it raises, a prefix of the batch may be queued
-    although the caller never learns those ids, so a client retry can run a task twice,
-    which the at-least-once execution contract allows.
+    transaction (a batch spans hash slots): if it raises, a prefix of the batch may be queued.
+    ``retry`` queues the same ids again after such a failure (an ``Idempotency-Key`` retry,
+    which knows the ids its first try chose): each hash is written only if absent
+    (:data:`CREATE_TASK`), the ids join the group once (:data:`APPEND_ONCE`), and every entry
+    is appended again. Those two scripts go as ``EVAL`` with their source, not by SHA: this
+    path runs after a failure, often a Redis restart that emptied the script cache, and an
+    ``EVALSHA`` refused there would leave entries queued ahead of their hashes. A task whose
+    first entry did reach the stream so has two; the first one started runs it and the other
+    is only acknowledged (the start script in ``service_common.tasks.stream`` remembers the
+    entry that started a task), so a retried submit runs no task twice.
     """
     created_at = f"{time.time():.6f}"
     pipe = redis.pipeline(transaction=False)
@@ -79,10 +109,17 @@ async def enqueue(
             entry["walltime_s"] = repr(spec["walltime_s"])
         if result_strategies:
             entry["result_serializers"] = ",".join(result_strategies)
-        pipe.hset(keys.task(task_id), mapping=_fields(record))
+        if retry:
+            flat = [part for pair in _fields(record).items() for part in pair]
+            pipe.eval(CREATE_TASK, 1, keys.task(task_id), *flat)
+        else:
+            pipe.hset(keys.task(task_id), mapping=_fields(record))
         pipe.xadd(stream, _fields(entry))
     group_tasks = keys.task_group_tasks(task_group_id)
-    pipe.rpush(group_tasks, *task_ids)
+    if retry:
+        pipe.eval(APPEND_ONCE, 1, group_tasks, *task_ids)
+    else:
+        pipe.rpush(group_tasks, *task_ids)
     pipe.expire(group_tasks, result_ttl_s)
     if remember is not None:
         key, value, ttl_s = remember
