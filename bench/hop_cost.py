@@ -142,10 +142,18 @@ def _pids(platform_: Platform) -> dict[str, int]:
     return {role[str(p.args[3])]: p.pid for p in platform_.processes.running}  # type: ignore[index]
 
 
-def _sample(d: Deployment, pids: dict[str, int], s: BenchSettings) -> tuple[float, CpuMeter]:
+def _sample(
+    d: Deployment, pids: dict[str, int], s: BenchSettings, payload: bytes | None = None
+) -> tuple[float, CpuMeter]:
     meter = CpuMeter(pids, d.redis_url)
-    wall = fx.executor_wall(d, fx.PROCESS, tasks.noop, s.throughput_tasks, s, meter=meter)
-    return s.throughput_tasks / wall, meter
+    n = s.throughput_tasks
+    if payload is None:
+        wall = fx.executor_wall(d, fx.PROCESS, tasks.noop, n, s, meter=meter)
+    else:
+        wall = fx.executor_wall(
+            d, fx.PROCESS, tasks.echo, n, s, args=(payload,), expect=payload, meter=meter
+        )
+    return n / wall, meter
 
 
 def top_own(raw: str, top: int = 8) -> list[tuple[str, float]]:
@@ -188,12 +196,17 @@ def _spy(pid: int, raw_path: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def _profiled(d: Deployment, pids: dict[str, int], s: BenchSettings, out: Path) -> None:
+def _profiled(
+    d: Deployment, pids: dict[str, int], s: BenchSettings, out: Path, payload: bytes | None
+) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    roles = ("ws (gateway)", "agent")
-    spies = {role: _spy(pids[role], out / f"{role.split()[0]}.txt") for role in roles}
+    targets = {role: pids[role] for role in ("web", "ws (gateway)", "agent")}
+    targets["client"] = os.getpid()
+    for i, pid in enumerate(_descendants(pids["agent"])[:3]):
+        targets[f"worker{i}"] = pid
+    spies = {role: _spy(pid, out / f"{role.split()[0]}.txt") for role, pid in targets.items()}
     try:
-        _sample(d, pids, s)
+        _sample(d, pids, s, payload)
     finally:
         for proc in spies.values():
             proc.send_signal(signal.SIGINT)
@@ -208,10 +221,13 @@ def _profiled(d: Deployment, pids: dict[str, int], s: BenchSettings, out: Path) 
             print(f"  {pct:5.1f}  {name}")
 
 
-def render(rows: list[tuple[float, dict[str, float], Counter[str]]], n: int) -> str:
+def render(
+    rows: list[tuple[float, dict[str, float], Counter[str]]], n: int, payload_bytes: int = 0
+) -> str:
     """The table: median CPU µs per task by role, wall tasks/s, Redis commands per task."""
     med = {r: statistics.median(us[r] for _, us, _ in rows) for r in ROLES}
-    lines = [f"hop cost: {n:,} no-op tasks, Executor -> web -> gateway -> agent (process x2), "
+    what = f"echo tasks of {payload_bytes:,} bytes" if payload_bytes else "no-op tasks"
+    lines = [f"hop cost: {n:,} {what}, Executor -> web -> gateway -> agent (process x2), "
              f"median of {len(rows)}", f"{'process':<16}{'CPU us/task':>12}  samples"]  # fmt: skip
     for role in ROLES:
         samples = ", ".join(f"{us[role]:.0f}" for _, us, _ in rows)
@@ -222,6 +238,10 @@ def render(rows: list[tuple[float, dict[str, float], Counter[str]]], n: int) -> 
     rates = [rate for rate, _, _ in rows]
     lines.append(f"wall: {statistics.median(rates):.0f} tasks/s  "
                  f"({', '.join(f'{r:.0f}' for r in rates)})")  # fmt: skip
+    if payload_bytes:
+        mbs = [rate * 2 * payload_bytes / 1e6 for rate in rates]
+        lines.append(f"payload: {statistics.median(mbs):.1f} MB/s in and out  "
+                     f"({', '.join(f'{m:.1f}' for m in mbs)})")  # fmt: skip
     per_cmd = Counter({c: statistics.median(k[c] for _, _, k in rows) / n
                        for _, _, k in rows for c in k})  # fmt: skip
     top = ", ".join(f"{c} {v:.2f}" for c, v in per_cmd.most_common(10) if v >= 0.01)
@@ -236,13 +256,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add = parser.add_argument
-    add("--tasks", type=int, default=5_000, help="no-op tasks per sample (default 5,000)")
+    add("--tasks", type=int, default=5_000, help="tasks per sample (default 5,000)")
+    add("--payload", type=int, default=0, metavar="BYTES",
+        help="echo tasks carrying BYTES random bytes each way instead of no-ops")  # fmt: skip
     add("--repeat", type=int, default=3, help="samples, median shown (default 3)")
     add("--redis-url", default=None, help="a Redis to use (default: a private redis-server)")
     add("--py-spy", type=Path, default=None, metavar="DIR",
         help="one more sample with py-spy on ws and agent; raw stacks go to DIR")  # fmt: skip
     args = parser.parse_args(argv)
     s = BenchSettings.full(throughput_tasks=args.tasks, repeat=args.repeat)
+    payload = os.urandom(args.payload) if args.payload else None
     workdir = Path(tempfile.mkdtemp(prefix="fxbroker-hop-cost-"))
     rows: list[tuple[float, dict[str, float], Counter[str]]] = []
     try:
@@ -255,13 +278,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             with platform_ as deployment:
                 pids = _pids(platform_)
                 for i in range(s.repeat):
-                    rate, meter = _sample(deployment, pids, s)
+                    rate, meter = _sample(deployment, pids, s, payload)
                     rows.append((rate, *meter.per_task_us(s.throughput_tasks)))
                     platform_.processes.check()
                     print(f"[{i + 1}/{s.repeat}] {rate:.0f} tasks/s", file=sys.stderr)
-                print(render(rows, s.throughput_tasks), flush=True)
+                print(render(rows, s.throughput_tasks, args.payload), flush=True)
                 if args.py_spy is not None:
-                    _profiled(deployment, pids, s, args.py_spy)
+                    _profiled(deployment, pids, s, args.py_spy, payload)
     except BaseException:
         print(f"the run failed; the logs of its processes are in {workdir}", file=sys.stderr)
         raise

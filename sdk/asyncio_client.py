@@ -141,7 +141,7 @@ class AsyncClient:
                 response = await self._http.request(
                     request.method,
                     request.path,
-                    json=request.json,
+                    content=request.body(),
                     headers=request.headers(),
                     timeout=_base.held_timeout(self._http.timeout, request),
                 )

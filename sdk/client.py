@@ -106,7 +106,7 @@ class Client:
                 response = self._http.request(
                     request.method,
                     request.path,
-                    json=request.json,
+                    content=request.body(),
                     headers=request.headers(),
                     timeout=_base.held_timeout(self._http.timeout, request),
                 )

@@ -18,7 +18,7 @@ kwargs dict. Everything here is pure: no I/O, no global state but the strategy t
 
 from __future__ import annotations
 
-import base64
+import binascii
 import inspect
 import json
 import textwrap
@@ -44,12 +44,14 @@ class Strategy:
 
 
 def _dill_b64_dumps(obj: Any) -> str:
-    # base64.encodebytes matches codecs.encode(..., "base64"): 76-char lines, trailing newline.
-    return base64.encodebytes(dill.dumps(obj)).decode()
+    # One base64 line: Globus Compute writes 76-character lines (``codecs.encode(...,
+    # "base64")``, a Python loop over 57-byte chunks, most of the cost of a large argument)
+    # but decodes with ``binascii.a2b_base64``, which takes either form.
+    return binascii.b2a_base64(dill.dumps(obj), newline=False).decode()
 
 
 def _dill_b64_loads(body: str) -> Any:
-    return dill.loads(base64.decodebytes(body.encode()))
+    return dill.loads(binascii.a2b_base64(body))
 
 
 def _source_dumps(fn: Any) -> str:

@@ -23,6 +23,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from sdk.messages import (
     ErrorFrame,
     ResultItem,
@@ -85,8 +87,8 @@ def subscribed_frame(command: Subscribe) -> SubscribedFrame:
 
 
 def encode(frame: Mapping[str, Any]) -> str:
-    """A frame as compact JSON text."""
-    return json.dumps(frame, separators=(",", ":"))
+    """A frame as compact JSON text (orjson: a result is mostly one long base64 string)."""
+    return orjson.dumps(frame).decode()
 
 
 def parse_frame(data: str | bytes) -> Command | ErrorFrame:
