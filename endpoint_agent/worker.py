@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from endpoint_agent.capture import Captured, capture
+from endpoint_agent.globus_shell import adapt
 from endpoint_agent.result_encoding import encode_result
 from sdk.errors import DeserializationError, SerializationError
 from sdk.messages import ExceptionRecord, error_record, exception_record
@@ -143,10 +144,11 @@ def load_function(
         raise DeserializationError(
             f"the code of function {function_id} holds a {type(loaded).__name__}, not a callable"
         )
+    fn = adapt(loaded)  # a Globus Compute ShellFunction gets its sandbox
     if len(_functions) >= CACHE_SIZE:
         del _functions[next(iter(_functions))]
-    _functions[function_id] = loaded
-    return loaded
+    _functions[function_id] = fn
+    return fn
 
 
 def finish(value: Any, limits: Limits = Limits()) -> Outcome:

@@ -1,12 +1,16 @@
-"""fxbroker's ShellFunction run by a real agent: the arguments shell-quoted, an exit code as a
-result (or a failure with ``check=True``), the process group killed at the walltime, the
-output's tail kept."""
+"""ShellFunctions run by a real agent. fxbroker's own: the arguments shell-quoted, an exit
+code as a result (or a failure with ``check=True``), the process group killed at the
+walltime, the output's tail kept. Globus Compute's: its ``ShellResult`` back, run in a
+sandbox of its own that leaves nothing behind."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+from globus_compute_sdk import ShellFunction as GlobusShellFunction
+from globus_compute_sdk import ShellResult as GlobusShellResult
 
 from endpoint_agent import Agent
 from sdk.errors import CommandFailed, CommandTimedOut
@@ -24,6 +28,10 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _existing(paths: set[str]) -> list[str]:
+    return [path for path in paths if os.path.exists(path)]
 
 
 @pytest.mark.parametrize("engine", ["process", "thread"])
@@ -81,3 +89,39 @@ async def test_shell_functions_run_on_an_agent(
     error = remote_exception(timed_out, TaskState.FAILED, record)
     assert isinstance(error, CommandTimedOut) and error.stdout == "started\n"
     assert not _alive(int(pidfile.read_text()))
+
+
+@pytest.mark.parametrize("engine", ["process", "thread"])
+async def test_a_globus_compute_shell_function_runs_in_a_sandbox_of_its_own(
+    endpoint: GatewayEndpoint, tmp_path: Path, engine: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the workers start here (spawned, or threads)
+    shell = await endpoint.register(serialize(GlobusShellFunction("echo {x}; pwd; exit 4")))
+    as_dict = GlobusShellFunction("echo hi >&2", return_dict=True)
+    listed = await endpoint.register(serialize(as_dict))
+    calls = await endpoint.submit_many(shell, [((), {"x": n}) for n in range(4)])
+    plain = await endpoint.submit(listed)
+
+    async with Agent(settings_for(endpoint, engine=engine)) as agent:
+        await agent.run(burst=True)
+
+    sandboxes = set()
+    for n, task_id in enumerate(calls):
+        result = await endpoint.result(task_id)
+        assert isinstance(result, GlobusShellResult)
+        assert (result.returncode, result.cmd) == (4, f"echo {n}; pwd; exit 4")
+        assert result.exception_name == "subprocess.CalledProcessError"
+        assert result.stderr == ""  # no word of a missing sandbox
+        printed, sandbox = result.stdout.splitlines()
+        assert printed == str(n) and Path(sandbox).name.startswith("fxbroker-shell-")
+        sandboxes.add(sandbox)
+    assert len(sandboxes) == 4 and not _existing(sandboxes)
+    assert await endpoint.result(plain) == {
+        "cmd": "echo hi >&2",
+        "stdout": "",
+        "stderr": "hi\n",
+        "returncode": 0,
+        "exception_name": None,
+    }
+    assert os.listdir(tmp_path) == []  # no output files left where the workers run
+    assert Path.cwd() == tmp_path and "GC_TASK_SANDBOX_DIR" not in os.environ
