@@ -56,6 +56,6 @@ def encode_result(value: Any, strategies: Sequence[str] = ()) -> str:
                 cause = exc.__cause__ if exc.__cause__ is not None else exc
                 reasons.append(f"{_label(identifier)}: {type(cause).__name__}: {cause}")
     raise SerializationError(
-        f"none of the task's result serializers could serialize its result, "
-        f"a {type(value).__name__}: " + "; ".join(reasons)
+        f"none of the task's result serializers can serialize a {type(value).__name__}: "
+        + "; ".join(reasons)
     )
