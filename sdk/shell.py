@@ -19,7 +19,9 @@ characters, and at most ``snippet_lines`` lines when that is set.
 *Outcomes.* An exit code is a result, not an error (``returncode``), unless ``check=True``:
 then a non-zero code raises :class:`~sdk.errors.CommandFailed`, so the task fails. Past
 ``walltime_s`` the whole process group is killed (SIGKILL) and
-:class:`~sdk.errors.CommandTimedOut` is raised, so the task fails saying so.
+:class:`~sdk.errors.CommandTimedOut` is raised, so the task fails saying so. Only this
+walltime reaches the command: a task's own ``walltime_s`` kills the worker that called it,
+and the command, in a session of its own, outlives that worker.
 """
 
 from __future__ import annotations
