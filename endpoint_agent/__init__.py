@@ -10,7 +10,9 @@ gateway: one WebSocket, the credential; the agent never sees Redis),
 :mod:`.engines` (the engine interface and the thread engine), :mod:`.processes` (the process
 engine: one worker process per slot or accelerator, fed in batches), :mod:`.batches` (the
 pipe to a worker process and the worker's loop), :mod:`.worker` (running one task),
-:mod:`.capture` (per-task stdout/stderr), :mod:`.accelerators` (finding the node's GPUs).
+:mod:`.capture` (per-task stdout/stderr), :mod:`.result_encoding` (a result's buffer, by
+the strategies its submit named), :mod:`.globus_shell` (Globus Compute's ShellFunction in a
+sandbox), :mod:`.accelerators` (finding the node's GPUs).
 The Redis side (the task stream, starting and settling, leases, cancels, the heartbeat)
 lives in the gateway (:mod:`ws_service.gateway`, on :mod:`service_common.tasks`).
 """

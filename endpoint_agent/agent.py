@@ -67,7 +67,7 @@ import enum
 import logging
 import signal
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 
 from endpoint_agent import capture
@@ -500,7 +500,8 @@ class Agent:
                 held.kind = _Kind.SYNC
                 self._held_sync += 1
                 held.in_engine = True
-                call = Call(info.function_id, info.code, work.payload, allowed, self._limits)
+                limits = self._limits_for(work)
+                call = Call(info.function_id, info.code, work.payload, allowed, limits)
                 rt.engine.submit(
                     work.key, call, walltime_s=self._walltime_s(work), done=self._ended
                 )
@@ -518,6 +519,12 @@ class Agent:
             self._async_shaped = False
         elif saw_async:
             self._async_shaped = True
+
+    def _limits_for(self, work: Received) -> Limits:
+        """The agent's limits, with the task's own result strategies when it names some."""
+        if not work.result_strategies:
+            return self._limits
+        return replace(self._limits, result_strategies=work.result_strategies)
 
     def _walltime_s(self, work: Received) -> float | None:
         """The tighter of the endpoint's walltime and the task's own (``None``: none)."""
@@ -546,7 +553,7 @@ class Agent:
                 try:
                     async with asyncio.timeout(walltime_s):
                         outcome = await run_coroutine(
-                            info.fn, payload, allowed=allowed, limits=self._limits
+                            info.fn, payload, allowed=allowed, limits=self._limits_for(held.work)
                         )
                 except TimeoutError:
                     assert walltime_s is not None

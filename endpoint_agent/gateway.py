@@ -415,6 +415,7 @@ class GatewayTransport:
                     function=function,
                     failure=None if function is not None else found,  # type: ignore[arg-type]
                     walltime_s=task.walltime_s,
+                    result_strategies=task.result_strategies,
                 )
             )
         self._host.wake.set()

@@ -31,7 +31,8 @@ class Received:
     what the agent holds. ``skip``: the task is already settled elsewhere, only acknowledge
     it (:meth:`Transport.settle` with no outcome). Otherwise ``failure`` says why it fails
     without running (not allowed, no code, a bad walltime, too many attempts), or
-    ``function`` is what it runs, with the task's own ``walltime_s`` (``None``: none)."""
+    ``function`` is what it runs, with the task's own ``walltime_s`` (``None``: none) and
+    the ``result_strategies`` its result may be serialized with (empty: the default)."""
 
     key: str
     task_id: str
@@ -40,6 +41,7 @@ class Received:
     function: FunctionInfo | None = None
     failure: ExceptionRecord | None = None
     walltime_s: float | None = None
+    result_strategies: tuple[str, ...] = ()
     skip: bool = False
 
 

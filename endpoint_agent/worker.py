@@ -23,9 +23,11 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from endpoint_agent.capture import Captured, capture
+from endpoint_agent.globus_shell import adapt
+from endpoint_agent.result_encoding import encode_result
 from sdk.errors import DeserializationError, SerializationError
 from sdk.messages import ExceptionRecord, error_record, exception_record
-from sdk.serialize import deserialize, serialize, strategy_of, unpack_payload
+from sdk.serialize import deserialize, strategy_of, unpack_payload
 from sdk.states import TaskState
 
 CACHE_SIZE = 1024
@@ -43,10 +45,13 @@ _functions: dict[str, Callable[..., Any]] = {}
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """What one task may produce: result size and captured output per stream."""
+    """What one task may produce: result size, captured output per stream, and the
+    strategies its result may be serialized with (ids, the first that can; empty: the
+    default, see :mod:`endpoint_agent.result_encoding`)."""
 
     max_result_bytes: int = 10 * 1024 * 1024
     max_output_chars: int = 64 * 1024
+    result_strategies: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,16 +144,17 @@ def load_function(
         raise DeserializationError(
             f"the code of function {function_id} holds a {type(loaded).__name__}, not a callable"
         )
+    fn = adapt(loaded)  # a Globus Compute ShellFunction gets its sandbox
     if len(_functions) >= CACHE_SIZE:
         del _functions[next(iter(_functions))]
-    _functions[function_id] = loaded
-    return loaded
+    _functions[function_id] = fn
+    return fn
 
 
 def finish(value: Any, limits: Limits = Limits()) -> Outcome:
     """Serialize a function's return value into a ``success`` outcome (or say why not)."""
     try:
-        buffer = serialize(value)
+        buffer = encode_result(value, limits.result_strategies)
     except Exception as exc:
         error = SerializationError(f"the function's result could not be serialized: {exc}")
         error.__cause__ = exc

@@ -4,7 +4,7 @@ import Client``).
 Three ways to get results: :class:`Client` submits and polls over HTTP,
 :class:`AsyncClient` awaits results pushed over a WebSocket, and :class:`Executor` is a
 ``concurrent.futures.Executor`` that batches submissions. :class:`RemoteFunction` calls a
-function where it runs.
+function where it runs; :class:`ShellFunction` runs a shell command there (:mod:`.shell`).
 
 The names below are loaded lazily (PEP 562): ``import sdk.keys``, which every agent worker
 process does, loads neither httpx nor websockets, and ``sdk.Client`` imports the client only
@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from sdk.errors import (
         APIError,
         CertificateNotTrusted,
+        CommandFailed,
+        CommandTimedOut,
         ConfigurationError,
         ConnectionFailed,
         DeserializationError,
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
     from sdk.futures import TaskFuture
     from sdk.handles import TaskHandle, as_completed
     from sdk.remote import RemoteFunction
+    from sdk.shell import ShellFunction, ShellResult
     from sdk.states import TaskState
 
 EXPORTS: dict[str, str] = {
@@ -53,6 +56,8 @@ EXPORTS: dict[str, str] = {
     "Batch": "sdk._base",
     "CertificateNotTrusted": "sdk.errors",
     "Client": "sdk.client",
+    "CommandFailed": "sdk.errors",
+    "CommandTimedOut": "sdk.errors",
     "ConfigurationError": "sdk.errors",
     "ConnectionFailed": "sdk.errors",
     "DeserializationError": "sdk.errors",
@@ -60,6 +65,8 @@ EXPORTS: dict[str, str] = {
     "FxBrokerError": "sdk.errors",
     "RemoteFunction": "sdk.remote",
     "SerializationError": "sdk.errors",
+    "ShellFunction": "sdk.shell",
+    "ShellResult": "sdk.shell",
     "TaskFailed": "sdk.errors",
     "TaskFuture": "sdk.futures",
     "TaskHandle": "sdk.handles",
@@ -75,6 +82,8 @@ __all__ = [
     "Batch",
     "CertificateNotTrusted",
     "Client",
+    "CommandFailed",
+    "CommandTimedOut",
     "ConfigurationError",
     "ConnectionFailed",
     "DeserializationError",
@@ -82,6 +91,8 @@ __all__ = [
     "FxBrokerError",
     "RemoteFunction",
     "SerializationError",
+    "ShellFunction",
+    "ShellResult",
     "TaskFailed",
     "TaskFuture",
     "TaskHandle",

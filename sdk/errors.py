@@ -9,7 +9,9 @@
     ├── ConnectionFailed            the service could not be reached (after retries, where any)
     │   └── CertificateNotTrusted   its TLS certificate failed verification (never retried)
     ├── TaskPending                 a result was asked for before the task finished
-    └── TaskFailed                  the task ended failed or cancelled (remote traceback attached)
+    ├── TaskFailed                  the task ended failed or cancelled (remote traceback attached)
+    ├── CommandFailed               a ShellFunction's command exited non-zero (``check=True``)
+    └── CommandTimedOut             a ShellFunction's command ran past its walltime, was killed
 
 Each error passes all its context to ``super().__init__`` so it survives pickling
 across processes.
@@ -103,3 +105,37 @@ class TaskFailed(FxBrokerError):
         if self.remote_traceback:
             text += f"\n\nRemote traceback:\n{self.remote_traceback}"
         return text
+
+
+class CommandFailed(FxBrokerError):
+    """A :class:`~sdk.shell.ShellFunction` made with ``check=True`` ran a command that exited
+    with a non-zero code; ``stdout`` and ``stderr`` are the tails it kept."""
+
+    def __init__(self, cmd: str, returncode: int, stdout: str = "", stderr: str = "") -> None:
+        super().__init__(cmd, returncode, stdout, stderr)
+        self.cmd = cmd
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+
+    def __str__(self) -> str:
+        text = f"the command exited with code {self.returncode}: {self.cmd}"
+        return f"{text}\n\nstderr (tail):\n{self.stderr}" if self.stderr else text
+
+
+class CommandTimedOut(FxBrokerError):
+    """A :class:`~sdk.shell.ShellFunction`'s command ran past its ``walltime_s``; its whole
+    process group was killed. ``stdout`` and ``stderr`` are the tails written until then."""
+
+    def __init__(self, cmd: str, walltime_s: float, stdout: str = "", stderr: str = "") -> None:
+        super().__init__(cmd, walltime_s, stdout, stderr)
+        self.cmd = cmd
+        self.walltime_s = walltime_s
+        self.stdout = stdout
+        self.stderr = stderr
+
+    def __str__(self) -> str:
+        return (
+            f"the command ran past its walltime of {self.walltime_s:g} s; its process group "
+            f"was killed: {self.cmd}"
+        )

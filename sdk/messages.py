@@ -42,7 +42,7 @@ class StreamEntry(TypedDict):
     ``walltime_s`` (decimal seconds) caps how long the task may run; the agent applies the
     tighter of it and its endpoint's own walltime. ``result_serializers`` (comma-separated
     strategy ids, from a Globus Compute submit) names how the result should be serialized,
-    the first that works; agents do not read it yet."""
+    the first that works (:mod:`endpoint_agent.result_encoding`)."""
 
     task_id: str
     function_id: str

@@ -66,3 +66,14 @@ def test_the_wheel_holds_the_platform_only_and_builds_without_deprecations(
     metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))
     with zipfile.ZipFile(wheel) as archive:
         assert "License-Expression: Apache-2.0" in archive.read(metadata).decode().splitlines()
+
+
+def test_the_globus_extra_names_the_compute_sdk_as_the_dev_extra_pins_it() -> None:
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    pins = {
+        extra: [str(r) for r in map(Requirement, extras[extra]) if r.name == "globus-compute-sdk"]
+        for extra in ("globus", "dev")
+    }
+    assert pins["globus"] == pins["dev"] == ["globus-compute-sdk>=2.30"]

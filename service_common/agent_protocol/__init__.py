@@ -24,13 +24,17 @@ not know, so a version may grow optional fields; anything else that changes is a
 
     ref      {task_id, delivery_id}                     one handing of one task
     task     {task_id, delivery_id, attempt: int >= 1, function_id, payload: str,
-              walltime_s: float > 0 | nil}
+              walltime_s: float > 0 | nil, result_strategies?: [str]}
     code     {function_id, code: str}                   a function's serialized code
     outcome  {task_id, delivery_id, state: "success"|"failed"|"cancelled",
               result?: str (success only, required), exception?: ExceptionRecord
               (failed only, required), stdout?: str, stderr?: str,
               started_at?: float, completed_at: float}  (Unix seconds)
     refusal  {task_id, delivery_id, code, message}
+
+``result_strategies`` (left out when empty) are the strategy ids of :mod:`sdk.serialize`
+a Globus Compute submit named as its ``result_serializers``: the agent serializes the result
+with the first that can, and fails the task naming each one's reason when none can.
 
 A *delivery id* is chosen by the gateway, is unique for each time a task is handed to an
 agent (a redelivery after a lost lease gets a new one) and is opaque to the agent, which

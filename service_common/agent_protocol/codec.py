@@ -74,7 +74,7 @@ def _code(code: FunctionCode) -> dict[str, Any]:
 
 
 def _task(task: Task) -> dict[str, Any]:
-    return {
+    wire: dict[str, Any] = {
         "task_id": task.task_id,
         "delivery_id": task.delivery_id,
         "attempt": task.attempt,
@@ -82,6 +82,9 @@ def _task(task: Task) -> dict[str, Any]:
         "payload": task.payload,
         "walltime_s": task.walltime_s,
     }
+    if task.result_strategies:
+        wire["result_strategies"] = list(task.result_strategies)
+    return wire
 
 
 def _outcome(o: TaskOutcome) -> dict[str, Any]:
@@ -273,8 +276,8 @@ class _Fields:
                 _bad(f"{path}[{i}]", f"must be an id, not {_show(item)}")
         return tuple(items)
 
-    def texts(self, key: str) -> tuple[str, ...]:
-        items = self.items(key)
+    def texts(self, key: str, *, optional: bool = False) -> tuple[str, ...]:
+        items = self.items(key, optional=optional)
         for i, item in enumerate(items):
             if not isinstance(item, str) or not 0 < len(item) <= TEXT_CHARS_MAX:
                 _bad(f"{self.path}.{key}[{i}]", f"must be a non-empty string, not {_show(item)}")
@@ -302,6 +305,7 @@ def _parse_task(f: _Fields) -> Task:
         function_id=f.id("function_id"),
         payload=f.text("payload", max_chars=None),
         walltime_s=f.number("walltime_s", positive=True, optional=True),
+        result_strategies=f.texts("result_strategies", optional=True),
     )
 
 
@@ -324,6 +328,8 @@ def _fast_task(o: Any) -> Task | None:
         return None
     tid, did, fid = o.get("task_id"), o.get("delivery_id"), o.get("function_id")
     attempt, payload, walltime = o.get("attempt"), o.get("payload"), o.get("walltime_s")
+    if "result_strategies" in o:
+        return None  # rare (Globus Compute submits only): the precise path reads it
     if (
         type(attempt) is int
         and 1 <= attempt <= _INT_MAX
@@ -559,6 +565,7 @@ def task_bytes(task: Task) -> int:
         + len(task.delivery_id)
         + len(task.function_id)
         + utf8_bytes(task.payload)
+        + sum(len(s) + 8 for s in task.result_strategies)
     )
 
 

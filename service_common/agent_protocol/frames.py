@@ -135,6 +135,9 @@ class Task:
     function_id: str
     payload: str
     walltime_s: float | None = None
+    result_strategies: tuple[str, ...] = ()
+    """The strategy ids the result may be serialized with, the first that can (empty: the
+    agent's default)."""
 
     @property
     def ref(self) -> DeliveryRef:

@@ -146,6 +146,8 @@ class TaskEntry:
     payload: str
     walltime_s: str = ""
     """The task's own walltime, as written on the entry (empty: none)."""
+    result_serializers: str = ""
+    """The strategy ids its result may be serialized with, comma-separated (empty: any)."""
     fields: Mapping[str, str] = field(default_factory=dict, compare=False)
     """Every field of the entry, kept to re-add it unchanged."""
 
@@ -158,8 +160,13 @@ class TaskEntry:
             task_group_id=fields.get("task_group_id", ""),
             payload=fields.get("payload", ""),
             walltime_s=fields.get("walltime_s", ""),
+            result_serializers=fields.get("result_serializers", ""),
             fields=dict(fields),
         )
+
+    def result_strategies(self) -> tuple[str, ...]:
+        """The entry's ``result_serializers`` as strategy ids, in order (empty: none)."""
+        return tuple(s for s in self.result_serializers.split(",") if s)
 
     def task_walltime_s(self) -> float | None:
         """The entry's ``walltime_s`` as seconds (``None``: not set).

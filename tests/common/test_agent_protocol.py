@@ -108,6 +108,7 @@ GATEWAY_FRAMES: list[p.GatewayFrame] = [
     Tasks(
         (task(1), Task("t2", "1700-2/2", 2, "f2", "00\nabc", 2.5)), (FunctionCode("f1", "01\nx"),)
     ),
+    Tasks((Task("t3", "1700-3/1", 1, "f1", "00\nabc", None, ("11", "00")),)),
     Tasks(()),
     Withdrawn(0),
     Withdrawn(7),
@@ -162,6 +163,9 @@ def test_the_wire_is_one_msgpack_map_with_the_documented_field_names() -> None:
             }
         ],
     }
+    listing = Task("t2", "d2", 1, "f1", "11\n[1]", None, ("11", "00"))
+    [sent] = msgpack.unpackb(p.encode(Tasks((listing,))))["tasks"]
+    assert sent["result_strategies"] == ["11", "00"]
 
 
 def test_a_lone_surrogate_a_task_printed_is_sent_as_a_question_mark() -> None:
@@ -325,6 +329,8 @@ GATEWAY_ERRORS: list[tuple[object, str]] = [
     (with_task(walltime_s=0), "tasks.tasks[0].walltime_s must be a finite number above 0"),
     (with_task(walltime_s=-1.0), "walltime_s must be a finite number above 0"),
     (with_task(payload=None), "tasks.tasks[0].payload must be a string"),
+    (with_task(result_strategies="11"), "tasks.tasks[0].result_strategies must be a list"),
+    (with_task(result_strategies=[""]), "tasks.tasks[0].result_strategies[0] must be a non-empty"),
     (with_task(function_id="f 1"), "tasks.tasks[0].function_id must be"),
     (raw(type="tasks", tasks=[TASK], functions=[{"function_id": "f1"}]), "functions[0].code"),
     (raw(type="functions", functions=[], missing=[1]), "functions.missing[0] must be an id"),
@@ -401,7 +407,14 @@ def test_the_fast_path_accepts_nothing_the_precise_one_refuses(
         [record]
         + [
             record | {key: value}
-            for key in [*record, "stdout", "started_at", "result", "walltime_s"]
+            for key in [
+                *record,
+                "stdout",
+                "started_at",
+                "result",
+                "walltime_s",
+                "result_strategies",
+            ]
             for value in ODD_VALUES
         ]
         + [{k: v for k, v in record.items() if k != key} for key in record]

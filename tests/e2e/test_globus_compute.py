@@ -20,7 +20,7 @@ from typing import Any
 
 import globus_sdk
 import pytest
-from globus_compute_sdk import Client
+from globus_compute_sdk import Client, ShellFunction, ShellResult
 from globus_compute_sdk.errors import TaskExecutionFailed, TaskPending
 from globus_sdk.services.compute.errors import ComputeAPIError
 
@@ -218,3 +218,50 @@ def test_a_static_token_through_authorizer(platform: Platform, compute_env: None
     stranger = Client(authorizer=globus_sdk.AccessTokenAuthorizer("fxb_not-a-token"))
     refused = _raises(lambda: stranger.get_function(fid), ComputeAPIError)
     assert isinstance(refused, ComputeAPIError) and refused.http_status == 401
+
+
+PAIR_SOURCE = 'def pair(kind):\n    return {"list": [1, "a"], "set": {1, 2}}[kind]\n'
+JSON_DATA = "globus_compute_sdk.serialize.JSONData"
+DILL_DATA = "globus_compute_sdk.serialize.DillDataBase64"
+
+
+def test_result_serializers_choose_how_results_travel(
+    platform: Platform, compute_env: None
+) -> None:
+    gc = Client()
+    fid = gc.register_source_code(PAIR_SOURCE, "pair")
+    json_only = gc.create_batch(result_serializers=[JSON_DATA])
+    json_only.add(fid, args=("list",))
+    json_only.add(fid, args=("set",))
+    json_first = gc.create_batch(result_serializers=[JSON_DATA, DILL_DATA])
+    json_first.add(fid, args=("set",))
+    as_json, unfit = gc.batch_run(platform.endpoint_id, json_only)["tasks"][fid]
+    (fallen_back,) = gc.batch_run(platform.endpoint_id, json_first)["tasks"][fid]
+
+    assert _result(gc, as_json) == [1, "a"]
+    assert gc._compute_web_client.v2.get_task(as_json)["result"] == '11\n[1, "a"]'
+    assert _result(gc, fallen_back) == {1, 2}
+    assert gc._compute_web_client.v2.get_task(fallen_back)["result"].startswith("00\n")
+
+    def unfit_failed() -> bool:
+        try:
+            gc.get_result(unfit)
+        except TaskPending:
+            return False
+        except TaskExecutionFailed:
+            return True
+        raise AssertionError("a set came back through JSONData")
+
+    wait_until(unfit_failed, timeout_s=DEADLINE_S)
+    error = _raises(lambda: gc.get_result(unfit), TaskExecutionFailed)
+    assert "SerializationError" in str(error)
+    assert "'11' (JSONData): TypeError: Object of type set is not JSON serializable" in str(error)
+
+
+def test_a_shell_function_runs_through_client_run(platform: Platform, compute_env: None) -> None:
+    gc = Client()
+    fid = gc.register_function(ShellFunction("echo {greeting} from $0; exit 3"))
+    result = _result(gc, gc.run(endpoint_id=platform.endpoint_id, function_id=fid, greeting="hi"))
+    assert isinstance(result, ShellResult)
+    assert (result.returncode, result.cmd) == (3, "echo hi from $0; exit 3")
+    assert result.stdout == "hi from /bin/bash\n" and result.stderr == ""

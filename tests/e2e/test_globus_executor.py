@@ -26,7 +26,7 @@ import pika
 import pytest
 import redis
 from globus_compute_common import messagepack
-from globus_compute_sdk import Client, Executor
+from globus_compute_sdk import Client, Executor, ShellFunction, ShellResult
 from globus_compute_sdk.errors import TaskExecutionFailed
 from globus_compute_sdk.sdk.executor import _RESULT_WATCHERS
 
@@ -298,3 +298,38 @@ def _ready(amqp_url: str, queue: str) -> int:
         return int(frame.method.message_count)
     finally:
         connection.close()
+
+
+def test_an_executor_runs_shell_functions_and_honours_result_serializers(
+    amqp_platform: Platform,
+    compute_env: None,
+    publisher: PublisherProcess,
+    group: tuple[str, Tap],
+    redis_url: str,
+) -> None:
+    tg, tap = group
+    echo = ShellFunction("echo {word}; echo {word} >&2; exit {code}")
+    with (
+        compute_client() as client,
+        Executor(endpoint_id=amqp_platform.endpoint_id, client=client, task_group_id=tg) as ex,
+    ):
+        shells = [ex.submit(echo, word=f"w{n}", code=n) for n in range(5)]
+        ex.result_serializers = ["globus_compute_sdk.serialize.JSONData"]
+        squares = [ex.submit(square, x) for x in range(5)]
+        unfit = ex.submit(echo, word="json", code=0)  # a ShellResult is no JSON
+        results = [f.result(timeout=DEADLINE_S) for f in shells]
+        assert [f.result(timeout=DEADLINE_S) for f in squares] == [x * x for x in range(5)]
+        error = unfit.exception(timeout=DEADLINE_S)
+    for n, result in enumerate(results):
+        assert isinstance(result, ShellResult)
+        assert (result.returncode, result.stdout, result.stderr) == (n, f"w{n}\n", f"w{n}\n")
+    assert isinstance(error, TaskExecutionFailed)
+    assert "'11' (JSONData): TypeError: Object of type ShellResult is not JSON" in str(error)
+    keys = Keys(amqp_platform.env["FXBROKER_KEY_PREFIX"])
+    stored = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        wire = [stored.hget(keys.task(f.task_id), "result") for f in squares]
+    finally:
+        stored.close()
+    assert wire == [f"11\n{x * x}" for x in range(5)]
+    _assert_once_in_order(tap.drain(), [f.task_id for f in [*shells, *squares, unfit]])

@@ -148,8 +148,10 @@ async def submit(request: Request) -> JSONResponse:
     ``AMQP_NOT_CONFIGURED`` and nothing is queued; with it, the group's queue is declared
     and the group recorded for the publisher before the answer
     (:meth:`~web_service.result_queues.ResultQueues.open`; 503 ``AMQP_UNAVAILABLE`` while
-    RabbitMQ is away). ``result_serializers`` goes onto every task's stream entry. With an
-    ``Idempotency-Key``, a retry answers the same ids.
+    RabbitMQ is away). ``result_serializers`` goes onto every task's stream entry as strategy
+    ids; the agent serializes each result with the first that can hold it
+    (:mod:`endpoint_agent.result_encoding`). With an ``Idempotency-Key``, a retry answers the
+    same ids.
     """
     context = context_of(request)
     key = idempotency.parse_key(request.headers.get(idempotency.HEADER))

@@ -449,6 +449,7 @@ class AgentSession:
                     function_id=entry.function_id,
                     payload=entry.payload,
                     walltime_s=entry.task_walltime_s(),
+                    result_strategies=entry.result_strategies(),
                 )
             )
         if now_settle:
