@@ -175,6 +175,7 @@ def worker_main(conn: Connection, progress: Progress, accelerator: str | None) -
     """A worker process: run the batches that arrive on ``conn`` until it closes."""
     if accelerator is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = accelerator
+    os.setpgrp()  # a group of its own: a walltime or cancel kills what its call started too
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     capture.install()
     try:

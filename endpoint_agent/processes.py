@@ -31,8 +31,9 @@ shared-memory stores in the worker.
 walltime: a call still queued in the agent is dropped; for one sent to a worker, a fence
 decides exactly whether it started (the worker's :class:`~endpoint_agent.batches.Progress`
 names the running call): if not, it never will (the calls behind it come back to the
-engine's queue with it, and are sent again); if it did, its worker is killed (``SIGKILL``)
-and replaced. Walltime is measured from the moment the worker started the call.
+engine's queue with it, and are sent again); if it did, its worker is killed (``SIGKILL`` to
+its process group: each worker leads a group of its own, so the subprocesses a call started
+die with it) and replaced. Walltime is measured from the moment the worker started the call.
 
 **A worker that dies** (``os._exit``, a segfault, a signal, out of memory, or killed by
 the engine) fails only the call it was running, with ``WorkerLost`` saying how it died
@@ -44,9 +45,10 @@ at-least-once). Outcomes a killed worker sent after the kill are dropped for the
 
 Workers start in the background as soon as the engine exists; a slot takes calls once its
 worker has said it is ready, so a call's walltime never counts a worker's start-up. Workers
-ignore ``SIGINT`` (a Ctrl-C reaches the whole process group; the agent decides what happens
-to running tasks) and exit when the agent's end of their pipe closes, so a worker never
-outlives its agent by more than the call it is running.
+lead process groups of their own, so a Ctrl-C at the agent's terminal does not reach them
+(they ignore ``SIGINT`` too; the agent decides what happens to running tasks), and exit
+when the agent's end of their pipe closes, so a worker never outlives its agent by more
+than the call it is running.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ import itertools
 import logging
 import math
 import multiprocessing
+import os
 import queue
 import signal
 import threading
@@ -393,9 +396,10 @@ class ProcessEngine:
         job.timer = self._loop.call_later(delay, self._check_walltime, job)
 
     def _kill(self, worker: _Worker) -> None:
-        """Kill ``worker`` (its running call was settled by the caller) and replace it."""
+        """Kill ``worker`` and what its call started (its running call was settled by the
+        caller) and replace it."""
         self._retire(worker)
-        worker.process.kill()
+        _kill_group(worker)
         self._spawn(self._replace(worker, None))
 
     def _lost(self, worker: _Worker) -> None:
@@ -526,6 +530,19 @@ class ProcessEngine:
             self._send(worker, None)  # the worker exits after its current call
             self._send(worker, _CLOSE)
         await asyncio.gather(*(asyncio.to_thread(_reap, w) for w in workers))
+
+
+def _kill_group(worker: _Worker) -> None:
+    """``SIGKILL`` to ``worker``'s process group (it made one of its own as it started), or
+    to the worker alone if that group is gone already."""
+    pid = worker.process.pid
+    try:
+        if pid is not None and os.getpgid(pid) == pid:
+            os.killpg(pid, signal.SIGKILL)
+            return
+    except ProcessLookupError:
+        pass
+    worker.process.kill()
 
 
 def _reap(worker: _Worker) -> int | None:

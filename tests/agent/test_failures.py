@@ -3,7 +3,10 @@ the other tasks of the same run succeed; results over the limit; captured output
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import time
+from pathlib import Path
 
 import pytest
 
@@ -121,6 +124,54 @@ async def test_a_task_walltime_is_the_tighter_of_task_and_endpoint(
     assert record["type"] == "DeserializationError"
     assert "walltime_s must be a positive number, not 'soon'" in record["message"]
     await endpoint.assert_settled()
+
+
+SPAWN = source_code(
+    "spawn",
+    """
+    import subprocess
+    import time
+
+    def spawn(pidfile):
+        child = subprocess.Popen(["sleep", "60"])
+        with open(pidfile, "w") as f:
+            f.write(str(child.pid))
+        time.sleep(60)
+    """,
+)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _outlives(pid: int, timeout_s: float) -> bool:
+    """Whether ``pid`` is still alive after up to ``timeout_s`` (it may take a moment to
+    die once its group was sent SIGKILL)."""
+    deadline = time.monotonic() + timeout_s
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return _alive(pid)
+
+
+async def test_a_walltime_kills_what_the_call_started_too(
+    endpoint: GatewayEndpoint, redis_url: str, tmp_path: Path
+) -> None:
+    """The process engine kills the worker's whole process group: a subprocess the call
+    started does not outlive it."""
+    spawn = await endpoint.register(SPAWN)
+    pidfile = tmp_path / "child.pid"
+    task_id = await endpoint.submit(spawn, str(pidfile), walltime_s="1")
+    async with Agent(settings_for(endpoint, engine="process", workers=1)) as agent:
+        await agent.run(burst=True)
+
+    assert (await endpoint.failure(task_id))["type"] == "WalltimeExceeded"
+    assert not await asyncio.to_thread(_outlives, int(pidfile.read_text()), 10.0)
 
 
 @pytest.mark.parametrize("engine", ["process", "thread"])
