@@ -9,7 +9,10 @@ The test's web service listens on a free port, not on 5000: ``http_proxy`` (read
 in absolute form, which an HTTP server must accept (RFC 9112 §3.2.2).
 
 Every Globus Compute route of the web service is called here through that SDK's own methods,
-never raw HTTP. The test column names tests by their keys in :data:`TABLE_TESTS`;
+never raw HTTP (the token routes too: ``POST /v2/oauth2/token`` by every ``Client()`` here,
+``POST /v2/oauth2/token/revoke`` by ``Client.logout``, in
+:func:`test_logout_revokes_the_token`). The test column names tests by their keys in
+:data:`TABLE_TESTS`;
 :func:`test_the_route_table_is_complete` holds the table to the routes served and the tests:
 
 ============================================  =============================  ==================
@@ -266,6 +269,27 @@ def test_a_static_token_through_authorizer(platform: Platform, compute_env: None
     stranger = Client(authorizer=globus_sdk.AccessTokenAuthorizer("fxb_not-a-token"))
     refused = _raises(lambda: stranger.get_function(fid), ComputeAPIError)
     assert isinstance(refused, ComputeAPIError) and refused.http_status == 401
+
+
+def test_logout_revokes_the_token(platform: Platform, compute_env: None) -> None:
+    gc = Client()
+    assert platform.endpoint_id in {ep["uuid"] for ep in gc.get_endpoints()}
+    assert gc.app is not None
+    granted = gc.app.token_storage.get_token_data("funcx_service")
+    assert granted is not None
+    gc.logout()
+    stale = Client(authorizer=globus_sdk.AccessTokenAuthorizer(granted.access_token))
+
+    def refused() -> bool:  # within FXBROKER_AUTH_CACHE_S, as any revoked token
+        try:
+            stale.get_endpoints()
+        except ComputeAPIError as exc:
+            assert exc.http_status == 401, exc
+            return True
+        return False
+
+    wait_until(refused, timeout_s=DEADLINE_S)
+    assert platform.endpoint_id in {ep["uuid"] for ep in Client().get_endpoints()}
 
 
 def _route_table() -> dict[tuple[str, str], list[str]]:
