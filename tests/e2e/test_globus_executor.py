@@ -396,7 +396,9 @@ def test_a_new_executor_reloads_the_task_group(
             raise AssertionError("the failing task succeeded")
 
         wait_until(finished_before_the_reload, "the squares and the failure")
-        with Executor(endpoint_id=amqp_platform.endpoint_id, client=client, task_group_id=tg) as ex:
+        with Executor(  # batch_size: reload_tasks asks batch_status 16 tasks at a time
+            endpoint_id=amqp_platform.endpoint_id, client=client, task_group_id=tg, batch_size=16
+        ) as ex:
             futures = {f.task_id: f for f in ex.reload_tasks()}
             assert set(futures) == set(task_ids)
             assert all(futures[t].done() for t in [*squares, failed])
