@@ -21,7 +21,7 @@ Modules::
     routes/submit              submit a batch of tasks: the hot path
     routes/tasks               read and cancel tasks; list and read task groups
     routes/agents              what an endpoint's agents reach, through the ws gateway (its session)
-    routes/oauth               the OAuth2 client-credentials token route (/v2/oauth2/token)
+    routes/oauth               the OAuth2 client-credentials token routes (/v2/oauth2/token, revoke)
     routes/compute_v2          the Globus Compute /v2 routes (version, functions, endpoints, tasks)
     routes/compute_v3          the Globus Compute /v3 routes (register, lock, allow-list, submit)
     routes/compute_documents   fxbroker records <-> Globus Compute documents (pure)

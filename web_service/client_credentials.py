@@ -5,8 +5,9 @@ Globus Compute SDK's ``GLOBUS_COMPUTE_CLIENT_ID`` / ``_SECRET``) authenticates a
 (``fxcs_`` and 32 random bytes in URL-safe base64), shown once; SQL keeps only the secret's
 sha256. ``POST /v2/oauth2/token`` (:mod:`web_service.routes.oauth`) exchanges the pair for an
 access token: an ordinary API token (``fxb_...``) that names the credential and expires after
-:data:`ACCESS_TOKEN_TTL_S`. Revoking the credential revokes every token it was exchanged for;
-they are refused within ``auth_cache_s`` by every web process, as any revoked token.
+:data:`ACCESS_TOKEN_TTL_S`; ``POST /v2/oauth2/token/revoke`` (that SDK's ``logout``) revokes
+one such token. Revoking the credential revokes every token it was exchanged for; they are
+refused within ``auth_cache_s`` by every web process, as any revoked token.
 """
 
 from __future__ import annotations
@@ -94,15 +95,9 @@ class ClientCredentialExchange:
         """A new access token, or None when the pair is unknown, wrong or revoked.
 
         Tokens of this credential that have expired are deleted on the way."""
-        if not is_id(client_id):
-            return None
         async with self._sessions() as session:
-            row = await session.scalar(
-                select(ClientCredential).where(
-                    ClientCredential.id == client_id, ClientCredential.revoked_at.is_(None)
-                )
-            )
-            if row is None or not hmac.compare_digest(row.secret_hash, hash_token(secret)):
+            row = await _live_credential(session, client_id, secret)
+            if row is None:
                 return None
             now = utcnow()
             await session.execute(
@@ -120,6 +115,41 @@ class ClientCredentialExchange:
             )
             await session.commit()
         return AccessToken(token, ACCESS_TOKEN_TTL_S)
+
+    async def revoke(self, client_id: str, secret: str, token: str) -> bool:
+        """Revoke ``token`` if this credential was exchanged for it; False when the pair is
+        unknown, wrong or revoked. Any other token, or none, is left alone (RFC 7009 §2.2:
+        the caller learns nothing about tokens that are not its own)."""
+        async with self._sessions() as session:
+            if await _live_credential(session, client_id, secret) is None:
+                return False
+            await session.execute(
+                update(Token)
+                .where(
+                    Token.token_hash == hash_token(token),
+                    Token.client_id == client_id,
+                    Token.revoked_at.is_(None),
+                )
+                .values(revoked_at=utcnow())
+            )
+            await session.commit()
+        return True
+
+
+async def _live_credential(
+    session: AsyncSession, client_id: str, secret: str
+) -> ClientCredential | None:
+    """The credential ``client_id`` names if it is live and ``secret`` is its secret."""
+    if not is_id(client_id):
+        return None
+    row = await session.scalar(
+        select(ClientCredential).where(
+            ClientCredential.id == client_id, ClientCredential.revoked_at.is_(None)
+        )
+    )
+    if row is None or not hmac.compare_digest(row.secret_hash, hash_token(secret)):
+        return None
+    return row
 
 
 def is_live(expires_at: datetime | None, now: datetime) -> bool:

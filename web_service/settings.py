@@ -23,6 +23,9 @@ Environment variables read by :meth:`WebSettings.from_env` (nothing is read at i
     FXBROKER_AMQP_URL              amqp:// or amqps:// URL of the RabbitMQ that carries results
                                    to Globus Compute Executors (default "": none, and
                                    ``GET /v2/get_amqp_result_connection_url`` says to set it)
+    FXBROKER_AMQP_PUBLIC_URL       the URL of that RabbitMQ handed to Executors, where they reach
+                                   it by another name than the service does (default "": the
+                                   one above); only with FXBROKER_AMQP_URL
     FXBROKER_TLS_CERT              with the key below: serve https:// with this PEM certificate
     FXBROKER_TLS_KEY               (chain) and key; both or neither (:mod:`service_common.tls`)
 
@@ -104,8 +107,14 @@ class WebSettings(RedisSettings):
         default="", repr=False, metadata=env("FXBROKER_GLOBUS_CLIENT_SECRET")
     )
     amqp_url: str = field(default="", repr=False, metadata=env("FXBROKER_AMQP_URL"))
+    amqp_public_url: str = field(default="", repr=False, metadata=env("FXBROKER_AMQP_PUBLIC_URL"))
     tls_cert: str = field(default="", metadata=env(tls.CERT_VAR))
     tls_key: str = field(default="", metadata=env(tls.KEY_VAR))
+
+    @property
+    def amqp_client_url(self) -> str:
+        """The RabbitMQ URL handed to Globus Compute Executors ("" when there is none)."""
+        return self.amqp_public_url or self.amqp_url
 
     @property
     def globus_enabled(self) -> bool:
@@ -117,6 +126,9 @@ class WebSettings(RedisSettings):
         object.__setattr__(self, "database_url", async_database_url(self.database_url))
         check_url("ws_url", self.ws_url, WS_SCHEMES, allow_empty=True)
         check_url("amqp_url", self.amqp_url, AMQP_SCHEMES, allow_empty=True)
+        check_url("amqp_public_url", self.amqp_public_url, AMQP_SCHEMES, allow_empty=True)
+        if self.amqp_public_url and not self.amqp_url:
+            raise SettingsError("amqp_public_url needs amqp_url, the URL the service itself uses")
         check_at_least(
             self,
             1,

@@ -4,6 +4,7 @@ declares the group's queue on the real RabbitMQ and records the group for the pu
 
 from __future__ import annotations
 
+import pytest
 import redis.asyncio as aioredis
 
 from sdk.keys import Keys
@@ -21,12 +22,19 @@ def double(x: int) -> int:
     return 2 * x
 
 
-def _settings(database_url: str, redis_url: str, prefix: str, amqp_url: str) -> WebSettings:
+def _settings(
+    database_url: str, redis_url: str, prefix: str, amqp_url: str, public_url: str = ""
+) -> WebSettings:
     return WebSettings(
-        database_url=database_url, redis_url=redis_url, key_prefix=prefix, amqp_url=amqp_url
+        database_url=database_url,
+        redis_url=redis_url,
+        key_prefix=prefix,
+        amqp_url=amqp_url,
+        amqp_public_url=public_url,
     )
 
 
+@pytest.mark.parametrize("public_url", ["", "amqp://guest:guest@rabbitmq.invalid:5672/%2F"])
 async def test_a_queue_is_declared_and_recorded_before_the_submit_answers(
     database_url: str,
     redis_url: str,
@@ -34,14 +42,18 @@ async def test_a_queue_is_declared_and_recorded_before_the_submit_answers(
     amqp_url: str,
     aredis: aioredis.Redis,
     broker: Broker,
+    public_url: str,
 ) -> None:
+    """The service declares on ``FXBROKER_AMQP_URL``; it hands that SDK
+    ``FXBROKER_AMQP_PUBLIC_URL`` when set (a name only the SDK's machine resolves)."""
     upgrade(database_url)
-    settings = _settings(database_url, redis_url, key_prefix, amqp_url)
+    settings = _settings(database_url, redis_url, key_prefix, amqp_url, public_url)
     async with in_process_client(create_app(settings)) as http:
         user_id, token = await create_user(database_url, "alice")
         alice = ApiUser(user_id, "alice", token, http)
         connection = (await alice.get("/v2/get_amqp_result_connection_url")).json()
-        assert connection == {"queue_prefix": QUEUE_PREFIX, "connection_url": amqp_url}
+        handed = public_url or amqp_url
+        assert connection == {"queue_prefix": QUEUE_PREFIX, "connection_url": handed}
 
         code = pack_buffers([serialize(double, SOURCE_CODE)])
         fid = (

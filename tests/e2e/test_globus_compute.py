@@ -7,10 +7,46 @@ that SDK), ``GLOBUS_SDK_SERVICE_URL_AUTH`` (globus_sdk's Auth base URL: the toke
 The test's web service listens on a free port, not on 5000: ``http_proxy`` (read by the
 ``requests`` library under globus_sdk) sends the SDK's requests for ``localhost:5000`` to it
 in absolute form, which an HTTP server must accept (RFC 9112 §3.2.2).
+
+Every Globus Compute route of the web service is called here through that SDK's own methods,
+never raw HTTP (the token routes too: ``POST /v2/oauth2/token`` by every ``Client()`` here,
+``POST /v2/oauth2/token/revoke`` by ``Client.logout``, in
+:func:`test_logout_revokes_the_token`). The test column names tests by their keys in
+:data:`TABLE_TESTS`;
+:func:`test_the_route_table_is_complete` holds the table to the routes served and the tests:
+
+============================================  =============================  ==================
+route                                         SDK method                     test
+============================================  =============================  ==================
+GET /v2/version                               Client(), version_check        routes
+POST /v3/functions                            register_function,             run
+                                              register_source_code
+GET /v2/functions/{id}                        get_function                   routes
+DELETE /v2/functions/{id}                     delete_function                routes
+POST /v3/endpoints                            register_endpoint(name, None)  routes
+PUT /v3/endpoints/{id}                        register_endpoint(name, id)    routes
+GET /v2/endpoints                             get_endpoints                  routes
+GET /v2/endpoints/{id}                        get_endpoint_metadata          routes
+GET /v2/endpoints/{id}/status                 get_endpoint_status            routes
+DELETE /v2/endpoints/{id}                     delete_endpoint                routes
+POST /v3/endpoints/{id}/lock                  stop_endpoint                  routes
+GET /v3/endpoints/{id}/allowed_functions      get_allowed_functions          routes
+POST /v3/endpoints/{id}/submit                run, batch_run,                run, batch,
+                                              Executor.submit                executor.results
+GET /v2/tasks/{id}                            get_task, get_result           run
+POST /v2/batch_status                         get_batch_result,              batch,
+                                              Executor.reload_tasks          executor.reload
+GET /v2/taskgroup/{id}                        Executor.reload_tasks          batch,
+                                                                             executor.reload
+GET /v2/get_amqp_result_connection_url        get_result_amqp_url,           routes,
+                                              Executor's result watcher      executor.results
+============================================  =============================  ==================
 """
 
 from __future__ import annotations
 
+import importlib
+import re
 import subprocess
 import time
 import uuid
@@ -20,15 +56,26 @@ from typing import Any
 
 import globus_sdk
 import pytest
-from globus_compute_sdk import Client, ShellFunction, ShellResult
-from globus_compute_sdk.errors import TaskExecutionFailed, TaskPending
+from globus_compute_sdk import Client, Executor, ShellFunction, ShellResult
+from globus_compute_sdk.errors import TaskExecutionFailed, TaskPending, VersionMismatch
 from globus_sdk.services.compute.errors import ComputeAPIError
 
 from fxbroker.workload import fail, square
 from tests.e2e.conftest import FXBROKER, Platform
+from web_service.routes import compute_v2, compute_v3
 
 DEADLINE_S = 60.0
 POLL_S = 0.05
+TABLE_TESTS = {
+    "run": "tests.e2e.test_globus_compute.test_register_run_poll_and_fail",
+    "batch": "tests.e2e.test_globus_compute.test_batch_of_100",
+    "routes": "tests.e2e.test_globus_compute.test_function_and_endpoint_routes",
+    "executor.results": (
+        "tests.e2e.test_globus_executor.test_an_executor_gets_every_result_and_a_remote_exception"
+    ),
+    "executor.reload": "tests.e2e.test_globus_executor.test_a_new_executor_reloads_the_task_group",
+}
+"""The tests of the module docstring's route table, by the keys its test column uses."""
 
 
 def wait_until(condition: Callable[[], bool], *, timeout_s: float) -> None:
@@ -151,10 +198,13 @@ def test_batch_of_100(platform: Platform, compute_env: None) -> None:
     wait_until(all_done, timeout_s=DEADLINE_S)
     assert [results[t]["result"] for t in task_ids] == [x * x for x in range(100)]
 
-    web = gc._compute_web_client
-    group = web.v2.get_task_group(answer["task_group_id"])
-    assert group["taskgroup_id"] == answer["task_group_id"]
-    assert [task["id"] for task in group["tasks"]] == task_ids
+    # An Executor attached to the group finds every task done: no result queue needed.
+    with Executor(
+        endpoint_id=platform.endpoint_id, client=gc, task_group_id=answer["task_group_id"]
+    ) as ex:
+        futures = list(ex.reload_tasks())
+    assert [f.task_id for f in futures] == task_ids
+    assert [f.result(timeout=0) for f in futures] == [x * x for x in range(100)]
 
     more = gc.create_batch(task_group_id=answer["task_group_id"])
     more.add(fid, args=(11,))
@@ -165,8 +215,9 @@ def test_batch_of_100(platform: Platform, compute_env: None) -> None:
 
 def test_function_and_endpoint_routes(platform: Platform, compute_env: None) -> None:
     gc = Client()
-    version = gc._compute_web_client.v2.get_version(service="all")
-    assert {"min_sdk_version", "min_ep_version"} <= set(version.data)
+    gc.version_check()  # min_sdk_version: this SDK is new enough
+    too_old = _raises(lambda: gc.version_check(endpoint_version="3.9.0"), VersionMismatch)
+    assert "globus-compute-endpoint" in str(too_old)  # min_ep_version, read and compared
 
     fid = gc.register_function(_greet)
     described = gc.get_function(fid)
@@ -265,3 +316,60 @@ def test_a_shell_function_runs_through_client_run(platform: Platform, compute_en
     assert isinstance(result, ShellResult)
     assert (result.returncode, result.cmd) == (3, "echo hi from $0; exit 3")
     assert result.stdout == "hi from /bin/bash\n" and result.stderr == ""
+
+
+def test_logout_revokes_the_token(platform: Platform, compute_env: None) -> None:
+    gc = Client()
+    assert platform.endpoint_id in {ep["uuid"] for ep in gc.get_endpoints()}
+    assert gc.app is not None
+    granted = gc.app.token_storage.get_token_data("funcx_service")
+    assert granted is not None
+    gc.logout()
+    stale = Client(authorizer=globus_sdk.AccessTokenAuthorizer(granted.access_token))
+
+    def refused() -> bool:  # within FXBROKER_AUTH_CACHE_S, as any revoked token
+        try:
+            stale.get_endpoints()
+        except ComputeAPIError as exc:
+            assert exc.http_status == 401, exc
+            return True
+        return False
+
+    wait_until(refused, timeout_s=DEADLINE_S)
+    assert platform.endpoint_id in {ep["uuid"] for ep in Client().get_endpoints()}
+
+
+def _route_table() -> dict[tuple[str, str], list[str]]:
+    """The module docstring's table: ``(method, path)`` to the keys of its tests."""
+    lines = (__doc__ or "").splitlines()
+    rules = [i for i, line in enumerate(lines) if line.startswith("===")]
+    starts = [m.start() for m in re.finditer("=+", lines[rules[0]])]
+    rows: list[list[str]] = []
+    for line in lines[rules[1] + 1 : rules[2]]:
+        cells = [line[a:b].strip() for a, b in zip(starts, [*starts[1:], None], strict=True)]
+        if cells[0]:
+            rows.append(cells)
+        else:  # a cell continued on the next line
+            rows[-1] = [f"{a} {b}".strip() for a, b in zip(rows[-1], cells, strict=True)]
+    table: dict[tuple[str, str], list[str]] = {}
+    for route, sdk_method, tests in rows:
+        method, path = route.split()
+        assert sdk_method, route
+        table[(method, path)] = [key.strip() for key in tests.split(",")]
+    return table
+
+
+def test_the_route_table_is_complete() -> None:
+    served = {
+        (method, re.sub(r"\{[^}]+\}", "{id}", route.path))
+        for route in [*compute_v2.routes, *compute_v3.routes]
+        for method in route.methods or ()
+        if method != "HEAD"
+    }
+    table = _route_table()
+    assert set(table) == served
+    for keys in table.values():
+        assert keys and set(keys) <= set(TABLE_TESTS), keys
+    for dotted in TABLE_TESTS.values():
+        module, name = dotted.rsplit(".", 1)
+        assert callable(getattr(importlib.import_module(module), name)), dotted

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
+import os
 import signal
 import subprocess
+import sys
 import time
 import uuid
 import warnings
@@ -27,7 +30,7 @@ import pytest
 import redis
 from globus_compute_common import messagepack
 from globus_compute_sdk import Client, Executor, ShellFunction, ShellResult
-from globus_compute_sdk.errors import TaskExecutionFailed
+from globus_compute_sdk.errors import TaskExecutionFailed, TaskPending
 from globus_compute_sdk.sdk.executor import _RESULT_WATCHERS
 
 from fxbroker.workload import fail, square
@@ -333,3 +336,113 @@ def test_an_executor_runs_shell_functions_and_honours_result_serializers(
         stored.close()
     assert wire == [f"11\n{x * x}" for x in range(5)]
     _assert_once_in_order(tap.drain(), [f.task_id for f in [*shells, *squares, unfit]])
+
+
+GATE_SOURCE = """\
+def gate(path):
+    import os, time
+    deadline = time.monotonic() + 120
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} never appeared")
+        time.sleep(0.02)
+    return path
+"""
+"""A task that runs until the test creates ``path`` (so it is surely still running when the
+test wants it so), registered as source through ``Client.register_source_code``."""
+
+FIRST_SCRIPT = """\
+import json, os, sys, time
+from globus_compute_sdk import Executor
+from fxbroker.workload import fail, square
+
+endpoint_id, task_group_id, gate_id, gate_path, count, out = sys.argv[1:]
+ex = Executor(endpoint_id=endpoint_id, task_group_id=task_group_id)
+futures = [ex.submit(square, x) for x in range(int(count))]
+futures.append(ex.submit(fail, 7))
+futures.append(ex.submit_to_registered_function(gate_id, args=(gate_path,)))
+deadline = time.monotonic() + 60
+while not all(f.task_id for f in futures):
+    assert time.monotonic() < deadline, "the tasks were not submitted within 60 s"
+    time.sleep(0.05)
+with open(out + ".part", "w") as f:
+    json.dump([f.task_id for f in futures], f)
+os.rename(out + ".part", out)
+sys.stdin.read()  # until the test kills this script
+"""
+"""A user's first script: submits squares, a failure and a gated task into a task group, writes
+the task ids and waits to be killed (SIGKILL: its AMQP consumer goes without a goodbye)."""
+
+RELOADED = 50
+
+
+def _submitted_by_a_script_killed_after(
+    env: dict[str, str], args: list[str], tmp_path: Path
+) -> list[str]:
+    """Run :data:`FIRST_SCRIPT` in a process of its own; kill it once its tasks are in."""
+    out, log = tmp_path / "task_ids.json", tmp_path / "first_script.log"
+    with log.open("wb") as err:
+        script = subprocess.Popen(
+            [sys.executable, "-c", FIRST_SCRIPT, *args, str(out)],
+            env=env, stdin=subprocess.PIPE, stdout=err, stderr=err,
+        )  # fmt: skip
+    try:
+        wait_until(lambda: out.exists() or script.poll() is not None, "the first script's tasks")
+        assert out.exists(), log.read_text()[-2000:]
+    finally:
+        script.kill()
+        script.wait(30)
+        assert script.stdin is not None
+        script.stdin.close()
+    task_ids: list[str] = json.loads(out.read_text())
+    return task_ids
+
+
+def test_a_new_executor_reloads_the_task_group(
+    amqp_platform: Platform,
+    compute_env: None,
+    publisher: PublisherProcess,
+    group: tuple[str, Tap],
+    tmp_path: Path,
+) -> None:
+    """A first script submits into a task group and dies; a new ``Executor`` attached to the
+    group gets, from ``reload_tasks()``, a future for every task: those done before the reload
+    already done (``GET /v2/taskgroup/{id}``, ``POST /v2/batch_status``), the one still running
+    resolved later over AMQP."""
+    tg, tap = group
+    gate_path = tmp_path / "gate-open"
+    with compute_client() as client:
+        gate_id = client.register_source_code(GATE_SOURCE, "gate")
+        args = [amqp_platform.endpoint_id, tg, gate_id, str(gate_path), str(RELOADED)]
+        task_ids = _submitted_by_a_script_killed_after(dict(os.environ), args, tmp_path)
+        *squares, failed, gated = task_ids
+        assert len(squares) == RELOADED
+
+        def finished_before_the_reload() -> bool:
+            answers = client.get_batch_result(squares)
+            if not all(not answers.get(t, {"pending": True})["pending"] for t in squares):
+                return False
+            try:
+                client.get_result(failed)
+            except TaskPending:
+                return False
+            except TaskExecutionFailed:
+                return True
+            raise AssertionError("the failing task succeeded")
+
+        wait_until(finished_before_the_reload, "the squares and the failure")
+        with Executor(  # batch_size: reload_tasks asks batch_status 16 tasks at a time
+            endpoint_id=amqp_platform.endpoint_id, client=client, task_group_id=tg, batch_size=16
+        ) as ex:
+            futures = {f.task_id: f for f in ex.reload_tasks()}
+            assert set(futures) == set(task_ids)
+            assert all(futures[t].done() for t in [*squares, failed])
+            assert not futures[gated].done()
+            gate_path.touch()
+            assert futures[gated].result(timeout=DEADLINE_S) == str(gate_path)
+    assert [futures[t].result() for t in squares] == [x * x for x in range(RELOADED)]
+    error = futures[failed].exception()
+    assert isinstance(error, TaskExecutionFailed)
+    assert "Traceback (most recent call last)" in str(error)
+    assert "ValueError: cannot handle 7" in str(error)
+    _assert_once_in_order(tap.drain(), task_ids)

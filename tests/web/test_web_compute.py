@@ -108,6 +108,51 @@ async def test_an_exchanged_token_expires(
     assert (await uncached.get("/v1/whoami", headers=alice.headers)).status_code == 200
 
 
+async def test_a_client_revokes_its_own_token_and_no_other(
+    alice: ApiUser, bob: ApiUser, uncached: httpx.AsyncClient, migrated_database_url: str
+) -> None:
+    """``POST /v2/oauth2/token/revoke``, where that SDK's ``logout`` sends its token."""
+    minted = await mint_client_credential(migrated_database_url, "alice")
+    other = await mint_client_credential(migrated_database_url, "bob")
+    pair = (minted.client_id, minted.secret)
+    token = (await _exchange(uncached, *pair)).json()["access_token"]
+    kept = (await _exchange(uncached, *pair)).json()["access_token"]
+    bobs = (await _exchange(uncached, other.client_id, other.secret)).json()["access_token"]
+
+    def works(token: str) -> Any:
+        return uncached.get("/v1/whoami", headers={"Authorization": f"Bearer {token}"})
+
+    for stranger in (bobs, bob.token, "fxb_no-such-token"):  # not this client's: left alone
+        answer = await uncached.post(
+            "/v2/oauth2/token/revoke", content=f"token={stranger}", headers=basic(*pair)
+        )
+        assert (answer.status_code, answer.json()) == (200, {"active": False})
+    assert (await works(bobs)).status_code == 200 and (await works(bob.token)).status_code == 200
+
+    wrong = basic(minted.client_id, "fxcs_wrong")
+    refused = await uncached.post(
+        "/v2/oauth2/token/revoke", content=f"token={token}", headers=wrong
+    )
+    assert_error(refused, 401, "INVALID_CLIENT")
+    nothing = await uncached.post(
+        "/v2/oauth2/token/revoke", content="token_type_hint=access_token", headers=basic(*pair)
+    )
+    assert_error(nothing, 400, "INVALID_REQUEST")
+    assert (await works(token)).status_code == 200
+
+    revoked = await uncached.post(
+        "/v2/oauth2/token/revoke", content=f"token={token}", headers=basic(*pair)
+    )
+    assert (revoked.status_code, revoked.json()) == (200, {"active": False})
+    assert revoked.headers["cache-control"] == "no-store"
+    assert_error(await works(token), 401, "UNAUTHORIZED")
+    assert (await works(kept)).status_code == 200  # the client's other token is its own to revoke
+    again = await uncached.post(
+        "/v2/oauth2/token/revoke", content=f"token={token}", headers=basic(*pair)
+    )
+    assert again.status_code == 200
+
+
 def test_registration_keeps_one_runnable_buffer() -> None:
     dill = serialize(double, DILL_CODE)
     assert parse_registration(

@@ -28,6 +28,7 @@ PUBLIC = {
     ("GET", "/v1/openapi.json"),
     ("GET", "/v2/version"),
     ("POST", "/v2/oauth2/token"),  # checks its own client credentials (HTTP Basic)
+    ("POST", "/v2/oauth2/token/revoke"),  # the same
 }
 
 

@@ -161,6 +161,7 @@ async def test_a_second_user_can_neither_see_nor_touch_anything(
         # the Globus Compute routes
         ("GET", "/v2/version"): lambda: _expect_ok(call("GET", "/v2/version")),
         ("POST", "/v2/oauth2/token"): lambda: _expect_no_access_token(mallory),
+        ("POST", "/v2/oauth2/token/revoke"): lambda: _expect_no_revocation(mallory, alice.token),
         ("GET", "/v2/functions/{function_id}"): lambda: hidden(
             "GET", f"/v2/functions/{fid}", "FUNCTION_NOT_FOUND"
         ),
@@ -288,6 +289,18 @@ async def _expect_no_access_token(mallory: ApiUser) -> None:
         },
     )
     assert response.status_code == 401 and "access_token" not in response.json()
+
+
+async def _expect_no_revocation(mallory: ApiUser, alices_token: str) -> None:
+    """The revocation route revokes nothing for a client id that is not one (alice's token
+    still works below) and nothing without client credentials."""
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    basic = base64.b64encode(f"{uuid.uuid4()}:guess".encode()).decode()
+    for headers in ({**form, "Authorization": f"Basic {basic}"}, mallory.headers):
+        response = await mallory.client.post(
+            "/v2/oauth2/token/revoke", content=f"token={alices_token}", headers=headers
+        )
+        assert_error(response, 401, "INVALID_CLIENT")
 
 
 async def _expect_unlisted_v2(call: Any, alices: str, own: str) -> None:

@@ -8,6 +8,7 @@ from service_common.errors import SettingsError
 from web_service.settings import WebSettings, async_database_url
 
 BASE = {"DATABASE_URL": "sqlite:///fx.db", "REDIS_URL": "redis://127.0.0.1:6379/0"}
+AMQP = "amqp://fx:secret@rabbitmq:5672/%2F"
 
 
 def test_defaults_from_the_minimal_environment() -> None:
@@ -71,6 +72,21 @@ def test_the_issue_3_variables_are_read() -> None:
     assert not WebSettings.from_env(BASE).globus_enabled
 
 
+def test_executors_are_handed_the_public_amqp_url_when_there_is_one() -> None:
+    public = "amqps://fx:secret@broker.example.org:5671/%2F"
+    internal_only = WebSettings.from_env({**BASE, "FXBROKER_AMQP_URL": AMQP})
+    both = WebSettings.from_env(
+        {**BASE, "FXBROKER_AMQP_URL": AMQP, "FXBROKER_AMQP_PUBLIC_URL": public}
+    )
+    assert (internal_only.amqp_client_url, both.amqp_url, both.amqp_client_url) == (
+        AMQP,
+        AMQP,
+        public,
+    )
+    assert WebSettings.from_env(BASE).amqp_client_url == ""
+    assert "secret" not in repr(both)
+
+
 @pytest.mark.parametrize(
     ("url", "expected"),
     [
@@ -105,6 +121,9 @@ def test_database_urls_get_their_asyncio_driver(url: str, expected: str) -> None
         {**BASE, "FXBROKER_RATE_LIMIT_BURST": "0"},
         {**BASE, "FXBROKER_IDEMPOTENCY_TTL_S": "0"},
         {**BASE, "FXBROKER_CATALOG_CACHE_S": "soon"},
+        {**BASE, "FXBROKER_AMQP_URL": "http://127.0.0.1:5672"},
+        {**BASE, "FXBROKER_AMQP_URL": AMQP, "FXBROKER_AMQP_PUBLIC_URL": "rabbitmq:5672"},
+        {**BASE, "FXBROKER_AMQP_PUBLIC_URL": AMQP},
     ],
 )
 def test_bad_values_are_refused(env: dict[str, str]) -> None:

@@ -8,10 +8,10 @@ they always cost a query. When Globus Auth is configured, any other bearer token
 by :class:`~web_service.middleware.globus_auth.GlobusIntrospector`.
 
 ``/healthz``, ``/readyz``, ``/metrics``, ``/v1/openapi.json``, ``/v2/version`` and the
-OAuth2 token route ``/v2/oauth2/token`` (which checks its own client credentials) need no
-token (operators keep ``/metrics`` off the public network); every other route under
-``/v1/``, ``/v2/`` and ``/v3/`` does. A token exchanged for client credentials is refused
-once it expired.
+OAuth2 token routes ``/v2/oauth2/token`` and ``/v2/oauth2/token/revoke`` (which check their
+own client credentials) need no token (operators keep ``/metrics`` off the public network);
+every other route under ``/v1/``, ``/v2/`` and ``/v3/`` does. A token exchanged for client
+credentials is refused once it expired.
 
 Scope: ``/v1/endpoint_session`` (the agents' route) takes only an endpoint credential
 (``fxep_...``), checked in SQL on every request, never cached here; every other route refuses
@@ -54,7 +54,9 @@ __all__ = [
 
 AUTH_CACHE_ITEMS = 10_000
 PROTECTED_PREFIXES = (f"{API}/", "/v2/", "/v3/")
-PUBLIC_PATHS = frozenset({f"{API}/openapi.json", "/v2/version", "/v2/oauth2/token"})
+PUBLIC_PATHS = frozenset(
+    {f"{API}/openapi.json", "/v2/version", "/v2/oauth2/token", "/v2/oauth2/token/revoke"}
+)
 AGENT_PATHS = frozenset({ENDPOINT_SESSION_PATH})
 """The routes an endpoint credential opens, and that refuse user tokens."""
 

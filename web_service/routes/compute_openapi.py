@@ -171,6 +171,16 @@ def compute_schemas(*, max_tasks_per_batch: int) -> dict[str, Schema]:
             },
             required=["grant_type"],
         ),
+        "OAuthRevokeRequest": obj(
+            {
+                "token": {"type": "string", "minLength": 1},
+                "token_type_hint": {"type": "string"},
+                "client_id": {"type": "string"},
+                "client_secret": {"type": "string"},
+            },
+            required=["token"],
+        ),
+        "OAuthRevoked": obj({"active": {"type": "boolean", "enum": [False]}}),
         "OAuthToken": obj(
             {
                 "access_token": {"type": "string"},
@@ -208,11 +218,18 @@ def compute_paths(
         "content": {FORM: {"schema": ref("OAuthTokenRequest")}},
     }
     token_op["security"] = [{"clientBasic": []}, {}]
+    revoke_op = op("OAuth2 token revocation (Globus Compute SDK logout)", "OAuthRevoked")
+    revoke_op["requestBody"] = {
+        "required": True,
+        "content": {FORM: {"schema": ref("OAuthRevokeRequest")}},
+    }
+    revoke_op["security"] = [{"clientBasic": []}, {}]
     return {
         "/v2/version": {
             "get": op("Globus Compute: versions", "ComputeVersion", params=[service], public=True)
         },
         "/v2/oauth2/token": {"post": token_op},
+        "/v2/oauth2/token/revoke": {"post": revoke_op},
         "/v2/functions/{function_id}": {
             "get": op("Globus Compute: a function", "ComputeFunction", params=[fid]),
             "delete": op(

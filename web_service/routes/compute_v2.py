@@ -227,13 +227,14 @@ def amqp_not_configured(status: int) -> ApiError:
 
 
 async def get_amqp_result_connection_url(request: Request) -> JSONResponse:
-    """``GET /v2/get_amqp_result_connection_url``: ``{"queue_prefix", "connection_url"}``;
-    404 ``AMQP_NOT_CONFIGURED`` (naming ``FXBROKER_AMQP_URL``) when none is set."""
+    """``GET /v2/get_amqp_result_connection_url``: ``{"queue_prefix", "connection_url"}``,
+    the URL ``FXBROKER_AMQP_PUBLIC_URL`` else ``FXBROKER_AMQP_URL``; 404
+    ``AMQP_NOT_CONFIGURED`` (naming ``FXBROKER_AMQP_URL``) when none is set."""
     context = context_of(request)
     if not context.settings.amqp_url:
         raise amqp_not_configured(404)
     return JSONResponse(
-        {"queue_prefix": AMQP_QUEUE_PREFIX, "connection_url": context.settings.amqp_url}
+        {"queue_prefix": AMQP_QUEUE_PREFIX, "connection_url": context.settings.amqp_client_url}
     )
 
 

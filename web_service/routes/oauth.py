@@ -3,6 +3,9 @@
 service. It is how the Globus Compute SDK, given ``GLOBUS_COMPUTE_CLIENT_ID`` and
 ``GLOBUS_COMPUTE_CLIENT_SECRET``, logs in as the fxbroker user who minted that pair with
 ``fxbroker user client-credentials NAME`` (:mod:`web_service.client_credentials`).
+``POST /v2/oauth2/token/revoke`` (RFC 7009, ``token=...``) is where that SDK's
+``Client.logout()`` revokes the token it was granted: 200 ``{"active": false}`` whether or not
+the token was one of the client's (only the client's own are revoked).
 
 The client authenticates with HTTP Basic (``client_id:client_secret``), or with both in the
 form body. The answer is Globus Auth's token document: the access token is an fxbroker API
@@ -69,30 +72,55 @@ def _basic(authorization: str | None) -> tuple[str, str] | None:
     return unquote_plus(client_id), unquote_plus(secret)
 
 
+async def _form(request: Request) -> dict[str, str] | None:
+    """The request's form fields (the first of each), or None when it is not UTF-8."""
+    raw = await read_body(request, max_bytes=MAX_FORM_BYTES)
+    try:
+        return {k: v[0] for k, v in parse_qs(raw.decode(), keep_blank_values=True).items()}
+    except UnicodeDecodeError:
+        return None
+
+
+def _client(request: Request, form: dict[str, str]) -> tuple[str, str] | None:
+    """The client id and secret: HTTP Basic, else both in the form."""
+    pair = _basic(request.headers.get("authorization"))
+    if pair is None and "client_id" in form and "client_secret" in form:
+        pair = form["client_id"], form["client_secret"]
+    return pair
+
+
+def _no_client(request: Request) -> JSONResponse:
+    return _oauth_error(
+        request, 401, "invalid_client", "send the client id and secret (HTTP Basic)"
+    )
+
+
+def _bad_client(request: Request) -> JSONResponse:
+    return _oauth_error(
+        request, 401, "invalid_client", "unknown, wrong or revoked client credentials"
+    )
+
+
+def _not_a_form(request: Request) -> JSONResponse:
+    return _oauth_error(request, 400, "invalid_request", "the body must be a UTF-8 form")
+
+
 async def token(request: Request) -> JSONResponse:
     """``POST /v2/oauth2/token`` ``grant_type=client_credentials&scope=...``: a token."""
     context = context_of(request)
-    raw = await read_body(request, max_bytes=MAX_FORM_BYTES)
-    try:
-        form = {k: v[0] for k, v in parse_qs(raw.decode(), keep_blank_values=True).items()}
-    except UnicodeDecodeError:
-        return _oauth_error(request, 400, "invalid_request", "the body must be a UTF-8 form")
+    form = await _form(request)
+    if form is None:
+        return _not_a_form(request)
     if form.get("grant_type") != "client_credentials":
         return _oauth_error(
             request, 400, "unsupported_grant_type", "fxbroker grants client_credentials only"
         )
-    pair = _basic(request.headers.get("authorization"))
-    if pair is None and "client_id" in form and "client_secret" in form:
-        pair = form["client_id"], form["client_secret"]
+    pair = _client(request, form)
     if pair is None:
-        return _oauth_error(
-            request, 401, "invalid_client", "send the client id and secret (HTTP Basic)"
-        )
+        return _no_client(request)
     granted = await context.client_credentials.exchange(*pair)
     if granted is None:
-        return _oauth_error(
-            request, 401, "invalid_client", "unknown, wrong or revoked client credentials"
-        )
+        return _bad_client(request)
     scope = " ".join(dict.fromkeys(form.get("scope", "").split())) or COMPUTE_SCOPE
     return JSONResponse(
         {
@@ -108,4 +136,23 @@ async def token(request: Request) -> JSONResponse:
     )
 
 
-routes = [Route("/v2/oauth2/token", token, methods=["POST"])]
+async def revoke(request: Request) -> JSONResponse:
+    """``POST /v2/oauth2/token/revoke`` ``token=...``: revokes the client's own token."""
+    context = context_of(request)
+    form = await _form(request)
+    if form is None:
+        return _not_a_form(request)
+    pair = _client(request, form)
+    if pair is None:
+        return _no_client(request)
+    if not form.get("token"):
+        return _oauth_error(request, 400, "invalid_request", "send the token to revoke as token")
+    if not await context.client_credentials.revoke(*pair, form["token"]):
+        return _bad_client(request)
+    return JSONResponse({"active": False}, headers={"cache-control": "no-store"})
+
+
+routes = [
+    Route("/v2/oauth2/token", token, methods=["POST"]),
+    Route("/v2/oauth2/token/revoke", revoke, methods=["POST"]),
+]
