@@ -88,9 +88,13 @@ def test_a_submit_carries_one_idempotency_key_kept_by_the_request() -> None:
     second = _base.submit("ep", [], None)
     assert first.idempotency_key and second.idempotency_key
     assert first.idempotency_key != second.idempotency_key
-    assert first.headers() == {"Idempotency-Key": first.idempotency_key}
-    assert _base.submit("ep", [], None, idempotency_key="k1").headers() == {"Idempotency-Key": "k1"}
-    assert _base.batch_status(["t"]).headers() == {}
+    json_body = {"content-type": "application/json"}
+    assert first.headers() == {**json_body, "Idempotency-Key": first.idempotency_key}
+    keyed = _base.submit("ep", [], None, idempotency_key="k1")
+    assert keyed.headers() == {**json_body, "Idempotency-Key": "k1"}
+    assert keyed.body() == keyed.body()  # the same bytes on every retry: the key's fingerprint
+    assert _base.batch_status(["t"]).headers() == json_body
+    assert _base.get_task("t").headers() == {}
 
 
 def test_which_answers_are_retried() -> None:
