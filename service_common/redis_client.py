@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
+import hiredis
 import redis.asyncio as aioredis
 from redis.exceptions import (
     ConnectionError as RedisConnectionError,
@@ -23,6 +25,7 @@ from redis.exceptions import (
 from redis.exceptions import (
     TimeoutError as RedisTimeoutError,
 )
+from redis.typing import EncodableT
 
 CONNECT_TIMEOUT_S = 5.0
 """How long opening one connection may take before it counts as Redis being away."""
@@ -46,6 +49,45 @@ TRANSIENT_REDIS_ERRORS: tuple[type[BaseException], ...] = (
 """Errors that mean Redis is (for now) away, not that the command was wrong."""
 
 
+class _HiredisPacking:
+    """Commands packed by hiredis's C ``pack_command`` (about ten times faster than redis-py's
+    asyncio connection, which packs in Python even when hiredis parses the replies: a fifth of
+    the web service's submit path and a tenth of the gateway's in the profiles). Anything
+    hiredis refuses (a bool, a bytearray, None) goes to redis-py's own packer, which accepts
+    or refuses it exactly as before."""
+
+    def pack_command(self, *args: EncodableT) -> list[bytes]:
+        head = args[0]
+        if isinstance(head, str) and " " in head:  # "CLIENT SETNAME": words sent apart
+            args = (*head.split(), *args[1:])
+        elif isinstance(head, bytes) and b" " in head:
+            args = (*head.split(), *args[1:])
+        try:
+            return [hiredis.pack_command(args)]  # type: ignore[arg-type]  # bytearray: below
+        except TypeError:
+            packed: list[bytes] = super().pack_command(*args)  # type: ignore[misc]
+            return packed
+
+
+class _Connection(_HiredisPacking, aioredis.Connection):
+    pass
+
+
+class _SSLConnection(_HiredisPacking, aioredis.SSLConnection):
+    pass
+
+
+class _UnixConnection(_HiredisPacking, aioredis.UnixDomainSocketConnection):
+    pass
+
+
+_CONNECTIONS: dict[str, type[aioredis.Connection | aioredis.UnixDomainSocketConnection]] = {
+    "redis": _Connection,
+    "rediss": _SSLConnection,
+    "unix": _UnixConnection,
+}
+
+
 def connect_redis(
     url: str, *, client_name: str | None = None, max_connections: int = MAX_CONNECTIONS
 ) -> aioredis.Redis:
@@ -57,8 +99,9 @@ def connect_redis(
     a connection gives up after :data:`CONNECT_TIMEOUT_S`. redis-py retries nothing by
     itself, so a command that may have run is never sent twice behind the caller's back:
     callers retry what is safe to retry (see :func:`redis_unavailable`). redis-py parses
-    replies with hiredis when it is installed. Nothing connects until the first command;
-    the caller closes the client with ``await client.aclose()``.
+    replies with hiredis, and hiredis packs the commands too (:class:`_HiredisPacking`).
+    Nothing connects until the first command; the caller closes the client with ``await
+    client.aclose()``.
 
     ``client_name`` names every connection (``CLIENT SETNAME``, seen in ``CLIENT LIST``).
     ``max_connections`` bounds the pool: a command that finds every connection busy waits
@@ -74,6 +117,9 @@ def connect_redis(
     }
     if client_name is not None:
         options["client_name"] = client_name
+    connection_class = _CONNECTIONS.get(urlsplit(url).scheme)
+    if connection_class is not None:
+        options["connection_class"] = connection_class
     pool = aioredis.BlockingConnectionPool.from_url(
         url, max_connections=max_connections, timeout=POOL_WAIT_S, **options
     )
