@@ -3,7 +3,9 @@ Playwright; never a browser Playwright downloads) against ``fxbroker web``/``ws`
 endpoint agent started as processes (:func:`tests.e2e.conftest.running_platform`).
 
 Each test opens its own browser context (its own cookies) and saves a screenshot of what it
-checked as ``<name>.png`` in its pytest ``tmp_path``.
+checked as ``<name>.png`` in its output directory: ``$FXBROKER_TEST_OUTPUT/dashboard/<test>``
+when that variable is set (``.ci/run`` sets it to ``test-output/`` and keeps it), else the
+test's pytest ``tmp_path``.
 """
 
 from __future__ import annotations
@@ -85,8 +87,19 @@ def sign_in(context: BrowserContext, platform: Platform, token: str) -> Page:
     return page
 
 
-def screenshot(page: Page, tmp_path: Path, name: str) -> Path:
-    path = tmp_path / f"{name}.png"
+@pytest.fixture
+def output_dir(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """Where the test leaves its screenshots (see the module docstring)."""
+    root = os.environ.get("FXBROKER_TEST_OUTPUT")
+    if not root:
+        return tmp_path
+    folder = Path(root) / "dashboard" / str(request.node.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def screenshot(page: Page, output_dir: Path, name: str) -> Path:
+    path = output_dir / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     assert path.stat().st_size > 0
     return path

@@ -26,18 +26,18 @@ def count(page: Page, name: str) -> int:
 
 
 def test_sign_in_shows_the_endpoint_online(
-    platform: Platform, context: BrowserContext, tmp_path: Path
+    platform: Platform, context: BrowserContext, output_dir: Path
 ) -> None:
     page = sign_in(context, platform, platform.token)
     card = page.locator(f'article[data-endpoint-id="{platform.endpoint_id}"]')
     expect(card.locator(".badge")).to_have_text("online")
     expect(card.locator(".workers")).to_contain_text("of 2 workers")
     expect(page.locator("#user")).to_have_text("e2e")
-    screenshot(page, tmp_path, "endpoints")
+    screenshot(page, output_dir, "endpoints")
 
 
 def test_200_tasks_move_the_counts_and_the_chart_without_a_reload(
-    platform: Platform, context: BrowserContext, tmp_path: Path
+    platform: Platform, context: BrowserContext, output_dir: Path
 ) -> None:
     page = sign_in(context, platform, platform.token)
     card = page.locator(f'article[data-endpoint-id="{platform.endpoint_id}"]')
@@ -54,7 +54,7 @@ def test_200_tasks_move_the_counts_and_the_chart_without_a_reload(
         # expect() polls the page (its scripts stay under the page's CSP, no eval)
         expect(page.locator("#count-queued")).not_to_have_text("0")
         expect(page.locator("#count-running")).not_to_have_text("0")
-        screenshot(page, tmp_path, "tasks-moving")
+        screenshot(page, output_dir, "tasks-moving")
         client.wait(task_ids, timeout_s=120, poll_s=0.5)
     expect(page.locator("#count-finished")).to_have_text(str(finished_before + TASKS))
     expect(page.locator("#count-queued")).to_have_text("0")
@@ -64,11 +64,14 @@ def test_200_tasks_move_the_counts_and_the_chart_without_a_reload(
     assert page.evaluate("window.notReloaded") is True
     page.click('nav a[data-view="tasks"]')
     expect(page.locator("#tasks tbody tr").first).to_be_visible()
-    screenshot(page, tmp_path, "tasks-finished")
+    group = page.locator("#groups tbody tr").first  # the newest group: these 200
+    expect(group.locator("td").nth(2)).to_have_text(str(TASKS))
+    expect(group.locator("td").nth(5)).to_have_text(str(TASKS))
+    screenshot(page, output_dir, "tasks-finished")
 
 
 def test_a_failed_tasks_page_shows_its_traceback(
-    platform: Platform, context: BrowserContext, tmp_path: Path
+    platform: Platform, context: BrowserContext, output_dir: Path
 ) -> None:
     with Client(url=platform.url, token=platform.token) as client:
         fid = client.register_function(fail)
@@ -83,27 +86,23 @@ def test_a_failed_tasks_page_shows_its_traceback(
     expect(exception).to_contain_text("ValueError: dashboard boom")
     expect(exception).to_contain_text("Traceback")
     expect(exception).to_contain_text("in fail")
-    screenshot(page, tmp_path, "failed-task")
+    screenshot(page, output_dir, "failed-task")
 
 
 def test_cancel_from_the_page_ends_a_running_task_cancelled(
-    platform: Platform, context: BrowserContext, tmp_path: Path
+    platform: Platform, context: BrowserContext, output_dir: Path
 ) -> None:
     with Client(url=platform.url, token=platform.token) as client:
-        fid = client.register_function(nap)
-        task_id = client.run(120.0, endpoint_id=platform.endpoint_id, function_id=fid)
-        page = sign_in(context, platform, platform.token)
-        page.goto(f"{platform.url}/dashboard#/task/{task_id}")
-        expect(page.locator("#task-state")).to_have_text("running")
+        task_id, page = running_task_page(client, context, platform)
         page.click("#task-cancel")
         expect(page.locator("#task-state")).to_have_text("cancelled")
         client.wait([task_id], timeout_s=60, poll_s=0.2)
         assert client.get_task(task_id)["state"] == "cancelled"
-    screenshot(page, tmp_path, "cancelled-task")
+    screenshot(page, output_dir, "cancelled-task")
 
 
 def test_a_second_user_sees_none_of_the_first_users_work(
-    platform: Platform, context: BrowserContext, tmp_path: Path
+    platform: Platform, context: BrowserContext, output_dir: Path
 ) -> None:
     with Client(url=platform.url, token=platform.token) as client:
         fid = client.register_function(nap)
@@ -119,7 +118,19 @@ def test_a_second_user_sees_none_of_the_first_users_work(
     expect(page.locator("#task-state")).to_contain_text("no task")
     reply = context.request.get(f"{platform.url}/dashboard/api/tasks/{task_id}")
     assert reply.status == 404
-    screenshot(page, tmp_path, "second-user")
+    screenshot(page, output_dir, "second-user")
+
+
+def running_task_page(
+    client: Client, context: BrowserContext, platform: Platform
+) -> tuple[str, Page]:
+    """A task that naps two minutes, and a signed-in page showing it running."""
+    task_id = client.run(120.0, endpoint_id=platform.endpoint_id,
+                         function_id=client.register_function(nap))  # fmt: skip
+    page = sign_in(context, platform, platform.token)
+    page.goto(f"{platform.url}/dashboard#/task/{task_id}")
+    expect(page.locator("#task-state")).to_have_text("running")
+    return task_id, page
 
 
 class _Attacker(BaseHTTPRequestHandler):
@@ -162,16 +173,12 @@ def attacker() -> Iterator[tuple[ThreadingHTTPServer, str]]:
 def test_a_forged_cross_site_request_changes_nothing(
     platform: Platform,
     context: BrowserContext,
-    tmp_path: Path,
+    output_dir: Path,
     attacker: tuple[ThreadingHTTPServer, str],
 ) -> None:
     _, evil = attacker
     with Client(url=platform.url, token=platform.token) as client:
-        fid = client.register_function(nap)
-        task_id = client.run(120.0, endpoint_id=platform.endpoint_id, function_id=fid)
-        page = sign_in(context, platform, platform.token)
-        page.goto(f"{platform.url}/dashboard#/task/{task_id}")
-        expect(page.locator("#task-state")).to_have_text("running")
+        task_id, page = running_task_page(client, context, platform)
         csrf = page.evaluate("fetch('/dashboard/api/me').then(r => r.json()).then(b => b.csrf)")
         cancel_url = f"{platform.url}/dashboard/api/tasks/{task_id}/cancel"
 
@@ -186,11 +193,11 @@ def test_a_forged_cross_site_request_changes_nothing(
             cancel_url, headers={"origin": evil, "x-csrf-token": str(csrf)}
         )
         assert refused.status == 403
-        screenshot(forged, tmp_path, "forged-page")
+        screenshot(forged, output_dir, "forged-page")
 
         assert client.get_task(task_id)["state"] == "running"
         page.reload()
         expect(page.locator("#task-state")).to_have_text("running")
-        screenshot(page, tmp_path, "still-running")
+        screenshot(page, output_dir, "still-running")
         client.cancel(task_id)  # the owner's own cancel still works
         client.wait([task_id], timeout_s=60, poll_s=0.2)

@@ -10,7 +10,13 @@ from typing import Any
 
 from sdk.serialize import SOURCE_CODE, serialize
 from web_service.dashboard.sessions import CSRF_HEADER, SESSION_COOKIE
-from web_service.dashboard.snapshot import BUCKET_S, WINDOW_S, summarize, throughput
+from web_service.dashboard.snapshot import (
+    BUCKET_S,
+    WINDOW_S,
+    group_views,
+    summarize,
+    throughput,
+)
 
 from .helpers import ApiUser, assert_error
 
@@ -170,3 +176,15 @@ def test_summarize_counts_states() -> None:
     assert summarize({"state": s} for s in states) == {
         "queued": 1, "running": 2, "finished": 3, "failed": 1, "cancelled": 1,
     }  # fmt: skip
+
+
+def test_group_views_count_each_groups_sampled_tasks_and_skip_empty_ones() -> None:
+    tasks = [
+        {"task_group_id": "g1", "state": "success"},
+        {"task_group_id": "g1", "state": "running"},
+        {"task_group_id": "g2", "state": "failed"},
+    ]
+    views = group_views([("g2", 2.0), ("g1", 1.0), ("g0", 0.5)], tasks)
+    assert [(v["task_group_id"], v["tasks"]) for v in views] == [("g2", 1), ("g1", 2)]
+    assert views[1]["running"] == 1 and views[1]["finished"] == 1
+    assert views[0]["failed"] == 1

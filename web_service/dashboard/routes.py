@@ -54,9 +54,10 @@ __all__ = ["routes"]
 
 EVENT_INTERVAL_S = 1.0
 """The page gets at most one snapshot a second."""
-STREAM_S = 60.0
-"""An event stream ends after this long and the browser reconnects (``retry``), so a
-session that ended or a server that stops closes every stream within a minute."""
+STREAM_S = 25.0
+"""An event stream ends after this long and the browser reconnects (``retry``): a server
+that is stopping waits for open responses, and this keeps a dashboard from holding it up
+longer than a ``/v1`` long poll (at most 30 s) would."""
 ASSETS = {
     "dashboard.js": "text/javascript; charset=utf-8",
     "dashboard.css": "text/css; charset=utf-8",

@@ -71,6 +71,22 @@ def summarize(tasks: Iterable[dict[str, str]]) -> dict[str, int]:
     return counts
 
 
+def group_views(
+    groups: Sequence[tuple[str, float]], tasks: Iterable[dict[str, str]]
+) -> list[dict[str, Any]]:
+    """The recent task groups (``(id, created_at)``, newest first) with the counts of their
+    tasks in the sample, as :func:`summarize` counts them; groups with none left out."""
+    members: dict[str, list[dict[str, str]]] = {group_id: [] for group_id, _ in groups}
+    for task in tasks:
+        members.get(task.get("task_group_id", ""), []).append(task)
+    return [
+        {"task_group_id": group_id, "created_at": created_at, "tasks": len(members[group_id]),
+         **summarize(members[group_id])}
+        for group_id, created_at in groups
+        if members[group_id]
+    ]  # fmt: skip
+
+
 def throughput(
     tasks: Iterable[dict[str, str]], endpoint_ids: Sequence[str], *, now: float
 ) -> dict[str, list[float]]:
@@ -140,7 +156,7 @@ class Snapshots:
         self._endpoints: list[EndpointRecord] = []
         self._functions: list[dict[str, Any]] = []
         self._names: dict[str, str] = {}
-        self._groups: list[str] = []
+        self._groups: list[tuple[str, float]] = []
 
     async def _read_catalogs(self) -> None:
         c, user_id = self._context, self._caller.user_id
@@ -153,7 +169,7 @@ class Snapshots:
         self._endpoints = endpoints
         self._functions = function_views(functions, endpoints, sharing, self._caller)
         self._names = {e.id: e.name for e in endpoints} | {f.id: f.name for f in functions}
-        self._groups = [g.id for g in groups]
+        self._groups = [(g.id, g.created_at) for g in groups]
 
     async def snapshot(self) -> dict[str, Any]:
         """The dashboard's state now (see the module docstring)."""
@@ -165,7 +181,11 @@ class Snapshots:
         beats = await asyncio.gather(*(endpoint_status(c.redis, c.keys, eid) for eid in ids))
         load = await endpoint_load(c.redis, c.keys, ids)
         tasks = await recent_tasks(
-            c.redis, c.keys, self._caller.user_id, self._groups, limit=SAMPLE_TASKS
+            c.redis,
+            c.keys,
+            self._caller.user_id,
+            [g for g, _ in self._groups],
+            limit=SAMPLE_TASKS,
         )
         now = time.time()
         rates = throughput(tasks, ids, now=now)
@@ -184,6 +204,6 @@ class Snapshots:
             "counts": summarize(tasks),
             "endpoints": endpoints,
             "tasks": [task_view(task, self._names) for task in tasks[:SHOWN_TASKS]],
-            "task_groups": self._groups,
+            "task_groups": group_views(self._groups, tasks),
             "functions": self._functions,
         }

@@ -67,10 +67,19 @@ async function start() {
 }
 
 function listen() {
+  if (state.events) state.events.close();
   const events = new EventSource("/dashboard/api/events");
   state.events = events;
   events.onopen = () => $("live").classList.add("on");
-  events.onerror = () => $("live").classList.remove("on");
+  events.onerror = () => {
+    $("live").classList.remove("on");
+    // The browser retries a dropped stream itself; a refused one (an ended session, a
+    // service away) it gives up: start again, which asks for a sign-in when needed.
+    if (events.readyState === EventSource.CLOSED && state.events === events) {
+      state.events = null;
+      setTimeout(start, 2000);
+    }
+  };
   events.addEventListener("signed-out", () => signedOut("Your session ended."));
   events.onmessage = (message) => {
     state.snapshot = JSON.parse(message.data);
@@ -113,23 +122,20 @@ function render() {
   }
 }
 
-function chart(points, bucketSeconds) {
+function chart(points) {
   const width = 360, height = 80, ns = "http://www.w3.org/2000/svg";
   const top = Math.max(1, ...points);
   const svg = document.createElementNS(ns, "svg");
   svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
   svg.setAttribute("class", "chart");
   svg.setAttribute("role", "img");
+  svg.setAttribute("preserveAspectRatio", "none");
+  svg.setAttribute("aria-label", "tasks finished per second, last 15 minutes");
   const step = width / Math.max(1, points.length - 1);
   const line = points.map((v, i) => `${(i * step).toFixed(1)},${(height - (v / top) * (height - 4)).toFixed(1)}`);
   const path = document.createElementNS(ns, "polyline");
   path.setAttribute("points", line.join(" "));
   svg.append(path);
-  const label = document.createElementNS(ns, "text");
-  label.setAttribute("x", "4");
-  label.setAttribute("y", "12");
-  label.textContent = `max ${top.toFixed(1)} tasks/s · ${bucketSeconds} s buckets · last 15 min`;
-  svg.append(label);
   return svg;
 }
 
@@ -147,7 +153,8 @@ function renderEndpoints(snap) {
         el("dt", {}, "Running"), el("dd", { class: "in-flight" }, String(e.in_flight)),
         el("dt", {}, "Finished, 15 min"), el("dd", { class: "finished-window" }, String(Math.round(finished))),
         el("dt", {}, "Last heartbeat"), el("dd", {}, beat)),
-      chart(e.tasks_per_s, snap.bucket_s));
+      chart(e.tasks_per_s),
+      el("p", { class: "chart-label" }, `tasks/s, last 15 min in ${snap.bucket_s} s steps, of your ${snap.sample_tasks} newest tasks · peak ${Math.max(...e.tasks_per_s).toFixed(1)}/s`));
   });
   $("endpoints").replaceChildren(...(cards.length ? cards : [el("p", {}, "No endpoints.")]));
 }
@@ -178,6 +185,11 @@ function renderTasks(snap) {
       el("td", {}, time(t.created_at)), el("td", {}, time(t.started_at)),
       el("td", {}, time(t.completed_at)), el("td", {}, duration(t.duration_s))));
   $("tasks").tBodies[0].replaceChildren(...rows);
+  const groups = snap.task_groups.map((g) => el("tr", { "data-task-group-id": g.task_group_id },
+    el("td", {}, el("code", {}, g.task_group_id)), el("td", {}, time(g.created_at)),
+    el("td", {}, String(g.tasks)), el("td", {}, String(g.queued)), el("td", {}, String(g.running)),
+    el("td", {}, String(g.finished)), el("td", {}, String(g.failed))));
+  $("groups").tBodies[0].replaceChildren(...groups);
 }
 
 function renderFunctions(snap) {
