@@ -6,9 +6,14 @@ browser relies on, request by request, in process.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
+import httpx
+
 from sdk.serialize import SOURCE_CODE, serialize
+from web_service.accounts import create_user, revoke_token
+from web_service.app import create_app
 from web_service.dashboard.sessions import CSRF_HEADER, SESSION_COOKIE
 from web_service.dashboard.snapshot import (
     BUCKET_S,
@@ -17,8 +22,9 @@ from web_service.dashboard.snapshot import (
     summarize,
     throughput,
 )
+from web_service.settings import WebSettings
 
-from .helpers import ApiUser, assert_error
+from .helpers import ApiUser, assert_error, in_process_client
 
 ORIGIN = {"origin": "http://testserver"}
 FOREIGN = {"origin": "http://127.0.0.1:1"}
@@ -144,6 +150,31 @@ async def test_sign_out_ends_the_session_for_good(alice: ApiUser) -> None:
     assert out.status_code == 200
     alice.client.cookies.set(SESSION_COOKIE, cookie, path="/dashboard")  # replaying it fails
     assert_error(await alice.client.get("/dashboard/api/me"), 401, "UNAUTHORIZED")
+
+
+async def test_revoking_the_token_ends_its_sessions(web_settings: WebSettings) -> None:
+    # auth_cache_s=0: no process caches who a token is, so a revocation counts at once
+    # (with a cache, within auth_cache_s)
+    settings = dataclasses.replace(web_settings, auth_cache_s=0)
+    _, token = await create_user(settings.database_url, "carol")
+    async with in_process_client(create_app(settings)) as client:
+        carol = ApiUser("", "carol", token, client)
+        await sign_in(carol)
+        await revoke_token(settings.database_url, token)
+        assert_error(await client.get("/dashboard/api/me"), 401, "UNAUTHORIZED")
+        assert_error(await client.post("/dashboard/sign-in", json={"token": token},
+                                       headers=ORIGIN), 401, "UNAUTHORIZED")  # fmt: skip
+
+
+async def test_over_https_the_cookie_is_secure(web_settings: WebSettings) -> None:
+    _, token = await create_user(web_settings.database_url, "dave")
+    async with in_process_client(create_app(web_settings)) as client:
+        client.base_url = httpx.URL("https://testserver")
+        reply = await client.post(
+            "/dashboard/sign-in", json={"token": token}, headers={"origin": "https://testserver"}
+        )
+        assert reply.status_code == 200, reply.text
+        assert "; secure" in reply.headers["set-cookie"].lower()
 
 
 async def test_the_page_and_its_assets_are_served_with_a_strict_policy(alice: ApiUser) -> None:
