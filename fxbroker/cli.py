@@ -92,10 +92,13 @@ async def _dev(settings: StackSettings) -> None:
 
     async with DevStack(settings) as stack:
         info = stack.info
+        link = await stack.dashboard_sign_in_link()
         print(
             f"fxbroker dev is running (Redis: {info.redis_kind}).\n"
             f"  web:       {info.url}\n  ws:        {info.ws_url}\n"
             f"  endpoint:  {info.endpoint_id}\n  config:    {settings.home / 'config.json'}\n"
+            f"  dashboard: {info.url}/dashboard\n"
+            f"  sign in:   {link}  (works once)\n"
             "Client() finds it from that file. Ctrl-C stops it.",
             flush=True,
         )

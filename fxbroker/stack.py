@@ -189,6 +189,17 @@ class DevStack:
             redis_url=redis_url, database_url=database_url, redis_kind=redis_kind,
         )  # fmt: skip
 
+    async def dashboard_sign_in_link(self) -> str:
+        """A one-time link that signs a browser in to the dashboard as the dev user (the
+        token stays out of it: the link carries a code the web service takes back on use)."""
+        info = self.info
+        async with httpx.AsyncClient(base_url=info.url) as http:
+            reply = await http.post(
+                "/dashboard/api/codes", headers={"Authorization": f"Bearer {info.token}"}
+            )
+        reply.raise_for_status()
+        return f"{info.url}{reply.json()['path']}"
+
     def _background(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         task = asyncio.create_task(coro, name=name)
 

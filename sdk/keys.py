@@ -79,6 +79,14 @@ class Keys:
     def idempotency(self, user_id: str, key: str) -> str:
         return f"{self.prefix}:{{idem:{user_id}}}:{key}"
 
+    def dashboard_session(self, session_hash: str) -> str:
+        """A dashboard sign-in, named by the sha256 of its cookie (web_service.dashboard)."""
+        return f"{self.prefix}:dashboard:session:{session_hash}"
+
+    def dashboard_code(self, code_hash: str) -> str:
+        """A one-time dashboard sign-in code, named by its sha256."""
+        return f"{self.prefix}:dashboard:code:{code_hash}"
+
     def pattern(self) -> str:
         """A SCAN/KEYS pattern matching every key under this prefix."""
         return f"{self.prefix}:*"

@@ -13,6 +13,8 @@ def test_key_strings_are_pinned() -> None:
     assert k.task_group_results("g1") == "fx:{tg:g1}:results"
     assert k.task_group_tasks("g1") == "fx:{tg:g1}:tasks"
     assert k.idempotency("u1", "abc") == "fx:{idem:u1}:abc"
+    assert k.dashboard_session("h1") == "fx:dashboard:session:h1"
+    assert k.dashboard_code("h2") == "fx:dashboard:code:h2"
     assert k.pattern() == "fx:*"
     assert AGENT_GROUP == "agents"
 

@@ -7,7 +7,8 @@ client and closes both on shutdown; nothing is opened before it runs.
 Every request passes, in order: the request id, the metrics, the availability guard (Redis
 or SQL away: 503 with ``Retry-After``, see :mod:`web_service.middleware.availability`),
 authentication and the rate limit (``/v1/``, and the Globus Compute routes under ``/v2/``
-and ``/v3/``), then its route.
+and ``/v3/``), then its route. ``/dashboard`` signs its users in itself
+(:mod:`web_service.dashboard`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from service_common.redis_client import connect_redis
 from service_common.stream_watch import StreamWatcher
 from web_service.client_credentials import ClientCredentialExchange
 from web_service.context import AppContext, context_of
+from web_service.dashboard import routes as routes_dashboard
 from web_service.errors import EXCEPTION_HANDLERS, RequestIdMiddleware
 from web_service.middleware.auth import AuthMiddleware, TokenAuthenticator
 from web_service.middleware.availability import AvailabilityMiddleware, Dependencies
@@ -136,6 +138,7 @@ def create_app(settings: WebSettings) -> Starlette:
         *routes_compute_v2.routes,
         *routes_compute_v3.routes,
         *routes_oauth.routes,
+        *routes_dashboard.routes,
     ]
     return Starlette(
         routes=routes,

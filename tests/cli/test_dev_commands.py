@@ -41,6 +41,7 @@ class Dev:
     endpoint_id: str
     pid: int
     ws_url: str
+    banner: str
 
     def fxbroker(self, *argv: str, **env: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -76,12 +77,26 @@ def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dev]:
         config = json.loads((home / "config.json").read_text())
         assert f"  endpoint:  {config['endpoint_id']}\n" in banner
         yield Dev(home, env, config["url"], config["token"], config["endpoint_id"], proc.pid,
-                  config["ws_url"])  # fmt: skip
+                  config["ws_url"], "".join(banner))  # fmt: skip
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0, log_path.read_text()
         assert "fxbroker dev stopped." in proc.stdout.read()
         proc.stdout.close()
+
+
+def test_the_banner_names_the_dashboard_and_a_one_time_sign_in_link(dev: Dev) -> None:
+    assert f"  dashboard: {dev.url}/dashboard\n" in dev.banner
+    (link,) = [line.split()[2] for line in dev.banner.splitlines() if "sign in:" in line]
+    assert link.startswith(f"{dev.url}/dashboard/sign-in?code=")
+    assert dev.token not in dev.banner
+    first = httpx.get(link)
+    assert first.status_code == 303 and first.headers["location"] == "/dashboard"
+    assert "fxb_dashboard=" in first.headers["set-cookie"]
+    me = httpx.get(f"{dev.url}/dashboard/api/me", cookies=first.cookies)
+    assert me.json()["user"] == "dev"
+    again = httpx.get(link)  # the code was taken back: no session the second time
+    assert again.status_code == 303 and "set-cookie" not in again.headers
 
 
 def test_the_stack_records_where_its_state_is_for_its_owner_only(dev: Dev) -> None:

@@ -137,7 +137,19 @@ async def test_the_credential_is_refused_on_every_user_route(
         if isinstance(route, Route)
         for method in (route.methods or set()) - {"HEAD"}
     }
-    user_routes = served - PUBLIC - {("GET", SESSION)}
+    # The dashboard's routes read its session cookie, never an Authorization header; the
+    # one that takes a bearer token (a sign-in code) and its sign-in form are checked here.
+    cookie_routes = {
+        (method, path)
+        for method, path in served
+        if path.startswith("/dashboard") and path != "/dashboard/api/codes"
+    }
+    user_routes = served - PUBLIC - {("GET", SESSION)} - cookie_routes
+    assert ("POST", "/dashboard/api/codes") in user_routes
+    signing_in = await client.post(
+        "/dashboard/sign-in", json={"token": credential}, headers={"origin": "http://testserver"}
+    )
+    assert "endpoint credential" in assert_error(signing_in, 401, "UNAUTHORIZED")["message"]
     assert ("POST", "/v1/endpoints/{endpoint_id}/credential") in user_routes
     for method, template in sorted(user_routes):
         path = (

@@ -33,6 +33,10 @@ def secret(x: int) -> int:
 CODE = serialize(secret, SOURCE_CODE)
 NOT_ROUTES = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")}
 """Public and about no user's objects (covered in their own tests)."""
+BROWSER_ROUTES = {("GET", "/dashboard/api/events")}
+"""The dashboard's event stream pushes what ``/dashboard/api/snapshot`` answers (the same
+``Snapshots``); a second user's stream is checked in a browser (tests/dashboard)."""
+ORIGIN = {"origin": "http://testserver"}
 
 
 @pytest.fixture
@@ -198,6 +202,25 @@ async def test_a_second_user_can_neither_see_nor_touch_anything(
         ("POST", "/v3/endpoints/{endpoint_id}/submit"): lambda: _expect_no_submit_v3(
             hidden, eid, mallorys_eid, fid
         ),
+        # the dashboard, mallory signed in to it
+        ("GET", "/dashboard"): lambda: _expect_ok(call("GET", "/dashboard")),
+        ("GET", "/dashboard/static/{name}"): lambda: _expect_ok(
+            call("GET", "/dashboard/static/dashboard.js")
+        ),
+        ("POST", "/dashboard/sign-in"): lambda: _expect_dashboard_self(mallory),
+        ("GET", "/dashboard/sign-in"): lambda: _expect_no_session_from_a_bad_code(mallory),
+        ("POST", "/dashboard/sign-out"): lambda: _expect_own_sign_out(mallory),
+        ("GET", "/dashboard/api/me"): lambda: _expect_dashboard_self(mallory),
+        ("GET", "/dashboard/api/snapshot"): lambda: _expect_empty_snapshot(
+            mallory, eid, fid, [tid, tid2], mallorys_eid
+        ),
+        ("GET", "/dashboard/api/tasks/{task_id}"): lambda: _expect_dashboard_hidden(
+            mallory, "GET", f"/dashboard/api/tasks/{tid}"
+        ),
+        ("POST", "/dashboard/api/tasks/{task_id}/cancel"): lambda: _expect_dashboard_hidden(
+            mallory, "POST", f"/dashboard/api/tasks/{tid}/cancel"
+        ),
+        ("POST", "/dashboard/api/codes"): lambda: _expect_own_code(call, mallory),
     }
     served = {
         (method, route.path)
@@ -205,7 +228,7 @@ async def test_a_second_user_can_neither_see_nor_touch_anything(
         if isinstance(route, Route)
         for method in (route.methods or set()) - {"HEAD"}
     }
-    assert served - NOT_ROUTES == set(cases), "every route needs an isolation case"
+    assert served - NOT_ROUTES - BROWSER_ROUTES == set(cases), "every route needs an isolation case"
     for case in cases.values():
         await case()
 
@@ -226,6 +249,59 @@ async def test_a_second_user_can_neither_see_nor_touch_anything(
         "/v1/endpoint_session", headers={"Authorization": f"Bearer {alices_credential}"}
     )
     assert session.json()["endpoint_id"] == eid  # alice's credential still works
+
+
+async def _dashboard_sign_in(mallory: ApiUser) -> str:
+    """Mallory's dashboard session on the shared client; its CSRF token."""
+    reply = await mallory.client.post(
+        "/dashboard/sign-in", json={"token": mallory.token}, headers=ORIGIN
+    )
+    assert reply.status_code == 200, reply.text
+    return str((await mallory.client.get("/dashboard/api/me")).json()["csrf"])
+
+
+async def _expect_dashboard_self(mallory: ApiUser) -> None:
+    await _dashboard_sign_in(mallory)
+    assert (await mallory.client.get("/dashboard/api/me")).json()["user"] == "mallory"
+
+
+async def _expect_no_session_from_a_bad_code(mallory: ApiUser) -> None:
+    reply = await mallory.client.get("/dashboard/sign-in?code=not-a-code")
+    assert reply.status_code == 303 and "set-cookie" not in reply.headers
+
+
+async def _expect_own_sign_out(mallory: ApiUser) -> None:
+    csrf = await _dashboard_sign_in(mallory)
+    reply = await mallory.client.post(
+        "/dashboard/sign-out", headers={**ORIGIN, "x-csrf-token": csrf}
+    )
+    assert reply.status_code == 200
+    assert (await mallory.client.get("/dashboard/api/me")).status_code == 401
+
+
+async def _expect_empty_snapshot(
+    mallory: ApiUser, eid: str, fid: str, task_ids: list[str], own_eid: str
+) -> None:
+    await _dashboard_sign_in(mallory)
+    snapshot = (await mallory.client.get("/dashboard/api/snapshot")).json()
+    endpoints = {e["endpoint_id"] for e in snapshot["endpoints"]}
+    assert own_eid in endpoints and eid not in endpoints
+    assert fid not in {f["function_id"] for f in snapshot["functions"]}
+    assert not {t["task_id"] for t in snapshot["tasks"]} & set(task_ids)
+    assert snapshot["task_groups"] == []
+
+
+async def _expect_dashboard_hidden(mallory: ApiUser, method: str, path: str) -> None:
+    csrf = await _dashboard_sign_in(mallory)
+    reply = await mallory.client.request(method, path, headers={**ORIGIN, "x-csrf-token": csrf})
+    assert_error(reply, 404, "TASK_NOT_FOUND")
+
+
+async def _expect_own_code(call: Any, mallory: ApiUser) -> None:
+    path = (await call("POST", "/dashboard/api/codes")).json()["path"]
+    mallory.client.cookies.clear()
+    assert (await mallory.client.get(path)).status_code == 303
+    assert (await mallory.client.get("/dashboard/api/me")).json()["user"] == "mallory"
 
 
 async def _expect_ok(response: Any) -> None:

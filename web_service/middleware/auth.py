@@ -94,6 +94,11 @@ class TokenAuthenticator:
             raise unauthorized("unknown or revoked token")
         return caller
 
+    async def caller_for_hash(self, token_hash: str) -> Caller | None:
+        """Whose live token has this sha256, or None (revoked, expired, unknown); cached as
+        :meth:`authenticate` is. The dashboard re-checks its sessions' tokens with it."""
+        return await self._lookup(token_hash)
+
     async def _lookup(self, token_hash: str) -> Caller | None:
         cached = self._cache.get(token_hash)
         if cached is not None:

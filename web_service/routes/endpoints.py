@@ -102,6 +102,26 @@ def _number(fields: dict[str, str], name: str, kind: type[int] | type[float]) ->
         return None
 
 
+def status_view(
+    endpoint_id: str, beat: dict[str, str], queued: int, in_flight: int
+) -> dict[str, Any]:
+    """An endpoint's status from its heartbeat (empty: offline) and its stream's load."""
+    return {
+        "endpoint_id": endpoint_id,
+        "online": bool(beat),
+        "queued": queued,
+        "in_flight": in_flight,
+        "workers": _number(beat, "workers", int),
+        "running": _number(beat, "running", int),
+        "capacity": _number(beat, "capacity", int),
+        "last_heartbeat": _number(beat, "heartbeat_at", float),
+        "agent": beat.get("agent"),
+        "host": beat.get("host"),
+        "version": beat.get("version"),
+        "engine": beat.get("engine"),
+    }
+
+
 async def get_status(request: Request) -> JSONResponse:
     """``GET /v1/endpoints/{endpoint_id}/status``: online or not, capacity and load.
 
@@ -112,22 +132,7 @@ async def get_status(request: Request) -> JSONResponse:
     context, _, record = await usable_endpoint(request)
     beat = await endpoint_status(context.redis, context.keys, record.id) or {}
     queued, in_flight = (await endpoint_load(context.redis, context.keys, [record.id]))[record.id]
-    return JSONResponse(
-        {
-            "endpoint_id": record.id,
-            "online": bool(beat),
-            "queued": queued,
-            "in_flight": in_flight,
-            "workers": _number(beat, "workers", int),
-            "running": _number(beat, "running", int),
-            "capacity": _number(beat, "capacity", int),
-            "last_heartbeat": _number(beat, "heartbeat_at", float),
-            "agent": beat.get("agent"),
-            "host": beat.get("host"),
-            "version": beat.get("version"),
-            "engine": beat.get("engine"),
-        }
-    )
+    return JSONResponse(status_view(record.id, beat, queued, in_flight))
 
 
 async def delete_endpoint(request: Request) -> JSONResponse:

@@ -91,3 +91,19 @@ class TaskGroupCatalog:
                 )
                 for row in rows
             ]
+
+    async def recent_for(self, owner_id: str, *, limit: int) -> list[TaskGroupRecord]:
+        """The owner's ``limit`` newest task groups, newest first."""
+        async with self._sessions() as session:
+            rows = await session.execute(
+                select(TaskGroup.id, TaskGroup.created_at)
+                .where(TaskGroup.owner_id == owner_id)
+                .order_by(TaskGroup.created_at.desc(), TaskGroup.id.desc())
+                .limit(limit)
+            )
+            return [
+                TaskGroupRecord(
+                    id=row.id, owner_id=owner_id, created_at=unix_seconds(row.created_at)
+                )
+                for row in rows
+            ]

@@ -182,3 +182,38 @@ async def task_group_page(
         pipe.hget(keys.task(task_id), "state")
     states = await pipe.execute()
     return int(total), list(zip(cast(list[str], ids), states, strict=True))
+
+
+SUMMARY_FIELDS = (
+    "task_id", "user_id", "state", "endpoint_id", "function_id", "task_group_id",
+    "created_at", "started_at", "completed_at",
+)  # fmt: skip
+"""What :func:`recent_tasks` reads of each task hash (never results or output)."""
+
+
+async def recent_tasks(
+    redis: aioredis.Redis, keys: Keys, user_id: str, task_group_ids: Sequence[str], *, limit: int
+) -> list[dict[str, str]]:
+    """Up to ``limit`` of the newest tasks of ``task_group_ids`` (given newest first) that
+    still exist and are ``user_id``'s, newest first, as :data:`SUMMARY_FIELDS`; two round
+    trips whatever the number of groups."""
+    if not task_group_ids or limit <= 0:
+        return []
+    pipe = redis.pipeline(transaction=False)
+    for task_group_id in task_group_ids:
+        pipe.lrange(keys.task_group_tasks(task_group_id), -limit, -1)
+    ids: list[str] = []
+    for group_ids in await pipe.execute():
+        ids.extend(reversed(cast(list[str], group_ids)))
+        if len(ids) >= limit:
+            break
+    ids = ids[:limit]
+    pipe = redis.pipeline(transaction=False)
+    for task_id in ids:
+        pipe.hmget(keys.task(task_id), list(SUMMARY_FIELDS))
+    found: list[dict[str, str]] = []
+    for values in await pipe.execute():
+        fields = {n: v for n, v in zip(SUMMARY_FIELDS, values, strict=True) if v is not None}
+        if fields.get("user_id") == user_id:
+            found.append(fields)
+    return found
