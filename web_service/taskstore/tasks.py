@@ -6,17 +6,17 @@ flows are the ones ``docs/internals.md`` describes.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping, Sequence
 from typing import cast
 
 import redis.asyncio as aioredis
-from redis.typing import EncodableT, FieldT
 
 from sdk.keys import Keys
-from sdk.messages import StreamEntry, TaskHash, TaskInfo, TaskSpec, task_info
+from sdk.messages import TaskInfo, TaskSpec, task_info
 from sdk.states import TaskState
-from web_service.store.models import is_id, new_id
+from web_service.store.models import is_id
 
 CREATE_TASK = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
@@ -41,8 +41,19 @@ return 1
 first id is there already (one ``RPUSH`` per thousand ids, so a batch is all there or not)."""
 
 
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+
+
 def new_task_ids(count: int) -> list[str]:
-    return [new_id() for _ in range(count)]
+    """``count`` random (version 4) UUIDs in canonical form, like :func:`new_id`: one
+    ``os.urandom`` call and string slicing, a fifth of the cost of ``uuid.uuid4`` each (a
+    tenth of the submit path's time for a batch of thousands)."""
+    digits = os.urandom(16 * count).hex()
+    ids = []
+    for i in range(0, 32 * count, 32):
+        h = digits[i : i + 32]
+        ids.append(f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}")
+    return ids
 
 
 async def enqueue(
@@ -88,33 +99,30 @@ async def enqueue(
     for function_id, code in codes.items():
         pipe.set(keys.function_code(function_id), code, nx=True)
     stream = keys.endpoint_tasks(endpoint_id)
+    waiting = TaskState.WAITING.value
+    extra: list[str] = []  # the entry's optional fields, the same for the whole batch
+    if result_strategies:
+        extra += ["result_serializers", ",".join(result_strategies)]
+    # The TaskHash and StreamEntry fields of sdk.messages, as flat argument lists: redis-py's
+    # hset(mapping=) and xadd() would build and walk a dict per task (a tenth of the path).
     for task_id, spec in zip(task_ids, tasks, strict=True):
-        record: TaskHash = {
-            "task_id": task_id,
-            "user_id": user_id,
-            "endpoint_id": endpoint_id,
-            "function_id": spec["function_id"],
-            "task_group_id": task_group_id,
-            "state": TaskState.WAITING.value,
-            "created_at": created_at,
-            "attempts": "0",
-        }
-        entry: StreamEntry = {
-            "task_id": task_id,
-            "function_id": spec["function_id"],
-            "task_group_id": task_group_id,
-            "payload": spec["payload"],
-        }
+        function_id = spec["function_id"]
+        record = [
+            "task_id", task_id, "user_id", user_id, "endpoint_id", endpoint_id,
+            "function_id", function_id, "task_group_id", task_group_id, "state", waiting,
+            "created_at", created_at, "attempts", "0",
+        ]  # fmt: skip
+        entry = [
+            "task_id", task_id, "function_id", function_id, "task_group_id", task_group_id,
+            "payload", spec["payload"], *extra,
+        ]  # fmt: skip
         if "walltime_s" in spec:
-            entry["walltime_s"] = repr(spec["walltime_s"])
-        if result_strategies:
-            entry["result_serializers"] = ",".join(result_strategies)
+            entry += ["walltime_s", repr(spec["walltime_s"])]
         if retry:
-            flat = [part for pair in _fields(record).items() for part in pair]
-            pipe.eval(CREATE_TASK, 1, keys.task(task_id), *flat)
+            pipe.eval(CREATE_TASK, 1, keys.task(task_id), *record)
         else:
-            pipe.hset(keys.task(task_id), mapping=_fields(record))
-        pipe.xadd(stream, _fields(entry))
+            pipe.execute_command("HSET", keys.task(task_id), *record)
+        pipe.execute_command("XADD", stream, "*", *entry)
     group_tasks = keys.task_group_tasks(task_group_id)
     if retry:
         pipe.eval(APPEND_ONCE, 1, group_tasks, *task_ids)
@@ -125,11 +133,6 @@ async def enqueue(
         key, value, ttl_s = remember
         pipe.set(key, value, xx=True, ex=ttl_s)
     await pipe.execute()
-
-
-def _fields(record: TaskHash | StreamEntry) -> dict[FieldT, EncodableT]:
-    """A record as the field mapping redis-py's ``HSET`` and ``XADD`` take."""
-    return {field: str(value) for field, value in record.items()}
 
 
 async def store_function_code(
