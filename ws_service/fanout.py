@@ -94,15 +94,20 @@ class Subscription:
         upto = stream_id(last_id)
         self.pushed = {nid for nid in self.pushed if stream_id(nid) > upto}
 
-    def offer(self, notice_id: str, item: ResultItem, *, max_frame_bytes: int) -> None:
-        """Push ``item`` now unless the reader has already taken its notice."""
-        if stream_id(notice_id) <= stream_id(self.read_upto) or notice_id in self.pushed:
+    def offer(self, offered: Sequence[tuple[str, ResultItem]], *, max_frame_bytes: int) -> None:
+        """Push now each ``(notice id, item)`` whose notice the reader has not taken yet:
+        those of one settle round together, in as few frames as fit (one send)."""
+        upto = stream_id(self.read_upto)
+        items: list[ResultItem] = []
+        for notice_id, item in offered:
+            if stream_id(notice_id) <= upto or notice_id in self.pushed:
+                continue
+            self.pushed.add(notice_id)
+            item["cursor"] = self.cursor
+            items.append(item)
+        if not items:
             return
-        self.pushed.add(notice_id)
-        item["cursor"] = self.cursor
-        frames = protocol.results_frames(
-            self.task_group_id, [item], max_frame_bytes=max_frame_bytes
-        )
+        frames = protocol.results_frames(self.task_group_id, items, max_frame_bytes=max_frame_bytes)
         task = asyncio.create_task(self._send(frames))
         self._sends.add(task)
         task.add_done_callback(self._sends.discard)

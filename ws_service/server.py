@@ -392,19 +392,29 @@ class ResultServer:
         """The same-process push: outcomes this copy's gateway just settled go at once to
         this copy's subscribers of their task group, without waiting for their stream read
         (which then skips them). Other copies get them through the stream as ever."""
+        by_group: dict[str, list[Settlement]] = {}
         for settled in settlements:
-            for sub in self._local.get(settled.task_group_id, ()):
-                o = settled.outcome
-                item: ResultItem = {"task_id": o.task_id, "state": str(o.state), "cursor": ""}
-                if o.result is not None:
-                    item["result"] = o.result
-                if o.exception is not None:
-                    item["exception"] = o.exception
-                if o.stdout:
-                    item["stdout"] = o.stdout
-                if o.stderr:
-                    item["stderr"] = o.stderr
-                sub.offer(settled.notice_id, item, max_frame_bytes=self.settings.max_frame_bytes)
+            if settled.task_group_id in self._local:
+                by_group.setdefault(settled.task_group_id, []).append(settled)
+        for group, settled_here in by_group.items():
+            for sub in self._local.get(group, ()):
+                offered = [(s.notice_id, _item(s)) for s in settled_here]  # an item per sub
+                sub.offer(offered, max_frame_bytes=self.settings.max_frame_bytes)
+
+
+def _item(settled: Settlement) -> ResultItem:
+    """The result item a settled outcome is pushed as (its cursor is the subscription's)."""
+    o = settled.outcome
+    item: ResultItem = {"task_id": o.task_id, "state": str(o.state), "cursor": ""}
+    if o.result is not None:
+        item["result"] = o.result
+    if o.exception is not None:
+        item["exception"] = o.exception
+    if o.stdout:
+        item["stdout"] = o.stdout
+    if o.stderr:
+        item["stderr"] = o.stderr
+    return item
 
 
 async def run_ws(settings: WsSettings, *, handle_signals: bool = True) -> None:
