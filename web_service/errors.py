@@ -5,9 +5,10 @@ the same request id is in the ``x-request-id`` header of every response, so a us
 quote it and an operator can find it in the logs. Codes: ``BAD_REQUEST`` 400,
 ``UNAUTHORIZED`` 401, ``FORBIDDEN`` (only the owner may do that) / ``FUNCTION_NOT_ALLOWED``
 (the endpoint's allow-list refuses the function) 403, ``NOT_FOUND`` / ``FUNCTION_NOT_FOUND`` /
-``ENDPOINT_NOT_FOUND`` / ``TASK_NOT_FOUND`` / ``TASK_GROUP_NOT_FOUND`` 404, ``CONFLICT`` 409
-(the same Idempotency-Key is being processed; retry after ``Retry-After``),
-``FUNCTION_DELETED`` 410, ``PAYLOAD_TOO_LARGE`` 413, ``VALIDATION_ERROR`` / ``UNKNOWN_USER`` /
+``ENDPOINT_NOT_FOUND`` / ``TASK_NOT_FOUND`` / ``TASK_GROUP_NOT_FOUND`` / ``USER_NOT_FOUND``
+404, ``CONFLICT`` 409 (the same Idempotency-Key is being processed; retry after
+``Retry-After``),
+``FUNCTION_DELETED`` 410, ``PAYLOAD_TOO_LARGE`` 413, ``VALIDATION_ERROR`` /
 ``IDEMPOTENCY_KEY_REUSED`` 422, ``RATE_LIMITED`` 429 (with ``Retry-After``),
 ``INTERNAL_ERROR`` 500 (a server fault, logged with its traceback), ``UNAVAILABLE`` 503
 (Globus Auth could not be asked about a token) and ``SERVICE_UNAVAILABLE`` 503 with
