@@ -83,6 +83,10 @@ async def test_function_registration_is_validated(alice: ApiUser) -> None:
         assert_error(await alice.post("/v1/functions", body), 422, "VALIDATION_ERROR")
     for path, body in [
         ("/v1/endpoints", {"name": "e\x00"}),
+        ("/v3/endpoints", {"endpoint_name": "e\x00"}),
+        ("/v3/functions", {"function_name": "f", "function_code": "\x00", "serialized": False}),
+        ("/v3/functions", {"function_name": "é", "function_code": "", "serialized": False}),
+        ("/v3/functions", {"function_name": "f", "function_code": DOUBLE, "description": "\x00"}),
     ]:
         assert_error(await alice.post(path, body), 422, "VALIDATION_ERROR")
     assert_error(await alice.post("/v1/functions", content=b"{nope"), 400, "BAD_REQUEST")

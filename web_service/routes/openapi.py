@@ -236,7 +236,10 @@ def build_openapi(settings: WebSettings, *, version: str) -> dict[str, Any]:
         "components": {
             "schemas": {
                 **component_schemas(max_tasks_per_batch=settings.max_tasks_per_batch),
-                **compute_schemas(max_tasks_per_batch=settings.max_tasks_per_batch),
+                **compute_schemas(
+                    max_tasks_per_batch=settings.max_tasks_per_batch,
+                    amqp=bool(settings.amqp_url),
+                ),
             },
             "securitySchemes": {
                 "bearer": {
