@@ -18,6 +18,7 @@ import httpx
 import pytest
 from starlette.routing import Route
 
+from service_common.tokens import ENDPOINT_SESSION_PATH
 from web_service.accounts import create_user
 from web_service.app import create_app
 from web_service.settings import WebSettings
@@ -59,6 +60,17 @@ def test_schemathesis_with_every_check_finds_nothing(
     server_url: str, web_settings: WebSettings, tmp_path: Path
 ) -> None:
     _, token = asyncio.run(create_user(web_settings.database_url, "fuzzer"))
+    with httpx.Client(base_url=server_url, headers={"Authorization": f"Bearer {token}"}) as http:
+        registered = http.post("/v1/endpoints", json={"name": "fuzzed agents"})
+    credential = registered.json()["credential"]
+    # The agents' route takes an endpoint credential, every other one the user's token. No
+    # ids are pinned: a pinned id would replace those the stateful phase takes from the
+    # answers that created them, and a real task's long poll outlasts the request timeout.
+    (tmp_path / "schemathesis.toml").write_text(
+        "[[operations]]\n"
+        f'include-path = "{ENDPOINT_SESSION_PATH}"\n'
+        f'headers = {{ Authorization = "Bearer {credential}" }}\n'
+    )
     repository = Path(__file__).resolve().parents[2]
     command = [
         str(Path(sys.executable).with_name("schemathesis")),
@@ -88,6 +100,7 @@ def test_schemathesis_with_every_check_finds_nothing(
         check=False,
     )
     assert run.returncode == 0, run.stdout + run.stderr
+    assert "Authentication failed" not in run.stdout, run.stdout
     for phase in ("Coverage", "Fuzzing", "Stateful"):
         assert f"✅ {phase}" in run.stdout, run.stdout
     selected = re.search(r"Selected: (\d+)/(\d+)\s+Tested: (\d+)", run.stdout)
