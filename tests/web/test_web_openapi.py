@@ -59,6 +59,9 @@ async def test_the_document_describes_every_route(alice: ApiUser) -> None:
     assert limits["maxItems"] == 50  # the settings' max_tasks_per_batch
     compute_submit = document["components"]["schemas"]["ComputeSubmitRequest"]["properties"]
     assert compute_submit["create_queue"]["enum"] == [False]  # no FXBROKER_AMQP_URL here
+    submit = document["paths"]["/v1/endpoints/{endpoint_id}/submit"]["post"]["responses"]
+    assert set(submit) == {"200", "400", "401", "404", "413", "422", "429", "503", "default"}
+    assert set(document["paths"]["/healthz"]["get"]["responses"]) == {"200", "default"}
 
 
 def write_config(directory: Path, tokens: dict[str, str], credential: str) -> None:

@@ -248,6 +248,8 @@ def compute_paths(
         "content": {FORM: {"schema": ref("OAuthTokenRequest")}},
     }
     token_op["security"] = [{"clientBasic": []}, {}]
+    del token_op["responses"]["429"]  # it checks its own client credentials, unlimited
+    token_op["responses"]["401"]["description"] = "invalid_client: unknown or revoked ones"
     return {
         "/v2/version": {
             "get": op("Globus Compute: versions", "ComputeVersion", params=[service], public=True)
