@@ -5,9 +5,10 @@ the same request id is in the ``x-request-id`` header of every response, so a us
 quote it and an operator can find it in the logs. Codes: ``BAD_REQUEST`` 400,
 ``UNAUTHORIZED`` 401, ``FORBIDDEN`` (only the owner may do that) / ``FUNCTION_NOT_ALLOWED``
 (the endpoint's allow-list refuses the function) 403, ``NOT_FOUND`` / ``FUNCTION_NOT_FOUND`` /
-``ENDPOINT_NOT_FOUND`` / ``TASK_NOT_FOUND`` / ``TASK_GROUP_NOT_FOUND`` 404, ``CONFLICT`` 409
-(the same Idempotency-Key is being processed; retry after ``Retry-After``),
-``FUNCTION_DELETED`` 410, ``PAYLOAD_TOO_LARGE`` 413, ``VALIDATION_ERROR`` / ``UNKNOWN_USER`` /
+``ENDPOINT_NOT_FOUND`` / ``TASK_NOT_FOUND`` / ``TASK_GROUP_NOT_FOUND`` / ``USER_NOT_FOUND``
+404, ``CONFLICT`` 409 (the same Idempotency-Key is being processed; retry after
+``Retry-After``),
+``FUNCTION_DELETED`` 410, ``PAYLOAD_TOO_LARGE`` 413, ``VALIDATION_ERROR`` /
 ``IDEMPOTENCY_KEY_REUSED`` 422, ``RATE_LIMITED`` 429 (with ``Retry-After``),
 ``INTERNAL_ERROR`` 500 (a server fault, logged with its traceback), ``UNAVAILABLE`` 503
 (Globus Auth could not be asked about a token) and ``SERVICE_UNAVAILABLE`` 503 with
@@ -26,6 +27,7 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service_common.errors import ServiceError
@@ -119,8 +121,24 @@ async def api_error_handler(request: Request, exc: Exception) -> Response:
     return error_response(exc, request_id_of(request.scope))
 
 
+def path_methods(request: Request) -> list[str]:
+    """Every method the routes at the request's path serve, sorted (``HEAD`` with ``GET``).
+
+    Several routes may share a path, one per method; Starlette's own 405 names the methods
+    of the first of them only. Where a literal path and a template both match (``/v1/tasks/
+    batch_status``, ``/v1/tasks/{task_id}``), the path is the one with fewer parameters."""
+    templates: dict[str, set[str]] = {}
+    for route in request.app.routes:
+        if isinstance(route, Route) and route.matches(request.scope)[0] is not Match.NONE:
+            templates.setdefault(route.path, set()).update(route.methods or ())
+    if not templates:
+        return []
+    return sorted(templates[min(templates, key=lambda path: path.count("{"))])
+
+
 async def http_error_handler(request: Request, exc: Exception) -> Response:
-    """Starlette's own errors (no such route, wrong method) in our JSON shape."""
+    """Starlette's own errors (no such route, wrong method) in our JSON shape; a 405's
+    ``Allow`` names every method of the path (RFC 9110), whichever route refused it."""
     assert isinstance(exc, HTTPException)
     try:
         code = http.HTTPStatus(exc.status_code).name
@@ -131,6 +149,8 @@ async def http_error_handler(request: Request, exc: Exception) -> Response:
     )
     for name, value in (exc.headers or {}).items():
         response.headers[name] = value
+    if exc.status_code == 405:
+        response.headers["allow"] = ", ".join(path_methods(request))
     return response
 
 

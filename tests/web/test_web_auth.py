@@ -88,6 +88,26 @@ async def test_unknown_route_and_wrong_method_are_json(
     )
 
 
+async def test_a_405_allows_every_method_of_the_path_not_of_one_route(alice: ApiUser) -> None:
+    document = (await alice.get("/v1/openapi.json")).json()
+    credential = (await alice.post("/v1/endpoints", {"name": "allow"})).json()["credential"]
+    some_id = str(uuid.uuid4())
+    ids = dict.fromkeys(("function_id", "endpoint_id", "task_id", "task_group_id"), some_id)
+    for template, operations in document["paths"].items():
+        agents_only = any(
+            operation.get("security") == [{"endpointCredential": []}]
+            for operation in operations.values()
+        )
+        token = credential if agents_only else alice.token
+        response = await alice.client.options(
+            template.format_map(ids), headers={"Authorization": f"Bearer {token}"}
+        )
+        assert_error(response, 405, "METHOD_NOT_ALLOWED")
+        documented = {method.upper() for method in operations}
+        expected = documented | ({"HEAD"} if "GET" in documented else set())
+        assert set(response.headers["allow"].split(", ")) == expected, template
+
+
 async def test_a_revoked_token_is_refused(web_settings: WebSettings) -> None:
     settings = replace(web_settings, auth_cache_s=0)
     _, token = await create_user(settings.database_url, "erin")

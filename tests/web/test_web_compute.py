@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -244,6 +245,13 @@ async def test_submit_keys_tasks_by_function_and_carries_result_serializers(
         f"/v3/endpoints/{eid}/submit", {**body, "result_serializers": ["my.Serializer"]}
     )
     assert "my.Serializer" in assert_error(unknown, 422, "VALIDATION_ERROR")["message"]
+    # a key that is no uuid names no function, as an unknown uuid does; a list is never empty
+    not_an_id = await alice.post(f"/v3/endpoints/{eid}/submit", {"tasks": {"f": payloads}})
+    assert_error(not_an_id, 404, "FUNCTION_NOT_FOUND")
+    empty = await alice.post(
+        f"/v3/endpoints/{eid}/submit", {"tasks": {fid_value: payloads, str(uuid.uuid4()): []}}
+    )
+    assert_error(empty, 422, "VALIDATION_ERROR")
     assert await aredis.xlen(keys.endpoint_tasks(eid)) == 3
     status = (await alice.post("/v2/batch_status", {"task_ids": task_ids})).json()
     assert status["results"] == {t: {"task_id": t, "status": "waiting-for-ep"} for t in task_ids}

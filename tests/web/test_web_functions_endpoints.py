@@ -74,9 +74,21 @@ async def test_function_registration_is_validated(alice: ApiUser) -> None:
         {"function_name": "f", "function_code": "no header"},
         {"function_name": "", "function_code": DOUBLE},
         {"function_name": "f" * 256, "function_code": DOUBLE},
+        # PostgreSQL's text holds no NUL: a client's mistake, not a 500
+        {"function_name": "f\x00", "function_code": DOUBLE},
+        {"function_name": "f", "function_code": DOUBLE + "\x00"},
+        {"function_name": "f", "function_code": DOUBLE, "description": "\x00"},
         ["not", "an", "object"],
     ]:
         assert_error(await alice.post("/v1/functions", body), 422, "VALIDATION_ERROR")
+    for path, body in [
+        ("/v1/endpoints", {"name": "e\x00"}),
+        ("/v3/endpoints", {"endpoint_name": "e\x00"}),
+        ("/v3/functions", {"function_name": "f", "function_code": "\x00", "serialized": False}),
+        ("/v3/functions", {"function_name": "é", "function_code": "", "serialized": False}),
+        ("/v3/functions", {"function_name": "f", "function_code": DOUBLE, "description": "\x00"}),
+    ]:
+        assert_error(await alice.post(path, body), 422, "VALIDATION_ERROR")
     assert_error(await alice.post("/v1/functions", content=b"{nope"), 400, "BAD_REQUEST")
     assert_error(await alice.post("/v1/functions", content=b""), 400, "BAD_REQUEST")
 

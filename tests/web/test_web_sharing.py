@@ -96,17 +96,23 @@ async def test_sharing_bodies_are_checked(alice: ApiUser) -> None:
     function_id = await function(alice)
     path = f"/v1/functions/{function_id}/sharing"
     body = assert_error(
-        await put(alice, path, {"public": True, "users": ["bob", "nobody"]}), 422, "UNKNOWN_USER"
+        await put(alice, path, {"public": True, "users": ["bob", "nobody"]}), 404, "USER_NOT_FOUND"
     )
     assert "nobody" in body["message"]
     assert (await alice.get(path)).json()["public"] is False  # nothing changed
-    for bad in [{"users": []}, {"public": "yes", "users": []}, {"public": True, "users": "bob"}]:
+    for bad in [
+        {"users": []},
+        {"public": "yes", "users": []},
+        {"public": True, "users": "bob"},
+        {"public": True, "users": [" "]},
+        {"public": True, "users": ["bo\x00b"]},
+    ]:
         assert_error(await put(alice, path, bad), 422, "VALIDATION_ERROR")
     endpoint_id = await endpoint(alice)
     assert_error(
         await put(alice, f"/v1/endpoints/{endpoint_id}/sharing", {"users": ["nobody"]}),
-        422,
-        "UNKNOWN_USER",
+        404,
+        "USER_NOT_FOUND",
     )
 
 

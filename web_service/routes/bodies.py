@@ -32,6 +32,8 @@ MAX_GROUP_PAGE_LIMIT = GROUP_PAGE_MAX
 MAX_OFFSET = 2**31 - 1
 MAX_WALLTIME_S = 7 * 24 * 3600
 """The longest walltime one task may ask for: a week."""
+NO_NUL = r"^[^\x00]*$"
+"""The pattern of a string kept in SQL: PostgreSQL's text holds no NUL character."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -110,17 +112,29 @@ def string_field(
     return value
 
 
-def name_field(data: dict[str, Any], field: str) -> str:
-    name = string_field(data, field)
-    if not name.strip() or len(name) > MAX_NAME_LENGTH:
-        raise invalid(f"{field} must be 1 to {MAX_NAME_LENGTH} characters, not blank")
+def text_field(data: dict[str, Any], field: str, *, default: str | None = None) -> str:
+    """A string field kept in SQL: any string without a NUL character."""
+    value = string_field(data, field, default=default)
+    if "\x00" in value:
+        raise invalid(f"{field} must not contain NUL characters")
+    return value
+
+
+def check_name(name: str, field: str) -> str:
+    """``name`` if it is 1 to ``MAX_NAME_LENGTH`` characters, not blank, without NUL."""
+    if not name.strip() or len(name) > MAX_NAME_LENGTH or "\x00" in name:
+        raise invalid(f"{field} must be 1 to {MAX_NAME_LENGTH} characters, not blank, without NUL")
     return name
+
+
+def name_field(data: dict[str, Any], field: str) -> str:
+    return check_name(string_field(data, field), field)
 
 
 def parse_function_registration(data: Any) -> FunctionRegistration:
     """``{"function_name", "function_code", "description"?}``; the code must be a code buffer."""
     body = json_object(data)
-    code = string_field(body, "function_code")
+    code = text_field(body, "function_code")
     strategy = STRATEGIES.get(code[: IDENTIFIER_LENGTH - 1])
     if (
         strategy is None
@@ -131,7 +145,7 @@ def parse_function_registration(data: Any) -> FunctionRegistration:
     return FunctionRegistration(
         name=name_field(body, "function_name"),
         code=code,
-        description=string_field(body, "description", default=""),
+        description=text_field(body, "description", default=""),
     )
 
 
@@ -201,7 +215,8 @@ def parse_task_ids(data: Any) -> list[str]:
 
 def parse_user_names(data: Any) -> list[str]:
     """``{"users": [names]}``: 0 to 1000 user names to share with (all of them, replacing)."""
-    return _strings(json_object(data), "users", min_items=0, max_items=MAX_LIST_ITEMS)
+    names = _strings(json_object(data), "users", min_items=0, max_items=MAX_LIST_ITEMS)
+    return [check_name(name, "users[]") for name in names]
 
 
 def parse_function_sharing(data: Any) -> tuple[bool, list[str]]:

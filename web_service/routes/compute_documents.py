@@ -16,6 +16,7 @@ Parsers raise a 4xx :class:`~web_service.errors.ApiError` naming the offending f
 
 from __future__ import annotations
 
+import re
 import textwrap
 from dataclasses import dataclass
 from typing import Any
@@ -33,8 +34,8 @@ from sdk.serialize import (
     unpack_buffers,
 )
 from sdk.states import TaskState
-from web_service.errors import invalid
-from web_service.routes.bodies import FunctionRegistration, json_object, name_field, string_field
+from web_service.errors import invalid, not_found
+from web_service.routes.bodies import FunctionRegistration, json_object, name_field, text_field
 from web_service.store.models import is_id
 
 MIN_SDK_VERSION = "4.0.0"
@@ -51,6 +52,8 @@ RESULT_SERIALIZERS = {
     "globus_compute_sdk.serialize.concretes.JSONData": JSON_DATA.identifier,
 }
 """The result serializers (import paths) fxbroker agents can use, and their strategy ids."""
+IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
+"""The name of a function registered as bare source: an ASCII Python identifier."""
 PENDING = frozenset({TaskState.WAITING.value, TaskState.RUNNING.value})
 
 
@@ -107,18 +110,18 @@ def parse_registration(data: Any) -> FunctionRegistration:
     """
     body = json_object(data)
     name = name_field(body, "function_name")
-    code = string_field(body, "function_code")
+    code = text_field(body, "function_code")
     serialized = body.get("serialized", True)
     if not isinstance(serialized, bool):
         raise invalid("serialized must be true or false")
     description = body.get("description")
-    if description is not None and not isinstance(description, str):
-        raise invalid("description must be a string or null")
+    if description is not None and (not isinstance(description, str) or "\x00" in description):
+        raise invalid("description must be a string without NUL characters, or null")
     if serialized:
         buffer = _code_buffer(code)
     else:
-        if not name.isidentifier():
-            raise invalid("function_name must be the source's function name (an identifier)")
+        if not re.fullmatch(IDENTIFIER, name):
+            raise invalid("function_name must be the source's function name (an ASCII identifier)")
         buffer = f"{SOURCE_CODE.identifier}\n{name}:{textwrap.dedent(code)}"
     return FunctionRegistration(name=name, code=buffer, description=description or "")
 
@@ -130,7 +133,10 @@ def globus_function_code(code: str) -> str:
 
 def parse_submit(data: Any, *, max_tasks: int) -> ComputeSubmit:
     """``{"tasks": {function_id: [payload, ...]}, "task_group_id"?, "create_queue"?,
-    "result_serializers"?}``: 1 to ``max_tasks`` tasks in all."""
+    "result_serializers"?}``: 1 to ``max_tasks`` tasks in all, each list holding at least one.
+
+    A key that is not a uuid names no function: 404 ``FUNCTION_NOT_FOUND``, as an unknown id
+    does in ``queue_batch`` (and in ``/v1``, where a task's ``function_id`` is any string)."""
     body = json_object(data)
     raw_tasks = body.get("tasks")
     if not isinstance(raw_tasks, dict) or not raw_tasks:
@@ -139,15 +145,17 @@ def parse_submit(data: Any, *, max_tasks: int) -> ComputeSubmit:
     counts: list[tuple[str, int]] = []
     for function_id, payloads in raw_tasks.items():
         if not is_id(function_id):
-            raise invalid(f"tasks keys must be function uuids; {function_id!r} is not")
-        if not isinstance(payloads, list) or not all(isinstance(p, str) for p in payloads):
-            raise invalid(f"tasks[{function_id}] must be a list of payload strings")
+            raise not_found("function", repr(function_id))
+        if (
+            not isinstance(payloads, list)
+            or not payloads
+            or not all(isinstance(p, str) for p in payloads)
+        ):
+            raise invalid(f"tasks[{function_id}] must be a non-empty list of payload strings")
         if len(tasks) + len(payloads) > max_tasks:
             raise invalid(f"a batch holds at most {max_tasks} tasks")
         tasks.extend({"function_id": function_id, "payload": p} for p in payloads)
         counts.append((function_id, len(payloads)))
-    if not tasks:
-        raise invalid("tasks must hold at least one payload")
     task_group_id = body.get("task_group_id")
     if task_group_id is not None and not (isinstance(task_group_id, str) and is_id(task_group_id)):
         raise invalid("task_group_id must be a uuid or null")

@@ -11,18 +11,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from web_service.routes.bodies import MAX_LIST_ITEMS, MAX_NAME_LENGTH
-from web_service.routes.compute_documents import RESULT_SERIALIZERS
-from web_service.routes.openapi_schemas import CREDENTIAL, UUID, Schema, obj, ref
+from web_service.routes.bodies import MAX_LIST_ITEMS
+from web_service.routes.compute_documents import IDENTIFIER, RESULT_SERIALIZERS
+from web_service.routes.openapi_schemas import CREDENTIAL, NAME, TEXT, UUID, Schema, obj, ref
 
 FORM = "application/x-www-form-urlencoded"
-NAME: Schema = {"type": "string", "minLength": 1, "maxLength": MAX_NAME_LENGTH, "pattern": r"\S"}
 COUNT: Schema = {"type": "integer", "minimum": 0}
 ONLINE: Schema = {"type": "string", "enum": ["online", "offline"]}
 UUIDS: Schema = {"type": "array", "items": UUID}
 
 
-def compute_schemas(*, max_tasks_per_batch: int) -> dict[str, Schema]:
+PACKED_CODE_FORMAT = "globus-compute-packed-code"
+"""The ``format`` of a ``function_code`` the Globus Compute SDK serialized: one buffer packed
+as ``<length>\\n<buffer>``, the buffer of strategy ``01``, ``st``, ``sd`` or ``12``."""
+
+
+def compute_schemas(*, max_tasks_per_batch: int, amqp: bool) -> dict[str, Schema]:
+    """``amqp``: whether the service publishes results to RabbitMQ (``create_queue``)."""
     endpoint = obj(
         {
             "uuid": UUID,
@@ -41,15 +46,37 @@ def compute_schemas(*, max_tasks_per_batch: int) -> dict[str, Schema]:
                 "min_ep_version": {"type": "string"},
             }
         ),
-        "ComputeFunctionRegistration": obj(
-            {
-                "function_name": NAME,
-                "function_code": {"type": "string"},
-                "serialized": {"type": "boolean", "default": True},
-                "description": {"type": "string", "nullable": True},
-            },
-            required=["function_name", "function_code"],
-        ),
+        "ComputeFunctionRegistration": {
+            "oneOf": [
+                obj(
+                    {
+                        "function_name": NAME,
+                        "function_code": {
+                            "type": "string",
+                            "format": PACKED_CODE_FORMAT,
+                            "description": "one code buffer packed as <length>\\n<buffer>, "
+                            "its strategy 01, st, sd or 12 (AllCodeStrategies)",
+                        },
+                        "serialized": {"type": "boolean", "enum": [True], "default": True},
+                        "description": {**TEXT, "nullable": True},
+                    },
+                    required=["function_name", "function_code"],
+                ),
+                obj(
+                    {
+                        "function_name": {
+                            **NAME,
+                            "pattern": IDENTIFIER,
+                            "description": "the source's function name",
+                        },
+                        "function_code": {**TEXT, "description": "the function's source"},
+                        "serialized": {"type": "boolean", "enum": [False]},
+                        "description": {**TEXT, "nullable": True},
+                    },
+                    required=["function_name", "function_code", "serialized"],
+                ),
+            ]
+        },
         "ComputeFunctionId": obj({"function_uuid": UUID}),
         "ComputeFunction": obj(
             {
@@ -115,12 +142,25 @@ def compute_schemas(*, max_tasks_per_batch: int) -> dict[str, Schema]:
             {
                 "tasks": {
                     "type": "object",
-                    "description": f"function id -> payloads; {max_tasks_per_batch} in all",
+                    "description": f"function id (a uuid) -> payloads; {max_tasks_per_batch} "
+                    "in all (more: 422); a key that is not a function's id answers 404",
                     "minProperties": 1,
-                    "additionalProperties": {"type": "array", "items": {"type": "string"}},
+                    "maxProperties": max_tasks_per_batch,
+                    "additionalProperties": {
+                        "type": "array",
+                        "items": {"type": "string"},
+                        "minItems": 1,
+                        "maxItems": max_tasks_per_batch,
+                    },
                 },
                 "task_group_id": {**UUID, "nullable": True},
-                "create_queue": {"type": "boolean", "default": False},
+                "create_queue": {
+                    "type": "boolean",
+                    "default": False,
+                    **({} if amqp else {"enum": [False]}),
+                    "description": "declare the task group's AMQP queue (the Executor's); "
+                    "only where the service is configured with FXBROKER_AMQP_URL",
+                },
                 "result_serializers": {
                     "type": "array",
                     "items": {"type": "string", "enum": sorted(RESULT_SERIALIZERS)},
@@ -218,12 +258,16 @@ def compute_paths(
         "content": {FORM: {"schema": ref("OAuthTokenRequest")}},
     }
     token_op["security"] = [{"clientBasic": []}, {}]
+    del token_op["responses"]["429"]  # it checks its own client credentials, unlimited
+    token_op["responses"]["401"]["description"] = "invalid_client: unknown or revoked ones"
     revoke_op = op("OAuth2 token revocation (Globus Compute SDK logout)", "OAuthRevoked")
     revoke_op["requestBody"] = {
         "required": True,
         "content": {FORM: {"schema": ref("OAuthRevokeRequest")}},
     }
     revoke_op["security"] = [{"clientBasic": []}, {}]
+    del revoke_op["responses"]["429"]  # the same client credentials as the grant, unlimited
+    revoke_op["responses"]["401"]["description"] = "invalid_client: unknown or revoked ones"
     return {
         "/v2/version": {
             "get": op("Globus Compute: versions", "ComputeVersion", params=[service], public=True)

@@ -96,7 +96,7 @@ async def get_sharing(request: Request) -> JSONResponse:
 async def put_sharing(request: Request) -> JSONResponse:
     """``PUT /v1/functions/{function_id}/sharing`` ``{"public", "users"}``: replaces both.
 
-    Users are named; an unknown name answers 422 ``UNKNOWN_USER`` and changes nothing.
+    Users are named; an unknown name answers 404 ``USER_NOT_FOUND`` and changes nothing.
     """
     context, caller, record = await owned_function(request)
     public, names = parse_function_sharing(

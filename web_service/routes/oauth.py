@@ -142,11 +142,11 @@ async def revoke(request: Request) -> JSONResponse:
     form = await _form(request)
     if form is None:
         return _not_a_form(request)
+    if not form.get("token"):  # a malformed request is told so before who sent it is checked
+        return _oauth_error(request, 400, "invalid_request", "send the token to revoke as token")
     pair = _client(request, form)
     if pair is None:
         return _no_client(request)
-    if not form.get("token"):
-        return _oauth_error(request, 400, "invalid_request", "send the token to revoke as token")
     if not await context.client_credentials.revoke(*pair, form["token"]):
         return _bad_client(request)
     return JSONResponse({"active": False}, headers={"cache-control": "no-store"})

@@ -63,6 +63,30 @@ IDEMPOTENCY_KEY: Schema = {
 }
 
 
+ERRORS = {
+    "400": "BAD_REQUEST: the body is missing or is not JSON",
+    "401": "UNAUTHORIZED: no token, or an unknown, revoked or expired one",
+    "404": "<KIND>_NOT_FOUND: no such object, or none the caller may use",
+    "413": "PAYLOAD_TOO_LARGE: the body is over the service's limit",
+    "422": "VALIDATION_ERROR: a field or parameter the service cannot use",
+    "429": "RATE_LIMITED: too many requests; retry after Retry-After",
+    "503": "SERVICE_UNAVAILABLE: Redis or SQL is away; retry after Retry-After",
+}
+"""The errors most operations give, listed on those that give them; the ``default`` answer
+(also an ``Error``) covers the rest, each operation's own (403, 409, 410, ...) and 500."""
+
+
+def _errors(*, body: bool, params: list[Schema], public: bool) -> list[str]:
+    statuses = [] if public else ["401", "429", "503"]
+    if any(param["in"] == "path" for param in params):
+        statuses.append("404")
+    if body:
+        statuses += ["400", "413", "422"]
+    elif any(param["in"] != "path" and param["schema"] != {"type": "string"} for param in params):
+        statuses.append("422")  # a parameter with a constraint the route checks
+    return sorted(statuses)
+
+
 def _path_id(name: str) -> Schema:
     return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
 
@@ -78,7 +102,8 @@ def op(
     answer_type: str = JSON,
     also: dict[str, str] | None = None,
 ) -> Schema:
-    """One operation: its success answer is ``answer`` (a component), anything else Error.
+    """One operation: its success answer is ``answer`` (a component), anything else Error
+    (the common ones listed by status, see ``ERRORS``).
 
     ``security`` names the scheme when it is not the default (a user's bearer token)."""
     content: Schema = (
@@ -96,6 +121,11 @@ def op(
             },
         },
     }
+    for status in _errors(body=body is not None, params=params or [], public=public):
+        operation["responses"][status] = {
+            "description": ERRORS[status],
+            "content": {JSON: {"schema": ref("Error")}},
+        }
     for status, component in (also or {}).items():
         operation["responses"][status] = {
             "description": component,
@@ -236,7 +266,10 @@ def build_openapi(settings: WebSettings, *, version: str) -> dict[str, Any]:
         "components": {
             "schemas": {
                 **component_schemas(max_tasks_per_batch=settings.max_tasks_per_batch),
-                **compute_schemas(max_tasks_per_batch=settings.max_tasks_per_batch),
+                **compute_schemas(
+                    max_tasks_per_batch=settings.max_tasks_per_batch,
+                    amqp=bool(settings.amqp_url),
+                ),
             },
             "securitySchemes": {
                 "bearer": {

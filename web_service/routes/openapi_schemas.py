@@ -16,6 +16,7 @@ from web_service.routes.bodies import (
     MAX_NAME_LENGTH,
     MAX_STATUS_IDS,
     MAX_WALLTIME_S,
+    NO_NUL,
 )
 
 Schema = dict[str, Any]
@@ -23,7 +24,14 @@ Schema = dict[str, Any]
 UUID: Schema = {"type": "string", "format": "uuid"}
 TIMESTAMP: Schema = {"type": "number", "description": "Unix seconds"}
 NULLABLE_TIMESTAMP: Schema = {**TIMESTAMP, "nullable": True}
-NAME: Schema = {"type": "string", "minLength": 1, "maxLength": MAX_NAME_LENGTH, "pattern": r"\S"}
+NAME: Schema = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": MAX_NAME_LENGTH,
+    "pattern": r"^[^\x00]*[^\s\x00][^\x00]*$",
+    "description": "not blank, no NUL character",
+}
+TEXT: Schema = {"type": "string", "pattern": NO_NUL, "description": "no NUL character"}
 CREDENTIAL: Schema = {
     "type": "string",
     "pattern": f"^{ENDPOINT_CREDENTIAL_PREFIX}",
@@ -139,10 +147,10 @@ def component_schemas(*, max_tasks_per_batch: int) -> dict[str, Schema]:
                 "function_name": NAME,
                 "function_code": {
                     "type": "string",
-                    "pattern": "^(01|st)\n",
+                    "pattern": r"^(01|st)\n[^\x00]*$",
                     "description": "a serialized code buffer (strategy 01 or st)",
                 },
-                "description": {"type": "string"},
+                "description": TEXT,
             },
             required=["function_name", "function_code"],
         ),

@@ -277,7 +277,7 @@ class EndpointCatalog:
     async def set_shares(self, endpoint_id: str, *, names: Collection[str], owner_id: str) -> None:
         """Share the endpoint with exactly the users ``names`` (the owner's name is ignored).
 
-        Raises 422 ``UNKNOWN_USER`` (changing nothing) when a name is unknown.
+        Raises 404 ``USER_NOT_FOUND`` (changing nothing) when a name is unknown.
         """
         async with self._sessions() as session:
             found = await user_ids_for_names(session, names)

@@ -216,7 +216,7 @@ class FunctionCatalog:
     ) -> None:
         """Make the function public or not, and shared with exactly the users ``names``.
 
-        Raises 422 ``UNKNOWN_USER`` (changing nothing) when a name is unknown; the owner's
+        Raises 404 ``USER_NOT_FOUND`` (changing nothing) when a name is unknown; the owner's
         own name is ignored.
         """
         async with self._sessions() as session:

@@ -22,7 +22,8 @@ ShareTable = type[FunctionShare] | type[EndpointShare]
 
 
 async def user_ids_for_names(session: AsyncSession, names: Collection[str]) -> dict[str, str]:
-    """``{name: user id}`` for ``names``; 422 ``UNKNOWN_USER`` naming those that do not exist."""
+    """``{name: user id}`` for ``names``; 404 ``USER_NOT_FOUND`` naming those that do not exist
+    (as a body's unknown function or task group id is a 404)."""
     if not names:
         return {}
     rows = await session.execute(select(User.name, User.id).where(User.name.in_(list(names))))
@@ -30,7 +31,7 @@ async def user_ids_for_names(session: AsyncSession, names: Collection[str]) -> d
     unknown = sorted(set(names) - set(found))
     if unknown:
         shown = ", ".join(repr(name) for name in unknown[:MAX_NAMES_SHOWN])
-        raise ApiError(422, "UNKNOWN_USER", f"no user is named {shown}")
+        raise ApiError(404, "USER_NOT_FOUND", f"no user is named {shown}")
     return found
 
 
