@@ -331,9 +331,12 @@ def _add_endpoint_parsers(endpoint: argparse._SubParsersAction[argparse.Argument
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from fxbroker.status import run
+    from fxbroker.status import DEFAULT_INTERVAL_S, run
 
-    return run(as_json=args.json, watch_s=args.interval if args.watch else None)
+    if args.interval is not None and not args.watch:
+        raise ConfigurationError("--interval needs --watch")
+    interval_s = DEFAULT_INTERVAL_S if args.interval is None else args.interval
+    return run(as_json=args.json, watch_s=interval_s if args.watch else None)
 
 
 def _interval_s(raw: str) -> float:
@@ -505,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     shape.add_argument("--json", action="store_true", help="one JSON object, for scripts")
     shape.add_argument("--watch", action="store_true", help="redraw the table until Ctrl-C")
     p.add_argument(
-        "--interval", type=_interval_s, default=2.0, help="seconds between redraws (1 or more)"
+        "--interval", type=_interval_s, help="seconds between redraws (1 or more; default 2)"
     )
     p.set_defaults(func=cmd_status)
 

@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 JSON_VERSION = 1
 MIN_INTERVAL_S = 1.0
 """``--watch`` asks the service at most this often."""
+DEFAULT_INTERVAL_S = 2.0
 REQUEST_TIMEOUT_S = 10.0
 NAME_WIDTH = 18
 HOST_WIDTH = 15
@@ -218,18 +219,17 @@ def show(fx: Client, *, as_json: bool, out: IO[str]) -> None:
     out.flush()
 
 
-def watch(fx: Client, *, interval_s: float, out: IO[str], frames: int | None = None) -> int:
+def watch(fx: Client, *, interval_s: float, out: IO[str]) -> int:
     """Redraw the table every ``interval_s`` (at least :data:`MIN_INTERVAL_S`) until Ctrl-C,
-    then return 0; ``frames`` stops after that many. On a terminal each frame replaces the
-    last; elsewhere frames follow one another. A failed read is shown in place of the table
-    and asked again at the next tick: the watch rides out a restart of the service."""
+    then return 0. On a terminal each frame replaces the last; elsewhere frames follow one
+    another. A failed read is shown in place of the table and asked again at the next tick:
+    the watch rides out a restart of the service."""
     from sdk.errors import FxBrokerError
 
     interval_s = max(MIN_INTERVAL_S, interval_s)
     clear = CLEAR if out.isatty() else ""
-    drawn = 0
     try:
-        while frames is None or drawn < frames:
+        while True:
             started = time.monotonic()
             title = f"{fx.url}  every {interval_s:g} s  {time.strftime('%H:%M:%S')}\n\n"
             try:
@@ -238,9 +238,7 @@ def watch(fx: Client, *, interval_s: float, out: IO[str], frames: int | None = N
                 body = f"{_one_line(exc)}\n"
             out.write(f"{clear}{title}{body}" + ("" if clear else "\n"))
             out.flush()
-            drawn += 1
-            if frames is None or drawn < frames:
-                time.sleep(max(0.0, interval_s - (time.monotonic() - started)))
+            time.sleep(max(0.0, interval_s - (time.monotonic() - started)))
     except KeyboardInterrupt:
         out.write("\n")
         out.flush()

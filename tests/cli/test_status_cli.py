@@ -156,12 +156,39 @@ def test_an_unreachable_service_is_one_line_and_exit_1(tmp_path: Path) -> None:
         assert result.stderr.count("\n") == 1 and result.stdout == ""
 
 
-def test_an_interval_under_a_second_is_refused(tmp_path: Path) -> None:
-    result = subprocess.run([*FXBROKER, "status", "--watch", "--interval", "0.5"],
-                            env={"FXBROKER_HOME": str(tmp_path)}, capture_output=True,
-                            text=True, timeout=60)  # fmt: skip
-    assert result.returncode == 2
-    assert "--interval: at least 1 s, not 0.5" in result.stderr
+async def test_a_watch_shows_an_unreachable_service_and_keeps_asking(tmp_path: Path) -> None:
+    env = {"FXBROKER_HOME": str(tmp_path), "FXBROKER_URL": "http://127.0.0.1:1",
+           "FXBROKER_TOKEN": "fxb_unused"}  # fmt: skip
+    watcher = await asyncio.create_subprocess_exec(
+        *FXBROKER, "status", "--watch", "--interval", "1", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert watcher.stdout is not None
+        failures = 0
+        while failures < 2:
+            line = (await asyncio.wait_for(watcher.stdout.readline(), 30)).decode()
+            assert line, "the watch ended by itself"
+            failures += line.startswith("could not reach http://127.0.0.1:1")
+        watcher.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(watcher.wait(), 30) == 0
+    finally:
+        if watcher.returncode is None:
+            watcher.kill()
+            await watcher.wait()
+
+
+def test_a_bad_interval_is_refused(tmp_path: Path) -> None:
+    for args, error in (
+        (["--watch", "--interval", "0.5"], "--interval: at least 1 s, not 0.5"),
+        (["--interval", "5"], "fxbroker status: --interval needs --watch"),
+        (["--watch", "--json"], "not allowed with argument"),
+    ):
+        result = subprocess.run([*FXBROKER, "status", *args],
+                                env={"FXBROKER_HOME": str(tmp_path)}, capture_output=True,
+                                text=True, timeout=60)  # fmt: skip
+        assert result.returncode == 2
+        assert error in result.stderr, result.stderr
 
 
 def test_the_table_clips_long_names_and_hosts_to_fit_100_columns() -> None:

@@ -113,8 +113,10 @@ async def list_statuses(request: Request) -> JSONResponse:
     ``finished`` and ``tasks_per_s`` counted from the caller's own recent tasks (see
     :mod:`web_service.overview`: what ``fxbroker status`` and the dashboard show).
 
-    Cost: two SQL reads (cached in process), then a few Redis round trips whatever the
-    number of tasks; ``now`` is the service's clock, for the age of ``last_heartbeat``.
+    Cost: two SQL reads (the page of endpoints, the caller's newest task groups), then
+    two Redis round trips for the sample of tasks, one per endpoint for the heartbeats (run
+    together) and one for every queue's load, whatever the number of tasks. ``now`` is the
+    service's clock, to age ``last_heartbeat`` by.
     """
     context = context_of(request)
     caller = caller_of(request)
