@@ -14,6 +14,9 @@ fxbroker endpoint list       each endpoint with its id, process and heartbeat st
 fxbroker endpoint rotate-credential NAME
                              issue NAME a new credential, stored in its folder (the old
                              one stops working)
+fxbroker status [--json] [--watch [--interval S]]
+                             your endpoints: online or not, agents, workers, queues, tasks
+                             finished lately (a table, JSON, or redrawn until Ctrl-C)
 fxbroker db upgrade          apply the SQL migrations
 fxbroker user create NAME    create a user and print its first API token
 fxbroker user token NAME     print a new API token for NAME
@@ -327,6 +330,27 @@ def _add_endpoint_parsers(endpoint: argparse._SubParsersAction[argparse.Argument
     p.set_defaults(func=cmd_endpoint_rotate_credential)
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from fxbroker.status import DEFAULT_INTERVAL_S, run
+
+    if args.interval is not None and not args.watch:
+        raise ConfigurationError("--interval needs --watch")
+    interval_s = DEFAULT_INTERVAL_S if args.interval is None else args.interval
+    return run(as_json=args.json, watch_s=interval_s if args.watch else None)
+
+
+def _interval_s(raw: str) -> float:
+    from fxbroker.status import MIN_INTERVAL_S
+
+    try:
+        value = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a number of seconds") from None
+    if not value >= MIN_INTERVAL_S:  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"at least {MIN_INTERVAL_S:g} s, not {raw}")
+    return value
+
+
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     """Migrate ``DATABASE_URL``, else the dev stack's database, else create the SQLite file
     where ``fxbroker dev`` keeps it."""
@@ -476,6 +500,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="publish Executor results to RabbitMQ (REDIS_URL, FXBROKER_AMQP_URL)",
     )
     p.set_defaults(func=cmd_amqp_publisher)
+
+    p = sub.add_parser(
+        "status", help="your endpoints, agents, workers and queues (FXBROKER_URL, else dev)"
+    )
+    shape = p.add_mutually_exclusive_group()
+    shape.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+    shape.add_argument("--watch", action="store_true", help="redraw the table until Ctrl-C")
+    p.add_argument(
+        "--interval", type=_interval_s, help="seconds between redraws (1 or more; default 2)"
+    )
+    p.set_defaults(func=cmd_status)
 
     endpoint = sub.add_parser("endpoint", help="endpoints").add_subparsers(
         dest="endpoint_command", required=True

@@ -173,6 +173,12 @@ def get_endpoint(endpoint_id: str) -> Request:
     return Request("GET", f"{API}/endpoints/{_id(endpoint_id)}")
 
 
+def endpoint_statuses(*, limit: int = 100, offset: int = 0) -> Request:
+    """``GET /v1/endpoints/status``: a page of the caller's usable endpoints with their
+    heartbeat, load and what they finished lately (what ``fxbroker status`` shows)."""
+    return Request("GET", f"{API}/endpoints/status?limit={int(limit)}&offset={int(offset)}")
+
+
 def rotate_endpoint_credential(endpoint_id: str) -> Request:
     """``POST /v1/endpoints/{id}/credential``: a new credential replaces the old one."""
     return Request("POST", f"{API}/endpoints/{_id(endpoint_id)}/credential")

@@ -255,6 +255,12 @@ class AsyncClient:
         answer: dict[str, Any] = await self._send(_base.get_endpoint(endpoint_id))
         return answer
 
+    async def get_endpoint_statuses(self, *, limit: int = 100, offset: int = 0) -> dict[str, Any]:
+        answer: dict[str, Any] = await self._send(
+            _base.endpoint_statuses(limit=limit, offset=offset)
+        )
+        return answer
+
     async def rotate_endpoint_credential(self, endpoint_id: str) -> str:
         request = _base.rotate_endpoint_credential(endpoint_id)
         return _base.parse_credential(await self._send(request))

@@ -223,6 +223,13 @@ class Client:
         answer: dict[str, Any] = self._send(_base.get_endpoint(endpoint_id))
         return answer
 
+    def get_endpoint_statuses(self, *, limit: int = 100, offset: int = 0) -> dict[str, Any]:
+        """A page of your endpoints and those shared with you, each with its agents'
+        heartbeat, its queue and the tasks of yours it finished in the last 15 minutes
+        (``GET /v1/endpoints/status``; its shape is in the OpenAPI document)."""
+        answer: dict[str, Any] = self._send(_base.endpoint_statuses(limit=limit, offset=offset))
+        return answer
+
     def rotate_endpoint_credential(self, endpoint_id: str) -> str:
         """Issue your endpoint a new credential (returned only this once); the old one stops
         working. Its agents need the new one to connect."""

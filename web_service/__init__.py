@@ -15,6 +15,7 @@ Modules::
     accounts                   users and API tokens (the CLI and the dev stack call it)
     client_credentials         OAuth2 client ids and secrets (hashed), for Globus Compute scripts
     schema                     Alembic migrations to head, without an alembic.ini
+    overview                   endpoints as a user sees them: status, load, what they finished
     routes/meta                whoami, info, health, readiness, metrics, the OpenAPI document
     routes/functions           register, list, read, delete, share functions
     routes/endpoints           register, list, read, delete endpoints; status, sharing, allow-list

@@ -76,6 +76,13 @@ CASES = [
     pytest.param(["endpoint", "configure", "lab", "--engine", "thread", "--accelerators", "0"],
                  {}, _break_nothing, "fxbroker endpoint configure: accelerators need",
                  id="endpoint-bad-combination"),
+    pytest.param(["status"], {}, _break_nothing,
+                 "fxbroker status: no fxbroker service configured", id="status-without-service"),
+    pytest.param(["status", "--json"],
+                 {"FXBROKER_URL": "https://127.0.0.1:1", "FXBROKER_TOKEN": "t",
+                  "FXBROKER_CA_FILE": "none-ca.pem"},
+                 _break_nothing, "fxbroker status: the CA file 'none-ca.pem'",
+                 id="status-missing-ca-file"),
     pytest.param(["dev", "--web-port", "0", "--ws-port", "0", "--fakeredis"], {},
                  _bad_client_config, "fxbroker dev: ", id="dev-bad-client-config"),
 ]  # fmt: skip

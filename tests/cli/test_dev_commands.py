@@ -212,3 +212,20 @@ def test_endpoint_commands_see_and_serve_the_dev_stack(dev: Dev) -> None:
         agent.stdout.close()
     rows = [line.split() for line in dev.fxbroker("endpoint", "list").stdout.splitlines()[1:]]
     assert rows[0][:3] == ["gpu", gpu_id, "stopped"]
+
+
+def test_status_finds_the_dev_stack_with_no_url_or_token(dev: Dev) -> None:
+    with Client(url=dev.url, token=dev.token) as client:
+        function_id = client.register_function(double)
+        task_id = client.run(5, endpoint_id=dev.endpoint_id, function_id=function_id)
+        assert client.get_result(task_id, timeout_s=60) == 10  # served, so the agent beats
+    shown = dev.fxbroker("status", "--json")  # FXBROKER_HOME alone names the service
+    assert shown.returncode == 0, shown.stderr
+    document = json.loads(shown.stdout)
+    assert document["service"] == dev.url
+    local = next(view for view in document["endpoints"] if view["endpoint_id"] == dev.endpoint_id)
+    assert (local["name"], local["online"], local["workers"]) == ("local", True, 1)
+    assert local["finished"] >= 1
+    table = dev.fxbroker("status")
+    assert table.returncode == 0, table.stderr
+    assert any(line.split()[:2] == ["local", "online"] for line in table.stdout.splitlines())

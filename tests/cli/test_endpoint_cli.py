@@ -5,13 +5,9 @@ the endpoint's credential stored on first start and rotated by a real process.""
 from __future__ import annotations
 
 import asyncio
-import os
 import stat
 import subprocess
-import sys
 import tomllib
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -26,17 +22,7 @@ from sdk.keys import Keys
 from sdk.serialize import deserialize, pack_payload
 from sdk.states import TaskState
 from tests.agent.helpers import HOLD, Endpoint, Gate
-from tests.conftest import free_port, wait_for_port
-
-FXBROKER = [sys.executable, "-m", "fxbroker.cli"]
-
-
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("FXBROKER_HOME", str(home))
-    return home
+from tests.cli.services import FXBROKER, WebProcess
 
 
 def test_configure_writes_a_private_toml_file_and_keeps_other_keys(
@@ -174,49 +160,6 @@ def run_one_task(redis_url: str, keys: Keys, endpoint_id: str) -> object:
         return deserialize(str(client.hget(keys.task("t-1"), "result")))
     finally:
         client.close()
-
-
-@dataclass(frozen=True)
-class WebProcess:
-    url: str
-    token: str
-    env: dict[str, str]
-
-    def session(self, credential: str) -> httpx.Response:
-        """``GET /v1/endpoint_session`` with ``credential``: what the gateway will ask."""
-        return httpx.get(
-            f"{self.url}/v1/endpoint_session", headers={"Authorization": f"Bearer {credential}"}
-        )
-
-
-@pytest.fixture
-def web_process(
-    home: Path, redis_url: str, key_prefix: str, database_url: str
-) -> Iterator[WebProcess]:
-    """``fxbroker web`` and ``fxbroker ws`` (the agents' gateway) in processes of their own,
-    on a migrated database with one user; the web service announces the ws service."""
-    port, ws_port = free_port(), free_port()
-    env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url,
-           "FXBROKER_KEY_PREFIX": key_prefix, "FXBROKER_HOME": str(home),
-           "FXBROKER_WS_URL": f"ws://127.0.0.1:{ws_port}",
-           "FXBROKER_WEB_URL": f"http://127.0.0.1:{port}"}  # fmt: skip
-    subprocess.run([*FXBROKER, "db", "upgrade"], env=env, check=True, capture_output=True)
-    token = subprocess.run([*FXBROKER, "user", "create", "lab-user"], env=env, check=True,
-                           capture_output=True, text=True).stdout.strip()  # fmt: skip
-    services: list[subprocess.Popen[bytes]] = []
-    with (home / "services.log").open("wb") as log:
-        for command in (["web", "--port", str(port)], ["ws", "--port", str(ws_port)]):
-            services.append(subprocess.Popen([*FXBROKER, *command], env=env, stdout=log,
-                                             stderr=log))  # fmt: skip
-    try:
-        wait_for_port(port, 30)
-        wait_for_port(ws_port, 30)
-        yield WebProcess(f"http://127.0.0.1:{port}", token, env)
-    finally:
-        for service in services:
-            service.terminate()
-        for service in services:
-            service.wait(30)
 
 
 def test_first_start_registers_the_endpoint_and_list_shows_it_online(

@@ -131,6 +131,9 @@ async def test_get_result_of_a_queued_task_is_pending(stack: Stack) -> None:
         with pytest.raises(TaskPending) as caught:
             await ac.get_result(task_id)
         assert caught.value.state == "waiting-for-ep"
+        statuses = (await ac.get_endpoint_statuses())["endpoints"]
+        idle = next(view for view in statuses if view["endpoint_id"] == s.idle_endpoint_id)
+        assert (idle["online"], idle["queued"], idle["finished"]) == (False, 1, 0)
         await stack.burst(s.idle_endpoint_id)
         assert await ac.get_result(task_id) == 25
         assert (await ac.get_batch_result([task_id]))[task_id]["result"] == 25

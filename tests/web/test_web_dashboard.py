@@ -15,13 +15,8 @@ from sdk.serialize import SOURCE_CODE, serialize
 from web_service.accounts import create_user, revoke_token
 from web_service.app import create_app
 from web_service.dashboard.sessions import CSRF_HEADER, SESSION_COOKIE
-from web_service.dashboard.snapshot import (
-    BUCKET_S,
-    WINDOW_S,
-    group_views,
-    summarize,
-    throughput,
-)
+from web_service.dashboard.snapshot import group_views
+from web_service.overview import BUCKET_S, WINDOW_S, summarize, throughput
 from web_service.settings import WebSettings
 
 from .helpers import ApiUser, assert_error, in_process_client

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import redis.asyncio as aioredis
@@ -204,3 +205,53 @@ async def test_the_owner_reads_the_code(alice: ApiUser) -> None:
     body = (await alice.get(f"/v1/functions/{function_id}")).json()
     assert body["function_code"] == DOUBLE
     assert (body["owner_id"], body["owned"], body["public"]) == (alice.user_id, True, False)
+
+
+async def test_endpoints_status_lists_each_usable_endpoint_with_load_and_what_it_finished(
+    alice: ApiUser, bob: ApiUser, aredis: aioredis.Redis, keys: Keys
+) -> None:
+    """``GET /v1/endpoints/status``: own and shared endpoints only, each with its heartbeat,
+    its queue, and the caller's tasks it finished in the window."""
+    function_id = await register(alice)
+    gpu = (await alice.post("/v1/endpoints", {"name": "gpu"})).json()["endpoint_id"]
+    cpu = (await alice.post("/v1/endpoints", {"name": "cpu"})).json()["endpoint_id"]
+    bobs = (await bob.post("/v1/endpoints", {"name": "bobs"})).json()["endpoint_id"]
+    shared = (await bob.post("/v1/endpoints", {"name": "shared"})).json()["endpoint_id"]
+    answer = await bob.client.put(f"/v1/endpoints/{shared}/sharing", json={"users": ["alice"]},
+                                  headers=bob.headers)  # fmt: skip
+    assert answer.status_code == 200, answer.text
+    task = {"function_id": function_id, "payload": "p"}
+    submitted = await alice.post(f"/v1/endpoints/{gpu}/submit", {"tasks": [task] * 4})
+    task_ids = submitted.json()["task_ids"]
+    # One task settled as the gateway settles it (state and completion time on its hash),
+    # its stream entry gone; the other three stay queued.
+    now = time.time()
+    await aredis.hset(keys.task(task_ids[0]), mapping={"state": "success",
+                                                       "completed_at": str(now - 5)})  # fmt: skip
+    stream = keys.endpoint_tasks(gpu)
+    entries = await aredis.xrange(stream, count=1)
+    assert entries
+    await aredis.xdel(stream, str(entries[0][0]))
+    heartbeat: dict[FieldT, EncodableT] = {"agent": "a1", "host": "node1", "workers": "4",
+                                           "running": "0", "heartbeat_at": str(now)}  # fmt: skip
+    await aredis.hset(keys.endpoint_status(gpu), mapping=heartbeat)
+
+    body = (await alice.get("/v1/endpoints/status")).json()
+    assert (body["window_s"], body["bucket_s"]) == (900, 10)
+    assert abs(body["now"] - time.time()) < 60
+    views = {view["endpoint_id"]: view for view in body["endpoints"]}
+    assert list(views) == [gpu, cpu, shared]  # never bob's own
+    assert bobs not in views
+    assert (views[gpu]["name"], views[gpu]["owned"], views[shared]["owned"]) == ("gpu", True, False)
+    assert (views[gpu]["online"], views[gpu]["host"], views[gpu]["workers"]) == (True, "node1", 4)
+    assert (views[gpu]["queued"], views[gpu]["in_flight"], views[gpu]["finished"]) == (3, 0, 1)
+    assert len(views[gpu]["tasks_per_s"]) == 90 and sum(views[gpu]["tasks_per_s"]) == 0.1
+    assert (views[cpu]["online"], views[cpu]["queued"], views[cpu]["finished"]) == (False, 0, 0)
+    assert views[cpu]["last_heartbeat"] is None
+
+    # bob submitted nothing: the shared endpoint's finished counts his tasks only
+    theirs = (await bob.get("/v1/endpoints/status")).json()["endpoints"]
+    assert [(v["endpoint_id"], v["finished"]) for v in theirs] == [(bobs, 0), (shared, 0)]
+    page = (await alice.get("/v1/endpoints/status?limit=1&offset=1")).json()["endpoints"]
+    assert [view["endpoint_id"] for view in page] == [cpu]
+    assert_error(await alice.get("/v1/endpoints/status?limit=0"), 422, "VALIDATION_ERROR")

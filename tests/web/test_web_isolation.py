@@ -110,6 +110,9 @@ async def test_a_second_user_can_neither_see_nor_touch_anything(
         ),
         ("POST", "/v1/endpoints"): lambda: _expect_own_endpoint(call, eid),
         ("GET", "/v1/endpoints"): lambda: _expect_unlisted(call, "/v1/endpoints", "endpoints", eid),
+        ("GET", "/v1/endpoints/status"): lambda: _expect_unlisted(
+            call, "/v1/endpoints/status", "endpoints", eid
+        ),
         ("GET", "/v1/endpoints/{endpoint_id}"): lambda: hidden(
             "GET", f"/v1/endpoints/{eid}", "ENDPOINT_NOT_FOUND"
         ),

@@ -8,14 +8,15 @@ with them or public (``FunctionCatalog.list_for``), and the tasks of their own t
 Bounds, so a page left open stays small: at most :data:`MAX_ENDPOINTS` endpoints and
 :data:`MAX_FUNCTIONS` functions, the :data:`MAX_GROUPS` newest task groups, the
 :data:`SAMPLE_TASKS` newest of their tasks read for the counts and the chart, and the
-:data:`SHOWN_TASKS` newest of those listed. The chart is tasks finished per second in
-:data:`BUCKET_S`-second buckets over the last :data:`WINDOW_S` seconds, per endpoint,
-counted from that sample (so a user finishing more than :data:`SAMPLE_TASKS` tasks in the
-window sees the newest ones only; the page says so).
+:data:`SHOWN_TASKS` newest of those listed. Each endpoint is what
+:func:`web_service.overview.endpoint_statuses` makes of it, the same view as
+``GET /v1/endpoints/status``; its chart is tasks finished per second in :data:`BUCKET_S`-second
+buckets over the last :data:`WINDOW_S` seconds, counted from that sample (so a user finishing
+more than :data:`SAMPLE_TASKS` tasks in the window sees the newest ones only; the page says
+so).
 
-:func:`summarize`, :func:`throughput` and :func:`function_views` are pure; :class:`Snapshots`
-does the reading, SQL catalogs at most every :data:`CATALOG_REFRESH_S` seconds and Redis on
-every call.
+:func:`group_views` and :func:`function_views` are pure; :class:`Snapshots` does the
+reading, SQL catalogs at most every :data:`CATALOG_REFRESH_S` seconds and Redis on every call.
 """
 
 from __future__ import annotations
@@ -26,25 +27,25 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sdk.states import TaskState
 from web_service.accounts import Caller
 from web_service.context import AppContext
-from web_service.routes.endpoints import endpoint_view, status_view
+from web_service.overview import (
+    BUCKET_S,
+    MAX_GROUPS,
+    SAMPLE_TASKS,
+    WINDOW_S,
+    endpoint_statuses,
+    read_sample,
+    summarize,
+)
 from web_service.routes.functions import function_view
 from web_service.store.endpoints import EndpointRecord
 from web_service.store.functions import FunctionRecord
-from web_service.taskstore.endpoint_state import endpoint_load, endpoint_status
-from web_service.taskstore.tasks import recent_tasks
 
 MAX_ENDPOINTS = 100
 MAX_FUNCTIONS = 200
-MAX_GROUPS = 50
-SAMPLE_TASKS = 2000
 SHOWN_TASKS = 200
-BUCKET_S = 10
-WINDOW_S = 15 * 60
 CATALOG_REFRESH_S = 5.0
-FINISHED = frozenset({TaskState.SUCCESS.value, TaskState.FAILED.value, TaskState.CANCELLED.value})
 
 
 def _seconds(fields: dict[str, str], name: str) -> float | None:
@@ -52,23 +53,6 @@ def _seconds(fields: dict[str, str], name: str) -> float | None:
         return float(fields[name])
     except (KeyError, ValueError):
         return None
-
-
-def summarize(tasks: Iterable[dict[str, str]]) -> dict[str, int]:
-    """``{"queued", "running", "finished", "failed", "cancelled"}`` counts of ``tasks``
-    (``finished`` counts every terminal state, ``failed`` and ``cancelled`` are in it)."""
-    counts = {"queued": 0, "running": 0, "finished": 0, "failed": 0, "cancelled": 0}
-    for task in tasks:
-        state = task.get("state", "")
-        if state == TaskState.WAITING.value:
-            counts["queued"] += 1
-        elif state == TaskState.RUNNING.value:
-            counts["running"] += 1
-        elif state in FINISHED:
-            counts["finished"] += 1
-            if state != TaskState.SUCCESS.value:
-                counts[state] += 1
-    return counts
 
 
 def group_views(
@@ -85,25 +69,6 @@ def group_views(
         for group_id, created_at in groups
         if members[group_id]
     ]  # fmt: skip
-
-
-def throughput(
-    tasks: Iterable[dict[str, str]], endpoint_ids: Sequence[str], *, now: float
-) -> dict[str, list[float]]:
-    """Per endpoint, tasks finished per second in each :data:`BUCKET_S` bucket of the last
-    :data:`WINDOW_S` seconds, oldest bucket first (the last one is the current, partial)."""
-    buckets = WINDOW_S // BUCKET_S
-    end = math.floor(now / BUCKET_S) * BUCKET_S + BUCKET_S
-    counts = {endpoint_id: [0] * buckets for endpoint_id in endpoint_ids}
-    for task in tasks:
-        done = _seconds(task, "completed_at")
-        series = counts.get(task.get("endpoint_id", ""))
-        if done is None or series is None:
-            continue
-        index = buckets - 1 - int((end - done) // BUCKET_S)
-        if 0 <= index < buckets:
-            series[index] += 1
-    return {eid: [n / BUCKET_S for n in series] for eid, series in counts.items()}
 
 
 def function_views(
@@ -176,25 +141,11 @@ class Snapshots:
         if time.monotonic() - self._read_at >= CATALOG_REFRESH_S:
             await self._read_catalogs()
             self._read_at = time.monotonic()
-        c = self._context
-        ids = [e.id for e in self._endpoints]
-        beats = await asyncio.gather(*(endpoint_status(c.redis, c.keys, eid) for eid in ids))
-        load = await endpoint_load(c.redis, c.keys, ids)
-        tasks = await recent_tasks(
-            c.redis,
-            c.keys,
-            self._caller.user_id,
-            [g for g, _ in self._groups],
-            limit=SAMPLE_TASKS,
-        )
+        tasks = await read_sample(self._context, self._caller.user_id, [g for g, _ in self._groups])
         now = time.time()
-        rates = throughput(tasks, ids, now=now)
-        endpoints = []
-        for record, beat in zip(self._endpoints, beats, strict=True):
-            status = status_view(record.id, beat or {}, *load[record.id])
-            view = endpoint_view(record, self._caller) | status
-            view["tasks_per_s"] = rates[record.id]
-            endpoints.append(view)
+        endpoints = await endpoint_statuses(
+            self._context, self._caller, self._endpoints, tasks, now=now
+        )
         return {
             "user": self._caller.name,
             "now": now,

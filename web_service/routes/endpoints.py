@@ -13,15 +13,25 @@ characters and when it was issued (``GET /v1/endpoints/{id}``). See
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from web_service.accounts import Caller
 from web_service.context import context_of
 from web_service.middleware.auth import caller_of
+from web_service.overview import (
+    BUCKET_S,
+    MAX_GROUPS,
+    SAMPLE_TASKS,
+    WINDOW_S,
+    endpoint_statuses,
+    endpoint_view,
+    read_sample,
+    status_view,
+)
 from web_service.routes.bodies import (
     parse_endpoint_registration,
     parse_function_ids,
@@ -38,16 +48,6 @@ from web_service.taskstore.endpoint_state import (
 )
 
 __all__ = ["routes"]
-
-
-def endpoint_view(record: EndpointRecord, caller: Caller) -> dict[str, Any]:
-    return {
-        "endpoint_id": record.id,
-        "name": record.name,
-        "owner_id": record.owner_id,
-        "owned": record.owner_id == caller.user_id,
-        "created_at": record.created_at,
-    }
 
 
 def credential_view(record: EndpointRecord) -> dict[str, Any] | None:
@@ -94,34 +94,6 @@ async def get_endpoint(request: Request) -> JSONResponse:
     return JSONResponse(body)
 
 
-def _number(fields: dict[str, str], name: str, kind: type[int] | type[float]) -> Any:
-    """A heartbeat field as a number; None when absent or not a number."""
-    try:
-        return kind(fields[name])
-    except (KeyError, ValueError):
-        return None
-
-
-def status_view(
-    endpoint_id: str, beat: dict[str, str], queued: int, in_flight: int
-) -> dict[str, Any]:
-    """An endpoint's status from its heartbeat (empty: offline) and its stream's load."""
-    return {
-        "endpoint_id": endpoint_id,
-        "online": bool(beat),
-        "queued": queued,
-        "in_flight": in_flight,
-        "workers": _number(beat, "workers", int),
-        "running": _number(beat, "running", int),
-        "capacity": _number(beat, "capacity", int),
-        "last_heartbeat": _number(beat, "heartbeat_at", float),
-        "agent": beat.get("agent"),
-        "host": beat.get("host"),
-        "version": beat.get("version"),
-        "engine": beat.get("engine"),
-    }
-
-
 async def get_status(request: Request) -> JSONResponse:
     """``GET /v1/endpoints/{endpoint_id}/status``: online or not, capacity and load.
 
@@ -133,6 +105,31 @@ async def get_status(request: Request) -> JSONResponse:
     beat = await endpoint_status(context.redis, context.keys, record.id) or {}
     queued, in_flight = (await endpoint_load(context.redis, context.keys, [record.id]))[record.id]
     return JSONResponse(status_view(record.id, beat, queued, in_flight))
+
+
+async def list_statuses(request: Request) -> JSONResponse:
+    """``GET /v1/endpoints/status?limit&offset``: a page of the caller's endpoints and those
+    shared with them, each as ``GET /v1/endpoints`` and ``.../{id}/status`` show it, with
+    ``finished`` and ``tasks_per_s`` counted from the caller's own recent tasks (see
+    :mod:`web_service.overview`: what ``fxbroker status`` and the dashboard show).
+
+    Cost: two SQL reads (the page of endpoints, the caller's newest task groups), then
+    two Redis round trips for the sample of tasks, one per endpoint for the heartbeats (run
+    together) and one for every queue's load, whatever the number of tasks. ``now`` is the
+    service's clock, to age ``last_heartbeat`` by.
+    """
+    context = context_of(request)
+    caller = caller_of(request)
+    page = parse_page(request.query_params)
+    records = await context.endpoints.list_for(caller.user_id, limit=page.limit, offset=page.offset)
+    groups = await context.task_groups.recent_for(caller.user_id, limit=MAX_GROUPS)
+    sample = await read_sample(context, caller.user_id, [group.id for group in groups])
+    now = time.time()
+    endpoints = await endpoint_statuses(context, caller, records, sample, now=now)
+    return JSONResponse(
+        {"now": now, "window_s": WINDOW_S, "bucket_s": BUCKET_S, "sample_tasks": SAMPLE_TASKS,
+         "endpoints": endpoints}
+    )  # fmt: skip
 
 
 async def delete_endpoint(request: Request) -> JSONResponse:
@@ -207,6 +204,7 @@ async def revoke_credential(request: Request) -> JSONResponse:
 routes = [
     Route("/v1/endpoints", register_endpoint, methods=["POST"]),
     Route("/v1/endpoints", list_endpoints, methods=["GET"]),
+    Route("/v1/endpoints/status", list_statuses, methods=["GET"]),  # before the {endpoint_id}
     Route("/v1/endpoints/{endpoint_id}", get_endpoint, methods=["GET"]),
     Route("/v1/endpoints/{endpoint_id}", delete_endpoint, methods=["DELETE"]),
     Route("/v1/endpoints/{endpoint_id}/status", get_status, methods=["GET"]),

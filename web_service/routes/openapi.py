@@ -198,6 +198,13 @@ def build_openapi(settings: WebSettings, *, version: str) -> dict[str, Any]:
                 "The caller's endpoints and those shared with them", "EndpointList", params=PAGE
             ),
         },
+        "/v1/endpoints/status": {
+            "get": op(
+                "Each endpoint's status, load and what it finished lately (fxbroker status)",
+                "EndpointStatuses",
+                params=PAGE,
+            ),
+        },
         "/v1/endpoints/{endpoint_id}": {
             "get": op("An endpoint and its heartbeat", "EndpointDetail", params=[eid]),
             "delete": op("Delete an endpoint", "Deleted", params=[eid]),

@@ -224,6 +224,42 @@ def component_schemas(*, max_tasks_per_batch: int) -> dict[str, Schema]:
                 "engine": {"type": "string", **nullable},
             }
         ),
+        "EndpointStatuses": obj(
+            {
+                "now": {**TIMESTAMP, "description": "the service's clock"},
+                "window_s": {"type": "integer", "description": "what finished counts over"},
+                "bucket_s": {"type": "integer", "description": "one step of tasks_per_s"},
+                "sample_tasks": {
+                    "type": "integer",
+                    "description": "the caller's newest tasks counted for finished",
+                },
+                "endpoints": {
+                    "type": "array",
+                    "items": {
+                        "allOf": [
+                            ref("Endpoint"),
+                            ref("EndpointStatus"),
+                            obj(
+                                {
+                                    "finished": {
+                                        "type": "integer",
+                                        "minimum": 0,
+                                        "description": "the caller's tasks it finished in "
+                                        "the last window_s seconds",
+                                    },
+                                    "tasks_per_s": {
+                                        "type": "array",
+                                        "items": {"type": "number", "minimum": 0},
+                                        "description": "finished per second, one number per "
+                                        "bucket_s, oldest first; the last is the current one",
+                                    },
+                                }
+                            ),
+                        ]
+                    },
+                },
+            }
+        ),
         "UserNames": obj({"users": _strings(0, MAX_LIST_ITEMS, NAME)}),
         "EndpointSharingAnswer": obj({"endpoint_id": UUID, "users": _strings(0, 100_000)}),
         "AllowList": obj({"function_ids": _strings(0, MAX_LIST_ITEMS, UUID)}),
