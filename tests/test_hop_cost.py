@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from bench.hop_cost import ROLES, _cpu_s, _descendants, top_own, top_project
+from bench.latency_split import SEGMENTS
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -63,3 +64,17 @@ def test_hop_cost_prints_a_cpu_figure_for_every_role(redis_url: str) -> None:
     assert re.search(r"^wall: \d+ tasks/s", done.stdout, re.MULTILINE)
     calls = re.search(r"^redis commands/task: ([\d.]+)", done.stdout, re.MULTILINE)
     assert calls is not None and float(calls.group(1)) >= 2.0  # at least submit and settle
+
+
+def test_latency_split_prints_every_segment(redis_url: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.latency_split", "--trips", "20", "--redis-url", redis_url],
+        cwd=REPO, env=dict(os.environ), capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    for segment in (*SEGMENTS, "round trip"):
+        line = re.search(rf"^  {re.escape(segment)} +([\d.]+)", done.stdout, re.MULTILINE)
+        assert line is not None, (segment, done.stdout)
+        assert float(line.group(1)) >= 0, (segment, done.stdout)
+    trip = re.search(r"^  round trip +([\d.]+)  \(p99 ([\d.]+)\)", done.stdout, re.MULTILINE)
+    assert trip is not None and 0 < float(trip.group(1)) <= float(trip.group(2)), done.stdout

@@ -1,0 +1,119 @@
+"""``python -m bench.latency_split``: where one AsyncClient round trip spends its time.
+
+The latency row's path (``await fx.run(...)`` of a no-op: submit over HTTP, the gateway in
+``fxbroker ws`` hands it to one ``fxbroker endpoint start`` agent, process engine x2, and the
+result comes back pushed over the client's WebSocket) is run ``--trips`` times in sequence on
+its own platform and a private ``redis-server`` (or ``--redis-url``); each trip is cut at the
+times the task's hash records (``created_at`` when the web service queued it, ``started_at``
+when the gateway started it, ``completed_at`` when the gateway stored its outcome; one clock,
+one machine):
+
+* ``submit``: from the call until the web service queued the task (client, HTTP, web);
+* ``to start``: queued until started (the gateway's read and start script);
+* ``to run``: started until its outcome was stored (the window to the agent, the pipe to the
+  worker and back, the call, the outcome to the gateway, the settle script);
+* ``to client``: stored until the client had the result (the notice and the push over the
+  WebSocket, the client's decoding).
+
+Each figure is the median over the trips, in ms, with the whole round trip's p50 and p99.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import redis
+
+from bench import fx_workloads as fx
+from bench import tasks
+from bench.platform import AgentSpec, Deployment, Platform
+from bench.services import RedisServer
+from bench.settings import BenchSettings
+from fxbroker import AsyncClient
+from sdk.keys import Keys
+
+SEGMENTS = ("submit", "to start", "to run", "to client")
+
+
+async def _trips(d: Deployment, n: int, timeout_s: float) -> list[tuple[float, float, str]]:
+    """``n`` sequential round trips: (start, end, task id), wall-clock seconds."""
+    async with AsyncClient(d.url, d.token, ws_url=d.ws_url,
+                           endpoint_id=d.endpoints[fx.PROCESS]) as client:  # fmt: skip
+        fid = await client.register_function(tasks.noop)
+        await asyncio.wait_for(client.run(function_id=fid), timeout_s)  # warm-up
+        trips = []
+        for _ in range(n):
+            start = time.time()
+            handle = client.submit(function_id=fid)
+            await asyncio.wait_for(handle, timeout_s)
+            end = time.time()
+            assert handle.task_id is not None
+            trips.append((start, end, handle.task_id))
+        return trips
+
+
+def split(d: Deployment, trips: list[tuple[float, float, str]]) -> dict[str, list[float]]:
+    """Each trip's segments (ms), from the timestamps its task's hash records."""
+    keys = Keys(d.key_prefix)
+    store = redis.Redis.from_url(d.redis_url, decode_responses=True)
+    try:
+        pipe = store.pipeline(transaction=False)
+        for _, _, task_id in trips:
+            pipe.hmget(keys.task(task_id), "created_at", "started_at", "completed_at")
+        stamps = pipe.execute()
+    finally:
+        store.close()
+    parts: dict[str, list[float]] = {name: [] for name in (*SEGMENTS, "round trip")}
+    for (start, end, _), (created, started, completed) in zip(trips, stamps, strict=True):
+        points = [start, float(created), float(started), float(completed), end]
+        for name, a, b in zip(SEGMENTS, points, points[1:], strict=False):
+            parts[name].append((b - a) * 1000)
+        parts["round trip"].append((end - start) * 1000)
+    return parts
+
+
+def render(parts: dict[str, list[float]]) -> str:
+    trips = parts["round trip"]
+    lines = [f"latency split: {len(trips)} sequential AsyncClient round trips of a no-op "
+             "(process x2), median ms per segment"]  # fmt: skip
+    for name in SEGMENTS:
+        lines.append(f"  {name:<12}{statistics.median(parts[name]):>8.2f}")
+    q = statistics.quantiles(trips, n=100)
+    lines.append(f"  {'round trip':<12}{statistics.median(trips):>8.2f}  (p99 {q[98]:.2f})")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.latency_split",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--trips", type=int, default=300, help="round trips (default 300)")
+    parser.add_argument("--redis-url", default=None,
+                        help="a Redis to use (default: a private redis-server)")  # fmt: skip
+    args = parser.parse_args(argv)
+    s = BenchSettings.full(repeat=1)
+    workdir = Path(tempfile.mkdtemp(prefix="fxbroker-latency-split-"))
+    with RedisServer(args.redis_url) as server:
+        platform_ = Platform(
+            redis_url=server.url, database_url=None, workdir=workdir,
+            tag=uuid.uuid4().hex[:10], agents=[AgentSpec(fx.PROCESS, "process", 2)],
+            idle_endpoints=[], start_timeout_s=s.start_timeout_s,
+        )  # fmt: skip
+        with platform_ as deployment:
+            trips = asyncio.run(_trips(deployment, args.trips, s.task_timeout_s))
+            print(render(split(deployment, trips)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
