@@ -17,6 +17,8 @@ slot it held is free at once.
   in batches, isolated from the agent and from other calls; one process per accelerator.
 * :class:`ThreadEngine`: each call in a thread of the agent's own process: no start-up cost
   and no pickling, but no isolation either; use it for I/O-bound functions.
+* :class:`~endpoint_agent.rq_engine.RqEngine`: each call an rq job on the site's own Redis,
+  run by the site's ``rq worker`` processes on any number of nodes.
 """
 
 from __future__ import annotations
@@ -187,4 +189,9 @@ def make_engine(settings: AgentSettings) -> Engine:
     """The engine ``settings.engine`` names, with ``settings.workers`` workers."""
     if settings.engine == "thread":
         return ThreadEngine(settings.workers)
+    if settings.engine == "rq":
+        # Imported here: rq is an optional dependency (``fxbroker[rq]``).
+        from endpoint_agent.rq_engine import RqEngine
+
+        return RqEngine(settings.workers, redis_url=settings.rq_redis_url, queue=settings.rq_queue)
     return ProcessEngine(settings.workers, accelerators=settings.accelerators)

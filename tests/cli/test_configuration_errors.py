@@ -76,6 +76,9 @@ CASES = [
     pytest.param(["endpoint", "configure", "lab", "--engine", "thread", "--accelerators", "0"],
                  {}, _break_nothing, "fxbroker endpoint configure: accelerators need",
                  id="endpoint-bad-combination"),
+    pytest.param(["endpoint", "configure", "lab", "--engine", "rq"], {}, _break_nothing,
+                 "fxbroker endpoint configure: engine 'rq' needs rq_redis_url",
+                 id="endpoint-rq-without-redis"),
     pytest.param(["dev", "--web-port", "0", "--ws-port", "0", "--fakeredis"], {},
                  _bad_client_config, "fxbroker dev: ", id="dev-bad-client-config"),
 ]  # fmt: skip

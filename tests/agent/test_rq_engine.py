@@ -1,0 +1,223 @@
+"""The rq engine: a real agent through the gateway hands its ``def`` tasks to two real
+``rq worker`` processes on a Redis of the site's own (a private ``redis-server``, never the
+platform's), and gets their outcomes back as the process engine would give them: results,
+a raise with its remote traceback and output, rq's timeout as ``WalltimeExceeded``, a cancel
+that stops the running job with rq's stop-job command, and a SIGTERM that hands the tasks in
+flight back."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from endpoint_agent import Agent, run_agent
+from sdk.states import TaskState
+from tests.agent.gateway_stack import GatewayEndpoint, settings_for, until
+from tests.agent.helpers import HOLD, Gate, source_code
+from tests.agent.test_cancel import assert_cancelled, publish_cancel
+from tests.private_redis import PrivateRedis
+
+pytest.importorskip("rq")
+
+QUEUE = "fxbroker-test"
+RQ_WORKERS = 2
+REPO = Path(__file__).resolve().parents[2]
+SQUARE = source_code("square", "def square(x):\n    return x * x\n")
+LOUD = source_code(
+    "loud",
+    """
+    import sys
+
+    def loud(message):
+        print("about to fail")
+        print("on stderr", file=sys.stderr)
+        raise ValueError(message)
+    """,
+)
+SLEEPY = source_code("sleepy", "import time\n\ndef sleepy(s):\n    time.sleep(s)\n    return s\n")
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateRedis]:
+    """The site's own Redis, and two ``rq worker`` processes (rq's forking worker) on it,
+    fxbroker importable through ``PYTHONPATH``; stopped at the end."""
+    folder = tmp_path_factory.mktemp("rq-site")
+    with PrivateRedis(folder / "redis", appendfsync="no") as server:
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        env.pop("REDIS_URL", None)  # the workers know only the site's Redis
+        logs = [(folder / f"worker-{i}.log").open("wb") for i in range(RQ_WORKERS)]
+        workers = [
+            subprocess.Popen(worker_command(server.url, i), env=env, stdout=log, stderr=log)
+            for i, log in enumerate(logs)
+        ]
+        try:
+            wait_for_workers(server.url, workers)
+            yield server
+        finally:
+            for worker in workers:
+                worker.send_signal(signal.SIGTERM)
+            for worker in workers:
+                try:
+                    worker.wait(15)
+                except subprocess.TimeoutExpired:
+                    worker.kill()
+                    worker.wait()
+            for log in logs:
+                log.close()
+
+
+def worker_command(url: str, number: int) -> list[str]:
+    """``rq worker`` as a site runs it for fxbroker: the forking worker (so rq's stop-job
+    can stop a job), ``-c endpoint_agent.rq_job`` so fxbroker is imported once in the
+    worker rather than in every work-horse it forks."""
+    name = f"site-{number}-{os.getpid()}"
+    return [sys.executable, "-m", "rq.cli", "worker", "--url", url, "-c", "endpoint_agent.rq_job",
+            "--name", name, "--worker-ttl", "30", QUEUE]  # fmt: skip
+
+
+def wait_for_workers(url: str, workers: list[subprocess.Popen[bytes]]) -> None:
+    """Block until the workers registered with the site's Redis (a readiness wait, as for
+    a port: jobs would queue meanwhile, but a worker that cannot start fails here)."""
+    from rq import Worker
+
+    client = redis.Redis.from_url(url)
+    try:
+        deadline = time.monotonic() + 30
+        while len(Worker.all(connection=client)) < len(workers):
+            for worker in workers:
+                assert worker.poll() is None, f"rq worker {worker.pid} exited while starting"
+            assert time.monotonic() < deadline, "the rq workers did not start within 30 s"
+            time.sleep(0.05)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+async def site_redis(site: PrivateRedis) -> AsyncIterator[redis.Redis]:
+    client = redis.Redis.from_url(site.url)
+    yield client
+    client.close()
+
+
+def rq_settings(endpoint: GatewayEndpoint, site: PrivateRedis, **overrides: Any) -> Any:
+    options: dict[str, Any] = {
+        "engine": "rq",
+        "workers": RQ_WORKERS,
+        "rq_redis_url": site.url,
+        "rq_queue": QUEUE,
+    }
+    options.update(overrides)
+    return settings_for(endpoint, **options)
+
+
+async def test_a_thousand_tasks_a_raise_and_a_walltime(
+    endpoint: GatewayEndpoint, site: PrivateRedis
+) -> None:
+    square = await endpoint.register(SQUARE)
+    loud = await endpoint.register(LOUD)
+    sleepy = await endpoint.register(SLEEPY)
+    task_ids = await endpoint.submit_many(square, [((i,), {}) for i in range(1000)])
+    raised = await endpoint.submit(loud, "no luck")
+    too_long = await endpoint.submit(sleepy, 30, walltime_s="1")
+
+    async with Agent(rq_settings(endpoint, site, drain_grace_s=0)) as agent:
+        await asyncio.wait_for(agent.run(burst=True), timeout=120)
+
+    pipe = endpoint.redis.pipeline(transaction=False)
+    for task_id in task_ids:
+        pipe.hmget(endpoint.keys.task(task_id), ["state", "attempts"])
+    rows = await pipe.execute()
+    assert {(state, attempts) for state, attempts in rows} == {(TaskState.SUCCESS, "1")}
+    results = [await endpoint.result(t) for t in task_ids]
+    assert results == [i * i for i in range(1000)]
+
+    record = await endpoint.failure(raised)
+    assert (record["type"], record["message"]) == ("ValueError", "no luck")
+    assert "in loud" in record["traceback"]
+    assert record["traceback"].rstrip().endswith("ValueError: no luck")
+    fields = await endpoint.task(raised)
+    assert (fields["stdout"], fields["stderr"]) == ("about to fail\n", "on stderr\n")
+
+    record = await endpoint.failure(too_long)
+    assert record["type"] == "WalltimeExceeded"
+    assert "walltime of 1 s" in record["message"]
+    assert len(await endpoint.notices()) == 1002
+    await endpoint.assert_settled()
+
+
+async def test_a_cancel_stops_the_running_job(
+    endpoint: GatewayEndpoint, site: PrivateRedis, site_redis: redis.Redis, redis_url: str
+) -> None:
+    hold = await endpoint.register(HOLD)
+    square = await endpoint.register(SQUARE)
+    gate = Gate(endpoint)
+    doomed = await endpoint.submit(hold, *gate.args(redis_url))
+
+    async with Agent(rq_settings(endpoint, site)) as agent:
+        running = asyncio.create_task(agent.run(burst=True))
+        (horse_pid,) = await gate.wait_started()
+        await publish_cancel(endpoint, doomed)
+        await asyncio.wait_for(running, timeout=30)
+        # rq's stop-job command killed the work-horse that ran it.
+        await until(lambda: not alive(int(horse_pid)), "the work-horse to die")
+        after = await endpoint.submit(square, 7)
+        await asyncio.wait_for(agent.run(burst=True), timeout=30)
+
+    await assert_cancelled(endpoint, doomed)
+    assert await endpoint.result(after) == 49
+    statuses = [
+        site_redis.hget(k, "status") for k in site_redis.scan_iter("rq:job:*", _type="HASH")
+    ]
+    assert statuses.count(b"stopped") == 1, statuses
+    await endpoint.assert_settled()
+
+
+async def test_sigterm_hands_back_the_tasks_in_flight(
+    endpoint: GatewayEndpoint, site: PrivateRedis, site_redis: redis.Redis, redis_url: str
+) -> None:
+    hold = await endpoint.register(HOLD)
+    gate = Gate(endpoint)
+    task_ids = await endpoint.submit_many(hold, [(gate.args(redis_url), {}) for _ in range(7)])
+    # Three jobs in rq for two rq workers: one waits in rq's queue, three in the engine.
+    settings = rq_settings(endpoint, site, workers=3, drain_grace_s=0)
+
+    running = asyncio.create_task(run_agent(settings))
+    pids = await gate.wait_started(RQ_WORKERS)  # both rq workers run one; the rest wait
+    os.kill(os.getpid(), signal.SIGTERM)
+    await asyncio.wait_for(running, timeout=30)
+
+    for task_id in task_ids:
+        fields = await endpoint.task(task_id)
+        assert (fields["state"], fields["attempts"]) == (TaskState.WAITING, "0"), fields
+    assert await endpoint.pending() == 0
+    assert await endpoint.redis.xlen(endpoint.stream) == 7
+    for pid in pids:  # the started jobs were stopped in rq, not left running
+        await until(lambda pid=pid: not alive(int(pid)), "the work-horses to die")
+    assert site_redis.llen(f"rq:queue:{QUEUE}") == 0  # the queued ones were taken back
+
+    async with Agent(settings_for(endpoint, engine="thread", workers=7)) as agent:
+        again = asyncio.create_task(agent.run(burst=True))
+        await gate.wait_started(7)
+        await gate.release(7)
+        await asyncio.wait_for(again, timeout=30)
+    for task_id in task_ids:
+        assert await endpoint.result(task_id) is True
+    await endpoint.assert_settled()
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
