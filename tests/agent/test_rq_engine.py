@@ -44,6 +44,7 @@ LOUD = source_code(
         raise ValueError(message)
     """,
 )
+EXIT = source_code("leave", "import os\n\ndef leave(code):\n    os._exit(code)\n")
 SLEEPY = source_code("sleepy", "import time\n\ndef sleepy(s):\n    time.sleep(s)\n    return s\n")
 
 
@@ -120,7 +121,7 @@ def rq_settings(endpoint: GatewayEndpoint, site: PrivateRedis, **overrides: Any)
     return settings_for(endpoint, **options)
 
 
-async def test_a_thousand_tasks_a_raise_and_a_walltime(
+async def test_a_thousand_tasks_a_raise_a_walltime_and_a_lost_work_horse(
     endpoint: GatewayEndpoint, site: PrivateRedis
 ) -> None:
     square = await endpoint.register(SQUARE)
@@ -129,6 +130,8 @@ async def test_a_thousand_tasks_a_raise_and_a_walltime(
     task_ids = await endpoint.submit_many(square, [((i,), {}) for i in range(1000)])
     raised = await endpoint.submit(loud, "no luck")
     too_long = await endpoint.submit(sleepy, 30, walltime_s="1")
+    leave = await endpoint.register(EXIT)
+    exited = await endpoint.submit(leave, 3)  # rq fails the job, with no callback of ours
 
     async with Agent(rq_settings(endpoint, site, drain_grace_s=0)) as agent:
         await asyncio.wait_for(agent.run(burst=True), timeout=120)
@@ -151,7 +154,10 @@ async def test_a_thousand_tasks_a_raise_and_a_walltime(
     record = await endpoint.failure(too_long)
     assert record["type"] == "WalltimeExceeded"
     assert "walltime of 1 s" in record["message"]
-    assert len(await endpoint.notices()) == 1002
+    record = await endpoint.failure(exited)
+    assert record["type"] == "WorkerLost"
+    assert "ended failed in rq without an outcome" in record["message"]
+    assert len(await endpoint.notices()) == 1003
     await endpoint.assert_settled()
 
 
@@ -221,3 +227,32 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+async def test_a_stop_hands_back_what_has_not_started_and_lets_started_jobs_finish(
+    endpoint: GatewayEndpoint, site: PrivateRedis, site_redis: redis.Redis, redis_url: str
+) -> None:
+    hold = await endpoint.register(HOLD)
+    gate = Gate(endpoint)
+    task_ids = await endpoint.submit_many(hold, [(gate.args(redis_url), {}) for _ in range(5)])
+    settings = rq_settings(endpoint, site, workers=3, drain_grace_s=30)
+
+    async with Agent(settings) as agent:
+        running = asyncio.create_task(agent.run())
+        await gate.wait_started(RQ_WORKERS)
+        queue = f"rq:queue:{QUEUE}"
+        assert site_redis.llen(queue) == 1  # the third job waits in rq for a worker
+        agent.stop()
+        # The job queued in rq is taken back at once (the two waiting in the engine too) ...
+        await until(lambda: site_redis.llen(queue) == 0, "the queued job to be taken back")
+        # ... while the two started jobs get the grace, and finish within it.
+        await gate.release(RQ_WORKERS)
+        await asyncio.wait_for(running, timeout=30)
+
+    states = [(await endpoint.task(t))["state"] for t in task_ids]
+    assert sorted(states) == sorted([TaskState.SUCCESS] * 2 + [TaskState.WAITING] * 3)
+    for task_id, state in zip(task_ids, states, strict=True):
+        if state == TaskState.SUCCESS:
+            assert await endpoint.result(task_id) is True
+    assert await endpoint.redis.xlen(endpoint.stream) == 3
+    assert await endpoint.pending() == 0
