@@ -5,12 +5,14 @@ endpoint's ``def`` tasks: ``engine = "rq"`` with ``rq_redis_url`` (the *site's* 
 never the platform's: the agent still reaches the platform only through the gateway) and
 ``rq_queue``. Each call is one job of :func:`endpoint_agent.rq_job.run`, which the workers
 must be able to import (fxbroker installed beside them, or on their ``PYTHONPATH``);
-start them with the default forking worker: ``rq worker --url REDIS_URL QUEUE``.
+start them with the default forking worker: ``rq worker -c endpoint_agent.rq_job --url
+REDIS_URL QUEUE`` (``-c`` imports fxbroker once in the worker, not in every work-horse).
 
 **In flight.** At most ``workers`` jobs are in rq at once (queued there or running): the
 rest of what the agent holds waits in the engine (the look-ahead is ``workers``, so a
 freed slot is filled without waiting for the gateway), and backpressure holds as with the
-other engines. Size ``workers`` to the site's rq workers for this queue.
+other engines. Size ``workers`` to the site's rq workers for this queue, or a little above,
+so a worker finds its next job waiting in rq while the agent turns the last one around.
 
 **Cost.** One rq ``enqueue_many`` transaction per turn of the event loop's submits (in one
 thread of the engine, so the loop never blocks on the site's Redis). Outcomes come back

@@ -20,14 +20,14 @@ from typing import Any
 import pytest
 import redis
 
-from endpoint_agent import Agent, run_agent
+from endpoint_agent import Agent, rq_job, run_agent
+from endpoint_agent.rq_engine import job_timeout
+from endpoint_agent.worker import Call, Limits, Outcome
 from sdk.states import TaskState
 from tests.agent.gateway_stack import GatewayEndpoint, settings_for, until
 from tests.agent.helpers import HOLD, Gate, source_code
 from tests.agent.test_cancel import assert_cancelled, publish_cancel
 from tests.private_redis import PrivateRedis
-
-pytest.importorskip("rq")
 
 QUEUE = "fxbroker-test"
 RQ_WORKERS = 2
@@ -133,7 +133,7 @@ async def test_a_thousand_tasks_a_raise_a_walltime_and_a_lost_work_horse(
     leave = await endpoint.register(EXIT)
     exited = await endpoint.submit(leave, 3)  # rq fails the job, with no callback of ours
 
-    async with Agent(rq_settings(endpoint, site, drain_grace_s=0)) as agent:
+    async with Agent(rq_settings(endpoint, site, workers=4, drain_grace_s=0)) as agent:
         await asyncio.wait_for(agent.run(burst=True), timeout=120)
 
     pipe = endpoint.redis.pipeline(transaction=False)
@@ -219,6 +219,20 @@ async def test_sigterm_hands_back_the_tasks_in_flight(
     for task_id in task_ids:
         assert await endpoint.result(task_id) is True
     await endpoint.assert_settled()
+
+
+def test_walltimes_become_whole_seconds_of_rq_job_timeout() -> None:
+    assert [job_timeout(w) for w in (None, 0.2, 1.0, 1.5, 600.0)] == [-1, 1, 1, 2, 600]
+
+
+def test_a_call_crosses_rq_as_plain_values_and_comes_back_whole() -> None:
+    limits = Limits(max_result_bytes=10, max_output_chars=20, result_strategies=("11",))
+    call = Call("fn-1", SQUARE, "payload", frozenset({"st", "00"}), limits)
+    args = rq_job.call_args("events", "fence", call)
+    assert args == ("events", "fence", "fn-1", SQUARE, "payload", ["00", "st"], (10, 20, ["11"]))
+    outcome = Outcome.success("11\n4")
+    message = rq_job.encode("job-1", "outcome", outcome)
+    assert rq_job.decode(message) == ("job-1", "outcome", outcome)
 
 
 def alive(pid: int) -> bool:
