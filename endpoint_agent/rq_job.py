@@ -20,17 +20,22 @@ task's walltime, and anything raised around the call) and :func:`on_stopped` (rq
 stop-job command). Messages are pickled tuples ``(job id, kind, value)``: the site's Redis
 is trusted the way rq itself trusts it (rq pickles every job's arguments and result).
 Cost per job on the worker: two round trips to the site's Redis (fence, then started)
-and one push of the outcome, besides rq's own.
+and one push of the outcome, besides rq's own. The push waits out an outage of the site's
+Redis (a restart) for up to ``PUSH_FOR_S``. An outcome lost beyond that is reported
+``WorkerLost`` once rq's status says the job ended; should rq never say so, the task stays
+with the agent until it stops, and is handed back then.
 """
 
 from __future__ import annotations
 
 import pickle
+import time
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
 from endpoint_agent import capture
 from endpoint_agent.worker import Call, Limits, Outcome, describe, run_call
+from service_common.retry import DEFAULT_BACKOFF
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -41,6 +46,8 @@ KEY_PREFIX = "fxbroker:rq"
 
 TIMEOUT = ("rq.timeouts", "JobTimeoutException")
 """What rq raises in a job past its ``job_timeout`` (module, type)."""
+PUSH_FOR_S = 60.0
+"""How long a job keeps trying to push its outcome while the site's Redis is away."""
 STARTED = "started"
 STOPPED = "stopped"
 
@@ -114,10 +121,29 @@ def run(
     record = outcome.exception
     if record is not None and (record["module"], record["type"]) == TIMEOUT:
         # rq's timeout fired inside the function, which run_call reports as its raise.
-        connection.rpush(events, encode(job.id, "timeout"))
+        push(connection, events, encode(job.id, "timeout"))
     else:
-        connection.rpush(events, encode(job.id, "outcome", outcome))
+        push(connection, events, encode(job.id, "outcome", outcome))
     return outcome
+
+
+def push(connection: Redis, events: str, message: bytes) -> None:
+    """Push an outcome, waiting out an outage of the site's Redis for up to
+    ``PUSH_FOR_S`` (a restart): the call is done, and its outcome is worth the wait."""
+    import redis
+
+    deadline = time.monotonic() + PUSH_FOR_S
+    failures = 0
+    while True:
+        try:
+            connection.rpush(events, message)
+            return
+        except (redis.ConnectionError, redis.TimeoutError):
+            failures += 1
+            delay_s = DEFAULT_BACKOFF.delay_s(failures)
+            if time.monotonic() + delay_s > deadline:
+                raise
+            time.sleep(delay_s)
 
 
 def on_failure(

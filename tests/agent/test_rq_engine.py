@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -270,3 +271,18 @@ async def test_a_stop_hands_back_what_has_not_started_and_lets_started_jobs_fini
             assert await endpoint.result(task_id) is True
     assert await endpoint.redis.xlen(endpoint.stream) == 3
     assert await endpoint.pending() == 0
+
+
+def test_a_jobs_outcome_waits_out_a_restart_of_the_sites_redis(tmp_path: Path) -> None:
+    with PrivateRedis(tmp_path / "redis", appendfsync="no") as server:
+        client = redis.Redis.from_url(server.url)
+        try:
+            server.stop()
+            # The outage: the server is down when the push starts, and back a second later.
+            back = threading.Thread(target=server.restart, kwargs={"down_s": 1.0})
+            back.start()
+            rq_job.push(client, "events", b"the outcome")
+            back.join()
+            assert client.lrange("events", 0, -1) == [b"the outcome"]
+        finally:
+            client.close()
