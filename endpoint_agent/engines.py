@@ -35,6 +35,7 @@ from typing import Protocol
 from endpoint_agent.processes import CallTimes, Done, ProcessEngine
 from endpoint_agent.settings import AgentSettings
 from endpoint_agent.worker import Call, Outcome, run_call, walltime_exceeded
+from service_common.errors import SettingsError
 
 
 class Engine(Protocol):
@@ -190,8 +191,12 @@ def make_engine(settings: AgentSettings) -> Engine:
     if settings.engine == "thread":
         return ThreadEngine(settings.workers)
     if settings.engine == "rq":
-        # Imported here: rq is an optional dependency (``fxbroker[rq]``).
-        from endpoint_agent.rq_engine import RqEngine
+        try:  # imported here: rq is an optional dependency
+            from endpoint_agent.rq_engine import RqEngine
+        except ImportError as exc:
+            raise SettingsError(
+                f"engine 'rq' needs the rq package ({exc}): pip install 'fxbroker[rq]'"
+            ) from exc
 
         return RqEngine(settings.workers, redis_url=settings.rq_redis_url, queue=settings.rq_queue)
     return ProcessEngine(settings.workers, accelerators=settings.accelerators)

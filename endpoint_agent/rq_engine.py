@@ -22,6 +22,9 @@ list, which one reader reads with a blocking ``BLPOP`` plus one ``LPOP`` of up t
 reader also reads the rq status of every job in flight in one pipeline: a job that rq ended
 without an outcome (its work-horse died: ``os._exit``, a crash, a signal, out of memory; or
 its rq worker was lost and rq failed the job) is failed with ``WorkerLost`` after two polls.
+The job pushes its outcome itself, so a worker that dies while its work-horse runs loses
+nothing; a node lost with both is seen once rq's maintenance (another worker's, every
+``--maintenance-interval``) fails the abandoned job.
 
 **Walltime.** rq's ``job_timeout`` carries the walltime, rounded up to whole seconds (rq
 counts timeouts in seconds); rq's timeout ends the job and it is reported with
@@ -288,6 +291,11 @@ class RqEngine:
                 failures += 1
                 await asyncio.sleep(DEFAULT_BACKOFF.delay_s(failures))
                 continue
+            except Exception:  # a fault of ours must not end the reader, and every outcome
+                log.exception("the rq engine's reader failed; it reads on")
+                failures += 1
+                await asyncio.sleep(DEFAULT_BACKOFF.delay_s(failures))
+                continue
             if failures:
                 failures = 0
                 self._outage.recovered()
@@ -295,7 +303,11 @@ class RqEngine:
     def _messages(self, raw: Sequence[Any]) -> None:
         """Messages of the event list (pickled bytes, see :mod:`endpoint_agent.rq_job`)."""
         for message in raw:
-            job_id, kind, value = rq_job.decode(message)
+            try:
+                job_id, kind, value = rq_job.decode(message)
+            except Exception:
+                log.exception("a message on the rq engine's event list does not decode")
+                continue
             job = self._inflight.get(job_id)
             if job is None:
                 continue  # resolved already (taken back, or a second end of one job)

@@ -21,10 +21,12 @@ from typing import Any
 import pytest
 import redis
 
-from endpoint_agent import Agent, rq_job, run_agent
+from endpoint_agent import Agent, AgentSettings, rq_job, run_agent
+from endpoint_agent.engines import make_engine
 from endpoint_agent.rq_engine import job_timeout
 from endpoint_agent.worker import Call, Limits, Outcome
 from sdk.states import TaskState
+from service_common.errors import SettingsError
 from tests.agent.gateway_stack import GatewayEndpoint, settings_for, until
 from tests.agent.helpers import HOLD, Gate, source_code
 from tests.agent.test_cancel import assert_cancelled, publish_cancel
@@ -286,3 +288,19 @@ def test_a_jobs_outcome_waits_out_a_restart_of_the_sites_redis(tmp_path: Path) -
             assert client.lrange("events", 0, -1) == [b"the outcome"]
         finally:
             client.close()
+
+
+def test_without_rq_installed_the_engine_is_a_configuration_mistake(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "rq", None)  # what an agent without rq finds
+    monkeypatch.delitem(sys.modules, "endpoint_agent.rq_engine")
+    settings = AgentSettings(
+        endpoint_id="ep-1",
+        ws_url="ws://127.0.0.1:1",
+        credential="fxep_x",
+        engine="rq",
+        rq_redis_url="redis://127.0.0.1:1/0",
+    )
+    with pytest.raises(SettingsError, match=r"engine 'rq' needs the rq package.*fxbroker\[rq\]"):
+        make_engine(settings)
