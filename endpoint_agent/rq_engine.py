@@ -53,10 +53,10 @@ import logging
 import math
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 import redis.asyncio as aioredis
@@ -72,6 +72,9 @@ from sdk.messages import error_record
 from service_common.retry import DEFAULT_BACKOFF, Outage
 
 log = logging.getLogger(__name__)
+
+A = TypeVar("A")
+R = TypeVar("R")
 
 POLL_S = 1.0
 """How often the reader reads the rq status of the jobs in flight (and at most how long one
@@ -210,7 +213,7 @@ class RqEngine:
             pipe.expire(self._fence, KEY_TTL_S)
             pipe.execute()
 
-    def _sent(self, batch: list[_RqJob], future: Future[Any]) -> None:
+    def _sent(self, batch: list[_RqJob], future: Future[None]) -> None:
         self._sending = False
         exc = future.exception()
         if exc is None:
@@ -258,12 +261,12 @@ class RqEngine:
             self._inflight.pop(job_id, None)
         self._schedule_pump()
 
-    def _run_op(self, fn: Any, arg: Any, *, then: Any) -> None:
+    def _run_op(self, fn: Callable[[A], R], arg: A, *, then: Callable[[Future[R]], None]) -> None:
         """Run ``fn(arg)`` in the ops thread (in order with every other), then ``then(future)``
         in the loop."""
         future = self._ops.submit(fn, arg)
 
-        def back(f: Future[Any]) -> None:
+        def back(f: Future[R]) -> None:
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
                 self._loop.call_soon_threadsafe(then, f)
 
