@@ -136,6 +136,7 @@ class RqEngine:
         self._sending = False
         self._retry: asyncio.TimerHandle | None = None
         self._failures = 0
+        self._ended: list[str] = []  # job ids whose fence entry can go
         self._reader = asyncio.create_task(self._read(), name="fxbroker-rq-reader")
 
     # -- the engine interface ----------------------------------------------------------
@@ -286,6 +287,7 @@ class RqEngine:
                 if item is not None:
                     more = await self._aredis.lpop(self._events, READ_BATCH)
                     self._messages([item[1], *(more or [])])
+                await self._forget_ended()
                 if loop.time() >= next_poll:
                     await self._poll()
                     next_poll = loop.time() + self.poll_s
@@ -330,9 +332,23 @@ class RqEngine:
 
     def _resolve(self, job: _RqJob, outcome: Outcome) -> None:
         del self._inflight[job.job_id]
+        self._ended.append(job.job_id)
         if not job.stopped and self._jobs.get(job.key) is job:
             del self._jobs[job.key]
             job.done(job.key, outcome)
+
+    async def _forget_ended(self) -> None:
+        """Drop the fence entries of jobs that ended (one ``HDEL`` for the lot), so the
+        fence holds only jobs in flight. Entries of jobs taken back before they started
+        stay (a worker that had already dequeued one must still find it fenced) until the
+        engine's keys expire."""
+        ended, self._ended = self._ended, []
+        if ended:
+            try:
+                await self._aredis.hdel(self._fence, *ended)
+            except BaseException:
+                self._ended[:0] = ended
+                raise
 
     async def _poll(self) -> None:
         """Read rq's status of every job in flight in one pipeline: one that ended without
@@ -374,6 +390,8 @@ class RqEngine:
         with contextlib.suppress(asyncio.CancelledError):
             await self._reader
         await asyncio.to_thread(self._ops.shutdown, wait=True)
+        with contextlib.suppress(redis.RedisError):
+            await self._forget_ended()
         await self._aredis.aclose()
         self._redis.close()
 

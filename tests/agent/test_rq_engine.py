@@ -125,7 +125,7 @@ def rq_settings(endpoint: GatewayEndpoint, site: PrivateRedis, **overrides: Any)
 
 
 async def test_a_thousand_tasks_a_raise_a_walltime_and_a_lost_work_horse(
-    endpoint: GatewayEndpoint, site: PrivateRedis
+    endpoint: GatewayEndpoint, site: PrivateRedis, site_redis: redis.Redis
 ) -> None:
     square = await endpoint.register(SQUARE)
     loud = await endpoint.register(LOUD)
@@ -136,8 +136,13 @@ async def test_a_thousand_tasks_a_raise_a_walltime_and_a_lost_work_horse(
     leave = await endpoint.register(EXIT)
     exited = await endpoint.submit(leave, 3)  # rq fails the job, with no callback of ours
 
+    fences_before = set(site_redis.scan_iter("fxbroker:rq:*:fence"))
     async with Agent(rq_settings(endpoint, site, workers=4, drain_grace_s=0)) as agent:
         await asyncio.wait_for(agent.run(burst=True), timeout=120)
+
+    # The engine's fence keeps no entry of a job that ended: it does not grow with the tasks.
+    (fence,) = set(site_redis.scan_iter("fxbroker:rq:*:fence")) - fences_before
+    assert site_redis.hkeys(fence) == [b"-"]
 
     pipe = endpoint.redis.pipeline(transaction=False)
     for task_id in task_ids:
