@@ -27,9 +27,14 @@ from endpoint_agent.rq_engine import job_timeout
 from endpoint_agent.worker import Call, Limits, Outcome
 from sdk.states import TaskState
 from service_common.errors import SettingsError
-from tests.agent.gateway_stack import GatewayEndpoint, settings_for, until
+from tests.agent.gateway_stack import (
+    GatewayEndpoint,
+    assert_cancelled,
+    publish_cancel,
+    settings_for,
+    until,
+)
 from tests.agent.helpers import HOLD, Gate, source_code
-from tests.agent.test_cancel import assert_cancelled, publish_cancel
 from tests.private_redis import PrivateRedis
 
 QUEUE = "fxbroker-test"
