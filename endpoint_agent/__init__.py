@@ -9,7 +9,9 @@ gateway: one WebSocket, the credential; the agent never sees Redis),
 :mod:`.functions` (loading, classifying and allowing functions),
 :mod:`.engines` (the engine interface and the thread engine), :mod:`.processes` (the process
 engine: one worker process per slot or accelerator, fed in batches), :mod:`.batches` (the
-pipe to a worker process and the worker's loop), :mod:`.worker` (running one task),
+pipe to a worker process and the worker's loop), :mod:`.rq_engine` (the rq engine: calls as
+jobs for a site's ``rq worker``s), :mod:`.rq_job` (what those workers run),
+:mod:`.worker` (running one task),
 :mod:`.capture` (per-task stdout/stderr), :mod:`.result_encoding` (a result's buffer, by
 the strategies its submit named), :mod:`.globus_shell` (Globus Compute's ShellFunction in a
 sandbox), :mod:`.accelerators` (finding the node's GPUs).

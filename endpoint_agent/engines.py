@@ -17,6 +17,8 @@ slot it held is free at once.
   in batches, isolated from the agent and from other calls; one process per accelerator.
 * :class:`ThreadEngine`: each call in a thread of the agent's own process: no start-up cost
   and no pickling, but no isolation either; use it for I/O-bound functions.
+* :class:`~endpoint_agent.rq_engine.RqEngine`: each call an rq job on the site's own Redis,
+  run by the site's ``rq worker`` processes on any number of nodes.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import Protocol
 from endpoint_agent.processes import CallTimes, Done, ProcessEngine
 from endpoint_agent.settings import AgentSettings
 from endpoint_agent.worker import Call, Outcome, run_call, walltime_exceeded
+from service_common.errors import SettingsError
 
 
 class Engine(Protocol):
@@ -187,4 +190,13 @@ def make_engine(settings: AgentSettings) -> Engine:
     """The engine ``settings.engine`` names, with ``settings.workers`` workers."""
     if settings.engine == "thread":
         return ThreadEngine(settings.workers)
+    if settings.engine == "rq":
+        try:  # imported here: rq is an optional dependency
+            from endpoint_agent.rq_engine import RqEngine
+        except ImportError as exc:
+            raise SettingsError(
+                f"engine 'rq' needs the rq package ({exc}): pip install 'fxbroker[rq]'"
+            ) from exc
+
+        return RqEngine(settings.workers, redis_url=settings.rq_redis_url, queue=settings.rq_queue)
     return ProcessEngine(settings.workers, accelerators=settings.accelerators)

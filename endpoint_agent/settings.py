@@ -31,8 +31,9 @@ from service_common.settings import (
     split_names,
 )
 
-Engine = Literal["process", "thread"]
-ENGINES: tuple[Engine, ...] = ("process", "thread")
+Engine = Literal["process", "thread", "rq"]
+ENGINES: tuple[Engine, ...] = ("process", "thread", "rq")
+RQ_SCHEMES = ("redis", "rediss", "unix")
 
 
 def _default_workers() -> int:
@@ -69,6 +70,10 @@ class AgentSettings:
     (:mod:`endpoint_agent.gateway`). It holds at most ``max_held_outcomes`` outcomes
     (``max_held_bytes`` bytes) the gateway has not answered, for instance while it is away,
     by taking no more work when full, never by dropping one.
+
+    *rq* (``engine="rq"``, :mod:`endpoint_agent.rq_engine`): ``def`` tasks become rq jobs
+    on queue ``rq_queue`` of the site's own Redis at ``rq_redis_url`` (not the platform's),
+    for the site's ``rq worker`` processes; ``workers`` is how many jobs are in rq at once.
 
     ``consumer`` names this agent in the endpoint's consumer group, and to the gateway
     (default ``<hostname>-<pid>``).
@@ -115,6 +120,11 @@ class AgentSettings:
     max_output_chars: int = field(
         default=64 * 1024, metadata=env("FXBROKER_MAX_OUTPUT_CHARS", integer)
     )
+    rq_redis_url: str = field(default="", repr=False, metadata=env("FXBROKER_RQ_REDIS_URL"))
+    """The site's Redis whose rq workers run this agent's ``def`` tasks (``engine="rq"``):
+    ``redis[s]://[user:password@]host:port/db`` or ``unix:///path``."""
+    rq_queue: str = field(default="fxbroker", metadata=env("FXBROKER_RQ_QUEUE"))
+    """The rq queue the site's workers listen on (``rq worker --url URL QUEUE``)."""
     prefetch: int = field(default=0, metadata=env("FXBROKER_PREFETCH", integer))
     """``def`` tasks held beyond the free workers, waiting in the agent for one (0: strict
     backpressure, a task is read only when a worker is free). A few hide the Redis round
@@ -160,6 +170,15 @@ class AgentSettings:
                     f"allowed_strategies names unknown strategies {unknown}; "
                     f"known: {sorted(STRATEGIES)}"
                 )
+        if self.engine == "rq":
+            parts = urlsplit(self.rq_redis_url)
+            if parts.scheme not in RQ_SCHEMES or not (parts.netloc or parts.path):
+                raise SettingsError(
+                    "engine 'rq' needs rq_redis_url (FXBROKER_RQ_REDIS_URL): the site's Redis "
+                    f"as redis://host:port/db, rediss:// or unix://, not {self.rq_redis_url!r}"
+                )
+            if not self.rq_queue.strip():
+                raise SettingsError("rq_queue (FXBROKER_RQ_QUEUE) must not be empty")
         if self.accelerators:
             if self.engine != "process":
                 raise SettingsError(

@@ -197,6 +197,8 @@ ENDPOINT_OPTIONS: dict[str, str] = {
     "max_result_bytes": "max_result_bytes",
     "max_output_chars": "max_output_chars",
     "prefetch": "prefetch",
+    "rq_redis_url": "rq_redis_url",
+    "rq_queue": "rq_queue",
 }
 """``fxbroker endpoint configure`` option (argparse dest) -> ``config.toml`` key."""
 
@@ -294,7 +296,7 @@ def _add_endpoint_parsers(endpoint: argparse._SubParsersAction[argparse.Argument
         "--ca-file",
         help="PEM file of the CAs that sign the services' TLS certificates (FXBROKER_CA_FILE)",
     )
-    p.add_argument("--engine", choices=["process", "thread"], help="where def functions run")
+    p.add_argument("--engine", choices=["process", "thread", "rq"], help="where def functions run")
     p.add_argument("--workers", type=int, help="def functions at once")
     p.add_argument("--max-concurrency", type=int, help="async def functions at once")
     p.add_argument("--walltime-s", type=float, help="the longest one task may run")
@@ -309,6 +311,11 @@ def _add_endpoint_parsers(endpoint: argparse._SubParsersAction[argparse.Argument
     p.add_argument("--max-result-bytes", type=int)
     p.add_argument("--max-output-chars", type=int)
     p.add_argument("--prefetch", type=int, help="def tasks held beyond the free workers")
+    p.add_argument(
+        "--rq-redis-url",
+        help="engine rq: the site's own Redis its rq workers use (FXBROKER_RQ_REDIS_URL)",
+    )
+    p.add_argument("--rq-queue", help="engine rq: the rq queue of its workers (FXBROKER_RQ_QUEUE)")
     p.set_defaults(func=cmd_endpoint_configure)
 
     p = endpoint.add_parser("start", help="register NAME (once) and run its agent")

@@ -92,6 +92,8 @@ SETTINGS: dict[str, Setting] = {
     "max_result_bytes": Setting("FXBROKER_MAX_RESULT_BYTES", int),
     "max_output_chars": Setting("FXBROKER_MAX_OUTPUT_CHARS", int),
     "prefetch": Setting("FXBROKER_PREFETCH", int),
+    "rq_redis_url": Setting("FXBROKER_RQ_REDIS_URL", str),
+    "rq_queue": Setting("FXBROKER_RQ_QUEUE", str),
 }
 """``config.toml`` key -> the environment variable that overrides it, and its type."""
 

@@ -7,6 +7,7 @@ Redis URL."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -19,6 +20,7 @@ import redis.asyncio as aioredis
 from endpoint_agent import AgentSettings
 from sdk.keys import Keys
 from sdk.serialize import pack_payload
+from sdk.states import TaskState
 from tests.agent.helpers import Endpoint
 from tests.ws.gateway_helpers import web_service
 from web_service.accounts import create_user
@@ -158,6 +160,19 @@ async def until(check: Callable[[], Any], what: str, timeout_s: float = WAIT_S) 
                 await asyncio.sleep(0.02)
     except TimeoutError:
         raise AssertionError(f"timed out waiting for {what}") from None
+
+
+async def publish_cancel(endpoint: GatewayEndpoint, task_id: str) -> None:
+    """What the web service publishes when the owner cancels a running task."""
+    channel = endpoint.keys.endpoint_cancel(endpoint.endpoint_id)
+    assert await endpoint.redis.publish(channel, json.dumps({"task_id": task_id})) >= 1
+
+
+async def assert_cancelled(endpoint: GatewayEndpoint, task_id: str) -> None:
+    fields = await endpoint.task(task_id)
+    assert fields["state"] == TaskState.CANCELLED, fields
+    assert "result" not in fields and "exception" not in fields
+    assert fields["completed_at"]
 
 
 def _unique(prefix: str) -> str:

@@ -4,29 +4,21 @@ cancelled while queued never starts."""
 from __future__ import annotations
 
 import asyncio
-import json
 
 import pytest
 
 from endpoint_agent import Agent
 from sdk.states import TaskState
-from tests.agent.gateway_stack import GatewayEndpoint, settings_for, until
+from tests.agent.gateway_stack import (
+    GatewayEndpoint,
+    assert_cancelled,
+    publish_cancel,
+    settings_for,
+    until,
+)
 from tests.agent.helpers import AHOLD, HOLD, Gate, source_code
 
 PID = source_code("pid", "import os\n\ndef pid():\n    return os.getpid()\n")
-
-
-async def publish_cancel(endpoint: GatewayEndpoint, task_id: str) -> None:
-    """What the web service publishes when the owner cancels a running task."""
-    channel = endpoint.keys.endpoint_cancel(endpoint.endpoint_id)
-    assert await endpoint.redis.publish(channel, json.dumps({"task_id": task_id})) >= 1
-
-
-async def assert_cancelled(endpoint: GatewayEndpoint, task_id: str) -> None:
-    fields = await endpoint.task(task_id)
-    assert fields["state"] == TaskState.CANCELLED, fields
-    assert "result" not in fields and "exception" not in fields
-    assert fields["completed_at"]
 
 
 async def test_a_running_async_task_is_cancelled(endpoint: GatewayEndpoint, redis_url: str) -> None:

@@ -116,11 +116,38 @@ def test_an_explicit_endpoint_id_wins_over_the_environment() -> None:
             {**REQUIRED, "FXBROKER_ENGINE": "thread", "FXBROKER_ACCELERATORS": "0"},
             "accelerators need engine='process'",
         ),
+        ({**REQUIRED, "FXBROKER_ENGINE": "rq"}, "engine 'rq' needs rq_redis_url"),
+        (
+            {**REQUIRED, "FXBROKER_ENGINE": "rq", "FXBROKER_RQ_REDIS_URL": "127.0.0.1:6379"},
+            "engine 'rq' needs rq_redis_url",
+        ),
+        (
+            {
+                **REQUIRED,
+                "FXBROKER_ENGINE": "rq",
+                "FXBROKER_RQ_REDIS_URL": "redis://s:6379/0",
+                "FXBROKER_RQ_QUEUE": " ",
+            },
+            "rq_queue .FXBROKER_RQ_QUEUE. must not be empty",
+        ),
     ],
 )
 def test_invalid_settings_raise_a_clear_error(env: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError, match=message.replace("[", r"\[").replace("]", r"\]")):
         AgentSettings.from_env(env)
+
+
+def test_the_rq_engine_names_the_sites_redis_and_queue() -> None:
+    env = {**REQUIRED, "FXBROKER_ENGINE": "rq", "FXBROKER_RQ_REDIS_URL": "redis://site:6379/2"}
+    settings = AgentSettings.from_env(env)
+    assert (settings.engine, settings.rq_redis_url, settings.rq_queue) == (
+        "rq",
+        "redis://site:6379/2",
+        "fxbroker",
+    )
+    settings = AgentSettings.from_env({**env, "FXBROKER_RQ_QUEUE": "gpu"})
+    assert settings.rq_queue == "gpu"
+    assert "site:6379" not in repr(settings)  # the URL may hold the site's password
 
 
 def test_settings_are_keyword_only_and_frozen() -> None:

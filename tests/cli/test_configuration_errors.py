@@ -83,6 +83,9 @@ CASES = [
                   "FXBROKER_CA_FILE": "none-ca.pem"},
                  _break_nothing, "fxbroker status: the CA file 'none-ca.pem'",
                  id="status-missing-ca-file"),
+    pytest.param(["endpoint", "configure", "lab", "--engine", "rq"], {}, _break_nothing,
+                 "fxbroker endpoint configure: engine 'rq' needs rq_redis_url",
+                 id="endpoint-rq-without-redis"),
     pytest.param(["dev", "--web-port", "0", "--ws-port", "0", "--fakeredis"], {},
                  _bad_client_config, "fxbroker dev: ", id="dev-bad-client-config"),
 ]  # fmt: skip

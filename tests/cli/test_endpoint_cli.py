@@ -52,6 +52,22 @@ def test_configure_writes_a_private_toml_file_and_keeps_other_keys(
     }
 
 
+def test_configure_an_rq_endpoint(home: Path) -> None:
+    assert main(["endpoint", "configure", "site", "--engine", "rq", "--workers", "16",
+                 "--rq-redis-url", "redis://rq.site:6379/1", "--rq-queue", "gpu"]) == 0  # fmt: skip
+    path = home / "endpoints" / "site" / "config.toml"
+    config = tomllib.loads(path.read_text())
+    assert config == {"engine": "rq", "workers": 16, "rq_redis_url": "redis://rq.site:6379/1",
+                      "rq_queue": "gpu"}  # fmt: skip
+    settings = agent_settings(config, GATEWAY_ENV, endpoint_id="ep-1")
+    assert (settings.engine, settings.rq_redis_url, settings.rq_queue) == (
+        "rq",
+        "redis://rq.site:6379/1",
+        "gpu",
+    )
+    assert settings.accelerators == ()
+
+
 def test_configure_refuses_invalid_settings(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["endpoint", "configure", "bad", "--engine", "thread", "--accelerators", "0"]) == 2
     assert "accelerators need engine='process'" in capsys.readouterr().err
