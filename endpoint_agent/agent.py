@@ -428,11 +428,16 @@ class Agent:
             self._draining = True
             await rt.transport.draining()
         engine = rt.engine
+        cancelled: list[asyncio.Task[None]] = []
         for held in list(self._held.values()):
             if held.task is not None and not held.running and not held.task.done():
                 self._stop_task(held, _Stop.HAND_BACK)
+                cancelled.append(held.task)
             elif held.in_engine and not engine.started(held.work.key):
                 self._stop_task(held, _Stop.HAND_BACK)
+        if cancelled:
+            await asyncio.wait(cancelled)  # each puts itself on the returned list as it ends
+        await self._hand_back()  # now, not after the grace: another agent can run them
         await self._wait_running(grace_s)
         for held in list(self._held.values()):
             if (held.task is not None and not held.task.done()) or held.in_engine:

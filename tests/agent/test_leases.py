@@ -171,6 +171,39 @@ async def test_a_stopping_agent_hands_tasks_back_for_another_at_once(
     await endpoint.assert_settled()
 
 
+async def test_a_stopping_agent_hands_back_what_waits_for_a_slot_before_its_grace(
+    stack: GatewayStack, endpoint: GatewayEndpoint, redis_url: str
+) -> None:
+    """A stop gives running tasks the grace period, but tasks still waiting for a worker go
+    back at once: another agent runs them while the first one's task is still running."""
+    hold = await endpoint.register(HOLD)
+    gate = Gate(endpoint)
+    task_ids = await endpoint.submit_many(hold, [(gate.args(redis_url), {}) for _ in range(3)])
+    async with stack.ws(lease_ms=HOUR_MS) as server:
+        url = ws_url(server)
+        first = agent_settings(endpoint, url, engine="thread", workers=1, prefetch=2,
+                               consumer="first", drain_grace_s=60)  # fmt: skip
+        second = agent_settings(endpoint, url, engine="thread", workers=2, consumer="second")
+        async with Agent(first) as agent:
+            running = asyncio.create_task(agent.run())
+            await gate.wait_started(1)
+            assert agent.held == 3  # one running, two waiting for its only worker
+            agent.stop()
+            async with Agent(second) as other:
+                serving = asyncio.create_task(other.run())
+                await gate.wait_started(2)  # within the first agent's grace of 60 s
+                await gate.release(3)
+                await asyncio.wait_for(running, timeout=30)
+                other.stop()
+                await asyncio.wait_for(serving, timeout=30)
+
+    agents = sorted([(await endpoint.task(task_id))["agent"] for task_id in task_ids])
+    assert agents == ["first", "second", "second"]
+    for task_id in task_ids:
+        assert await endpoint.result(task_id) is True
+    await endpoint.assert_settled()
+
+
 async def hand_over(
     endpoint: GatewayEndpoint,
     gate: Gate,
