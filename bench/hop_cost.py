@@ -136,6 +136,16 @@ class CpuMeter:
         return us, a.redis_calls - b.redis_calls
 
 
+def throughput_platform(redis_url: str, workdir: Path, s: BenchSettings) -> Platform:
+    """The throughput row's platform alone: web, ws and one agent (process engine, 2
+    workers) on ``redis_url``, its logs in ``workdir``."""
+    return Platform(
+        redis_url=redis_url, database_url=None, workdir=workdir, tag=uuid.uuid4().hex[:10],
+        agents=[AgentSpec(fx.PROCESS, "process", 2)], idle_endpoints=[],
+        start_timeout_s=s.start_timeout_s,
+    )  # fmt: skip
+
+
 def _pids(platform_: Platform) -> dict[str, int]:
     """The service processes by role, from the command each was started with."""
     role = {"web": "web", "ws": "ws (gateway)", "endpoint": "agent"}
@@ -270,11 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows: list[tuple[float, dict[str, float], Counter[str]]] = []
     try:
         with RedisServer(args.redis_url) as server:
-            platform_ = Platform(
-                redis_url=server.url, database_url=None, workdir=workdir,
-                tag=uuid.uuid4().hex[:10], agents=[AgentSpec(fx.PROCESS, "process", 2)],
-                idle_endpoints=[], start_timeout_s=s.start_timeout_s,
-            )  # fmt: skip
+            platform_ = throughput_platform(server.url, workdir, s)
             with platform_ as deployment:
                 pids = _pids(platform_)
                 for i in range(s.repeat):

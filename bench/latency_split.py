@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import statistics
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,7 +34,8 @@ import redis
 
 from bench import fx_workloads as fx
 from bench import tasks
-from bench.platform import AgentSpec, Deployment, Platform
+from bench.hop_cost import throughput_platform
+from bench.platform import Deployment
 from bench.services import RedisServer
 from bench.settings import BenchSettings
 from fxbroker import AsyncClient
@@ -103,15 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     s = BenchSettings.full(repeat=1)
     workdir = Path(tempfile.mkdtemp(prefix="fxbroker-latency-split-"))
-    with RedisServer(args.redis_url) as server:
-        platform_ = Platform(
-            redis_url=server.url, database_url=None, workdir=workdir,
-            tag=uuid.uuid4().hex[:10], agents=[AgentSpec(fx.PROCESS, "process", 2)],
-            idle_endpoints=[], start_timeout_s=s.start_timeout_s,
-        )  # fmt: skip
-        with platform_ as deployment:
-            trips = asyncio.run(_trips(deployment, args.trips, s.task_timeout_s))
-            print(render(split(deployment, trips)), flush=True)
+    with RedisServer(args.redis_url) as server, throughput_platform(server.url, workdir, s) as d:
+        trips = asyncio.run(_trips(d, args.trips, s.task_timeout_s))
+        print(render(split(d, trips)), flush=True)
+    shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 
