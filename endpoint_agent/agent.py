@@ -435,8 +435,8 @@ class Agent:
                 cancelled.append(held.task)
             elif held.in_engine and not engine.started(held.work.key):
                 self._stop_task(held, _Stop.HAND_BACK)
-        if cancelled:
-            await asyncio.wait(cancelled)  # each puts itself on the returned list as it ends
+        if cancelled:  # not yet in user code: each ends at once, on the returned list
+            await asyncio.wait(cancelled, timeout=grace_s)
         await self._hand_back()  # now, not after the grace: another agent can run them
         await self._wait_running(grace_s)
         for held in list(self._held.values()):
