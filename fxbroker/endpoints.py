@@ -48,6 +48,7 @@ import tomli_w
 from endpoint_agent.accelerators import detect_accelerators
 from endpoint_agent.settings import AgentSettings
 from fxbroker import loops
+from sdk import tls
 from sdk.config import ClientConfig
 from sdk.errors import ConfigurationError
 
@@ -439,35 +440,44 @@ def list_endpoints(home: Path, environ: Mapping[str, str]) -> list[EndpointRow]:
         online = None
         if endpoint_id is not None:
             service = _service(merged_environment(read_config(folder), environ))
-            online = None if service is None else heartbeat_online(*service, endpoint_id)
+            online = None if service is None else heartbeat_online(*service[:2], endpoint_id,
+                                                                   ca_file=service[2])  # fmt: skip
         rows.append(EndpointRow(folder.name, endpoint_id, running_pid(folder), online))
     return rows
 
 
-def _service(merged: Mapping[str, str]) -> tuple[str, str] | None:
-    """The URL and token of the endpoint's web service: its own settings, else the service
-    ``Client()`` finds (``$FXBROKER_HOME/config.json``); ``None`` when there is none."""
+def _service(merged: Mapping[str, str]) -> tuple[str, str, str | None] | None:
+    """The URL, token and CA file of the endpoint's web service: its own settings, else the
+    service ``Client()`` finds (``$FXBROKER_HOME/config.json``); ``None`` when there is none."""
     try:
         config = ClientConfig.from_env(
-            url=merged.get("FXBROKER_URL") or None, token=merged.get("FXBROKER_TOKEN") or None
+            url=merged.get("FXBROKER_URL") or None,
+            token=merged.get("FXBROKER_TOKEN") or None,
+            ca_file=merged.get("FXBROKER_CA_FILE") or None,
         )
     except ConfigurationError:
         return None
-    return config.url, config.token
+    return config.url, config.token, config.ca_file
 
 
-def heartbeat_online(url: str, token: str, endpoint_id: str) -> bool | None:
+def heartbeat_online(
+    url: str, token: str, endpoint_id: str, *, ca_file: str | None = None
+) -> bool | None:
     """Whether the endpoint's agents beat (``GET /v1/endpoints/{id}/status``); ``None`` when
-    the web service is not configured or does not answer."""
+    the web service is not configured or does not answer. Over https the certificate is
+    verified as every client verifies it (``ca_file``, else ``SSL_CERT_FILE``, else the
+    default CAs: ``sdk.tls``)."""
     if not url or not token:
         return None
     try:
+        context = tls.client_context(ca_file)
         reply = httpx.get(
             f"{url.rstrip('/')}/v1/endpoints/{endpoint_id}/status",
             headers={"Authorization": f"Bearer {token}"},
             timeout=STATUS_TIMEOUT_S,
+            verify=context if context is not None else True,
         )
-    except httpx.HTTPError:
+    except (httpx.HTTPError, ConfigurationError):
         return None
     if reply.status_code != 200:
         return None

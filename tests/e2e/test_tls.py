@@ -23,6 +23,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import WebSocketException
 
 from fxbroker import AsyncClient, CertificateNotTrusted, Client, ConnectionFailed, Executor
+from fxbroker.endpoints import heartbeat_online
 from fxbroker.workload import async_double, square
 from sdk._base import TaskOutcome
 from sdk.results import ResultListener
@@ -90,6 +91,25 @@ def test_client_polls_over_https_trusting_ca_file(
         results = client.wait(task_ids, timeout_s=60, poll_s=0.05)
         assert [results[t]["result"] for t in task_ids] == [x * x for x in range(5)]
         assert client.get_result(task_ids[3]) == 9
+
+
+def test_endpoint_list_asks_for_the_heartbeat_over_https_trusting_the_ca_file(
+    secure: Platform, certificates: Certificates
+) -> None:
+    """``fxbroker endpoint list`` verifies the certificate as every client does: trusting
+    the endpoint's CA file it sees the endpoint online; trusting nothing it cannot tell."""
+    ca_file = str(certificates.ca_file)
+    _wait_online(secure, ca_file)  # True with the CA file, within 30 s
+    assert heartbeat_online(secure.url, secure.token, secure.endpoint_id) is None
+
+
+def _wait_online(platform: Platform, ca_file: str) -> None:
+    """Until the platform's agent has beaten once (it starts with the platform)."""
+    deadline = time.monotonic() + 30
+    while not heartbeat_online(platform.url, platform.token, platform.endpoint_id,
+                               ca_file=ca_file):  # fmt: skip
+        assert time.monotonic() < deadline, "the endpoint never came online"
+        time.sleep(0.1)
 
 
 def test_async_client_gets_results_pushed_over_wss_trusting_ssl_cert_file(
