@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import binascii
 from typing import Any
 
+import dill
 import pytest
 from globus_compute_sdk.serialize import ComputeSerializer
 from globus_compute_sdk.serialize.concretes import (
@@ -132,3 +134,30 @@ def test_payload_packed_by_ours_unpacks_with_globus_compute() -> None:
     args_buf, kwargs_buf = gc.unpack_buffers(packed)
     assert gc.deserialize(args_buf) == (1, [2, 3])
     assert gc.deserialize(kwargs_buf) == {"k": "v"}
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [(), {}, (3, "a", b"b", 1.5, None, True), {"k": [1, (2, {"n": None})], 7: "x"}],
+)
+def test_plain_data_is_pickled_as_dill_would_pickle_it(obj: object) -> None:
+    """The standard pickler's fast path writes exactly dill's bytes for plain data, so what
+    Globus Compute or an older agent reads is unchanged."""
+    assert ser._plain(obj)
+    body = ser.serialize(obj, ser.DILL_DATA)[3:]
+    assert binascii.a2b_base64(body) == dill.dumps(obj)
+    assert ser.deserialize(ser.serialize(obj, ser.DILL_DATA)) == obj
+
+
+class _Name(str):
+    pass
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [{1, 2}, (_Name("x"),), [lambda: 1], {"deep": list(range(300))}, (1, [2, frozenset()])],
+)
+def test_anything_else_goes_to_dill(obj: object) -> None:
+    assert not ser._plain(obj)
+    body = ser.serialize(obj, ser.DILL_DATA)[3:]
+    assert binascii.a2b_base64(body) == dill.dumps(obj)
