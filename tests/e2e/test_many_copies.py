@@ -440,3 +440,58 @@ def test_sharing_and_allow_lists_changed_through_one_copy_hold_on_the_other(
     _until(
         lambda: _submits(copies, 1, copies.token, fid), within, "an allow-list cleared on A on B"
     )
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    proc.kill()  # SIGKILL: no goodbye to its agents and clients
+    proc.wait(10)
+
+
+def test_a_ws_copy_killed_mid_run_loses_nothing(copies: Copies) -> None:
+    """ws copy 0 is SIGKILLed once a quarter of the results reached the AsyncClient: agent 0
+    and both push clients (told both copies, copy 0 first) move to copy 1, and every task's
+    result reaches its client, counted once by a tap on copy 1. Runs last: the copy stays
+    dead."""
+    ring = ",".join(copies.ws_urls)
+    seconds = [0.04 + x / 100_000 for x in range(N)]  # each value its own
+    async_group, executor_group = _new_group(copies, 0), _new_group(copies, 1)
+    taps = [Tap(copies.ws_urls[1], copies.token, g, N + 1) for g in (async_group, executor_group)]
+
+    async def pushed() -> tuple[list[float], int]:
+        async with AsyncClient(
+            url=copies.web_urls[0],
+            token=copies.token,
+            ws_url=ring,
+            endpoint_id=copies.endpoint_id,
+            task_group_id=async_group,
+        ) as ac:
+            fid = await ac.register_function(nap)
+            handles = [ac.submit(s, function_id=fid) for s in seconds]
+            quarter, done = asyncio.Event(), Counter[str]()
+
+            def count(_: asyncio.Future[Any]) -> None:
+                done["results"] += 1
+                if done["results"] >= N // 4:
+                    quarter.set()
+
+            for handle in handles:
+                handle.future.add_done_callback(count)
+            await asyncio.wait_for(quarter.wait(), 120)
+            assert ac.results.subscriptions == 1
+            _kill(copies.ws[0])
+            assert done["results"] < N, "the run was over before the kill"
+            values = await asyncio.wait_for(asyncio.gather(*handles), 120)
+            return list(values), ac.results.subscriptions
+
+    with _tapping(taps), Client(url=copies.web_urls[1], token=copies.token, ws_url=ring) as sync:
+        with Executor(copies.endpoint_id, client=sync, task_group_id=executor_group) as ex:
+            futures = [ex.submit(nap, s) for s in seconds]
+            values, subscriptions = asyncio.run(pushed())
+            assert [f.result(timeout=120) for f in futures] == seconds
+    assert values == seconds
+    assert subscriptions == 2  # resubscribed once, on copy 1
+    agent = copies.agents[0]
+    _until(lambda: copies.ws_ports[1] in remote_ports(agent.pid), 30, "agent 0 on ws copy 1")
+    for tap in taps:
+        assert len(tap.counts) == N + 1
+        assert tap.repeats() == {}, tap.task_group_id
