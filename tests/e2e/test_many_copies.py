@@ -107,7 +107,7 @@ def copies(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         "DATABASE_URL": next(db_gen),
         "REDIS_URL": redis_url,
         "FXBROKER_KEY_PREFIX": prefix,
-        "FXBROKER_WS_URL": ws_urls[0],  # what the web copies announce
+        "FXBROKER_WS_URL": ",".join(ws_urls),  # what the web copies announce
         "FXBROKER_WORKERS": "2",
         "FXBROKER_CATALOG_CACHE_S": str(CACHE_S),
         "FXBROKER_AUTH_CACHE_S": str(CACHE_S),
@@ -258,6 +258,9 @@ def _new_group(copies: Copies, web: int) -> str:
 
 
 def test_each_agent_serves_through_its_own_ws_copy(copies: Copies) -> None:
+    for url in copies.web_urls:  # and every web copy tells clients of both ws copies
+        info = httpx.get(url + "/v1/info", headers={"Authorization": f"Bearer {copies.token}"})
+        assert info.json()["ws_url"] == ",".join(copies.ws_urls)
     for agent, port in zip(copies.agents, copies.ws_ports, strict=True):
         _until(lambda: port in remote_ports(agent.pid), 30, f"agent {agent.pid} on {port}")  # noqa: B023
 
