@@ -427,8 +427,14 @@ def test_sharing_and_allow_lists_changed_through_one_copy_hold_on_the_other(
     _put(web_a, copies.token, f"{endpoint}/sharing", {"users": [bob_name]})
     _until(lambda: _submits(copies, 1, bob, fid), within, "a share made on A seen on B")
 
-    _put(web_a, copies.token, f"/v1/functions/{fid}/sharing", {"public": False, "users": []})
-    _until(lambda: not _submits(copies, 1, bob, fid), within, "an unshare made on A seen on B")
+    function_sharing = f"/v1/functions/{fid}/sharing"
+    _put(web_a, copies.token, function_sharing, {"public": False, "users": []})
+    _until(lambda: not _submits(copies, 1, bob, fid), within, "a function unshared on A, on B")
+
+    _put(web_a, copies.token, function_sharing, {"public": False, "users": [bob_name]})
+    _until(lambda: _submits(copies, 1, bob, fid), within, "a function shared again on A, on B")
+    _put(web_a, copies.token, f"{endpoint}/sharing", {"users": []})
+    _until(lambda: not _submits(copies, 1, bob, fid), within, "an endpoint unshared on A, on B")
 
     assert _submits(copies, 1, copies.token, fid)  # B has the endpoint's allow-list cached
     try:
