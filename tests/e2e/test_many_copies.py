@@ -5,7 +5,8 @@ Every result reaches its client once (taps subscribed to each task group on both
 count what the service pushes, task by task); cancel and reload work through the copy that
 did not submit; sharing and allow-list changes made through one web copy take effect
 through the other within the catalog cache time (``FXBROKER_CATALOG_CACHE_S``, set short
-here), polled with a deadline, never waited out by a fixed sleep.
+here), polled with a deadline, never waited out by a fixed sleep. Last, one ws copy is
+SIGKILLed mid-run: the agent and the push clients on it move to the other, nothing is lost.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ COPIES = 2
 N = 300
 """Tasks per client style."""
 CACHE_S = 2.0
-"""``FXBROKER_CATALOG_CACHE_S`` and ``FXBROKER_AUTH_CACHE_S`` of both web copies."""
+"""``FXBROKER_CATALOG_CACHE_S`` and ``FXBROKER_AUTH_CACHE_S`` of both web copies, and
+``FXBROKER_WS_AUTH_CACHE_S`` of both ws copies."""
 MARGIN_S = 10.0
 """What a change may take beyond the cache time on a busy machine."""
 QUIET_S = 1.0
