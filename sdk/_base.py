@@ -782,6 +782,15 @@ def results_url(ws_url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
 
 
+def results_urls(ws_url: str) -> list[str]:
+    """The push endpoints of one or several copies of the WebSocket service, given as one
+    URL or several comma-separated (``ws://a:8001,ws://b:8001``), in the order given."""
+    urls = [results_url(part.strip()) for part in ws_url.split(",") if part.strip()]
+    if not urls:
+        raise ConfigurationError(f"WebSocket URL {ws_url!r} names no ws:// or wss:// URL")
+    return urls
+
+
 def normalize_path(path: str) -> str:
     return path[: -len(API)] if path.endswith(API) else path
 

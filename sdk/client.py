@@ -167,7 +167,8 @@ class Client:
 
     @property
     def ws_url(self) -> str:
-        """The WebSocket service's base URL (see :meth:`get_ws_url`)."""
+        """The WebSocket service's base URL, or its copies' comma-separated (see
+        :meth:`get_ws_url`)."""
         return self.get_ws_url()
 
     def get_ws_url(self) -> str:

@@ -22,6 +22,10 @@ The outage bound is how long a client retries a service that does not answer (or
 ``wss://`` service's certificate is checked against; without one, ``SSL_CERT_FILE`` or the
 default authorities are (:mod:`sdk.tls`).
 
+The WebSocket URL may name several copies of the ws service, comma-separated
+(``ws://a:8001,ws://b:8001``): pushed results come from the first, and from the next, round
+robin, whenever a connection fails (:mod:`sdk.results`).
+
 WebSocket compression is ``none`` (the default: no permessage-deflate is offered, results
 are mostly base64 that compresses little) or ``deflate`` (offered; used if the service has
 it on too). The linger is how long the result WebSocket stays open after the last awaited

@@ -17,6 +17,10 @@ Delivery contract:
   an ``UNAVAILABLE`` or ``INTERNAL`` error frame) it reconnects with capped, jittered
   exponential backoff (:mod:`sdk.retry`) and resubscribes from the last cursor, so nothing
   completed meanwhile is missed.
+* ``ws_url`` may name several copies of the ws service, comma-separated: the listener
+  connects to the first, and after a failed connect or a dropped connection tries the next,
+  round robin, so a client whose copy died resubscribes on another within one backoff step
+  (cursors are the results stream's, the same on every copy).
 * The ws service delivers at least once; the listener drops repeats by task id, so each
   callback runs once.
 * A result can arrive before the submit that made it has answered (the task ran fast). While
@@ -79,7 +83,8 @@ class ResultListener:
         compression: str = "none",
         linger_s: float = 0.0,
     ) -> None:
-        """``ws_url`` gives the ws service's base URL (awaited when a connection opens).
+        """``ws_url`` gives the ws service's base URL, or several copies' comma-separated
+        (awaited when a connection opens).
         ``task_group_id`` may be set later, but before the first :meth:`watch`. ``retry``
         says how reconnects back off and how long an outage is waited out. ``ssl_context``
         verifies a ``wss://`` service (``None``: the default one; :mod:`sdk.tls`).
@@ -96,6 +101,7 @@ class ResultListener:
         self._linger_s = linger_s
         self._lingered_out = False  # the last connection was closed by the linger, not lost
         self._opened = 0
+        self._turn = 0  # which of the ws copies the next connection tries
         self._waiting: dict[str, Resolve] = {}
         self._early: dict[str, TaskOutcome] = {}
         self._submitting = 0
@@ -197,8 +203,8 @@ class ResultListener:
         loop = asyncio.get_running_loop()
         while self._waiting:
             try:
-                base = await self._ws_url()
-                url = _base.results_url(base)
+                urls = _base.results_urls(await self._ws_url())
+                url = urls[self._turn % len(urls)]
             except Exception as exc:
                 self._fail_all(exc)
                 return
@@ -231,6 +237,7 @@ class ResultListener:
                     continue
             if not self._waiting:
                 return
+            self._turn += 1  # the next copy, if there are several
             now = loop.time()
             delay = self._outage.failed(now, reason, retry_after_s=retry_after_s)
             if delay is None:

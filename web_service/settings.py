@@ -6,7 +6,8 @@ Environment variables read by :meth:`WebSettings.from_env` (nothing is read at i
                                    asyncio forms (postgresql+asyncpg://, sqlite+aiosqlite:///)
     REDIS_URL                      required; redis://, rediss:// or unix://
     FXBROKER_KEY_PREFIX            Redis key prefix (default "fx")
-    FXBROKER_WS_URL                public ws:// or wss:// URL of the ws service (default "")
+    FXBROKER_WS_URL                public ws:// or wss:// URL of the ws service, or of its
+                                   copies, comma-separated; announced to clients (default "")
     FXBROKER_RESULT_TTL_S          seconds results and task-group lists live (default 7 days)
     FXBROKER_MAX_BODY_BYTES        largest request body accepted (default 10 MiB)
     FXBROKER_MAX_TASKS_PER_BATCH   most tasks in one submit (default 10000)
@@ -124,7 +125,8 @@ class WebSettings(RedisSettings):
     def __post_init__(self) -> None:
         super().__post_init__()
         object.__setattr__(self, "database_url", async_database_url(self.database_url))
-        check_url("ws_url", self.ws_url, WS_SCHEMES, allow_empty=True)
+        for url in self.ws_url.split(",") if self.ws_url else ():  # several copies: each
+            check_url("ws_url", url.strip(), WS_SCHEMES)
         check_url("amqp_url", self.amqp_url, AMQP_SCHEMES, allow_empty=True)
         check_url("amqp_public_url", self.amqp_public_url, AMQP_SCHEMES, allow_empty=True)
         if self.amqp_public_url and not self.amqp_url:

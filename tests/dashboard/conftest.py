@@ -26,7 +26,8 @@ from playwright.sync_api import (
     sync_playwright,
 )
 
-from tests.e2e.conftest import FXBROKER, Platform, running_platform
+from tests.e2e.conftest import Platform, running_platform
+from tests.e2e.processes import FXBROKER
 
 CHROMIUM = "/usr/bin/chromium"
 WAIT_MS = 60_000

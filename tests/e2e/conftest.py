@@ -15,24 +15,26 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
-import sys
-import time
 import uuid
-from collections.abc import Generator, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-import redis
 
-from tests.conftest import free_port, postgres_database, wait_for_port
+from tests.conftest import free_port, wait_for_port
+from tests.e2e.processes import (
+    ENDPOINT_NAME,
+    FXBROKER,
+    delete_keys,
+    platform_database,
+    stop_processes,
+    wait_for_endpoint_id,
+)
 from tests.e2e.sockets import SocketWatch
 from tests.tls_certificates import Certificates
-
-FXBROKER = [sys.executable, "-m", "fxbroker.cli"]
 
 
 @dataclass(frozen=True)
@@ -46,37 +48,6 @@ class Platform:
     ws_port: int
     agent: SocketWatch
     """The TCP peers of the agent process and its workers, sampled from its start."""
-
-
-def _database(tmp: Path) -> Generator[str, None, None]:
-    url = os.environ.get("DATABASE_URL")
-    if url:
-        yield from postgres_database(url)
-    else:
-        yield f"sqlite+aiosqlite:///{tmp / 'fxbroker.db'}"
-
-
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for proc in reversed(procs):
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    for proc in reversed(procs):
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _wait_for_endpoint_id(home: Path, agent: subprocess.Popen[bytes]) -> str:
-    """The id ``fxbroker endpoint start`` stored once it registered the endpoint."""
-    path = home / "endpoints" / "e2e-endpoint" / "endpoint_id"
-    deadline = time.monotonic() + 60
-    while not (path.exists() and path.read_text().strip()):
-        assert agent.poll() is None, "fxbroker endpoint start exited"
-        assert time.monotonic() < deadline, "the endpoint was not registered within 60 s"
-        time.sleep(0.05)
-    return path.read_text().strip()
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +75,7 @@ def running_platform(
     url, ws_url = f"http{secure}://127.0.0.1:{web_port}", f"ws{secure}://127.0.0.1:{ws_port}"
     procs: list[subprocess.Popen[bytes]] = []
     stop_watch: list[SocketWatch] = []
-    db_gen = _database(tmp)
+    db_gen = platform_database(tmp)
     database_url = next(db_gen)
     log = (tmp / "platform.log").open("wb")
     env = {
@@ -142,23 +113,19 @@ def running_platform(
         wait_for_port(web_port, 30)
         wait_for_port(ws_port, 30)
         agent = subprocess.Popen(
-            [*FXBROKER, "endpoint", "start", "e2e-endpoint"],
+            [*FXBROKER, "endpoint", "start", ENDPOINT_NAME],
             env=agent_env, stdout=log, stderr=log,
         )  # fmt: skip
         procs.append(agent)
         watch = SocketWatch(agent.pid).start()
         stop_watch.append(watch)
-        endpoint_id = _wait_for_endpoint_id(tmp / "home", agent)
+        endpoint_id = wait_for_endpoint_id(tmp / "home", agent)
         redis_port = urlsplit(redis_url).port or 6379
         yield Platform(url, ws_url, token, endpoint_id, env, redis_port, ws_port, watch)
     finally:
         for watch in stop_watch:
             watch.stop()
-        _stop(procs)
+        stop_processes(procs)
         log.close()
         db_gen.close()
-        client_redis = redis.Redis.from_url(redis_url)
-        stale = list(client_redis.scan_iter(match=f"{prefix}:*", count=1000))
-        for i in range(0, len(stale), 500):
-            client_redis.delete(*stale[i : i + 500])
-        client_redis.close()
+        delete_keys(redis_url, prefix)

@@ -61,7 +61,8 @@ from globus_compute_sdk.errors import TaskExecutionFailed, TaskPending, VersionM
 from globus_sdk.services.compute.errors import ComputeAPIError
 
 from fxbroker.workload import fail, square
-from tests.e2e.conftest import FXBROKER, Platform
+from tests.e2e.conftest import Platform
+from tests.e2e.processes import FXBROKER
 from web_service.routes import compute_v2, compute_v3
 
 DEADLINE_S = 60.0

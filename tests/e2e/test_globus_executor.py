@@ -36,7 +36,8 @@ from globus_compute_sdk.sdk.executor import _RESULT_WATCHERS
 from fxbroker.workload import fail, square
 from sdk.keys import Keys
 from service_common.amqp import EXCHANGE, STREAM_ID_HEADER, ledger_name, queue_name
-from tests.e2e.conftest import FXBROKER, Platform, running_platform
+from tests.e2e.conftest import Platform, running_platform
+from tests.e2e.processes import FXBROKER
 from tests.rabbitmq import amqp_url
 
 __all__ = ["amqp_url"]

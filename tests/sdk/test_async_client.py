@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 from fxbroker import APIError, AsyncClient, TaskPending
 from sdk._base import TaskOutcome
 from sdk.results import ResultListener
+from tests.conftest import free_port
 from tests.sdk.stack import Services, Stack
 from tests.sdk.workload import async_add, fail, scale, square
 
@@ -175,6 +176,24 @@ async def test_listener_drops_duplicates_and_resubscribes_after_a_restart(
         assert late.calls == {later[0]: [(16, None)]}
         assert early.calls == {first: [(4, None)], second: [(9, None)]}
         await listener.aclose()
+
+
+async def test_pushed_results_come_from_the_next_ws_copy_when_one_is_down(stack: Stack) -> None:
+    """Given two ws copies, the first one refusing connections (nothing listens there), the
+    client's results come from the second."""
+    s = services(stack)
+    await stack.serve(s.endpoint_id)
+    down = f"ws://127.0.0.1:{free_port()}"
+    async with AsyncClient(s.url, s.token, ws_url=f"{down},{s.ws_url}") as ac:
+        fid = await ac.register_function(square)
+        values = await asyncio.wait_for(
+            asyncio.gather(
+                *(ac.run(i, endpoint_id=s.endpoint_id, function_id=fid) for i in range(5))
+            ),
+            30,
+        )
+        assert values == [i * i for i in range(5)]
+        assert ac.results.connections == 1  # the copy that is down was never connected
 
 
 def _one(ac: AsyncClient, fid: str, x: int) -> Any:

@@ -186,6 +186,18 @@ def test_batch_results_names_unknown_ids() -> None:
     assert caught.value.status == 404
 
 
+def test_results_urls_of_several_copies() -> None:
+    assert _base.results_urls("ws://a:1") == ["ws://a:1/v1/results"]
+    assert _base.results_urls("ws://a:1, wss://b/base/,") == [
+        "ws://a:1/v1/results",
+        "wss://b/base/v1/results",
+    ]
+    with pytest.raises(ConfigurationError):
+        _base.results_urls(" , ")
+    with pytest.raises(ConfigurationError):
+        _base.results_urls("ws://a:1,http://b")
+
+
 def test_results_url() -> None:
     assert _base.results_url("ws://127.0.0.1:8001") == "ws://127.0.0.1:8001/v1/results"
     assert _base.results_url("wss://h/base/") == "wss://h/base/v1/results"

@@ -48,6 +48,11 @@ def test_every_variable_is_read() -> None:
     ) == ("prod", "wss://push.example.org", 60, 1000, 7, 0.5, 0)
 
 
+def test_the_ws_url_may_name_several_copies() -> None:
+    several = "ws://a:8001,wss://b.example.org"
+    assert WebSettings.from_env({**BASE, "FXBROKER_WS_URL": several}).ws_url == several
+
+
 def test_the_issue_3_variables_are_read() -> None:
     settings = WebSettings.from_env(
         {
@@ -114,6 +119,8 @@ def test_database_urls_get_their_asyncio_driver(url: str, expected: str) -> None
         {**BASE, "FXBROKER_MAX_TASKS_PER_BATCH": "1.5"},
         {**BASE, "FXBROKER_AUTH_CACHE_S": "-1"},
         {**BASE, "FXBROKER_WS_URL": "http://127.0.0.1:8001"},
+        {**BASE, "FXBROKER_WS_URL": "ws://a:8001,http://b:8001"},
+        {**BASE, "FXBROKER_WS_URL": "ws://a:8001,"},
         {**BASE, "FXBROKER_KEY_PREFIX": "a:b"},
         {**BASE, "FXBROKER_KEY_PREFIX": ""},
         {**BASE, "FXBROKER_GLOBUS_CLIENT_ID": "client"},
