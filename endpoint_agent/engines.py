@@ -19,6 +19,8 @@ slot it held is free at once.
   and no pickling, but no isolation either; use it for I/O-bound functions.
 * :class:`~endpoint_agent.rq_engine.RqEngine`: each call an rq job on the site's own Redis,
   run by the site's ``rq worker`` processes on any number of nodes.
+* :class:`~endpoint_agent.parsl_engine.ParslEngine`: each call a Parsl app call on a
+  ``HighThroughputExecutor``, whose provider reaches Slurm, PBS, Kubernetes or this node.
 """
 
 from __future__ import annotations
@@ -199,4 +201,15 @@ def make_engine(settings: AgentSettings) -> Engine:
             ) from exc
 
         return RqEngine(settings.workers, redis_url=settings.rq_redis_url, queue=settings.rq_queue)
+    if settings.engine == "parsl":
+        try:  # imported here: parsl is an optional dependency
+            from endpoint_agent.parsl_engine import ParslEngine
+        except ImportError as exc:
+            raise SettingsError(
+                f"engine 'parsl' needs the parsl package ({exc}): pip install 'fxbroker[parsl]'"
+            ) from exc
+
+        return ParslEngine(
+            settings.workers, config_path=settings.parsl_config, run_dir=settings.parsl_run_dir
+        )
     return ProcessEngine(settings.workers, accelerators=settings.accelerators)
