@@ -83,10 +83,10 @@ def load_config(path: str | Path, *, run_dir: str | Path) -> Config:
     one HTE of its ``provider`` and ``executor`` options; nothing is started."""
     try:
         namespace = runpy.run_path(str(path))
-    except ImportError as exc:
-        raise SettingsError(f"parsl_config {str(path)!r} needs a module: {exc}") from exc
-    except OSError as exc:
-        raise SettingsError(f"parsl_config {str(path)!r} cannot be read: {exc}") from exc
+    except Exception as exc:  # a missing file or module, a mistake in it, Parsl's refusal
+        raise SettingsError(
+            f"parsl_config {str(path)!r} does not load: {type(exc).__name__}: {exc}"
+        ) from exc
     provider = namespace.get("provider")
     if not isinstance(provider, ExecutionProvider):
         raise SettingsError(
