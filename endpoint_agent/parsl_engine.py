@@ -27,6 +27,10 @@ running); the rest wait in the engine (the look-ahead is ``workers``), and backp
 as with the other engines. Size ``workers`` to the Parsl workers the provider's blocks give
 (nodes x workers per node).
 
+**Logs.** Parsl writes its own log (DEBUG) to ``parsl.log`` in its numbered run directory
+under ``parsl_run_dir``, the interchange's and the workers' beside it; while the engine runs,
+Parsl's lines do not reach the agent's log.
+
 **Started.** The HTE reports no start of a task, and nothing handed to it can be taken back,
 so a call counts as started once it is handed to Parsl: a drain gives it the grace.
 
@@ -74,6 +78,7 @@ from service_common.errors import SettingsError
 
 log = logging.getLogger(__name__)
 
+_PARSL_LOG = logging.getLogger("parsl")
 LABEL = "fxbroker"
 """The label of the engine's HTE (and of its log directory in the run directory)."""
 
@@ -148,13 +153,24 @@ class ParslEngine:
     def __init__(self, workers: int, *, config_path: str, run_dir: str) -> None:
         self.workers = workers
         self._loop = asyncio.get_running_loop()
-        config = load_config(config_path, run_dir=run_dir)
+        # Parsl logs at DEBUG to parsl.log in its run directory (and sets its loggers to
+        # DEBUG); its lines stay out of the agent's own log until aclose restores them.
+        self._log_state = (_PARSL_LOG.level, _PARSL_LOG.propagate)
+        _PARSL_LOG.propagate = False
+        try:
+            config = load_config(config_path, run_dir=run_dir)
+        except BaseException:
+            self._restore_logging()
+            raise
         self._pending: deque[_ParslCall] = deque()
         self._calls: dict[str, _ParslCall] = {}  # by key: submitted, not done or stopped
         self._inflight: set[_ParslCall] = set()  # handed to Parsl, no outcome yet
         self._dfk: DataFlowKernel | None = None
         self._broken: Outcome | None = None  # Parsl did not start: every call fails so
-        self._start = asyncio.create_task(self._started(config), name="fxbroker-parsl-start")
+        # Parsl starts in a thread (its interchange takes a while), which runs to its end even
+        # if the agent is cancelled meanwhile: aclose then cleans up what it started.
+        self._starting = self._loop.run_in_executor(None, DataFlowKernel, config)
+        self._start = asyncio.create_task(self._started(), name="fxbroker-parsl-start")
 
     # -- the engine interface ----------------------------------------------------------
 
@@ -183,9 +199,9 @@ class ParslEngine:
 
     # -- handing calls to Parsl --------------------------------------------------------
 
-    async def _started(self, config: Config) -> None:
+    async def _started(self) -> None:
         try:
-            self._dfk = await asyncio.to_thread(DataFlowKernel, config)
+            self._dfk = await asyncio.shield(self._starting)
         except Exception as exc:
             log.exception("the Parsl executor did not start")
             self._broken = Outcome.failure(
@@ -241,12 +257,29 @@ class ParslEngine:
         """Clean Parsl up: its blocks are cancelled (their workers killed, with what they
         still run) and its interchange stopped. Calls still in Parsl are the agent's to have
         stopped first (a drain)."""
-        await self._start
-        if self._dfk is not None:
-            logs = _log_files(self._dfk.run_dir)
-            await asyncio.to_thread(self._dfk.cleanup)
+        try:
+            try:
+                dfk = await asyncio.shield(self._starting)
+            except Exception:
+                return  # Parsl did not start (``_started`` logged why): nothing to clean up
+            logs = _log_files(dfk.run_dir)
+            cleanup = self._loop.run_in_executor(None, dfk.cleanup)
+            try:
+                await asyncio.shield(cleanup)
+            except asyncio.CancelledError:  # the workers must end all the same
+                with contextlib.suppress(Exception):
+                    await cleanup
+                raise
             for handler in logs:  # Parsl's clean-up detaches its log file but leaves it open
                 handler.close()
+        finally:
+            self._start.cancel()
+            self._restore_logging()
+
+    def _restore_logging(self) -> None:
+        level, propagate = self._log_state
+        _PARSL_LOG.setLevel(level)
+        _PARSL_LOG.propagate = propagate
 
 
 def _log_files(run_dir: str) -> list[logging.FileHandler]:

@@ -141,7 +141,7 @@ async def test_a_thousand_tasks_a_raise_a_walltime_and_a_lost_worker(
 
 
 async def test_sigterm_hands_back_the_tasks_in_flight(
-    endpoint: GatewayEndpoint, site: Path, redis_url: str
+    endpoint: GatewayEndpoint, site: Path, redis_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     hold = await endpoint.register(HOLD)
     gate = Gate(endpoint)
@@ -149,6 +149,11 @@ async def test_sigterm_hands_back_the_tasks_in_flight(
     settings = parsl_settings(endpoint, site, drain_grace_s=0)
 
     running = asyncio.create_task(run_agent(settings))
+
+    async def both_started() -> bool:  # Parsl starts its block first: seconds, not a blpop's
+        return bool(await endpoint.redis.llen(gate.started) >= PARSL_WORKERS)
+
+    await until(both_started, "both Parsl workers to start a task")
     pids = await gate.wait_started(PARSL_WORKERS)  # both Parsl workers run one; three wait
     os.kill(os.getpid(), signal.SIGTERM)
     await asyncio.wait_for(running, timeout=60)
@@ -161,6 +166,9 @@ async def test_sigterm_hands_back_the_tasks_in_flight(
     # Parsl could not stop the running tasks; its clean-up ended the workers running them.
     await until(lambda: not any(alive(int(pid)) for pid in pids), "the Parsl workers to end")
     assert not worker_pids(Path(settings.parsl_run_dir))
+    # Parsl's DEBUG lines went to its own log, not to the agent's.
+    assert not [r for r in caplog.records if r.name.startswith("parsl")]
+    assert "Parsl task" in (Path(settings.parsl_run_dir) / "000" / "parsl.log").read_text()
 
     async with Agent(settings_for(endpoint, engine="thread", workers=5)) as agent:
         again = asyncio.create_task(agent.run(burst=True))
