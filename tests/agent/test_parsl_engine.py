@@ -24,7 +24,13 @@ from endpoint_agent.engines import make_engine
 from endpoint_agent.parsl_engine import LABEL, load_config
 from sdk.states import TaskState
 from service_common.errors import SettingsError
-from tests.agent.gateway_stack import GatewayEndpoint, settings_for, until
+from tests.agent.gateway_stack import (
+    GatewayEndpoint,
+    assert_cancelled,
+    publish_cancel,
+    settings_for,
+    until,
+)
 from tests.agent.helpers import HOLD, Gate, source_code
 
 PARSL_WORKERS = 2
@@ -178,6 +184,70 @@ async def test_sigterm_hands_back_the_tasks_in_flight(
     for task_id in task_ids:
         assert await endpoint.result(task_id) is True
     await endpoint.assert_settled()
+
+
+async def test_a_cancel_settles_the_task_and_parsl_runs_the_call_to_its_end(
+    endpoint: GatewayEndpoint, site: Path, redis_url: str
+) -> None:
+    """The HTE cannot stop a task it was handed: the cancel settles the task at once, the
+    call runs on in its Parsl worker (its outcome dropped), holding the agent's one slot,
+    and the next task runs once it ends."""
+    hold = await endpoint.register(HOLD)
+    square = await endpoint.register(SQUARE)
+    gate = Gate(endpoint)
+    doomed = await endpoint.submit(hold, *gate.args(redis_url))
+
+    async with Agent(parsl_settings(endpoint, site, workers=1)) as agent:
+        running = asyncio.create_task(agent.run(burst=True))
+
+        async def started() -> bool:
+            return bool(await endpoint.redis.llen(gate.started) >= 1)
+
+        await until(started, "the Parsl worker to start the task")
+        (worker_pid,) = await gate.wait_started()
+        await publish_cancel(endpoint, doomed)
+        await asyncio.wait_for(running, timeout=30)
+        await assert_cancelled(endpoint, doomed)
+        assert alive(int(worker_pid))  # Parsl's worker still runs the cancelled call
+
+        after = await endpoint.submit(square, 7)
+        again = asyncio.create_task(agent.run(burst=True))
+        await gate.release()  # the cancelled call ends, and frees its slot
+        await asyncio.wait_for(again, timeout=30)
+
+    assert await endpoint.result(after) == 49
+    await assert_cancelled(endpoint, doomed)  # the dropped outcome changed nothing
+    await endpoint.assert_settled()
+
+
+async def test_a_stop_hands_back_what_waits_and_lets_the_calls_in_parsl_finish(
+    endpoint: GatewayEndpoint, site: Path, redis_url: str
+) -> None:
+    hold = await endpoint.register(HOLD)
+    gate = Gate(endpoint)
+    task_ids = await endpoint.submit_many(hold, [(gate.args(redis_url), {}) for _ in range(5)])
+    settings = parsl_settings(endpoint, site, drain_grace_s=30)
+
+    async with Agent(settings) as agent:
+        running = asyncio.create_task(agent.run())
+
+        async def both_started() -> bool:
+            return bool(await endpoint.redis.llen(gate.started) >= PARSL_WORKERS)
+
+        await until(both_started, "both Parsl workers to start a task")
+        await gate.wait_started(PARSL_WORKERS)
+        agent.stop()
+        # The calls in Parsl get the grace, and finish within it; the rest go back.
+        await gate.release(PARSL_WORKERS)
+        await asyncio.wait_for(running, timeout=30)
+
+    states = [(await endpoint.task(t))["state"] for t in task_ids]
+    assert sorted(states) == sorted([TaskState.SUCCESS] * 2 + [TaskState.WAITING] * 3)
+    for task_id, state in zip(task_ids, states, strict=True):
+        if state == TaskState.SUCCESS:
+            assert await endpoint.result(task_id) is True
+    assert await endpoint.redis.xlen(endpoint.stream) == 3
+    assert await endpoint.pending() == 0
 
 
 @pytest.mark.parametrize("example", ["local", "slurm", "pbs"])
