@@ -8,7 +8,9 @@ and a SIGTERM that hands the tasks in flight back and ends Parsl's workers."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
+import ipaddress
 import os
 import signal
 import sys
@@ -34,6 +36,7 @@ from tests.agent.gateway_stack import (
 from tests.agent.helpers import HOLD, Gate, source_code
 
 PARSL_WORKERS = 2
+LOOPBACK = ipaddress.IPv4Address("127.0.0.1")
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "docs" / "parsl"
 SQUARE = source_code("square", "def square(x):\n    return x * x\n")
@@ -92,6 +95,52 @@ def worker_pids(run_dir: Path) -> list[int]:
         ):
             pools.append(int(entry.name))
     return pools
+
+
+def interchange_listens_on() -> set[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """The addresses the TCP sockets of this process's Parsl interchange listen on (its
+    worker ports), from ``/proc``."""
+    interchanges = [
+        entry
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit()
+        and _parent(entry) == os.getpid()
+        and b"interchange" in _read(entry / "cmdline")  # "parsl: HTEX interchange"
+    ]
+    assert len(interchanges) == 1, "one interchange runs, a child of the agent"
+    inodes: set[str] = set()
+    for entry in interchanges:
+        for fd in (entry / "fd").iterdir():
+            with contextlib.suppress(OSError):
+                link = os.readlink(fd)
+                if link.startswith("socket:["):
+                    inodes.add(link[len("socket:[") : -1])
+    addresses: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
+                addresses.add(_address(fields[1].rsplit(":", 1)[0]))
+    return addresses
+
+
+def _address(hexed: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An address as ``/proc/net/tcp[6]`` writes it: 32-bit words, each little-endian."""
+    raw = bytes.fromhex(hexed)
+    swapped = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    return ipaddress.ip_address(swapped)
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
+
+
+def _parent(entry: Path) -> int:
+    stat = _read(entry / "stat").decode()
+    return int(stat.rsplit(")", 1)[1].split()[1]) if stat else -1
 
 
 def alive(pid: int) -> bool:
@@ -161,6 +210,10 @@ async def test_sigterm_hands_back_the_tasks_in_flight(
 
     await until(both_started, "both Parsl workers to start a task")
     pids = await gate.wait_started(PARSL_WORKERS)  # both Parsl workers run one; three wait
+    # Parsl's interchange listens for workers on loopback only (IPv4, or IPv4 mapped in IPv6).
+    listens = interchange_listens_on()
+    assert listens
+    assert all(a.is_loopback or getattr(a, "ipv4_mapped", None) == LOOPBACK for a in listens)
     os.kill(os.getpid(), signal.SIGTERM)
     await asyncio.wait_for(running, timeout=60)
 
