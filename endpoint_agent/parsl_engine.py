@@ -58,6 +58,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import runpy
 from collections import deque
 from concurrent.futures import Future
@@ -225,16 +226,21 @@ class ParslEngine:
             job = self._pending.popleft()
             if job.stopped:
                 continue
+            try:
+                future: Future[Outcome] = self._dfk.submit(
+                    parsl_job.run,
+                    app_args=(job.call, job.walltime_s),
+                    executors=[LABEL],
+                    cache=False,
+                    ignore_for_cache=None,
+                    app_kwargs={},
+                )
+            except Exception as exc:  # Parsl refused it (cleaned up, say): the task fails
+                log.exception("Parsl did not take a task")
+                self._finish(job, _lost(f"was refused: {type(exc).__name__}: {exc}"))
+                continue
             job.handed = True
             self._inflight.add(job)
-            future: Future[Outcome] = self._dfk.submit(
-                parsl_job.run,
-                app_args=(job.call, job.walltime_s),
-                executors=[LABEL],
-                cache=False,
-                ignore_for_cache=None,
-                app_kwargs={},
-            )
             future.add_done_callback(functools.partial(self._back, job))
 
     def _back(self, job: _ParslCall, future: Future[Outcome]) -> None:
@@ -284,7 +290,7 @@ class ParslEngine:
 
 def _log_files(run_dir: str) -> list[logging.FileHandler]:
     """The handlers of Parsl's log files in ``run_dir`` (on Parsl's loggers)."""
-    folder = str(Path(run_dir).resolve())
+    folder = os.path.abspath(run_dir)  # as logging.FileHandler names its file
     return [
         handler
         for name in ("parsl", "concurrent.futures")

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import importlib.util
 import ipaddress
+import logging
 import os
 import signal
 import sys
@@ -22,8 +23,10 @@ from parsl.executors import HighThroughputExecutor
 from parsl.providers import LocalProvider, PBSProProvider, SlurmProvider
 
 from endpoint_agent import Agent, AgentSettings, run_agent
-from endpoint_agent.engines import make_engine
-from endpoint_agent.parsl_engine import LABEL, load_config
+from endpoint_agent.engines import make_engine, run_one
+from endpoint_agent.parsl_engine import LABEL, ParslEngine, load_config
+from endpoint_agent.worker import Call
+from sdk.serialize import pack_payload
 from sdk.states import TaskState
 from service_common.errors import SettingsError
 from tests.agent.gateway_stack import (
@@ -301,6 +304,22 @@ async def test_a_stop_hands_back_what_waits_and_lets_the_calls_in_parsl_finish(
             assert await endpoint.result(task_id) is True
     assert await endpoint.redis.xlen(endpoint.stream) == 3
     assert await endpoint.pending() == 0
+
+
+async def test_calls_fail_with_worker_lost_when_parsl_does_not_start(
+    site: Path, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("Parsl cannot make its run directory under a file\n")
+    engine = ParslEngine(1, config_path=str(site), run_dir=str(blocker / "runinfo"))
+    try:
+        outcome = await run_one(engine, Call("fn-1", SQUARE, pack_payload((3,))))
+    finally:
+        await engine.aclose()
+    assert outcome.exception is not None
+    assert outcome.exception["type"] == "WorkerLost"
+    assert "the Parsl executor did not start" in outcome.exception["message"]
+    assert logging.getLogger("parsl").propagate  # restored by aclose
 
 
 @pytest.mark.parametrize("example", ["local", "slurm", "pbs"])
