@@ -12,5 +12,6 @@ provider = LocalProvider(
 
 executor = {
     "address": "127.0.0.1",  # the workers reach the interchange on loopback
+    "loopback_address": "127.0.0.1",  # the agent reaches it so too (Parsl's default)
     "max_workers_per_node": 2,
 }

@@ -100,9 +100,10 @@ def worker_pids(run_dir: Path) -> list[int]:
     return pools
 
 
-def interchange_listens_on() -> set[ipaddress.IPv4Address | ipaddress.IPv6Address]:
-    """The addresses the TCP sockets of this process's Parsl interchange listen on (its
-    worker ports), from ``/proc``."""
+def parsl_listens_on() -> set[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """The addresses the TCP sockets of this process's Parsl interchange (its worker ports)
+    and of this process itself (the HTE's ports to the interchange, and the test's own
+    servers) listen on, from ``/proc``."""
     interchanges = [
         entry
         for entry in Path("/proc").iterdir()
@@ -112,7 +113,7 @@ def interchange_listens_on() -> set[ipaddress.IPv4Address | ipaddress.IPv6Addres
     ]
     assert len(interchanges) == 1, "one interchange runs, a child of the agent"
     inodes: set[str] = set()
-    for entry in interchanges:
+    for entry in [*interchanges, Path("/proc") / str(os.getpid())]:
         for fd in (entry / "fd").iterdir():
             with contextlib.suppress(OSError):
                 link = os.readlink(fd)
@@ -213,8 +214,8 @@ async def test_sigterm_hands_back_the_tasks_in_flight(
 
     await until(both_started, "both Parsl workers to start a task")
     pids = await gate.wait_started(PARSL_WORKERS)  # both Parsl workers run one; three wait
-    # Parsl's interchange listens for workers on loopback only (IPv4, or IPv4 mapped in IPv6).
-    listens = interchange_listens_on()
+    # Parsl listens on loopback only (IPv4, or IPv4 mapped in IPv6).
+    listens = parsl_listens_on()
     assert listens
     assert all(a.is_loopback or getattr(a, "ipv4_mapped", None) == LOOPBACK for a in listens)
     os.kill(os.getpid(), signal.SIGTERM)
