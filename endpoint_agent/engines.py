@@ -11,7 +11,9 @@ the task back, a lease lost): ``done`` is never called for it afterwards, and th
 settles it itself. The process engine drops a queued call, skips one its worker has not
 started and kills the worker running one; the thread engine cannot stop a thread, so it
 abandons it: the call's outcome is dropped when the function eventually returns, and the
-slot it held is free at once.
+slot it held is free at once. The parsl engine drops a call it has not handed to Parsl yet;
+one in Parsl runs to its end (the HTE can neither withdraw nor kill a task), its outcome
+dropped, and keeps its slot until then.
 
 * :class:`~endpoint_agent.processes.ProcessEngine` (the default): calls in worker processes,
   in batches, isolated from the agent and from other calls; one process per accelerator.
