@@ -20,6 +20,7 @@ provider = KubernetesProvider(
 )
 
 executor = {
-    "address": address_by_hostname(),  # the agent pod's address, reached by the workers
+    # The agent pod's IP address, which the worker pods reach and the interchange binds.
+    "address": address_by_hostname(),
     "max_workers_per_node": 4,
 }

@@ -1,7 +1,6 @@
 # A Parsl engine on a PBS Pro cluster: up to 2 blocks of 4 nodes, one worker per GPU (4 a
 # node), mpiexec starts a worker pool on each node of a block.
 # engine = "parsl", parsl_config = "pbs.py", workers = 32  (2 blocks x 4 nodes x 4 GPUs)
-from parsl.addresses import address_by_hostname
 from parsl.launchers import MpiExecLauncher
 from parsl.providers import PBSProProvider
 
@@ -21,7 +20,9 @@ provider = PBSProProvider(
 )
 
 executor = {
-    "address": address_by_hostname(),
+    # The IP address the compute nodes reach the agent's node at, which Parsl's interchange
+    # binds (parsl.addresses finds it: address_by_interface("ib0") for a fabric's, say).
+    "address": "10.10.0.1",
     "available_accelerators": 4,  # a worker per GPU, CUDA_VISIBLE_DEVICES set for each
     "cores_per_worker": 16,
 }
