@@ -11,7 +11,9 @@ the task back, a lease lost): ``done`` is never called for it afterwards, and th
 settles it itself. The process engine drops a queued call, skips one its worker has not
 started and kills the worker running one; the thread engine cannot stop a thread, so it
 abandons it: the call's outcome is dropped when the function eventually returns, and the
-slot it held is free at once.
+slot it held is free at once. The parsl engine drops a call it has not handed to Parsl yet;
+one in Parsl runs to its end (the HTE can neither withdraw nor kill a task), its outcome
+dropped, and keeps its slot until then.
 
 * :class:`~endpoint_agent.processes.ProcessEngine` (the default): calls in worker processes,
   in batches, isolated from the agent and from other calls; one process per accelerator.
@@ -19,6 +21,8 @@ slot it held is free at once.
   and no pickling, but no isolation either; use it for I/O-bound functions.
 * :class:`~endpoint_agent.rq_engine.RqEngine`: each call an rq job on the site's own Redis,
   run by the site's ``rq worker`` processes on any number of nodes.
+* :class:`~endpoint_agent.parsl_engine.ParslEngine`: each call a Parsl app call on a
+  ``HighThroughputExecutor``, whose provider reaches Slurm, PBS, Kubernetes or this node.
 """
 
 from __future__ import annotations
@@ -199,4 +203,15 @@ def make_engine(settings: AgentSettings) -> Engine:
             ) from exc
 
         return RqEngine(settings.workers, redis_url=settings.rq_redis_url, queue=settings.rq_queue)
+    if settings.engine == "parsl":
+        try:  # imported here: parsl is an optional dependency
+            from endpoint_agent.parsl_engine import ParslEngine
+        except ImportError as exc:
+            raise SettingsError(
+                f"engine 'parsl' needs the parsl package ({exc}): pip install 'fxbroker[parsl]'"
+            ) from exc
+
+        return ParslEngine(
+            settings.workers, config_path=settings.parsl_config, run_dir=settings.parsl_run_dir
+        )
     return ProcessEngine(settings.workers, accelerators=settings.accelerators)

@@ -31,8 +31,8 @@ from service_common.settings import (
     split_names,
 )
 
-Engine = Literal["process", "thread", "rq"]
-ENGINES: tuple[Engine, ...] = ("process", "thread", "rq")
+Engine = Literal["process", "thread", "rq", "parsl"]
+ENGINES: tuple[Engine, ...] = ("process", "thread", "rq", "parsl")
 RQ_SCHEMES = ("redis", "rediss", "unix")
 
 
@@ -74,6 +74,11 @@ class AgentSettings:
     *rq* (``engine="rq"``, :mod:`endpoint_agent.rq_engine`): ``def`` tasks become rq jobs
     on queue ``rq_queue`` of the site's own Redis at ``rq_redis_url`` (not the platform's),
     for the site's ``rq worker`` processes; ``workers`` is how many jobs are in rq at once.
+
+    *Parsl* (``engine="parsl"``, :mod:`endpoint_agent.parsl_engine`): ``def`` tasks run on a
+    Parsl ``HighThroughputExecutor`` whose provider (and executor options) the Python file
+    ``parsl_config`` defines; Parsl keeps its logs and scripts in ``parsl_run_dir``;
+    ``workers`` is how many tasks are in Parsl at once.
 
     ``consumer`` names this agent in the endpoint's consumer group, and to the gateway
     (default ``<hostname>-<pid>``).
@@ -125,6 +130,12 @@ class AgentSettings:
     ``redis[s]://[user:password@]host:port/db`` or ``unix:///path``."""
     rq_queue: str = field(default="fxbroker", metadata=env("FXBROKER_RQ_QUEUE"))
     """The rq queue the site's workers listen on (``rq worker --url URL QUEUE``)."""
+    parsl_config: str = field(default="", metadata=env("FXBROKER_PARSL_CONFIG"))
+    """The Python file that defines the Parsl ``provider`` (and ``executor`` options) of
+    ``engine="parsl"`` (:mod:`endpoint_agent.parsl_engine`)."""
+    parsl_run_dir: str = field(default="runinfo", metadata=env("FXBROKER_PARSL_RUN_DIR"))
+    """Parsl's run directory (its logs, the provider's submit scripts), as Parsl's own
+    ``run_dir``: relative paths are from the agent's working directory."""
     prefetch: int = field(default=0, metadata=env("FXBROKER_PREFETCH", integer))
     """``def`` tasks held beyond the free workers, waiting in the agent for one (0: strict
     backpressure, a task is read only when a worker is free). A few hide the Redis round
@@ -179,6 +190,14 @@ class AgentSettings:
                 )
             if not self.rq_queue.strip():
                 raise SettingsError("rq_queue (FXBROKER_RQ_QUEUE) must not be empty")
+        if self.engine == "parsl":
+            if not self.parsl_config.strip():
+                raise SettingsError(
+                    "engine 'parsl' needs parsl_config (FXBROKER_PARSL_CONFIG): the Python file "
+                    "that defines its Parsl provider"
+                )
+            if not self.parsl_run_dir.strip():
+                raise SettingsError("parsl_run_dir (FXBROKER_PARSL_RUN_DIR) must not be empty")
         if self.accelerators:
             if self.engine != "process":
                 raise SettingsError(

@@ -199,6 +199,8 @@ ENDPOINT_OPTIONS: dict[str, str] = {
     "prefetch": "prefetch",
     "rq_redis_url": "rq_redis_url",
     "rq_queue": "rq_queue",
+    "parsl_config": "parsl_config",
+    "parsl_run_dir": "parsl_run_dir",
 }
 """``fxbroker endpoint configure`` option (argparse dest) -> ``config.toml`` key."""
 
@@ -296,7 +298,9 @@ def _add_endpoint_parsers(endpoint: argparse._SubParsersAction[argparse.Argument
         "--ca-file",
         help="PEM file of the CAs that sign the services' TLS certificates (FXBROKER_CA_FILE)",
     )
-    p.add_argument("--engine", choices=["process", "thread", "rq"], help="where def functions run")
+    p.add_argument(
+        "--engine", choices=["process", "thread", "rq", "parsl"], help="where def functions run"
+    )
     p.add_argument("--workers", type=int, help="def functions at once")
     p.add_argument("--max-concurrency", type=int, help="async def functions at once")
     p.add_argument("--walltime-s", type=float, help="the longest one task may run")
@@ -316,6 +320,14 @@ def _add_endpoint_parsers(endpoint: argparse._SubParsersAction[argparse.Argument
         help="engine rq: the site's own Redis its rq workers use (FXBROKER_RQ_REDIS_URL)",
     )
     p.add_argument("--rq-queue", help="engine rq: the rq queue of its workers (FXBROKER_RQ_QUEUE)")
+    p.add_argument(
+        "--parsl-config",
+        help="engine parsl: the Python file that defines its Parsl provider "
+        "(FXBROKER_PARSL_CONFIG)",
+    )
+    p.add_argument(
+        "--parsl-run-dir", help="engine parsl: Parsl's run directory (FXBROKER_PARSL_RUN_DIR)"
+    )
     p.set_defaults(func=cmd_endpoint_configure)
 
     p = endpoint.add_parser("start", help="register NAME (once) and run its agent")

@@ -95,6 +95,8 @@ SETTINGS: dict[str, Setting] = {
     "prefetch": Setting("FXBROKER_PREFETCH", int),
     "rq_redis_url": Setting("FXBROKER_RQ_REDIS_URL", str),
     "rq_queue": Setting("FXBROKER_RQ_QUEUE", str),
+    "parsl_config": Setting("FXBROKER_PARSL_CONFIG", str),
+    "parsl_run_dir": Setting("FXBROKER_PARSL_RUN_DIR", str),
 }
 """``config.toml`` key -> the environment variable that overrides it, and its type."""
 

@@ -77,3 +77,16 @@ def test_the_globus_extra_names_the_compute_sdk_as_the_dev_extra_pins_it() -> No
         for extra in ("globus", "dev")
     }
     assert pins["globus"] == pins["dev"] == ["globus-compute-sdk>=2.30"]
+
+
+def test_the_parsl_extra_names_parsl_as_the_dev_extra_pins_it() -> None:
+    """The suite (``make test`` installs the dev extra) runs the parsl engine's tests against
+    the Parsl the ``parsl`` extra gives agents."""
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    pins = {
+        extra: [str(r) for r in map(Requirement, extras[extra]) if r.name == "parsl"]
+        for extra in ("parsl", "dev")
+    }
+    assert pins["parsl"] == pins["dev"] == ["parsl>=2026.10.26"]

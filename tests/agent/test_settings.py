@@ -130,6 +130,16 @@ def test_an_explicit_endpoint_id_wins_over_the_environment() -> None:
             },
             "rq_queue .FXBROKER_RQ_QUEUE. must not be empty",
         ),
+        ({**REQUIRED, "FXBROKER_ENGINE": "parsl"}, "engine 'parsl' needs parsl_config"),
+        (
+            {
+                **REQUIRED,
+                "FXBROKER_ENGINE": "parsl",
+                "FXBROKER_PARSL_CONFIG": "slurm.py",
+                "FXBROKER_PARSL_RUN_DIR": "",
+            },
+            "parsl_run_dir .FXBROKER_PARSL_RUN_DIR. must not be empty",
+        ),
     ],
 )
 def test_invalid_settings_raise_a_clear_error(env: dict[str, str], message: str) -> None:
@@ -148,6 +158,18 @@ def test_the_rq_engine_names_the_sites_redis_and_queue() -> None:
     settings = AgentSettings.from_env({**env, "FXBROKER_RQ_QUEUE": "gpu"})
     assert settings.rq_queue == "gpu"
     assert "site:6379" not in repr(settings)  # the URL may hold the site's password
+
+
+def test_the_parsl_engine_names_its_config_file_and_run_directory() -> None:
+    env = {**REQUIRED, "FXBROKER_ENGINE": "parsl", "FXBROKER_PARSL_CONFIG": "site/slurm.py"}
+    settings = AgentSettings.from_env(env)
+    assert (settings.engine, settings.parsl_config, settings.parsl_run_dir) == (
+        "parsl",
+        "site/slurm.py",
+        "runinfo",
+    )
+    settings = AgentSettings.from_env({**env, "FXBROKER_PARSL_RUN_DIR": "parsl-runs"})
+    assert settings.parsl_run_dir == "parsl-runs"
 
 
 def test_settings_are_keyword_only_and_frozen() -> None:

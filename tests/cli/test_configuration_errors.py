@@ -86,6 +86,9 @@ CASES = [
     pytest.param(["endpoint", "configure", "lab", "--engine", "rq"], {}, _break_nothing,
                  "fxbroker endpoint configure: engine 'rq' needs rq_redis_url",
                  id="endpoint-rq-without-redis"),
+    pytest.param(["endpoint", "configure", "lab", "--engine", "parsl"], {}, _break_nothing,
+                 "fxbroker endpoint configure: engine 'parsl' needs parsl_config",
+                 id="endpoint-parsl-without-config"),
     pytest.param(["dev", "--web-port", "0", "--ws-port", "0", "--fakeredis"], {},
                  _bad_client_config, "fxbroker dev: ", id="dev-bad-client-config"),
 ]  # fmt: skip

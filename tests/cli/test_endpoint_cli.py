@@ -68,6 +68,21 @@ def test_configure_an_rq_endpoint(home: Path) -> None:
     assert settings.accelerators == ()
 
 
+def test_configure_a_parsl_endpoint(home: Path) -> None:
+    assert main(["endpoint", "configure", "hpc", "--engine", "parsl", "--workers", "64",
+                 "--parsl-config", "slurm.py", "--parsl-run-dir", "parsl-runs"]) == 0  # fmt: skip
+    path = home / "endpoints" / "hpc" / "config.toml"
+    config = tomllib.loads(path.read_text())
+    assert config == {"engine": "parsl", "workers": 64, "parsl_config": "slurm.py",
+                      "parsl_run_dir": "parsl-runs"}  # fmt: skip
+    settings = agent_settings(config, GATEWAY_ENV, endpoint_id="ep-1")
+    assert (settings.engine, settings.parsl_config, settings.parsl_run_dir) == (
+        "parsl",
+        "slurm.py",
+        "parsl-runs",
+    )
+
+
 def test_configure_refuses_invalid_settings(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["endpoint", "configure", "bad", "--engine", "thread", "--accelerators", "0"]) == 2
     assert "accelerators need engine='process'" in capsys.readouterr().err
