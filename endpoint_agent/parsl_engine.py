@@ -60,6 +60,7 @@ import functools
 import logging
 import os
 import runpy
+import sys
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -168,6 +169,10 @@ class ParslEngine:
         self._inflight: set[_ParslCall] = set()  # handed to Parsl, no outcome yet
         self._dfk: DataFlowKernel | None = None
         self._broken: Outcome | None = None  # Parsl did not start: every call fails so
+        # Parsl starts its interchange and worker pools as commands found on PATH
+        # (interchange.py, process_worker_pool.py, installed beside this interpreter): an
+        # agent run as .venv/bin/fxbroker without an activated environment finds them too.
+        _put_on_path(os.path.dirname(sys.executable))
         # Parsl starts in a thread (its interchange takes a while), which runs to its end even
         # if the agent is cancelled meanwhile: aclose then cleans up what it started.
         self._starting = self._loop.run_in_executor(None, DataFlowKernel, config)
@@ -286,6 +291,14 @@ class ParslEngine:
         level, propagate = self._log_state
         _PARSL_LOG.setLevel(level)
         _PARSL_LOG.propagate = propagate
+
+
+def _put_on_path(folder: str) -> None:
+    """Put ``folder`` first on this process's ``PATH`` (inherited by what Parsl starts)
+    unless it is there already."""
+    entries = os.environ.get("PATH", "").split(os.pathsep)
+    if folder not in entries:
+        os.environ["PATH"] = os.pathsep.join([folder, *filter(None, entries)])
 
 
 def _log_files(run_dir: str) -> list[logging.FileHandler]:

@@ -32,9 +32,11 @@ Delivery contract: a task's entry is acknowledged only after its outcome is stor
 notice appended, so an agent that dies leaves the entry pending for redelivery; and the
 notice is appended once per task, because only the writer of the terminal state appends
 it, and a redelivery or a retry appends it only while ``notice_pending`` says it is
-missing. (Step 2 is a pipeline, not a transaction, since its keys live in different hash
-slots: a Redis that dies between a batch's ``XADD`` and its ``HDEL`` leaves a notice that
-the retry appends again. Subscribers drop repeated task ids.)
+missing. Step 2 is one ``MULTI``/``EXEC`` transaction: a Redis killed in its middle (even
+``SIGKILL`` with ``appendfsync always``) keeps all of it or none, so no notice is appended
+twice. Its keys live in different hash slots, which a single Redis allows; on a Redis Cluster
+the step must become one transaction per slot, and a notice may then be appended twice by a
+retry (subscribers drop repeated task ids).
 
 :meth:`Settler.write` is safe to retry after any failure; it retries nothing itself.
 """
@@ -145,7 +147,9 @@ class Settler:
         """:meth:`write`, also returning per completion the id of the completion notice it
         appended to its task group's results stream ("" when none was appended now)."""
         written = await self._settle_all(batch, agent)
-        pipe = self._redis.pipeline(transaction=False)
+        # MULTI/EXEC: a Redis killed in the middle of step 2 keeps all of it or none (its AOF
+        # drops a transaction cut short), so a retry never appends a notice twice.
+        pipe = self._redis.pipeline(transaction=True)
         groups: set[str] = set()
         settled: list[str] = []
         appended: list[int] = []  # batch indexes, in the order of their XADD
