@@ -84,10 +84,18 @@ class _Load:
     tag = ""
 
     def __init__(
-        self, platform: Platform, *, runs: str, n: int, window: int, deadline: float
+        self,
+        platform: Platform,
+        *,
+        runs: str,
+        n: int,
+        window: int,
+        deadline: float,
+        hold_s: float = 0.0,
     ) -> None:
         self.platform = platform
         self.runs = runs
+        self.hold_s = hold_s  # each task's run takes this long (record_square's hold_s)
         self.n = n
         self.window = window
         self.deadline = deadline
@@ -168,7 +176,7 @@ class ExecutorLoad(_Load):
                 if not room.acquire(timeout=self.left_s()):
                     break
                 try:
-                    future = ex.submit(record_square, self.tag, x, self.runs)
+                    future = ex.submit(record_square, self.tag, x, self.runs, self.hold_s)
                 except Exception as exc:  # the Executor refused it: counted, not retried
                     self.figures.client_errors += 1
                     self.figures.note(exc)
@@ -241,7 +249,7 @@ class PollingLoad(_Load):
                 if room > 0:
                     batch = client.create_batch()
                     for i in range(x, x + room):
-                        batch.add(function_id, args=(self.tag, i, self.runs))
+                        batch.add(function_id, args=(self.tag, i, self.runs, self.hold_s))
                     f.submitted += room
                     self.handed = f.submitted
                     try:

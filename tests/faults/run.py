@@ -82,16 +82,18 @@ def drive(
     window: int,
     trigger: int,
     deadline_s: float,
+    hold_s: float = 0.0,
 ) -> Row:
-    """Run both styles (``n`` tasks each), call ``inject`` once each has ``trigger`` results,
-    and count. ``inject`` returns the monotonic time at which the faulted piece was back."""
+    """Run both styles (``n`` tasks each, each task taking ``hold_s``), call ``inject`` once
+    each has ``trigger`` results, and count. ``inject`` returns the monotonic time at which
+    the faulted piece was back."""
     row = Row(fault, n)
     begun = time.monotonic()
     deadline = begun + deadline_s
     runs = str(runs_dir / "runs.txt")
     loads = [
-        ExecutorLoad(platform, runs=runs, n=n, window=window, deadline=deadline),
-        PollingLoad(platform, runs=runs, n=n, window=window, deadline=deadline),
+        ExecutorLoad(platform, runs=runs, n=n, window=window, deadline=deadline, hold_s=hold_s),
+        PollingLoad(platform, runs=runs, n=n, window=window, deadline=deadline, hold_s=hold_s),
     ]
     for load in loads:
         load.start()

@@ -58,6 +58,7 @@ WINDOW = 400
 TRIGGER = 150
 """The fault comes once each style has this many results."""
 DEADLINE_S = 180.0
+WEB_ROW_HOLD_S = 0.005
 """How long a row's loads may take, fault included, before what is left counts as lost."""
 SHORT_LEASE_MS = 3000
 """The agent row's lease (the gateway's): a killed agent's tasks are claimed again after it."""
@@ -111,10 +112,10 @@ def restart(platform: Platform, piece: Piece) -> Callable[[], float]:
 
 
 def _drive(platform: Platform, redis_server: PrivateRedis, runs_dir: Path, fault: str,
-           inject: Callable[[], float]) -> Row:  # fmt: skip
+           inject: Callable[[], float], hold_s: float = 0.0) -> Row:  # fmt: skip
     return drive(
         platform, fault=fault, inject=inject, redis_url=redis_server.url, runs_dir=runs_dir,
-        n=N, window=WINDOW, trigger=TRIGGER, deadline_s=DEADLINE_S,
+        n=N, window=WINDOW, trigger=TRIGGER, deadline_s=DEADLINE_S, hold_s=hold_s,
     )  # fmt: skip
 
 
@@ -143,8 +144,10 @@ def test_web_service_killed_and_restarted(
     tmp_path: Path, database_url: str, runs_dir: Path, fault_rows: Record
 ) -> None:
     with running(tmp_path, database_url) as (redis_server, platform):
+        # Each task takes 5 ms: the Executor style, far faster than the polling one, would
+        # otherwise have submitted its 2,000 before the polling style has its first results.
         row = _drive(platform, redis_server, runs_dir, "web SIGKILL + restart",
-                     restart(platform, "web"))  # fmt: skip
+                     restart(platform, "web"), hold_s=WEB_ROW_HOLD_S)  # fmt: skip
         fault_rows(row)
         assert_held(row, platform, reruns_allowed=False)
         # The kill came while both styles were still submitting: batches met the outage.
