@@ -177,3 +177,41 @@ async def assert_cancelled(endpoint: GatewayEndpoint, task_id: str) -> None:
 
 def _unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+async def assert_engine_run(
+    endpoint: GatewayEndpoint,
+    task_ids: list[str],
+    *,
+    raised: str,
+    too_long: str,
+    exited: str,
+    lost: str,
+) -> None:
+    """What an engine's 1,000-task run must leave (the rq and Parsl engine tests): the
+    squares of 0..999 each succeeded on its first attempt; ``raised`` failed with its
+    ValueError, traceback and output; ``too_long`` with WalltimeExceeded; ``exited`` with
+    WorkerLost whose message holds ``lost``; one notice each, and nothing unsettled."""
+    pipe = endpoint.redis.pipeline(transaction=False)
+    for task_id in task_ids:
+        pipe.hmget(endpoint.keys.task(task_id), ["state", "attempts"])
+    rows = await pipe.execute()
+    assert {(state, attempts) for state, attempts in rows} == {(TaskState.SUCCESS, "1")}
+    results = [await endpoint.result(t) for t in task_ids]
+    assert results == [i * i for i in range(1000)]
+
+    record = await endpoint.failure(raised)
+    assert (record["type"], record["message"]) == ("ValueError", "no luck")
+    assert "in loud" in record["traceback"]
+    assert record["traceback"].rstrip().endswith("ValueError: no luck")
+    fields = await endpoint.task(raised)
+    assert (fields["stdout"], fields["stderr"]) == ("about to fail\n", "on stderr\n")
+
+    record = await endpoint.failure(too_long)
+    assert record["type"] == "WalltimeExceeded"
+    assert "walltime of 1 s" in record["message"]
+    record = await endpoint.failure(exited)
+    assert record["type"] == "WorkerLost"
+    assert lost in record["message"]
+    assert len(await endpoint.notices()) == 1003
+    await endpoint.assert_settled()

@@ -30,6 +30,7 @@ from service_common.errors import SettingsError
 from tests.agent.gateway_stack import (
     GatewayEndpoint,
     assert_cancelled,
+    assert_engine_run,
     publish_cancel,
     settings_for,
     until,
@@ -149,29 +150,14 @@ async def test_a_thousand_tasks_a_raise_a_walltime_and_a_lost_work_horse(
     (fence,) = set(site_redis.scan_iter("fxbroker:rq:*:fence")) - fences_before
     assert site_redis.hkeys(fence) == [b"-"]
 
-    pipe = endpoint.redis.pipeline(transaction=False)
-    for task_id in task_ids:
-        pipe.hmget(endpoint.keys.task(task_id), ["state", "attempts"])
-    rows = await pipe.execute()
-    assert {(state, attempts) for state, attempts in rows} == {(TaskState.SUCCESS, "1")}
-    results = [await endpoint.result(t) for t in task_ids]
-    assert results == [i * i for i in range(1000)]
-
-    record = await endpoint.failure(raised)
-    assert (record["type"], record["message"]) == ("ValueError", "no luck")
-    assert "in loud" in record["traceback"]
-    assert record["traceback"].rstrip().endswith("ValueError: no luck")
-    fields = await endpoint.task(raised)
-    assert (fields["stdout"], fields["stderr"]) == ("about to fail\n", "on stderr\n")
-
-    record = await endpoint.failure(too_long)
-    assert record["type"] == "WalltimeExceeded"
-    assert "walltime of 1 s" in record["message"]
-    record = await endpoint.failure(exited)
-    assert record["type"] == "WorkerLost"
-    assert "ended failed in rq without an outcome" in record["message"]
-    assert len(await endpoint.notices()) == 1003
-    await endpoint.assert_settled()
+    await assert_engine_run(
+        endpoint,
+        task_ids,
+        raised=raised,
+        too_long=too_long,
+        exited=exited,
+        lost="ended failed in rq without an outcome",
+    )
 
 
 async def test_a_cancel_stops_the_running_job(
