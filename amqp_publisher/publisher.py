@@ -59,7 +59,6 @@ from types import TracebackType
 from typing import TypeVar
 
 import aio_pika.abc
-import redis.asyncio as aioredis
 from pamqp import commands as spec
 
 from amqp_publisher.messages import OUTCOME_FIELDS, Outcome, outcome_of, result_body
@@ -74,7 +73,7 @@ from service_common.amqp import (
     queue_name,
 )
 from service_common.lua import Lua, execute_pipeline
-from service_common.redis_client import connect_redis, redis_unavailable
+from service_common.redis_client import RedisClient, connect_redis, redis_unavailable
 from service_common.retry import DEFAULT_BACKOFF, Outage, wait_or_stop
 from service_common.tasks.settle import INLINE
 
@@ -145,7 +144,7 @@ class Publisher:
         self._handle_signals = handle_signals
         self._keys = Keys(settings.key_prefix)
         self._amqp_keys = Keys(settings.key_prefix)
-        self._redis: aioredis.Redis | None = None
+        self._redis: RedisClient | None = None
         self._connection: aio_pika.abc.AbstractConnection | None = None
         self._channel: aio_pika.abc.AbstractChannel | None = None
         self._held: dict[str, Held] = {}
@@ -245,7 +244,7 @@ class Publisher:
             published += await self._publish(channel, held, entries)
         return published
 
-    def _redis_client(self) -> aioredis.Redis:
+    def _redis_client(self) -> RedisClient:
         if self._redis is None:
             raise RuntimeError("use the publisher in `async with`")
         return self._redis

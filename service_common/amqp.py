@@ -33,11 +33,11 @@ import time
 
 import aio_pika
 import aiormq.exceptions
-import redis.asyncio as aioredis
 from aio_pika.abc import AbstractChannel, AbstractQueue, ExchangeType
 from pamqp.common import FieldTable
 
 from sdk.keys import Keys
+from service_common.redis_client import RedisClient
 
 EXCHANGE = "fxbroker.results"
 QUEUE_PREFIX = "fxbroker.results."
@@ -99,7 +99,7 @@ def amqp_unavailable(exc: BaseException) -> bool:
 
 
 async def register_group(
-    redis: aioredis.Redis, keys: Keys, task_group_id: str, *, now: float | None = None
+    redis: RedisClient, keys: Keys, task_group_id: str, *, now: float | None = None
 ) -> None:
     """Record that the group's results go to AMQP (from the start of its results stream);
     a later submit into it only refreshes its score. One round trip."""

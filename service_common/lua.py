@@ -16,16 +16,25 @@ calls of several scripts.
 from __future__ import annotations
 
 import hashlib
+import weakref
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
-import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterPipeline
 from redis.exceptions import NoScriptError, RedisError
 from redis.typing import EncodableT
 
+from service_common.redis_client import RedisClient
+
+AnyPipeline: TypeAlias = Pipeline | ClusterPipeline
+"""A pipeline of one Redis or of a Redis Cluster (which sends each command to its slot's node)."""
+
 _SOURCES: dict[str, str] = {}
 """SHA1 -> source of every script made here, for reloading after ``NOSCRIPT``."""
+
+_QUEUED: weakref.WeakKeyDictionary[Any, dict[int, tuple[Any, ...]]] = weakref.WeakKeyDictionary()
+"""Per pipeline, the script calls queued on it: position in the pipeline -> EVALSHA's args."""
 
 
 class Lua:
@@ -41,36 +50,36 @@ class Lua:
         *,
         keys: Sequence[str],
         args: Sequence[EncodableT],
-        client: aioredis.Redis | Pipeline,
+        client: RedisClient | AnyPipeline,
     ) -> Any:
         """Run the script on ``client`` now; on a pipeline, queue it (its reply comes from
         :func:`execute_pipeline`)."""
-        if isinstance(client, Pipeline):
-            client.evalsha(self.sha, len(keys), *keys, *args)
+        command = ("EVALSHA", self.sha, len(keys), *keys, *args)
+        if isinstance(client, Pipeline | ClusterPipeline):
+            _QUEUED.setdefault(client, {})[len(client)] = command
+            client.execute_command(*command)
             return client
         try:
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
+            return await client.execute_command(*command)
         except NoScriptError:
             await client.script_load(self.source)
-            return await client.evalsha(self.sha, len(keys), *keys, *args)
+            return await client.execute_command(*command)
 
 
-async def execute_pipeline(pipe: Pipeline) -> list[Any]:
+async def execute_pipeline(pipe: AnyPipeline) -> list[Any]:
     """``await pipe.execute()``, running again (once, after loading them) the script calls
     Redis answered ``NOSCRIPT``; raises the first other error, as ``execute`` does. The
     pipeline's connection always goes back to the pool."""
-    stack = list(pipe.command_stack)
+    queued = _QUEUED.pop(pipe, {})
     try:
         replies = await pipe.execute(raise_on_error=False)
     finally:
         await pipe.reset()  # type: ignore[no-untyped-call]
     missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
     if missing:
-        await _load({_sha(stack[i]) for i in missing}, pipe)
-        again = pipe.pipeline_execute_command  # the same client, a fresh stack
+        await _load({str(queued[i][1]) for i in missing}, pipe)
         for i in missing:
-            args, options = stack[i]
-            again(*args, **options)  # type: ignore[no-untyped-call]
+            pipe.execute_command(*queued[i])
         try:
             for i, reply in zip(missing, await pipe.execute(raise_on_error=False), strict=True):
                 replies[i] = reply
@@ -82,16 +91,19 @@ async def execute_pipeline(pipe: Pipeline) -> list[Any]:
     return list(replies)
 
 
-def _sha(command: tuple[Any, Any]) -> str:
-    args, _ = command
-    return str(args[1])  # ("EVALSHA", sha, numkeys, ...)
-
-
-async def _load(shas: set[str], pipe: Pipeline) -> None:
+async def _load(shas: set[str], pipe: AnyPipeline) -> None:
+    """Load the scripts ``shas`` on every server (every primary of a cluster)."""
+    sources = []
     for sha in shas:
         source = _SOURCES.get(sha)
         if source is None:
             raise NoScriptError(f"NOSCRIPT: no script with SHA {sha} was made by this process")
+        sources.append(source)
+    if isinstance(pipe, ClusterPipeline):
+        for source in sources:  # SCRIPT LOAD on the client goes to every primary
+            await pipe.cluster_client.script_load(source)
+        return
+    for source in sources:
         pipe.script_load(source)
     try:
         await pipe.execute()

@@ -2,30 +2,47 @@
 
 Every service opens its client with :func:`connect_redis` and waits out the errors
 :func:`redis_unavailable` accepts with the shared retry policy (:mod:`service_common.retry`).
+
+A URL names one Redis (``redis://host:port/db``, ``rediss://`` with TLS, ``unix://path``) or a
+Redis Cluster: ``redis+cluster://host:port[,host:port...]`` (``rediss+cluster://`` with TLS),
+any reachable nodes of it, from which the client learns the rest. The client is then redis-py's
+:class:`~redis.asyncio.RedisCluster`; :data:`RedisClient` is either kind.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Any
-from urllib.parse import urlsplit
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeAlias
+from urllib.parse import urlsplit, urlunsplit
 
 import hiredis
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode
+from redis.backoff import NoBackoff
 from redis.exceptions import (
-    ConnectionError as RedisConnectionError,
-)
-from redis.exceptions import (
+    AskError,
+    ClusterDownError,
     MasterDownError,
+    MovedError,
     NoScriptError,
     ReadOnlyError,
     TryAgainError,
 )
 from redis.exceptions import (
+    ConnectionError as RedisConnectionError,
+)
+from redis.exceptions import (
     TimeoutError as RedisTimeoutError,
 )
+from redis.asyncio.retry import Retry
 from redis.typing import EncodableT
+
+RedisClient: TypeAlias = aioredis.Redis | aioredis.RedisCluster
+"""What :func:`connect_redis` returns: a client of one Redis or of a Redis Cluster."""
+
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+"""URL schemes that name a Redis Cluster, and the scheme of each of its nodes."""
 
 CONNECT_TIMEOUT_S = 5.0
 """How long opening one connection may take before it counts as Redis being away."""
@@ -44,6 +61,9 @@ TRANSIENT_REDIS_ERRORS: tuple[type[BaseException], ...] = (
     MasterDownError,
     ReadOnlyError,  # a failover in progress: the old primary is now a replica
     TryAgainError,
+    ClusterDownError,  # a cluster with slots not served (a primary down, no replica yet)
+    MovedError,  # slots moved (a failover or resharding) while the client's map was old
+    AskError,
     OSError,
 )
 """Errors that mean Redis is (for now) away, not that the command was wrong."""
@@ -88,9 +108,14 @@ _CONNECTIONS: dict[str, type[aioredis.Connection | aioredis.UnixDomainSocketConn
 }
 
 
+def is_cluster_url(url: str) -> bool:
+    """True when ``url`` names a Redis Cluster (see the module docstring)."""
+    return urlsplit(url).scheme in CLUSTER_SCHEMES
+
+
 def connect_redis(
     url: str, *, client_name: str | None = None, max_connections: int = MAX_CONNECTIONS
-) -> aioredis.Redis:
+) -> RedisClient:
     """An asyncio Redis client for ``url`` (``redis://``, ``rediss://`` or ``unix://``).
 
     Replies are decoded to ``str``. There is no per-reply socket timeout (redis-py's default
@@ -126,6 +151,45 @@ def connect_redis(
     return aioredis.Redis.from_pool(pool)
 
 
+def _connect_cluster(
+    url: str, *, client_name: str | None, max_connections: int
+) -> aioredis.RedisCluster:
+    parts = urlsplit(url)
+    if parts.path.strip("/") not in ("", "0"):
+        raise ValueError(f"a Redis Cluster has only database 0, not {parts.path!r}: {url}")
+    nodes: list[ClusterNode] = []
+    for address in parts.netloc.rpartition("@")[2].split(","):
+        node = urlsplit(f"//{address}")
+        if not node.hostname:
+            raise ValueError(f"a Redis Cluster URL lists host:port pairs: {url}")
+        nodes.append(ClusterNode(node.hostname, node.port or 6379))
+    return aioredis.RedisCluster(
+        startup_nodes=nodes,
+        username=parts.username or None,
+        password=parts.password or None,
+        ssl=CLUSTER_SCHEMES[parts.scheme] == "rediss",
+        client_name=client_name,
+        decode_responses=True,
+        socket_timeout=None,
+        socket_connect_timeout=CONNECT_TIMEOUT_S,
+        socket_keepalive=True,
+        max_connections=max_connections,
+        retry=Retry(NoBackoff(), 0),
+    )
+
+
+def node_url(url: str) -> str:
+    """A one-node URL for a cluster ``url`` (its first node, plain ``redis://``); ``url``
+    itself when it names one Redis. For tools that speak to one server."""
+    parts = urlsplit(url)
+    scheme = CLUSTER_SCHEMES.get(parts.scheme)
+    if scheme is None:
+        return url
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    first = hosts.split(",")[0]
+    return urlunsplit((scheme, f"{userinfo}@{first}" if userinfo else first, "/0", "", ""))
+
+
 def redis_unavailable(exc: BaseException) -> bool:
     """True when ``exc`` means Redis is away (down, restarting, loading its data, failing
     over) rather than that a command was wrong: an outage to wait out."""
@@ -138,15 +202,15 @@ UNBLOCK_PAUSE_S = 0.002
 
 
 async def unblock(
-    redis: aioredis.Redis,
+    send: Callable[[int], Awaitable[bool]],
     client_id: int,
     still_waiting: Callable[[], bool],
     *,
     tries: int = UNBLOCK_TRIES,
     pause_s: float = UNBLOCK_PAUSE_S,
 ) -> bool:
-    """Wake the connection ``client_id`` out of its blocking read (``CLIENT UNBLOCK``, sent
-    on ``redis``, another connection); True once it woke.
+    """Wake the connection ``client_id`` out of its blocking read (``send(client_id)`` sends
+    ``CLIENT UNBLOCK`` on another connection to the same server); True once it woke.
 
     The blocking command may be sent but not yet blocked on the server; the wake is then
     tried again after ``pause_s``, at most ``tries`` times, and only while ``still_waiting()``
@@ -156,7 +220,7 @@ async def unblock(
         if not still_waiting():
             return False
         try:
-            if await redis.client_unblock(client_id):
+            if await send(client_id):
                 return True
         except Exception as exc:
             if redis_unavailable(exc):

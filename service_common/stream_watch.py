@@ -14,9 +14,9 @@ with its waiting clients; instead one task reads for all of them:
    one the read uses, wakes it (``CLIENT UNBLOCK``) so the next read covers it at once.
 
 Cost: one Redis connection for the reads and, per new watch that needs it, one
-``CLIENT UNBLOCK`` on the caller's pool, whatever the number of waiting callers. Like the
-gateway's reader, it assumes one Redis: on Redis Cluster one ``XREAD`` may only name
-streams of one hash slot.
+``CLIENT UNBLOCK`` on the caller's pool, whatever the number of waiting callers. On a Redis
+Cluster the read is one per hash slot of the watched streams, each on a connection of its own
+(:mod:`service_common.blocking_read`).
 
 **Redis outages** are waited out with the shared backoff; the loop never exits on its own,
 and watches simply see nothing until Redis is back (their callers' deadlines still end them).
@@ -27,13 +27,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.typing import KeyT, StreamIdT
-
-from service_common.redis_client import redis_unavailable, unblock
+from service_common.blocking_read import BlockingReads
+from service_common.redis_client import RedisClient, redis_unavailable
 from service_common.retry import DEFAULT_BACKOFF, wait_or_stop
 
 log = logging.getLogger(__name__)
@@ -89,25 +87,22 @@ class Watch:
 class StreamWatcher:
     """Reads every stream its watches name; :meth:`run` until stopped.
 
-    ``redis`` is the caller's pool (used for ``CLIENT UNBLOCK``), ``reader`` a client whose
-    one connection is given to the blocking reads."""
+    ``redis`` is the caller's client: the reads get connections of their own to its servers,
+    and the wakes go through it."""
 
     def __init__(
         self,
-        redis: aioredis.Redis,
-        reader: aioredis.Redis,
+        redis: RedisClient,
         *,
         block_ms: int = 5000,
         count: int = 1000,
     ) -> None:
-        self._redis = redis
-        self._reader = reader
+        self._reads = BlockingReads(redis)
         self._block_ms = max(1, block_ms)
         self._count = count
         self._watches: dict[str, set[Watch]] = {}
         self._changed = asyncio.Event()
         self._reading: dict[str, tuple[int, int]] | None = None  # stream -> cursor in flight
-        self._reader_id: int | None = None
         self._unblocking: asyncio.Task[None] | None = None
         self.reads = 0
         """``XREAD`` commands sent so far, for tests and the profile."""
@@ -150,11 +145,8 @@ class StreamWatcher:
                     del self._watches[stream]
 
     async def _unblock(self) -> None:
-        reader_id = self._reader_id
-        if reader_id is None:
-            return
         try:
-            await unblock(self._redis, reader_id, lambda: self._reading is not None)
+            await self._reads.wake()
         except Exception:
             log.exception("waking the stream watcher failed")
 
@@ -178,7 +170,6 @@ class StreamWatcher:
                 try:
                     await self._read(cursors)
                 except Exception as exc:
-                    self._reader_id = None
                     if not redis_unavailable(exc):
                         log.exception("the stream watcher's read failed; retrying")
                     failures += 1
@@ -188,27 +179,18 @@ class StreamWatcher:
         finally:
             if self._unblocking is not None:
                 self._unblocking.cancel()
+            await self._reads.aclose()
 
     async def _read(self, cursors: dict[str, str]) -> None:
-        if self._reader_id is None:
-            self._reader_id = int(await self._reader.client_id())
         self._reading = {stream: entry_key(cursor) for stream, cursor in cursors.items()}
         self.reads += 1
-        streams: dict[KeyT, StreamIdT] = dict(cursors.items())
         try:
-            reply: Any = await self._reader.xread(streams, count=self._count, block=self._block_ms)
+            reply = await self._reads.xread(cursors, count=self._count, block_ms=self._block_ms)
         finally:
             self._reading = None
-        for stream, entries in _pairs(reply):
+        for stream, entries in reply:
             for watch in list(self._watches.get(stream, ())):
                 watch._offer(stream, entries)
-
-
-def _pairs(reply: Any) -> Iterable[tuple[str, list[Entry]]]:
-    """XREAD's reply (RESP2, redis-py's default) as ``(stream, entries)`` pairs."""
-    if not reply:
-        return []
-    return [(str(stream), list(entries)) for stream, entries in reply]
 
 
 async def _first(*waits: Any) -> None:

@@ -68,9 +68,9 @@ def create_app(settings: WebSettings) -> Starlette:
     async def lifespan(_app: Starlette) -> AsyncIterator[dict[str, Any]]:
         engine = create_engine(settings.database_url)
         redis = connect_redis(settings.redis_url)
-        # One connection, whatever the number of long polls waiting (stream_watch).
-        reader = connect_redis(settings.redis_url, max_connections=1)
-        watcher = StreamWatcher(redis, reader)
+        # One connection (one per hash slot on a cluster), whatever the number of long polls
+        # waiting (stream_watch).
+        watcher = StreamWatcher(redis)
         stopped = asyncio.Event()
         watching = asyncio.create_task(watcher.run(stopped), name="fxbroker-web-watcher")
         dependencies = Dependencies(redis=redis, engine=engine)
@@ -121,7 +121,6 @@ def create_app(settings: WebSettings) -> Starlette:
             watching.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watching
-            await reader.aclose()
             if queues is not None:
                 await queues.aclose()
             await dependencies.aclose()

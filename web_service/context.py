@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import HTTPConnection
 
 from sdk.keys import Keys
+from service_common.redis_client import RedisClient
 from service_common.stream_watch import StreamWatcher
 from web_service.middleware.metrics import Metrics
 from web_service.middleware.ratelimit import RateLimiter
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 class AppContext:
     settings: WebSettings
     engine: AsyncEngine
-    redis: aioredis.Redis
+    redis: RedisClient
     keys: Keys
     functions: FunctionCatalog
     endpoints: EndpointCatalog

@@ -17,10 +17,10 @@ import asyncio
 import logging
 
 import aio_pika.abc
-import redis.asyncio as aioredis
 
 from sdk.keys import Keys
 from service_common.amqp import amqp_unavailable, connect, declare_group, register_group
+from service_common.redis_client import RedisClient
 from web_service.errors import ApiError, retry_later
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ RETRY_AFTER_S = 5.0
 class ResultQueues:
     """One lazily opened RabbitMQ connection of the web service, for declaring queues."""
 
-    def __init__(self, url: str, redis: aioredis.Redis, keys: Keys) -> None:
+    def __init__(self, url: str, redis: RedisClient, keys: Keys) -> None:
         self._url = url
         self._redis = redis
         self._keys = keys

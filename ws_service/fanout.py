@@ -22,8 +22,8 @@ at most :data:`REDIS_CONNECTIONS` Redis connections (the wait, and a pool of two
 hashes and the wakes), whatever the number of clients and subscriptions. The copy's gateway
 holds ``gateway_redis_connections`` more (:mod:`ws_service.gateway`).
 
-On Redis Cluster one wait would be needed per shard (streams of one command share a slot);
-this reader, like the gateway's, assumes one Redis.
+On a Redis Cluster the wait is one per hash slot of the ready streams, each on a connection
+of its own (:mod:`service_common.blocking_read`): the bound above holds per slot in use.
 
 **Redis outages** pause every subscription; the reader waits them out with the shared
 backoff and resumes each from its own cursor (nothing lost or repeated). An unexpected error
@@ -39,14 +39,14 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import redis.asyncio as aioredis
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from sdk import wire
 from sdk.keys import Keys
 from sdk.messages import ResultItem
-from service_common.redis_client import redis_unavailable, unblock
+from service_common.blocking_read import BlockingReads
+from service_common.redis_client import RedisClient, redis_unavailable
 from service_common.retry import DEFAULT_BACKOFF, Outage
 from ws_service import protocol
 
@@ -129,8 +129,7 @@ class ResultReader:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
-        waiter: aioredis.Redis,
+        redis: RedisClient,
         keys: Keys,
         *,
         block_ms: int,
@@ -139,7 +138,7 @@ class ResultReader:
         outage: Outage,
     ) -> None:
         self._redis = redis
-        self._waiter = waiter
+        self._reads = BlockingReads(redis)
         self._keys = keys
         self._block_ms = max(1, block_ms)
         self._batch_max = batch_max
@@ -147,9 +146,7 @@ class ResultReader:
         self._outage = outage
         self._subs: set[Subscription] = set()
         self._changed = asyncio.Event()
-        self._generation = 0
         self._waiting_on: dict[str, str] | None = None  # stream -> cursor of the wait
-        self._waiter_id: int | None = None
         self._unblocking: asyncio.Task[bool] | None = None
         self._farewells: set[asyncio.Task[None]] = set()
         self.rounds = 0
@@ -171,7 +168,6 @@ class ResultReader:
 
     def _wake(self, sub: Subscription) -> None:
         """``sub`` is ready to be read: read it now, interrupting a wait that omits it."""
-        self._generation += 1
         self._changed.set()
         waiting_on = self._waiting_on
         if waiting_on is None:
@@ -183,11 +179,8 @@ class ResultReader:
             self._unblocking = asyncio.create_task(self._unblock(), name="results-unblock")
 
     async def _unblock(self) -> bool:
-        waiter_id = self._waiter_id
-        if waiter_id is None:
-            return False
         try:
-            return await unblock(self._redis, waiter_id, lambda: self._waiting_on is not None)
+            return await self._reads.wake()
         except Exception:
             log.exception("waking the results reader failed")
             return False
@@ -206,7 +199,6 @@ class ResultReader:
                 try:
                     await self._round(ready)
                 except Exception as exc:
-                    self._waiter_id = None
                     if not redis_unavailable(exc):
                         log.exception("reading results failed; those subscriptions end")
                         self._fail(ready)
@@ -222,25 +214,18 @@ class ResultReader:
                 self._unblocking.cancel()
             for sub in self._subs:
                 sub.cancel()
+            await self._reads.aclose()
 
     async def _round(self, ready: list[Subscription]) -> None:
         self.rounds += 1
-        generation = self._generation
         cursors: dict[str, str] = {}
         for sub in ready:
             known = cursors.get(sub.stream)
             if known is None or stream_id(sub.cursor) < stream_id(known):
                 cursors[sub.stream] = sub.cursor
-        if self._waiter_id is None:
-            self._waiter_id = int(await self._waiter.client_id())
-            if generation != self._generation:
-                return  # a subscription came or left meanwhile: look again
         self._waiting_on = cursors
-        streams: dict[Any, Any] = dict(cursors)
         try:
-            reply: Any = await self._waiter.xread(
-                streams, count=self._batch_max, block=self._block_ms
-            )
+            reply = await self._reads.xread(cursors, count=self._batch_max, block_ms=self._block_ms)
         finally:
             self._waiting_on = None
         found = stream_entries(reply)

@@ -76,7 +76,6 @@ from types import TracebackType
 from typing import Self
 
 import httpx
-import redis.asyncio as aioredis
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
@@ -88,7 +87,7 @@ from sdk.messages import ResultItem
 from sdk.wire import RESULTS_PATH
 from service_common import tls
 from service_common.agent_protocol import AGENT_PATH
-from service_common.redis_client import connect_redis
+from service_common.redis_client import RedisClient, connect_redis
 from service_common.retry import Outage
 from service_common.tokens import bearer_token
 from ws_service import protocol
@@ -139,8 +138,7 @@ class ResultServer:
     def __init__(self, settings: WsSettings) -> None:
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
-        self._redis: aioredis.Redis | None = None
-        self._waiter: aioredis.Redis | None = None
+        self._redis: RedisClient | None = None
         self._reader: ResultReader | None = None
         self._reading: asyncio.Task[None] | None = None
         self._http: httpx.AsyncClient | None = None
@@ -180,12 +178,8 @@ class ResultServer:
         self._redis = connect_redis(
             settings.redis_url, client_name=settings.client_name, max_connections=POOL_CONNECTIONS
         )
-        self._waiter = connect_redis(
-            settings.redis_url, client_name=settings.client_name, max_connections=1
-        )
         self._reader = ResultReader(
             self._redis,
-            self._waiter,
             self.keys,
             block_ms=settings.block_ms,
             batch_max=settings.batch_max,
@@ -247,10 +241,9 @@ class ResultServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reading
             self._reading = None
-        for client in (self._redis, self._waiter):
-            if client is not None:
-                await client.aclose()
-        self._redis = self._waiter = None
+        if self._redis is not None:
+            await self._redis.aclose()
+        self._redis = None
         if self._http is not None:
             await self._http.aclose()
             self._http = None

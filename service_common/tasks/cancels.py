@@ -23,11 +23,10 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from sdk.keys import Keys
-from service_common.redis_client import redis_unavailable
+from service_common.redis_client import RedisClient, redis_unavailable
 from service_common.retry import DEFAULT_BACKOFF, Outage
 
 log = logging.getLogger(__name__)
@@ -38,7 +37,7 @@ class CancelListener:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         keys: Keys,
         endpoint_id: str | None,
         *,

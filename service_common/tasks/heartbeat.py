@@ -14,11 +14,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from importlib.metadata import PackageNotFoundError, version
 
-import redis.asyncio as aioredis
 from redis.typing import EncodableT, FieldT
 
 from sdk.keys import Keys
-from service_common.redis_client import redis_unavailable
+from service_common.redis_client import RedisClient, redis_unavailable
 from service_common.retry import Outage
 
 log = logging.getLogger(__name__)
@@ -57,9 +56,7 @@ class Status:
         return {name: str(value) for name, value in asdict(self).items()}
 
 
-async def write_status(
-    redis: aioredis.Redis, key: str, status: Status, *, interval_s: float
-) -> None:
+async def write_status(redis: RedisClient, key: str, status: Status, *, interval_s: float) -> None:
     """Write ``status`` to the status hash ``key``, expiring three ``interval_s`` from now
     (one round trip)."""
     pipe = redis.pipeline(transaction=False)
@@ -73,7 +70,7 @@ class Heartbeat:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: RedisClient,
         keys: Keys,
         endpoint_id: str,
         *,

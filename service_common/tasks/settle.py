@@ -50,12 +50,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import redis.asyncio as aioredis
-
 from sdk.keys import AGENT_GROUP, Keys
 from sdk.messages import ExceptionRecord
 from sdk.states import TaskState
 from service_common.lua import Lua, execute_pipeline
+from service_common.redis_client import RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +126,7 @@ class Settler:
     """Writes completions of one endpoint's tasks (see the module docstring)."""
 
     def __init__(
-        self, redis: aioredis.Redis, keys: Keys, endpoint_id: str, *, result_ttl_s: int
+        self, redis: RedisClient, keys: Keys, endpoint_id: str, *, result_ttl_s: int
     ) -> None:
         self._redis = redis
         self._keys = keys

@@ -37,12 +37,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from sdk.keys import AGENT_GROUP, Keys
 from sdk.states import TERMINAL_STATES, TaskState
+from service_common.blocking_read import BlockingReads
 from service_common.lua import Lua, execute_pipeline
+from service_common.redis_client import RedisClient
 
 START_SCRIPT = """
 local f = redis.call('HMGET', KEYS[1], 'state', 'agent', 'started_at', 'attempts', 'entry')
@@ -205,7 +206,7 @@ class Lookup:
 class TaskStream:
     """One endpoint's task stream, read by one consumer of the agents' group."""
 
-    def __init__(self, redis: aioredis.Redis, keys: Keys, endpoint_id: str, consumer: str):
+    def __init__(self, redis: RedisClient, keys: Keys, endpoint_id: str, consumer: str):
         self._redis = redis
         self._keys = keys
         self.key = keys.endpoint_tasks(endpoint_id)
@@ -410,7 +411,7 @@ class TaskStream:
 
 
 async def read_streams(
-    redis: aioredis.Redis, counts: Mapping[str, int], consumer: str
+    redis: RedisClient, counts: Mapping[str, int], consumer: str
 ) -> dict[str, list[TaskEntry]]:
     """One non-blocking ``XREADGROUP ... COUNT n`` per stream (``counts``: stream key ->
     n), pipelined: one round trip for any number of endpoints. A stream whose group is gone
@@ -438,14 +439,21 @@ async def read_streams(
 
 
 async def read_blocking(
-    redis: aioredis.Redis, streams: Sequence[str], consumer: str, *, count: int, block_ms: int
+    reads: BlockingReads,
+    redis: RedisClient,
+    streams: Sequence[str],
+    consumer: str,
+    *,
+    count: int,
+    block_ms: int,
 ) -> dict[str, list[TaskEntry]]:
-    """One ``XREADGROUP COUNT count BLOCK block_ms`` over many streams: returns as soon as
-    any has new entries, with up to ``count`` from each. Holds one connection while it
-    waits, however many streams it watches."""
+    """One ``XREADGROUP COUNT count BLOCK block_ms`` over many streams (one per hash slot on
+    a Redis Cluster), on ``reads``' connections: returns as soon as any has new entries,
+    with up to ``count`` from each. A stream whose group is gone is recreated (through
+    ``redis``) and the read finds nothing this time."""
     try:
-        reply: Any = await redis.xreadgroup(
-            AGENT_GROUP, consumer, dict.fromkeys(streams, ">"), count=count, block=block_ms
+        reply = await reads.xreadgroup(
+            AGENT_GROUP, consumer, dict.fromkeys(streams, ">"), count=count, block_ms=block_ms
         )
     except ResponseError as exc:
         if "NOGROUP" not in str(exc):
@@ -454,13 +462,13 @@ async def read_blocking(
             await ensure_group(redis, key)
         return {}
     found: dict[str, list[TaskEntry]] = {}
-    for key, items in _stream_items(reply):
-        found[str(key)] = [TaskEntry.from_fields(eid, fields or {}) for eid, fields in items]
+    for key, items in reply:
+        found[key] = [TaskEntry.from_fields(eid, fields or {}) for eid, fields in items]
     return found
 
 
 async def claim_streams(
-    redis: aioredis.Redis,
+    redis: RedisClient,
     claims: Mapping[str, tuple[int, str]],
     consumer: str,
     *,
@@ -491,7 +499,7 @@ async def claim_streams(
     return found, cursors
 
 
-async def ensure_group(redis: aioredis.Redis, key: str) -> None:
+async def ensure_group(redis: RedisClient, key: str) -> None:
     """Create the consumer group of the stream ``key`` (and the stream) unless it exists."""
     try:
         await redis.xgroup_create(key, AGENT_GROUP, id="0", mkstream=True)

@@ -56,9 +56,11 @@ async def test_unblock_wakes_a_blocked_read_even_one_not_yet_blocked(
         waiter_id = int(await waiter.client_id())
         reading = asyncio.create_task(waiter.xread({f"{key_prefix}:nothing": "$"}, block=60_000))
         async with asyncio.timeout(10):
-            assert await unblock(other, waiter_id, lambda: not reading.done())
+            assert await unblock(other.client_unblock, waiter_id, lambda: not reading.done())
             assert not await reading  # woken empty-handed
-        assert not await unblock(other, waiter_id, lambda: False)  # nothing in flight: no try
+        assert not await unblock(
+            other.client_unblock, waiter_id, lambda: False
+        )  # nothing in flight: no try
     finally:
         await waiter.aclose()
         await other.aclose()

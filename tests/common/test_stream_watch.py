@@ -11,16 +11,14 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from service_common.redis_client import connect_redis
 from service_common.stream_watch import StreamWatcher, entry_key
 
 BOUND_S = 20.0
 
 
 @pytest.fixture
-async def watcher(redis_url: str, aredis: aioredis.Redis) -> AsyncIterator[StreamWatcher]:
-    reader = connect_redis(redis_url, max_connections=1)
-    watcher = StreamWatcher(aredis, reader, block_ms=60_000)
+async def watcher(aredis: aioredis.Redis) -> AsyncIterator[StreamWatcher]:
+    watcher = StreamWatcher(aredis, block_ms=60_000)
     stopped = asyncio.Event()
     task = asyncio.create_task(watcher.run(stopped))
     try:
@@ -29,7 +27,6 @@ async def watcher(redis_url: str, aredis: aioredis.Redis) -> AsyncIterator[Strea
         stopped.set()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-        await reader.aclose()
 
 
 async def until_reading(watcher: StreamWatcher) -> None:

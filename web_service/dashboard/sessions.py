@@ -29,10 +29,10 @@ import json
 import secrets
 from dataclasses import asdict, dataclass
 
-import redis.asyncio as aioredis
 from starlette.requests import HTTPConnection
 
 from sdk.keys import Keys
+from service_common.redis_client import RedisClient
 from web_service.accounts import Caller
 from web_service.errors import ApiError, forbidden
 
@@ -68,7 +68,7 @@ class Session:
 class DashboardSessions:
     """Opens, reads and closes sessions and sign-in codes in Redis."""
 
-    def __init__(self, redis: aioredis.Redis, keys: Keys, *, ttl_s: int = SESSION_TTL_S) -> None:
+    def __init__(self, redis: RedisClient, keys: Keys, *, ttl_s: int = SESSION_TTL_S) -> None:
         self._redis = redis
         self._keys = keys
         self._ttl_s = ttl_s

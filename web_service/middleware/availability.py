@@ -24,13 +24,12 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service_common.redis_client import redis_unavailable
+from service_common.redis_client import RedisClient, redis_unavailable
 from service_common.retry import DEFAULT_BACKOFF, Outage
 from web_service.errors import error_response, request_id_of, retry_later
 from web_service.store.database import sql_unavailable
@@ -54,7 +53,7 @@ def redis_error(exc: BaseException) -> bool:
 class Dependencies:
     """The outages of this process's Redis and SQL, and probes of both."""
 
-    def __init__(self, *, redis: aioredis.Redis, engine: AsyncEngine) -> None:
+    def __init__(self, *, redis: RedisClient, engine: AsyncEngine) -> None:
         self._redis = redis
         self._engine = engine
         self.outages = {

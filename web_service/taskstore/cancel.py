@@ -22,12 +22,11 @@ import time
 from collections.abc import Sequence
 from typing import Literal, TypedDict
 
-import redis.asyncio as aioredis
-
 from sdk.keys import Keys
 from sdk.messages import CancelNotice
 from sdk.states import TaskState
 from service_common.lua import Lua, execute_pipeline
+from service_common.redis_client import RedisClient
 from web_service.store.models import is_id
 
 Outcome = Literal["cancelled", "interrupt_requested", "finished"]
@@ -57,7 +56,7 @@ class CancelResult(TypedDict):
 
 
 class Canceller:
-    def __init__(self, redis: aioredis.Redis, keys: Keys, *, result_ttl_s: int) -> None:
+    def __init__(self, redis: RedisClient, keys: Keys, *, result_ttl_s: int) -> None:
         self._redis = redis
         self._keys = keys
         self._result_ttl_s = result_ttl_s

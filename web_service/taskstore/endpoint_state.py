@@ -10,13 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import cast
 
-import redis.asyncio as aioredis
-
 from sdk.keys import AGENT_GROUP, Keys
+from service_common.redis_client import RedisClient
 
 
 async def endpoint_status(
-    redis: aioredis.Redis, keys: Keys, endpoint_id: str
+    redis: RedisClient, keys: Keys, endpoint_id: str
 ) -> dict[str, str] | None:
     """The latest heartbeat of the endpoint's agents, or None when none is live."""
     status = await redis.hgetall(keys.endpoint_status(endpoint_id))
@@ -24,7 +23,7 @@ async def endpoint_status(
 
 
 async def endpoint_load(
-    redis: aioredis.Redis, keys: Keys, endpoint_ids: Sequence[str]
+    redis: RedisClient, keys: Keys, endpoint_ids: Sequence[str]
 ) -> dict[str, tuple[int, int]]:
     """``{endpoint id: (queued, delivered)}`` from each task stream; one round trip.
 
@@ -48,7 +47,7 @@ async def endpoint_load(
 
 
 async def set_allowed_functions(
-    redis: aioredis.Redis, keys: Keys, endpoint_id: str, function_ids: Sequence[str]
+    redis: RedisClient, keys: Keys, endpoint_id: str, function_ids: Sequence[str]
 ) -> None:
     """Mirror an endpoint's allow-list into its Redis set (atomically; one hash slot)."""
     key = keys.endpoint_allowed_functions(endpoint_id)

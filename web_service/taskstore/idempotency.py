@@ -33,10 +33,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from sdk.messages import SubmitResponse
+from service_common.redis_client import RedisClient
 from web_service.errors import ApiError, invalid, retry_later
 
 HEADER = "idempotency-key"
@@ -91,7 +91,7 @@ def _response(record: Any) -> SubmitResponse:
 
 
 async def claim(
-    redis: aioredis.Redis, key: str, request_fingerprint: str, plan: SubmitResponse, *, ttl_s: int
+    redis: RedisClient, key: str, request_fingerprint: str, plan: SubmitResponse, *, ttl_s: int
 ) -> Claim:
     """Claim ``key`` for this request, to queue ``plan``; or the earlier answer; or the plan of
     an abandoned earlier try, taken over.
@@ -124,7 +124,7 @@ async def claim(
 
 
 async def abandon(
-    redis: aioredis.Redis, key: str, request_fingerprint: str, plan: SubmitResponse, *, ttl_s: int
+    redis: RedisClient, key: str, request_fingerprint: str, plan: SubmitResponse, *, ttl_s: int
 ) -> None:
     """Mark the claim of a batch that could not be queued as abandoned, so a retry takes its
     plan over at once. Best effort: with Redis away the claim's deadline passes by itself."""

@@ -11,11 +11,10 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import cast
 
-import redis.asyncio as aioredis
-
 from sdk.keys import Keys
 from sdk.messages import TaskInfo, TaskSpec, task_info
 from sdk.states import TaskState
+from service_common.redis_client import RedisClient
 from web_service.store.models import is_id
 
 CREATE_TASK = """
@@ -57,7 +56,7 @@ def new_task_ids(count: int) -> list[str]:
 
 
 async def enqueue(
-    redis: aioredis.Redis,
+    redis: RedisClient,
     keys: Keys,
     *,
     user_id: str,
@@ -135,15 +134,13 @@ async def enqueue(
     await pipe.execute()
 
 
-async def store_function_code(
-    redis: aioredis.Redis, keys: Keys, function_id: str, code: str
-) -> None:
+async def store_function_code(redis: RedisClient, keys: Keys, function_id: str, code: str) -> None:
     """Cache a function's code for agents (no TTL; SQL keeps the original)."""
     await redis.set(keys.function_code(function_id), code)
 
 
 async def read_tasks(
-    redis: aioredis.Redis, keys: Keys, user_id: str, task_ids: Sequence[str]
+    redis: RedisClient, keys: Keys, user_id: str, task_ids: Sequence[str]
 ) -> dict[str, TaskInfo]:
     """The tasks among ``task_ids`` that exist and belong to ``user_id``; one round trip."""
     wanted = [task_id for task_id in task_ids if is_id(task_id)]
@@ -159,15 +156,13 @@ async def read_tasks(
     return found
 
 
-async def read_task(
-    redis: aioredis.Redis, keys: Keys, user_id: str, task_id: str
-) -> TaskInfo | None:
+async def read_task(redis: RedisClient, keys: Keys, user_id: str, task_id: str) -> TaskInfo | None:
     """The task if it exists and belongs to ``user_id``."""
     return (await read_tasks(redis, keys, user_id, [task_id])).get(task_id)
 
 
 async def task_group_page(
-    redis: aioredis.Redis, keys: Keys, task_group_id: str, *, offset: int, limit: int
+    redis: RedisClient, keys: Keys, task_group_id: str, *, offset: int, limit: int
 ) -> tuple[int, list[tuple[str, str | None]]]:
     """``(total, [(task id, state or None once expired)])`` of one page of a group's tasks.
 
@@ -195,7 +190,7 @@ SUMMARY_FIELDS = (
 
 
 async def recent_tasks(
-    redis: aioredis.Redis, keys: Keys, user_id: str, task_group_ids: Sequence[str], *, limit: int
+    redis: RedisClient, keys: Keys, user_id: str, task_group_ids: Sequence[str], *, limit: int
 ) -> list[dict[str, str]]:
     """Up to ``limit`` of the newest tasks of ``task_group_ids`` (given newest first) that
     still exist and are ``user_id``'s, newest first, as :data:`SUMMARY_FIELDS`; two round

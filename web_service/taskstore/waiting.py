@@ -24,11 +24,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-import redis.asyncio as aioredis
-
 from sdk.keys import Keys
 from sdk.messages import TaskInfo
 from sdk.states import TERMINAL_STATES
+from service_common.redis_client import RedisClient
 from service_common.stream_watch import StreamWatcher
 from web_service.taskstore.tasks import read_tasks
 
@@ -46,7 +45,7 @@ def any_finished(found: dict[str, TaskInfo], task_ids: Sequence[str]) -> bool:
 
 
 async def read_tasks_waiting(
-    redis: aioredis.Redis,
+    redis: RedisClient,
     keys: Keys,
     watcher: StreamWatcher,
     user_id: str,

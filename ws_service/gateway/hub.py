@@ -20,11 +20,10 @@ import logging
 import secrets
 from collections.abc import Callable, Sequence
 
-import redis.asyncio as aioredis
 from websockets.asyncio.server import ServerConnection
 
 from sdk.keys import Keys
-from service_common.redis_client import connect_redis, redis_unavailable
+from service_common.redis_client import RedisClient, connect_redis, redis_unavailable
 from service_common.retry import Outage, retry
 from service_common.tasks.cancels import CancelListener
 from ws_service.gateway.reader import Reader
@@ -50,8 +49,7 @@ class Gateway:
         self.on_settled = on_settled
         self.consumer = f"gw-{secrets.token_hex(6)}"
         """This copy's consumer name in every endpoint's group (the reader's)."""
-        self._redis: aioredis.Redis | None = None
-        self._waiter: aioredis.Redis | None = None
+        self._redis: RedisClient | None = None
         self._reader: Reader | None = None
         self._cancels: CancelListener | None = None
         self._stopped = asyncio.Event()
@@ -60,7 +58,7 @@ class Gateway:
         self._sends: set[asyncio.Task[None]] = set()
 
     @property
-    def redis(self) -> aioredis.Redis:
+    def redis(self) -> RedisClient:
         if self._redis is None:
             raise RuntimeError("the gateway is not open")
         return self._redis
@@ -80,10 +78,8 @@ class Gateway:
         self._redis = connect_redis(
             s.redis_url, client_name=s.client_name, max_connections=s.gateway_redis_connections - 1
         )
-        self._waiter = connect_redis(s.redis_url, client_name=s.client_name, max_connections=1)
         self._reader = Reader(
             self._redis,
-            self._waiter,
             self.keys,
             consumer=self.consumer,
             block_ms=s.block_ms,
@@ -107,10 +103,9 @@ class Gateway:
         await asyncio.gather(*self._background, return_exceptions=True)
         if self._cancels is not None:
             await self._cancels.stop()
-        for client in (self._waiter, self._redis):
-            if client is not None:
-                await client.aclose()
-        self._redis = self._waiter = self._reader = self._cancels = None
+        if self._redis is not None:
+            await self._redis.aclose()
+        self._redis = self._reader = self._cancels = None
 
     async def _listen(self) -> None:
         """Subscribe to every endpoint's cancel channel, waiting out an outage."""

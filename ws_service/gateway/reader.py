@@ -21,8 +21,8 @@ lease). An entry read for an agent that left meanwhile goes back to the stream's
 
 Cost: one round trip per round for all endpoints together, and at most two Redis
 connections (the wait and one pool connection at a time) whatever the number of agents.
-On Redis Cluster the wait must be one per shard (streams of one command share a slot);
-this reader assumes one Redis.
+On a Redis Cluster the wait is one per hash slot of the wanting streams, each on a
+connection of its own (:mod:`service_common.blocking_read`).
 
 **Redis outages** are waited out with the shared backoff; the loop never exits.
 """
@@ -36,10 +36,9 @@ import time
 from collections.abc import Mapping
 from typing import Protocol
 
-import redis.asyncio as aioredis
-
 from sdk.keys import Keys
-from service_common.redis_client import redis_unavailable, unblock
+from service_common.blocking_read import BlockingReads
+from service_common.redis_client import RedisClient, redis_unavailable
 from service_common.retry import DEFAULT_BACKOFF, Outage, wait_or_stop
 from service_common.tasks.stream import (
     TaskEntry,
@@ -78,8 +77,7 @@ class Reader:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
-        waiter: aioredis.Redis,
+        redis: RedisClient,
         keys: Keys,
         *,
         consumer: str,
@@ -88,7 +86,7 @@ class Reader:
         outage: Outage,
     ) -> None:
         self._redis = redis
-        self._waiter = waiter
+        self._reads = BlockingReads(redis)
         self._keys = keys
         self.consumer = consumer
         self._block_ms = max(1, block_ms)
@@ -103,7 +101,6 @@ class Reader:
         self._changed = asyncio.Event()
         self._generation = 0
         self._waiting_on: frozenset[str] | None = None  # endpoints of the wait in flight
-        self._waiter_id: int | None = None
         self._unblocking: asyncio.Task[None] | None = None
         self.rounds = 0
         """Read rounds so far (claims, reads and waits), for tests and the profile."""
@@ -134,11 +131,8 @@ class Reader:
                 self._unblocking = asyncio.create_task(self._unblock(), name="gateway-unblock")
 
     async def _unblock(self) -> None:
-        waiter_id = self._waiter_id
-        if waiter_id is None:
-            return
         try:
-            await unblock(self._redis, waiter_id, lambda: self._waiting_on is not None)
+            await self._reads.wake()
         except Exception:
             log.exception("waking the gateway's reader failed")
 
@@ -170,7 +164,6 @@ class Reader:
                 try:
                     await self._round(wants)
                 except Exception as exc:
-                    self._waiter_id = None
                     if redis_unavailable(exc):
                         self._outage.failed(exc, attempt_started=started)
                     else:
@@ -183,6 +176,7 @@ class Reader:
         finally:
             if self._unblocking is not None:
                 self._unblocking.cancel()
+            await self._reads.aclose()
 
     async def _round(self, wants: dict[str, int]) -> None:
         self.rounds += 1
@@ -223,14 +217,13 @@ class Reader:
         await self._wait(wants, now)
 
     async def _wait(self, wants: dict[str, int], now: float) -> None:
-        if self._waiter_id is None:
-            self._waiter_id = int(await self._waiter.client_id())
         next_claim_s = min(self._claim_at.get(eid, now) for eid in wants) - time.monotonic()
         block_ms = max(1, min(self._block_ms, int(next_claim_s * 1000) + 1))
         self._waiting_on = frozenset(wants)
         try:
             found = await read_blocking(
-                self._waiter,
+                self._reads,
+                self._redis,
                 [self._keys.endpoint_tasks(eid) for eid in wants],
                 self.consumer,
                 count=min(wants.values()),
