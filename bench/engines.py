@@ -20,6 +20,7 @@ engine's (:func:`bench.report.engine_ratios`).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -61,7 +62,10 @@ class EngineSites:
         self._redis.__enter__()
         try:
             self._processes = Processes(self._workdir / "rq-site.log")
-            workers = [self._processes.start(self._rq_worker(i)) for i in range(WORKERS)]
+            # The workers know only the site's Redis, not the platform's nor its settings.
+            env = {k: v for k, v in os.environ.items()
+                   if k != "REDIS_URL" and not k.startswith("FXBROKER_")}  # fmt: skip
+            workers = [self._processes.start(self._rq_worker(i), env) for i in range(WORKERS)]
             self._wait_for(workers)
         except BaseException:
             self.close()
