@@ -146,22 +146,32 @@ def _add_latency(figures: Figures, variant: str, samples_s: list[float]) -> None
                 better="lower")  # fmt: skip
 
 
-def latency_async(figures: Figures, deployment: Deployment, s: BenchSettings) -> None:
-    """Sequential ``await fx.run(...)``: submit, then the result pushed over the WebSocket."""
+def async_round_trips(
+    deployment: Deployment, endpoint: str, n: int, s: BenchSettings
+) -> list[float]:
+    """Seconds of each of ``n`` sequential ``await fx.run(...)`` of the no-op on ``endpoint``
+    (submit, then the result pushed over the WebSocket), after one warm-up."""
 
     async def measure() -> list[float]:
         async with AsyncClient(deployment.url, deployment.token, ws_url=deployment.ws_url,
-                               endpoint_id=deployment.endpoints[PROCESS]) as fx:  # fmt: skip
+                               endpoint_id=deployment.endpoints[endpoint]) as fx:  # fmt: skip
             fid = await fx.register_function(tasks.noop)
             await asyncio.wait_for(fx.run(function_id=fid), s.task_timeout_s)
             samples = []
-            for _ in range(s.latency_round_trips):
+            for _ in range(n):
                 start = time.perf_counter()
                 await asyncio.wait_for(fx.run(function_id=fid), s.task_timeout_s)
                 samples.append(time.perf_counter() - start)
             return samples
 
-    _add_latency(figures, ASYNC_PUSH_ROW, asyncio.run(measure()))
+    return asyncio.run(measure())
+
+
+def latency_async(figures: Figures, deployment: Deployment, s: BenchSettings) -> None:
+    """Sequential ``await fx.run(...)`` on the process agent: submit, then the result
+    pushed over the WebSocket."""
+    samples = async_round_trips(deployment, PROCESS, s.latency_round_trips, s)
+    _add_latency(figures, ASYNC_PUSH_ROW, samples)
 
 
 def latency_polling(figures: Figures, deployment: Deployment, s: BenchSettings) -> None:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
@@ -33,13 +34,15 @@ FXBROKER = [PYTHON, "-m", "fxbroker.cli"]
 
 @dataclass(frozen=True)
 class AgentSpec:
-    """One agent process: its endpoint's name, engine, workers, async slots and prefetch."""
+    """One agent process: its endpoint's name, engine, workers, async slots and prefetch;
+    ``env``: more of its settings (``FXBROKER_*`` variables), such as an engine's site."""
 
     name: str
     engine: str
     workers: int
     max_concurrency: int = 1000
     prefetch: int = 0
+    env: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,7 @@ class Platform:
                 FXBROKER_MAX_CONCURRENCY=str(agent.max_concurrency),
                 FXBROKER_PREFETCH=str(agent.prefetch),
             )
+            agent_env.update(agent.env)
             proc = self.processes.start([*FXBROKER, "endpoint", "start", agent.name], agent_env)
             endpoints[agent.name] = self._registered(agent.name, proc)
         return Deployment(url, ws_url, token, endpoints, self.key_prefix, self.redis_url)

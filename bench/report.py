@@ -139,6 +139,15 @@ DEMO_STYLES = {
 DEMO_WITHIN = 2.0
 """The demo's tasks/s and the bench's may differ by at most this factor either way."""
 RATIO_WORKLOADS = ("throughput", "latency", "payload")
+ENGINES = "engines"
+"""The workload of the engine rows: fxbroker on agents of different engines, no target."""
+REFERENCE_ENGINE = "process"
+"""The engine the other engines' rows are divided by."""
+
+
+def engine_variant(engine: str, workers: int) -> str:
+    """The variant of ``engine``'s rows (``engine rq x2``)."""
+    return f"engine {engine} x{workers}"
 
 
 def _best_broker(figures: Figures, workload: str, metric: str) -> tuple[str, float]:
@@ -263,6 +272,35 @@ def _at_most(name: str, value: float, threshold: float, unit: str, note: str = "
     return Target(name, value, threshold, unit, "<=", value <= threshold, note)
 
 
+# -- engine ratios -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EngineRatio:
+    """One engine's median ``metric`` divided by the process engine's, same workers."""
+
+    variant: str
+    metric: str
+    reference: str
+    ratio: float
+
+
+def engine_ratios(figures: Figures) -> list[EngineRatio]:
+    """Each engine row's median over the process engine row's with as many workers (the
+    process row's own ratios, all 1, are left out; NaN where the process row is missing)."""
+    found = []
+    for f in figures:
+        if f.workload != ENGINES or f.system != FXBROKER:
+            continue
+        engine, _, workers = f.variant.removeprefix("engine ").rpartition(" x")
+        reference = engine_variant(REFERENCE_ENGINE, int(workers))
+        if engine == REFERENCE_ENGINE:
+            continue
+        process = figures.value(ENGINES, FXBROKER, reference, f.metric)
+        found.append(EngineRatio(f.variant, f.metric, reference, ratio(f.value, process)))
+    return found
+
+
 # -- rendering ---------------------------------------------------------------------------------
 
 
@@ -308,6 +346,13 @@ def render(figures: Figures, found: Sequence[Target], *, header: str) -> str:
         cells = [fmt(ratio(f.value, peer_values.get(p, math.nan))) for p in PEERS]
         ratio_rows.append((f.workload, f.variant, f.metric, *cells))
     lines += _columns(ratio_rows)
+    per_engine = engine_ratios(figures)
+    if per_engine:
+        lines += ["", "engine / process engine (throughput: < 1 is slower; latency: > 1 is slower)"]
+        engine_rows: list[tuple[str, ...]] = [("engine", "figure", "ratio", "to")]
+        for r in per_engine:
+            engine_rows.append((r.variant, r.metric, fmt(r.ratio), r.reference))
+        lines += _columns(engine_rows)
     lines += ["", "targets"]
     for t in found:
         verdict = "PASS" if t.passed else "FAIL"
@@ -343,10 +388,13 @@ def to_json(figures: Figures, found: Sequence[Target], *, meta: dict[str, Any]) 
             r = ratio(f.value, value)
             ratios.append({"workload": f.workload, "variant": f.variant, "metric": f.metric,
                            "peer": peer, "ratio": None if math.isnan(r) else r})  # fmt: skip
+    per_engine = [{**asdict(r), "ratio": None if math.isnan(r.ratio) else r.ratio}
+                  for r in engine_ratios(figures)]  # fmt: skip
     return {
         **meta,
         "figures": rows,
         "ratios": ratios,
+        "engine_ratios": per_engine,
         "targets": [
             {**asdict(t), "value": None if math.isnan(t.value) else t.value} for t in found
         ],

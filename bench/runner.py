@@ -4,7 +4,9 @@ Layout (a real deployment on one machine): Redis is ``REDIS_URL`` or a private
 ``redis-server``; fxbroker runs as separate processes (``fxbroker web``, ``fxbroker ws`` and
 one ``fxbroker endpoint start`` agent per endpoint); each peer's workers run as subprocesses
 started for its turn; the clients of every system run in this process, except ``fxbroker
-demo``, which runs as a user runs it, a subprocess with its own stack. Each repeat runs every step
+demo``, which runs as a user runs it, a subprocess with its own stack. The engine rows add an
+agent of the ``rq`` and one of the ``parsl`` engine, and what they hand tasks to
+(:mod:`bench.engines`). Each repeat runs every step
 once, the order rotated by one from repeat to repeat, so no system always goes first or
 last; the figures are the medians over the repeats.
 """
@@ -21,11 +23,12 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import demo_run
+from bench import demo_run, engines
 from bench import fx_workloads as fx
 from bench.peer_arq import ArqPeer
 from bench.peer_celery import CeleryPeer
@@ -47,7 +50,7 @@ from bench.settings import BenchSettings
 
 PACKAGES = ("fxbroker", "celery", "rq", "arq", "redis", "hiredis")
 WORKLOADS = ("throughput", "latency", "seed", "async", "submission", "fan-out", "payload", "demo",
-             "peers")  # fmt: skip
+             "peers", "engines")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,14 @@ def _fx_steps(figures: Figures, d: Deployment, s: BenchSettings, workdir: Path) 
         Step("payload", "fxbroker payload", lambda: fx.payload(figures, d, s)),
         Step("demo", "fxbroker demo", lambda: demo_run.demo(figures, workdir, s)),
     ]  # fmt: skip
+
+
+def _engine_steps(figures: Figures, d: Deployment, s: BenchSettings) -> list[Step]:
+    def step(engine: str) -> Step:
+        return Step("engines", f"fxbroker engine {engine}",
+                    lambda: engines.engine_row(figures, d, engine, s))  # fmt: skip
+
+    return [step(engine) for engine in engines.ENDPOINTS]
 
 
 def _peer_step(figures: Figures, s: BenchSettings, make: Callable[[], Peer], name: str) -> Step:
@@ -147,16 +158,24 @@ def run(settings: BenchSettings) -> tuple[str, dict[str, Any]]:
         AgentSpec(fx.SEED, "thread", s.seed_workers),
         AgentSpec(fx.WIDE, "process", 2, max_concurrency=fx.WIDE_SLOTS),
     ]
+    with_engines = not s.only or "engines" in s.only
+    sites: AbstractContextManager[engines.EngineSites | None] = (
+        engines.EngineSites(workdir, start_timeout_s=s.start_timeout_s)
+        if with_engines
+        else nullcontext()
+    )
     try:
-        with RedisServer(s.redis_url) as redis_server:
+        with RedisServer(s.redis_url) as redis_server, sites as engine_sites:
             platform_ = Platform(
                 redis_url=redis_server.url, database_url=s.database_url, workdir=workdir,
-                tag=tag, agents=agents, idle_endpoints=[fx.IDLE],
-                start_timeout_s=s.start_timeout_s,
+                tag=tag, agents=agents + (engine_sites.agents if engine_sites is not None else []),
+                idle_endpoints=[fx.IDLE], start_timeout_s=s.start_timeout_s,
             )  # fmt: skip
             with platform_ as deployment, Processes(workdir / "peers.log") as peer_procs:
                 steps = _fx_steps(figures, deployment, s, workdir)
                 steps += _peer_steps(figures, s, redis_server.url, tag, peer_procs)
+                if engine_sites is not None:
+                    steps += _engine_steps(figures, deployment, s)
                 if s.only:
                     steps = [step for step in steps if step.workload in s.only]
                 for r in range(s.repeat):
@@ -165,6 +184,8 @@ def run(settings: BenchSettings) -> tuple[str, dict[str, Any]]:
                         t0 = time.monotonic()
                         step.run()
                         platform_.processes.check()
+                        if engine_sites is not None:
+                            engine_sites.check()
                         _say(f"[{r + 1}/{s.repeat}] {step.name}: {time.monotonic() - t0:.1f} s")
             meta = _meta(s, tag, redis_server, time.monotonic() - started)
     except BaseException:

@@ -34,6 +34,10 @@ class BenchSettings:
     """Bytes of each payload task's argument and of its result."""
     demo_tasks: int = 1_000
     """``fxbroker demo --tasks``: tasks per client style (the demo's own default)."""
+    engine_tasks: int = 300
+    """The engine rows' throughput: no-ops per sample (rq's forking workers run about 50/s)."""
+    engine_round_trips: int = 50
+    """The engine rows' latency: sequential round trips per sample."""
     pool_workers: int = 2
     poll_interval_s: float = 0.005
     task_timeout_s: float = 300.0
@@ -47,7 +51,8 @@ class BenchSettings:
         for name in ("repeat", "throughput_tasks", "latency_round_trips", "seed_tasks",
                      "async_tasks", "async_wide_tasks", "submission_tasks", "submission_batch",
                      "fanout_clients", "fanout_results", "payload_tasks", "payload_bytes",
-                     "demo_tasks", "pool_workers"):  # fmt: skip
+                     "demo_tasks", "engine_tasks", "engine_round_trips",
+                     "pool_workers"):  # fmt: skip
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, not {value!r}")
@@ -70,7 +75,8 @@ class BenchSettings:
             repeat=1, quick=True, throughput_tasks=200, latency_round_trips=20, seed_tasks=10,
             seed_workers=16, async_tasks=50, async_wide_tasks=100, submission_tasks=2_000,
             submission_batch=500, fanout_clients=10, fanout_results=5, payload_tasks=4,
-            payload_bytes=64 * 1024, demo_tasks=20, task_timeout_s=60.0,
+            payload_bytes=64 * 1024, demo_tasks=20, engine_tasks=20, engine_round_trips=5,
+            task_timeout_s=60.0,
         )  # fmt: skip
         return replace(quick, **overrides)  # type: ignore[arg-type]
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,9 +18,12 @@ from bench.demo_run import parse_rates
 from bench.report import (
     ASYNC_WIDE_ROW,
     DEMO_STYLES,
+    ENGINES,
     FXBROKER,
     PEERS,
     Figures,
+    engine_ratios,
+    fmt,
     percentile,
     render,
     targets,
@@ -51,6 +55,12 @@ FX_ROWS = {
     ("payload", "Executor, process x2", "throughput"),
     *(("demo", style, "throughput") for style in DEMO_STYLES),
 }
+ENGINE_VARIANTS = ("engine process x2", "engine rq x2", "engine parsl x2")
+ENGINE_ROWS = {
+    (ENGINES, variant, metric)
+    for variant in ENGINE_VARIANTS
+    for metric in ("throughput", "p50", "p99")
+}
 TARGETS = 15
 
 
@@ -66,7 +76,7 @@ def test_quick_run_produces_every_row(redis_url: str, tmp_path: Path) -> None:
     figures = {(f["workload"], f["system"], f["variant"], f["metric"]): f for f in data["figures"]}
 
     fx = {(w, v, m) for (w, system, v, m) in figures if system == FXBROKER}
-    assert fx == FX_ROWS
+    assert fx == FX_ROWS | ENGINE_ROWS
     for peer in PEERS:
         metrics = {(w, m) for (w, system, _, m) in figures if system == peer}
         assert metrics == {("throughput", "throughput"), ("latency", "p50"), ("latency", "p99"),
@@ -92,6 +102,67 @@ def test_quick_run_produces_every_row(redis_url: str, tmp_path: Path) -> None:
         assert f"{verdict}  {target['name']}" in done.stdout
     assert "QUICK RUN" in done.stdout
     assert count_matching(redis_url, f"*{data['tag']}*") == 0
+
+
+def test_engine_rows_alone_print_each_engine_beside_the_process_engine(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """``--only engines`` with the quick counts (20 tasks, 5 round trips): the rq site and
+    the Parsl block start, every engine row and its ratio to the process engine is printed
+    and positive, and nothing the run started is left behind."""
+    out = tmp_path / "results.json"
+    env = {**os.environ, "REDIS_URL": redis_url}
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--only", "engines", "--json", str(out)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    data = json.loads(out.read_text())
+    assert data["settings"]["engine_tasks"] == 20
+    assert data["settings"]["engine_round_trips"] == 5
+    figures = {(f["workload"], f["variant"], f["metric"]): f for f in data["figures"]}
+    assert set(figures) == ENGINE_ROWS
+    for (_, variant, metric), f in figures.items():
+        assert f["system"] == FXBROKER
+        assert len(f["samples"]) == 1 and f["median"] > 0, (variant, metric)
+        median = re.escape(fmt(f["median"]))
+        row = rf"^{ENGINES}\s+fxbroker {re.escape(variant)}\s+{metric} \(.*\s{median}\s"
+        assert re.search(row, done.stdout, re.MULTILINE), (variant, metric)
+    for variant in ENGINE_VARIANTS:
+        p50, p99 = (figures[(ENGINES, variant, q)]["median"] for q in ("p50", "p99"))
+        assert p50 <= p99
+    ratios = {(r["variant"], r["metric"]): r for r in data["engine_ratios"]}
+    assert set(ratios) == {(v, m) for (_, v, m) in ENGINE_ROWS if v != "engine process x2"}
+    for (variant, metric), r in ratios.items():
+        process = figures[(ENGINES, "engine process x2", metric)]["median"]
+        assert r["ratio"] == pytest.approx(figures[(ENGINES, variant, metric)]["median"] / process)
+        assert r["reference"] == "engine process x2"
+    assert "engine / process engine" in done.stdout
+    assert count_matching(redis_url, f"*{data['tag']}*") == 0
+    assert not (REPO / "runinfo").exists()  # Parsl wrote into the run's folder only
+
+
+def test_engine_ratios_divide_by_the_process_engine() -> None:
+    f = Figures()
+    for variant, tps, p50 in (("engine process x2", 500.0, 10.0), ("engine rq x2", 50.0, 30.0),
+                              ("engine parsl x2", 250.0, 5.0)):  # fmt: skip
+        f.add(ENGINES, FXBROKER, variant, "throughput", tps, unit="/s", better="higher")
+        f.add(ENGINES, FXBROKER, variant, "p50", p50, unit="ms", better="lower")
+    found = {(r.variant, r.metric): r.ratio for r in engine_ratios(f)}
+    assert found == {
+        ("engine rq x2", "throughput"): 0.1,
+        ("engine rq x2", "p50"): 3.0,
+        ("engine parsl x2", "throughput"): 0.5,
+        ("engine parsl x2", "p50"): 0.5,
+    }
+    table = render(f, targets(f), header="h")
+    rows = [line.split() for line in table.splitlines()]
+    assert ["engine", "rq", "x2", "p50", "3", "engine", "process", "x2"] in rows
+    assert ["engine", "parsl", "x2", "throughput", "0.5", "engine", "process", "x2"] in rows
+    alone = Figures()
+    alone.add(ENGINES, FXBROKER, "engine rq x2", "p50", 3.0, unit="ms", better="lower")
+    assert all(math.isnan(r.ratio) for r in engine_ratios(alone))
+    assert "engine / process engine" not in render(Figures(), targets(Figures()), header="h")
 
 
 def test_percentile_interpolates_between_ranks() -> None:

@@ -80,13 +80,14 @@ def test_the_globus_extra_names_the_compute_sdk_as_the_dev_extra_pins_it() -> No
 
 
 def test_the_parsl_extra_names_parsl_as_the_dev_extra_pins_it() -> None:
-    """The suite (``make test`` installs the dev extra) runs the parsl engine's tests against
-    the Parsl the ``parsl`` extra gives agents."""
+    """The suite (``make test`` installs the dev extra) runs the parsl engine's tests, and
+    ``python -m bench`` (the bench extra) its engine rows, against the Parsl the ``parsl``
+    extra gives agents."""
     extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
         "optional-dependencies"
     ]
     pins = {
         extra: [str(r) for r in map(Requirement, extras[extra]) if r.name == "parsl"]
-        for extra in ("parsl", "dev")
+        for extra in ("parsl", "dev", "bench")
     }
-    assert pins["parsl"] == pins["dev"] == ["parsl>=2026.10.26"]
+    assert pins["parsl"] == pins["dev"] == pins["bench"] == ["parsl>=2026.10.26"]
