@@ -19,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 import hiredis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import (
     AskError,
@@ -35,7 +36,6 @@ from redis.exceptions import (
 from redis.exceptions import (
     TimeoutError as RedisTimeoutError,
 )
-from redis.asyncio.retry import Retry
 from redis.typing import EncodableT
 
 RedisClient: TypeAlias = aioredis.Redis | aioredis.RedisCluster
