@@ -38,11 +38,9 @@ from tests.agent.gateway_stack import (
     until,
 )
 from tests.agent.helpers import HOLD, Gate, source_code
+from tests.engine_sites import PARSL_EXAMPLES, PARSL_WORKERS, REPO, parsl_config
 
-PARSL_WORKERS = 2
 LOOPBACK = ipaddress.IPv4Address("127.0.0.1")
-REPO = Path(__file__).resolve().parents[2]
-EXAMPLES = REPO / "docs" / "parsl"
 SQUARE = source_code("square", "def square(x):\n    return x * x\n")
 LOUD = source_code(
     "loud",
@@ -61,15 +59,11 @@ SLEEPY = source_code("sleepy", "import time\n\ndef sleepy(s):\n    time.sleep(s)
 
 @pytest.fixture
 def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A Parsl config of this machine: the documented local example, its workers able to
-    import fxbroker (``PYTHONPATH``, which the LocalProvider's workers inherit), quicker to
-    start its block and to see a dead worker than a site needs."""
+    """A Parsl config of this machine (:func:`parsl_config`), its workers able to import
+    fxbroker (``PYTHONPATH``, which the LocalProvider's workers inherit)."""
     monkeypatch.setenv("PYTHONPATH", str(REPO))
     monkeypatch.chdir(tmp_path)  # anything Parsl writes outside its run directory lands here
-    config = tmp_path / "parsl_config.py"
-    quick = 'executor["heartbeat_period"] = 1\nconfig = {"strategy_period": 0.2}\n'
-    config.write_text((EXAMPLES / "local.py").read_text() + quick)
-    return config
+    return parsl_config(tmp_path)
 
 
 def parsl_settings(endpoint: GatewayEndpoint, config: Path, **overrides: Any) -> AgentSettings:
@@ -312,7 +306,7 @@ async def test_calls_fail_with_worker_lost_when_parsl_does_not_start(
 @pytest.mark.parametrize("example", ["local", "slurm", "pbs"])
 def test_the_documented_configs_build_a_parsl_config(example: str, tmp_path: Path) -> None:
     provider_type = {"local": LocalProvider, "slurm": SlurmProvider, "pbs": PBSProProvider}
-    config = load_config(EXAMPLES / f"{example}.py", run_dir=tmp_path / "runinfo")
+    config = load_config(PARSL_EXAMPLES / f"{example}.py", run_dir=tmp_path / "runinfo")
     (executor,) = config.executors
     assert isinstance(executor, HighThroughputExecutor)
     assert executor.label == LABEL
@@ -326,7 +320,7 @@ def test_the_documented_kubernetes_config_builds_where_kubernetes_is_installed(
 ) -> None:
     """Parsl's KubernetesProvider needs the ``kubernetes`` package on the agent's node; with
     it the example builds, without it loading the example says what is missing."""
-    path = EXAMPLES / "kubernetes.py"
+    path = PARSL_EXAMPLES / "kubernetes.py"
     if importlib.util.find_spec("kubernetes") is None:
         with pytest.raises(SettingsError, match=r"OptionalModuleMissing.*kubernetes"):
             load_config(path, run_dir=tmp_path)

@@ -10,10 +10,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import sys
 import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -36,11 +34,9 @@ from tests.agent.gateway_stack import (
     until,
 )
 from tests.agent.helpers import HOLD, Gate, source_code
+from tests.engine_sites import RQ_QUEUE, RQ_WORKERS, rq_site
 from tests.private_redis import PrivateRedis
 
-QUEUE = "fxbroker-test"
-RQ_WORKERS = 2
-REPO = Path(__file__).resolve().parents[2]
 SQUARE = source_code("square", "def square(x):\n    return x * x\n")
 LOUD = source_code(
     "loud",
@@ -59,57 +55,9 @@ SLEEPY = source_code("sleepy", "import time\n\ndef sleepy(s):\n    time.sleep(s)
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateRedis]:
-    """The site's own Redis, and two ``rq worker`` processes (rq's forking worker) on it,
-    fxbroker importable through ``PYTHONPATH``; stopped at the end."""
-    folder = tmp_path_factory.mktemp("rq-site")
-    with PrivateRedis(folder / "redis", appendfsync="no") as server:
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        env.pop("REDIS_URL", None)  # the workers know only the site's Redis
-        logs = [(folder / f"worker-{i}.log").open("wb") for i in range(RQ_WORKERS)]
-        workers = [
-            subprocess.Popen(worker_command(server.url, i), env=env, stdout=log, stderr=log)
-            for i, log in enumerate(logs)
-        ]
-        try:
-            wait_for_workers(server.url, workers)
-            yield server
-        finally:
-            for worker in workers:
-                worker.send_signal(signal.SIGTERM)
-            for worker in workers:
-                try:
-                    worker.wait(15)
-                except subprocess.TimeoutExpired:
-                    worker.kill()
-                    worker.wait()
-            for log in logs:
-                log.close()
-
-
-def worker_command(url: str, number: int) -> list[str]:
-    """``rq worker`` as a site runs it for fxbroker: the forking worker (so rq's stop-job
-    can stop a job), ``-c endpoint_agent.rq_job`` so fxbroker is imported once in the
-    worker rather than in every work-horse it forks."""
-    name = f"site-{number}-{os.getpid()}"
-    return [sys.executable, "-m", "rq.cli", "worker", "--url", url, "-c", "endpoint_agent.rq_job",
-            "--name", name, "--worker-ttl", "30", QUEUE]  # fmt: skip
-
-
-def wait_for_workers(url: str, workers: list[subprocess.Popen[bytes]]) -> None:
-    """Block until the workers registered with the site's Redis (a readiness wait, as for
-    a port: jobs would queue meanwhile, but a worker that cannot start fails here)."""
-    from rq import Worker
-
-    client = redis.Redis.from_url(url)
-    try:
-        deadline = time.monotonic() + 30
-        while len(Worker.all(connection=client)) < len(workers):
-            for worker in workers:
-                assert worker.poll() is None, f"rq worker {worker.pid} exited while starting"
-            assert time.monotonic() < deadline, "the rq workers did not start within 30 s"
-            time.sleep(0.05)
-    finally:
-        client.close()
+    """The site's own Redis and its two ``rq worker`` processes (:func:`rq_site`)."""
+    with rq_site(tmp_path_factory.mktemp("rq-site")) as server:
+        yield server
 
 
 @pytest.fixture
@@ -124,7 +72,7 @@ def rq_settings(endpoint: GatewayEndpoint, site: PrivateRedis, **overrides: Any)
         "engine": "rq",
         "workers": RQ_WORKERS,
         "rq_redis_url": site.url,
-        "rq_queue": QUEUE,
+        "rq_queue": RQ_QUEUE,
     }
     options.update(overrides)
     return settings_for(endpoint, **options)
@@ -206,9 +154,9 @@ async def test_sigterm_hands_back_the_tasks_in_flight(
         assert (fields["state"], fields["attempts"]) == (TaskState.WAITING, "0"), fields
     assert await endpoint.pending() == 0
     assert await endpoint.redis.xlen(endpoint.stream) == 7
-    for pid in pids:  # the started jobs were stopped in rq, not left running
-        await until(lambda pid=pid: not alive(int(pid)), "the work-horses to die")
-    assert site_redis.llen(f"rq:queue:{QUEUE}") == 0  # the queued ones were taken back
+    # The started jobs were stopped in rq, not left running.
+    await until(lambda: not any(alive(int(pid)) for pid in pids), "the work-horses to die")
+    assert site_redis.llen(f"rq:queue:{RQ_QUEUE}") == 0  # the queued ones were taken back
 
     async with Agent(settings_for(endpoint, engine="thread", workers=7)) as agent:
         again = asyncio.create_task(agent.run(burst=True))
@@ -253,7 +201,7 @@ async def test_a_stop_hands_back_what_has_not_started_and_lets_started_jobs_fini
     async with Agent(settings) as agent:
         running = asyncio.create_task(agent.run())
         await gate.wait_started(RQ_WORKERS)
-        queue = f"rq:queue:{QUEUE}"
+        queue = f"rq:queue:{RQ_QUEUE}"
         assert site_redis.llen(queue) == 1  # the third job waits in rq for a worker
         agent.stop()
         # The job queued in rq is taken back at once (the two waiting in the engine too) ...

@@ -20,10 +20,12 @@ import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
+from fxbroker.endpoints import configure
 from tests.conftest import free_port, wait_for_port
 from tests.e2e.processes import (
     ENDPOINT_NAME,
@@ -66,9 +68,12 @@ def running_platform(
     *,
     tls: Certificates | None = None,
     extra_env: Mapping[str, str] | None = None,
+    endpoint_config: Mapping[str, Any] | None = None,
 ) -> Iterator[Platform]:
     """The platform as processes (see the module docstring), stopped on leaving;
-    ``extra_env`` is added to every process's environment."""
+    ``extra_env`` is added to every process's environment, ``endpoint_config`` written into
+    the endpoint's ``config.toml`` (as ``fxbroker endpoint configure`` does) before its agent
+    starts (a variable of the environment wins over the file)."""
     prefix = f"fxe-{uuid.uuid4().hex[:10]}"
     web_port, ws_port = free_port(), free_port()
     secure = "s" if tls is not None else ""
@@ -112,6 +117,8 @@ def running_platform(
             )
         wait_for_port(web_port, 30)
         wait_for_port(ws_port, 30)
+        if endpoint_config:
+            configure(tmp / "home", ENDPOINT_NAME, endpoint_config)
         agent = subprocess.Popen(
             [*FXBROKER, "endpoint", "start", ENDPOINT_NAME],
             env=agent_env, stdout=log, stderr=log,

@@ -1,5 +1,6 @@
-"""Each client style runs 1,000 tasks end to end with correct results; failures and pending
-tasks surface as TaskFailed and TaskPending."""
+"""Each client style runs 1,000 tasks end to end with correct results on the agent's process
+engine (the checks of :mod:`tests.e2e.styles`, which the rq and parsl engines pass too);
+failures and pending tasks surface as TaskFailed and TaskPending."""
 
 from __future__ import annotations
 
@@ -8,91 +9,28 @@ import asyncio
 import pytest
 
 from fxbroker import AsyncClient, Client, Executor, RemoteFunction, TaskFailed, TaskPending
-from fxbroker.workload import async_double, fail, square
+from fxbroker.workload import square
 from tests.e2e.conftest import Platform
+from tests.e2e.styles import fail_in_every_style, run_async, run_executor, run_polling
 from tests.sdk.workload import nap
 
 N = 1000
 
 
 def test_client_polling_runs_1000_tasks(platform: Platform) -> None:
-    with Client(url=platform.url, token=platform.token) as client:
-        fid = client.register_function(square)
-        batch = client.create_batch()
-        for x in range(N):
-            batch.add(fid, args=(x,))
-        task_ids = client.batch_run(platform.endpoint_id, batch)
-        platform.agent.sample()  # besides the watch's own samples: one while tasks run
-        assert len(task_ids) == N and len(set(task_ids)) == N
-        results = client.wait(task_ids, timeout_s=120, poll_s=0.1)
-        assert list(results) == task_ids
-        assert all("exception" not in status for status in results.values())
-        assert [results[t]["result"] for t in task_ids] == [x * x for x in range(N)]
-        single = client.run(12, endpoint_id=platform.endpoint_id, function_id=fid)
-        client.wait([single], timeout_s=60, poll_s=0.05)
-        assert client.get_result(single) == 144
+    run_polling(platform, N)
 
 
 def test_async_client_runs_1000_tasks(platform: Platform) -> None:
-    async def main() -> tuple[list[int], int]:
-        async with AsyncClient(url=platform.url, token=platform.token) as ac:
-            fid = await ac.register_function(square)
-            running = asyncio.gather(
-                *(ac.run(x, endpoint_id=platform.endpoint_id, function_id=fid) for x in range(N))
-            )
-            await asyncio.sleep(0)  # the runs start submitting
-            platform.agent.sample()
-            values = await asyncio.wait_for(running, 120)
-            aid = await ac.register_function(async_double)
-            doubled = await ac.run(21, endpoint_id=platform.endpoint_id, function_id=aid)
-        return list(values), doubled
-
-    values, doubled = asyncio.run(main())
-    assert values == [x * x for x in range(N)]
-    assert doubled == 42
+    run_async(platform, N)
 
 
 def test_executor_runs_1000_tasks(platform: Platform) -> None:
-    with Client(url=platform.url, token=platform.token) as client:
-        with Executor(endpoint_id=platform.endpoint_id, client=client) as ex:
-            results = ex.map(square, range(N), timeout=120)  # submitted now
-            platform.agent.sample()
-            assert list(results) == [x * x for x in range(N)]
-
-
-def _assert_remote_failure(exc: TaskFailed) -> None:
-    assert isinstance(exc, ValueError)  # the remote type, re-raised as its own type too
-    assert str(exc) == "cannot handle 7"
-    assert exc.type_name == "ValueError"
-    assert "cannot handle 7" in exc.message
-    assert "in fail" in exc.remote_traceback
-    assert "ValueError: cannot handle 7" in exc.remote_traceback
+    run_executor(platform, N)
 
 
 def test_failures_come_back_as_task_failed_in_all_three_styles(platform: Platform) -> None:
-    with Client(url=platform.url, token=platform.token) as client:
-        fid = client.register_function(fail)
-        task_id = client.run(7, endpoint_id=platform.endpoint_id, function_id=fid)
-        [status] = client.wait([task_id], timeout_s=60, poll_s=0.05).values()
-        assert isinstance(status["exception"], TaskFailed)
-        with pytest.raises(TaskFailed) as failed:
-            client.get_result(task_id)
-        _assert_remote_failure(failed.value)
-
-        with Executor(endpoint_id=platform.endpoint_id, client=client) as ex:
-            with pytest.raises(TaskFailed) as info:
-                ex.submit(fail, 7).result(timeout=60)
-            _assert_remote_failure(info.value)
-
-    async def main() -> None:
-        async with AsyncClient(url=platform.url, token=platform.token) as ac:
-            with pytest.raises(TaskFailed) as info:
-                await asyncio.wait_for(
-                    ac.run(7, endpoint_id=platform.endpoint_id, function_id=fid), 60
-                )
-            _assert_remote_failure(info.value)
-
-    asyncio.run(main())
+    fail_in_every_style(platform)
 
 
 def test_queued_task_raises_task_pending(platform: Platform) -> None:
@@ -110,7 +48,7 @@ WALLTIME_S = 0.5
 """The walltime of the task that sleeps 5 s; the one beside it without one sleeps longer."""
 
 
-def _assert_walltime_exceeded(exc: BaseException) -> None:
+def _assert_walltime_exceeded(exc: BaseException | None) -> None:
     assert isinstance(exc, TaskFailed), repr(exc)
     assert exc.type_name == "WalltimeExceeded"
     assert f"walltime of {WALLTIME_S:g} s" in exc.message
