@@ -133,7 +133,13 @@ def connect_redis(
     up to :data:`POOL_WAIT_S` for one instead of opening another. (redis-py's own default
     pool refuses the 101st concurrent command with "Too many connections", which a busy
     service took for Redis being away and answered with 503s.)
+
+    A cluster URL gives a :class:`~redis.asyncio.RedisCluster` with the same options, at most
+    ``max_connections`` per node, which retries no command either (it still follows
+    ``MOVED`` and ``ASK`` redirections, which run a command on the right node, not twice).
     """
+    if is_cluster_url(url):
+        return _connect_cluster(url, client_name=client_name, max_connections=max_connections)
     options: dict[str, Any] = {
         "decode_responses": True,
         "socket_timeout": None,

@@ -41,7 +41,7 @@ S = TypeVar("S", bound="DataclassInstance")
 ENV_KEY = "fxbroker.env"
 """The field-metadata key under which :func:`env` stores a field's variable."""
 
-REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
+REDIS_SCHEMES = frozenset({"redis", "rediss", "unix", "redis+cluster", "rediss+cluster"})
 HTTP_SCHEMES = frozenset({"http", "https"})
 WS_SCHEMES = frozenset({"ws", "wss"})
 
@@ -162,10 +162,12 @@ def one_of(*choices: str) -> Callable[[str], str]:
 
 
 def check_redis_url(url: str) -> None:
-    """``url`` must be a ``redis://``, ``rediss://`` or ``unix://`` URL."""
+    """``url`` must be a ``redis://``, ``rediss://`` or ``unix://`` URL, or a Redis Cluster's
+    ``redis+cluster://host:port[,host:port...]`` (``rediss+cluster://``)."""
     if urlsplit(url).scheme not in REDIS_SCHEMES:
         raise SettingsError(
-            f"redis_url must start with redis://, rediss:// or unix://, not {url!r}"
+            "redis_url must start with redis://, rediss://, unix://, redis+cluster:// or "
+            f"rediss+cluster://, not {url!r}"
         )
 
 
