@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo dev test lint bench
+.PHONY: demo dev test test-cluster lint bench
 
 demo: $(VENV)/.installed
 	$(BIN)/fxbroker demo
@@ -14,6 +14,13 @@ dev: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest
+
+# The end-to-end and fault suites again on Redis Cluster (issue 14). REDIS_CLUSTER_URL names a
+# running cluster (`.ci/redis-cluster start DIR` starts one and prints its URL); each fault row
+# starts a private cluster of its own (FXBROKER_TEST_REDIS=cluster, see tests/faults).
+test-cluster: $(VENV)/.installed
+	@test -n "$(REDIS_CLUSTER_URL)" || { echo "make test-cluster: set REDIS_CLUSTER_URL" >&2; exit 2; }
+	REDIS_URL='$(REDIS_CLUSTER_URL)' FXBROKER_TEST_REDIS=cluster $(BIN)/python -m pytest tests/e2e tests/faults
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .

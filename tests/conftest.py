@@ -18,11 +18,11 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-import redis
 import redis.asyncio as aioredis
 
 from sdk.keys import Keys
 from tests.private_redis import PrivateRedis, require_redis_server
+from tests.redis_urls import async_redis, delete_keys
 
 
 def free_port() -> int:
@@ -96,13 +96,7 @@ def key_prefix(redis_url: str) -> Iterator[str]:
     """A Redis key prefix of this test's own; its keys are deleted afterwards."""
     prefix = f"fxt-{uuid.uuid4().hex[:12]}"
     yield prefix
-    client = redis.Redis.from_url(redis_url)
-    try:
-        batch = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-        for i in range(0, len(batch), 500):
-            client.delete(*batch[i : i + 500])
-    finally:
-        client.close()
+    delete_keys(redis_url, prefix)
 
 
 @pytest.fixture
@@ -111,8 +105,9 @@ def keys(key_prefix: str) -> Keys:
 
 
 @pytest.fixture
-async def aredis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+async def aredis(redis_url: str) -> AsyncIterator[aioredis.Redis | aioredis.RedisCluster]:
+    """An asyncio client of ``REDIS_URL`` (a cluster client for a cluster URL)."""
+    client = async_redis(redis_url, decode_responses=True)
     try:
         yield client
     finally:

@@ -21,7 +21,6 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -30,12 +29,12 @@ from tests.conftest import free_port, wait_for_port
 from tests.e2e.processes import (
     ENDPOINT_NAME,
     FXBROKER,
-    delete_keys,
     platform_database,
     stop_processes,
     wait_for_endpoint_id,
 )
 from tests.e2e.sockets import SocketWatch
+from tests.redis_urls import delete_keys, redis_ports
 from tests.tls_certificates import Certificates
 
 
@@ -46,7 +45,8 @@ class Platform:
     token: str
     endpoint_id: str
     env: dict[str, str]
-    redis_port: int
+    redis_ports: tuple[int, ...]
+    """Every port of the platform's Redis (each node of a cluster)."""
     ws_port: int
     agent: SocketWatch
     """The TCP peers of the agent process and its workers, sampled from its start."""
@@ -127,8 +127,7 @@ def running_platform(
         watch = SocketWatch(agent.pid).start()
         stop_watch.append(watch)
         endpoint_id = wait_for_endpoint_id(tmp / "home", agent)
-        redis_port = urlsplit(redis_url).port or 6379
-        yield Platform(url, ws_url, token, endpoint_id, env, redis_port, ws_port, watch)
+        yield Platform(url, ws_url, token, endpoint_id, env, redis_ports(redis_url), ws_port, watch)
     finally:
         for watch in stop_watch:
             watch.stop()

@@ -1,7 +1,8 @@
 """Pieces every end-to-end platform of processes needs: the ``fxbroker`` command, a database
-of the platform's own, the endpoint id an agent stored, stopping the processes, and removing
-the platform's Redis keys. :mod:`tests.e2e.conftest` (one copy of each service) and
-:mod:`tests.e2e.test_many_copies` (two of each) start their platforms with them."""
+of the platform's own, the endpoint id an agent stored, and stopping the processes (their
+Redis keys go with :func:`tests.redis_urls.delete_keys`). :mod:`tests.e2e.conftest` (one copy
+of each service) and :mod:`tests.e2e.test_many_copies` (two of each) start their platforms
+with them."""
 
 from __future__ import annotations
 
@@ -12,8 +13,6 @@ import sys
 import time
 from collections.abc import Generator
 from pathlib import Path
-
-import redis
 
 from tests.conftest import postgres_database
 
@@ -57,14 +56,3 @@ def wait_for_endpoint_id(
         assert time.monotonic() < deadline, "the endpoint was not registered in time"
         time.sleep(0.05)
     return path.read_text().strip()
-
-
-def delete_keys(redis_url: str, prefix: str) -> None:
-    """Delete every key under ``prefix`` (the platform's own)."""
-    client = redis.Redis.from_url(redis_url)
-    try:
-        stale = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-        for i in range(0, len(stale), 500):
-            client.delete(*stale[i : i + 500])
-    finally:
-        client.close()

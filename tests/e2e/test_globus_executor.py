@@ -27,7 +27,6 @@ from typing import Any
 
 import pika
 import pytest
-import redis
 from globus_compute_common import messagepack
 from globus_compute_sdk import Client, Executor, ShellFunction, ShellResult
 from globus_compute_sdk.errors import TaskExecutionFailed, TaskPending
@@ -39,6 +38,7 @@ from service_common.amqp import EXCHANGE, STREAM_ID_HEADER, ledger_name, queue_n
 from tests.e2e.conftest import Platform, running_platform
 from tests.e2e.processes import FXBROKER
 from tests.rabbitmq import amqp_url
+from tests.redis_urls import sync_redis
 
 __all__ = ["amqp_url"]
 
@@ -167,7 +167,7 @@ def group(amqp_url: str, amqp_platform: Platform, redis_url: str) -> Iterator[tu
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ResourceWarning)
             gc.collect()
-        registry = redis.Redis.from_url(redis_url)
+        registry = sync_redis(redis_url)
         try:
             registry.zrem(Keys(amqp_platform.env["FXBROKER_KEY_PREFIX"]).amqp_groups(), tg)
         finally:
@@ -330,7 +330,7 @@ def test_an_executor_runs_shell_functions_and_honours_result_serializers(
     assert isinstance(error, TaskExecutionFailed)
     assert "'11' (JSONData): TypeError: Object of type ShellResult is not JSON" in str(error)
     keys = Keys(amqp_platform.env["FXBROKER_KEY_PREFIX"])
-    stored = redis.Redis.from_url(redis_url, decode_responses=True)
+    stored = sync_redis(redis_url, decode_responses=True)
     try:
         wire = [stored.hget(keys.task(f.task_id), "result") for f in squares]
     finally:

@@ -36,12 +36,12 @@ from tests.conftest import free_port, wait_for_port
 from tests.e2e.processes import (
     ENDPOINT_NAME,
     FXBROKER,
-    delete_keys,
     platform_database,
     stop_processes,
     wait_for_endpoint_id,
 )
 from tests.e2e.sockets import remote_ports
+from tests.redis_urls import delete_keys
 from tests.sdk.workload import nap, scale
 
 COPIES = 2

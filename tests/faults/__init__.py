@@ -1,6 +1,7 @@
 """Fault injection into the platform as real processes (issue 10's table).
 
-- ``postgres``: a private PostgreSQL cluster to stop and start (Redis: ``tests.private_redis``)
+- ``postgres``: a private PostgreSQL cluster to stop and start (Redis: ``tests.private_redis``,
+  or ``tests.private_cluster`` with ``FXBROKER_TEST_REDIS=cluster``; see ``test_faults``)
 - ``platform``: ``fxbroker web|ws|endpoint start`` processes to kill and restart on their ports
 - ``work``: the function the endpoint runs; it records each run, so a re-run is counted
 - ``load``: the Executor and ``batch_run`` + polling styles under load, and their figures

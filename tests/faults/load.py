@@ -22,12 +22,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import redis
-
 from fxbroker import Client, Executor, TaskFailed
 from sdk.keys import Keys
 from tests.faults.platform import Platform
 from tests.faults.work import count_runs, record_square
+from tests.redis_urls import sync_redis
 
 POLL_S = 0.2
 """The polling style's pause between two ``get_batch_result`` calls."""
@@ -316,7 +315,7 @@ def count_duplicates_and_reruns(
     f.reruns = sum(c - 1 for c in ran.values() if c > 1)
     keys = Keys(platform.prefix)
     xs = sorted(task_of)
-    store = redis.Redis.from_url(redis_url, decode_responses=True)
+    store = sync_redis(redis_url, decode_responses=True)
     try:
         pipe = store.pipeline(transaction=False)
         for x in xs:

@@ -16,16 +16,25 @@ hold afterwards (DESIGN §4):
 - a client process killed, and a new one reattached with ``reload_tasks``: every result of
   the task group is there.
 
-Every row starts its own private ``redis-server`` (AOF on) on a free port, and the platform
-as ``fxbroker web|ws|endpoint start`` processes; the PostgreSQL row its own cluster. The
-figures of each row go to ``tests/faults/results/faults.json`` and the session summary;
-``python -m tests.faults`` runs the module and prints them as a table.
+Every row starts its own private Redis with AOF on free ports, and the platform as
+``fxbroker web|ws|endpoint start`` processes; the PostgreSQL row its own PostgreSQL cluster.
+The environment variable ``FXBROKER_TEST_REDIS`` picks that Redis (read when a row starts):
+
+- unset or ``single``: one ``redis-server`` (:class:`~tests.private_redis.PrivateRedis`);
+- ``cluster``: a Redis Cluster of :data:`CLUSTER_MASTERS` masters, no replicas, AOF on every
+  node (:class:`~tests.private_cluster.PrivateCluster`); the Redis rows stop or kill every
+  node at once and start them again. Each row then notes ``"redis": "cluster of 3 masters"``.
+
+Any other value is an error, not a quiet fallback. The figures of each row go to
+``tests/faults/results/faults.json`` and the session summary; ``python -m tests.faults`` runs
+the module and prints them as a table.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -39,7 +48,6 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 
 from fxbroker import Client, Executor
 from sdk import _base, wire
@@ -49,7 +57,9 @@ from tests.faults.platform import ROOT, Piece, Platform
 from tests.faults.postgres import PrivatePostgres, postgres_bindir
 from tests.faults.run import DOWN_S, Row, drive
 from tests.faults.work import count_runs, record_square
+from tests.private_cluster import PrivateCluster, require_redis_cli
 from tests.private_redis import PrivateRedis, require_redis_server
+from tests.redis_urls import sync_redis
 
 N = 2000
 """Tasks per client style in each row (the issue's figure)."""
@@ -69,6 +79,33 @@ pytestmark = [pytest.mark.faults, pytest.mark.timeout(DEADLINE_S + 180)]
 
 Record = Callable[[Row], None]
 
+REDIS_KIND_VARIABLE = "FXBROKER_TEST_REDIS"
+"""``single`` (the default) or ``cluster``: which private Redis each row runs on."""
+CLUSTER_MASTERS = 3
+"""Masters of the private Redis Cluster under ``FXBROKER_TEST_REDIS=cluster``."""
+
+RedisServer = PrivateRedis | PrivateCluster
+
+
+def private_redis_server(data_dir: Path, *, appendfsync: str) -> RedisServer:
+    """The private Redis of a row, not yet started: one ``redis-server`` or a cluster, as
+    ``FXBROKER_TEST_REDIS`` says (see the module docstring); AOF with ``appendfsync``."""
+    require_redis_server()
+    kind = os.environ.get(REDIS_KIND_VARIABLE, "") or "single"
+    if kind == "single":
+        return PrivateRedis(data_dir, appendfsync=appendfsync)
+    if kind == "cluster":
+        require_redis_cli()
+        return PrivateCluster(data_dir, masters=CLUSTER_MASTERS, appendfsync=appendfsync)
+    raise ValueError(f"{REDIS_KIND_VARIABLE} must be 'single' or 'cluster', not {kind!r}")
+
+
+def note_redis(row: Row, redis_server: RedisServer) -> Row:
+    """Say in the row's notes when it ran on a cluster (a single Redis adds nothing)."""
+    if isinstance(redis_server, PrivateCluster):
+        row.notes["redis"] = f"cluster of {len(redis_server.ports)} masters"
+    return row
+
 
 @contextmanager
 def running(
@@ -77,9 +114,8 @@ def running(
     *,
     appendfsync: str = "everysec",
     service_env: dict[str, str] | None = None,
-) -> Iterator[tuple[PrivateRedis, Platform]]:
-    require_redis_server()
-    with PrivateRedis(tmp_path / "redis", appendfsync=appendfsync) as redis_server:
+) -> Iterator[tuple[RedisServer, Platform]]:
+    with private_redis_server(tmp_path / "redis", appendfsync=appendfsync) as redis_server:
         with Platform(
             redis_url=redis_server.url, database_url=database_url, home=tmp_path,
             service_env=service_env,
@@ -111,12 +147,13 @@ def restart(platform: Platform, piece: Piece) -> Callable[[], float]:
     return inject
 
 
-def _drive(platform: Platform, redis_server: PrivateRedis, runs_dir: Path, fault: str,
+def _drive(platform: Platform, redis_server: RedisServer, runs_dir: Path, fault: str,
            inject: Callable[[], float], hold_s: float = 0.0) -> Row:  # fmt: skip
-    return drive(
+    row = drive(
         platform, fault=fault, inject=inject, redis_url=redis_server.url, runs_dir=runs_dir,
         n=N, window=WINDOW, trigger=TRIGGER, deadline_s=DEADLINE_S, hold_s=hold_s,
     )  # fmt: skip
+    return note_redis(row, redis_server)
 
 
 @pytest.mark.parametrize(
@@ -133,6 +170,7 @@ def test_redis_restart_loses_nothing_and_kills_nothing(
 
         def inject() -> float:
             redis_server.restart(down_s=DOWN_S, kill=kill)  # SIGTERM or SIGKILL, down, start
+            # (on a cluster: every node, and back once each reports cluster_state:ok)
             return time.monotonic()
 
         row = _drive(platform, redis_server, runs_dir, fault, inject)
@@ -200,8 +238,8 @@ def test_agent_killed_and_a_new_one_started(
         assert sum(s.reruns for s in row.styles) <= sum(s.lapsed for s in row.styles), row.line()
 
 
-def _attempts(platform: Platform, redis_server: PrivateRedis, task_id: str) -> int:
-    store = redis.Redis.from_url(redis_server.url, decode_responses=True)
+def _attempts(platform: Platform, redis_server: RedisServer, task_id: str) -> int:
+    store = sync_redis(redis_server.url, decode_responses=True)
     try:
         return int(store.hget(Keys(platform.prefix).task(task_id), "attempts") or 0)
     finally:
@@ -306,7 +344,8 @@ def test_a_killed_client_is_restarted_with_reload_tasks(
                 child.send_signal(signal.SIGKILL)
                 child.wait(30)
         killed = time.monotonic()
-        row = Row("client SIGKILL + reload_tasks", N, fault_at_s=killed - begun)
+        row = note_redis(Row("client SIGKILL + reload_tasks", N, fault_at_s=killed - begun),
+                         redis_server)  # fmt: skip
         deadline = killed + DEADLINE_S
         with Client(platform.url, platform.token, ws_url=platform.ws_url) as client:
             restarted = time.monotonic()
