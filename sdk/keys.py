@@ -17,6 +17,8 @@ Layout (``fx`` is the default prefix; tests use a prefix of their own)::
     fx:{tg:<task_group_id>}:results Stream   completion notices of a task group (task_id, state;
                                              small outcomes inline: service_common.tasks.settle)
     fx:{tg:<task_group_id>}:tasks   List     every task id submitted into the group, in order
+    fx:{tg:<task_group_id>}:noticed Set      the group's task ids whose notice was appended
+                                             (so a retried settle appends none twice)
     fx:{idem:<user_id>}:<key>       String   JSON of what a batch submit with that
                                              Idempotency-Key answered (or that it is underway)
 """
@@ -63,6 +65,9 @@ class Keys:
 
     def task_group_tasks(self, task_group_id: str) -> str:
         return f"{self.prefix}:{{tg:{task_group_id}}}:tasks"
+
+    def task_group_noticed(self, task_group_id: str) -> str:
+        return f"{self.prefix}:{{tg:{task_group_id}}}:noticed"
 
     def amqp_groups(self) -> str:
         """The task groups whose results go to AMQP (a sorted set; see amqp_publisher)."""

@@ -10,13 +10,15 @@ Shared by the endpoint agent's batched writer and the gateway (docs/internals.md
    overwrites anything. A task that agent and attempt already settled (an earlier try of
    the same batch got through before the connection broke) is not written again: it goes
    on to step 2 if its ``notice_pending`` is still there, else only to the acknowledgement.
-2. *Announce and acknowledge*, for each task written in step 1::
+2. *Announce and acknowledge*, for each task written in step 1, one pipeline of commands
+   that each touch one hash slot (so it runs on a Redis Cluster as on one Redis)::
 
-       XADD   task-group results stream * task_id <tid> state <state> [inline 1 result ...]
-       EXPIRE task-group results stream <result_ttl_s>
-       HDEL   task hash notice_pending
-       XACK   endpoint stream agents <entry id>
-       XDEL   endpoint stream <entry id>
+       ANNOUNCE script on the task group's slot, per group: for each task, unless the task
+                id is already in the group's ``noticed`` set: SADD it there and
+                XADD results stream * task_id <tid> state <state> [inline 1 result ...];
+                EXPIRE both
+       HDEL   task hash notice_pending                      (per task)
+       XACK + XDEL  endpoint stream <entry ids>             (once per batch)
 
    A small outcome (result, exception and output together at most
    :data:`INLINE_MAX_CHARS`) rides in its notice (``inline 1`` and the fields the task hash
@@ -30,13 +32,12 @@ Shared by the endpoint agent's batched writer and the gateway (docs/internals.md
 
 Delivery contract: a task's entry is acknowledged only after its outcome is stored and its
 notice appended, so an agent that dies leaves the entry pending for redelivery; and the
-notice is appended once per task, because only the writer of the terminal state appends
-it, and a redelivery or a retry appends it only while ``notice_pending`` says it is
-missing. Step 2 is one ``MULTI``/``EXEC`` transaction: a Redis killed in its middle (even
-``SIGKILL`` with ``appendfsync always``) keeps all of it or none, so no notice is appended
-twice. Its keys live in different hash slots, which a single Redis allows; on a Redis Cluster
-the step must become one transaction per slot, and a notice may then be appended twice by a
-retry (subscribers drop repeated task ids).
+notice is appended once per task: only the writer of the terminal state appends it, a
+redelivery or a retry tries again only while ``notice_pending`` says it may be missing, and
+the announce script appends nothing for a task its group's ``noticed`` set already holds.
+The script and its set share the group's slot, so a Redis killed between two commands of
+step 2 (even ``SIGKILL`` with ``appendfsync always``) leaves a state the retry completes
+without appending any notice twice, on one Redis and on a cluster alike.
 
 :meth:`Settler.write` is safe to retry after any failure; it retries nothing itself.
 """
@@ -48,7 +49,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from sdk.keys import AGENT_GROUP, Keys
 from sdk.messages import ExceptionRecord
@@ -81,6 +82,30 @@ try wrote and announced it (only the acknowledgement may be missing), 0 when the
 no longer this agent's under that attempt."""
 
 WRITTEN, ANNOUNCED, NOT_OURS = 1, 2, 0
+
+ANNOUNCE_SCRIPT = """
+local ids = {}
+local at = 3
+for i = 1, tonumber(ARGV[2]) do
+  local n = tonumber(ARGV[at])
+  local task_id = ARGV[at + 2]
+  if redis.call('SADD', KEYS[2], task_id) == 1 then
+    ids[i] = redis.call('XADD', KEYS[1], '*', unpack(ARGV, at + 1, at + n))
+  else
+    ids[i] = ''
+  end
+  at = at + n + 1
+end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+return ids
+"""
+
+ANNOUNCE = Lua(ANNOUNCE_SCRIPT)
+"""KEYS: a task group's results stream and its ``noticed`` set. ARGV: ttl, the number of
+notices, then per notice the count of its field/value items followed by them (``task_id``
+first). Appends each notice whose task is not yet in the set, adds the task; returns per
+notice the id appended, or "" for a task already announced."""
 
 INLINE_MAX_CHARS = 4096
 """Outcomes up to this many characters (result, exception JSON, stdout, stderr together)
@@ -146,12 +171,9 @@ class Settler:
         """:meth:`write`, also returning per completion the id of the completion notice it
         appended to its task group's results stream ("" when none was appended now)."""
         written = await self._settle_all(batch, agent)
-        # MULTI/EXEC: a Redis killed in the middle of step 2 keeps all of it or none (its AOF
-        # drops a transaction cut short), so a retry never appends a notice twice.
-        pipe = self._redis.pipeline(transaction=True)
-        groups: set[str] = set()
+        notices: dict[str, list[tuple[int, dict[str, str]]]] = {}  # group -> batch index, notice
+        pipe = self._redis.pipeline(transaction=False)
         settled: list[str] = []
-        appended: list[int] = []  # batch indexes, in the order of their XADD
         for i, (c, status) in enumerate(zip(batch, written, strict=True)):
             if status == NOT_OURS:
                 log.warning(
@@ -164,25 +186,35 @@ class Settler:
             state = str(c.outcome.state) if c.outcome is not None else c.pending_notice
             if state and status == WRITTEN:
                 if c.task_group_id:
-                    notices = self._keys.task_group_results(c.task_group_id)
-                    notice: dict[Any, Any] = notice_fields(c.task_id, state, c.outcome)
-                    pipe.xadd(notices, notice)
-                    appended.append(i)
-                    groups.add(notices)
+                    notice = notice_fields(c.task_id, state, c.outcome)
+                    notices.setdefault(c.task_group_id, []).append((i, notice))
                 pipe.hdel(self._keys.task(c.task_id), "notice_pending")
             settled.append(c.entry_id)
-        # One EXPIRE per group and one XACK/XDEL for the whole batch, not one per task.
-        for notices in groups:
-            pipe.expire(notices, self._ttl_s)
+        # The announcements first: a task's notice_pending goes only once its notice is in.
+        announce = self._redis.pipeline(transaction=False)
+        for group, items in notices.items():
+            args: list[str] = [str(self._ttl_s), str(len(items))]
+            for _, notice in items:
+                flat = [part for pair in notice.items() for part in pair]
+                args += [str(len(flat)), *flat]
+            await ANNOUNCE(
+                keys=[
+                    self._keys.task_group_results(group),
+                    self._keys.task_group_noticed(group),
+                ],
+                args=args,
+                client=announce,
+            )
+        notice_ids = [""] * len(batch)
+        if notices:
+            for items, ids in zip(notices.values(), await execute_pipeline(announce), strict=True):
+                for (i, _), notice_id in zip(items, ids, strict=True):
+                    notice_ids[i] = str(notice_id)
         if settled:
             pipe.xack(self._stream, AGENT_GROUP, *settled)
             pipe.xdel(self._stream, *settled)
-        replies = await pipe.execute()
-        # The XADDs are the pipeline's first commands but for the HDELs between them.
-        ids = [r for r in replies if isinstance(r, str)][: len(appended)]
-        notice_ids = [""] * len(batch)
-        for i, notice_id in zip(appended, ids, strict=True):
-            notice_ids[i] = notice_id
+        if len(pipe):
+            await pipe.execute()
         return written, notice_ids
 
     async def _settle_all(self, batch: Sequence[Completion], agent: str) -> list[int]:

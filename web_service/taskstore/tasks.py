@@ -11,6 +11,8 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import cast
 
+import redis.asyncio as aioredis
+
 from sdk.keys import Keys
 from sdk.messages import TaskInfo, TaskSpec, task_info
 from sdk.states import TaskState
@@ -81,8 +83,10 @@ async def enqueue(
     ``ttl_s`` seconds (the Idempotency-Key record of the batch).
 
     Contract: when this returns, Redis has acknowledged every write and agents may already be
-    running the tasks; entries are appended in submission order. The pipeline is not a
-    transaction (a batch spans hash slots): if it raises, a prefix of the batch may be queued.
+    running the tasks; entries are appended in submission order, each after its hash (on a
+    Redis Cluster in three round trips: hashes, entries, then the Idempotency-Key record).
+    The pipeline is not a transaction (a batch spans hash slots): if it raises, part of the
+    batch may be queued.
     ``retry`` queues the same ids again after such a failure (an ``Idempotency-Key`` retry,
     which knows the ids its first try chose): each hash is written only if absent
     (:data:`CREATE_TASK`), the ids join the group once (:data:`APPEND_ONCE`), and every entry
@@ -94,7 +98,12 @@ async def enqueue(
     entry that started a task), so a retried submit runs no task twice.
     """
     created_at = f"{time.time():.6f}"
+    # One pipeline on one Redis, which runs it in order. A cluster pipeline sends each node
+    # its part at once, so there the phases go in turn: the hashes (and the group's list)
+    # before the entries that agents read, and the Idempotency-Key record after both.
+    cluster = isinstance(redis, aioredis.RedisCluster)
     pipe = redis.pipeline(transaction=False)
+    entries = redis.pipeline(transaction=False) if cluster else pipe
     for function_id, code in codes.items():
         pipe.set(keys.function_code(function_id), code, nx=True)
     stream = keys.endpoint_tasks(endpoint_id)
@@ -121,13 +130,16 @@ async def enqueue(
             pipe.eval(CREATE_TASK, 1, keys.task(task_id), *record)
         else:
             pipe.execute_command("HSET", keys.task(task_id), *record)
-        pipe.execute_command("XADD", stream, "*", *entry)
+        entries.execute_command("XADD", stream, "*", *entry)
     group_tasks = keys.task_group_tasks(task_group_id)
     if retry:
         pipe.eval(APPEND_ONCE, 1, group_tasks, *task_ids)
     else:
         pipe.rpush(group_tasks, *task_ids)
     pipe.expire(group_tasks, result_ttl_s)
+    if cluster:
+        await pipe.execute()
+        await entries.execute()
     if remember is not None:
         key, value, ttl_s = remember
         pipe.set(key, value, xx=True, ex=ttl_s)
