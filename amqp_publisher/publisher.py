@@ -86,15 +86,18 @@ START = "0-0"
 
 RENEW = Lua(
     "if redis.call('GET', KEYS[1]) == ARGV[1] then "
-    "return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
+    "return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0",
+    keys=["amqp_lease"],
 )
 """KEYS: a lease. ARGV: this copy, lease_ms. 1 when the lease is still ours (renewed)."""
 RELEASE = Lua(
-    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+    keys=["amqp_lease"],
 )
 ADVANCE = Lua(
     "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end "
-    "redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3]) return 1"
+    "redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3]) return 1",
+    keys=["amqp_lease", "amqp_cursor"],
 )
 """KEYS: the group's lease and cursor. ARGV: this copy, the new cursor, its TTL in seconds.
 1 when written; 0 (nothing written) when the lease is no longer this copy's."""

@@ -11,6 +11,13 @@ not repeated.
 
 Every :class:`Lua` created in this process is known by its SHA, so a pipeline can hold the
 calls of several scripts.
+
+**One hash slot per call.** Each script declares the keys it takes, as the names of the
+:class:`sdk.keys.Keys` methods that build them (all called with one id), and every call is
+checked against that: the number of keys, and that they share a hash slot (a Redis Cluster
+refuses a script whose keys do not; the check refuses it on one Redis too, before anything is
+sent). ``tests/common/test_key_slots.py`` walks every script the services define and checks
+that its declared keys share a slot.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from typing import Any, TypeAlias
 
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterPipeline
+from redis.crc import key_slot
 from redis.exceptions import NoScriptError, RedisError
 from redis.typing import EncodableT
 
@@ -37,11 +45,23 @@ _QUEUED: weakref.WeakKeyDictionary[Any, dict[int, tuple[Any, ...]]] = weakref.We
 """Per pipeline, the script calls queued on it: position in the pipeline -> EVALSHA's args."""
 
 
-class Lua:
-    """One Lua script, called by its SHA1 (see the module docstring)."""
+class CrossSlotKeys(ValueError):
+    """A script was called with keys that are not one hash slot's, or not the keys it declares."""
 
-    def __init__(self, source: str) -> None:
+
+def check_one_slot(keys: Sequence[str]) -> None:
+    """Raise :class:`CrossSlotKeys` unless ``keys`` all map to one hash slot."""
+    if len(keys) > 1 and len({key_slot(key.encode()) for key in keys}) > 1:
+        raise CrossSlotKeys(f"keys of more than one hash slot in one script: {list(keys)}")
+
+
+class Lua:
+    """One Lua script, called by its SHA1 (see the module docstring). ``keys`` names the
+    :class:`sdk.keys.Keys` methods that build its ``KEYS``, in order."""
+
+    def __init__(self, source: str, *, keys: Sequence[str]) -> None:
         self.source = source
+        self.keys = tuple(keys)
         self.sha = hashlib.sha1(source.encode()).hexdigest()
         _SOURCES[self.sha] = source
 
@@ -51,9 +71,17 @@ class Lua:
         keys: Sequence[str],
         args: Sequence[EncodableT],
         client: RedisClient | AnyPipeline,
+        by_source: bool = False,
     ) -> Any:
         """Run the script on ``client`` now; on a pipeline, queue it (its reply comes from
-        :func:`execute_pipeline`)."""
+        :func:`execute_pipeline`). ``by_source`` sends it as ``EVAL`` with its source, which
+        needs no script cache (for a path that runs right after a Redis restart, where an
+        ``EVALSHA`` refused would leave the rest of its pipeline run without it)."""
+        if len(keys) != len(self.keys):
+            raise CrossSlotKeys(f"the script takes {len(self.keys)} keys, not {len(keys)}")
+        check_one_slot(keys)
+        if by_source:
+            return await _eval(client, self.source, keys, args)
         command = ("EVALSHA", self.sha, len(keys), *keys, *args)
         if isinstance(client, Pipeline | ClusterPipeline):
             _QUEUED.setdefault(client, {})[len(client)] = command
@@ -64,6 +92,18 @@ class Lua:
         except NoScriptError:
             await client.script_load(self.source)
             return await client.execute_command(*command)
+
+
+async def _eval(
+    client: RedisClient | AnyPipeline,
+    source: str,
+    keys: Sequence[str],
+    args: Sequence[EncodableT],
+) -> Any:
+    reply = client.execute_command("EVAL", source, len(keys), *keys, *args)
+    if isinstance(client, Pipeline | ClusterPipeline):
+        return client
+    return await reply
 
 
 async def execute_pipeline(pipe: AnyPipeline) -> list[Any]:

@@ -75,7 +75,7 @@ end
 return 2
 """
 
-SETTLE = Lua(SETTLE_SCRIPT)
+SETTLE = Lua(SETTLE_SCRIPT, keys=["task"])
 """KEYS: the task hash. ARGV: running state, attempt, ttl, agent, then field/value pairs.
 1 when written (or written by an earlier try, its notice still pending), 2 when an earlier
 try wrote and announced it (only the acknowledgement may be missing), 0 when the task is
@@ -101,7 +101,7 @@ redis.call('EXPIRE', KEYS[2], ARGV[1])
 return ids
 """
 
-ANNOUNCE = Lua(ANNOUNCE_SCRIPT)
+ANNOUNCE = Lua(ANNOUNCE_SCRIPT, keys=["task_group_results", "task_group_noticed"])
 """KEYS: a task group's results stream and its ``noticed`` set. ARGV: ttl, the number of
 notices, then per notice the count of its field/value items followed by them (``task_id``
 first). Appends each notice whose task is not yet in the set, adds the task; returns per

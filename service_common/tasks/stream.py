@@ -120,10 +120,10 @@ redis.call('XDEL', KEYS[1], ARGV[2])
 return id
 """
 
-START = Lua(START_SCRIPT)
-TOUCH = Lua(TOUCH_SCRIPT)
-RELEASE = Lua(RELEASE_SCRIPT)
-REQUEUE = Lua(REQUEUE_SCRIPT)
+START = Lua(START_SCRIPT, keys=["task"])
+TOUCH = Lua(TOUCH_SCRIPT, keys=["endpoint_tasks"])
+RELEASE = Lua(RELEASE_SCRIPT, keys=["task"])
+REQUEUE = Lua(REQUEUE_SCRIPT, keys=["endpoint_tasks"])
 """KEYS: the stream. ARGV: group, the old entry id, then the entry's fields and values.
 Appends a copy of the entry and settles the old one, atomically."""
 

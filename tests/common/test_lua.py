@@ -14,8 +14,8 @@ from redis.exceptions import ResponseError
 from service_common.lua import Lua, execute_pipeline
 from tests.private_redis import PrivateRedis
 
-BUMP = Lua("return redis.call('INCRBY', KEYS[1], ARGV[1])")
-FAIL = Lua("return redis.error_reply('BAD no such thing')")
+BUMP = Lua("return redis.call('INCRBY', KEYS[1], ARGV[1])", keys=["task"])
+FAIL = Lua("return redis.error_reply('BAD no such thing')", keys=[])
 
 
 @pytest.fixture

@@ -44,7 +44,7 @@ end
 return {0, fields[2] or '', fields[3] or '', fields[4] or ''}
 """
 
-CANCEL = Lua(CANCEL_SCRIPT)
+CANCEL = Lua(CANCEL_SCRIPT, keys=["task"])
 
 
 class CancelResult(TypedDict):

@@ -16,10 +16,11 @@ import redis.asyncio as aioredis
 from sdk.keys import Keys
 from sdk.messages import TaskInfo, TaskSpec, task_info
 from sdk.states import TaskState
+from service_common.lua import Lua
 from service_common.redis_client import RedisClient
 from web_service.store.models import is_id
 
-CREATE_TASK = """
+CREATE_TASK_SCRIPT = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return 0
 end
@@ -29,7 +30,9 @@ return 1
 """KEYS: a task hash. ARGV: its fields and values. Writes the hash only if it does not exist
 (a retried submit never resets a task its first try queued)."""
 
-APPEND_ONCE = """
+CREATE_TASK = Lua(CREATE_TASK_SCRIPT, keys=["task"])
+
+APPEND_ONCE_SCRIPT = """
 if redis.call('LPOS', KEYS[1], ARGV[1]) then
   return 0
 end
@@ -40,6 +43,8 @@ return 1
 """
 """KEYS: a task group's list. ARGV: the ids of one batch. Appends them unless the batch's
 first id is there already (one ``RPUSH`` per thousand ids, so a batch is all there or not)."""
+
+APPEND_ONCE = Lua(APPEND_ONCE_SCRIPT, keys=["task_group_tasks"])
 
 
 _VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
@@ -127,13 +132,13 @@ async def enqueue(
         if "walltime_s" in spec:
             entry += ["walltime_s", repr(spec["walltime_s"])]
         if retry:
-            pipe.eval(CREATE_TASK, 1, keys.task(task_id), *record)
+            await CREATE_TASK(keys=[keys.task(task_id)], args=record, client=pipe, by_source=True)
         else:
             pipe.execute_command("HSET", keys.task(task_id), *record)
         entries.execute_command("XADD", stream, "*", *entry)
     group_tasks = keys.task_group_tasks(task_group_id)
     if retry:
-        pipe.eval(APPEND_ONCE, 1, group_tasks, *task_ids)
+        await APPEND_ONCE(keys=[group_tasks], args=task_ids, client=pipe, by_source=True)
     else:
         pipe.rpush(group_tasks, *task_ids)
     pipe.expire(group_tasks, result_ttl_s)
