@@ -36,7 +36,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import MovedError
 
-from service_common.redis_client import RedisClient, unblock
+from service_common.redis_client import RedisClient, server_client, unblock
 
 LANE_IDLE_S = 60.0
 """A cluster lane no read used for this long is closed."""
@@ -176,35 +176,20 @@ class BlockingReads:
 
     async def _open(self, stream: str) -> _Lane:
         redis = self._redis
+        client = await server_client(redis, stream)
+        self.lanes_opened += 1
         if not isinstance(redis, aioredis.RedisCluster):
-            pool = redis.connection_pool
-            client = aioredis.Redis.from_pool(
-                aioredis.ConnectionPool(
-                    connection_class=pool.connection_class, **pool.connection_kwargs
-                )
-            )
 
             async def wake_one(client_id: int) -> bool:
                 return bool(await redis.client_unblock(client_id))
 
-            self.lanes_opened += 1
             return _Lane(client, wake_one)
-        await redis.initialize()
         node = redis.get_node_from_key(stream)
-        if node is None:
-            raise MovedError(f"{redis.keyslot(stream)} no node serves the slot of {stream}")
-        client = aioredis.Redis.from_pool(
-            aioredis.ConnectionPool(
-                connection_class=node.connection_class,
-                **{**node.connection_kwargs, "host": node.host, "port": node.port},
-            )
-        )
 
         async def wake_on_node(client_id: int) -> bool:
             reply = await redis.execute_command("CLIENT UNBLOCK", client_id, target_nodes=node)
             return bool(reply)
 
-        self.lanes_opened += 1
         return _Lane(client, wake_on_node)
 
     async def _wake(self, lane: _Lane) -> bool:

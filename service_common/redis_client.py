@@ -184,6 +184,31 @@ def _connect_cluster(
     )
 
 
+async def server_client(redis: RedisClient, key: str | None = None) -> aioredis.Redis:
+    """A client of its own (a pool of its own) to one server of ``redis``: the Redis itself,
+    or on a cluster the primary serving ``key`` (any primary when ``key`` is ``None``), with
+    ``redis``'s connection options. For what needs one server's connection: a blocked read,
+    a subscription (a cluster delivers every ``PUBLISH`` on every node). Close it with
+    ``await client.aclose()``."""
+    if not isinstance(redis, aioredis.RedisCluster):
+        pool = redis.connection_pool
+        return aioredis.Redis.from_pool(
+            aioredis.ConnectionPool(
+                connection_class=pool.connection_class, **pool.connection_kwargs
+            )
+        )
+    await redis.initialize()
+    node = redis.get_node_from_key(key) if key is not None else redis.get_random_primary_node()
+    if node is None:
+        raise ClusterDownError(f"no node serves the hash slot of {key!r}")
+    return aioredis.Redis.from_pool(
+        aioredis.ConnectionPool(
+            connection_class=node.connection_class,
+            **{**node.connection_kwargs, "host": node.host, "port": node.port},
+        )
+    )
+
+
 def node_url(url: str) -> str:
     """A one-node URL for a cluster ``url`` (its first node, plain ``redis://``); ``url``
     itself when it names one Redis. For tools that speak to one server."""

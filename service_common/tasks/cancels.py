@@ -10,8 +10,10 @@ Pub/sub is fire-and-forget: the subscription is made before the agent reads its 
 task, so a task this agent started cannot have been cancelled unheard, except while the
 subscription is broken (Redis away or restarting); it is then made again with the shared
 backoff (:mod:`service_common.retry`, the outage logged once), and a notice sent in between
-is lost: the task runs to its end. A queued task needs no notice: the web service
-marks it ``cancelled`` itself, and the agent's start script skips it.
+is lost: the task runs to its end. A queued task needs no notice: the web service marks it
+``cancelled`` itself, and the agent's start script skips it. On a Redis Cluster the
+subscription is made on one primary (a cluster delivers every ``PUBLISH`` to every node),
+another one after a failure.
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from sdk.keys import Keys
-from service_common.redis_client import RedisClient, redis_unavailable
+from service_common.redis_client import RedisClient, redis_unavailable, server_client
 from service_common.retry import DEFAULT_BACKOFF, Outage
 
 log = logging.getLogger(__name__)
@@ -56,6 +59,7 @@ class CancelListener:
         )
         self._on_cancel = on_cancel
         self._pubsub: Any = None
+        self._server: aioredis.Redis | None = None  # the subscription's own client
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -66,7 +70,9 @@ class CancelListener:
         self._task = asyncio.create_task(self._listen(), name="fxbroker-cancel-listener")
 
     async def _subscribe(self) -> Any:
-        pubsub: Any = self._redis.pubsub(ignore_subscribe_messages=True)
+        await self._close_server()
+        server = self._server = await server_client(self._redis)
+        pubsub: Any = server.pubsub(ignore_subscribe_messages=True)
         try:
             if self._pattern:
                 await pubsub.psubscribe(self._channel)
@@ -75,8 +81,15 @@ class CancelListener:
         except BaseException:
             with contextlib.suppress(RedisError, OSError):
                 await pubsub.aclose()
+            await self._close_server()
             raise
         return pubsub
+
+    async def _close_server(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await server.aclose()
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -88,6 +101,7 @@ class CancelListener:
             with contextlib.suppress(RedisError, OSError):
                 await self._pubsub.aclose()
             self._pubsub = None
+        await self._close_server()
 
     async def _listen(self) -> None:
         while True:

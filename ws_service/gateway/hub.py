@@ -9,7 +9,9 @@ the session that handed it out forwards), and the registry of live sessions.
 connections, named ``client_name``, however many agents it serves: one for the reader's
 blocked wait, one for the cancel subscription, and a pool of the rest for everything else
 (starts, settles, lease renewals, status writes), where a command that finds every
-connection busy waits for one. Agents' sessions never open a connection of their own.
+connection busy waits for one. Agents' sessions never open a connection of their own. On a
+Redis Cluster the pool's bound is per node, and the blocked wait is one per hash slot of the
+streams waited on (:mod:`service_common.blocking_read`).
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ class Gateway:
     async def __aenter__(self) -> Gateway:
         s = self.settings
         self._redis = connect_redis(
-            s.redis_url, client_name=s.client_name, max_connections=s.gateway_redis_connections - 1
+            s.redis_url, client_name=s.client_name, max_connections=s.gateway_redis_connections - 2
         )
         self._reader = Reader(
             self._redis,
