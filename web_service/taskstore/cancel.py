@@ -1,13 +1,13 @@
 """Cancelling tasks: a queued task never runs, a running one is interrupted by its agent.
 
-For a batch of task ids, two pipelined round trips:
+For a batch of task ids, two pipelined round trips (and a PUBLISH per running task):
 
 1. per task, one Lua script on the task hash alone (so it runs on Redis Cluster): if the hash
    is the caller's and still ``waiting-for-ep``, set ``state=cancelled`` and ``completed_at``
    and give it the result TTL; either way answer its state, endpoint and task group.
 2. per task cancelled in step 1, the completion notice ``XADD keys.task_group_results(gid)
    task_id <tid> state cancelled`` and its ``EXPIRE`` (so WebSocket clients learn of it);
-   per task found ``running``, ``PUBLISH keys.endpoint_cancel(eid)`` a
+   then per task found ``running``, ``PUBLISH keys.endpoint_cancel(eid)`` a
    :class:`~sdk.messages.CancelNotice` so its agent interrupts it (and writes ``cancelled``).
 
 A cancelled task keeps its stream entry; an agent that reads it skips it, because its start
@@ -77,6 +77,7 @@ class Canceller:
         replies = await execute_pipeline(pipe)
         results: dict[str, CancelResult] = {}
         notices = self._redis.pipeline(transaction=False)
+        interrupts: list[tuple[str, str]] = []  # (channel, notice)
         for task_id, reply in zip(wanted, replies, strict=True):
             if not reply:
                 continue
@@ -90,8 +91,12 @@ class Canceller:
             elif state == TaskState.RUNNING:
                 outcome = "interrupt_requested"
                 notice: CancelNotice = {"task_id": task_id}
-                notices.publish(self._keys.endpoint_cancel(endpoint_id), json.dumps(notice))
+                interrupts.append((self._keys.endpoint_cancel(endpoint_id), json.dumps(notice)))
             results[task_id] = {"task_id": task_id, "state": state, "outcome": outcome}
         if len(notices):
             await notices.execute()
+        # Not in the pipeline: a cluster's pipeline refuses PUBLISH (it goes to any one node,
+        # which delivers it cluster-wide). Few tasks are running when cancelled at once.
+        for channel, message in interrupts:
+            await self._redis.publish(channel, message)
         return results
