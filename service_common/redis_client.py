@@ -28,6 +28,8 @@ from redis.exceptions import (
     MovedError,
     NoScriptError,
     ReadOnlyError,
+    RedisClusterException,
+    SlotNotCoveredError,
     TryAgainError,
 )
 from redis.exceptions import (
@@ -62,6 +64,7 @@ TRANSIENT_REDIS_ERRORS: tuple[type[BaseException], ...] = (
     ReadOnlyError,  # a failover in progress: the old primary is now a replica
     TryAgainError,
     ClusterDownError,  # a cluster with slots not served (a primary down, no replica yet)
+    SlotNotCoveredError,
     MovedError,  # slots moved (a failover or resharding) while the client's map was old
     AskError,
     OSError,
@@ -223,8 +226,18 @@ def node_url(url: str) -> str:
 
 def redis_unavailable(exc: BaseException) -> bool:
     """True when ``exc`` means Redis is away (down, restarting, loading its data, failing
-    over) rather than that a command was wrong: an outage to wait out."""
-    return isinstance(exc, TRANSIENT_REDIS_ERRORS)
+    over) rather than that a command was wrong: an outage to wait out.
+
+    A cluster client that reaches no node, or finds a slot unserved, says so with a
+    :class:`~redis.exceptions.RedisClusterException` raised from the connection error (or
+    a :class:`~redis.exceptions.SlotNotCoveredError`); the same class also reports
+    mistakes (a command a cluster refuses), which stay mistakes."""
+    if isinstance(exc, TRANSIENT_REDIS_ERRORS):
+        return True
+    if isinstance(exc, RedisClusterException):
+        cause = exc.__cause__ or exc.__context__
+        return cause is not None and cause is not exc and redis_unavailable(cause)
+    return False
 
 
 UNBLOCK_TRIES = 50

@@ -5,9 +5,18 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from redis.asyncio import BlockingConnectionPool
+import pytest
+from redis.asyncio import BlockingConnectionPool, RedisCluster
+from redis.exceptions import ClusterDownError, RedisClusterException, SlotNotCoveredError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
-from service_common.redis_client import MAX_CONNECTIONS, connect_redis, unblock
+from service_common.redis_client import (
+    MAX_CONNECTIONS,
+    connect_redis,
+    is_cluster_url,
+    redis_unavailable,
+    unblock,
+)
 
 
 async def test_options_are_the_services_own(redis_url: str, key_prefix: str) -> None:
@@ -64,3 +73,32 @@ async def test_unblock_wakes_a_blocked_read_even_one_not_yet_blocked(
     finally:
         await waiter.aclose()
         await other.aclose()
+
+
+def test_a_cluster_that_reaches_no_node_is_an_outage_and_a_refused_command_is_a_mistake() -> None:
+    try:
+        try:
+            raise RedisConnectionError("Error 111 connecting to 127.0.0.1:7000")
+        except RedisConnectionError as exc:
+            raise RedisClusterException("Redis Cluster cannot be connected") from exc
+    except RedisClusterException as exc:
+        assert redis_unavailable(exc)
+    assert redis_unavailable(SlotNotCoveredError("slot 12 is not covered"))
+    assert redis_unavailable(ClusterDownError("The cluster is down"))
+    assert not redis_unavailable(RedisClusterException("PUBLISH is blocked in a pipeline"))
+
+
+async def test_a_cluster_url_opens_the_cluster_client_with_every_listed_node() -> None:
+    url = "redis+cluster://127.0.0.1:7000,127.0.0.1:7001"
+    assert is_cluster_url(url) and not is_cluster_url("redis://127.0.0.1:6379/0")
+    client = connect_redis(url)
+    try:
+        assert isinstance(client, RedisCluster)
+        assert [(n.host, n.port) for n in client.startup_nodes] == [
+            ("127.0.0.1", 7000),
+            ("127.0.0.1", 7001),
+        ]
+    finally:
+        await client.aclose()
+    with pytest.raises(ValueError, match="only database 0"):
+        connect_redis("redis+cluster://127.0.0.1:7000/3")
