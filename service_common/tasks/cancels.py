@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from sdk.keys import Keys
 from service_common.redis_client import RedisClient, redis_unavailable, server_client
@@ -108,7 +108,7 @@ class CancelListener:
             started = self._outage.now()
             try:
                 message = await self._pubsub.get_message(timeout=None)
-            except (RedisError, OSError) as exc:
+            except (RedisError, RedisClusterException, OSError) as exc:
                 if redis_unavailable(exc):
                     self._outage.failed(exc, attempt_started=started)
                 else:
@@ -134,7 +134,7 @@ class CancelListener:
             started = self._outage.now()
             try:
                 pubsub = await self._subscribe()
-            except (RedisError, OSError) as exc:
+            except (RedisError, RedisClusterException, OSError) as exc:
                 self._outage.failed(exc, attempt_started=started)
                 continue
             self._outage.recovered()

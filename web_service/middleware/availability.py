@@ -24,7 +24,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -46,8 +46,9 @@ REDIS, SQL = "redis", "database"
 
 def redis_error(exc: BaseException) -> bool:
     """True for a Redis client error meaning Redis is away. (A bare ``OSError`` is SQL's
-    driver failing to connect: redis-py wraps its own socket errors in a RedisError.)"""
-    return isinstance(exc, RedisError) and redis_unavailable(exc)
+    driver failing to connect: redis-py wraps its own socket errors in a RedisError, or in a
+    RedisClusterException when a cluster client reaches no node.)"""
+    return isinstance(exc, RedisError | RedisClusterException) and redis_unavailable(exc)
 
 
 class Dependencies:
