@@ -15,6 +15,7 @@ import pytest
 
 from bench import fx_workloads as fx
 from bench.demo_run import parse_rates
+from bench.redis_admin import count_matching
 from bench.report import (
     ASYNC_WIDE_ROW,
     DEMO_STYLES,
@@ -29,7 +30,6 @@ from bench.report import (
     targets,
     times_apart,
 )
-from bench.services import count_matching
 from fxbroker.demo import Row
 
 REPO = Path(__file__).resolve().parent.parent
