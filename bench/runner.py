@@ -200,7 +200,7 @@ def run(settings: BenchSettings) -> tuple[str, dict[str, Any]]:
         f"redis: {redis['topology']}"
     )
     if peers_apart:
-        header += f"; the peers on their own: {PEERS_APART}"
+        header += f"; peers (Celery, RQ, arq): {PEERS_APART}"
     if s.quick:
         header += "\nQUICK RUN: tiny counts, one repeat; the figures and targets mean nothing"
     return render(figures, found, header=header), to_json(figures, found, meta=meta)
