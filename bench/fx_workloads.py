@@ -17,10 +17,9 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
-import redis
-
 from bench import tasks
 from bench.platform import Deployment
+from bench.redis_admin import open_redis, used_memory
 from bench.report import (
     ASYNC_PUSH_ROW,
     FXBROKER,
@@ -29,7 +28,6 @@ from bench.report import (
     Figures,
     percentile,
 )
-from bench.services import used_memory
 from bench.settings import BenchSettings
 from fxbroker import AsyncClient, Batch, Executor
 from sdk.keys import Keys
@@ -252,7 +250,7 @@ def submission(figures: Figures, deployment: Deployment, s: BenchSettings) -> No
 def _delete_queued(
     deployment: Deployment, keys: Keys, endpoint_id: str, group: str | None, ids: list[str]
 ) -> None:
-    client = redis.Redis.from_url(deployment.redis_url)
+    client = open_redis(deployment.redis_url)  # a cluster client splits UNLINK by slot
     try:
         for first in range(0, len(ids), 1000):
             client.unlink(*(keys.task(t) for t in ids[first : first + 1000]))

@@ -9,11 +9,13 @@ part is divided by the task count:
 * ``web``, ``ws (gateway)``, ``agent``: ``/proc/<pid>/stat`` of each service process;
 * ``agent workers``: every descendant of the agent (its worker processes), plus whatever the
   agent reaped from children that exited during the run;
-* ``redis``: ``INFO cpu`` (``used_cpu_user`` + ``used_cpu_sys``) of the server.
+* ``redis``: ``INFO cpu`` (``used_cpu_user`` + ``used_cpu_sys``) of the server, summed over
+  every primary of a cluster.
 
-It also counts Redis commands per task (``INFO commandstats`` calls). The Redis is a private
-``redis-server`` unless ``--redis-url`` is given, so no other client's commands or CPU are
-counted. Each figure is the median of ``--repeat`` samples on one running platform.
+It also counts Redis commands per task (``INFO commandstats`` calls, summed over the
+primaries). The Redis is a private ``redis-server`` (a private cluster of three masters with
+``--redis-cluster``) unless ``--redis-url`` is given, so no other client's commands or CPU
+are counted. Each figure is the median of ``--repeat`` samples on one running platform.
 
 ``--py-spy DIR`` adds one more sample, not counted, with ``py-spy record`` attached to the ws
 and agent processes, and prints the functions with the most own time in each (the raw
@@ -33,6 +35,7 @@ import tempfile
 import uuid
 from collections import Counter
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -42,6 +45,7 @@ import redis
 from bench import fx_workloads as fx
 from bench import tasks
 from bench.platform import AgentSpec, Deployment, Platform
+from bench.redis_admin import command_calls, info_total, primaries
 from bench.services import RedisServer
 from bench.settings import BenchSettings
 
@@ -93,7 +97,9 @@ class CpuMeter:
 
     def __init__(self, pids: dict[str, int], redis_url: str) -> None:
         self._pids = pids
-        self._redis = redis.Redis.from_url(redis_url)
+        self._redis_url = redis_url
+        self._stack = ExitStack()
+        self._servers: list[redis.Redis] = []
         self.before: Snapshot | None = None
         self.after: Snapshot | None = None
 
@@ -106,14 +112,16 @@ class CpuMeter:
             if role == "agent":
                 cpu["agent reaped"] = reaped
         workers = {pid: sum(_cpu_s(pid)) for pid in _descendants(self._pids["agent"])}
-        info = self._redis.info("cpu")
-        cpu["redis"] = float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
-        stats = self._redis.info("commandstats")
-        calls = Counter({k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()})
-        return Snapshot(cpu, workers, calls)
+        cpu["redis"] = info_total(self._servers, "cpu", ("used_cpu_user", "used_cpu_sys"))
+        return Snapshot(cpu, workers, command_calls(self._servers))
 
     def __enter__(self) -> CpuMeter:
-        self.before = self._take()
+        self._servers = self._stack.enter_context(primaries(self._redis_url))
+        try:
+            self.before = self._take()
+        except BaseException:
+            self._stack.close()
+            raise
         return self
 
     def __exit__(
@@ -122,8 +130,8 @@ class CpuMeter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.after = self._take()
-        self._redis.close()
+        with self._stack:
+            self.after = self._take()
 
     def per_task_us(self, n: int) -> tuple[dict[str, float], Counter[str]]:
         """CPU µs per task by role, and Redis calls per command over the span."""
@@ -271,6 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="echo tasks carrying BYTES random bytes each way instead of no-ops")  # fmt: skip
     add("--repeat", type=int, default=3, help="samples, median shown (default 3)")
     add("--redis-url", default=None, help="a Redis to use (default: a private redis-server)")
+    add("--redis-cluster", action="store_true", help="run on a private Redis Cluster of 3 masters")
     add("--py-spy", type=Path, default=None, metavar="DIR",
         help="one more sample with py-spy on ws and agent; raw stacks go to DIR")  # fmt: skip
     args = parser.parse_args(argv)
@@ -279,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="fxbroker-hop-cost-"))
     rows: list[tuple[float, dict[str, float], Counter[str]]] = []
     try:
-        with RedisServer(args.redis_url) as server:
+        with RedisServer(args.redis_url, cluster=args.redis_cluster) as server:
             platform_ = throughput_platform(server.url, workdir, s)
             with platform_ as deployment:
                 pids = _pids(platform_)

@@ -3,10 +3,10 @@
 The latency row's path (``await fx.run(...)`` of a no-op: submit over HTTP, the gateway in
 ``fxbroker ws`` hands it to one ``fxbroker endpoint start`` agent, process engine x2, and the
 result comes back pushed over the client's WebSocket) is run ``--trips`` times in sequence on
-its own platform and a private ``redis-server`` (or ``--redis-url``); each trip is cut at the
-times the task's hash records (``created_at`` when the web service queued it, ``started_at``
-when the gateway started it, ``completed_at`` when the gateway stored its outcome; one clock,
-one machine):
+its own platform and a private ``redis-server`` (or ``--redis-url``, or a private cluster of
+three masters with ``--redis-cluster``); each trip is cut at the times the task's hash
+records (``created_at`` when the web service queued it, ``started_at`` when the gateway started
+it, ``completed_at`` when the gateway stored its outcome; one clock, one machine):
 
 * ``submit``: from the call until the web service queued the task (client, HTTP, web);
 * ``to start``: queued until started (the gateway's read and start script);
@@ -30,12 +30,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import redis
-
 from bench import fx_workloads as fx
 from bench import tasks
 from bench.hop_cost import throughput_platform
 from bench.platform import Deployment
+from bench.redis_admin import open_redis
 from bench.services import RedisServer
 from bench.settings import BenchSettings
 from fxbroker import AsyncClient
@@ -64,7 +63,7 @@ async def _trips(d: Deployment, n: int, timeout_s: float) -> list[tuple[float, f
 def split(d: Deployment, trips: list[tuple[float, float, str]]) -> dict[str, list[float]]:
     """Each trip's segments (ms), from the timestamps its task's hash records."""
     keys = Keys(d.key_prefix)
-    store = redis.Redis.from_url(d.redis_url, decode_responses=True)
+    store = open_redis(d.redis_url, decode_responses=True)
     try:
         pipe = store.pipeline(transaction=False)
         for _, _, task_id in trips:
@@ -101,10 +100,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--trips", type=int, default=300, help="round trips (default 300)")
     parser.add_argument("--redis-url", default=None,
                         help="a Redis to use (default: a private redis-server)")  # fmt: skip
+    parser.add_argument("--redis-cluster", action="store_true",
+                        help="run on a private Redis Cluster of 3 masters")  # fmt: skip
     args = parser.parse_args(argv)
     s = BenchSettings.full(repeat=1)
     workdir = Path(tempfile.mkdtemp(prefix="fxbroker-latency-split-"))
-    with RedisServer(args.redis_url) as server, throughput_platform(server.url, workdir, s) as d:
+    with (
+        RedisServer(args.redis_url, cluster=args.redis_cluster) as server,
+        throughput_platform(server.url, workdir, s) as d,
+    ):
         trips = asyncio.run(_trips(d, args.trips, s.task_timeout_s))
         print(render(split(d, trips)), flush=True)
     shutil.rmtree(workdir, ignore_errors=True)

@@ -24,7 +24,8 @@ from arq.worker import Worker, func
 
 from bench import tasks
 from bench.peers import check_echoes
-from bench.services import PYTHON, Processes, delete_matching
+from bench.redis_admin import delete_matching
+from bench.services import PYTHON, Processes
 
 ENQUEUE_AT_ONCE = 50
 """Enqueues in flight at once (each holds a pooled connection for its WATCH)."""

@@ -22,7 +22,8 @@ from celery.result import ResultSet  # type: ignore[import-untyped]
 
 from bench import tasks
 from bench.peers import check_echoes
-from bench.services import PYTHON, Processes, delete_matching
+from bench.redis_admin import delete_matching
+from bench.services import PYTHON, Processes
 
 TASK = "bench.noop"
 ECHO = "bench.echo"

@@ -24,7 +24,8 @@ from rq.results import Result
 
 from bench import tasks
 from bench.peers import check_echoes
-from bench.services import PYTHON, Processes, delete_matching
+from bench.redis_admin import delete_matching
+from bench.services import PYTHON, Processes
 
 
 class RqPeer:

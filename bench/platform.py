@@ -18,14 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from bench.services import (
-    PYTHON,
-    REPO_ROOT,
-    Processes,
-    delete_matching,
-    python_env,
-    wait_for_port,
-)
+from bench.redis_admin import delete_matching
+from bench.services import PYTHON, REPO_ROOT, Processes, python_env, wait_for_port
 from fxbroker import Client
 from fxbroker.embedded import free_port
 

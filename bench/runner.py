@@ -1,14 +1,16 @@
 """One benchmark run: start the systems, run every workload interleaved, report.
 
-Layout (a real deployment on one machine): Redis is ``REDIS_URL`` or a private
-``redis-server``; fxbroker runs as separate processes (``fxbroker web``, ``fxbroker ws`` and
-one ``fxbroker endpoint start`` agent per endpoint); each peer's workers run as subprocesses
-started for its turn; the clients of every system run in this process, except ``fxbroker
-demo``, which runs as a user runs it, a subprocess with its own stack. The engine rows add an
-agent of the ``rq`` and one of the ``parsl`` engine, and what they hand tasks to
-(:mod:`bench.engines`). Each repeat runs every step
-once, the order rotated by one from repeat to repeat, so no system always goes first or
-last; the figures are the medians over the repeats.
+Layout (a real deployment on one machine): Redis is ``REDIS_URL``, a private
+``redis-server`` or a private Redis Cluster (``--redis-cluster``; on a cluster the peers run on
+a private ``redis-server`` of their own, as none of them speaks to a cluster); fxbroker runs as
+separate processes (``fxbroker web``, ``fxbroker ws`` and one ``fxbroker endpoint start`` agent
+per endpoint); each peer's workers run as subprocesses started for its turn; the clients of
+every system run in this process, except ``fxbroker demo``, which runs as a user runs it, a
+subprocess with its own stack. The engine rows add an agent of the ``rq`` and one of the
+``parsl`` engine, and what they hand tasks to (:mod:`bench.engines`). Each repeat runs every
+step once, the order rotated by one from repeat to repeat, so no system always goes first or
+last; the figures are the medians over the repeats. Before Redis stops, the run counts the keys
+of its tag left on every primary (``keys_left`` in the JSON; 0 when every part cleaned up).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from bench.peer_celery import CeleryPeer
 from bench.peer_rq import RqPeer
 from bench.peers import Peer, PoolPeer
 from bench.platform import AgentSpec, Deployment, Platform
+from bench.redis_admin import count_matching
 from bench.report import (
     ASYNC_ROW,
     ASYNC_WIDE_ROW,
@@ -47,7 +50,11 @@ from bench.report import (
 )
 from bench.services import Processes, RedisServer
 from bench.settings import BenchSettings
+from service_common.redis_client import is_cluster_url
 
+PEERS_APART = "a private redis-server (single)"
+"""Where Celery, RQ and arq run when fxbroker's Redis is a cluster: none of them speaks to a
+Redis Cluster."""
 PACKAGES = ("fxbroker", "celery", "rq", "arq", "redis", "hiredis")
 WORKLOADS = ("throughput", "latency", "seed", "async", "submission", "fan-out", "payload", "demo",
              "peers", "engines")  # fmt: skip
@@ -165,42 +172,78 @@ def run(settings: BenchSettings) -> tuple[str, dict[str, Any]]:
         else nullcontext()
     )
     try:
-        with RedisServer(s.redis_url) as redis_server, sites as engine_sites:
-            platform_ = Platform(
-                redis_url=redis_server.url, database_url=s.database_url, workdir=workdir,
-                tag=tag, agents=agents + (engine_sites.agents if engine_sites is not None else []),
-                idle_endpoints=[fx.IDLE], start_timeout_s=s.start_timeout_s,
-            )  # fmt: skip
-            with platform_ as deployment, Processes(workdir / "peers.log") as peer_procs:
-                steps = _fx_steps(figures, deployment, s, workdir)
-                steps += _peer_steps(figures, s, redis_server.url, tag, peer_procs)
-                if engine_sites is not None:
-                    steps += _engine_steps(figures, deployment, s)
-                if s.only:
-                    steps = [step for step in steps if step.workload in s.only]
-                for r in range(s.repeat):
-                    shift = r % len(steps)
-                    for step in steps[shift:] + steps[:shift]:
-                        t0 = time.monotonic()
-                        step.run()
-                        platform_.processes.check()
-                        if engine_sites is not None:
-                            engine_sites.check()
-                        _say(f"[{r + 1}/{s.repeat}] {step.name}: {time.monotonic() - t0:.1f} s")
-            meta = _meta(s, tag, redis_server, time.monotonic() - started)
+        with (
+            RedisServer(s.redis_url, cluster=s.redis_cluster) as redis_server,
+            sites as engine_sites,
+        ):
+            # Celery, RQ and arq speak to one Redis only: on a cluster they get one of their own.
+            peers_apart = is_cluster_url(redis_server.url) and _runs_peers(s)
+            peer_redis: AbstractContextManager[RedisServer] = (
+                RedisServer(None) if peers_apart else nullcontext(redis_server)
+            )
+            with peer_redis as peer_server:
+                _run_steps(
+                    s, tag, workdir, figures, agents, redis_server, peer_server, engine_sites
+                )
+                urls = {redis_server.url, peer_server.url}
+                keys_left = sum(count_matching(url, f"*{tag}*") for url in urls)
+            meta = _meta(s, tag, redis_server, peers_apart, keys_left, time.monotonic() - started)
     except BaseException:
         _say(f"the run failed; the logs of its processes are in {workdir}")
         raise
     shutil.rmtree(workdir, ignore_errors=True)
     found = targets(figures)
+    redis = meta["redis"]
     header = (
         f"fxbroker bench: median of {s.repeat}, {meta['machine']['cpus']} CPUs, "
-        f"Redis {meta['redis']['version']} ({meta['redis']['kind']}), "
-        f"{meta['elapsed_s']:.0f} s"
+        f"Redis {redis['version']} ({redis['kind']}), {meta['elapsed_s']:.0f} s\n"
+        f"redis: {redis['topology']}"
     )
+    if peers_apart:
+        header += f"; peers (Celery, RQ, arq): {PEERS_APART}"
     if s.quick:
         header += "\nQUICK RUN: tiny counts, one repeat; the figures and targets mean nothing"
     return render(figures, found, header=header), to_json(figures, found, meta=meta)
+
+
+def _runs_peers(s: BenchSettings) -> bool:
+    """Whether a peer (Celery, RQ, arq) runs: in the peers' rows or the payload rows."""
+    return not s.only or bool(s.only & {"peers", "payload"})
+
+
+def _run_steps(
+    s: BenchSettings,
+    tag: str,
+    workdir: Path,
+    figures: Figures,
+    agents: list[AgentSpec],
+    redis_server: RedisServer,
+    peer_server: RedisServer,
+    engine_sites: engines.EngineSites | None,
+) -> None:
+    """Start the platform on ``redis_server`` and the peers on ``peer_server``, run every
+    step ``s.repeat`` times in rotated order, and stop them (each deletes its keys)."""
+    platform_ = Platform(
+        redis_url=redis_server.url, database_url=s.database_url, workdir=workdir,
+        tag=tag, agents=agents + (engine_sites.agents if engine_sites is not None else []),
+        idle_endpoints=[fx.IDLE], start_timeout_s=s.start_timeout_s,
+    )  # fmt: skip
+    with platform_ as deployment, Processes(workdir / "peers.log") as peer_procs:
+        steps = _fx_steps(figures, deployment, s, workdir)
+        steps += _peer_steps(figures, s, peer_server.url, tag, peer_procs)
+        if engine_sites is not None:
+            steps += _engine_steps(figures, deployment, s)
+        if s.only:
+            steps = [step for step in steps if step.workload in s.only]
+        for r in range(s.repeat):
+            shift = r % len(steps)
+            for step in steps[shift:] + steps[:shift]:
+                t0 = time.monotonic()
+                step.run()
+                platform_.processes.check()
+                if engine_sites is not None:
+                    engine_sites.check()
+                _say(f"[{r + 1}/{s.repeat}] {step.name}: {time.monotonic() - t0:.1f} s")
 
 
 def _version(package: str) -> str:
@@ -217,7 +260,12 @@ def _plain(value: object) -> object:
 
 
 def _meta(
-    s: BenchSettings, tag: str, redis_server: RedisServer, elapsed_s: float
+    s: BenchSettings,
+    tag: str,
+    redis_server: RedisServer,
+    peers_apart: bool,
+    keys_left: int,
+    elapsed_s: float,
 ) -> dict[str, Any]:
     hidden = ("redis_url", "database_url")  # may carry credentials
     settings = {k: _plain(v) for k, v in asdict(s).items() if k not in hidden}
@@ -232,7 +280,13 @@ def _meta(
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
         },
-        "redis": {"version": redis_server.version(), "kind": redis_server.kind},
+        "redis": {
+            "version": redis_server.version(),
+            "kind": redis_server.kind,
+            "topology": redis_server.topology,
+            "peers": PEERS_APART if peers_apart else "the same Redis",
+            "keys_left": keys_left,
+        },
         "versions": {p: _version(p) for p in PACKAGES},
     }
 

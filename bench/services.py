@@ -1,9 +1,10 @@
 """The processes a benchmark run starts, and the Redis it runs against.
 
 :class:`RedisServer` is ``REDIS_URL`` when given, else a private ``redis-server`` on a free
-loopback port for the life of the run. :class:`Processes` starts subprocesses with their
-output in one log file and stops every one of them (SIGTERM, then SIGKILL after a grace)
-when its ``with`` block ends. :func:`delete_matching` removes the keys of one run and
+loopback port for the life of the run, or a private Redis Cluster of three masters
+(``--redis-cluster``). :class:`Processes` starts subprocesses with their output in one log
+file and stops every one of them (SIGTERM, then SIGKILL after a grace) when its ``with`` block
+ends. The keys of one run are removed with :func:`bench.redis_admin.delete_matching`, and
 nothing else: every key a workload makes carries the run's tag in its name.
 """
 
@@ -22,13 +23,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
-import redis
-
+from bench.redis_admin import server_version, topology
 from fxbroker.embedded import EmbeddedRedis
 
 PYTHON = sys.executable
 REPO_ROOT = Path(__file__).resolve().parent.parent
 """Where ``bench`` and the fxbroker packages import from; subprocesses run here."""
+CLUSTER_SCRIPT = REPO_ROOT / ".ci" / "redis-cluster"
+"""Starts a throwaway Redis Cluster on loopback (``start DIR [MASTERS]``) and stops it."""
+CLUSTER_MASTERS = 3
 
 
 def python_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -125,12 +128,19 @@ class Processes:
 
 
 class RedisServer:
-    """``url`` when given; else a private ``redis-server`` on loopback inside the block."""
+    """``url`` when given; else, inside the block, a private ``redis-server`` on loopback, or
+    with ``cluster`` a private Redis Cluster of :data:`CLUSTER_MASTERS` masters (cluster mode,
+    no persistence, on free loopback ports, in a temporary folder of its own), started and
+    stopped with ``.ci/redis-cluster``."""
 
-    def __init__(self, url: str | None) -> None:
-        self._given = url
-        self.url = url or ""
-        self.kind = "REDIS_URL" if url else "private redis-server"
+    def __init__(self, url: str | None, *, cluster: bool = False) -> None:
+        self._given = None if cluster else url
+        self._cluster = cluster
+        self.url = self._given or ""
+        if cluster:
+            self.kind = "private cluster"
+        else:
+            self.kind = "REDIS_URL" if url else "private redis-server"
         self._embedded: EmbeddedRedis | None = None
         self._dir: str | None = None
 
@@ -140,8 +150,11 @@ class RedisServer:
         if shutil.which("redis-server") is None:
             raise RuntimeError("set REDIS_URL, or install redis-server for a private one")
         self._dir = tempfile.mkdtemp(prefix="fxbroker-bench-redis-")
-        self._embedded = EmbeddedRedis(Path(self._dir), append_only=False).start()
-        self.url = self._embedded.url
+        if self._cluster:
+            self.url = _cluster_script("start", self._dir, str(CLUSTER_MASTERS))
+        else:
+            self._embedded = EmbeddedRedis(Path(self._dir), append_only=False).start()
+            self.url = self._embedded.url
         return self
 
     def __exit__(
@@ -153,47 +166,25 @@ class RedisServer:
         if self._embedded is not None:
             self._embedded.stop()
         if self._dir is not None:
+            if self._cluster:
+                _cluster_script("stop", self._dir)
             shutil.rmtree(self._dir, ignore_errors=True)
 
+    @property
+    def topology(self) -> str:
+        """``"single"`` or ``"cluster of N masters"`` (:func:`bench.redis_admin.topology`)."""
+        return topology(self.url)
+
     def version(self) -> str:
-        client = redis.Redis.from_url(self.url)
-        try:
-            info = client.info("server")
-            return str(info.get("redis_version", "?"))
-        finally:
-            client.close()
+        return server_version(self.url)
 
 
-def used_memory(url: str) -> int:
-    """``used_memory`` of ``INFO memory``, in bytes."""
-    client = redis.Redis.from_url(url)
-    try:
-        return int(client.info("memory")["used_memory"])
-    finally:
-        client.close()
-
-
-def delete_matching(url: str, pattern: str) -> int:
-    """Delete every key matching ``pattern`` (SCAN, then DEL in chunks); how many went."""
-    client = redis.Redis.from_url(url)
-    deleted = 0
-    try:
-        batch: list[bytes] = []
-        for key in client.scan_iter(match=pattern, count=5000):
-            batch.append(key)
-            if len(batch) >= 1000:
-                deleted += int(client.unlink(*batch))
-                batch = []
-        if batch:
-            deleted += int(client.unlink(*batch))
-    finally:
-        client.close()
-    return deleted
-
-
-def count_matching(url: str, pattern: str) -> int:
-    client = redis.Redis.from_url(url)
-    try:
-        return sum(1 for _ in client.scan_iter(match=pattern, count=5000))
-    finally:
-        client.close()
+def _cluster_script(*args: str) -> str:
+    """Run ``.ci/redis-cluster`` with ``args``; the last line it printed (the URL on start)."""
+    done = subprocess.run(
+        [str(CLUSTER_SCRIPT), *args], capture_output=True, text=True, timeout=120, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{CLUSTER_SCRIPT.name} {' '.join(args)} failed: {done.stderr}")
+    lines = done.stdout.strip().splitlines()
+    return lines[-1] if lines else ""

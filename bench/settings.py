@@ -43,6 +43,8 @@ class BenchSettings:
     task_timeout_s: float = 300.0
     start_timeout_s: float = 60.0
     redis_url: str | None = None
+    redis_cluster: bool = False
+    """Run on a private Redis Cluster of three masters instead of ``redis_url``."""
     database_url: str | None = None
     json_path: Path = Path("bench/results.json")
     only: frozenset[str] = frozenset()

@@ -15,6 +15,15 @@ import pytest
 
 from bench import fx_workloads as fx
 from bench.demo_run import parse_rates
+from bench.redis_admin import (
+    command_calls,
+    count_matching,
+    delete_matching,
+    open_redis,
+    primaries,
+    topology,
+    used_memory,
+)
 from bench.report import (
     ASYNC_WIDE_ROW,
     DEMO_STYLES,
@@ -29,8 +38,8 @@ from bench.report import (
     targets,
     times_apart,
 )
-from bench.services import count_matching
 from fxbroker.demo import Row
+from tests.private_cluster import PrivateCluster, require_redis_cli
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -101,7 +110,62 @@ def test_quick_run_produces_every_row(redis_url: str, tmp_path: Path) -> None:
         verdict = "PASS" if target["passed"] else "FAIL"
         assert f"{verdict}  {target['name']}" in done.stdout
     assert "QUICK RUN" in done.stdout
+    assert f"redis: {data['redis']['topology']}" in done.stdout
+    assert data["redis"]["keys_left"] == 0
     assert count_matching(redis_url, f"*{data['tag']}*") == 0
+
+
+def test_quick_run_on_a_private_cluster(tmp_path: Path) -> None:
+    """``--redis-cluster``: the latency rows (the quick counts) run on a private cluster of
+    three masters, the report and the JSON say so, and the run found none of its keys left on
+    any primary before it stopped the cluster. REDIS_URL is not used."""
+    require_redis_cli()
+    out = tmp_path / "results.json"
+    env = {**os.environ, "REDIS_URL": "redis://127.0.0.1:1/0"}  # would fail if it were used
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--only", "latency", "--redis-cluster",
+         "--json", str(out)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    data = json.loads(out.read_text())
+    assert data["settings"]["redis_cluster"] is True
+    assert data["redis"]["kind"] == "private cluster"
+    assert data["redis"]["topology"] == "cluster of 3 masters"
+    assert data["redis"]["peers"] == "the same Redis"  # no peer ran (--only latency)
+    assert re.search(r"^redis: cluster of 3 masters$", done.stdout, re.MULTILINE)
+    figures = {(f["variant"], f["metric"]): f for f in data["figures"]}
+    assert set(figures) == {(v, m) for (w, v, m) in FX_ROWS if w == "latency"}
+    for (variant, metric), f in figures.items():
+        assert f["system"] == FXBROKER and f["median"] > 0, (variant, metric)
+        median = re.escape(fmt(f["median"]))
+        row = rf"^latency\s+fxbroker {re.escape(variant)}\s+{metric} \(.*\s{median}\s"
+        assert re.search(row, done.stdout, re.MULTILINE), (variant, metric)
+    assert data["redis"]["keys_left"] == 0
+
+
+def test_redis_admin_reaches_every_primary_of_a_cluster(tmp_path: Path) -> None:
+    """Keys spread over the slots of three masters are counted, summed and deleted on every
+    primary (a pattern's keys only, each through the primary that holds it)."""
+    with PrivateCluster(tmp_path / "cluster") as cluster:
+        client = open_redis(cluster.url)
+        try:
+            for i in range(300):
+                client.set(f"fxbench-admin:{i}", b"x" * 64)
+            client.set("other:1", b"y")
+            with primaries(cluster.url) as servers:
+                per_node = [len(list(s.scan_iter(match="fxbench-admin:*"))) for s in servers]
+                assert command_calls(servers)["set"] == 301
+            assert len(per_node) == 3 and all(n > 0 for n in per_node)
+            assert sum(per_node) == 300
+            assert topology(cluster.url) == "cluster of 3 masters"
+            assert count_matching(cluster.url, "fxbench-admin:*") == 300
+            assert used_memory(cluster.url) > 300 * 64
+            assert delete_matching(cluster.url, "fxbench-admin:*") == 300
+            assert count_matching(cluster.url, "fxbench-admin:*") == 0
+            assert client.get("other:1") == b"y"
+        finally:
+            client.close()
 
 
 def test_engine_rows_alone_print_each_engine_beside_the_process_engine(
