@@ -74,6 +74,7 @@ from sdk import tls
 from sdk.messages import error_record
 from service_common.agent_protocol import (
     AGENT_PATH,
+    CREDIT_MAX,
     FRAME_BYTES_MAX,
     ITEMS_PER_FRAME_MAX,
     SUPPORTED_VERSIONS,
@@ -151,6 +152,8 @@ class GatewayTransport:
         self._inbox: list[Received] = []  # received, not yet taken by the loop
         self._credit = 0  # granted on this connection, not yet received nor withdrawn
         self._withdrawing = False  # a withdraw is sent and its answer has not come
+        self._withdraws = (0, 0)  # (sent, answered) on this connection, for finish()
+        self._answered_withdraw = asyncio.Event()
         self._nothing = False  # the gateway found no task for the last grant
         self._ws: ClientConnection | None = None
         self._welcome: Welcome | None = None
@@ -255,6 +258,8 @@ class GatewayTransport:
             self._connected.clear()
             self._credit = 0
             self._withdrawing = False
+            self._withdraws = (0, 0)
+            self._answered_withdraw.set()  # nothing more will be answered on it
             self._nothing = False
             self._codes.clear()
             self._outbox.disconnected()
@@ -363,6 +368,9 @@ class GatewayTransport:
         elif isinstance(frame, Withdrawn):
             self._credit = max(0, self._credit - frame.count)
             self._withdrawing = False
+            sent, answered = self._withdraws
+            self._withdraws = (sent, answered + 1)
+            self._answered_withdraw.set()
             self._host.wake.set()
         elif isinstance(frame, Settled):
             for refusal in self._outbox.acknowledge(frame):
@@ -486,6 +494,7 @@ class GatewayTransport:
             return
         if await self._send(Withdraw(excess)):
             self._withdrawing = True
+            self._withdraws = (self._withdraws[0] + 1, self._withdraws[1])
 
     def settle(self, task: Received, outcome: Outcome | None) -> None:
         if outcome is not None:
@@ -560,6 +569,32 @@ class GatewayTransport:
                 "again after their lease",
                 len(self._outbox),
             )
+        await self._applied()
+
+    async def _applied(self) -> None:
+        """Wait (at most :data:`APPLIED_WAIT_S`) until the gateway has applied every frame
+        sent so far, hand-backs included: the gateway handles an agent's frames in order, so
+        the answer to a last ``withdraw`` (of all the credit, which a stopping agent no
+        longer wants) comes after them. Without it the agent could close while its last
+        hand-back is still being written, and its tasks would read ``running`` a moment
+        after the agent stopped."""
+        if not self._connected.is_set():
+            return
+        if not await self._send(Withdraw(CREDIT_MAX)):
+            return
+        self._withdrawing = True
+        self._withdraws = (self._withdraws[0] + 1, self._withdraws[1])
+        try:
+            async with asyncio.timeout(APPLIED_WAIT_S):
+                while self._connected.is_set() and self._withdraws[1] < self._withdraws[0]:
+                    self._answered_withdraw.clear()
+                    await self._answered_withdraw.wait()
+        except TimeoutError:
+            log.warning("the gateway did not confirm the agent's last frames in time")
+
+
+APPLIED_WAIT_S = 10.0
+"""How long a stopping agent waits for the gateway to confirm its last frames."""
 
 
 async def _first_of(*events: asyncio.Event) -> None:

@@ -19,6 +19,7 @@ import pytest
 from endpoint_agent import Agent, AgentSettings
 from sdk.serialize import deserialize, pack_payload
 from sdk.states import TaskState
+from service_common.agent_protocol import CREDIT_MAX
 from tests.agent.gateway_peer import GatewayPeer
 from tests.agent.helpers import AHOLD, HOLD, source_code
 from tests.conftest import free_port
@@ -122,4 +123,24 @@ async def test_one_withdraw_at_a_time_until_the_gateway_answers(peer: GatewayPee
         await peer.until(lambda: peer.credit() <= 2, "credit down to the free workers")
         agent.stop()
         await run
-    assert len(peer.withdraws) == 1
+    # The second: the stop's, of all the credit, whose answer confirms the last frames.
+    assert [w.count for w in peer.withdraws[1:]] == [CREDIT_MAX]
+
+
+async def test_a_stop_returns_once_the_gateway_has_applied_the_last_frames(
+    peer: GatewayPeer,
+) -> None:
+    """The stopping agent's hand-backs are applied before it returns: it withdraws all its
+    credit last and waits for the answer, which the gateway sends after every earlier frame."""
+    async with Agent(settings(peer, engine="thread")) as agent:
+        run = await serving(agent)
+        peer.add("q0", "double", pack_payload((1,), {}))
+        await peer.until(lambda: len(peer.outcomes) == 1, "the first call")
+        peer.answer_withdraws = False
+        agent.stop()
+        await peer.until(lambda: peer.withdraws, "the stop's withdraw")
+        await asyncio.sleep(0.3)
+        assert not run.done()  # still waiting for the answer
+        await peer.answer_withdraws_now()
+        await asyncio.wait_for(run, 10)
+    assert peer.withdraws[-1].count == CREDIT_MAX
