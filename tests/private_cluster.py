@@ -40,7 +40,7 @@ import pytest
 import redis
 
 from fxbroker.embedded import free_port, wait_for_port
-from tests.private_redis import HOST, STOP_TIMEOUT_S, require_redis_server
+from tests.private_redis import HOST, reap, require_redis_server
 
 SLOTS = 16384
 """Hash slots of every Redis Cluster."""
@@ -231,14 +231,7 @@ class PrivateCluster:
 
     def _reap(self, i: int, sig: signal.Signals) -> None:
         proc, self._procs[i] = self._procs[i], None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(sig)
-        try:
-            proc.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        reap(proc, sig)
 
     def __enter__(self) -> PrivateCluster:
         return self.start()

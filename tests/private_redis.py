@@ -49,6 +49,19 @@ def require_redis_server() -> str:
     return binary
 
 
+def reap(proc: subprocess.Popen[bytes] | None, sig: signal.Signals) -> None:
+    """Send ``sig`` to ``proc`` (when it still runs) and wait for it; SIGKILL after
+    :data:`STOP_TIMEOUT_S`."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class PrivateRedis:
     """One ``redis-server`` on ``port`` (a free one by default) keeping its files in
     ``data_dir``; ``appendfsync`` is ``always``, ``everysec`` or ``no``."""
@@ -121,14 +134,7 @@ class PrivateRedis:
 
     def _reap(self, sig: signal.Signals) -> None:
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(sig)
-        try:
-            proc.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        reap(proc, sig)
 
     def __enter__(self) -> PrivateRedis:
         return self.start()

@@ -160,6 +160,22 @@ class Gate:
         await self.endpoint.redis.rpush(self.release_key, *(["go"] * count))
 
 
+# Functions the engine tests (rq, Parsl) run on each engine.
+SQUARE = source_code("square", "def square(x):\n    return x * x\n")
+LOUD = source_code(
+    "loud",
+    """
+    import sys
+
+    def loud(message):
+        print("about to fail")
+        print("on stderr", file=sys.stderr)
+        raise ValueError(message)
+    """,
+)
+EXIT = source_code("leave", "import os\n\ndef leave(code):\n    os._exit(code)\n")
+SLEEPY = source_code("sleepy", "import time\n\ndef sleepy(s):\n    time.sleep(s)\n    return s\n")
+
 HOLD = source_code(
     "hold",
     """

@@ -37,24 +37,10 @@ from tests.agent.gateway_stack import (
     settings_for,
     until,
 )
-from tests.agent.helpers import HOLD, Gate, source_code
+from tests.agent.helpers import EXIT, HOLD, LOUD, SLEEPY, SQUARE, Gate
 from tests.engine_sites import PARSL_EXAMPLES, PARSL_WORKERS, REPO, parsl_config
 
 LOOPBACK = ipaddress.IPv4Address("127.0.0.1")
-SQUARE = source_code("square", "def square(x):\n    return x * x\n")
-LOUD = source_code(
-    "loud",
-    """
-    import sys
-
-    def loud(message):
-        print("about to fail")
-        print("on stderr", file=sys.stderr)
-        raise ValueError(message)
-    """,
-)
-EXIT = source_code("leave", "import os\n\ndef leave(code):\n    os._exit(code)\n")
-SLEEPY = source_code("sleepy", "import time\n\ndef sleepy(s):\n    time.sleep(s)\n    return s\n")
 
 
 @pytest.fixture

@@ -33,24 +33,9 @@ from tests.agent.gateway_stack import (
     settings_for,
     until,
 )
-from tests.agent.helpers import HOLD, Gate, source_code
+from tests.agent.helpers import EXIT, HOLD, LOUD, SLEEPY, SQUARE, Gate
 from tests.engine_sites import RQ_QUEUE, RQ_WORKERS, rq_site
 from tests.private_redis import PrivateRedis
-
-SQUARE = source_code("square", "def square(x):\n    return x * x\n")
-LOUD = source_code(
-    "loud",
-    """
-    import sys
-
-    def loud(message):
-        print("about to fail")
-        print("on stderr", file=sys.stderr)
-        raise ValueError(message)
-    """,
-)
-EXIT = source_code("leave", "import os\n\ndef leave(code):\n    os._exit(code)\n")
-SLEEPY = source_code("sleepy", "import time\n\ndef sleepy(s):\n    time.sleep(s)\n    return s\n")
 
 
 @pytest.fixture(scope="module")

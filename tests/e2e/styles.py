@@ -20,7 +20,7 @@ WAIT_S = 120.0
 """How long one style waits for its ``n`` results."""
 
 
-def run_polling(platform: Platform, n: int) -> None:
+def assert_polling_runs(platform: Platform, n: int) -> None:
     """``Client``: one batch of ``n`` squares, polled with ``wait`` (``get_batch_result``
     underneath), then one more task read back with ``get_result``."""
     with Client(url=platform.url, token=platform.token) as client:
@@ -40,7 +40,7 @@ def run_polling(platform: Platform, n: int) -> None:
         assert client.get_result(single) == 144
 
 
-def run_async(platform: Platform, n: int) -> None:
+def assert_async_runs(platform: Platform, n: int) -> None:
     """``AsyncClient``: ``n`` squares awaited together, their results pushed over the
     WebSocket, then one ``async def`` task (which runs in the agent's event loop)."""
 
@@ -62,7 +62,7 @@ def run_async(platform: Platform, n: int) -> None:
     assert doubled == 42
 
 
-def run_executor(platform: Platform, n: int) -> None:
+def assert_executor_runs(platform: Platform, n: int) -> None:
     """``Executor``: ``map`` of ``n`` squares, read back in order."""
     with Client(url=platform.url, token=platform.token) as client:
         with Executor(endpoint_id=platform.endpoint_id, client=client) as ex:
@@ -71,7 +71,7 @@ def run_executor(platform: Platform, n: int) -> None:
             assert list(results) == [x * x for x in range(n)]
 
 
-def fail_in_every_style(platform: Platform) -> None:
+def assert_failures_in_every_style(platform: Platform) -> None:
     """``fail(7)`` through ``Client`` (``wait`` and ``get_result``), the ``Executor`` and the
     ``AsyncClient``: each time :class:`~fxbroker.TaskFailed` with the remote traceback."""
     with Client(url=platform.url, token=platform.token) as client:

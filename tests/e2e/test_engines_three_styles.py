@@ -30,7 +30,12 @@ import redis
 from rq import Worker
 
 from tests.e2e.conftest import Platform, running_platform
-from tests.e2e.styles import fail_in_every_style, run_async, run_executor, run_polling
+from tests.e2e.styles import (
+    assert_async_runs,
+    assert_executor_runs,
+    assert_failures_in_every_style,
+    assert_polling_runs,
+)
 from tests.engine_sites import REPO, RQ_QUEUE, parsl_config, rq_site
 
 N = 1000
@@ -105,19 +110,19 @@ def engine_platform(
 
 def test_client_polling_runs_1000_tasks(engine_platform: EnginePlatform) -> None:
     before = engine_platform.tasks_run()
-    run_polling(engine_platform.platform, N)
+    assert_polling_runs(engine_platform.platform, N)
     engine_platform.assert_ran(before + N + 1)
 
 
 def test_async_client_runs_1000_tasks(engine_platform: EnginePlatform) -> None:
     before = engine_platform.tasks_run()
-    run_async(engine_platform.platform, N)
+    assert_async_runs(engine_platform.platform, N)
     engine_platform.assert_ran(before + N)  # the async def task runs in the agent's loop
 
 
 def test_executor_runs_1000_tasks(engine_platform: EnginePlatform) -> None:
     before = engine_platform.tasks_run()
-    run_executor(engine_platform.platform, N)
+    assert_executor_runs(engine_platform.platform, N)
     engine_platform.assert_ran(before + N)
 
 
@@ -125,5 +130,5 @@ def test_a_raise_comes_back_as_task_failed_in_every_style(
     engine_platform: EnginePlatform,
 ) -> None:
     before = engine_platform.tasks_run()
-    fail_in_every_style(engine_platform.platform)
+    assert_failures_in_every_style(engine_platform.platform)
     engine_platform.assert_ran(before + 3)  # rq counts a job that returned the raise as done

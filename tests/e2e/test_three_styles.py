@@ -11,26 +11,31 @@ import pytest
 from fxbroker import AsyncClient, Client, Executor, RemoteFunction, TaskFailed, TaskPending
 from fxbroker.workload import square
 from tests.e2e.conftest import Platform
-from tests.e2e.styles import fail_in_every_style, run_async, run_executor, run_polling
+from tests.e2e.styles import (
+    assert_async_runs,
+    assert_executor_runs,
+    assert_failures_in_every_style,
+    assert_polling_runs,
+)
 from tests.sdk.workload import nap
 
 N = 1000
 
 
 def test_client_polling_runs_1000_tasks(platform: Platform) -> None:
-    run_polling(platform, N)
+    assert_polling_runs(platform, N)
 
 
 def test_async_client_runs_1000_tasks(platform: Platform) -> None:
-    run_async(platform, N)
+    assert_async_runs(platform, N)
 
 
 def test_executor_runs_1000_tasks(platform: Platform) -> None:
-    run_executor(platform, N)
+    assert_executor_runs(platform, N)
 
 
 def test_failures_come_back_as_task_failed_in_all_three_styles(platform: Platform) -> None:
-    fail_in_every_style(platform)
+    assert_failures_in_every_style(platform)
 
 
 def test_queued_task_raises_task_pending(platform: Platform) -> None:
