@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,7 @@ from amqp_publisher.publisher import Publisher
 from amqp_publisher.settings import PublisherSettings
 from endpoint_agent.agent import Agent
 from endpoint_agent.settings import AgentSettings
-from fxbroker.embedded import EmbeddedRedis, free_port
+from fxbroker.embedded import EmbeddedRedis, listening_socket
 from fxbroker.endpoints import (
     endpoint_dir,
     pid_file,
@@ -137,14 +138,18 @@ class DevStack:
         database_url = s.database_url or sqlite_url(s.home)
         await asyncio.to_thread(upgrade, database_url)
 
-        web_port = s.web_port or free_port(s.host)
-        ws_port = s.ws_port or free_port(s.host)
+        # Both listening sockets are bound first (port 0 picks a free one): each service must
+        # know the other's address before it starts, and a port chosen now but bound later
+        # could be taken in between.
+        web_sock = self._exit.enter_context(listening_socket(s.host, s.web_port))
+        ws_sock = self._exit.enter_context(listening_socket(s.host, s.ws_port))
+        web_port, ws_port = web_sock.getsockname()[1], ws_sock.getsockname()[1]
         url, ws_url = f"http://{s.host}:{web_port}", f"ws://{s.host}:{ws_port}"
         web_settings = WebSettings(
             database_url=database_url, redis_url=redis_url, key_prefix=s.key_prefix, ws_url=ws_url,
             amqp_url=s.amqp_url or "",
         )  # fmt: skip
-        await self._serve_web(web_settings, web_port)
+        await self._serve_web(web_settings, web_sock)
         if s.amqp_url:
             publisher = Publisher(
                 PublisherSettings(redis_url=redis_url, key_prefix=s.key_prefix,
@@ -155,7 +160,8 @@ class DevStack:
 
         ws = ResultServer(
             WsSettings(redis_url=redis_url, web_url=url, key_prefix=s.key_prefix,
-                       host=s.host, port=ws_port)
+                       host=s.host, port=ws_port),
+            sock=ws_sock,
         )  # fmt: skip
         await self._exit.enter_async_context(ws)
         self._background(ws.serve_forever(), "ws_service")
@@ -211,13 +217,12 @@ class DevStack:
         self._exit.push_async_callback(cancel)
         return task
 
-    async def _serve_web(self, settings: WebSettings, port: int) -> None:
+    async def _serve_web(self, settings: WebSettings, sock: socket.socket) -> None:
         config = uvicorn.Config(
-            create_app(settings), host=self.settings.host, port=port,
-            log_level="warning", lifespan="on",
+            create_app(settings), log_level="warning", lifespan="on",
         )  # fmt: skip
         server = _QuietServer(config)
-        task = asyncio.create_task(server.serve(), name="web_service")
+        task = asyncio.create_task(server.serve(sockets=[sock]), name="web_service")
 
         async def shutdown() -> None:
             server.should_exit = True

@@ -71,6 +71,7 @@ import contextlib
 import http
 import logging
 import signal
+import socket
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Self
@@ -135,8 +136,11 @@ class ResultServer:
     none and never closes a connection.
     """
 
-    def __init__(self, settings: WsSettings) -> None:
+    def __init__(self, settings: WsSettings, *, sock: socket.socket | None = None) -> None:
         self.settings = settings
+        self._sock = sock
+        """A listening socket to serve on instead of binding ``settings.host:port`` (a caller
+        that must know the port before the server starts binds it itself)."""
         self.keys = Keys(settings.key_prefix)
         self._redis: RedisClient | None = None
         self._reader: ResultReader | None = None
@@ -195,8 +199,9 @@ class ResultServer:
             ).__aenter__()
             self._server = await serve(
                 self._handle,
-                settings.host,
-                settings.port,
+                None if self._sock else settings.host,
+                None if self._sock else settings.port,
+                sock=self._sock,
                 process_request=self._process_request,
                 create_connection=_Connection,
                 ping_interval=settings.ping_interval_s,
