@@ -164,20 +164,32 @@ def parse_submit(data: Any, *, max_tasks: int) -> SubmitBatch:
         raise invalid(f"a batch holds at most {max_tasks} tasks, this one {len(raw_tasks)}")
     tasks: list[TaskSpec] = []
     for index, raw in enumerate(raw_tasks):
-        where = f"tasks[{index}]."
-        item = json_object(raw, f"tasks[{index}]")
-        task: TaskSpec = {
-            "function_id": string_field(item, "function_id", where=where),
-            "payload": string_field(item, "payload", where=where),
-        }
-        walltime_s = _walltime_s(item, where=where)
-        if walltime_s is not None:
-            task["walltime_s"] = walltime_s
-        tasks.append(task)
+        # The common task first, with no call and no message built (a fifth of the web
+        # service's time per task went to this loop); anything else takes the full checks.
+        if isinstance(raw, dict) and "walltime_s" not in raw:
+            function_id, payload = raw.get("function_id"), raw.get("payload")
+            if isinstance(function_id, str) and isinstance(payload, str):
+                tasks.append({"function_id": function_id, "payload": payload})
+                continue
+        tasks.append(_task_spec(raw, index))
     task_group_id = body.get("task_group_id")
     if task_group_id is not None and not (isinstance(task_group_id, str) and is_id(task_group_id)):
         raise invalid("task_group_id must be a uuid or null")
     return SubmitBatch(tasks=tasks, task_group_id=task_group_id)
+
+
+def _task_spec(raw: Any, index: int) -> TaskSpec:
+    """``tasks[index]`` of a submit, every check made, each with its own message."""
+    where = f"tasks[{index}]."
+    item = json_object(raw, f"tasks[{index}]")
+    task: TaskSpec = {
+        "function_id": string_field(item, "function_id", where=where),
+        "payload": string_field(item, "payload", where=where),
+    }
+    walltime_s = _walltime_s(item, where=where)
+    if walltime_s is not None:
+        task["walltime_s"] = walltime_s
+    return task
 
 
 def _walltime_s(item: dict[str, Any], *, where: str) -> float | None:
