@@ -53,9 +53,8 @@ class StreamEntry(TypedDict):
 
 
 class TaskHash(TypedDict, total=False):
-    """The fields of a task's hash in Redis."""
+    """The fields of a task's hash in Redis (its id is in the key, not in a field)."""
 
-    task_id: str
     user_id: str
     endpoint_id: str
     function_id: str
@@ -336,10 +335,10 @@ def _opt_float(raw: str | None) -> float | None:
     return float(raw) if raw else None
 
 
-def task_info(fields: dict[str, str]) -> TaskInfo:
-    """Build the REST view of a task from its Redis hash."""
+def task_info(task_id: str, fields: dict[str, str]) -> TaskInfo:
+    """Build the REST view of task ``task_id`` from its Redis hash."""
     info: TaskInfo = {
-        "task_id": fields.get("task_id", ""),
+        "task_id": task_id,
         "state": fields.get("state", ""),
         "endpoint_id": fields.get("endpoint_id", ""),
         "function_id": fields.get("function_id", ""),

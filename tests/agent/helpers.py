@@ -69,15 +69,13 @@ class Endpoint:
         for task_id, (args, kwargs) in zip(task_ids, calls, strict=True):
             pipe.hset(
                 self.keys.task(task_id),
-                mapping={
-                    "task_id": task_id,
+                mapping={  # the web service's record: no task_id, no attempts yet
                     "user_id": "user-1",
                     "endpoint_id": self.endpoint_id,
                     "function_id": function_id,
                     "task_group_id": self.task_group_id,
                     "state": str(state),
                     "created_at": f"{time.time():.6f}",
-                    "attempts": "0",
                 },
             )
             entry: dict[FieldT, EncodableT] = {

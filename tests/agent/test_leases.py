@@ -223,7 +223,7 @@ async def hand_over(
 
     for task_id in task_ids:
         fields = await endpoint.task(task_id)
-        assert (fields["state"], fields["attempts"]) == (TaskState.WAITING, "0"), fields
+        assert (fields["state"], fields.get("attempts", "0")) == (TaskState.WAITING, "0"), fields
     assert await endpoint.pending() == 0
     assert await endpoint.redis.xlen(endpoint.stream) == 3
 

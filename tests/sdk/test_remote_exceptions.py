@@ -79,8 +79,8 @@ def test_a_cancelled_task_is_task_failed_whatever_its_record() -> None:
 
 
 def test_task_info_and_batch_results_carry_stdout_and_stderr() -> None:
-    fields = {"task_id": "t5", "state": "success", "result": "11\n7", "stdout": "hi\n"}
-    info = task_info(fields)
+    fields = {"state": "success", "result": "11\n7", "stdout": "hi\n"}
+    info = task_info("t5", fields)
     assert info.get("stdout") == "hi\n" and "stderr" not in info
     outcome = _base.info_outcome(info)
     assert (outcome.value, outcome.stdout, outcome.stderr) == (7, "hi\n", "")
