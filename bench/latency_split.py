@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import shutil
 import statistics
 import sys
@@ -39,6 +40,7 @@ from bench.services import RedisServer
 from bench.settings import BenchSettings
 from fxbroker import AsyncClient
 from sdk.keys import Keys
+from sdk.messages import hash_seconds
 
 SEGMENTS = ("submit", "to start", "to run", "to client")
 
@@ -73,7 +75,7 @@ def split(d: Deployment, trips: list[tuple[float, float, str]]) -> dict[str, lis
         store.close()
     parts: dict[str, list[float]] = {name: [] for name in (*SEGMENTS, "round trip")}
     for (start, end, _), (created, started, completed) in zip(trips, stamps, strict=True):
-        points = [start, float(created), float(started), float(completed), end]
+        points = [start, *(hash_seconds(t) or math.nan for t in (created, started, completed)), end]
         for name, a, b in zip(SEGMENTS, points, points[1:], strict=False):
             parts[name].append((b - a) * 1000)
         parts["round trip"].append((end - start) * 1000)

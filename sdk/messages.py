@@ -4,8 +4,10 @@ Redis records (all values are strings; keys come from :mod:`sdk.keys`):
 
 * **task stream entry** (``XADD`` by the web service, ``XREADGROUP`` by agents): the fields
   of :class:`StreamEntry`.
-* **task hash**: the fields of :class:`TaskHash`. ``created_at`` / ``started_at`` /
-  ``completed_at`` are Unix seconds as decimal strings; ``result`` is a serialized buffer
+* **task hash**: the fields of :class:`TaskHash`. ``started_at`` / ``completed_at`` are Unix
+  seconds as decimal strings, ``created_at`` whole microseconds since the epoch (an integer
+  Redis packs in 9 bytes: every queued task carries it); :func:`hash_seconds` reads any of
+  them. ``result`` is a serialized buffer
   (:mod:`sdk.serialize`); ``exception`` is an :class:`ExceptionRecord` as JSON.
 * **completion notice** (task-group results stream): ``task_id`` and ``state``.
 
@@ -331,8 +333,15 @@ def exception_from(data: Any) -> ExceptionRecord:
     return record
 
 
-def _opt_float(raw: str | None) -> float | None:
-    return float(raw) if raw else None
+def hash_seconds(raw: str | None) -> float | None:
+    """Unix seconds from a task hash's time field: decimal seconds, or an integer count of
+    microseconds (``created_at``); ``None`` when absent or unreadable."""
+    if not raw:
+        return None
+    try:
+        return int(raw) / 1_000_000 if raw.isdigit() else float(raw)
+    except ValueError:
+        return None
 
 
 def task_info(task_id: str, fields: dict[str, str]) -> TaskInfo:
@@ -343,9 +352,9 @@ def task_info(task_id: str, fields: dict[str, str]) -> TaskInfo:
         "endpoint_id": fields.get("endpoint_id", ""),
         "function_id": fields.get("function_id", ""),
         "task_group_id": fields.get("task_group_id", ""),
-        "created_at": _opt_float(fields.get("created_at")),
-        "started_at": _opt_float(fields.get("started_at")),
-        "completed_at": _opt_float(fields.get("completed_at")),
+        "created_at": hash_seconds(fields.get("created_at")),
+        "started_at": hash_seconds(fields.get("started_at")),
+        "completed_at": hash_seconds(fields.get("completed_at")),
     }
     if fields.get("result"):
         info["result"] = fields["result"]

@@ -10,7 +10,13 @@ import pytest
 
 from fxbroker import TaskFailed
 from sdk import _base
-from sdk.messages import exception_record, parse_exception, remote_exception, task_info
+from sdk.messages import (
+    exception_record,
+    hash_seconds,
+    parse_exception,
+    remote_exception,
+    task_info,
+)
 
 
 class NeedsTwoArgs(Exception):
@@ -76,6 +82,13 @@ def test_a_cancelled_task_is_task_failed_whatever_its_record() -> None:
     record = exception_record(raised(ValueError("v")))
     error = remote_exception("t4", "cancelled", record)
     assert isinstance(error, TaskFailed) and error.state == "cancelled"
+
+
+def test_task_times_read_as_seconds_whether_written_as_microseconds_or_seconds() -> None:
+    fields = {"state": "success", "created_at": "1764800000123456", "started_at": "1764800001.5"}
+    info = task_info("t6", fields)
+    assert (info["created_at"], info["started_at"]) == (1764800000.123456, 1764800001.5)
+    assert info["completed_at"] is None and hash_seconds("soon") is None
 
 
 def test_task_info_and_batch_results_carry_stdout_and_stderr() -> None:

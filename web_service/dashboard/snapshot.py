@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from sdk.messages import hash_seconds
 from web_service.accounts import Caller
 from web_service.context import AppContext
 from web_service.overview import (
@@ -49,10 +50,7 @@ CATALOG_REFRESH_S = 5.0
 
 
 def _seconds(fields: dict[str, str], name: str) -> float | None:
-    try:
-        return float(fields[name])
-    except (KeyError, ValueError):
-        return None
+    return hash_seconds(fields.get(name))
 
 
 def group_views(

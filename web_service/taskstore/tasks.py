@@ -102,7 +102,7 @@ async def enqueue(
     is only acknowledged (the start script in ``service_common.tasks.stream`` remembers the
     entry that started a task), so a retried submit runs no task twice.
     """
-    created_at = f"{time.time():.6f}"
+    created_at = str(time.time_ns() // 1000)  # microseconds: see sdk.messages
     # One pipeline on one Redis, which runs it in order. A cluster pipeline sends each node
     # its part at once, so there the phases go in turn: the hashes (and the group's list)
     # before the entries that agents read, and the Idempotency-Key record after both.
@@ -120,9 +120,9 @@ async def enqueue(
     # hset(mapping=) and xadd() would build and walk a dict per task (a tenth of the path).
     for task_id, spec in zip(task_ids, tasks, strict=True):
         function_id = spec["function_id"]
-        # No task_id (the key holds it) and no attempts until the first start counts one
-        # (HINCRBY): with them the hash's listpack outgrows the allocator's 256-byte class,
-        # and a queued task costs 130 bytes more.
+        # No task_id (the key holds it), no attempts until the first start counts one
+        # (HINCRBY), created_at as an integer: so the hash's listpack fits the allocator's
+        # 256-byte class (a queued task had cost 130 bytes more).
         record = [
             "user_id", user_id, "endpoint_id", endpoint_id, "function_id", function_id,
             "task_group_id", task_group_id, "state", waiting, "created_at", created_at,
