@@ -154,7 +154,7 @@ def throughput_platform(redis_url: str, workdir: Path, s: BenchSettings) -> Plat
     )  # fmt: skip
 
 
-def _pids(platform_: Platform) -> dict[str, int]:
+def service_pids(platform_: Platform) -> dict[str, int]:
     """The service processes by role, from the command each was started with."""
     role = {"web": "web", "ws": "ws (gateway)", "endpoint": "agent"}
     return {role[str(p.args[3])]: p.pid for p in platform_.processes.running}  # type: ignore[index]
@@ -291,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with RedisServer(args.redis_url, cluster=args.redis_cluster) as server:
             platform_ = throughput_platform(server.url, workdir, s)
             with platform_ as deployment:
-                pids = _pids(platform_)
+                pids = service_pids(platform_)
                 for i in range(s.repeat):
                     rate, meter = _sample(deployment, pids, s, payload)
                     rows.append((rate, *meter.per_task_us(s.throughput_tasks)))

@@ -16,6 +16,12 @@ it, ``completed_at`` when the gateway stored its outcome; one clock, one machine
   WebSocket, the client's decoding).
 
 Each figure is the median over the trips, in ms, with the whole round trip's p50 and p99.
+
+Then the CPU each process spent per round trip (as ``python -m bench.hop_cost`` counts it,
+over all the trips, divided by their number). The trips run one after another, so each
+process's CPU for a trip lies on that trip's path: their sum is a floor under the round
+trip that only less work per hop (or fewer hops) lowers; the rest of the round trip is
+waiting (wakeups, scheduling, the network stack) between the hops.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from pathlib import Path
 
 from bench import fx_workloads as fx
 from bench import tasks
-from bench.hop_cost import throughput_platform
+from bench.hop_cost import ROLES, CpuMeter, service_pids, throughput_platform
 from bench.platform import Deployment
 from bench.redis_admin import open_redis
 from bench.services import RedisServer
@@ -45,20 +51,24 @@ from sdk.messages import hash_seconds
 SEGMENTS = ("submit", "to start", "to run", "to client")
 
 
-async def _trips(d: Deployment, n: int, timeout_s: float) -> list[tuple[float, float, str]]:
-    """``n`` sequential round trips: (start, end, task id), wall-clock seconds."""
+async def _trips(
+    d: Deployment, n: int, timeout_s: float, meter: CpuMeter
+) -> list[tuple[float, float, str]]:
+    """``n`` sequential round trips: (start, end, task id), wall-clock seconds; ``meter``
+    spans them (not the warm-up)."""
     async with AsyncClient(d.url, d.token, ws_url=d.ws_url,
                            endpoint_id=d.endpoints[fx.PROCESS]) as client:  # fmt: skip
         fid = await client.register_function(tasks.noop)
         await asyncio.wait_for(client.run(function_id=fid), timeout_s)  # warm-up
         trips = []
-        for _ in range(n):
-            start = time.time()
-            handle = client.submit(function_id=fid)
-            await asyncio.wait_for(handle, timeout_s)
-            end = time.time()
-            assert handle.task_id is not None
-            trips.append((start, end, handle.task_id))
+        with meter:
+            for _ in range(n):
+                start = time.time()
+                handle = client.submit(function_id=fid)
+                await asyncio.wait_for(handle, timeout_s)
+                end = time.time()
+                assert handle.task_id is not None
+                trips.append((start, end, handle.task_id))
         return trips
 
 
@@ -82,7 +92,7 @@ def split(d: Deployment, trips: list[tuple[float, float, str]]) -> dict[str, lis
     return parts
 
 
-def render(parts: dict[str, list[float]]) -> str:
+def render(parts: dict[str, list[float]], cpu_us: dict[str, float] | None = None) -> str:
     trips = parts["round trip"]
     lines = [f"latency split: {len(trips)} sequential AsyncClient round trips of a no-op "
              "(process x2), median ms per segment"]  # fmt: skip
@@ -90,6 +100,13 @@ def render(parts: dict[str, list[float]]) -> str:
         lines.append(f"  {name:<12}{statistics.median(parts[name]):>8.2f}")
     q = statistics.quantiles(trips, n=100)
     lines.append(f"  {'round trip':<12}{statistics.median(trips):>8.2f}  (p99 {q[98]:.2f})")
+    if cpu_us is not None:
+        lines.append("CPU per round trip, ms (every process's share lies on the trip's path)")
+        for role in ROLES:
+            lines.append(f"  {role:<14}{cpu_us[role] / 1000:>6.2f}")
+        total = sum(cpu_us[role] for role in ROLES) / 1000
+        lines.append(f"  {'sum':<14}{total:>6.2f}  ({total / statistics.mean(trips):.0%} of the "
+                     "mean round trip; the rest is waiting between hops)")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -107,12 +124,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     s = BenchSettings.full(repeat=1)
     workdir = Path(tempfile.mkdtemp(prefix="fxbroker-latency-split-"))
-    with (
-        RedisServer(args.redis_url, cluster=args.redis_cluster) as server,
-        throughput_platform(server.url, workdir, s) as d,
-    ):
-        trips = asyncio.run(_trips(d, args.trips, s.task_timeout_s))
-        print(render(split(d, trips)), flush=True)
+    with RedisServer(args.redis_url, cluster=args.redis_cluster) as server:
+        platform_ = throughput_platform(server.url, workdir, s)
+        with platform_ as d:
+            meter = CpuMeter(service_pids(platform_), d.redis_url)
+            trips = asyncio.run(_trips(d, args.trips, s.task_timeout_s, meter))
+            cpu_us, _ = meter.per_task_us(len(trips))
+            print(render(split(d, trips), cpu_us), flush=True)
     shutil.rmtree(workdir, ignore_errors=True)
     return 0
 

@@ -78,3 +78,5 @@ def test_latency_split_prints_every_segment(redis_url: str) -> None:
         assert float(line.group(1)) >= 0, (segment, done.stdout)
     trip = re.search(r"^  round trip +([\d.]+)  \(p99 ([\d.]+)\)", done.stdout, re.MULTILINE)
     assert trip is not None and 0 < float(trip.group(1)) <= float(trip.group(2)), done.stdout
+    cpu = re.search(r"^  sum +([\d.]+)  \((\d+)% of the mean round trip", done.stdout, re.MULTILINE)
+    assert cpu is not None and float(cpu.group(1)) > 0, done.stdout  # 20 trips cost some CPU
