@@ -319,6 +319,10 @@ LONG_POLL_S = 20.0
 long poll stays well inside the proxies' and the client's idle timeouts."""
 
 
+GATHER_MAX_S = 0.02
+"""The longest pause between the answers of a wait for many tasks (:meth:`LongPoll.pause_s`)."""
+
+
 class LongPoll:
     """The clock of a wait made of long polls (``get_result(timeout_s=...)``, ``wait``).
 
@@ -344,14 +348,25 @@ class LongPoll:
     def expired(self, now: float) -> bool:
         return self.deadline is not None and now >= self.deadline
 
-    def pause_s(self, *, asked_s: float, took_s: float, progressed: bool, now: float) -> float:
-        """How long to sleep before the next request: 0 when the service held the answer
-        or something finished, else ``poll_s`` (never past the deadline)."""
-        if progressed or asked_s <= 0 or took_s >= asked_s / 2:
+    def pause_s(
+        self, *, asked_s: float, took_s: float, progressed: bool, now: float, pending: int = 0
+    ) -> float:
+        """How long to sleep before the next request (never past the deadline): 0 when the
+        service held the answer or something finished, else ``poll_s``. Except when an
+        answer brought results and more than one task is still ``pending``: then as long as
+        that answer took, at most :data:`GATHER_MAX_S`. Each answer re-reads every task
+        still asked about, so asking again at once while results trickle in would spend the
+        service's time re-reading the same pending tasks; after the pause the next answer
+        carries what finished meanwhile, and a wait spends at most half its time asking."""
+        if progressed and pending > 1:
+            pause = min(took_s, GATHER_MAX_S)
+        elif progressed or asked_s <= 0 or took_s >= asked_s / 2:
             return 0.0
+        else:
+            pause = self.poll_s
         if self.deadline is None:
-            return self.poll_s
-        return max(0.0, min(self.poll_s, self.deadline - now))
+            return pause
+        return max(0.0, min(pause, self.deadline - now))
 
 
 class Waiting:

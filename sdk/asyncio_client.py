@@ -451,9 +451,11 @@ class AsyncClient:
                     break
                 if clock.expired(now):
                     raise waiting.timed_out()
+                left = len(waiting.task_ids) - len(waiting.done)
+                took_s = now - started
                 await asyncio.sleep(
                     clock.pause_s(
-                        asked_s=asked_s, took_s=now - started, progressed=progressed, now=now
+                        asked_s=asked_s, took_s=took_s, progressed=progressed, now=now, pending=left
                     )
                 )
             return waiting.results()

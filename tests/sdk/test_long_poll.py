@@ -99,6 +99,15 @@ def test_the_clock_sleeps_only_for_a_service_that_does_not_hold_answers() -> Non
     # Held for the wait, or answered early because something finished: ask again at once.
     assert clock.pause_s(asked_s=20.0, took_s=20.0, progressed=False, now=120.0) == 0.0
     assert clock.pause_s(asked_s=20.0, took_s=0.01, progressed=True, now=120.0) == 0.0
+    assert clock.pause_s(asked_s=20.0, took_s=0.01, progressed=True, now=120.0, pending=1) == 0.0
+    # Results came and many tasks are left: pause as long as the answer took, at most 20 ms,
+    # so the next answer gathers more instead of re-reading the same pending tasks at once.
+    gather = clock.pause_s(asked_s=20.0, took_s=0.004, progressed=True, now=120.0, pending=900)
+    assert gather == 0.004
+    held = clock.pause_s(asked_s=20.0, took_s=3.0, progressed=True, now=120.0, pending=900)
+    assert held == _base.GATHER_MAX_S
+    late = clock.pause_s(asked_s=20.0, took_s=3.0, progressed=True, now=149.995, pending=900)
+    assert late == pytest.approx(0.005)
     # Answered at once with nothing finished: an older service; poll every poll_s.
     assert clock.pause_s(asked_s=20.0, took_s=0.01, progressed=False, now=120.0) == 0.5
     assert clock.pause_s(asked_s=20.0, took_s=0.01, progressed=False, now=149.8) == pytest.approx(
