@@ -7,9 +7,10 @@ Three ways to get results: :class:`Client` submits and polls over HTTP,
 function where it runs; :class:`ShellFunction` runs a shell command there (:mod:`.shell`).
 
 The names below are loaded lazily (PEP 562): ``import sdk.keys``, which every agent worker
-process does, loads neither httpx nor websockets, and ``sdk.Client`` imports the client only
-when it is first used. What is not in :data:`__all__` is plumbing, importable from its own
-module (``sdk.results.ResultListener``, ``sdk.progress.Progress``, ``sdk.config.write_config``).
+process does, loads none of httpx, aiohttp and websockets, and ``sdk.Client`` imports the
+client only when it is first used. What is not in :data:`__all__` is plumbing, importable
+from its own module (``sdk.results.ResultListener``, ``sdk.progress.Progress``,
+``sdk.config.write_config``).
 
 Modules: :mod:`.client` and :mod:`.asyncio_client` (the twin clients) share the sans-I/O
 core :mod:`._base`; :mod:`.executor` builds on the clients and :mod:`.remote` on the

@@ -29,11 +29,13 @@ loop (a Jupyter notebook: ``await fx.run(...)`` in a cell). Use one client per e
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
-import httpx
+import aiohttp
+from yarl import URL
 
 from sdk import _base, tls
 from sdk._base import Batch, FunctionKey, TaskOutcome, function_key
@@ -47,6 +49,24 @@ from sdk.results import Resolve, ResultListener
 from sdk.retry import Outage, Retry
 
 R = TypeVar("R")
+
+
+class _Body(aiohttp.BytesPayload):
+    """A request body already in memory, sent as it is. aiohttp's own payload for bytes
+    warns (a ``ResourceWarning``) above 1 MiB that it "might lock the event loop"; a
+    transport write only buffers, and a batch of large arguments is a body of many MiB."""
+
+    def __init__(self, value: bytes) -> None:
+        aiohttp.payload.Payload.__init__(self, value, content_type="application/json")
+        self._size = len(value)
+
+
+class _Answer(NamedTuple):
+    """One HTTP answer, read whole."""
+
+    status: int
+    headers: Mapping[str, str]
+    content: bytes
 
 
 def _resolver(submission: Submission) -> Resolve:
@@ -111,12 +131,9 @@ class AsyncClient:
         self._group_lock = asyncio.Lock()
         self._on_close: list[Callable[[], None]] = []
         self._ssl = tls.client_context(self.config.ca_file)
-        self._http = httpx.AsyncClient(
-            base_url=self.config.url,
-            headers=_base.auth_headers(self.config.token),
-            timeout=timeout_s,
-            verify=self._ssl or True,
-        )
+        self._timeout_s = timeout_s
+        self._http: aiohttp.ClientSession | None = None
+        """Made on the first request, in the loop that sends it (see :meth:`_request`)."""
         self.results = ResultListener(
             ws_url=self.get_ws_url,
             token=self.config.token,
@@ -132,31 +149,57 @@ class AsyncClient:
 
     # -- plumbing ------------------------------------------------------------------------
 
+    async def _request(self, request: _base.Request) -> _Answer:
+        """One try of ``request``: its status, headers and body.
+
+        aiohttp, not httpx, as :class:`~sdk.client.Client` uses: a request costs the client
+        about a fourth of the CPU (httpcore's per-request anyio machinery was half of an
+        AsyncClient's CPU per round trip in the profiles). Its session is made here, in the
+        loop that uses it. A long poll's read may last its ``wait_s`` beyond the timeout."""
+        if self._http is None:
+            # aiohttp's own default context is made at its import, before a program may set
+            # SSL_CERT_FILE; one made now reads it (sdk.tls, rule 2).
+            https = self.config.url.startswith("https:")
+            context = self._ssl or (ssl.create_default_context() if https else True)
+            self._http = aiohttp.ClientSession(
+                headers=_base.auth_headers(self.config.token),
+                connector=aiohttp.TCPConnector(ssl=context),
+                trust_env=True,  # HTTPS_PROXY and the like, as httpx honours them
+            )
+        timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=self._timeout_s,
+            sock_read=self._timeout_s + (request.wait_s or 0.0),
+        )
+        body = request.body()
+        async with self._http.request(
+            request.method,
+            URL(self.config.url.rstrip("/") + request.path, encoded=True),
+            data=None if body is None else _Body(body),
+            headers=request.headers(),
+            timeout=timeout,
+        ) as response:
+            return _Answer(response.status, response.headers.copy(), await response.read())
+
     async def _send(self, request: _base.Request) -> Any:
         """Send ``request`` until it is answered (see :class:`~sdk._base.Exchange`)."""
         loop = asyncio.get_running_loop()
         exchange = _base.Exchange(request, self._outage, url=self.config.url)
         while True:
             try:
-                response = await self._http.request(
-                    request.method,
-                    request.path,
-                    content=request.body(),
-                    headers=request.headers(),
-                    timeout=_base.held_timeout(self._http.timeout, request),
-                )
-            except httpx.TransportError as exc:
+                answer = await self._request(request)
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 delay = exchange.after_error(exc, loop.time())
                 if delay is None:
                     raise exchange.unreachable(loop.time()) from exc
             else:
-                retry_after = response.headers.get("retry-after")
-                delay = exchange.after_answer(response.status_code, retry_after, loop.time())
+                retry_after = answer.headers.get("retry-after")
+                delay = exchange.after_answer(answer.status, retry_after, loop.time())
                 if delay is None:
                     return exchange.result(
-                        response.status_code,
-                        response.content,
-                        request_id=response.headers.get("x-request-id", ""),
+                        answer.status,
+                        answer.content,
+                        request_id=answer.headers.get("x-request-id", ""),
                         now=loop.time(),
                     )
             await asyncio.sleep(delay)
@@ -176,7 +219,8 @@ class AsyncClient:
             callback()
         await self._queue.aclose()
         await self.results.aclose()
-        await self._http.aclose()
+        if self._http is not None:
+            await self._http.close()
 
     async def __aenter__(self) -> AsyncClient:
         return self

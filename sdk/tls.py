@@ -10,7 +10,8 @@ and WebSocket alike:
    (the SDK's and the agent's variable), when one is given: that file alone, so a private
    CA or a self-signed certificate is trusted without touching the system;
 2. else the file named by ``SSL_CERT_FILE``, the variable OpenSSL itself reads (Python's
-   :mod:`ssl`, and so :mod:`websockets`, and :mod:`httpx` all honour it);
+   :mod:`ssl`, and so :mod:`websockets`, and :mod:`httpx` all honour it; the AsyncClient's
+   aiohttp session gets a default context made when it opens, which reads it then);
 3. else the default certificate authorities of those libraries.
 
 A certificate that fails verification is not an outage: waiting does not make it trusted,
@@ -68,12 +69,17 @@ def certificate_error(exc: BaseException) -> ssl.SSLCertVerificationError | None
     """The certificate verification failure behind ``exc``, if that is what it is.
 
     httpx wraps the :mod:`ssl` error in its own ``ConnectError`` (twice: httpcore's, then
-    httpx's); websockets raises it as it is. Both keep it as a cause, which is followed."""
+    httpx's); websockets raises it as it is. Both keep it as a cause, which is followed.
+    aiohttp's ``ClientConnectorCertificateError`` is itself a ``CertificateError`` without
+    the ssl error's fields, and holds that error as ``certificate_error``."""
     seen: BaseException | None = exc
     for _ in range(_CHAIN_MAX):
         if seen is None:
             return None
-        if isinstance(seen, ssl.SSLCertVerificationError):
+        inner = getattr(seen, "certificate_error", None)
+        if isinstance(inner, ssl.SSLCertVerificationError):
+            return inner
+        if isinstance(seen, ssl.SSLCertVerificationError) and hasattr(seen, "verify_message"):
             return seen
         seen = seen.__cause__ or seen.__context__
     return None

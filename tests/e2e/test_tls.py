@@ -163,6 +163,23 @@ def test_a_client_that_does_not_trust_the_ca_fails_at_once(
     _alive(secure, certificates)
 
 
+def test_an_async_client_that_does_not_trust_the_ca_fails_at_once(
+    secure: Platform, certificates: Certificates
+) -> None:
+    async def register() -> str:
+        async with AsyncClient(secure.url, secure.token, retry_for_s=60) as ac:
+            return await ac.register_function(square)
+
+    started = time.monotonic()
+    with pytest.raises(CertificateNotTrusted) as refused:
+        asyncio.run(register())
+    assert time.monotonic() - started < 10, "a refused certificate is not waited out"
+    message = str(refused.value)
+    assert f"the TLS certificate of {secure.url} is not trusted" in message
+    assert "certificate verify failed" in message and "SSL_CERT_FILE" in message
+    _alive(secure, certificates)
+
+
 def test_a_result_listener_that_does_not_trust_the_ca_fails_at_once(
     secure: Platform, certificates: Certificates
 ) -> None:
