@@ -333,13 +333,21 @@ def exception_from(data: Any) -> ExceptionRecord:
     return record
 
 
+_MICROSECONDS_DIGITS = 13
+"""An integer time field this long or longer counts microseconds (as seconds it would lie
+30,000 years ahead); a shorter one counts seconds."""
+
+
 def hash_seconds(raw: str | None) -> float | None:
-    """Unix seconds from a task hash's time field: decimal seconds, or an integer count of
-    microseconds (``created_at``); ``None`` when absent or unreadable."""
+    """Unix seconds from a task hash's time field: seconds (decimal or whole), or an integer
+    count of microseconds (``created_at``), told apart by size, not by format; ``None`` when
+    absent or unreadable."""
     if not raw:
         return None
     try:
-        return int(raw) / 1_000_000 if raw.isdigit() else float(raw)
+        if raw.isdigit() and len(raw) >= _MICROSECONDS_DIGITS:
+            return int(raw) / 1_000_000
+        return float(raw)
     except ValueError:
         return None
 

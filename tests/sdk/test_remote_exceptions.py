@@ -89,6 +89,7 @@ def test_task_times_read_as_seconds_whether_written_as_microseconds_or_seconds()
     info = task_info("t6", fields)
     assert (info["created_at"], info["started_at"]) == (1764800000.123456, 1764800001.5)
     assert info["completed_at"] is None and hash_seconds("soon") is None
+    assert hash_seconds("1764800001") == 1764800001.0  # whole seconds stay seconds
 
 
 def test_task_info_and_batch_results_carry_stdout_and_stderr() -> None:

@@ -122,7 +122,7 @@ async def enqueue(
         function_id = spec["function_id"]
         # No task_id (the key holds it), no attempts until the first start counts one
         # (HINCRBY), created_at as an integer: so the hash's listpack fits the allocator's
-        # 256-byte class (a queued task had cost 130 bytes more).
+        # 256-byte class (a queued task had cost 128 bytes more).
         record = [
             "user_id", user_id, "endpoint_id", endpoint_id, "function_id", function_id,
             "task_group_id", task_group_id, "state", waiting, "created_at", created_at,
