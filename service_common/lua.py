@@ -18,6 +18,12 @@ checked against that: the number of keys, and that they share a hash slot (a Red
 refuses a script whose keys do not; the check refuses it on one Redis too, before anything is
 sent). ``tests/common/test_key_slots.py`` walks every script the services define and checks
 that its declared keys share a slot.
+
+**Batch scripts** (``batch=True``) take their declared keys once per *unit* (one task, say)
+and loop over the units, so a batch costs one call instead of one per unit. On one Redis a
+call may hold units of any slots: the whole batch is one call. On a Redis Cluster a call
+holds one slot's units; :func:`slot_groups` splits a batch into those calls (on one Redis,
+into calls of at most :data:`MAX_UNITS`, so no call holds Redis up for long).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from collections.abc import Sequence
 from typing import Any, TypeAlias
 
 from redis.asyncio.client import Pipeline
-from redis.asyncio.cluster import ClusterPipeline
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import NoScriptError, RedisError
 from redis.typing import EncodableT
@@ -55,13 +61,38 @@ def check_one_slot(keys: Sequence[str]) -> None:
         raise CrossSlotKeys(f"keys of more than one hash slot in one script: {list(keys)}")
 
 
+MAX_UNITS = 256
+"""The most units one call of a batch script holds: a script runs alone on its Redis, so a
+window of thousands of tasks goes as several calls, and other clients wait for none long."""
+
+
+def is_cluster(client: RedisClient | AnyPipeline) -> bool:
+    """Whether ``client`` talks to a Redis Cluster (whose scripts take one slot's keys)."""
+    return isinstance(client, RedisCluster | ClusterPipeline)
+
+
+def slot_groups(client: RedisClient | AnyPipeline, keys: Sequence[str]) -> list[list[int]]:
+    """The calls of a batch script over units whose (first) keys are ``keys``, as lists of
+    indices into ``keys``, in order: on one Redis, runs of at most :data:`MAX_UNITS`; on a
+    Redis Cluster, one slot's units each (then also at most :data:`MAX_UNITS`)."""
+    if not is_cluster(client):
+        indices = range(len(keys))
+        return [list(indices[i : i + MAX_UNITS]) for i in range(0, len(keys), MAX_UNITS)]
+    by_slot: dict[int, list[int]] = {}
+    for i, key in enumerate(keys):
+        by_slot.setdefault(key_slot(key.encode()), []).append(i)
+    return [g[i : i + MAX_UNITS] for g in by_slot.values() for i in range(0, len(g), MAX_UNITS)]
+
+
 class Lua:
     """One Lua script, called by its SHA1 (see the module docstring). ``keys`` names the
-    :class:`sdk.keys.Keys` methods that build its ``KEYS``, in order."""
+    :class:`sdk.keys.Keys` methods that build its ``KEYS``, in order; with ``batch`` they are
+    one unit's, and a call passes them for each of its units."""
 
-    def __init__(self, source: str, *, keys: Sequence[str]) -> None:
+    def __init__(self, source: str, *, keys: Sequence[str], batch: bool = False) -> None:
         self.source = source
         self.keys = tuple(keys)
+        self.batch = batch
         self.sha = hashlib.sha1(source.encode()).hexdigest()
         _SOURCES[self.sha] = source
 
@@ -77,9 +108,7 @@ class Lua:
         :func:`execute_pipeline`). ``by_source`` sends it as ``EVAL`` with its source, which
         needs no script cache (for a path that runs right after a Redis restart, where an
         ``EVALSHA`` refused would leave the rest of its pipeline run without it)."""
-        if len(keys) != len(self.keys):
-            raise CrossSlotKeys(f"the script takes {len(self.keys)} keys, not {len(keys)}")
-        check_one_slot(keys)
+        self._check(keys, client)
         if by_source:
             return await _eval(client, self.source, keys, args)
         command = ("EVALSHA", self.sha, len(keys), *keys, *args)
@@ -92,6 +121,21 @@ class Lua:
         except NoScriptError:
             await client.script_load(self.source)
             return await client.execute_command(*command)
+
+    def _check(self, keys: Sequence[str], client: RedisClient | AnyPipeline) -> None:
+        n = len(self.keys)
+        if not self.batch:
+            if len(keys) != n:
+                raise CrossSlotKeys(f"the script takes {n} keys, not {len(keys)}")
+            check_one_slot(keys)
+            return
+        if not keys or len(keys) % n:
+            raise CrossSlotKeys(f"the script takes {n} keys per unit, not {len(keys)} in all")
+        if is_cluster(client):
+            check_one_slot(keys)
+        else:
+            for i in range(0, len(keys), n):
+                check_one_slot(keys[i : i + n])
 
 
 async def _eval(

@@ -2,7 +2,8 @@
 
 Shared by the endpoint agent's batched writer and the gateway (docs/internals.md):
 
-1. *Settle*, one Lua script per task on its hash alone: only if the task is still
+1. *Settle*, one batch script over the tasks' hashes (one call per hash slot on a Redis
+   Cluster; one call for the batch on one Redis): per task, only if the task is still
    ``running`` under the attempt the given agent started does it write the terminal state,
    ``completed_at``, ``result`` or ``exception``, ``stdout``/``stderr`` (when not empty)
    and ``notice_pending``, and ``EXPIRE`` the hash. A task that is no longer that agent's
@@ -17,7 +18,7 @@ Shared by the endpoint agent's batched writer and the gateway (docs/internals.md
                 id is already in the group's ``noticed`` set: SADD it there and
                 XADD results stream * task_id <tid> state <state> [inline 1 result ...];
                 EXPIRE both
-       HDEL   task hash notice_pending                      (per task)
+       UNPEND script on the task hashes: HDEL notice_pending (per slot; one call on one Redis)
        XACK + XDEL  endpoint stream <entry ids>             (once per batch)
 
    A small outcome (result, exception and output together at most
@@ -54,32 +55,50 @@ from typing import Protocol
 from sdk.keys import AGENT_GROUP, Keys
 from sdk.messages import ExceptionRecord
 from sdk.states import TaskState
-from service_common.lua import Lua, execute_pipeline
+from service_common.lua import Lua, execute_pipeline, slot_groups
 from service_common.redis_client import RedisClient
 
 log = logging.getLogger(__name__)
 
 SETTLE_SCRIPT = """
-local f = redis.call('HMGET', KEYS[1], 'state', 'attempts', 'agent')
-if f[2] ~= ARGV[2] or f[3] ~= ARGV[4] then
-  return 0
+local running, ttl, agent = ARGV[1], ARGV[2], ARGV[3]
+local out = {}
+local at = 4
+for k = 1, #KEYS do
+  local key, n = KEYS[k], tonumber(ARGV[at + 1])
+  local f = redis.call('HMGET', key, 'state', 'attempts', 'agent')
+  if f[2] ~= ARGV[at] or f[3] ~= agent then
+    out[k] = 0
+  elseif f[1] == running then
+    redis.call('HSET', key, 'notice_pending', '1', unpack(ARGV, at + 2, at + 1 + n))
+    redis.call('EXPIRE', key, ttl)
+    out[k] = 1
+  elseif redis.call('HEXISTS', key, 'notice_pending') == 1 then
+    out[k] = 1
+  else
+    out[k] = 2
+  end
+  at = at + 2 + n
 end
-if f[1] == ARGV[1] then
-  redis.call('HSET', KEYS[1], 'notice_pending', '1', unpack(ARGV, 5))
-  redis.call('EXPIRE', KEYS[1], ARGV[3])
-  return 1
-end
-if redis.call('HEXISTS', KEYS[1], 'notice_pending') == 1 then
-  return 1
-end
-return 2
+return out
 """
 
-SETTLE = Lua(SETTLE_SCRIPT, keys=["task"])
-"""KEYS: the task hash. ARGV: running state, attempt, ttl, agent, then field/value pairs.
-1 when written (or written by an earlier try, its notice still pending), 2 when an earlier
-try wrote and announced it (only the acknowledgement may be missing), 0 when the task is
-no longer this agent's under that attempt."""
+SETTLE = Lua(SETTLE_SCRIPT, keys=["task"], batch=True)
+"""KEYS: task hashes (a batch script: one per task). ARGV: running state, ttl, agent, then per
+task its attempt, the number of its field/value items and those items. Per task: 1 when
+written (or written by an earlier try, its notice still pending), 2 when an earlier try
+wrote and announced it (only the acknowledgement may be missing), 0 when the task is no
+longer this agent's under that attempt."""
+
+UNPEND_SCRIPT = """
+for k = 1, #KEYS do
+  redis.call('HDEL', KEYS[k], 'notice_pending')
+end
+return #KEYS
+"""
+
+UNPEND = Lua(UNPEND_SCRIPT, keys=["task"], batch=True)
+"""KEYS: task hashes whose notice is appended: each loses ``notice_pending``."""
 
 WRITTEN, ANNOUNCED, NOT_OURS = 1, 2, 0
 
@@ -172,8 +191,8 @@ class Settler:
         appended to its task group's results stream ("" when none was appended now)."""
         written = await self._settle_all(batch, agent)
         notices: dict[str, list[tuple[int, dict[str, str]]]] = {}  # group -> batch index, notice
-        pipe = self._redis.pipeline(transaction=False)
         settled: list[str] = []
+        announced: list[str] = []  # task hashes whose notice_pending goes
         for i, (c, status) in enumerate(zip(batch, written, strict=True)):
             if status == NOT_OURS:
                 log.warning(
@@ -188,7 +207,7 @@ class Settler:
                 if c.task_group_id:
                     notice = notice_fields(c.task_id, state, c.outcome)
                     notices.setdefault(c.task_group_id, []).append((i, notice))
-                pipe.hdel(self._keys.task(c.task_id), "notice_pending")
+                announced.append(self._keys.task(c.task_id))
             settled.append(c.entry_id)
         # The announcements first: a task's notice_pending goes only once its notice is in.
         announce = self._redis.pipeline(transaction=False)
@@ -210,11 +229,14 @@ class Settler:
             for items, ids in zip(notices.values(), await execute_pipeline(announce), strict=True):
                 for (i, _), notice_id in zip(items, ids, strict=True):
                     notice_ids[i] = str(notice_id)
+        pipe = self._redis.pipeline(transaction=False)
+        for call in slot_groups(self._redis, announced):
+            await UNPEND(keys=[announced[i] for i in call], args=[], client=pipe)
         if settled:
             pipe.xack(self._stream, AGENT_GROUP, *settled)
             pipe.xdel(self._stream, *settled)
         if len(pipe):
-            await pipe.execute()
+            await execute_pipeline(pipe)
         return written, notice_ids
 
     async def _settle_all(self, batch: Sequence[Completion], agent: str) -> list[int]:
@@ -223,22 +245,24 @@ class Settler:
         if not outcomes:
             return [WRITTEN] * len(batch)
         now = f"{time.time():.6f}"
+        head = [str(TaskState.RUNNING), str(self._ttl_s), agent]
+        task_keys = [self._keys.task(c.task_id) for c in outcomes]
+        calls = slot_groups(self._redis, task_keys)
         pipe = self._redis.pipeline(transaction=False)
-        for c in outcomes:
-            assert c.outcome is not None
-            await SETTLE(
-                keys=[self._keys.task(c.task_id)],
-                args=[
-                    str(TaskState.RUNNING),
-                    str(c.attempt),
-                    str(self._ttl_s),
-                    agent,
-                    *_fields(c.outcome, now),
-                ],
-                client=pipe,
-            )
-        replies = iter(await execute_pipeline(pipe))
-        return [WRITTEN if c.outcome is None else int(next(replies)) for c in batch]
+        for call in calls:
+            args: list[str] = list(head)
+            for i in call:
+                outcome = outcomes[i].outcome
+                assert outcome is not None
+                fields = _fields(outcome, now)
+                args += [str(outcomes[i].attempt), str(len(fields)), *fields]
+            await SETTLE(keys=[task_keys[i] for i in call], args=args, client=pipe)
+        codes = [NOT_OURS] * len(outcomes)
+        for call, reply in zip(calls, await execute_pipeline(pipe), strict=True):
+            for i, code in zip(call, reply, strict=True):
+                codes[i] = int(code)
+        found = iter(codes)
+        return [WRITTEN if c.outcome is None else next(found) for c in batch]
 
 
 def notice_fields(task_id: str, state: str, outcome: OutcomeFields | None) -> dict[str, str]:

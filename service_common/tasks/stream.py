@@ -6,14 +6,14 @@
   many entries as it can take, so other agents of the endpoint get the rest.
 * :meth:`TaskStream.claim` is ``XAUTOCLAIM`` of entries idle for a whole lease: entries an
   agent read and then lost (killed, cut off) come back to a live one.
-* :meth:`TaskStream.start` moves every task of one read to ``running`` in one round trip
-  (one Lua script per task, pipelined) and counts the attempt. It is safe to retry after a
-  lost reply (a Redis restart): the same call's ``started_at`` is recognised and the
-  attempt is not counted twice. A task already terminal (say
-  ``cancelled`` while queued) or whose hash is gone is reported as not to run; a terminal
-  task whose completion notice may not have been appended (its agent died between writing
-  the result and the notice: the hash still has ``notice_pending``) is reported so the
-  notice can be appended now.
+* :meth:`TaskStream.start` moves every task of one read to ``running`` and counts the
+  attempt, in one round trip (one batch script call on one Redis; one per hash slot,
+  pipelined, on a cluster). It is safe to retry after a lost reply (a Redis restart): the
+  same call's ``started_at`` is recognised and the attempt is not counted twice. A task
+  already terminal (say ``cancelled`` while queued) or whose hash is gone is reported as not
+  to run; a terminal task whose completion notice may not have been appended (its agent
+  died between writing the result and the notice: the hash still has ``notice_pending``) is
+  reported so the notice can be appended now.
 * :meth:`TaskStream.touch` renews the lease of the entries this agent holds: ``XCLAIM ...
   JUSTID`` to itself resets their idle time (and does not count a delivery). An entry
   another agent has claimed meanwhile is left alone and reported as lost.
@@ -42,39 +42,49 @@ from redis.exceptions import ResponseError
 from sdk.keys import AGENT_GROUP, Keys
 from sdk.states import TERMINAL_STATES, TaskState
 from service_common.blocking_read import BlockingReads
-from service_common.lua import Lua, execute_pipeline
+from service_common.lua import Lua, execute_pipeline, slot_groups
 from service_common.redis_client import RedisClient
 
 START_SCRIPT = """
-local f = redis.call('HMGET', KEYS[1], 'state', 'agent', 'started_at', 'attempts', 'entry')
-local state = f[1]
-if not state then
-  return {0, ''}
+local running, now, agent = ARGV[1], ARGV[2], ARGV[3]
+local terminal = {}
+for i = 5, 4 + tonumber(ARGV[4]) do
+  terminal[ARGV[i]] = true
 end
-if state == ARGV[1] and f[2] == ARGV[3] and f[3] == ARGV[2] then
-  return {1, tonumber(f[4])}
-end
-for i = 5, #ARGV do
-  if state == ARGV[i] then
-    if redis.call('HEXISTS', KEYS[1], 'notice_pending') == 1 then
-      return {2, state}
+local base = 4 + tonumber(ARGV[4])
+local out = {}
+for k = 1, #KEYS do
+  local key, entry = KEYS[k], ARGV[base + k]
+  local code, value
+  local f = redis.call('HMGET', key, 'state', 'agent', 'started_at', 'attempts', 'entry')
+  local state = f[1]
+  if not state then
+    code, value = 0, ''
+  elseif state == running and f[2] == agent and f[3] == now and f[5] == entry then
+    code, value = 1, tonumber(f[4])
+  elseif terminal[state] then
+    code, value = 0, state
+    if redis.call('HEXISTS', key, 'notice_pending') == 1 then
+      code = 2
     end
-    return {0, state}
+  elseif state == running and f[5] and f[5] ~= entry then
+    code, value = 0, state
+  else
+    redis.call('HSET', key, 'state', running, 'started_at', now, 'agent', agent, 'entry', entry)
+    code, value = 1, redis.call('HINCRBY', key, 'attempts', 1)
   end
+  out[2 * k - 1] = code
+  out[2 * k] = value
 end
-if state == ARGV[1] and f[5] and f[5] ~= ARGV[4] then
-  return {0, state}
-end
-redis.call('HSET', KEYS[1], 'state', ARGV[1], 'started_at', ARGV[2], 'agent', ARGV[3],
-  'entry', ARGV[4])
-return {1, redis.call('HINCRBY', KEYS[1], 'attempts', 1)}
+return out
 """
-"""KEYS: the task hash. ARGV: running state, started_at, agent, the entry id, then the
-terminal states. Returns ``{1, attempt}`` when the task was moved to running (attempt: the
-count after this start), ``{2, state}`` when it is terminal with its notice pending, ``{0,
-state}`` when it must not run. ``started_at`` and the agent together name one start: a task
-already running under both was started by an earlier try of this same call (its reply was
-lost with the connection), so the retry answers that start again instead of counting a
+"""KEYS: task hashes (a batch script: one per task). ARGV: running state, started_at, agent,
+the number of terminal states and those states, then the entry id of each task. Returns
+two items per task: ``1, attempt`` when the task was moved to running (attempt: the count
+after this start), ``2, state`` when it is terminal with its notice pending, ``0, state`` when
+it must not run. ``started_at``, the agent and the entry together name one start: a task
+already running under all three was started by an earlier try of this same call (its reply
+was lost with the connection), so the retry answers that start again instead of counting a
 second attempt.
 
 The task remembers the entry that started it (``entry``): a task running from *another*
@@ -120,12 +130,14 @@ redis.call('XDEL', KEYS[1], ARGV[2])
 return id
 """
 
-START = Lua(START_SCRIPT, keys=["task"])
+START = Lua(START_SCRIPT, keys=["task"], batch=True)
 TOUCH = Lua(TOUCH_SCRIPT, keys=["endpoint_tasks"])
 RELEASE = Lua(RELEASE_SCRIPT, keys=["task"])
 REQUEUE = Lua(REQUEUE_SCRIPT, keys=["endpoint_tasks"])
 """KEYS: the stream. ARGV: group, the old entry id, then the entry's fields and values.
 Appends a copy of the entry and settles the old one, atomically."""
+
+TERMINAL = sorted(str(s) for s in TERMINAL_STATES)
 
 CLAIM_ROUNDS = 10
 """At most this many XAUTOCLAIM calls per sweep (each scans a bounded part of the PEL)."""
@@ -193,6 +205,9 @@ class Start:
     """The task's attempt count including this start (when ``run``)."""
     pending_notice: str = ""
     """The terminal state whose notice must still be appended ("" when none)."""
+
+
+NOT_TO_RUN = Start(run=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,12 +295,14 @@ class TaskStream:
         if not entries:
             return []
         now = started_at or start_stamp()
-        terminal = sorted(str(s) for s in TERMINAL_STATES)
+        head = [str(TaskState.RUNNING), now, self.consumer, str(len(TERMINAL)), *TERMINAL]
+        task_keys = [self._keys.task(entry.task_id) for entry in entries]
         pipe = self._redis.pipeline(transaction=False)
-        for entry in entries:
+        calls = slot_groups(self._redis, task_keys)
+        for call in calls:
             await START(
-                keys=[self._keys.task(entry.task_id)],
-                args=[str(TaskState.RUNNING), now, self.consumer, entry.entry_id, *terminal],
+                keys=[task_keys[i] for i in call],
+                args=[*head, *(entries[i].entry_id for i in call)],
                 client=pipe,
             )
         if take:
@@ -298,14 +315,13 @@ class TaskStream:
                 justid=True,
             )
         replies = await execute_pipeline(pipe)
-        starts: list[Start] = []
-        for code, value in replies[: len(entries)]:
-            if int(code) == 1:
-                starts.append(Start(run=True, attempt=int(value)))
-            elif int(code) == 2:
-                starts.append(Start(run=False, pending_notice=str(value)))
-            else:
-                starts.append(Start(run=False))
+        starts: list[Start] = [NOT_TO_RUN] * len(entries)
+        for call, reply in zip(calls, replies[: len(calls)], strict=True):
+            for i, code, value in zip(call, reply[::2], reply[1::2], strict=True):
+                if int(code) == 1:
+                    starts[i] = Start(run=True, attempt=int(value))
+                elif int(code) == 2:
+                    starts[i] = Start(run=False, pending_notice=str(value))
         return starts
 
     async def touch(self, entry_ids: Sequence[str]) -> list[str]:

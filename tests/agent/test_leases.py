@@ -16,7 +16,7 @@ from typing import IO, Any
 from endpoint_agent import Agent, AgentSettings
 from sdk.keys import AGENT_GROUP
 from sdk.states import TaskState
-from service_common.tasks.stream import TaskStream
+from service_common.tasks.stream import Start, TaskEntry, TaskStream
 from tests.agent.gateway_stack import (
     GatewayEndpoint,
     GatewayStack,
@@ -148,6 +148,40 @@ async def test_renewing_a_lease_resets_idle_time_only_for_entries_still_held(
     assert int(by_id[mine]["time_since_delivered"]) < HOUR_MS
     assert by_id[mine]["times_delivered"] == 1  # a renewal is not a redelivery
     assert by_id[theirs]["consumer"] == "other"
+
+
+async def test_one_start_call_answers_each_task_of_its_batch_on_its_own(
+    endpoint: GatewayEndpoint,
+) -> None:
+    """The start script runs once for a whole batch on one Redis: each task still gets its
+    own answer, a second entry of a task started from the first (a retried submit's
+    duplicate, in the same read) is not started again, and the call retried after a lost
+    reply counts no attempt twice."""
+    square = await endpoint.register(SQUARE)
+    a, b, c, d = await endpoint.submit_many(square, [((i,), {}) for i in range(4)])
+    await endpoint.redis.hset(endpoint.keys.task(c), mapping={"state": "cancelled",
+                                                              "notice_pending": "1"})  # fmt: skip
+    await endpoint.redis.delete(endpoint.keys.task(d))
+    batch = [
+        TaskEntry(f"1-{i}", task_id, square, "", "")
+        for i, task_id in enumerate([a, a, b, c, d], start=1)
+    ]
+    stream = TaskStream(endpoint.redis, endpoint.keys, endpoint.endpoint_id, "ghost")
+    expected = [
+        Start(run=True, attempt=1),
+        Start(run=False),
+        Start(run=True, attempt=1),
+        Start(run=False, pending_notice="cancelled"),
+        Start(run=False),
+    ]
+    assert await stream.start(batch, started_at="100.000001") == expected
+    assert await stream.start(batch, started_at="100.000001") == expected  # the retry
+    for task_id, entry in ((a, "1-1"), (b, "1-3")):
+        fields = await endpoint.task(task_id)
+        assert (fields["state"], fields["attempts"], fields["entry"]) == ("running", "1", entry)
+    assert await stream.start(batch[2:3], started_at="200.000001") == [
+        Start(run=True, attempt=2)  # a redelivery of the same entry, later: counted
+    ]
 
 
 async def test_a_stopping_agent_hands_tasks_back_for_another_at_once(

@@ -9,9 +9,11 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from redis.crc import key_slot
 from redis.exceptions import ResponseError
 
-from service_common.lua import Lua, execute_pipeline
+from sdk.keys import Keys
+from service_common.lua import MAX_UNITS, CrossSlotKeys, Lua, execute_pipeline, slot_groups
 from tests.private_redis import PrivateRedis
 
 BUMP = Lua("return redis.call('INCRBY', KEYS[1], ARGV[1])", keys=["task"])
@@ -77,3 +79,49 @@ async def test_other_errors_are_raised_after_the_pipeline_ran(client: aioredis.R
     assert await client.get("before") == "1"
     with pytest.raises(ResponseError, match="BAD no such thing"):
         await FAIL(keys=[], args=[], client=client)
+
+
+SUM = Lua(
+    "local t = 0 for k = 1, #KEYS do t = t + redis.call('INCRBY', KEYS[k], ARGV[k]) end return t",
+    keys=["task"],
+    batch=True,
+)
+
+
+async def test_a_batch_script_runs_every_unit_of_a_batch_in_one_call(
+    client: aioredis.Redis,
+) -> None:
+    names = [Keys(prefix="lua").task(str(i)) for i in range(600)]  # of many slots
+    await SUM(keys=["warm"], args=[0], client=client)  # loads it
+    await client.config_resetstat()
+    pipe = client.pipeline(transaction=False)
+    calls_made = slot_groups(client, names)
+    assert [len(call) for call in calls_made] == [MAX_UNITS, MAX_UNITS, 600 - 2 * MAX_UNITS]
+    for call in calls_made:
+        await SUM(keys=[names[i] for i in call], args=[1] * len(call), client=pipe)
+    assert sum(await execute_pipeline(pipe)) == 600
+    assert (await calls(client)).get("evalsha") == len(calls_made)
+    assert {await client.get(name) for name in names} == {"1"}
+
+
+def test_on_a_cluster_a_batch_goes_as_one_call_per_slot() -> None:
+    cluster = aioredis.RedisCluster(host="127.0.0.1", port=1)  # not connected: only its kind
+    keys = Keys(prefix="lua")
+    names = [keys.task(str(i)) for i in range(50)] + [keys.task("0")] * 300
+    groups = slot_groups(cluster, names)
+    assert sorted(i for call in groups for i in call) == list(range(len(names)))
+    for call in groups:
+        assert len(call) <= MAX_UNITS
+        assert len({key_slot(names[i].encode()) for i in call}) == 1
+    assert len(groups) == 51  # the 300 of one slot go as two calls
+
+
+async def test_a_batch_script_refuses_a_batch_a_cluster_could_not_run() -> None:
+    keys = Keys(prefix="lua")
+    cluster = aioredis.RedisCluster(host="127.0.0.1", port=1)
+    two_slots = [keys.task("x"), keys.task("y")]
+    assert len({key_slot(k.encode()) for k in two_slots}) == 2
+    with pytest.raises(CrossSlotKeys, match="more than one hash slot"):
+        await SUM(keys=two_slots, args=[1, 1], client=cluster)
+    with pytest.raises(CrossSlotKeys, match="per unit"):
+        await SUM(keys=[], args=[], client=cluster)
