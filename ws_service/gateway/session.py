@@ -26,8 +26,8 @@ frame), never ahead of a window being started.
 
 **Outcomes** are settled in batches (:class:`~service_common.tasks.settle.Settler`) only
 for deliveries the ledger says were handed to this connection; each is answered once in a
-``settled`` frame. Written outcomes are then pushed to subscribers of this process
-(``on_settled``).
+``settled`` frame. Written outcomes are pushed to subscribers of this process
+(``on_settled``) as soon as their notices are appended, before the entries are acknowledged.
 
 **Redis outages**: every Redis step is retried with the shared backoff; the agent is sent
 ``UNAVAILABLE`` once per outage, windows pause (the reader waits too) and outcomes wait
@@ -519,31 +519,42 @@ class AgentSession:
                 for d in (self._deliveries[o.delivery_id],)
             ]
             statuses: list[int] = []
-            notices: list[str] = []
             if batch:
-                statuses, notices = await self._redis_step(
+                statuses, _ = await self._redis_step(
                     functools.partial(
-                        self._settler.write_with_notices, batch, agent=self.ledger.agent
+                        self._settler.write_with_notices,
+                        batch,
+                        agent=self.ledger.agent,
+                        announced=functools.partial(self._push, accepted.outcomes, batch),
                     )
                 )
             settled: list[str] = []
             lost: list[str] = []
-            pushed: list[Settlement] = []
-            for o, c, status, notice in zip(
-                accepted.outcomes, batch, statuses, notices, strict=True
-            ):
+            for o, status in zip(accepted.outcomes, statuses, strict=True):
                 self._deliveries.pop(o.delivery_id, None)
                 if status == NOT_OURS:
                     lost.append(o.delivery_id)
-                    continue
-                settled.append(o.delivery_id)
-                if status == WRITTEN and notice:
-                    pushed.append(Settlement(c.task_group_id, notice, o))
+                else:
+                    settled.append(o.delivery_id)
             answer = self.ledger.answer(settled, lost=lost, refused=accepted.refused)
             with contextlib.suppress(ConnectionClosed):
                 await self._send(answer)
-            if pushed:
-                self.gateway.on_settled(pushed)
+
+    def _push(
+        self,
+        outcomes: Sequence[TaskOutcome],
+        batch: Sequence[Completion],
+        statuses: list[int],
+        notices: list[str],
+    ) -> None:
+        """Push the outcomes just written and announced to this process's subscribers."""
+        pushed = [
+            Settlement(c.task_group_id, notice, o)
+            for o, c, status, notice in zip(outcomes, batch, statuses, notices, strict=True)
+            if status == WRITTEN and notice
+        ]
+        if pushed:
+            self.gateway.on_settled(pushed)
 
     # -- hand-back, code, status -----------------------------------------------------------
 
