@@ -35,6 +35,7 @@ from types import TracebackType
 from typing import Any, NamedTuple, TypeVar
 
 import aiohttp
+from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
 from sdk import _base, tls
@@ -133,6 +134,7 @@ class AsyncClient:
         self._ssl = tls.client_context(self.config.ca_file)
         self._timeout_s = timeout_s
         self._http: aiohttp.ClientSession | None = None
+        self._proxy: tuple[URL | None, aiohttp.BasicAuth | None] = (None, None)
         """Made on the first request, in the loop that sends it (see :meth:`_request`)."""
         self.results = ResultListener(
             ws_url=self.get_ws_url,
@@ -161,10 +163,13 @@ class AsyncClient:
             # SSL_CERT_FILE; one made now reads it (sdk.tls, rule 2).
             https = self.config.url.startswith("https:")
             context = self._ssl or (ssl.create_default_context() if https else True)
+            # HTTPS_PROXY and the like (NO_PROXY too), as httpx honours them, looked up
+            # once: aiohttp's trust_env looks up the proxy and ~/.netrc in a thread on every
+            # request (two thread hops on a round trip's path).
+            self._proxy = _env_proxy(URL(self.config.url))
             self._http = aiohttp.ClientSession(
                 headers=_base.auth_headers(self.config.token),
                 connector=aiohttp.TCPConnector(ssl=context),
-                trust_env=True,  # HTTPS_PROXY and the like, as httpx honours them
             )
         timeout = aiohttp.ClientTimeout(
             total=None,
@@ -178,6 +183,8 @@ class AsyncClient:
             data=None if body is None else _Body(body),
             headers=request.headers(),
             timeout=timeout,
+            proxy=self._proxy[0],
+            proxy_auth=self._proxy[1],
         ) as response:
             return _Answer(response.status, response.headers.copy(), await response.read())
 
@@ -516,3 +523,12 @@ class AsyncClient:
         request = _base.get_task_group(task_group_id, offset=offset, limit=limit)
         answer: dict[str, Any] = await self._send(request)
         return answer
+
+
+def _env_proxy(url: URL) -> tuple[URL | None, aiohttp.BasicAuth | None]:
+    """The proxy the environment names for ``url`` and its credentials; ``(None, None)``
+    when none does or ``NO_PROXY`` exempts the host."""
+    try:
+        return get_env_proxy_for_url(url)
+    except LookupError:
+        return None, None

@@ -262,3 +262,50 @@ async def test_many_ids_go_in_requests_of_at_most_a_thousand(stack: Stack) -> No
         done = await ac.wait(task_ids, timeout_s=30)
         assert list(done) == task_ids
         assert {entry["status"] for entry in done.values()} == {"cancelled"}
+
+
+async def test_a_netrc_entry_for_the_service_does_not_break_requests(
+    stack: Stack, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The token is the client's only credential: a ``.netrc`` naming the service's host (an
+    HTTP client that trusts the environment would add it and refuse the request) is not read."""
+    s = services(stack)
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password secret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    async with client(s) as ac:
+        assert await ac.register_function(square)
+
+
+async def test_requests_go_through_the_proxy_the_environment_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[str] = []
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        seen.append(head.split(b"\r\n")[0].decode())
+        body = b'{"code": "TASK_NOT_FOUND", "message": "no such task"}'
+        writer.write(b"HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\n"
+                     b"content-length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    for name in ("NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
+    task_id = "00000000-0000-4000-8000-000000000000"
+    try:
+        async with AsyncClient("http://service.invalid:8000", "fxb_token", retry_for_s=0) as ac:
+            with pytest.raises(APIError):
+                await ac.get_task(task_id)
+            monkeypatch.setenv("NO_PROXY", "service.invalid")  # read once, when the client opened
+            with pytest.raises(APIError):
+                await ac.get_task(task_id)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert seen == [f"GET http://service.invalid:8000/v1/tasks/{task_id} HTTP/1.1"] * 2
