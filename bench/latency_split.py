@@ -16,6 +16,8 @@ it, ``completed_at`` when the gateway stored its outcome; one clock, one machine
   WebSocket, the client's decoding).
 
 Each figure is the median over the trips, in ms, with the whole round trip's p50 and p99.
+``--style long-poll`` times the long poll row's trips instead (``Client.run``, then
+``Client.wait``, whose request the web service answers when the result exists).
 
 Then the CPU each process spent per round trip (as ``python -m bench.hop_cost`` counts it,
 over all the trips, divided by their number). The trips run one after another, so each
@@ -72,6 +74,25 @@ async def _trips(
         return trips
 
 
+def _poll_trips(
+    d: Deployment, n: int, s: BenchSettings, meter: CpuMeter
+) -> list[tuple[float, float, str]]:
+    """:func:`_trips` for the long poll row: ``Client.run`` then ``Client.wait``."""
+    endpoint_id = d.endpoints[fx.PROCESS]
+    with d.client() as client:
+        fid = client.register_function(tasks.noop)
+        client.wait([client.run(function_id=fid, endpoint_id=endpoint_id)],
+                    timeout_s=s.task_timeout_s)  # fmt: skip
+        trips = []
+        with meter:
+            for _ in range(n):
+                start = time.time()
+                task_id = client.run(function_id=fid, endpoint_id=endpoint_id)
+                client.wait([task_id], timeout_s=s.task_timeout_s, poll_s=s.poll_interval_s)
+                trips.append((start, time.time(), task_id))
+        return trips
+
+
 def split(d: Deployment, trips: list[tuple[float, float, str]]) -> dict[str, list[float]]:
     """Each trip's segments (ms), from the timestamps its task's hash records."""
     keys = Keys(d.key_prefix)
@@ -92,9 +113,17 @@ def split(d: Deployment, trips: list[tuple[float, float, str]]) -> dict[str, lis
     return parts
 
 
-def render(parts: dict[str, list[float]], cpu_us: dict[str, float] | None = None) -> str:
+STYLES = {
+    "push": "AsyncClient round trips (result pushed)",
+    "long-poll": "Client round trips (run, then wait: a long poll)",
+}
+
+
+def render(
+    parts: dict[str, list[float]], cpu_us: dict[str, float] | None = None, style: str = "push"
+) -> str:
     trips = parts["round trip"]
-    lines = [f"latency split: {len(trips)} sequential AsyncClient round trips of a no-op "
+    lines = [f"latency split: {len(trips)} sequential {STYLES[style]} of a no-op "
              "(process x2), median ms per segment"]  # fmt: skip
     for name in SEGMENTS:
         lines.append(f"  {name:<12}{statistics.median(parts[name]):>8.2f}")
@@ -117,6 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--trips", type=int, default=300, help="round trips (default 300)")
+    parser.add_argument("--style", choices=sorted(STYLES), default="push",
+                        help="the client style of the trips (default: push)")  # fmt: skip
     parser.add_argument("--redis-url", default=None,
                         help="a Redis to use (default: a private redis-server)")  # fmt: skip
     parser.add_argument("--redis-cluster", action="store_true",
@@ -128,9 +159,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         platform_ = throughput_platform(server.url, workdir, s)
         with platform_ as d:
             meter = CpuMeter(service_pids(platform_), d.redis_url)
-            trips = asyncio.run(_trips(d, args.trips, s.task_timeout_s, meter))
+            if args.style == "push":
+                trips = asyncio.run(_trips(d, args.trips, s.task_timeout_s, meter))
+            else:
+                trips = _poll_trips(d, args.trips, s, meter)
             cpu_us, _ = meter.per_task_us(len(trips))
-            print(render(split(d, trips), cpu_us), flush=True)
+            print(render(split(d, trips), cpu_us, args.style), flush=True)
     shutil.rmtree(workdir, ignore_errors=True)
     return 0
 

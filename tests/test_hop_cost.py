@@ -10,8 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from bench.hop_cost import ROLES, _cpu_s, _descendants, top_own, top_project
-from bench.latency_split import SEGMENTS
+from bench.latency_split import SEGMENTS, STYLES
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -66,12 +68,15 @@ def test_hop_cost_prints_a_cpu_figure_for_every_role(redis_url: str) -> None:
     assert calls is not None and float(calls.group(1)) >= 2.0  # at least submit and settle
 
 
-def test_latency_split_prints_every_segment(redis_url: str) -> None:
+@pytest.mark.parametrize("style", ["push", "long-poll"])
+def test_latency_split_prints_every_segment(redis_url: str, style: str) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "bench.latency_split", "--trips", "20", "--redis-url", redis_url],
+        [sys.executable, "-m", "bench.latency_split", "--trips", "20", "--redis-url", redis_url,
+         "--style", style],
         cwd=REPO, env=dict(os.environ), capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]
+    assert STYLES[style] in done.stdout
     for segment in (*SEGMENTS, "round trip"):
         line = re.search(rf"^  {re.escape(segment)} +([\d.]+)", done.stdout, re.MULTILINE)
         assert line is not None, (segment, done.stdout)
