@@ -19,11 +19,15 @@ refuses a script whose keys do not; the check refuses it on one Redis too, befor
 sent). ``tests/common/test_key_slots.py`` walks every script the services define and checks
 that its declared keys share a slot.
 
-**Batch scripts** (``batch=True``) take their declared keys once per *unit* (one task, say)
-and loop over the units, so a batch costs one call instead of one per unit. On one Redis a
-call may hold units of any slots: the whole batch is one call. On a Redis Cluster a call
-holds one slot's units; :func:`slot_groups` splits a batch into those calls (on one Redis,
-into calls of at most :data:`MAX_UNITS`, so no call holds Redis up for long).
+**Batch scripts** (``unit=``) take the keys of each *unit* (one task, say) after their fixed
+``keys`` and loop over the units, so a batch costs one call instead of one per unit. On one
+Redis a call may hold units of any slots: the whole batch is one call. On a Redis Cluster a
+call holds one slot's units; :func:`slot_groups` splits a batch into those calls (on one
+Redis, into calls of at most :data:`MAX_UNITS`, so no call holds Redis up for long).
+
+**One-node scripts** (``one_node=True``) touch keys of many slots by design: a fast path for
+one Redis, which refuses them a Redis Cluster client (the caller takes its cluster path
+there). Their keys are the declared ones, then any more the source documents.
 """
 
 from __future__ import annotations
@@ -86,13 +90,21 @@ def slot_groups(client: RedisClient | AnyPipeline, keys: Sequence[str]) -> list[
 
 class Lua:
     """One Lua script, called by its SHA1 (see the module docstring). ``keys`` names the
-    :class:`sdk.keys.Keys` methods that build its ``KEYS``, in order; with ``batch`` they are
-    one unit's, and a call passes them for each of its units."""
+    :class:`sdk.keys.Keys` methods that build its first ``KEYS``, in order; ``unit`` those of
+    each unit of a batch script, which follow them."""
 
-    def __init__(self, source: str, *, keys: Sequence[str], batch: bool = False) -> None:
+    def __init__(
+        self,
+        source: str,
+        *,
+        keys: Sequence[str] = (),
+        unit: Sequence[str] = (),
+        one_node: bool = False,
+    ) -> None:
         self.source = source
         self.keys = tuple(keys)
-        self.batch = batch
+        self.unit = tuple(unit)
+        self.one_node = one_node
         self.sha = hashlib.sha1(source.encode()).hexdigest()
         _SOURCES[self.sha] = source
 
@@ -123,19 +135,28 @@ class Lua:
             return await client.execute_command(*command)
 
     def _check(self, keys: Sequence[str], client: RedisClient | AnyPipeline) -> None:
-        n = len(self.keys)
-        if not self.batch:
-            if len(keys) != n:
-                raise CrossSlotKeys(f"the script takes {n} keys, not {len(keys)}")
+        fixed, per_unit = len(self.keys), len(self.unit)
+        if self.one_node:
+            if is_cluster(client):
+                raise CrossSlotKeys("a script for one Redis was called on a Redis Cluster")
+            if len(keys) < fixed:
+                raise CrossSlotKeys(f"the script takes at least {fixed} keys, not {len(keys)}")
+            return
+        if not per_unit:
+            if len(keys) != fixed:
+                raise CrossSlotKeys(f"the script takes {fixed} keys, not {len(keys)}")
             check_one_slot(keys)
             return
-        if not keys or len(keys) % n:
-            raise CrossSlotKeys(f"the script takes {n} keys per unit, not {len(keys)} in all")
+        units = len(keys) - fixed
+        if units <= 0 or units % per_unit:
+            raise CrossSlotKeys(
+                f"the script takes {fixed} keys and {per_unit} per unit, not {len(keys)} in all"
+            )
         if is_cluster(client):
             check_one_slot(keys)
-        else:
-            for i in range(0, len(keys), n):
-                check_one_slot(keys[i : i + n])
+            return
+        for i in range(fixed, len(keys), per_unit):
+            check_one_slot([*keys[:fixed], *keys[i : i + per_unit]])
 
 
 async def _eval(

@@ -83,7 +83,7 @@ end
 return out
 """
 
-SETTLE = Lua(SETTLE_SCRIPT, keys=["task"], batch=True)
+SETTLE = Lua(SETTLE_SCRIPT, unit=["task"])
 """KEYS: task hashes (a batch script: one per task). ARGV: running state, ttl, agent, then per
 task its attempt, the number of its field/value items and those items. Per task: 1 when
 written (or written by an earlier try, its notice still pending), 2 when an earlier try
@@ -97,7 +97,7 @@ end
 return #KEYS
 """
 
-UNPEND = Lua(UNPEND_SCRIPT, keys=["task"], batch=True)
+UNPEND = Lua(UNPEND_SCRIPT, unit=["task"])
 """KEYS: task hashes whose notice is appended: each loses ``notice_pending``."""
 
 WRITTEN, ANNOUNCED, NOT_OURS = 1, 2, 0

@@ -130,7 +130,7 @@ redis.call('XDEL', KEYS[1], ARGV[2])
 return id
 """
 
-START = Lua(START_SCRIPT, keys=["task"], batch=True)
+START = Lua(START_SCRIPT, unit=["task"])
 TOUCH = Lua(TOUCH_SCRIPT, keys=["endpoint_tasks"])
 RELEASE = Lua(RELEASE_SCRIPT, keys=["task"])
 REQUEUE = Lua(REQUEUE_SCRIPT, keys=["endpoint_tasks"])

@@ -19,6 +19,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import redis.asyncio as aioredis
 from redis.crc import key_slot
 
 from sdk.keys import Keys
@@ -79,12 +80,21 @@ def test_the_walk_finds_the_scripts_of_every_hop() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(_scripts()))
-def test_each_scripts_keys_share_a_hash_slot(name: str) -> None:
+async def test_each_scripts_keys_share_a_hash_slot(name: str) -> None:
+    """A batch script's fixed keys and one unit's share a slot (a cluster call holds one slot's
+    units); a one-node script is refused a cluster client before anything is sent."""
     script = _scripts()[name]
-    assert script.keys, f"{name} declares no keys"
-    for builder in script.keys:
+    builders = (*script.keys, *script.unit)
+    assert builders, f"{name} declares no keys"
+    for builder in builders:
         assert callable(getattr(Keys, builder, None)), f"{name}: Keys has no {builder}()"
-    assert len(_same_slot(script.keys)) == 1, f"{name}: {script.keys} span hash slots"
+    if script.one_node:
+        keys = Keys(prefix="fx")
+        cluster = aioredis.RedisCluster(host="127.0.0.1", port=1)  # not connected: its kind
+        with pytest.raises(CrossSlotKeys, match="one Redis"):
+            await script(keys=[getattr(keys, b)("x") for b in builders], args=[], client=cluster)
+        return
+    assert len(_same_slot(builders)) == 1, f"{name}: {builders} span hash slots"
 
 
 def test_every_transaction_is_known_and_touches_one_slot() -> None:

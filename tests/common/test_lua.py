@@ -83,8 +83,7 @@ async def test_other_errors_are_raised_after_the_pipeline_ran(client: aioredis.R
 
 SUM = Lua(
     "local t = 0 for k = 1, #KEYS do t = t + redis.call('INCRBY', KEYS[k], ARGV[k]) end return t",
-    keys=["task"],
-    batch=True,
+    unit=["task"],
 )
 
 
@@ -123,5 +122,5 @@ async def test_a_batch_script_refuses_a_batch_a_cluster_could_not_run() -> None:
     assert len({key_slot(k.encode()) for k in two_slots}) == 2
     with pytest.raises(CrossSlotKeys, match="more than one hash slot"):
         await SUM(keys=two_slots, args=[1, 1], client=cluster)
-    with pytest.raises(CrossSlotKeys, match="per unit"):
+    with pytest.raises(CrossSlotKeys, match="1 per unit"):
         await SUM(keys=[], args=[], client=cluster)

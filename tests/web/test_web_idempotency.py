@@ -6,6 +6,7 @@ import json
 import time
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 
 from sdk.keys import Keys
@@ -24,12 +25,24 @@ def echo(x: int) -> int:
     return x
 
 
-async def setup(user: ApiUser) -> tuple[str, bytes]:
+@pytest.fixture(params=[False, True], ids=["new group", "existing group"])
+def grouped(request: pytest.FixtureRequest) -> bool:
+    """Whether the batch names an existing task group: then, on one Redis, the key is claimed
+    in the same script call as the writes; a new group's batch claims it first."""
+    return bool(request.param)
+
+
+async def setup(user: ApiUser, grouped: bool = False) -> tuple[str, bytes]:
     code = serialize(echo, SOURCE_CODE)
     function = await user.post("/v1/functions", {"function_name": "e", "function_code": code})
     endpoint = (await user.post("/v1/endpoints", {"name": "gpu"})).json()["endpoint_id"]
     task = {"function_id": function.json()["function_id"], "payload": "p"}
-    return endpoint, json.dumps({"tasks": [task, task]}).encode()
+    body: dict[str, Any] = {"tasks": [task, task]}
+    if grouped:  # a group made by a batch to another endpoint, so this one's stream is empty
+        other = (await user.post("/v1/endpoints", {"name": "cpu"})).json()["endpoint_id"]
+        made = await user.post(f"/v1/endpoints/{other}/submit", {"tasks": [task]})
+        body["task_group_id"] = made.json()["task_group_id"]
+    return endpoint, json.dumps(body).encode()
 
 
 async def submit(user: ApiUser, endpoint_id: str, body: bytes, key: str) -> Any:
@@ -41,9 +54,9 @@ async def submit(user: ApiUser, endpoint_id: str, body: bytes, key: str) -> Any:
 
 
 async def test_a_retry_answers_the_same_ids_and_queues_nothing(
-    alice: ApiUser, aredis: aioredis.Redis, keys: Keys, web_settings: WebSettings
+    alice: ApiUser, aredis: aioredis.Redis, keys: Keys, web_settings: WebSettings, grouped: bool
 ) -> None:
-    endpoint_id, body = await setup(alice)
+    endpoint_id, body = await setup(alice, grouped)
     first = await submit(alice, endpoint_id, body, "batch-1")
     assert first.status_code == 200, first.text
     retry = await submit(alice, endpoint_id, body, "batch-1")
@@ -51,7 +64,8 @@ async def test_a_retry_answers_the_same_ids_and_queues_nothing(
     stream = keys.endpoint_tasks(endpoint_id)
     assert await aredis.xlen(stream) == 2
     group = first.json()["task_group_id"]
-    assert await aredis.lrange(keys.task_group_tasks(group), 0, -1) == first.json()["task_ids"]
+    listed = await aredis.lrange(keys.task_group_tasks(group), 0, -1)
+    assert listed[int(grouped) :] == first.json()["task_ids"]  # after the group's first task
     ttl = await aredis.ttl(keys.idempotency(alice.user_id, "batch-1"))
     assert idempotency.CLAIM_TTL_S < ttl <= web_settings.idempotency_ttl_s  # the answer's TTL
     other = await submit(alice, endpoint_id, body, "batch-2")
@@ -69,10 +83,10 @@ async def test_keys_are_per_user(alice: ApiUser, bob: ApiUser) -> None:
 
 
 async def test_a_request_still_underway_answers_409(
-    alice: ApiUser, aredis: aioredis.Redis, keys: Keys
+    alice: ApiUser, aredis: aioredis.Redis, keys: Keys, grouped: bool
 ) -> None:
     """A concurrent duplicate finds the claim written before queueing."""
-    endpoint_id, body = await setup(alice)
+    endpoint_id, body = await setup(alice, grouped)
     pending = {"fingerprint": fingerprint(endpoint_id, body), "response": None}
     await aredis.set(keys.idempotency(alice.user_id, "k"), json.dumps(pending), ex=60)
     response = await submit(alice, endpoint_id, body, "k")
@@ -82,9 +96,9 @@ async def test_a_request_still_underway_answers_409(
 
 
 async def test_the_same_key_for_another_request_is_refused(
-    alice: ApiUser, aredis: aioredis.Redis, keys: Keys
+    alice: ApiUser, aredis: aioredis.Redis, keys: Keys, grouped: bool
 ) -> None:
-    endpoint_id, body = await setup(alice)
+    endpoint_id, body = await setup(alice, grouped)
     await submit(alice, endpoint_id, body, "k")
     changed = body.replace(b'"p"', b'"q"')
     assert_error(await submit(alice, endpoint_id, changed, "k"), 422, "IDEMPOTENCY_KEY_REUSED")
@@ -108,12 +122,12 @@ async def test_bad_keys_are_422(alice: ApiUser) -> None:
 
 
 async def test_the_claim_of_a_request_that_died_lapses_soon(
-    alice: ApiUser, aredis: aioredis.Redis, keys: Keys, web_settings: WebSettings
+    alice: ApiUser, aredis: aioredis.Redis, keys: Keys, web_settings: WebSettings, grouped: bool
 ) -> None:
     """A web process killed between the claim and the answer leaves a claim whose deadline
     passes in seconds, not a day: the client's retry then queues the batch, with the ids the
     dead request had chosen."""
-    endpoint_id, body = await setup(alice)
+    endpoint_id, body = await setup(alice, grouped)
     key = keys.idempotency(alice.user_id, "crashed")
     plan: SubmitResponse = {"task_group_id": new_id(), "task_ids": new_task_ids(2)}
     claimed = await idempotency.claim(
@@ -131,16 +145,17 @@ async def test_the_claim_of_a_request_that_died_lapses_soon(
 
 
 async def test_a_retry_after_a_batch_cut_in_the_middle_queues_each_task_once(
-    alice: ApiUser, aredis: aioredis.Redis, keys: Keys, web_settings: WebSettings
+    alice: ApiUser, aredis: aioredis.Redis, keys: Keys, web_settings: WebSettings, grouped: bool
 ) -> None:
     """Redis went away after the first task of the batch was queued: the retry queues the
     same ids, leaves the task already queued (and maybe running) as it is, and lists each id
     once in the group; the first task's second entry is for the start script to drop."""
-    endpoint_id, body = await setup(alice)
+    endpoint_id, body = await setup(alice, grouped)
     key = keys.idempotency(alice.user_id, "cut")
     request = fingerprint(endpoint_id, body)
     ttl_s = web_settings.idempotency_ttl_s
-    plan: SubmitResponse = {"task_group_id": new_id(), "task_ids": new_task_ids(2)}
+    group_id = json.loads(body).get("task_group_id") or new_id()
+    plan: SubmitResponse = {"task_group_id": group_id, "task_ids": new_task_ids(2)}
     await idempotency.claim(aredis, key, request, plan, ttl_s=ttl_s)
     first_id = plan["task_ids"][0]
     await aredis.hset(keys.task(first_id), mapping={"state": "running", "attempts": "1"})
@@ -156,8 +171,8 @@ async def test_a_retry_after_a_batch_cut_in_the_middle_queues_each_task_once(
     stream: Any = await aredis.xrange(keys.endpoint_tasks(endpoint_id))
     assert [f["task_id"] for _, f in stream] == [first_id, *plan["task_ids"]]
     group = keys.task_group_tasks(plan["task_group_id"])
-    assert await aredis.lrange(group, 0, -1) == plan["task_ids"]
+    assert (await aredis.lrange(group, 0, -1))[int(grouped) :] == plan["task_ids"]
     again = await submit(alice, endpoint_id, body, "cut")  # answered now: nothing queued
     assert again.json() == plan
     assert await aredis.xlen(keys.endpoint_tasks(endpoint_id)) == 3
-    assert await aredis.lrange(group, 0, -1) == plan["task_ids"]
+    assert (await aredis.lrange(group, 0, -1))[int(grouped) :] == plan["task_ids"]

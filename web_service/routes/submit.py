@@ -9,9 +9,11 @@ every function (403 ``FUNCTION_NOT_ALLOWED``), a given task group is not someone
 
 Cost once the caches are warm: one Redis pipeline round trip, plus one SQL statement when
 the batch opens a new task group, plus one Redis round trip when an ``Idempotency-Key`` is
-sent. Nothing per task. With an ``Idempotency-Key``, the ids are chosen before the claim and
-kept in it, so a retry after a failure in the middle of queueing queues the same ids again
-and runs nothing twice (:mod:`web_service.taskstore.idempotency`).
+sent with a new group or to a Redis Cluster (on one Redis, a batch into an existing group
+claims its key in the same round trip as its writes). Nothing per task. With an
+``Idempotency-Key``, the ids are chosen before the claim and kept in it, so a retry after a
+failure in the middle of queueing queues the same ids again and runs nothing twice
+(:mod:`web_service.taskstore.idempotency`).
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from sdk.messages import SubmitResponse
+from service_common.lua import is_cluster
 from web_service.accounts import Caller
 from web_service.context import AppContext, context_of
 from web_service.errors import ApiError, not_found
 from web_service.middleware.auth import caller_of
 from web_service.routes.bodies import SubmitBatch, parse_json, parse_submit, read_body
+from web_service.store.functions import SubmitCheck
 from web_service.store.models import new_id
 from web_service.taskstore import idempotency
 from web_service.taskstore.tasks import enqueue, new_task_ids
@@ -101,9 +105,14 @@ async def queue_batch(
     retry = False
     redis_key = fingerprint = ""
     ttl_s = context.settings.idempotency_ttl_s
+    # On one Redis, a batch into a group that exists claims its key in the same script call
+    # as its writes (one round trip, not two). A new group's row is written only once the
+    # key is claimed, so a retry answered from the key leaves no empty group behind.
+    fold = key is not None and batch.task_group_id is not None and not is_cluster(context.redis)
     if key is not None:
         redis_key = context.keys.idempotency(caller.user_id, key)
         fingerprint = idempotency.fingerprint(endpoint_id, body)
+    if key is not None and not fold:
         claimed = await idempotency.claim(context.redis, redis_key, fingerprint, plan, ttl_s=ttl_s)
         if claimed.answer is not None:
             return claimed.answer
@@ -114,26 +123,59 @@ async def queue_batch(
         )
         if task_group_id is None:
             raise not_found("task_group", str(batch.task_group_id))
-        await enqueue(
-            context.redis,
-            context.keys,
-            user_id=caller.user_id,
-            endpoint_id=endpoint_id,
-            task_group_id=task_group_id,
-            tasks=batch.tasks,
-            task_ids=plan["task_ids"],
-            codes=check.codes,
-            result_ttl_s=context.settings.result_ttl_s,
-            result_strategies=batch.result_strategies,
-            remember=(redis_key, idempotency.answered(fingerprint, plan), ttl_s) if key else None,
-            retry=retry,
-        )
+        found = await _enqueue(context, caller, endpoint_id, batch, task_group_id, plan, check,
+                               claim=fold, retry=retry, fingerprint=fingerprint,
+                               redis_key=redis_key)  # fmt: skip
+        if found is not None:  # the key was held already: nothing was queued
+            claimed = await idempotency.held(
+                context.redis, redis_key, fingerprint, found, ttl_s=ttl_s
+            )
+            if claimed.answer is not None:
+                return claimed.answer
+            plan, retry = claimed.plan, True
+            await _enqueue(context, caller, endpoint_id, batch, task_group_id, plan, check,
+                           retry=True, fingerprint=fingerprint, redis_key=redis_key)  # fmt: skip
     except BaseException:
         if key is not None:
             await idempotency.abandon(context.redis, redis_key, fingerprint, plan, ttl_s=ttl_s)
         raise
     context.metrics.tasks_submitted.inc(len(batch.tasks))
     return plan
+
+
+async def _enqueue(
+    context: AppContext,
+    caller: Caller,
+    endpoint_id: str,
+    batch: SubmitBatch,
+    task_group_id: str,
+    plan: SubmitResponse,
+    check: SubmitCheck,
+    *,
+    fingerprint: str,
+    redis_key: str,
+    claim: bool = False,
+    retry: bool = False,
+) -> str | None:
+    """Queue ``plan``'s tasks; with a key (``redis_key``), leave the answer in its record, and
+    with ``claim`` claim it first in the same round trip (the record found instead, if any)."""
+    ttl_s = context.settings.idempotency_ttl_s
+    answer = idempotency.answered(fingerprint, plan)
+    return await enqueue(
+        context.redis,
+        context.keys,
+        user_id=caller.user_id,
+        endpoint_id=endpoint_id,
+        task_group_id=task_group_id,
+        tasks=batch.tasks,
+        task_ids=plan["task_ids"],
+        codes=check.codes,
+        result_ttl_s=context.settings.result_ttl_s,
+        result_strategies=batch.result_strategies,
+        remember=(redis_key, answer, ttl_s) if redis_key else None,
+        retry=retry,
+        claim=(redis_key, idempotency.underway(fingerprint, plan), ttl_s) if claim else None,
+    )
 
 
 routes = [Route("/v1/endpoints/{endpoint_id}/submit", submit, methods=["POST"])]

@@ -2,7 +2,8 @@
 task twice.
 
 The first request with a key claims ``keys.idempotency(user_id, key)`` with ``SET NX GET``
-(one round trip, only when the header is present) *before* anything is queued. The claim
+*before* anything is queued: on one Redis in the same script call as the submit's writes,
+which it then skips (no round trip of its own); else one round trip before them. The claim
 holds the request's fingerprint and its *plan*, the task group and task ids it is about to
 queue, and says "underway" until a deadline :data:`CLAIM_TTL_S` ahead. The submit pipeline
 then overwrites it with the answer (the same ids), kept for ``idempotency_ttl_s``. So:
@@ -77,7 +78,11 @@ def answered(request_fingerprint: str, response: SubmitResponse) -> str:
     return json.dumps({"fingerprint": request_fingerprint, "response": response})
 
 
-def _underway(request_fingerprint: str, plan: SubmitResponse, until: float) -> str:
+def underway(request_fingerprint: str, plan: SubmitResponse, until: float | None = None) -> str:
+    """The claim of a request about to queue ``plan``: underway until ``until`` (default:
+    :data:`CLAIM_TTL_S` from now)."""
+    if until is None:
+        until = time.time() + CLAIM_TTL_S
     return json.dumps(
         {"fingerprint": request_fingerprint, "response": None, "plan": plan, "until": until}
     )
@@ -99,11 +104,20 @@ async def claim(
     Raises 409 while the first request with the key is underway, 422 when the key was used
     for a different request.
     """
-    pending = _underway(request_fingerprint, plan, time.time() + CLAIM_TTL_S)
-    previous = await redis.set(key, pending, nx=True, ex=ttl_s, get=True)
+    previous = await redis.set(
+        key, underway(request_fingerprint, plan), nx=True, ex=ttl_s, get=True
+    )
     if previous is None:
         return Claim(plan)
-    record: Any = json.loads(str(previous))
+    return await held(redis, key, request_fingerprint, str(previous), ttl_s=ttl_s)
+
+
+async def held(
+    redis: RedisClient, key: str, request_fingerprint: str, previous: str, *, ttl_s: int
+) -> Claim:
+    """:func:`claim`'s answer when ``key`` already held ``previous`` (a claim made with the
+    submit's own writes finds that too, and queued nothing)."""
+    record: Any = json.loads(previous)
     if record.get("fingerprint") != request_fingerprint:
         raise ApiError(
             422,
@@ -111,15 +125,15 @@ async def claim(
             "this Idempotency-Key was used for a different request; use a new key",
         )
     if record.get("response") is not None:
-        return Claim(plan, answer=_response(record["response"]))
+        answer = _response(record["response"])
+        return Claim(answer, answer=answer)
     earlier = record.get("plan")
     if earlier is None or float(record.get("until", 0)) > time.time():
         raise retry_later(
             409, "CONFLICT", "a request with this Idempotency-Key is underway", RETRY_AFTER_S
         )
     taken = _response(earlier)
-    pending = _underway(request_fingerprint, taken, time.time() + CLAIM_TTL_S)
-    await redis.set(key, pending, xx=True, ex=ttl_s)
+    await redis.set(key, underway(request_fingerprint, taken), xx=True, ex=ttl_s)
     return Claim(taken, retry=True)
 
 
@@ -129,4 +143,4 @@ async def abandon(
     """Mark the claim of a batch that could not be queued as abandoned, so a retry takes its
     plan over at once. Best effort: with Redis away the claim's deadline passes by itself."""
     with contextlib.suppress(RedisError):
-        await redis.set(key, _underway(request_fingerprint, plan, 0.0), xx=True, ex=ttl_s)
+        await redis.set(key, underway(request_fingerprint, plan, 0.0), xx=True, ex=ttl_s)

@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from sdk.keys import Keys
 from sdk.messages import TaskInfo, TaskSpec, task_info
 from sdk.states import TaskState
-from service_common.lua import Lua
+from service_common.lua import Lua, execute_pipeline, slot_groups
 from service_common.redis_client import RedisClient
 from web_service.store.models import is_id
 
@@ -47,6 +47,59 @@ first id is there already (one ``RPUSH`` per thousand ids, so a batch is all the
 APPEND_ONCE = Lua(APPEND_ONCE_SCRIPT, keys=["task_group_tasks"])
 
 
+ENQUEUE_SCRIPT = """
+local mode, pending, answer, idem_ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local user, endpoint, group, waiting = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local created, list_ttl, n_extra = ARGV[9], ARGV[10], tonumber(ARGV[11])
+local at = 12 + n_extra
+local n = (#ARGV - at + 1) / 4
+local idem = KEYS[3 + n]
+if mode == 'claim' then
+  local previous = redis.call('SET', idem, pending, 'NX', 'GET', 'EX', idem_ttl)
+  if previous then
+    return {0, previous}
+  end
+elseif mode == 'held' and redis.call('GET', idem) ~= pending then
+  return {2, ''}
+end
+local ids = {}
+for k = 1, n do
+  local task_id, fid, walltime = ARGV[at], ARGV[at + 1], ARGV[at + 3]
+  redis.call('HSET', KEYS[2 + k], 'user_id', user, 'endpoint_id', endpoint, 'function_id', fid,
+    'task_group_id', group, 'state', waiting, 'created_at', created)
+  local entry = {'task_id', task_id, 'function_id', fid, 'task_group_id', group,
+    'payload', ARGV[at + 2]}
+  for i = 1, n_extra do
+    entry[8 + i] = ARGV[11 + i]
+  end
+  if walltime ~= '' then
+    entry[#entry + 1] = 'walltime_s'
+    entry[#entry + 1] = walltime
+  end
+  redis.call('XADD', KEYS[1], '*', unpack(entry))
+  ids[k] = task_id
+  at = at + 4
+end
+redis.call('RPUSH', KEYS[2], unpack(ids))
+redis.call('EXPIRE', KEYS[2], list_ttl)
+if answer ~= '' then
+  redis.call('SET', idem, answer, 'XX', 'EX', idem_ttl)
+end
+return {1, ''}
+"""
+"""One Redis only. KEYS: the endpoint's stream, the task group's list, the task hashes, then
+the Idempotency-Key record when ARGV[1] is not empty. ARGV: the mode (``claim``: ``SET NX
+GET`` the record first and queue nothing if it was there; ``held``: queue only while the
+record is this request's claim; empty: no key), the claim, the answer to leave in the record
+after queueing (empty: none), the record's ttl, then user id, endpoint id, task group id,
+waiting state, ``created_at``, the list's ttl, the number of the entries' extra items and
+them, then per task its id, function id, payload and ``walltime_s`` (empty: none). Writes the
+same hashes, entries and list items as :func:`enqueue`'s pipeline, atomically. Returns ``{1,
+''}`` when queued, ``{0, record}`` when the claim found ``record``, ``{2, ''}`` when the
+claim is no longer this request's."""
+
+ENQUEUE = Lua(ENQUEUE_SCRIPT, keys=["endpoint_tasks", "task_group_tasks"], one_node=True)
+
 _VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 
 
@@ -76,8 +129,16 @@ async def enqueue(
     result_strategies: Sequence[str] = (),
     remember: tuple[str, str, int] | None = None,
     retry: bool = False,
-) -> None:
+    claim: tuple[str, str, int] | None = None,
+) -> str | None:
     """Queue ``tasks`` under ``task_ids`` on the endpoint's stream in one pipelined round trip.
+
+    On one Redis (not a cluster, not a ``retry``) the writes are :data:`ENQUEUE` script calls
+    (one per :data:`~service_common.lua.MAX_UNITS` tasks): the per-task commands cost the web
+    service redis-py's packing and reply parsing each, the script's arguments do not. There
+    ``claim`` as ``(key, record, ttl_s)`` also claims an Idempotency-Key in the same round
+    trip (``SET NX GET``, see :mod:`web_service.taskstore.idempotency`): when the key holds a
+    record already, nothing is queued and that record is returned. Otherwise returns None.
 
     The pipeline first re-``SET NX``es the code of every function in ``codes`` (so a cache
     that Redis evicted heals before an agent asks for it), then per task writes its hash
@@ -102,6 +163,12 @@ async def enqueue(
     is only acknowledged (the start script in ``service_common.tasks.stream`` remembers the
     entry that started a task), so a retried submit runs no task twice.
     """
+    if task_ids and (claim is not None or not (retry or isinstance(redis, aioredis.RedisCluster))):
+        return await _enqueue_one_node(
+            redis, keys, user_id=user_id, endpoint_id=endpoint_id, task_group_id=task_group_id,
+            tasks=tasks, task_ids=task_ids, codes=codes, result_ttl_s=result_ttl_s,
+            result_strategies=result_strategies, claim=claim, remember=remember,
+        )  # fmt: skip
     created_at = str(time.time_ns() // 1000)  # microseconds: see sdk.messages
     # One pipeline on one Redis, which runs it in order. A cluster pipeline sends each node
     # its part at once, so there the phases go in turn: the hashes (and the group's list)
@@ -151,6 +218,61 @@ async def enqueue(
         key, value, ttl_s = remember
         pipe.set(key, value, xx=True, ex=ttl_s)
     await pipe.execute()
+    return None
+
+
+async def _enqueue_one_node(
+    redis: RedisClient,
+    keys: Keys,
+    *,
+    user_id: str,
+    endpoint_id: str,
+    task_group_id: str,
+    tasks: Sequence[TaskSpec],
+    task_ids: Sequence[str],
+    codes: Mapping[str, str],
+    result_ttl_s: int,
+    result_strategies: Sequence[str],
+    claim: tuple[str, str, int] | None,
+    remember: tuple[str, str, int] | None,
+) -> str | None:
+    """:func:`enqueue` on one Redis: one pipeline of :data:`ENQUEUE` calls."""
+    pipe = redis.pipeline(transaction=False)
+    for function_id, code in codes.items():
+        pipe.set(keys.function_code(function_id), code, nx=True)
+    extra: list[str] = []
+    if result_strategies:
+        extra += ["result_serializers", ",".join(result_strategies)]
+    idem_key, pending, ttl_s = "", "", 0
+    if claim is not None:
+        idem_key, pending, ttl_s = claim
+    elif remember is not None:
+        idem_key, _, ttl_s = remember
+    if claim is not None and remember is not None and remember[0] != claim[0]:
+        raise ValueError("claim and remember name different Idempotency-Key records")
+    head = [
+        "", pending, "", str(ttl_s), user_id, endpoint_id, task_group_id,
+        TaskState.WAITING.value, str(time.time_ns() // 1000), str(result_ttl_s),
+        str(len(extra)), *extra,
+    ]  # fmt: skip
+    stream, group_tasks = keys.endpoint_tasks(endpoint_id), keys.task_group_tasks(task_group_id)
+    calls = slot_groups(redis, task_ids)  # one Redis: runs of at most MAX_UNITS
+    for n, call in enumerate(calls):
+        head[0] = ("claim" if n == 0 else "held") if claim is not None else ""
+        head[2] = remember[1] if remember is not None and n == len(calls) - 1 else ""
+        args = list(head)
+        call_keys = [stream, group_tasks]
+        for i in call:
+            spec = tasks[i]
+            walltime = repr(spec["walltime_s"]) if "walltime_s" in spec else ""
+            args += [task_ids[i], spec["function_id"], spec["payload"], walltime]
+            call_keys.append(keys.task(task_ids[i]))
+        if head[0] or head[2]:
+            call_keys.append(idem_key)
+        await ENQUEUE(keys=call_keys, args=args, client=pipe)
+    replies = await execute_pipeline(pipe)
+    code, found = replies[len(codes)]
+    return str(found) if int(code) == 0 else None
 
 
 async def store_function_code(redis: RedisClient, keys: Keys, function_id: str, code: str) -> None:
