@@ -1,6 +1,10 @@
-"""Settling outcomes: a batch of completions written in two pipelined round trips.
+"""Settling outcomes: a batch of completions written in one round trip on one Redis, in
+three on a Redis Cluster.
 
-Shared by the endpoint agent's batched writer and the gateway (docs/internals.md):
+Shared by the endpoint agent's batched writer and the gateway (docs/internals.md). On one
+Redis both steps below are one script call per batch (:data:`SETTLE_ONE_NODE`, atomic, so no
+``notice_pending`` is ever left between them); on a Redis Cluster, whose scripts take one
+slot's keys, they go as follows:
 
 1. *Settle*, one batch script over the tasks' hashes (one call per hash slot on a Redis
    Cluster; one call for the batch on one Redis): per task, only if the task is still
@@ -55,7 +59,7 @@ from typing import Protocol
 from sdk.keys import AGENT_GROUP, Keys
 from sdk.messages import ExceptionRecord
 from sdk.states import TaskState
-from service_common.lua import Lua, execute_pipeline, slot_groups
+from service_common.lua import Lua, execute_pipeline, is_cluster, slot_groups
 from service_common.redis_client import RedisClient
 
 log = logging.getLogger(__name__)
@@ -125,6 +129,62 @@ ANNOUNCE = Lua(ANNOUNCE_SCRIPT, keys=["task_group_results", "task_group_noticed"
 notices, then per notice the count of its field/value items followed by them (``task_id``
 first). Appends each notice whose task is not yet in the set, adds the task; returns per
 notice the id appended, or "" for a task already announced."""
+
+SETTLE_ONE_NODE_SCRIPT = """
+local running, ttl, agent, group = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local out, acked = {}, {}
+local at = 5
+for k = 1, (#KEYS - 1) / 3 do
+  local key, results, noticed = KEYS[3 * k - 1], KEYS[3 * k], KEYS[3 * k + 1]
+  local entry, attempt, nf = ARGV[at], ARGV[at + 1], tonumber(ARGV[at + 2])
+  local fields_at = at + 3
+  local nn = tonumber(ARGV[fields_at + nf])
+  local notice_at = fields_at + nf + 1
+  at = notice_at + nn
+  local status = 1
+  if attempt ~= '' then
+    local f = redis.call('HMGET', key, 'state', 'attempts', 'agent')
+    if f[2] ~= attempt or f[3] ~= agent then
+      status = 0
+    elseif f[1] == running then
+      redis.call('HSET', key, unpack(ARGV, fields_at, fields_at + nf - 1))
+      redis.call('EXPIRE', key, ttl)
+    elseif redis.call('HEXISTS', key, 'notice_pending') == 0 then
+      status = 2
+    end
+  end
+  local id = ''
+  if status == 1 and nn > 0 then
+    if redis.call('SADD', noticed, ARGV[notice_at + 1]) == 1 then
+      id = redis.call('XADD', results, '*', unpack(ARGV, notice_at, notice_at + nn - 1))
+    end
+    redis.call('EXPIRE', results, ttl)
+    redis.call('EXPIRE', noticed, ttl)
+    redis.call('HDEL', key, 'notice_pending')
+  end
+  if status ~= 0 then
+    acked[#acked + 1] = entry
+  end
+  out[2 * k - 1] = status
+  out[2 * k] = id
+end
+if #acked > 0 then
+  redis.call('XACK', KEYS[1], group, unpack(acked))
+  redis.call('XDEL', KEYS[1], unpack(acked))
+end
+return out
+"""
+
+SETTLE_ONE_NODE = Lua(SETTLE_ONE_NODE_SCRIPT, keys=["endpoint_tasks"], one_node=True)
+"""One Redis only: both steps at once, for a batch. KEYS: the endpoint's stream, then per
+completion its task hash, its group's results stream and ``noticed`` set. ARGV: running
+state, ttl, agent, the agents' consumer group, then per completion: its entry id, the attempt
+(empty: no outcome, only acknowledge), the number of its hash field/value items and them, the
+number of its notice's items and them (none: no notice). Writes what :data:`SETTLE` would,
+but no ``notice_pending`` (nothing comes between the write and the notice), appends each
+notice unless the group's set has the task, acknowledges and deletes the entries of every
+completion still this agent's. Returns two items per completion: its status (as
+:data:`SETTLE`'s) and the id of the notice appended now ("" when none)."""
 
 INLINE_MAX_CHARS = 4096
 """Outcomes up to this many characters (result, exception JSON, stdout, stderr together)
@@ -197,19 +257,25 @@ class Settler:
         ``announced`` is called with both lists as soon as the notices are in, before the
         last round trip (``notice_pending`` cleared, entries acknowledged): what it pushes
         reaches a waiting client one round trip sooner. A retry after a failure of that last
-        round trip appends no notice again, so it announces nothing twice."""
+        round trip appends no notice again, so it announces nothing twice.
+
+        On one Redis the whole batch is one :data:`SETTLE_ONE_NODE` call per
+        :data:`~service_common.lua.MAX_UNITS` completions: one round trip, not three."""
+        if not is_cluster(self._redis):
+            written, notice_ids = await self._settle_one_node(batch, agent)
+            for c, status in zip(batch, written, strict=True):
+                if status == NOT_OURS:
+                    _log_not_ours(c, agent)
+            if announced is not None:
+                announced(written, notice_ids)
+            return written, notice_ids
         written = await self._settle_all(batch, agent)
         notices: dict[str, list[tuple[int, dict[str, str]]]] = {}  # group -> batch index, notice
         settled: list[str] = []
         unpend: list[str] = []  # task hashes whose notice_pending goes
         for i, (c, status) in enumerate(zip(batch, written, strict=True)):
             if status == NOT_OURS:
-                log.warning(
-                    "task %s is no longer agent %s's (its lease lapsed); its outcome is "
-                    "dropped and its entry left to the agent that holds it",
-                    c.task_id,
-                    agent,
-                )
+                _log_not_ours(c, agent)
                 continue
             state = str(c.outcome.state) if c.outcome is not None else c.pending_notice
             if state and status == WRITTEN:
@@ -250,6 +316,40 @@ class Settler:
             await execute_pipeline(pipe)
         return written, notice_ids
 
+    async def _settle_one_node(
+        self, batch: Sequence[Completion], agent: str
+    ) -> tuple[list[int], list[str]]:
+        now = f"{time.time():.6f}"
+        head = [str(TaskState.RUNNING), str(self._ttl_s), agent, AGENT_GROUP]
+        task_keys = [self._keys.task(c.task_id) for c in batch]
+        calls = slot_groups(self._redis, task_keys)  # one Redis: runs of at most MAX_UNITS
+        pipe = self._redis.pipeline(transaction=False)
+        for call in calls:
+            keys = [self._stream]
+            args = list(head)
+            for i in call:
+                c = batch[i]
+                keys += [
+                    task_keys[i],
+                    self._keys.task_group_results(c.task_group_id),
+                    self._keys.task_group_noticed(c.task_group_id),
+                ]
+                fields = [] if c.outcome is None else _fields(c.outcome, now)
+                state = str(c.outcome.state) if c.outcome is not None else c.pending_notice
+                notice: list[str] = []
+                if state and c.task_group_id:
+                    items = notice_fields(c.task_id, state, c.outcome).items()
+                    notice = [part for pair in items for part in pair]
+                attempt = "" if c.outcome is None else str(c.attempt)
+                args += [c.entry_id, attempt, str(len(fields)), *fields, str(len(notice)), *notice]
+            await SETTLE_ONE_NODE(keys=keys, args=args, client=pipe)
+        written = [NOT_OURS] * len(batch)
+        notice_ids = [""] * len(batch)
+        for call, reply in zip(calls, await execute_pipeline(pipe), strict=True):
+            for i, status, notice_id in zip(call, reply[::2], reply[1::2], strict=True):
+                written[i], notice_ids[i] = int(status), str(notice_id)
+        return written, notice_ids
+
     async def _settle_all(self, batch: Sequence[Completion], agent: str) -> list[int]:
         """Step 1: write the outcomes."""
         outcomes = [c for c in batch if c.outcome is not None]
@@ -274,6 +374,15 @@ class Settler:
                 codes[i] = int(code)
         found = iter(codes)
         return [WRITTEN if c.outcome is None else next(found) for c in batch]
+
+
+def _log_not_ours(c: Completion, agent: str) -> None:
+    log.warning(
+        "task %s is no longer agent %s's (its lease lapsed); its outcome is dropped and its "
+        "entry left to the agent that holds it",
+        c.task_id,
+        agent,
+    )
 
 
 def notice_fields(task_id: str, state: str, outcome: OutcomeFields | None) -> dict[str, str]:

@@ -10,12 +10,15 @@ import os
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from endpoint_agent import Agent, AgentSettings
 from sdk.keys import AGENT_GROUP
+from sdk.messages import ExceptionRecord
 from sdk.states import TaskState
+from service_common.tasks.settle import ANNOUNCED, NOT_OURS, WRITTEN, Completion, Settler
 from service_common.tasks.stream import Start, TaskEntry, TaskStream
 from tests.agent.gateway_stack import (
     GatewayEndpoint,
@@ -182,6 +185,52 @@ async def test_one_start_call_answers_each_task_of_its_batch_on_its_own(
     assert await stream.start(batch[2:3], started_at="200.000001") == [
         Start(run=True, attempt=2)  # a redelivery of the same entry, later: counted
     ]
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    state: TaskState
+    result: str | None = None
+    exception: ExceptionRecord | None = None
+    stdout: str = ""
+    stderr: str = ""
+
+
+async def test_one_settle_call_writes_announces_and_acknowledges_a_batch(
+    endpoint: GatewayEndpoint,
+) -> None:
+    """On one Redis a batch settles in one script call: outcomes written, notices appended,
+    entries acknowledged, except a task that is no longer the agent's; the call retried
+    after a lost reply appends no notice twice."""
+    square = await endpoint.register(SQUARE)
+    ids = await endpoint.submit_many(square, [((i,), {}) for i in range(3)])
+    stream = TaskStream(endpoint.redis, endpoint.keys, endpoint.endpoint_id, "ghost")
+    await stream.ensure_group()
+    read: Any = await endpoint.redis.xreadgroup(AGENT_GROUP, "ghost", {endpoint.stream: ">"})
+    entry_of = {fields["task_id"]: entry_id for entry_id, fields in read[0][1]}
+    group = (await endpoint.task(ids[0]))["task_group_id"]
+    entries = [TaskEntry(entry_of[t], t, square, group, "") for t in ids]
+    assert [s.attempt for s in await stream.start(entries)] == [1, 1, 1]
+    await endpoint.redis.hset(endpoint.keys.task(ids[2]), "agent", "other")  # claimed since
+    settler = Settler(endpoint.redis, endpoint.keys, endpoint.endpoint_id, result_ttl_s=60)
+    batch = [
+        Completion(entry_of[t], t, group, _Outcome(TaskState.SUCCESS, f"11\n{i}"), 1)
+        for i, t in enumerate(ids)
+    ]
+    written, notices = await settler.write_with_notices(batch, agent="ghost")
+    assert written == [WRITTEN, WRITTEN, NOT_OURS]
+    assert notices[0] and notices[1] and not notices[2]
+    assert await settler.write_with_notices(batch, agent="ghost") == (
+        [ANNOUNCED, ANNOUNCED, NOT_OURS],
+        ["", "", ""],
+    )
+    assert sorted(await endpoint.notices()) == sorted((t, TaskState.SUCCESS) for t in ids[:2])
+    for t in ids[:2]:
+        fields = await endpoint.task(t)
+        assert (fields["state"], "notice_pending" in fields) == ("success", False)
+        assert 0 < await endpoint.redis.ttl(endpoint.keys.task(t)) <= 60
+    pending: Any = await endpoint.redis.xpending_range(endpoint.stream, AGENT_GROUP, "-", "+", 9)
+    assert [p["message_id"] for p in pending] == [entry_of[ids[2]]]  # left to its holder
 
 
 async def test_a_stopping_agent_hands_tasks_back_for_another_at_once(
