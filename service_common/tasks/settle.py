@@ -132,7 +132,7 @@ notice the id appended, or "" for a task already announced."""
 
 SETTLE_ONE_NODE_SCRIPT = """
 local running, ttl, agent, group = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local out, acked = {}, {}
+local out, acked, touched = {}, {}, {}
 local at = 5
 for k = 1, (#KEYS - 1) / 3 do
   local key, results, noticed = KEYS[3 * k - 1], KEYS[3 * k], KEYS[3 * k + 1]
@@ -141,15 +141,17 @@ for k = 1, (#KEYS - 1) / 3 do
   local nn = tonumber(ARGV[fields_at + nf])
   local notice_at = fields_at + nf + 1
   at = notice_at + nn
-  local status = 1
-  if attempt ~= '' then
-    local f = redis.call('HMGET', key, 'state', 'attempts', 'agent')
+  local status, pending = 1, attempt == ''
+  if not pending then
+    local f = redis.call('HMGET', key, 'state', 'attempts', 'agent', 'notice_pending')
     if f[2] ~= attempt or f[3] ~= agent then
       status = 0
     elseif f[1] == running then
       redis.call('HSET', key, unpack(ARGV, fields_at, fields_at + nf - 1))
       redis.call('EXPIRE', key, ttl)
-    elseif redis.call('HEXISTS', key, 'notice_pending') == 0 then
+    elseif f[4] then
+      pending = true
+    else
       status = 2
     end
   end
@@ -158,15 +160,20 @@ for k = 1, (#KEYS - 1) / 3 do
     if redis.call('SADD', noticed, ARGV[notice_at + 1]) == 1 then
       id = redis.call('XADD', results, '*', unpack(ARGV, notice_at, notice_at + nn - 1))
     end
-    redis.call('EXPIRE', results, ttl)
-    redis.call('EXPIRE', noticed, ttl)
-    redis.call('HDEL', key, 'notice_pending')
+    touched[results] = noticed
+    if pending then
+      redis.call('HDEL', key, 'notice_pending')
+    end
   end
   if status ~= 0 then
     acked[#acked + 1] = entry
   end
   out[2 * k - 1] = status
   out[2 * k] = id
+end
+for results, noticed in pairs(touched) do
+  redis.call('EXPIRE', results, ttl)
+  redis.call('EXPIRE', noticed, ttl)
 end
 if #acked > 0 then
   redis.call('XACK', KEYS[1], group, unpack(acked))
