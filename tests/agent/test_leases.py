@@ -10,13 +10,11 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from endpoint_agent import Agent, AgentSettings
 from sdk.keys import AGENT_GROUP
-from sdk.messages import ExceptionRecord
 from sdk.states import TaskState
 from service_common.tasks.settle import ANNOUNCED, NOT_OURS, WRITTEN, Completion, Settler
 from service_common.tasks.stream import Start, TaskEntry, TaskStream
@@ -28,6 +26,7 @@ from tests.agent.gateway_stack import (
     ws_url,
 )
 from tests.agent.helpers import HOLD, Gate, source_code
+from tests.amqp.helpers import FakeOutcome
 
 SQUARE = source_code("square", "def square(x):\n    return x * x\n")
 HOUR_MS = 3_600_000
@@ -187,15 +186,6 @@ async def test_one_start_call_answers_each_task_of_its_batch_on_its_own(
     ]
 
 
-@dataclass(frozen=True)
-class _Outcome:
-    state: TaskState
-    result: str | None = None
-    exception: ExceptionRecord | None = None
-    stdout: str = ""
-    stderr: str = ""
-
-
 async def test_one_settle_call_writes_announces_and_acknowledges_a_batch(
     endpoint: GatewayEndpoint,
 ) -> None:
@@ -214,7 +204,7 @@ async def test_one_settle_call_writes_announces_and_acknowledges_a_batch(
     await endpoint.redis.hset(endpoint.keys.task(ids[2]), "agent", "other")  # claimed since
     settler = Settler(endpoint.redis, endpoint.keys, endpoint.endpoint_id, result_ttl_s=60)
     batch = [
-        Completion(entry_of[t], t, group, _Outcome(TaskState.SUCCESS, f"11\n{i}"), 1)
+        Completion(entry_of[t], t, group, FakeOutcome(TaskState.SUCCESS, f"11\n{i}"), 1)
         for i, t in enumerate(ids)
     ]
     written, notices = await settler.write_with_notices(batch, agent="ghost")
