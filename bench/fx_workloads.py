@@ -196,10 +196,16 @@ def seed(figures: Figures, deployment: Deployment, s: BenchSettings) -> None:
     figures.add("seed", FXBROKER, variant, "wall", wall, unit="s", better="lower")
 
 
-def async_concurrency(
-    figures: Figures, deployment: Deployment, endpoint: str, n: int, variant: str, s: BenchSettings
-) -> None:
-    """``n`` ``async def`` tasks each awaiting ``asyncio.sleep(1)``, all gathered at once."""
+def async_wall(
+    deployment: Deployment,
+    endpoint: str,
+    n: int,
+    s: BenchSettings,
+    *,
+    meter: AbstractContextManager[object] | None = None,
+) -> float:
+    """Seconds until ``n`` ``async def`` tasks each awaiting ``asyncio.sleep(1)``, all
+    gathered at once, have returned; ``meter`` as in :func:`executor_wall`."""
 
     async def measure() -> float:
         async with AsyncClient(deployment.url, deployment.token, ws_url=deployment.ws_url,
@@ -207,13 +213,21 @@ def async_concurrency(
             await asyncio.wait_for(fx.run(function_id=await fx.register_function(tasks.noop)),
                                    s.task_timeout_s)  # fmt: skip
             fid = await fx.register_function(tasks.async_sleep_1s)
-            start = time.perf_counter()
-            runs = [fx.run(function_id=fid) for _ in range(n)]
-            await asyncio.wait_for(asyncio.gather(*runs), s.task_timeout_s)
-            return time.perf_counter() - start
+            with meter or contextlib.nullcontext():
+                start = time.perf_counter()
+                runs = [fx.run(function_id=fid) for _ in range(n)]
+                await asyncio.wait_for(asyncio.gather(*runs), s.task_timeout_s)
+                return time.perf_counter() - start
 
-    figures.add("async", FXBROKER, variant, "wall", asyncio.run(measure()), unit="s",
-                better="lower")  # fmt: skip
+    return asyncio.run(measure())
+
+
+def async_concurrency(
+    figures: Figures, deployment: Deployment, endpoint: str, n: int, variant: str, s: BenchSettings
+) -> None:
+    """``n`` ``async def`` tasks each awaiting ``asyncio.sleep(1)``, all gathered at once."""
+    figures.add("async", FXBROKER, variant, "wall", async_wall(deployment, endpoint, n, s),
+                unit="s", better="lower")  # fmt: skip
 
 
 def submission(figures: Figures, deployment: Deployment, s: BenchSettings) -> None:

@@ -17,6 +17,10 @@ primaries). The Redis is a private ``redis-server`` (a private cluster of three 
 ``--redis-cluster``) unless ``--redis-url`` is given, so no other client's commands or CPU
 are counted. Each figure is the median of ``--repeat`` samples on one running platform.
 
+``--async-sleep`` runs the async row's tasks instead (``async def`` awaiting
+``asyncio.sleep(1)``, all ``--tasks`` gathered at once by one ``AsyncClient``, on the same
+agent, whose 1,000 async slots take them at once); the wall is then printed in seconds.
+
 ``--py-spy DIR`` adds one more sample, not counted, with ``py-spy record`` attached to the ws
 and agent processes, and prints the functions with the most own time in each (the raw
 collapsed stacks are left in ``DIR``). Linux only (``/proc``).
@@ -161,11 +165,18 @@ def service_pids(platform_: Platform) -> dict[str, int]:
 
 
 def _sample(
-    d: Deployment, pids: dict[str, int], s: BenchSettings, payload: bytes | None = None
+    d: Deployment,
+    pids: dict[str, int],
+    s: BenchSettings,
+    payload: bytes | None = None,
+    *,
+    sleeping: bool = False,
 ) -> tuple[float, CpuMeter]:
     meter = CpuMeter(pids, d.redis_url)
     n = s.throughput_tasks
-    if payload is None:
+    if sleeping:
+        wall = fx.async_wall(d, fx.PROCESS, n, s, meter=meter)
+    elif payload is None:
         wall = fx.executor_wall(d, fx.PROCESS, tasks.noop, n, s, meter=meter)
     else:
         wall = fx.executor_wall(
@@ -215,7 +226,13 @@ def _spy(pid: int, raw_path: Path) -> subprocess.Popen[bytes]:
 
 
 def _profiled(
-    d: Deployment, pids: dict[str, int], s: BenchSettings, out: Path, payload: bytes | None
+    d: Deployment,
+    pids: dict[str, int],
+    s: BenchSettings,
+    out: Path,
+    payload: bytes | None,
+    *,
+    sleeping: bool = False,
 ) -> None:
     out.mkdir(parents=True, exist_ok=True)
     targets = {role: pids[role] for role in ("web", "ws (gateway)", "agent")}
@@ -224,7 +241,7 @@ def _profiled(
         targets[f"worker{i}"] = pid
     spies = {role: _spy(pid, out / f"{role.split()[0]}.txt") for role, pid in targets.items()}
     try:
-        _sample(d, pids, s, payload)
+        _sample(d, pids, s, payload, sleeping=sleeping)
     finally:
         for proc in spies.values():
             proc.send_signal(signal.SIGINT)
@@ -240,12 +257,19 @@ def _profiled(
 
 
 def render(
-    rows: list[tuple[float, dict[str, float], Counter[str]]], n: int, payload_bytes: int = 0
+    rows: list[tuple[float, dict[str, float], Counter[str]]],
+    n: int,
+    payload_bytes: int = 0,
+    *,
+    sleeping: bool = False,
 ) -> str:
     """The table: median CPU µs per task by role, wall tasks/s, Redis commands per task."""
     med = {r: statistics.median(us[r] for _, us, _ in rows) for r in ROLES}
     what = f"echo tasks of {payload_bytes:,} bytes" if payload_bytes else "no-op tasks"
-    lines = [f"hop cost: {n:,} {what}, Executor -> web -> gateway -> agent (process x2), "
+    client = "Executor"
+    if sleeping:
+        what, client = "async def tasks awaiting asyncio.sleep(1)", "AsyncClient gather"
+    lines = [f"hop cost: {n:,} {what}, {client} -> web -> gateway -> agent (process x2), "
              f"median of {len(rows)}", f"{'process':<16}{'CPU us/task':>12}  samples"]  # fmt: skip
     for role in ROLES:
         samples = ", ".join(f"{us[role]:.0f}" for _, us, _ in rows)
@@ -256,6 +280,10 @@ def render(
     rates = [rate for rate, _, _ in rows]
     lines.append(f"wall: {statistics.median(rates):.0f} tasks/s  "
                  f"({', '.join(f'{r:.0f}' for r in rates)})")  # fmt: skip
+    if sleeping:
+        walls = [n / rate for rate in rates]
+        lines.append(f"wall: {statistics.median(walls):.3f} s, the last 1 s of it asleep  "
+                     f"({', '.join(f'{w:.3f}' for w in walls)})")  # fmt: skip
     if payload_bytes:
         mbs = [rate * 2 * payload_bytes / 1e6 for rate in rates]
         lines.append(f"payload: {statistics.median(mbs):.1f} MB/s in and out  "
@@ -277,6 +305,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     add("--tasks", type=int, default=5_000, help="tasks per sample (default 5,000)")
     add("--payload", type=int, default=0, metavar="BYTES",
         help="echo tasks carrying BYTES random bytes each way instead of no-ops")  # fmt: skip
+    add("--async-sleep", action="store_true",
+        help="the async row's tasks instead: async def sleep(1), AsyncClient gather")  # fmt: skip
     add("--repeat", type=int, default=3, help="samples, median shown (default 3)")
     add("--redis-url", default=None, help="a Redis to use (default: a private redis-server)")
     add("--redis-cluster", action="store_true", help="run on a private Redis Cluster of 3 masters")
@@ -285,6 +315,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     s = BenchSettings.full(throughput_tasks=args.tasks, repeat=args.repeat)
     payload = os.urandom(args.payload) if args.payload else None
+    sleeping = bool(args.async_sleep)
+    if sleeping and payload is not None:
+        parser.error("--async-sleep and --payload are two workloads; choose one")
     workdir = Path(tempfile.mkdtemp(prefix="fxbroker-hop-cost-"))
     rows: list[tuple[float, dict[str, float], Counter[str]]] = []
     try:
@@ -293,13 +326,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             with platform_ as deployment:
                 pids = service_pids(platform_)
                 for i in range(s.repeat):
-                    rate, meter = _sample(deployment, pids, s, payload)
+                    rate, meter = _sample(deployment, pids, s, payload, sleeping=sleeping)
                     rows.append((rate, *meter.per_task_us(s.throughput_tasks)))
                     platform_.processes.check()
                     print(f"[{i + 1}/{s.repeat}] {rate:.0f} tasks/s", file=sys.stderr)
-                print(render(rows, s.throughput_tasks, args.payload), flush=True)
+                print(render(rows, s.throughput_tasks, args.payload, sleeping=sleeping),
+                      flush=True)  # fmt: skip
                 if args.py_spy is not None:
-                    _profiled(deployment, pids, s, args.py_spy, payload)
+                    _profiled(deployment, pids, s, args.py_spy, payload, sleeping=sleeping)
     except BaseException:
         print(f"the run failed; the logs of its processes are in {workdir}", file=sys.stderr)
         raise

@@ -85,3 +85,17 @@ def test_latency_split_prints_every_segment(redis_url: str, style: str) -> None:
     assert trip is not None and 0 < float(trip.group(1)) <= float(trip.group(2)), done.stdout
     cpu = re.search(r"^  sum +([\d.]+)  \((\d+)% of the mean round trip", done.stdout, re.MULTILINE)
     assert cpu is not None and float(cpu.group(1)) > 0, done.stdout  # 20 trips cost some CPU
+
+
+def test_hop_cost_of_the_async_row_prints_its_wall_beyond_the_sleep(redis_url: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.hop_cost", "--tasks", "200", "--repeat", "1",
+         "--async-sleep", "--redis-url", redis_url],
+        cwd=REPO, env=dict(os.environ), capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "async def tasks awaiting asyncio.sleep(1), AsyncClient gather" in done.stdout
+    wall = re.search(r"^wall: ([\d.]+) s, the last 1 s of it asleep", done.stdout, re.MULTILINE)
+    assert wall is not None and float(wall.group(1)) >= 1.0, done.stdout  # they did sleep
+    line = re.search(r"^agent +(\d+)  ", done.stdout, re.MULTILINE)
+    assert line is not None and int(line.group(1)) > 0, done.stdout
