@@ -230,6 +230,8 @@ class GatewayTransport:
                     **tls.connect_options(url, self._ssl),
                 ) as ws:
                     self._ws = ws
+                    if self._closing.is_set():  # stopped while connecting: nothing was closed
+                        return
                     await self._serve(ws)
                 failures = 0
                 if not self._closing.is_set():

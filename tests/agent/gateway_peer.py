@@ -54,6 +54,9 @@ class GatewayPeer:
     statuses: list[Status] = field(default_factory=list)
     hellos: list[Hello] = field(default_factory=list)
     refused_auth: int = 0
+    handshakes: int = 0
+    handshake_gate: asyncio.Event | None = None
+    """Set: every opening handshake waits for this event before it is answered."""
     max_in_hand: int = 0
     """Most tasks one connection held at once: handed without outcome plus unused credit."""
     handed: dict[str, DeliveryRef] = field(default_factory=dict)
@@ -120,7 +123,11 @@ class GatewayPeer:
     async def drain(self, grace_s: float | None) -> None:
         await self.send(Drain(grace_s))
 
-    def _auth(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _auth(self, connection: ServerConnection, request: Request) -> Response | None:
+        self.handshakes += 1
+        self.changed.set()
+        if self.handshake_gate is not None:
+            await self.handshake_gate.wait()
         if request.path != AGENT_PATH:
             return connection.respond(http.HTTPStatus.NOT_FOUND, "no route\n")
         if Headers(request.headers).get("Authorization") != f"Bearer {self.credential}":

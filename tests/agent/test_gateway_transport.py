@@ -144,3 +144,19 @@ async def test_a_stop_returns_once_the_gateway_has_applied_the_last_frames(
         await peer.answer_withdraws_now()
         await asyncio.wait_for(run, 10)
     assert peer.withdraws[-1].count == CREDIT_MAX
+
+
+async def test_a_stop_while_the_agent_connects_closes_the_new_connection(
+    peer: GatewayPeer,
+) -> None:
+    """Stopped before its connection opened (nothing to close yet), the agent does not go
+    on to serve that connection once it opens: the run returns."""
+    peer.handshake_gate = asyncio.Event()
+    async with Agent(settings(peer, engine="thread")) as agent:
+        run = await serving(agent)
+        await peer.until(lambda: peer.handshakes == 1, "the opening handshake")
+        agent.stop()
+        await asyncio.sleep(0.1)  # the stop finds no connection to close
+        peer.handshake_gate.set()
+        await asyncio.wait_for(run, 10)
+    assert len(peer.hellos) <= 1
