@@ -2,12 +2,12 @@
 
 Nothing here does I/O. :class:`~sdk.client.Client`, :class:`~sdk.asyncio_client.AsyncClient`
 and :class:`~sdk.executor.Executor` build every :class:`Request` here, send it their own way
-(sync or async httpx), and hand the answer back to a parser here, the way httpx shares one
-``BaseClient``. The WebSocket frames the result listener sends and reads are built and
+(urllib3 through :mod:`sdk.transport`, or aiohttp), and hand the answer back to a parser
+here. The WebSocket frames the result listener sends and reads are built and
 parsed here too.
 
 **Retries** (:class:`Exchange`, with the policy of :mod:`sdk.retry`). Both clients send a
-request until it is answered: a connection failure (any httpx transport error, timeouts
+request until it is answered: a connection failure (any transport error, timeouts
 included) or a 429, 502, 503 or 504 answer is tried again with backoff until the client's
 outage has lasted ``retry_for_s``; a certificate that fails verification is not an outage
 and ends the call at once (:mod:`sdk.tls`). Every request the SDK sends is safe to send twice:
@@ -43,7 +43,6 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
-import httpx
 import orjson
 
 from sdk import tls
@@ -423,20 +422,6 @@ def is_terminal(info: TaskInfo) -> bool:
     return info["state"] in (TaskState.SUCCESS, TaskState.FAILED, TaskState.CANCELLED)
 
 
-def held_timeout(timeout: httpx.Timeout, request: Request) -> httpx.Timeout:
-    """The client's ``timeout`` with the read phase made longer by what the service may hold
-    ``request``'s answer (its :attr:`~Request.wait_s`). Builds an object, does no I/O."""
-    if not request.wait_s or timeout.read is None:
-        return timeout
-    return httpx.Timeout(
-        None,
-        connect=timeout.connect,
-        read=timeout.read + request.wait_s,
-        write=timeout.write,
-        pool=timeout.pool,
-    )
-
-
 FunctionKey = tuple[Hashable, str | None, str | None]
 
 
@@ -491,7 +476,7 @@ class Exchange:
         while True:
             try:
                 response = send(request)                      # the shell's own I/O
-            except httpx.TransportError as exc:
+            except TransportError as exc:
                 delay = exchange.after_error(exc, now())
                 if delay is None:
                     raise exchange.unreachable(now()) from exc

@@ -29,14 +29,13 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
-import httpx
-
 from sdk import _base, tls
 from sdk._base import Batch, FunctionKey, function_key
 from sdk.config import ClientConfig
 from sdk.messages import TaskInfo
 from sdk.progress import Progress
 from sdk.retry import Outage, Retry
+from sdk.transport import Transport, TransportError
 
 R = TypeVar("R")
 
@@ -89,11 +88,11 @@ class Client:
         self._on_close: list[Callable[[], None]] = []
         self._ws_url = self.config.ws_url
         self._ssl = tls.client_context(self.config.ca_file)
-        self._http = httpx.Client(
-            base_url=self.config.url,
-            headers=_base.auth_headers(self.config.token),
-            timeout=timeout_s,
-            verify=self._ssl or True,
+        self._http = Transport(
+            self.config.url,
+            _base.auth_headers(self.config.token),
+            timeout_s=timeout_s,
+            ssl_context=self._ssl,
         )
 
     # -- plumbing ------------------------------------------------------------------------
@@ -103,25 +102,25 @@ class Client:
         exchange = _base.Exchange(request, self._outage, url=self.config.url)
         while True:
             try:
-                response = self._http.request(
+                answer = self._http.request(
                     request.method,
                     request.path,
-                    content=request.body(),
+                    body=request.body(),
                     headers=request.headers(),
-                    timeout=_base.held_timeout(self._http.timeout, request),
+                    held_s=request.wait_s,
                 )
-            except httpx.TransportError as exc:
+            except TransportError as exc:
                 delay = exchange.after_error(exc, time.monotonic())
                 if delay is None:
                     raise exchange.unreachable(time.monotonic()) from exc
             else:
-                retry_after = response.headers.get("retry-after")
-                delay = exchange.after_answer(response.status_code, retry_after, time.monotonic())
+                retry_after = answer.headers.get("retry-after")
+                delay = exchange.after_answer(answer.status, retry_after, time.monotonic())
                 if delay is None:
                     return exchange.result(
-                        response.status_code,
-                        response.content,
-                        request_id=response.headers.get("x-request-id", ""),
+                        answer.status,
+                        answer.content,
+                        request_id=answer.headers.get("x-request-id", ""),
                         now=time.monotonic(),
                     )
             time.sleep(delay)

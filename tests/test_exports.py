@@ -43,7 +43,7 @@ SERVERS = [
     "uvicorn", "sqlalchemy",
 ]  # fmt: skip
 CLI = ["fxbroker.cli", "fxbroker.stack", "fxbroker.endpoints", "fxbroker.embedded"]
-CLIENT_LIBRARIES = ["httpx", "aiohttp", "websockets"]
+CLIENT_LIBRARIES = ["httpx", "urllib3", "aiohttp", "websockets"]
 
 
 @pytest.mark.parametrize("package", [fxbroker, sdk], ids=["fxbroker", "sdk"])
