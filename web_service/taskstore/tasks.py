@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from sdk.keys import Keys
 from sdk.messages import TaskInfo, TaskSpec, task_info
 from sdk.states import TaskState
-from service_common.lua import Lua, execute_pipeline, slot_groups
+from service_common.lua import AnyPipeline, Lua, execute_pipeline, slot_groups
 from service_common.redis_client import RedisClient
 from web_service.store.models import is_id
 
@@ -284,14 +284,29 @@ async def read_tasks(
     redis: RedisClient, keys: Keys, user_id: str, task_ids: Sequence[str]
 ) -> dict[str, TaskInfo]:
     """The tasks among ``task_ids`` that exist and belong to ``user_id``; one round trip."""
-    wanted = [task_id for task_id in task_ids if is_id(task_id)]
+    pipe = redis.pipeline(transaction=False)
+    wanted = queue_task_reads(pipe, keys, task_ids)
     if not wanted:
         return {}
-    pipe = redis.pipeline(transaction=False)
+    return parse_task_reads(wanted, await pipe.execute(), user_id)
+
+
+def queue_task_reads(pipe: AnyPipeline, keys: Keys, task_ids: Sequence[str]) -> list[str]:
+    """Queue on ``pipe`` a read of each task among ``task_ids`` that is a well-formed id;
+    those ids, in order (hand them and the replies to :func:`parse_task_reads`)."""
+    wanted = [task_id for task_id in task_ids if is_id(task_id)]
     for task_id in wanted:
         pipe.hgetall(keys.task(task_id))
+    return wanted
+
+
+def parse_task_reads(
+    wanted: Sequence[str], replies: Sequence[dict[str, str]], user_id: str
+) -> dict[str, TaskInfo]:
+    """The replies of :func:`queue_task_reads`' reads: the tasks that exist and are
+    ``user_id``'s."""
     found: dict[str, TaskInfo] = {}
-    for task_id, fields in zip(wanted, await pipe.execute(), strict=True):
+    for task_id, fields in zip(wanted, replies, strict=True):
         if fields and fields.get("user_id") == user_id:
             found[task_id] = task_info(task_id, fields)
     return found

@@ -16,7 +16,9 @@ StreamWatcher` watch from those ids cannot miss it. Notices of other tasks of th
 wake the request but not its answer: only a terminal notice of one of its tasks does.
 
 Cost: one round trip when a task is already terminal (a plain read); else three (read, cursor
-and re-read, final read), plus the process's one shared blocked ``XREAD``.
+and re-read in one pipeline, final read; four on a Redis Cluster, whose pipeline reaches its
+nodes at once, so the re-read waits for the cursors), plus the process's one shared blocked
+``XREAD``.
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ from collections.abc import Sequence
 from sdk.keys import Keys
 from sdk.messages import TaskInfo
 from sdk.states import TERMINAL_STATES
+from service_common.lua import is_cluster
 from service_common.redis_client import RedisClient
 from service_common.stream_watch import StreamWatcher
-from web_service.taskstore.tasks import read_tasks
+from web_service.taskstore.tasks import parse_task_reads, queue_task_reads, read_tasks
 
 MAX_WAIT_S = 30.0
 """The longest a request may ask to wait (``wait_s``); more is refused as invalid."""
@@ -65,9 +68,18 @@ async def read_tasks_waiting(
     pipe = redis.pipeline(transaction=False)
     for stream in streams:
         pipe.xrevrange(stream, count=1)
-    lasts = await pipe.execute()
+    # One Redis runs a pipeline in order, so the re-read can share the cursors' round trip;
+    # a cluster's pipeline reaches its nodes at once, so there it waits for the cursors.
+    one_node = not is_cluster(redis)
+    if one_node:
+        queue_task_reads(pipe, keys, wanted)
+    replies = await pipe.execute()
+    lasts = replies[: len(streams)]
     cursors = {s: (last[0][0] if last else "0-0") for s, last in zip(streams, lasts, strict=True)}
-    found = await read_tasks(redis, keys, user_id, wanted)
+    if one_node:
+        found = parse_task_reads(wanted, replies[len(streams) :], user_id)
+    else:
+        found = await read_tasks(redis, keys, user_id, wanted)
     if any_finished(found, wanted):
         return found
     mine = set(wanted)
