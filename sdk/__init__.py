@@ -7,7 +7,7 @@ Three ways to get results: :class:`Client` submits and polls over HTTP,
 function where it runs; :class:`ShellFunction` runs a shell command there (:mod:`.shell`).
 
 The names below are loaded lazily (PEP 562): ``import sdk.keys``, which every agent worker
-process does, loads none of httpx, aiohttp and websockets, and ``sdk.Client`` imports the
+process does, loads none of urllib3, aiohttp and websockets, and ``sdk.Client`` imports the
 client only when it is first used. What is not in :data:`__all__` is plumbing, importable
 from its own module (``sdk.results.ResultListener``, ``sdk.progress.Progress``,
 ``sdk.config.write_config``).

@@ -154,16 +154,16 @@ class AsyncClient:
     async def _request(self, request: _base.Request) -> _Answer:
         """One try of ``request``: its status, headers and body.
 
-        aiohttp, not httpx, as :class:`~sdk.client.Client` uses: a request costs the client
-        about a fourth of the CPU (httpcore's per-request anyio machinery was half of an
-        AsyncClient's CPU per round trip in the profiles). Its session is made here, in the
-        loop that uses it. A long poll's read may last its ``wait_s`` beyond the timeout."""
+        aiohttp, not httpx: a request costs the client about a fourth of the CPU (httpcore's
+        per-request anyio machinery was half of an AsyncClient's CPU per round trip in the
+        profiles). Its session is made here, in the loop that uses it. A long poll's read may
+        last its ``wait_s`` beyond the timeout."""
         if self._http is None:
             # aiohttp's own default context is made at its import, before a program may set
             # SSL_CERT_FILE; one made now reads it (sdk.tls, rule 2).
             https = self.config.url.startswith("https:")
             context = self._ssl or (ssl.create_default_context() if https else True)
-            # HTTPS_PROXY and the like (NO_PROXY too), as httpx honours them, looked up
+            # HTTPS_PROXY and the like (NO_PROXY too), as the Client honours them, looked up
             # once: aiohttp's trust_env looks up the proxy and ~/.netrc in a thread on every
             # request (two thread hops on a round trip's path).
             self._proxy = _env_proxy(URL(self.config.url))

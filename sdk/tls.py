@@ -10,8 +10,9 @@ and WebSocket alike:
    (the SDK's and the agent's variable), when one is given: that file alone, so a private
    CA or a self-signed certificate is trusted without touching the system;
 2. else the file named by ``SSL_CERT_FILE``, the variable OpenSSL itself reads (Python's
-   :mod:`ssl`, and so :mod:`websockets`, and :mod:`httpx` all honour it; the AsyncClient's
-   aiohttp session gets a default context made when it opens, which reads it then);
+   :mod:`ssl`, and so :mod:`websockets`, honours it; the Client's connection pool and the
+   AsyncClient's aiohttp session each get a default context made when they open, which
+   reads it then);
 3. else the default certificate authorities of those libraries.
 
 A certificate that fails verification is not an outage: waiting does not make it trusted,
@@ -68,8 +69,10 @@ def connect_options(url: str, context: ssl.SSLContext | None) -> dict[str, Any]:
 def certificate_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
     """The certificate verification failure behind ``exc``, if that is what it is.
 
-    httpx wraps the :mod:`ssl` error in its own ``ConnectError`` (twice: httpcore's, then
-    httpx's); websockets raises it as it is. Both keep it as a cause, which is followed.
+    urllib3 wraps the :mod:`ssl` error in its own ``SSLError`` (and the Client's
+    :class:`~sdk.transport.TransportError` wraps that), httpx in its ``ConnectError``
+    (twice); websockets raises it as it is. Each keeps it as a cause or context, which is
+    followed.
     aiohttp's ``ClientConnectorCertificateError`` is itself a ``CertificateError`` without
     the ssl error's fields, and holds that error as ``certificate_error``."""
     seen: BaseException | None = exc
