@@ -7,20 +7,26 @@ copy's, ``gw-<random>``):
 
 1. *Claim* (every ``lease_ms / 4`` per endpoint): one pipelined ``XAUTOCLAIM`` per wanting
    endpoint takes entries idle for a whole lease (their agent or gateway is gone).
-2. *Read*: one pipelined non-blocking ``XREADGROUP COUNT n`` per wanting endpoint, ``n``
-   the credit its agents on this copy have left (:attr:`Wanting.wants`). A wanting agent
-   whose stream had nothing is told so (:meth:`Wanting.found_nothing`).
+2. *Read*: one pipelined non-blocking ``XREADGROUP COUNT n`` per wanting endpoint that may
+   hold entries, ``n`` the credit its agents on this copy have left
+   (:attr:`Wanting.wants`). An endpoint may hold entries until a read of it finds none,
+   and again once a wait returns some of it or one of its agents wants more
+   (:meth:`Reader.wake`). A wanting agent whose stream had nothing is told so
+   (:meth:`Wanting.found_nothing`).
 3. *Wait*: when nothing was found, one ``XREADGROUP COUNT m BLOCK block_ms`` over every
    wanting stream at once, ``m`` the smallest want among them, on a connection of its own;
-   it returns when any of them gets an entry. An agent whose endpoint is not in that wait
-   wakes it (``CLIENT UNBLOCK``), so a new want is read at once.
+   it returns at once when any of them holds entries (so a stream step 2 skipped is read
+   here), else when one gets an entry. An agent whose endpoint is not in that wait wakes
+   it (``CLIENT UNBLOCK``), so a new want is read at once.
 
 Entries go to the endpoint's wanting agents on this copy, never more than each one's want;
 the agent's session then starts them and moves them to the agent's own consumer (its
 lease). An entry read for an agent that left meanwhile goes back to the stream's end.
 
-Cost: one round trip per round for all endpoints together, and at most two Redis
-connections (the wait and one pool connection at a time) whatever the number of agents.
+Cost: one round trip per round for all endpoints together (reading only those that may hold
+entries: a copy serving many quiet endpoints reads the busy ones, not all of them, each
+round), and at most two Redis connections (the wait and one pool connection at a time)
+whatever the number of agents.
 On a Redis Cluster the wait is one per hash slot of the wanting streams, each on a
 connection of its own (:mod:`service_common.blocking_read`).
 
@@ -96,6 +102,7 @@ class Reader:
         self._streams: dict[str, TaskStream] = {}  # by endpoint id, ever served
         self._by_key: dict[str, str] = {}  # stream key -> endpoint id, ever served
         self._ready: set[str] = set()  # endpoints whose group exists
+        self._maybe: set[str] = set()  # endpoints that may hold entries (step 2 reads them)
         self._claim_at: dict[str, float] = {}
         self._claim_cursor: dict[str, str] = {}
         self._changed = asyncio.Event()
@@ -123,6 +130,7 @@ class Reader:
 
     def wake(self, session: Wanting) -> None:
         """``session`` wants more: read for it now (interrupting a wait that omits it)."""
+        self._maybe.add(session.endpoint_id)
         self._generation += 1
         self._changed.set()
         waiting_on = self._waiting_on
@@ -202,10 +210,14 @@ class Reader:
                 log.info("claimed %d tasks whose lease lapsed", sum(map(len, claimed.values())))
                 await self._distribute(claimed)
                 return
-        counts = {self._keys.endpoint_tasks(eid): n for eid, n in wants.items()}
-        found = await read_streams(self._redis, counts, self.consumer)
-        for eid in wants:
-            if not found.get(self._keys.endpoint_tasks(eid)):
+        counts = {
+            self._keys.endpoint_tasks(eid): n for eid, n in wants.items() if eid in self._maybe
+        }
+        found = await read_streams(self._redis, counts, self.consumer) if counts else {}
+        for key in counts:
+            if not found.get(key):
+                eid = self._by_key[key]
+                self._maybe.discard(eid)
                 for session in self._sessions.get(eid, []):
                     if session.wants > 0:
                         session.found_nothing()
@@ -231,6 +243,7 @@ class Reader:
             )
         finally:
             self._waiting_on = None
+        self._maybe.update(self._by_key[key] for key in found)  # a wait takes at most m of each
         await self._distribute(found)
 
     async def _distribute(self, found: Mapping[str, list[TaskEntry]]) -> None:
