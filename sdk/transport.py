@@ -37,7 +37,7 @@ class TransportError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """A request's answer: status, headers (names in lower case) and body."""
+    """A request's answer: status, headers (looked up by any case of their names) and body."""
 
     status: int
     headers: Mapping[str, str]
