@@ -2,8 +2,7 @@
 in a request or two, where a sleep loop would have sent one request per ``poll_s``.
 
 The tasks nap for a second on a served agent; the tests count the HTTP requests the wait
-made (a wrapper of one try, for each client), not how long
-it took."""
+made (a wrapper of one try, for each client), not how long it took."""
 
 from __future__ import annotations
 
