@@ -41,14 +41,17 @@ PICKLED_EXCEPTION_CHARS_MAX = 1_000_000
 class StreamEntry(TypedDict):
     """One queued task on an endpoint's stream.
 
+    The task's function and task group are in its hash, not here: the start script returns
+    them with the start (``service_common.tasks.stream``), so a queued task carries two ids
+    fewer (80 bytes of Redis each). An entry queued by an earlier version that has them is
+    read the same way.
+
     ``walltime_s`` (decimal seconds) caps how long the task may run; the agent applies the
     tighter of it and its endpoint's own walltime. ``result_serializers`` (comma-separated
     strategy ids, from a Globus Compute submit) names how the result should be serialized,
     the first that works (:mod:`endpoint_agent.result_encoding`)."""
 
     task_id: str
-    function_id: str
-    task_group_id: str
     payload: str
     walltime_s: NotRequired[str]
     result_serializers: NotRequired[str]

@@ -7,7 +7,8 @@
 * :meth:`TaskStream.claim` is ``XAUTOCLAIM`` of entries idle for a whole lease: entries an
   agent read and then lost (killed, cut off) come back to a live one.
 * :meth:`TaskStream.start` moves every task of one read to ``running`` and counts the
-  attempt, in one round trip (one batch script call on one Redis; one per hash slot,
+  attempt, and answers each task's function and task group (which its entry does not
+  carry), in one round trip (one batch script call on one Redis; one per hash slot,
   pipelined, on a cluster). It is safe to retry after a lost reply (a Redis restart): the
   same call's ``started_at`` is recognised and the attempt is not counted twice. A task
   already terminal (say ``cancelled`` while queued) or whose hash is gone is reported as not
@@ -31,6 +32,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -56,7 +58,8 @@ local out = {}
 for k = 1, #KEYS do
   local key, entry = KEYS[k], ARGV[base + k]
   local code, value
-  local f = redis.call('HMGET', key, 'state', 'agent', 'started_at', 'attempts', 'entry')
+  local f = redis.call('HMGET', key, 'state', 'agent', 'started_at', 'attempts', 'entry',
+    'function_id', 'task_group_id')
   local state = f[1]
   if not state then
     code, value = 0, ''
@@ -73,16 +76,21 @@ for k = 1, #KEYS do
     redis.call('HSET', key, 'state', running, 'started_at', now, 'agent', agent, 'entry', entry)
     code, value = 1, redis.call('HINCRBY', key, 'attempts', 1)
   end
-  out[2 * k - 1] = code
-  out[2 * k] = value
+  out[4 * k - 3] = code
+  out[4 * k - 2] = value
+  out[4 * k - 1] = f[6] or ''
+  out[4 * k] = f[7] or ''
 end
 return out
 """
 """KEYS: task hashes (a batch script: one per task). ARGV: running state, started_at, agent,
 the number of terminal states and those states, then the entry id of each task. Returns
-two items per task: ``1, attempt`` when the task was moved to running (attempt: the count
+four items per task: ``1, attempt`` when the task was moved to running (attempt: the count
 after this start), ``2, state`` when it is terminal with its notice pending, ``0, state`` when
-it must not run. ``started_at``, the agent and the entry together name one start: a task
+it must not run; then its function id and task group id (empty when the hash is gone): the
+stream entry does not carry them.
+
+``started_at``, the agent and the entry together name one start: a task
 already running under all three was started by an earlier try of this same call (its reply
 was lost with the connection), so the retry answers that start again instead of counting a
 second attempt.
@@ -150,7 +158,11 @@ def start_stamp() -> str:
 
 @dataclass(frozen=True, slots=True)
 class TaskEntry:
-    """One entry read from the endpoint's task stream."""
+    """One entry read from the endpoint's task stream.
+
+    ``function_id`` and ``task_group_id`` are empty on an entry as read (the entry does not
+    carry them, see :class:`sdk.messages.StreamEntry`) until :meth:`of_task` fills them in
+    from the task's hash (:meth:`TaskStream.start` and :meth:`TaskStream.holding` read them)."""
 
     entry_id: str
     task_id: str
@@ -176,6 +188,10 @@ class TaskEntry:
             result_serializers=fields.get("result_serializers", ""),
             fields=dict(fields),
         )
+
+    def of_task(self, function_id: str, task_group_id: str) -> TaskEntry:
+        """This entry with its task's function and task group (as its hash has them)."""
+        return dataclasses.replace(self, function_id=function_id, task_group_id=task_group_id)
 
     def result_strategies(self) -> tuple[str, ...]:
         """The entry's ``result_serializers`` as strategy ids, in order (empty: none)."""
@@ -205,6 +221,9 @@ class Start:
     """The task's attempt count including this start (when ``run``)."""
     pending_notice: str = ""
     """The terminal state whose notice must still be appended ("" when none)."""
+    function_id: str = ""
+    task_group_id: str = ""
+    """The task's function and task group, from its hash ("" when the hash is gone)."""
 
 
 NOT_TO_RUN = Start(run=False)
@@ -317,11 +336,14 @@ class TaskStream:
         replies = await execute_pipeline(pipe)
         starts: list[Start] = [NOT_TO_RUN] * len(entries)
         for call, reply in zip(calls, replies[: len(calls)], strict=True):
-            for i, code, value in zip(call, reply[::2], reply[1::2], strict=True):
+            for n, i in enumerate(call):
+                code, value, fid, group = reply[4 * n : 4 * n + 4]
                 if int(code) == 1:
-                    starts[i] = Start(run=True, attempt=int(value))
+                    starts[i] = Start(True, int(value), "", str(fid), str(group))
                 elif int(code) == 2:
-                    starts[i] = Start(run=False, pending_notice=str(value))
+                    starts[i] = Start(False, 0, str(value), str(fid), str(group))
+                else:
+                    starts[i] = Start(False, 0, "", str(fid), str(group))
         return starts
 
     async def touch(self, entry_ids: Sequence[str]) -> list[str]:
@@ -373,7 +395,8 @@ class TaskStream:
     async def holding(self, held: Sequence[tuple[str, str, int]]) -> list[TaskEntry | None]:
         """Which of ``held`` (entry id, task id, attempt) this consumer still holds: the
         entry is pending for it, names that task, and the task is ``running`` under that
-        attempt and this consumer. Those are renewed at once (``XCLAIM ... JUSTID``); the
+        attempt and this consumer. Those are renewed at once (``XCLAIM ... JUSTID``) and
+        come back with their task's function and group (:meth:`TaskEntry.of_task`); the
         others are ``None``. Two round trips."""
         if not held:
             return []
@@ -381,7 +404,10 @@ class TaskStream:
         for entry_id, task_id, _ in held:
             pipe.xrange(self.key, entry_id, entry_id)
             pipe.xpending_range(self.key, AGENT_GROUP, entry_id, entry_id, 1)
-            pipe.hmget(self._keys.task(task_id), ["state", "attempts", "agent"])
+            pipe.hmget(
+                self._keys.task(task_id),
+                ["state", "attempts", "agent", "function_id", "task_group_id"],
+            )
         replies = await pipe.execute(raise_on_error=False)
         found: list[TaskEntry | None] = []
         for i, (entry_id, task_id, attempt) in enumerate(held):
@@ -393,9 +419,12 @@ class TaskStream:
                 and len(pending) == 1
                 and pending[0].get("consumer") == self.consumer
                 and isinstance(fields, list)
-                and fields == [str(TaskState.RUNNING), str(attempt), self.consumer]
+                and fields[:3] == [str(TaskState.RUNNING), str(attempt), self.consumer]
             )
-            entry = TaskEntry.from_fields(entry_id, rows[0][1] or {}) if ok else None
+            entry = None
+            if ok:
+                entry = TaskEntry.from_fields(entry_id, rows[0][1] or {})
+                entry = entry.of_task(str(fields[3] or ""), str(fields[4] or ""))
             found.append(entry if entry is not None and entry.task_id == task_id else None)
         kept: list[Any] = [entry.entry_id for entry in found if entry is not None]
         if kept:

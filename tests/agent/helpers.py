@@ -78,10 +78,8 @@ class Endpoint:
                     "created_at": f"{time.time():.6f}",
                 },
             )
-            entry: dict[FieldT, EncodableT] = {
+            entry: dict[FieldT, EncodableT] = {  # as the web service writes it
                 "task_id": task_id,
-                "function_id": function_id,
-                "task_group_id": self.task_group_id,
                 "payload": pack_payload(args, kwargs) if payload is None else payload,
             }
             if walltime_s is not None:

@@ -164,17 +164,18 @@ async def test_one_start_call_answers_each_task_of_its_batch_on_its_own(
     await endpoint.redis.hset(endpoint.keys.task(c), mapping={"state": "cancelled",
                                                               "notice_pending": "1"})  # fmt: skip
     await endpoint.redis.delete(endpoint.keys.task(d))
-    batch = [
-        TaskEntry(f"1-{i}", task_id, square, "", "")
+    batch = [  # as read: an entry names neither the function nor the group
+        TaskEntry(f"1-{i}", task_id, "", "", "")
         for i, task_id in enumerate([a, a, b, c, d], start=1)
     ]
     stream = TaskStream(endpoint.redis, endpoint.keys, endpoint.endpoint_id, "ghost")
+    group = endpoint.task_group_id  # the start answers both from the task's hash
     expected = [
-        Start(run=True, attempt=1),
-        Start(run=False),
-        Start(run=True, attempt=1),
-        Start(run=False, pending_notice="cancelled"),
-        Start(run=False),
+        Start(run=True, attempt=1, function_id=square, task_group_id=group),
+        Start(run=False, function_id=square, task_group_id=group),
+        Start(run=True, attempt=1, function_id=square, task_group_id=group),
+        Start(run=False, pending_notice="cancelled", function_id=square, task_group_id=group),
+        Start(run=False),  # its hash is gone
     ]
     assert await stream.start(batch, started_at="100.000001") == expected
     assert await stream.start(batch, started_at="100.000001") == expected  # the retry
@@ -182,8 +183,8 @@ async def test_one_start_call_answers_each_task_of_its_batch_on_its_own(
         fields = await endpoint.task(task_id)
         assert (fields["state"], fields["attempts"], fields["entry"]) == ("running", "1", entry)
     assert await stream.start(batch[2:3], started_at="200.000001") == [
-        Start(run=True, attempt=2)  # a redelivery of the same entry, later: counted
-    ]
+        Start(run=True, attempt=2, function_id=square, task_group_id=group)  # a redelivery
+    ]  # of the same entry, later: counted
 
 
 async def test_one_settle_call_writes_announces_and_acknowledges_a_batch(

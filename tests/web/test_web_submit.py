@@ -56,9 +56,8 @@ async def test_submit_writes_the_contracted_records(
 
     entries = await aredis.xrange(keys.endpoint_tasks(endpoint_id))
     assert entries is not None
-    assert [fields for _, fields in entries] == [
-        {"task_id": t, "function_id": function_id, "task_group_id": group_id, "payload": p}
-        for t, p in zip(task_ids, payloads, strict=True)
+    assert [fields for _, fields in entries] == [  # function and group: in the hash only
+        {"task_id": t, "payload": p} for t, p in zip(task_ids, payloads, strict=True)
     ]
     for task_id in task_ids:
         record = await aredis.hgetall(keys.task(task_id))

@@ -67,10 +67,9 @@ for k = 1, n do
   local task_id, fid, walltime = ARGV[at], ARGV[at + 1], ARGV[at + 3]
   redis.call('HSET', KEYS[2 + k], 'user_id', user, 'endpoint_id', endpoint, 'function_id', fid,
     'task_group_id', group, 'state', waiting, 'created_at', created)
-  local entry = {'task_id', task_id, 'function_id', fid, 'task_group_id', group,
-    'payload', ARGV[at + 2]}
+  local entry = {'task_id', task_id, 'payload', ARGV[at + 2]}
   for i = 1, n_extra do
-    entry[8 + i] = ARGV[11 + i]
+    entry[4 + i] = ARGV[11 + i]
   end
   if walltime ~= '' then
     entry[#entry + 1] = 'walltime_s'
@@ -194,10 +193,7 @@ async def enqueue(
             "user_id", user_id, "endpoint_id", endpoint_id, "function_id", function_id,
             "task_group_id", task_group_id, "state", waiting, "created_at", created_at,
         ]  # fmt: skip
-        entry = [
-            "task_id", task_id, "function_id", function_id, "task_group_id", task_group_id,
-            "payload", spec["payload"], *extra,
-        ]  # fmt: skip
+        entry = ["task_id", task_id, "payload", spec["payload"], *extra]
         if "walltime_s" in spec:
             entry += ["walltime_s", repr(spec["walltime_s"])]
         if retry:

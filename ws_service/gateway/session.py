@@ -132,6 +132,9 @@ HELLO_TIMEOUT_S = 10.0
 """How long an authenticated connection may stay silent before its hello: a client that
 never says hello does not hold a connection (and a slot of the copy) for ever."""
 
+RECENT_FUNCTIONS = 16
+"""How many of the functions a session started last are looked up with each start."""
+
 
 class AgentSession:
     """Serves one agent connection for one endpoint (see the module docstring)."""
@@ -146,6 +149,7 @@ class AgentSession:
         s = gateway.settings
         self.ledger = Ledger(max_frame_bytes=s.max_frame_bytes)
         self._deliveries: dict[str, Delivery] = {}
+        self._recent_functions: dict[str, None] = {}  # the last functions started, oldest first
         self._inbox: list[TaskEntry] = []
         self._reserved = 0
         self._told_nothing = False  # since the agent's last grant
@@ -406,16 +410,37 @@ class AgentSession:
         stream = self._stream
         assert stream is not None
         started_at = start_stamp()
-        fids = list(dict.fromkeys(entry.function_id for entry in entries))
-        fetch = self.ledger.needs_code(fids)
+        # The entries do not name their functions (the start answers them from the tasks'
+        # hashes), so the allow-list check and the code the agent lacks are looked up with
+        # the start for the functions this session ran last, and after it only for others.
+        guess = list(self._recent_functions)
 
         async def start_and_look_up() -> tuple[list[Start], Lookup]:
+            starting = stream.start(entries, started_at=started_at, take=True)
+            if not guess:
+                return await starting, Lookup({}, frozenset())
             return await asyncio.gather(
-                stream.start(entries, started_at=started_at, take=True),
-                stream.lookup(fetch, fids),
+                starting, stream.lookup(self.ledger.needs_code(guess), guess)
             )
 
         starts, lookup = await self._redis_step(start_and_look_up)
+        entries = [
+            entry.of_task(start.function_id, start.task_group_id) if start.function_id else entry
+            for entry, start in zip(entries, starts, strict=True)
+        ]
+        run = [entry for entry, start in zip(entries, starts, strict=True) if start.run]
+        fids = list(dict.fromkeys(entry.function_id for entry in run))
+        others = [fid for fid in fids if fid not in guess]
+        if others:
+            more = await self._redis_step(
+                lambda: stream.lookup(self.ledger.needs_code(others), others)
+            )
+            lookup = Lookup({**lookup.codes, **more.codes}, lookup.refused | more.refused)
+        for fid in fids:
+            self._recent_functions.pop(fid, None)
+            self._recent_functions[fid] = None
+        while len(self._recent_functions) > RECENT_FUNCTIONS:
+            del self._recent_functions[next(iter(self._recent_functions))]
         tasks: list[Task] = []
         now_settle: list[Completion] = []
         for entry, start in zip(entries, starts, strict=True):
