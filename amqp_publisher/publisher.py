@@ -64,6 +64,7 @@ from pamqp import commands as spec
 from amqp_publisher.messages import OUTCOME_FIELDS, Outcome, outcome_of, result_body
 from amqp_publisher.settings import PublisherSettings
 from sdk.keys import Keys
+from sdk.messages import stored
 from service_common.amqp import (
     EXCHANGE,
     STREAM_ID_HEADER,
@@ -347,8 +348,9 @@ class Publisher:
         hashes: dict[str, dict[str, str]] = {}
         if missing:
             pipe = redis.pipeline(transaction=False)
+            names = stored(*OUTCOME_FIELDS)
             for task_id in missing:
-                pipe.hmget(self._keys.task(task_id), OUTCOME_FIELDS)
+                pipe.hmget(self._keys.task(task_id), names)
             for task_id, values in zip(missing, await pipe.execute(), strict=True):
                 hashes[task_id] = {
                     name: value

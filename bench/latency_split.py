@@ -48,7 +48,7 @@ from bench.services import RedisServer
 from bench.settings import BenchSettings
 from fxbroker import AsyncClient
 from sdk.keys import Keys
-from sdk.messages import hash_seconds
+from sdk.messages import hash_seconds, stored, task_created_at
 
 SEGMENTS = ("submit", "to start", "to run", "to client")
 
@@ -100,13 +100,14 @@ def split(d: Deployment, trips: list[tuple[float, float, str]]) -> dict[str, lis
     try:
         pipe = store.pipeline(transaction=False)
         for _, _, task_id in trips:
-            pipe.hmget(keys.task(task_id), "created_at", "started_at", "completed_at")
+            pipe.hmget(keys.task(task_id), stored("started_at", "completed_at"))
         stamps = pipe.execute()
     finally:
         store.close()
     parts: dict[str, list[float]] = {name: [] for name in (*SEGMENTS, "round trip")}
-    for (start, end, _), (created, started, completed) in zip(trips, stamps, strict=True):
-        points = [start, *(hash_seconds(t) or math.nan for t in (created, started, completed)), end]
+    for (start, end, task_id), (started, completed) in zip(trips, stamps, strict=True):
+        created = task_created_at(task_id) or math.nan
+        points = [start, created, *(hash_seconds(t) or math.nan for t in (started, completed)), end]
         for name, a, b in zip(SEGMENTS, points, points[1:], strict=False):
             parts[name].append((b - a) * 1000)
         parts["round trip"].append((end - start) * 1000)

@@ -44,7 +44,7 @@ from websockets.exceptions import ConnectionClosed
 
 from sdk import wire
 from sdk.keys import Keys
-from sdk.messages import ResultItem
+from sdk.messages import ResultItem, hash_fields
 from service_common.blocking_read import BlockingReads
 from service_common.redis_client import RedisClient, redis_unavailable
 from service_common.retry import DEFAULT_BACKOFF, Outage
@@ -259,7 +259,7 @@ class ResultReader:
                 pipe.hgetall(self._keys.task(task_id))
             replies = await pipe.execute()
         self.hash_reads += len(wanted)
-        return dict(zip(wanted, replies, strict=True))
+        return {t: hash_fields(raw) for t, raw in zip(wanted, replies, strict=True)}
 
     def _send(
         self,

@@ -57,27 +57,27 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from sdk.keys import AGENT_GROUP, Keys
-from sdk.messages import ExceptionRecord
+from sdk.messages import ExceptionRecord, hash_script, stored
 from sdk.states import TaskState
 from service_common.lua import Lua, execute_pipeline, is_cluster, slot_groups
 from service_common.redis_client import RedisClient
 
 log = logging.getLogger(__name__)
 
-SETTLE_SCRIPT = """
+SETTLE_SCRIPT = hash_script("""
 local running, ttl, agent = ARGV[1], ARGV[2], ARGV[3]
 local out = {}
 local at = 4
 for k = 1, #KEYS do
   local key, n = KEYS[k], tonumber(ARGV[at + 1])
-  local f = redis.call('HMGET', key, 'state', 'attempts', 'agent')
+  local f = redis.call('HMGET', key, '$state', '$attempts', '$agent')
   if f[2] ~= ARGV[at] or f[3] ~= agent then
     out[k] = 0
   elseif f[1] == running then
-    redis.call('HSET', key, 'notice_pending', '1', unpack(ARGV, at + 2, at + 1 + n))
+    redis.call('HSET', key, '$notice_pending', '1', unpack(ARGV, at + 2, at + 1 + n))
     redis.call('EXPIRE', key, ttl)
     out[k] = 1
-  elseif redis.call('HEXISTS', key, 'notice_pending') == 1 then
+  elseif redis.call('HEXISTS', key, '$notice_pending') == 1 then
     out[k] = 1
   else
     out[k] = 2
@@ -85,7 +85,7 @@ for k = 1, #KEYS do
   at = at + 2 + n
 end
 return out
-"""
+""")
 
 SETTLE = Lua(SETTLE_SCRIPT, unit=["task"])
 """KEYS: task hashes (a batch script: one per task). ARGV: running state, ttl, agent, then per
@@ -94,12 +94,12 @@ written (or written by an earlier try, its notice still pending), 2 when an earl
 wrote and announced it (only the acknowledgement may be missing), 0 when the task is no
 longer this agent's under that attempt."""
 
-UNPEND_SCRIPT = """
+UNPEND_SCRIPT = hash_script("""
 for k = 1, #KEYS do
-  redis.call('HDEL', KEYS[k], 'notice_pending')
+  redis.call('HDEL', KEYS[k], '$notice_pending')
 end
 return #KEYS
-"""
+""")
 
 UNPEND = Lua(UNPEND_SCRIPT, unit=["task"])
 """KEYS: task hashes whose notice is appended: each loses ``notice_pending``."""
@@ -130,7 +130,7 @@ notices, then per notice the count of its field/value items followed by them (``
 first). Appends each notice whose task is not yet in the set, adds the task; returns per
 notice the id appended, or "" for a task already announced."""
 
-SETTLE_ONE_NODE_SCRIPT = """
+SETTLE_ONE_NODE_SCRIPT = hash_script("""
 local running, ttl, agent, group = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local out, acked, touched = {}, {}, {}
 local at = 5
@@ -143,7 +143,7 @@ for k = 1, (#KEYS - 1) / 3 do
   at = notice_at + nn
   local status, pending = 1, attempt == ''
   if not pending then
-    local f = redis.call('HMGET', key, 'state', 'attempts', 'agent', 'notice_pending')
+    local f = redis.call('HMGET', key, '$state', '$attempts', '$agent', '$notice_pending')
     if f[2] ~= attempt or f[3] ~= agent then
       status = 0
     elseif f[1] == running then
@@ -162,7 +162,7 @@ for k = 1, (#KEYS - 1) / 3 do
     end
     touched[results] = noticed
     if pending then
-      redis.call('HDEL', key, 'notice_pending')
+      redis.call('HDEL', key, '$notice_pending')
     end
   end
   if status ~= 0 then
@@ -180,7 +180,7 @@ if #acked > 0 then
   redis.call('XDEL', KEYS[1], unpack(acked))
 end
 return out
-"""
+""")
 
 SETTLE_ONE_NODE = Lua(SETTLE_ONE_NODE_SCRIPT, keys=["endpoint_tasks"], one_node=True)
 """One Redis only: both steps at once, for a batch. KEYS: the endpoint's stream, then per
@@ -414,14 +414,20 @@ def _outcome_values(outcome: OutcomeFields) -> tuple[str, str, str, str]:
     return outcome.result or "", exception, outcome.stdout, outcome.stderr
 
 
+_STATE, _COMPLETED_AT, _RESULT, _EXCEPTION, _STDOUT, _STDERR = stored(
+    "state", "completed_at", "result", "exception", "stdout", "stderr"
+)
+
+
 def _fields(outcome: OutcomeFields, now: str) -> list[str]:
-    fields = ["state", str(outcome.state), "completed_at", now]
+    """The task hash's fields and values for ``outcome`` (by their Redis names)."""
+    fields = [_STATE, str(outcome.state), _COMPLETED_AT, now]
     if outcome.result is not None:
-        fields += ["result", outcome.result]
+        fields += [_RESULT, outcome.result]
     if outcome.exception is not None:
-        fields += ["exception", json.dumps(outcome.exception)]
+        fields += [_EXCEPTION, json.dumps(outcome.exception)]
     if outcome.stdout:
-        fields += ["stdout", outcome.stdout]
+        fields += [_STDOUT, outcome.stdout]
     if outcome.stderr:
-        fields += ["stderr", outcome.stderr]
+        fields += [_STDERR, outcome.stderr]
     return fields

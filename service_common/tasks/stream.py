@@ -42,12 +42,13 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from sdk.keys import AGENT_GROUP, Keys
+from sdk.messages import hash_script, stored
 from sdk.states import TERMINAL_STATES, TaskState
 from service_common.blocking_read import BlockingReads
 from service_common.lua import Lua, execute_pipeline, slot_groups
 from service_common.redis_client import RedisClient
 
-START_SCRIPT = """
+START_SCRIPT = hash_script("""
 local running, now, agent = ARGV[1], ARGV[2], ARGV[3]
 local terminal = {}
 for i = 5, 4 + tonumber(ARGV[4]) do
@@ -58,8 +59,8 @@ local out = {}
 for k = 1, #KEYS do
   local key, entry = KEYS[k], ARGV[base + k]
   local code, value
-  local f = redis.call('HMGET', key, 'state', 'agent', 'started_at', 'attempts', 'entry',
-    'function_id', 'task_group_id')
+  local f = redis.call('HMGET', key, '$state', '$agent', '$started_at', '$attempts', '$entry',
+    '$function_id', '$task_group_id')
   local state = f[1]
   if not state then
     code, value = 0, ''
@@ -67,14 +68,15 @@ for k = 1, #KEYS do
     code, value = 1, tonumber(f[4])
   elseif terminal[state] then
     code, value = 0, state
-    if redis.call('HEXISTS', key, 'notice_pending') == 1 then
+    if redis.call('HEXISTS', key, '$notice_pending') == 1 then
       code = 2
     end
   elseif state == running and f[5] and f[5] ~= entry then
     code, value = 0, state
   else
-    redis.call('HSET', key, 'state', running, 'started_at', now, 'agent', agent, 'entry', entry)
-    code, value = 1, redis.call('HINCRBY', key, 'attempts', 1)
+    redis.call('HSET', key, '$state', running, '$started_at', now, '$agent', agent,
+      '$entry', entry)
+    code, value = 1, redis.call('HINCRBY', key, '$attempts', 1)
   end
   out[4 * k - 3] = code
   out[4 * k - 2] = value
@@ -82,7 +84,7 @@ for k = 1, #KEYS do
   out[4 * k] = f[7] or ''
 end
 return out
-"""
+""")
 """KEYS: task hashes (a batch script: one per task). ARGV: running state, started_at, agent,
 the number of terminal states and those states, then the entry id of each task. Returns
 four items per task: ``1, attempt`` when the task was moved to running (attempt: the count
@@ -117,16 +119,16 @@ return lost
 entries still pending for this consumer; returns the ids pending for another consumer. An
 entry no longer pending at all was settled while the renewal ran: not lost, not reported."""
 
-RELEASE_SCRIPT = """
-if redis.call('HGET', KEYS[1], 'state') ~= ARGV[1] or
-   redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[2] then
+RELEASE_SCRIPT = hash_script("""
+if redis.call('HGET', KEYS[1], '$state') ~= ARGV[1] or
+   redis.call('HGET', KEYS[1], '$attempts') ~= ARGV[2] then
   return 0
 end
-redis.call('HSET', KEYS[1], 'state', ARGV[3])
-redis.call('HINCRBY', KEYS[1], 'attempts', -1)
-redis.call('HDEL', KEYS[1], 'started_at', 'agent', 'entry')
+redis.call('HSET', KEYS[1], '$state', ARGV[3])
+redis.call('HINCRBY', KEYS[1], '$attempts', -1)
+redis.call('HDEL', KEYS[1], '$started_at', '$agent', '$entry')
 return 1
-"""
+""")
 """KEYS: the task hash. ARGV: running state, the attempt this agent started, the waiting
 state. Puts a task this agent started back to waiting; 0 when it is no longer ours. The
 entry that started it is forgotten too: the task goes back on the stream as a new entry."""
@@ -146,6 +148,9 @@ REQUEUE = Lua(REQUEUE_SCRIPT, keys=["endpoint_tasks"])
 Appends a copy of the entry and settles the old one, atomically."""
 
 TERMINAL = sorted(str(s) for s in TERMINAL_STATES)
+
+HOLDING_FIELDS = stored("state", "attempts", "agent", "function_id", "task_group_id")
+"""What :meth:`TaskStream.holding` reads of each task's hash."""
 
 CLAIM_ROUNDS = 10
 """At most this many XAUTOCLAIM calls per sweep (each scans a bounded part of the PEL)."""
@@ -404,10 +409,7 @@ class TaskStream:
         for entry_id, task_id, _ in held:
             pipe.xrange(self.key, entry_id, entry_id)
             pipe.xpending_range(self.key, AGENT_GROUP, entry_id, entry_id, 1)
-            pipe.hmget(
-                self._keys.task(task_id),
-                ["state", "attempts", "agent", "function_id", "task_group_id"],
-            )
+            pipe.hmget(self._keys.task(task_id), HOLDING_FIELDS)
         replies = await pipe.execute(raise_on_error=False)
         found: list[TaskEntry | None] = []
         for i, (entry_id, task_id, attempt) in enumerate(held):

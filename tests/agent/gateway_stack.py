@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 
 from endpoint_agent import AgentSettings
 from sdk.keys import Keys
+from sdk.messages import hash_field, stored
 from sdk.serialize import pack_payload
 from sdk.states import TaskState
 from tests.agent.helpers import Endpoint
@@ -70,7 +71,7 @@ class GatewayEndpoint(Endpoint):
         reply.raise_for_status()
 
     async def state(self, task_id: str) -> str:
-        return str(await self.redis.hget(self.keys.task(task_id), "state"))
+        return str(await self.redis.hget(self.keys.task(task_id), hash_field("state")))
 
 
 @dataclass
@@ -194,7 +195,7 @@ async def assert_engine_run(
     WorkerLost whose message holds ``lost``; one notice each, and nothing unsettled."""
     pipe = endpoint.redis.pipeline(transaction=False)
     for task_id in task_ids:
-        pipe.hmget(endpoint.keys.task(task_id), ["state", "attempts"])
+        pipe.hmget(endpoint.keys.task(task_id), stored("state", "attempts"))
     rows = await pipe.execute()
     assert {(state, attempts) for state, attempts in rows} == {(TaskState.SUCCESS, "1")}
     results = [await endpoint.result(t) for t in task_ids]

@@ -4,7 +4,6 @@ gates that hold tasks until the test releases them."""
 from __future__ import annotations
 
 import textwrap
-import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,9 +12,10 @@ import redis.asyncio as aioredis
 from redis.typing import EncodableT, FieldT
 
 from sdk.keys import AGENT_GROUP, Keys
-from sdk.messages import ExceptionRecord, parse_exception
+from sdk.messages import ExceptionRecord, hash_fields, parse_exception, stored_fields
 from sdk.serialize import deserialize, pack_payload
 from sdk.states import TaskState
+from web_service.taskstore.tasks import new_task_ids
 
 
 def source_code(name: str, source: str) -> str:
@@ -64,19 +64,20 @@ class Endpoint:
         state: TaskState = TaskState.WAITING,
         walltime_s: str | None = None,
     ) -> list[str]:
-        task_ids = [str(uuid.uuid4()) for _ in calls]
+        task_ids = new_task_ids(len(calls))
         pipe = self.redis.pipeline(transaction=False)
         for task_id, (args, kwargs) in zip(task_ids, calls, strict=True):
             pipe.hset(
                 self.keys.task(task_id),
-                mapping={  # the web service's record: no task_id, no attempts yet
-                    "user_id": "user-1",
-                    "endpoint_id": self.endpoint_id,
-                    "function_id": function_id,
-                    "task_group_id": self.task_group_id,
-                    "state": str(state),
-                    "created_at": f"{time.time():.6f}",
-                },
+                mapping=stored_fields(
+                    {  # the web service's record: no task_id, no attempts yet
+                        "user_id": "user-1",
+                        "endpoint_id": self.endpoint_id,
+                        "function_id": function_id,
+                        "task_group_id": self.task_group_id,
+                        "state": str(state),
+                    }
+                ),
             )
             entry: dict[FieldT, EncodableT] = {  # as the web service writes it
                 "task_id": task_id,
@@ -90,7 +91,7 @@ class Endpoint:
         return task_ids
 
     async def task(self, task_id: str) -> dict[str, str]:
-        fields: Any = await self.redis.hgetall(self.keys.task(task_id))
+        fields: Any = hash_fields(await self.redis.hgetall(self.keys.task(task_id)))
         return dict(fields)
 
     async def result(self, task_id: str) -> Any:

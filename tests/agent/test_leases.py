@@ -15,6 +15,7 @@ from typing import IO, Any
 
 from endpoint_agent import Agent, AgentSettings
 from sdk.keys import AGENT_GROUP
+from sdk.messages import hash_field, stored, stored_fields
 from sdk.states import TaskState
 from service_common.tasks.settle import ANNOUNCED, NOT_OURS, WRITTEN, Completion, Settler
 from service_common.tasks.stream import Start, TaskEntry, TaskStream
@@ -42,7 +43,9 @@ async def lose(endpoint: GatewayEndpoint, attempts: int) -> str:
     ((entry_id, fields),) = read[0][1]
     await endpoint.redis.hset(
         endpoint.keys.task(fields["task_id"]),
-        mapping={"state": TaskState.RUNNING, "attempts": str(attempts), "agent": "ghost"},
+        mapping=stored_fields(
+            {"state": TaskState.RUNNING, "attempts": str(attempts), "agent": "ghost"}
+        ),
     )
     await endpoint.redis.xclaim(
         endpoint.stream, AGENT_GROUP, "ghost", 0, [entry_id], idle=HOUR_MS, justid=True
@@ -93,7 +96,9 @@ async def test_a_result_stored_without_its_notice_is_announced_on_redelivery(
     # The ghost stored the outcome, then died before appending the notice.
     await endpoint.redis.hset(
         endpoint.keys.task(task_id),
-        mapping={"state": TaskState.SUCCESS, "result": "11\n9", "notice_pending": "1"},
+        mapping=stored_fields(
+            {"state": TaskState.SUCCESS, "result": "11\n9", "notice_pending": "1"}
+        ),
     )
 
     async with Agent(settings_for(endpoint, engine="thread")) as agent:
@@ -161,8 +166,8 @@ async def test_one_start_call_answers_each_task_of_its_batch_on_its_own(
     reply counts no attempt twice."""
     square = await endpoint.register(SQUARE)
     a, b, c, d = await endpoint.submit_many(square, [((i,), {}) for i in range(4)])
-    await endpoint.redis.hset(endpoint.keys.task(c), mapping={"state": "cancelled",
-                                                              "notice_pending": "1"})  # fmt: skip
+    await endpoint.redis.hset(endpoint.keys.task(c), mapping=stored_fields({"state": "cancelled",
+                                                              "notice_pending": "1"}))  # fmt: skip
     await endpoint.redis.delete(endpoint.keys.task(d))
     batch = [  # as read: an entry names neither the function nor the group
         TaskEntry(f"1-{i}", task_id, "", "", "")
@@ -202,7 +207,9 @@ async def test_one_settle_call_writes_announces_and_acknowledges_a_batch(
     group = (await endpoint.task(ids[0]))["task_group_id"]
     entries = [TaskEntry(entry_of[t], t, square, group, "") for t in ids]
     assert [s.attempt for s in await stream.start(entries)] == [1, 1, 1]
-    await endpoint.redis.hset(endpoint.keys.task(ids[2]), "agent", "other")  # claimed since
+    await endpoint.redis.hset(
+        endpoint.keys.task(ids[2]), hash_field("agent"), "other"
+    )  # claimed since
     settler = Settler(endpoint.redis, endpoint.keys, endpoint.endpoint_id, result_ttl_s=60)
     batch = [
         Completion(entry_of[t], t, group, FakeOutcome(TaskState.SUCCESS, f"11\n{i}"), 1)
@@ -347,7 +354,7 @@ async def test_kill_9_in_the_middle_of_2000_tasks_loses_and_duplicates_nothing(
     assert len(seen) == 2000 and set(seen) == set(task_ids)  # each result exactly once
     pipe = endpoint.redis.pipeline(transaction=False)
     for task_id in task_ids:
-        pipe.hmget(endpoint.keys.task(task_id), ["state", "result", "attempts"])
+        pipe.hmget(endpoint.keys.task(task_id), stored("state", "result", "attempts"))
     rows = await pipe.execute()
     assert {state for state, _, _ in rows} == {TaskState.SUCCESS}
     assert {int(attempts) for _, _, attempts in rows} <= {1, 2}

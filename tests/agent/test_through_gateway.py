@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 from endpoint_agent import Agent
 from endpoint_agent.processes import LOOKAHEAD_MAX
 from sdk.asyncio_client import AsyncClient
+from sdk.messages import hash_field
 from sdk.states import TaskState
 from tests.agent.gateway_stack import (
     WAIT_S,
@@ -494,7 +495,7 @@ async def test_a_ws_copy_killed_mid_run_loses_no_task_and_each_result_reaches_it
         await run
     assert values == [0.01] * FAILOVER_TASKS
     task_ids = [str(h.task_id) for h in handles]
-    group = await endpoint.redis.hget(endpoint.keys.task(task_ids[0]), "task_group_id")
+    group = await endpoint.redis.hget(endpoint.keys.task(task_ids[0]), hash_field("task_group_id"))
     endpoint.task_group_id = str(group)
     notices = await endpoint.notices()
     assert sorted(notices) == sorted((t, "success") for t in task_ids)  # one each

@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 
 from amqp_publisher.settings import PublisherSettings
 from sdk.keys import Keys
-from sdk.messages import ExceptionRecord
+from sdk.messages import ExceptionRecord, stored_fields
 from sdk.serialize import deserialize, serialize
 from sdk.states import TaskState
 from service_common.amqp import register_group
@@ -52,12 +52,12 @@ async def settle(
 ) -> tuple[str, str]:
     """Store one task's outcome and append its notice; ``(task id, notice id)``."""
     task_id = str(uuid.uuid4())
-    fields: dict[str, str] = {"task_id": task_id, "state": str(outcome.state)}
+    fields: dict[str, str] = {"state": str(outcome.state)}  # the id is the key's
     if outcome.result is not None:
         fields["result"] = outcome.result
     if outcome.exception is not None:
         fields["exception"] = json.dumps(outcome.exception)
-    await redis.hset(keys.task(task_id), mapping=fields)  # type: ignore[misc]
+    await redis.hset(keys.task(task_id), mapping=stored_fields(fields))  # type: ignore[misc]
     notice: dict[str | bytes, str] = dict(notice_fields(task_id, str(outcome.state), outcome))
     entry = await redis.xadd(keys.task_group_results(task_group_id), notice)  # type: ignore[arg-type]
     return task_id, str(entry)

@@ -19,6 +19,7 @@ from endpoint_agent.accelerators import detect_accelerators
 from fxbroker.cli import main
 from fxbroker.endpoints import agent_settings, read_config, register
 from sdk.keys import Keys
+from sdk.messages import hash_field
 from sdk.serialize import deserialize, pack_payload
 from sdk.states import TaskState
 from tests.agent.helpers import HOLD, Endpoint, Gate
@@ -183,11 +184,11 @@ def run_one_task(redis_url: str, keys: Keys, endpoint_id: str) -> object:
     try:
         code = "st\nadd:def add(a, b):\n    return a + b\n"
         client.set(keys.function_code("fn-add"), code)
-        client.hset(keys.task("t-1"), "state", "waiting-for-ep")
+        client.hset(keys.task("t-1"), hash_field("state"), "waiting-for-ep")
         client.xadd(keys.endpoint_tasks(endpoint_id), {"task_id": "t-1", "function_id": "fn-add",
                     "task_group_id": "g-1", "payload": pack_payload((2, 3))})  # fmt: skip
         assert client.xread({keys.task_group_results("g-1"): "0"}, block=30_000)
-        return deserialize(str(client.hget(keys.task("t-1"), "result")))
+        return deserialize(str(client.hget(keys.task("t-1"), hash_field("result"))))
     finally:
         client.close()
 

@@ -34,6 +34,7 @@ from globus_compute_sdk.sdk.executor import _RESULT_WATCHERS
 
 from fxbroker.workload import fail, square
 from sdk.keys import Keys
+from sdk.messages import hash_field
 from service_common.amqp import EXCHANGE, STREAM_ID_HEADER, ledger_name, queue_name
 from tests.e2e.conftest import Platform, running_platform
 from tests.e2e.processes import FXBROKER
@@ -332,7 +333,7 @@ def test_an_executor_runs_shell_functions_and_honours_result_serializers(
     keys = Keys(amqp_platform.env["FXBROKER_KEY_PREFIX"])
     stored = sync_redis(redis_url, decode_responses=True)
     try:
-        wire = [stored.hget(keys.task(f.task_id), "result") for f in squares]
+        wire = [stored.hget(keys.task(f.task_id), hash_field("result")) for f in squares]
     finally:
         stored.close()
     assert wire == [f"11\n{x * x}" for x in range(5)]

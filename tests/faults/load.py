@@ -24,6 +24,7 @@ from typing import Any
 
 from fxbroker import Client, Executor, TaskFailed
 from sdk.keys import Keys
+from sdk.messages import hash_field
 from tests.faults.platform import Platform
 from tests.faults.work import count_runs, record_square
 from tests.redis_urls import sync_redis
@@ -319,7 +320,7 @@ def count_duplicates_and_reruns(
     try:
         pipe = store.pipeline(transaction=False)
         for x in xs:
-            pipe.hget(keys.task(task_of[x]), "attempts")
+            pipe.hget(keys.task(task_of[x]), hash_field("attempts"))
         attempts = [int(a or 0) for a in pipe.execute()]
     finally:
         store.close()

@@ -52,6 +52,7 @@ import pytest
 from fxbroker import Client, Executor
 from sdk import _base, wire
 from sdk.keys import Keys
+from sdk.messages import hash_field
 from tests.faults.load import StyleFigures, count_duplicates_and_reruns
 from tests.faults.platform import ROOT, Piece, Platform
 from tests.faults.postgres import PrivatePostgres, postgres_bindir
@@ -241,7 +242,7 @@ def test_agent_killed_and_a_new_one_started(
 def _attempts(platform: Platform, redis_server: RedisServer, task_id: str) -> int:
     store = sync_redis(redis_server.url, decode_responses=True)
     try:
-        return int(store.hget(Keys(platform.prefix).task(task_id), "attempts") or 0)
+        return int(store.hget(Keys(platform.prefix).task(task_id), hash_field("attempts")) or 0)
     finally:
         store.close()
 

@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from fxbroker import AsyncClient
 from sdk._base import TaskOutcome
 from sdk.keys import Keys
+from sdk.messages import stored_fields
 from sdk.serialize import serialize
 from tests.sdk.stack import Stack
 from tests.sdk.workload import square
@@ -67,8 +68,8 @@ async def complete(
         for i, task_id in enumerate(task_ids, start=first):
             pipe.hset(
                 keys.task(task_id),
-                mapping={"state": "success", "completed_at": f"{time.time():.6f}",
-                         "result": serialize(i * i)},
+                mapping=stored_fields({"state": "success", "completed_at": f"{time.time():.6f}",
+                         "result": serialize(i * i)}),
             )  # fmt: skip
             pipe.xadd(keys.task_group_results(group), {"task_id": task_id, "state": "success"})
         await pipe.execute()

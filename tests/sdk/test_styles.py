@@ -22,6 +22,7 @@ from fxbroker import (
     TaskFuture,
     TaskPending,
 )
+from sdk.messages import stored_fields
 from sdk.serialize import serialize
 from tests.sdk.stack import Runner, Services, Stack, threaded
 from tests.sdk.workload import async_add, fail, scale, square
@@ -239,8 +240,8 @@ def test_stdout_and_stderr_reach_the_result(
         with redis.Redis.from_url(redis_url) as r:
             r.hset(
                 s.keys.task(task_id),
-                mapping={"state": "success", "completed_at": f"{time.time():.6f}",
-                         "result": serialize(81), "stdout": "hello\n", "stderr": "careful\n"},
+                mapping=stored_fields({"state": "success", "completed_at": f"{time.time():.6f}",
+                         "result": serialize(81), "stdout": "hello\n", "stderr": "careful\n"}),
             )  # fmt: skip
             r.xadd(s.keys.task_group_results(group), {"task_id": task_id, "state": "success"})
         assert future.result(TIMEOUT_S) == 81

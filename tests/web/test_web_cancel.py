@@ -9,6 +9,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from sdk.keys import Keys
+from sdk.messages import hash_field, hash_fields, stored_fields
 from sdk.serialize import SOURCE_CODE, serialize
 
 from .helpers import ApiUser, assert_error
@@ -37,7 +38,7 @@ async def test_a_queued_task_is_cancelled_and_its_group_told(
     (task_id,) = submitted["task_ids"]
     response = await alice.post(f"/v1/tasks/{task_id}/cancel")
     assert response.json() == {"task_id": task_id, "state": "cancelled", "outcome": "cancelled"}
-    record = await aredis.hgetall(keys.task(task_id))
+    record = hash_fields(await aredis.hgetall(keys.task(task_id)))
     assert record["state"] == "cancelled" and float(record["completed_at"]) > 0
     assert await aredis.ttl(keys.task(task_id)) > 0
     notices = await aredis.xrange(keys.task_group_results(submitted["task_group_id"])) or []
@@ -55,7 +56,7 @@ async def test_a_running_task_is_announced_on_the_cancel_channel(
 ) -> None:
     submitted = await queue(alice, 1)
     (task_id,) = submitted["task_ids"]
-    await aredis.hset(keys.task(task_id), "state", "running")
+    await aredis.hset(keys.task(task_id), hash_field("state"), "running")
     pubsub = aredis.pubsub()
     await pubsub.subscribe(keys.endpoint_cancel(submitted["endpoint_id"]))
     try:
@@ -72,17 +73,21 @@ async def test_a_running_task_is_announced_on_the_cancel_channel(
         assert json.loads(message["data"]) == {"task_id": task_id}
     finally:
         await pubsub.aclose()  # type: ignore[no-untyped-call]
-    assert await aredis.hget(keys.task(task_id), "state") == "running"  # the agent writes it
+    assert (
+        await aredis.hget(keys.task(task_id), hash_field("state")) == "running"
+    )  # the agent writes it
 
 
 async def test_a_finished_task_is_left_alone(
     alice: ApiUser, aredis: aioredis.Redis, keys: Keys
 ) -> None:
     (task_id,) = (await queue(alice, 1))["task_ids"]
-    await aredis.hset(keys.task(task_id), mapping={"state": "success", "result": "00\nx"})
+    await aredis.hset(
+        keys.task(task_id), mapping=stored_fields({"state": "success", "result": "00\nx"})
+    )
     response = await alice.post(f"/v1/tasks/{task_id}/cancel")
     assert response.json() == {"task_id": task_id, "state": "success", "outcome": "finished"}
-    assert await aredis.hget(keys.task(task_id), "state") == "success"
+    assert await aredis.hget(keys.task(task_id), hash_field("state")) == "success"
 
 
 async def test_cancel_many(
@@ -90,7 +95,7 @@ async def test_cancel_many(
 ) -> None:
     mine = (await queue(alice, 3))["task_ids"]
     (bobs,) = (await queue(bob, 1))["task_ids"]
-    await aredis.hset(keys.task(mine[2]), "state", "failed")
+    await aredis.hset(keys.task(mine[2]), hash_field("state"), "failed")
     missing = str(uuid.uuid4())
     response = await alice.post("/v1/tasks/cancel", {"task_ids": [*mine, bobs, missing, "x"]})
     body = response.json()
@@ -100,7 +105,7 @@ async def test_cancel_many(
         mine[1]: "cancelled",
         mine[2]: "finished",
     }
-    assert await aredis.hget(keys.task(bobs), "state") == "waiting-for-ep"
+    assert await aredis.hget(keys.task(bobs), hash_field("state")) == "waiting-for-ep"
     for bad in [{"task_ids": []}, {"task_ids": [missing] * 1001}, {"task_ids": "x"}]:
         assert_error(await alice.post("/v1/tasks/cancel", bad), 422, "VALIDATION_ERROR")
 
@@ -111,7 +116,7 @@ async def test_someone_elses_task_cannot_be_cancelled(
     (task_id,) = (await queue(alice, 1))["task_ids"]
     assert_error(await bob.post(f"/v1/tasks/{task_id}/cancel"), 404, "TASK_NOT_FOUND")
     assert_error(await bob.post(f"/v1/tasks/{uuid.uuid4()}/cancel"), 404, "TASK_NOT_FOUND")
-    assert await aredis.hget(keys.task(task_id), "state") == "waiting-for-ep"
+    assert await aredis.hget(keys.task(task_id), hash_field("state")) == "waiting-for-ep"
 
 
 async def test_a_task_group_lists_its_tasks_with_states(

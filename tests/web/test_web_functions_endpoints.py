@@ -9,6 +9,7 @@ import redis.asyncio as aioredis
 from redis.typing import EncodableT, FieldT
 
 from sdk.keys import AGENT_GROUP, Keys
+from sdk.messages import stored_fields
 from sdk.serialize import SOURCE_CODE, serialize
 
 from .helpers import ApiUser, assert_error
@@ -226,8 +227,8 @@ async def test_endpoints_status_lists_each_usable_endpoint_with_load_and_what_it
     # One task settled as the gateway settles it (state and completion time on its hash),
     # its stream entry gone; the other three stay queued.
     now = time.time()
-    await aredis.hset(keys.task(task_ids[0]), mapping={"state": "success",
-                                                       "completed_at": str(now - 5)})  # fmt: skip
+    await aredis.hset(keys.task(task_ids[0]), mapping=stored_fields({"state": "success",
+                                                       "completed_at": str(now - 5)}))  # fmt: skip
     stream = keys.endpoint_tasks(gpu)
     entries = await aredis.xrange(stream, count=1)
     assert entries

@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from sdk.keys import Keys
-from sdk.messages import SubmitResponse
+from sdk.messages import SubmitResponse, hash_fields, stored, stored_fields
 from sdk.serialize import SOURCE_CODE, serialize
 from web_service.settings import WebSettings
 from web_service.store.models import new_id
@@ -158,15 +158,17 @@ async def test_a_retry_after_a_batch_cut_in_the_middle_queues_each_task_once(
     plan: SubmitResponse = {"task_group_id": group_id, "task_ids": new_task_ids(2)}
     await idempotency.claim(aredis, key, request, plan, ttl_s=ttl_s)
     first_id = plan["task_ids"][0]
-    await aredis.hset(keys.task(first_id), mapping={"state": "running", "attempts": "1"})
+    await aredis.hset(
+        keys.task(first_id), mapping=stored_fields({"state": "running", "attempts": "1"})
+    )
     await aredis.xadd(keys.endpoint_tasks(endpoint_id), {"task_id": first_id})
     await idempotency.abandon(aredis, key, request, plan, ttl_s=ttl_s)  # the cut try gives up
 
     retry = await submit(alice, endpoint_id, body, "cut")
     assert retry.status_code == 200, retry.text
     assert retry.json() == plan
-    assert await aredis.hmget(keys.task(first_id), "state", "attempts") == ["running", "1"]
-    second = await aredis.hgetall(keys.task(plan["task_ids"][1]))
+    assert await aredis.hmget(keys.task(first_id), stored("state", "attempts")) == ["running", "1"]
+    second = hash_fields(await aredis.hgetall(keys.task(plan["task_ids"][1])))
     assert (second["state"], second.get("attempts", "0")) == ("waiting-for-ep", "0")
     stream: Any = await aredis.xrange(keys.endpoint_tasks(endpoint_id))
     assert [f["task_id"] for _, f in stream] == [first_id, *plan["task_ids"]]

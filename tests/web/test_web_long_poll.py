@@ -18,6 +18,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from sdk.keys import Keys
+from sdk.messages import stored_fields
 from sdk.serialize import deserialize, serialize
 from service_common.stream_watch import StreamWatcher
 from web_service.accounts import create_user
@@ -62,7 +63,7 @@ async def finish(
     fields = {"state": state, "completed_at": f"{time.time():.6f}"}
     if value is not None:
         fields["result"] = serialize(value)
-    await aredis.hset(keys.task(task["task_id"]), mapping=fields)  # type: ignore[arg-type]
+    await aredis.hset(keys.task(task["task_id"]), mapping=stored_fields(fields))  # type: ignore[arg-type]
     notice = {"task_id": task["task_id"], "state": state}
     await aredis.xadd(keys.task_group_results(task["task_group_id"]), notice)  # type: ignore[arg-type]
 

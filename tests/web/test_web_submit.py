@@ -12,6 +12,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from sdk.keys import Keys
+from sdk.messages import hash_fields, stored, task_created_at
 from sdk.serialize import SOURCE_CODE, pack_payload, serialize
 from web_service.settings import WebSettings
 
@@ -60,10 +61,13 @@ async def test_submit_writes_the_contracted_records(
         {"task_id": t, "payload": p} for t, p in zip(task_ids, payloads, strict=True)
     ]
     for task_id in task_ids:
-        record = await aredis.hgetall(keys.task(task_id))
-        created_at = record.pop("created_at")
-        assert created_at.isdigit() and abs(int(created_at) / 1e6 - time.time()) < 600  # µs
-        assert record == {  # the id is the key's: a field would repeat it in every task
+        assert uuid.UUID(task_id).version == 7  # it carries the creation time
+        created_at = task_created_at(task_id)
+        assert created_at is not None and abs(created_at - time.time()) < 600
+        raw = await aredis.hgetall(keys.task(task_id))
+        assert set(raw) == set(stored("user_id", "endpoint_id", "function_id", "task_group_id",
+                                      "state"))  # one-character names  # fmt: skip
+        assert hash_fields(raw) == {  # the id is the key's: a field would repeat it in every task
             "user_id": alice.user_id,
             "endpoint_id": endpoint_id,
             "function_id": function_id,

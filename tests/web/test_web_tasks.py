@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from redis.typing import EncodableT, FieldT
 
 from sdk.keys import Keys
-from sdk.messages import exception_record
+from sdk.messages import exception_record, stored_fields
 from sdk.serialize import SOURCE_CODE, deserialize, pack_payload, serialize
 
 from .helpers import ApiUser, assert_error
@@ -50,7 +50,7 @@ async def complete(
     now = f"{time.time():.6f}"
     mapping: dict[FieldT, EncodableT] = {"started_at": now, "completed_at": now, "attempts": "1"}
     mapping.update(fields)
-    await aredis.hset(keys.task(task_id), mapping=mapping)
+    await aredis.hset(keys.task(task_id), mapping=stored_fields(mapping))
 
 
 async def test_a_pending_then_completed_task(

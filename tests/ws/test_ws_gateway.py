@@ -15,6 +15,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from sdk.keys import AGENT_GROUP, Keys
+from sdk.messages import hash_field, hash_fields
 from sdk.serialize import deserialize
 from service_common.agent_protocol import (
     AGENT_PATH,
@@ -129,7 +130,7 @@ async def test_windows_keep_to_credit_and_code_is_sent_once(
     assert running["consumers"] == [{"name": "agent-1", "pending": 2}]
     assert list(agent.codes) == [fid]  # the first window carried it, the second none
     assert {t.attempt for t in first + rest} == {1}
-    states = [await aredis.hget(keys.task(tid), "state") for tid in task_ids]
+    states = [await aredis.hget(keys.task(tid), hash_field("state")) for tid in task_ids]
     assert states == ["running"] * 5
 
 
@@ -187,7 +188,7 @@ async def test_outcomes_are_settled_and_answered(
 
     assert answer.delivery_ids == tuple(t.delivery_id for t in tasks) and answer.refused == ()
     for i, tid in enumerate(task_ids):
-        record = await aredis.hgetall(keys.task(tid))
+        record = hash_fields(await aredis.hgetall(keys.task(tid)))
         assert (record["state"], deserialize(record["result"])) == ("success", 2 * i)
         assert "notice_pending" not in record
     notices = await aredis.xrange(keys.task_group_results(group))
@@ -227,7 +228,7 @@ async def test_a_hand_back_queues_the_task_again_for_any_agent(
 
 
 async def _state_is(aredis: aioredis.Redis, keys: Keys, task_id: str, state: str) -> bool:
-    return bool(await aredis.hget(keys.task(task_id), "state") == state)
+    return bool(await aredis.hget(keys.task(task_id), hash_field("state")) == state)
 
 
 async def test_a_gateway_going_away_asks_its_agents_to_drain(
@@ -246,7 +247,7 @@ async def test_a_gateway_going_away_asks_its_agents_to_drain(
         await until(lambda: _state_is(aredis, keys, task_id, "waiting-for-ep"), "handed back")
     await closing
     assert drain.grace_s is None
-    assert await aredis.hget(keys.task(task_id), "attempts") == "0"
+    assert await aredis.hget(keys.task(task_id), hash_field("attempts")) == "0"
 
 
 async def test_status_frames_are_recorded_for_the_status_route(stack: Stack) -> None:
@@ -294,7 +295,7 @@ async def test_a_lease_is_kept_while_connected_and_lapses_after(
     [redelivered] = again.tasks
     assert (redelivered.task_id, redelivered.attempt) == (task_id, 2)
     assert redelivered.delivery_id != task.delivery_id
-    assert await aredis.hget(keys.task(task_id), "attempts") == "2"
+    assert await aredis.hget(keys.task(task_id), hash_field("attempts")) == "2"
 
 
 async def test_an_agent_that_reconnects_within_the_lease_keeps_its_tasks(
@@ -314,7 +315,7 @@ async def test_an_agent_that_reconnects_within_the_lease_keeps_its_tasks(
     assert welcome.lost == ("no-such-task",)
     assert answer.delivery_ids == (kept.delivery_id, done.delivery_id)
     for tid in task_ids:
-        assert await aredis.hget(keys.task(tid), "state") == "success"
+        assert await aredis.hget(keys.task(tid), hash_field("state")) == "success"
 
 
 async def test_another_agent_id_does_not_adopt_the_tasks(stack: Stack) -> None:
@@ -391,9 +392,9 @@ async def test_tasks_that_must_not_run_are_settled_and_never_sent(
         # Nothing was sent before the answer to this question.
         await agent.send(NeedCode((other, "no-such-function")))
         answer = await agent.recv(Functions)
-    exception = json.loads(await aredis.hget(keys.task(refused), "exception") or "{}")
+    exception = json.loads(await aredis.hget(keys.task(refused), hash_field("exception")) or "{}")
     assert exception["type"] == "FunctionNotAllowed"
-    assert await aredis.hget(keys.task(cancelled), "state") == "cancelled"
+    assert await aredis.hget(keys.task(cancelled), hash_field("state")) == "cancelled"
     assert [c.function_id for c in answer.functions] == [other]
     assert answer.missing == ("no-such-function",)
 
@@ -414,7 +415,7 @@ async def test_a_task_whose_agents_keep_vanishing_fails_with_worker_lost(
         async with AgentClient.connect(url, credential, hello("next")) as agent:
             await agent.send(Credit(1))
             await until(lambda: _state_is(aredis, keys, task_id, "failed"), "WorkerLost")
-    record = await aredis.hgetall(keys.task(task_id))
+    record = hash_fields(await aredis.hgetall(keys.task(task_id)))
     assert json.loads(record["exception"])["type"] == "WorkerLost"
     assert record["attempts"] == "2"
 
@@ -454,7 +455,7 @@ async def test_the_gateway_rides_out_a_redis_restart(
             answer = await agent.recv(Settled)
             [again] = await agent.take(1)
         async with aioredis.Redis.from_url(private_redis.url, decode_responses=True) as check:
-            state = await check.hget(keys.task(first), "state")
+            state = await check.hget(keys.task(first), hash_field("state"))
     assert error.code == UNAVAILABLE
     assert answer.delivery_ids == (task.delivery_id,)
     assert (task.task_id, again.task_id, state) == (first, second, "success")
@@ -484,4 +485,4 @@ async def test_agents_on_two_copies_share_the_work_and_may_move_between_them(
     assert moved.welcome.lost == ()
     assert answer.delivery_ids == tuple(t.delivery_id for t in got_a)
     for task in got_a:
-        assert await aredis.hget(keys.task(task.task_id), "state") == "success"
+        assert await aredis.hget(keys.task(task.task_id), hash_field("state")) == "success"

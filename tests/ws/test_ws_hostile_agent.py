@@ -24,6 +24,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from sdk.keys import AGENT_GROUP, Keys
+from sdk.messages import hash_field
 from service_common.agent_protocol import (
     AGENT_PATH,
     NOT_HANDED,
@@ -154,8 +155,8 @@ async def test_a_hostile_agent_with_endpoint_as_credential_is_refused_everything
 
     assert redis_after == redis_before
     assert sql_after == sql_before
-    assert await aredis.hget(keys.task(b_task.task_id), "state") == "running"
-    assert await aredis.hget(keys.task(a_other.task_id), "state") == "running"
+    assert await aredis.hget(keys.task(b_task.task_id), hash_field("state")) == "running"
+    assert await aredis.hget(keys.task(a_other.task_id), hash_field("state")) == "running"
     pending = await aredis.xpending(keys.endpoint_tasks(b), AGENT_GROUP)
     assert pending["consumers"] == [{"name": "b-agent", "pending": 1}]
 

@@ -21,7 +21,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from sdk.keys import Keys
-from sdk.messages import exception_record
+from sdk.messages import exception_record, stored_fields
 from sdk.serialize import deserialize, pack_payload, serialize
 from tests.conftest import free_port
 from tests.private_redis import PrivateRedis
@@ -115,7 +115,7 @@ async def complete(
             else:
                 fields = {"state": "success", "result": serialize(outcome)}
             fields["completed_at"] = str(time.time())
-            pipe.hset(keys.task(task_id), items=[part for pair in fields.items() for part in pair])
+            pipe.hset(keys.task(task_id), mapping=stored_fields(fields))
             pipe.xadd(
                 keys.task_group_results(group), {"task_id": task_id, "state": fields["state"]}
             )

@@ -32,6 +32,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from sdk.messages import stored
 from service_common.tokens import bearer_token, hash_token
 from web_service.accounts import TOKEN_PREFIX, Caller
 from web_service.context import AppContext, context_of
@@ -210,7 +211,9 @@ async def task(request: Request) -> JSONResponse:
     info = await read_task(context.redis, context.keys, session.user_id, task_id)
     if info is None:
         raise not_found("task", task_id)
-    attempts, agent = await context.redis.hmget(context.keys.task(task_id), ["attempts", "agent"])
+    attempts, agent = await context.redis.hmget(
+        context.keys.task(task_id), stored("attempts", "agent")
+    )
     return JSONResponse({**info, "attempts": int(attempts or 0), "agent": agent},
                         headers={"cache-control": "no-store"})  # fmt: skip
 

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import Literal, TypedDict
 
 from sdk.keys import Keys
-from sdk.messages import CancelNotice
+from sdk.messages import CancelNotice, hash_script
 from sdk.states import TaskState
 from service_common.lua import Lua, execute_pipeline
 from service_common.redis_client import RedisClient
@@ -31,18 +31,19 @@ from web_service.store.models import is_id
 
 Outcome = Literal["cancelled", "interrupt_requested", "finished"]
 
-CANCEL_SCRIPT = """
-local fields = redis.call('HMGET', KEYS[1], 'user_id', 'state', 'endpoint_id', 'task_group_id')
+CANCEL_SCRIPT = hash_script("""
+local fields = redis.call('HMGET', KEYS[1], '$user_id', '$state', '$endpoint_id',
+  '$task_group_id')
 if fields[1] ~= ARGV[1] then
   return false
 end
 if fields[2] == ARGV[4] then
-  redis.call('HSET', KEYS[1], 'state', ARGV[5], 'completed_at', ARGV[2])
+  redis.call('HSET', KEYS[1], '$state', ARGV[5], '$completed_at', ARGV[2])
   redis.call('EXPIRE', KEYS[1], ARGV[3])
   return {1, ARGV[5], fields[3], fields[4]}
 end
 return {0, fields[2] or '', fields[3] or '', fields[4] or ''}
-"""
+""")
 
 CANCEL = Lua(CANCEL_SCRIPT, keys=["task"])
 
