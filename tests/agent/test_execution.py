@@ -7,6 +7,7 @@ import operator
 import pytest
 
 from endpoint_agent import Agent
+from sdk.messages import task_created_at
 from sdk.serialize import DILL_CODE, JSON_DATA, pack_buffers, serialize
 from sdk.states import TaskState
 from tests.agent.gateway_stack import GatewayEndpoint, settings_for
@@ -68,7 +69,9 @@ async def test_sync_functions_run_to_their_outcome(
     done = await endpoint.task(sums[0])
     assert done["agent"] == "agent-1"
     assert done["attempts"] == "1"
-    assert float(done["created_at"]) <= float(done["started_at"]) <= float(done["completed_at"])
+    created = task_created_at(sums[0])  # the id carries it
+    assert created is not None
+    assert created <= float(done["started_at"]) <= float(done["completed_at"])
     assert 0 < await endpoint.redis.ttl(endpoint.keys.task(sums[0])) <= 7 * 24 * 3600
 
     record = await endpoint.failure(raised)

@@ -15,6 +15,7 @@ from sdk.messages import (
     hash_seconds,
     parse_exception,
     remote_exception,
+    task_created_at,
     task_info,
 )
 
@@ -84,12 +85,16 @@ def test_a_cancelled_task_is_task_failed_whatever_its_record() -> None:
     assert isinstance(error, TaskFailed) and error.state == "cancelled"
 
 
-def test_task_times_read_as_seconds_whether_written_as_microseconds_or_seconds() -> None:
-    fields = {"state": "success", "created_at": "1764800000123456", "started_at": "1764800001.5"}
-    info = task_info("t6", fields)
-    assert (info["created_at"], info["started_at"]) == (1764800000.123456, 1764800001.5)
+def test_task_times_read_as_seconds_and_the_creation_time_from_the_id() -> None:
+    # 0x019ae646f000 ms = 1764800000.0 s; 0x800 / 4096 of a millisecond = 0.5 ms
+    task_id = "019ae646-f000-7800-8000-000000000000"
+    info = task_info(task_id, {"state": "success", "started_at": "1764800001.5"})
+    assert info["created_at"] == pytest.approx(1764800000.0005, abs=1e-7)
+    assert info["started_at"] == 1764800001.5
     assert info["completed_at"] is None and hash_seconds("soon") is None
     assert hash_seconds("1764800001") == 1764800001.0  # whole seconds stay seconds
+    assert task_created_at("c4822b15-82d2-4894-97b8-51bdd469517c") is None  # a uuid4 has none
+    assert task_info("t6", {})["created_at"] is None
 
 
 def test_task_info_and_batch_results_carry_stdout_and_stderr() -> None:

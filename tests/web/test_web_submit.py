@@ -15,6 +15,7 @@ from sdk.keys import Keys
 from sdk.messages import hash_fields, stored, task_created_at
 from sdk.serialize import SOURCE_CODE, pack_payload, serialize
 from web_service.settings import WebSettings
+from web_service.taskstore.tasks import new_task_ids
 
 from .helpers import ApiUser, assert_error
 
@@ -258,3 +259,12 @@ async def test_a_warm_submit_costs_one_sql_statement_at_most(alice: ApiUser) -> 
         assert statements == []
     finally:
         event.remove(Engine, "before_cursor_execute", record)
+
+
+def test_new_task_ids_are_uuid7_stamped_with_the_time_now() -> None:
+    before = time.time()
+    ids = new_task_ids(3)
+    after = time.time()
+    assert len(set(ids)) == 3 and all(uuid.UUID(i).version == 7 for i in ids)
+    created = [task_created_at(i) for i in ids]
+    assert all(c is not None and before - 0.001 <= c <= after + 0.001 for c in created)
