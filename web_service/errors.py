@@ -26,11 +26,12 @@ from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service_common.errors import ServiceError
+from web_service.json_response import JSONResponse
 
 logger = logging.getLogger(__name__)
 

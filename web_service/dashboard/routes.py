@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator
 from importlib.resources import files
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
+from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from sdk.messages import stored
@@ -47,6 +47,7 @@ from web_service.dashboard.sessions import (
 )
 from web_service.dashboard.snapshot import Snapshots
 from web_service.errors import bad_request, not_found, retry_later, unauthorized
+from web_service.json_response import JSONResponse
 from web_service.routes import tasks as routes_tasks
 from web_service.routes.bodies import read_json
 from web_service.taskstore.tasks import read_task

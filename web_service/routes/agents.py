@@ -8,10 +8,10 @@ They are authenticated by an endpoint credential, never a user's token (see
 from __future__ import annotations
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from service_common.tokens import ENDPOINT_SESSION_PATH
+from web_service.json_response import JSONResponse
 from web_service.middleware.auth import endpoint_of
 
 __all__ = ["routes"]

@@ -14,12 +14,12 @@ from __future__ import annotations
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from service_common.amqp import QUEUE_PREFIX
 from web_service.context import context_of
 from web_service.errors import ApiError, forbidden, invalid, not_found
+from web_service.json_response import JSONResponse
 from web_service.middleware.auth import caller_of
 from web_service.routes.bodies import (
     MAX_GROUP_PAGE_LIMIT,

@@ -13,12 +13,12 @@ import uuid
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from web_service.accounts import Caller
 from web_service.context import AppContext, context_of
 from web_service.errors import ApiError, invalid, not_found
+from web_service.json_response import JSONResponse
 from web_service.middleware.auth import caller_of
 from web_service.routes.bodies import (
     MAX_LIST_ITEMS,

@@ -17,10 +17,10 @@ import time
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from web_service.context import context_of
+from web_service.json_response import JSONResponse
 from web_service.middleware.auth import caller_of
 from web_service.overview import (
     BUCKET_S,

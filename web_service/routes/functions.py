@@ -10,11 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from web_service.accounts import Caller
 from web_service.context import context_of
+from web_service.json_response import JSONResponse
 from web_service.middleware.auth import caller_of
 from web_service.routes.bodies import (
     parse_function_registration,

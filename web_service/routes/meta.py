@@ -12,10 +12,11 @@ import math
 
 from sqlalchemy import select
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from web_service.context import context_of
+from web_service.json_response import JSONResponse
 from web_service.middleware.auth import caller_of
 from web_service.middleware.availability import RETRY_AFTER_S
 from web_service.middleware.metrics import MAX_SCRAPED_ENDPOINTS

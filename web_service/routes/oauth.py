@@ -23,11 +23,11 @@ import binascii
 from urllib.parse import parse_qs, unquote_plus
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from web_service.context import context_of
 from web_service.errors import request_id_of
+from web_service.json_response import JSONResponse
 from web_service.routes.bodies import read_body
 
 __all__ = ["COMPUTE_RESOURCE_SERVER", "COMPUTE_SCOPE", "routes"]

@@ -19,7 +19,6 @@ failure in the middle of queueing queues the same ids again and runs nothing twi
 from __future__ import annotations
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from sdk.messages import SubmitResponse
@@ -27,6 +26,7 @@ from service_common.lua import is_cluster
 from web_service.accounts import Caller
 from web_service.context import AppContext, context_of
 from web_service.errors import ApiError, not_found
+from web_service.json_response import JSONResponse
 from web_service.middleware.auth import caller_of
 from web_service.routes.bodies import SubmitBatch, parse_json, parse_submit, read_body
 from web_service.store.functions import SubmitCheck

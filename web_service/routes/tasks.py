@@ -15,11 +15,11 @@ import math
 from collections.abc import Mapping
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from web_service.context import context_of
 from web_service.errors import invalid, not_found
+from web_service.json_response import JSONResponse
 from web_service.middleware.auth import caller_of
 from web_service.routes.bodies import (
     DEFAULT_GROUP_PAGE_LIMIT,
