@@ -13,6 +13,8 @@ from redis.typing import EncodableT, FieldT
 from sdk.keys import Keys
 from sdk.messages import exception_record, stored_fields
 from sdk.serialize import SOURCE_CODE, deserialize, pack_payload, serialize
+from service_common.lua import execute_pipeline
+from web_service.taskstore.tasks import new_task_ids, parse_task_reads, queue_task_reads, read_task
 
 from .helpers import ApiUser, assert_error
 
@@ -134,3 +136,26 @@ async def test_task_group(alice: ApiUser, bob: ApiUser) -> None:
     assert isinstance(body["created_at"], float)
     assert_error(await bob.get(f"/v1/task_groups/{group_id}"), 404, "TASK_GROUP_NOT_FOUND")
     assert_error(await alice.get(f"/v1/task_groups/{uuid.uuid4()}"), 404, "TASK_GROUP_NOT_FOUND")
+
+
+async def test_many_tasks_are_read_by_a_few_script_calls_each_as_its_own(
+    alice: ApiUser, aredis: aioredis.Redis, keys: Keys
+) -> None:
+    """On one Redis, 600 tasks read at once go as three calls of the read script (256 tasks
+    each at most), and each task comes back as a read of it alone would find it: another
+    user's and an unknown id are left out, a completed one has its result."""
+    mine = [t for _ in range(12) for t in (await queue(alice, 50))["task_ids"]]  # 50 a batch
+    await complete(aredis, keys, mine[299], {"state": "success", "result": serialize(4)})
+    theirs = new_task_ids(1)[0]
+    await aredis.hset(keys.task(theirs), mapping=stored_fields({"user_id": "bob", "state": "x"}))
+    asked = [*mine[:300], theirs, str(uuid.uuid4()), *mine[300:]]
+
+    pipe = aredis.pipeline(transaction=False)
+    reads = await queue_task_reads(pipe, keys, asked)
+    assert (reads.batched, reads.replies, len(pipe)) == (True, 3, 3)
+    found = parse_task_reads(reads, await execute_pipeline(pipe), alice.user_id)
+
+    assert list(found) == mine
+    one_by_one = [await read_task(aredis, keys, alice.user_id, t) for t in mine]
+    assert list(found.values()) == one_by_one
+    assert found[mine[299]]["state"] == "success" and found[mine[0]]["state"] == "waiting-for-ep"

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from sdk.keys import Keys
 from sdk.messages import TaskInfo
 from sdk.states import TERMINAL_STATES
-from service_common.lua import is_cluster
+from service_common.lua import execute_pipeline, is_cluster
 from service_common.redis_client import RedisClient
 from service_common.stream_watch import StreamWatcher
 from web_service.taskstore.tasks import parse_task_reads, queue_task_reads, read_tasks
@@ -71,13 +71,12 @@ async def read_tasks_waiting(
     # One Redis runs a pipeline in order, so the re-read can share the cursors' round trip;
     # a cluster's pipeline reaches its nodes at once, so there it waits for the cursors.
     one_node = not is_cluster(redis)
-    if one_node:
-        queue_task_reads(pipe, keys, wanted)
-    replies = await pipe.execute()
+    reads = await queue_task_reads(pipe, keys, wanted) if one_node else None
+    replies = await execute_pipeline(pipe)
     lasts = replies[: len(streams)]
     cursors = {s: (last[0][0] if last else "0-0") for s, last in zip(streams, lasts, strict=True)}
-    if one_node:
-        found = parse_task_reads(wanted, replies[len(streams) :], user_id)
+    if reads is not None:
+        found = parse_task_reads(reads, replies[len(streams) :], user_id)
     else:
         found = await read_tasks(redis, keys, user_id, wanted)
     if any_finished(found, wanted):
