@@ -28,7 +28,11 @@ def descendants(pid: int) -> list[int]:
     todo = [pid]
     while todo:
         parent = todo.pop()
-        for children in (PROC / str(parent) / "task").glob("*/children"):
+        try:  # a process that exits meanwhile takes its /proc folder (and its children) along
+            listed = list((PROC / str(parent) / "task").glob("*/children"))
+        except OSError:
+            continue
+        for children in listed:
             with contextlib.suppress(OSError):
                 for child in children.read_text().split():
                     found.append(int(child))
