@@ -48,8 +48,8 @@ class StreamEntry(TypedDict):
 
     The task's function and task group are in its hash, not here: the start script returns
     them with the start (``service_common.tasks.stream``), so a queued task carries two ids
-    fewer (80 bytes of Redis each). An entry queued by an earlier version that has them is
-    read the same way.
+    fewer (about 85 bytes of Redis). An entry that still names them keeps its own where
+    the task's hash does not name them.
 
     ``walltime_s`` (decimal seconds) caps how long the task may run; the agent applies the
     tighter of it and its endpoint's own walltime. ``result_serializers`` (comma-separated
