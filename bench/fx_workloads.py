@@ -307,9 +307,15 @@ def _delete_queued(
         client.close()
 
 
-def fanout(figures: Figures, deployment: Deployment, s: BenchSettings) -> None:
+def fanout_wall(
+    deployment: Deployment,
+    s: BenchSettings,
+    *,
+    meter: AbstractContextManager[object] | None = None,
+) -> tuple[float, list[float]]:
     """Many AsyncClients at once, each with its own task group and WebSocket, each awaiting
-    its results; wall time for all, and p99 of every task's submit-to-result time."""
+    its results: seconds for all, and every task's submit-to-result seconds; ``meter`` as in
+    :func:`executor_wall` (the clients are made and the function registered before it)."""
 
     async def one(fx: AsyncClient, fid: str) -> list[float]:
         async def timed() -> float:
@@ -328,16 +334,22 @@ def fanout(figures: Figures, deployment: Deployment, s: BenchSettings) -> None:
         try:
             fid = await clients[0].register_function(tasks.noop)
             await asyncio.wait_for(clients[0].run(function_id=fid), s.task_timeout_s)
-            start = time.perf_counter()
-            per_client = await asyncio.wait_for(
-                asyncio.gather(*(one(fx, fid) for fx in clients)), s.task_timeout_s
-            )
-            wall = time.perf_counter() - start
+            with meter or contextlib.nullcontext():
+                start = time.perf_counter()
+                per_client = await asyncio.wait_for(
+                    asyncio.gather(*(one(fx, fid) for fx in clients)), s.task_timeout_s
+                )
+                wall = time.perf_counter() - start
         finally:
             await asyncio.gather(*(fx.aclose() for fx in clients), return_exceptions=True)
         return wall, [x for xs in per_client for x in xs]
 
-    wall, latencies = asyncio.run(measure())
+    return asyncio.run(measure())
+
+
+def fanout(figures: Figures, deployment: Deployment, s: BenchSettings) -> None:
+    """The fan-out row: :func:`fanout_wall`'s wall, and the p99 of its tasks' times."""
+    wall, latencies = fanout_wall(deployment, s)
     variant = f"{s.fanout_clients} AsyncClients x {s.fanout_results}"
     figures.add("fan-out", FXBROKER, variant, "wall", wall, unit="s", better="lower")
     figures.add("fan-out", FXBROKER, variant, "p99", percentile([x * 1000 for x in latencies], 99),

@@ -20,6 +20,9 @@ are counted. Each figure is the median of ``--repeat`` samples on one running pl
 ``--async-sleep`` runs the async row's tasks instead (``async def`` awaiting
 ``asyncio.sleep(1)``, all ``--tasks`` gathered at once by one ``AsyncClient``, on the same
 agent, whose 1,000 async slots take them at once); the wall is then printed in seconds.
+``--fan-out`` runs the fan-out row instead (200 AsyncClients in this process, each with its
+own WebSocket and task group, each gathering 50 no-op runs: 10,000 tasks, ``--tasks``
+unused), and prints its wall in seconds.
 
 ``--py-spy DIR`` adds one more sample, not counted, with ``py-spy record`` attached to the ws
 and agent processes, and prints the functions with the most own time in each (the raw
@@ -54,6 +57,8 @@ from bench.services import RedisServer
 from bench.settings import BenchSettings
 
 ROLES = ("client", "web", "ws (gateway)", "agent", "agent workers", "redis")
+EXECUTOR, ASYNC_SLEEP, FAN_OUT = "executor", "async-sleep", "fan-out"
+"""The workloads: the Executor's no-ops (or echoes), the async row, the fan-out row."""
 _TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 _PROJECT = ("ws_service/", "service_common/", "endpoint_agent/", "sdk/", "web_service/")
 
@@ -164,18 +169,25 @@ def service_pids(platform_: Platform) -> dict[str, int]:
     return {role[str(p.args[3])]: p.pid for p in platform_.processes.running}  # type: ignore[index]
 
 
+def tasks_per_sample(s: BenchSettings, mode: str) -> int:
+    """How many tasks one sample of ``mode`` runs."""
+    return s.fanout_clients * s.fanout_results if mode == FAN_OUT else s.throughput_tasks
+
+
 def _sample(
     d: Deployment,
     pids: dict[str, int],
     s: BenchSettings,
     payload: bytes | None = None,
     *,
-    sleeping: bool = False,
+    mode: str = EXECUTOR,
 ) -> tuple[float, CpuMeter]:
     meter = CpuMeter(pids, d.redis_url)
-    n = s.throughput_tasks
-    if sleeping:
+    n = tasks_per_sample(s, mode)
+    if mode == ASYNC_SLEEP:
         wall = fx.async_wall(d, fx.PROCESS, n, s, meter=meter)
+    elif mode == FAN_OUT:
+        wall, _ = fx.fanout_wall(d, s, meter=meter)
     elif payload is None:
         wall = fx.executor_wall(d, fx.PROCESS, tasks.noop, n, s, meter=meter)
     else:
@@ -232,7 +244,7 @@ def _profiled(
     out: Path,
     payload: bytes | None,
     *,
-    sleeping: bool = False,
+    mode: str = EXECUTOR,
 ) -> None:
     out.mkdir(parents=True, exist_ok=True)
     targets = {role: pids[role] for role in ("web", "ws (gateway)", "agent")}
@@ -241,7 +253,7 @@ def _profiled(
         targets[f"worker{i}"] = pid
     spies = {role: _spy(pid, out / f"{role.split()[0]}.txt") for role, pid in targets.items()}
     try:
-        _sample(d, pids, s, payload, sleeping=sleeping)
+        _sample(d, pids, s, payload, mode=mode)
     finally:
         for proc in spies.values():
             proc.send_signal(signal.SIGINT)
@@ -261,14 +273,16 @@ def render(
     n: int,
     payload_bytes: int = 0,
     *,
-    sleeping: bool = False,
+    mode: str = EXECUTOR,
 ) -> str:
     """The table: median CPU µs per task by role, wall tasks/s, Redis commands per task."""
     med = {r: statistics.median(us[r] for _, us, _ in rows) for r in ROLES}
     what = f"echo tasks of {payload_bytes:,} bytes" if payload_bytes else "no-op tasks"
     client = "Executor"
-    if sleeping:
+    if mode == ASYNC_SLEEP:
         what, client = "async def tasks awaiting asyncio.sleep(1)", "AsyncClient gather"
+    elif mode == FAN_OUT:
+        client = "fan-out (many AsyncClients, each gathering its runs)"
     lines = [f"hop cost: {n:,} {what}, {client} -> web -> gateway -> agent (process x2), "
              f"median of {len(rows)}", f"{'process':<16}{'CPU us/task':>12}  samples"]  # fmt: skip
     for role in ROLES:
@@ -280,9 +294,10 @@ def render(
     rates = [rate for rate, _, _ in rows]
     lines.append(f"wall: {statistics.median(rates):.0f} tasks/s  "
                  f"({', '.join(f'{r:.0f}' for r in rates)})")  # fmt: skip
-    if sleeping:
+    if mode != EXECUTOR:
         walls = [n / rate for rate in rates]
-        lines.append(f"wall: {statistics.median(walls):.3f} s, the last 1 s of it asleep  "
+        asleep = ", the last 1 s of it asleep" if mode == ASYNC_SLEEP else ""
+        lines.append(f"wall: {statistics.median(walls):.3f} s{asleep}  "
                      f"({', '.join(f'{w:.3f}' for w in walls)})")  # fmt: skip
     if payload_bytes:
         mbs = [rate * 2 * payload_bytes / 1e6 for rate in rates]
@@ -307,6 +322,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="echo tasks carrying BYTES random bytes each way instead of no-ops")  # fmt: skip
     add("--async-sleep", action="store_true",
         help="the async row's tasks instead: async def sleep(1), AsyncClient gather")  # fmt: skip
+    add("--fan-out", action="store_true",
+        help="the fan-out row instead: 200 AsyncClients x 50 no-ops (--tasks unused)")  # fmt: skip
     add("--repeat", type=int, default=3, help="samples, median shown (default 3)")
     add("--redis-url", default=None, help="a Redis to use (default: a private redis-server)")
     add("--redis-cluster", action="store_true", help="run on a private Redis Cluster of 3 masters")
@@ -315,9 +332,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     s = BenchSettings.full(throughput_tasks=args.tasks, repeat=args.repeat)
     payload = os.urandom(args.payload) if args.payload else None
-    sleeping = bool(args.async_sleep)
-    if sleeping and payload is not None:
-        parser.error("--async-sleep and --payload are two workloads; choose one")
+    chosen = [m for m, on in ((ASYNC_SLEEP, args.async_sleep), (FAN_OUT, args.fan_out)) if on]
+    if len(chosen) + (payload is not None) > 1:
+        parser.error("--async-sleep, --fan-out and --payload are each a workload; choose one")
+    mode = chosen[0] if chosen else EXECUTOR
+    n = tasks_per_sample(s, mode)
     workdir = Path(tempfile.mkdtemp(prefix="fxbroker-hop-cost-"))
     rows: list[tuple[float, dict[str, float], Counter[str]]] = []
     try:
@@ -326,14 +345,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             with platform_ as deployment:
                 pids = service_pids(platform_)
                 for i in range(s.repeat):
-                    rate, meter = _sample(deployment, pids, s, payload, sleeping=sleeping)
-                    rows.append((rate, *meter.per_task_us(s.throughput_tasks)))
+                    rate, meter = _sample(deployment, pids, s, payload, mode=mode)
+                    rows.append((rate, *meter.per_task_us(n)))
                     platform_.processes.check()
                     print(f"[{i + 1}/{s.repeat}] {rate:.0f} tasks/s", file=sys.stderr)
-                print(render(rows, s.throughput_tasks, args.payload, sleeping=sleeping),
-                      flush=True)  # fmt: skip
+                print(render(rows, n, args.payload, mode=mode), flush=True)
                 if args.py_spy is not None:
-                    _profiled(deployment, pids, s, args.py_spy, payload, sleeping=sleeping)
+                    _profiled(deployment, pids, s, args.py_spy, payload, mode=mode)
     except BaseException:
         print(f"the run failed; the logs of its processes are in {workdir}", file=sys.stderr)
         raise
