@@ -146,7 +146,7 @@ class Authenticator:
         key = (hash_token(caller.token), task_group_id)
         if self._groups.get(key) is not None:
             return
-        await self._get(f"/v1/task_groups/{task_group_id}", caller.token)
+        await self._get(f"/v1/task_groups/{task_group_id}?limit=0", caller.token)
         self._groups.put(key, True)
 
     async def _get(self, path: str, token: str) -> dict[str, Any]:

@@ -138,6 +138,21 @@ async def test_task_group(alice: ApiUser, bob: ApiUser) -> None:
     assert_error(await alice.get(f"/v1/task_groups/{uuid.uuid4()}"), 404, "TASK_GROUP_NOT_FOUND")
 
 
+async def test_a_task_group_page_of_no_tasks_answers_the_group_and_its_total(
+    alice: ApiUser, bob: ApiUser
+) -> None:
+    """``limit=0`` (ws_service's ownership check) reads no task, and is still the owner's."""
+    group_id = (await queue(alice, 3))["task_group_id"]
+    body = (await alice.get(f"/v1/task_groups/{group_id}?limit=0")).json()
+    assert (body["task_group_id"], body["total"], body["task_ids"], body["tasks"]) == (
+        group_id, 3, [], []
+    )  # fmt: skip
+    one = (await alice.get(f"/v1/task_groups/{group_id}?limit=1&offset=2")).json()
+    assert (one["total"], len(one["tasks"])) == (3, 1)
+    assert_error(await bob.get(f"/v1/task_groups/{group_id}?limit=0"), 404, "TASK_GROUP_NOT_FOUND")
+    assert_error(await alice.get(f"/v1/task_groups/{group_id}?limit=-1"), 422, "VALIDATION_ERROR")
+
+
 async def test_many_tasks_are_read_by_a_few_script_calls_each_as_its_own(
     alice: ApiUser, aredis: aioredis.Redis, keys: Keys
 ) -> None:

@@ -250,10 +250,15 @@ def parse_function_ids(data: Any) -> list[str]:
 
 
 def parse_page(
-    query: Mapping[str, str], *, default: int = DEFAULT_PAGE_LIMIT, maximum: int = MAX_PAGE_LIMIT
+    query: Mapping[str, str],
+    *,
+    default: int = DEFAULT_PAGE_LIMIT,
+    maximum: int = MAX_PAGE_LIMIT,
+    minimum: int = 1,
 ) -> Page:
-    """``?limit=`` (1 to ``maximum``, default ``default``) and ``?offset=`` (0 or more)."""
-    limit = _query_int(query, "limit", default, 1, maximum)
+    """``?limit=`` (``minimum`` to ``maximum``, default ``default``) and ``?offset=`` (0 or
+    more)."""
+    limit = _query_int(query, "limit", default, minimum, maximum)
     offset = _query_int(query, "offset", 0, 0, MAX_OFFSET)
     return Page(limit=limit, offset=offset)
 

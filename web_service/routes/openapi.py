@@ -26,13 +26,14 @@ from web_service.taskstore.waiting import MAX_WAIT_S
 JSON = "application/json"
 
 
-def _page(default: int, maximum: int) -> list[Schema]:
+def _page(default: int, maximum: int, minimum: int = 1) -> list[Schema]:
+    limit = {"type": "integer", "minimum": minimum, "maximum": maximum, "default": default}
     return [
         {
             "name": "limit",
             "in": "query",
             "required": False,
-            "schema": {"type": "integer", "minimum": 1, "maximum": maximum, "default": default},
+            "schema": limit,
         },
         {
             "name": "offset",
@@ -150,7 +151,7 @@ def build_openapi(settings: WebSettings, *, version: str) -> dict[str, Any]:
         _path_id("task_id"),
         _path_id("task_group_id"),
     )
-    group_page = _page(DEFAULT_GROUP_PAGE_LIMIT, MAX_GROUP_PAGE_LIMIT)
+    group_page = _page(DEFAULT_GROUP_PAGE_LIMIT, MAX_GROUP_PAGE_LIMIT, minimum=0)
     paths: dict[str, Any] = {
         "/healthz": {"get": op("The process is up", "Health", public=True)},
         "/readyz": {

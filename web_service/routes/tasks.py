@@ -145,12 +145,17 @@ async def get_task_group(request: Request) -> JSONResponse:
 
     ``{"task_group_id", "created_at", "total", "task_ids", "tasks": [{"task_id", "state"}]}``:
     tasks in submission order (``state`` is null once a task's record expired); ``total``
-    counts every task submitted into the group until the list expires.
+    counts every task submitted into the group until the list expires. ``limit=0`` answers
+    the group and its total alone, reading no task (what ws_service asks to learn whether a
+    group is the caller's).
     """
     context = context_of(request)
     task_group_id = request.path_params["task_group_id"]
     page = parse_page(
-        request.query_params, default=DEFAULT_GROUP_PAGE_LIMIT, maximum=MAX_GROUP_PAGE_LIMIT
+        request.query_params,
+        default=DEFAULT_GROUP_PAGE_LIMIT,
+        maximum=MAX_GROUP_PAGE_LIMIT,
+        minimum=0,
     )
     record = await context.task_groups.get(caller_of(request).user_id, task_group_id)
     if record is None:

@@ -377,9 +377,11 @@ async def task_group_page(
 ) -> tuple[int, list[tuple[str, str | None]]]:
     """``(total, [(task id, state or None once expired)])`` of one page of a group's tasks.
 
-    The tasks are in submission order; one round trip.
+    The tasks are in submission order; one round trip (the total alone for ``limit`` 0).
     """
     group_tasks = keys.task_group_tasks(task_group_id)
+    if limit <= 0:
+        return int(await redis.llen(group_tasks)), []
     pipe = redis.pipeline(transaction=False)
     pipe.llen(group_tasks)
     pipe.lrange(group_tasks, offset, offset + limit - 1)
