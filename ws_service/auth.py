@@ -3,7 +3,11 @@ Asked of the web service over HTTP.
 
 The ws_service holds no SQL and no token table: it forwards the caller's bearer token to
 ``GET /v1/whoami`` and ``GET /v1/task_groups/{id}``, and an agent's endpoint credential to
-``GET /v1/endpoint_session``, and believes the answer. Positive answers are cached for
+``GET /v1/endpoint_session``, and believes the answer. A task group whose tasks are still in
+Redis is known to be the caller's without asking: its first task's hash names the user who
+submitted it, and the web service puts only its owner's tasks in a group (``group_owner``,
+given by the server); any other answer (someone else's, or nothing left in Redis) is still
+asked of the web service, which gives the precise refusal. Positive answers are cached for
 ``cache_s`` per token (hashed, never stored as given), so a reconnect storm or many
 subscriptions cost the web service one request per token and group per period; negative
 answers are never cached, so a token created a moment ago works at once. A revoked token or
@@ -19,7 +23,7 @@ raises :class:`WebUnavailable`, a :class:`~service_common.errors.ServiceError`.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,7 +77,9 @@ class EndpointSession:
 class Authenticator:
     """Checks tokens and task-group ownership against the web service at ``web_url``.
 
-    ``http`` is an open :class:`httpx.AsyncClient` whose lifetime the caller manages."""
+    ``http`` is an open :class:`httpx.AsyncClient` whose lifetime the caller manages.
+    ``group_owner`` answers the user a task group's tasks in Redis belong to (None when it
+    cannot tell); without it every group is asked of the web service."""
 
     def __init__(
         self,
@@ -82,8 +88,10 @@ class Authenticator:
         *,
         cache_s: float,
         clock: Callable[[], float] = time.monotonic,
+        group_owner: Callable[[str], Awaitable[str | None]] | None = None,
     ) -> None:
         self._http = http
+        self._group_owner = group_owner
         self._web_url = web_url.rstrip("/")
         self._callers: LRUCache[str, Caller] = LRUCache(
             max_items=CACHE_ENTRIES_MAX, ttl_s=cache_s, clock=clock
@@ -142,9 +150,17 @@ class Authenticator:
     async def check_task_group(self, caller: Caller, task_group_id: str) -> None:
         """Return when ``task_group_id`` is the caller's; raise :class:`APIError` (404
         ``NOT_FOUND`` for someone else's or no group, 401 for a token revoked since) or
-        :class:`WebUnavailable` otherwise."""
+        :class:`WebUnavailable` otherwise.
+
+        Cost once cached: none; for a group whose tasks are in Redis, two Redis reads; else
+        one ``GET /v1/task_groups/{id}?limit=0``."""
         key = (hash_token(caller.token), task_group_id)
         if self._groups.get(key) is not None:
+            return
+        if self._group_owner is not None and await self._group_owner(task_group_id) == (
+            caller.user_id
+        ):
+            self._groups.put(key, True)
             return
         await self._get(f"/v1/task_groups/{task_group_id}?limit=0", caller.token)
         self._groups.put(key, True)

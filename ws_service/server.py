@@ -77,6 +77,7 @@ from types import TracebackType
 from typing import Self
 
 import httpx
+from redis.exceptions import RedisError
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
@@ -84,7 +85,7 @@ from websockets.http11 import Request, Response
 from sdk import wire
 from sdk.errors import APIError
 from sdk.keys import Keys
-from sdk.messages import ResultItem
+from sdk.messages import ResultItem, stored
 from sdk.wire import RESULTS_PATH
 from service_common import tls
 from service_common.agent_protocol import AGENT_PATH
@@ -102,6 +103,8 @@ logger = logging.getLogger(__name__)
 """The one WebSocket route."""
 CLIENT_FRAME_BYTES_MAX = 64 * 1024
 """Client frames are small commands; a larger one closes the connection (code 1009)."""
+(_USER_ID,) = stored("user_id")
+
 _SUBSCRIBE_ERROR_CODES = {
     401: wire.UNAUTHORIZED,
     403: wire.NOT_FOUND,
@@ -192,7 +195,10 @@ class ResultServer:
         )
         self._reading = asyncio.create_task(self._reader.run(), name="results-reader")
         self._http = httpx.AsyncClient(timeout=settings.auth_timeout_s)
-        self._auth = Authenticator(self._http, settings.web_url, cache_s=settings.auth_cache_s)
+        self._auth = Authenticator(
+            self._http, settings.web_url, cache_s=settings.auth_cache_s,
+            group_owner=self._group_owner,
+        )  # fmt: skip
         try:
             self._gateway = await Gateway(
                 settings, redis_outage=self.redis_outage, on_settled=self._push_settled
@@ -364,6 +370,21 @@ class ResultServer:
         subscriptions[gid] = sub
         self._local.setdefault(gid, set()).add(sub)
         self.reader.add(sub)
+
+    async def _group_owner(self, task_group_id: str) -> str | None:
+        """The user whose tasks the group's list in Redis holds (its first task's submitter),
+        or None when Redis holds neither (expired, never submitted) or cannot answer now."""
+        redis = self._redis
+        if redis is None:
+            return None
+        try:
+            first = await redis.lindex(self.keys.task_group_tasks(task_group_id), 0)
+            if not isinstance(first, str):
+                return None
+            (owner,) = await redis.hmget(self.keys.task(first), _USER_ID)
+        except RedisError:
+            return None
+        return owner if isinstance(owner, str) else None
 
     @property
     def reader(self) -> ResultReader:

@@ -94,10 +94,16 @@ async def test_small_results_are_pushed_without_reading_task_hashes(
         stack.ws() as agent_url,
         stack.ws() as subscriber_url,
         connect(subscriber_url + "/v1/results", additional_headers=bearer(stack.ann_token)) as ws,
-        monitoring(redis_url, keys) as monitor,
     ):
+        # The subscription's owner check reads the group's first task (its submitter); the
+        # pushes are watched from then on.
         await ws.send(json.dumps({"type": "subscribe", "task_group_id": group, "cursor": "0"}))
-        async with AgentClient.connect(agent_url, credential) as agent:
+        async with asyncio.timeout(FRAME_WAIT_S):
+            assert json.loads(await ws.recv())["type"] == "subscribed"
+        async with (
+            monitoring(redis_url, keys) as monitor,
+            AgentClient.connect(agent_url, credential) as agent,
+        ):
             tasks = sorted(await agent.take(21), key=lambda t: task_ids.index(t.task_id))
             *small, last = tasks
             await agent.report([success(task, i) for i, task in enumerate(small)])
@@ -105,12 +111,12 @@ async def test_small_results_are_pushed_without_reading_task_hashes(
                 last.task_id, last.delivery_id, TaskState.SUCCESS, completed_at=0.0, result=big
             )
             await agent.report([bulky])
-        items: dict[str, Any] = {}
-        while len(items) < 21:
-            async with asyncio.timeout(FRAME_WAIT_S):
-                frame = json.loads(await ws.recv())
-            items.update({i["task_id"]: i for i in frame.get("results", [])})
-        await monitor.settle(aredis)
+            items: dict[str, Any] = {}
+            while len(items) < 21:
+                async with asyncio.timeout(FRAME_WAIT_S):
+                    frame = json.loads(await ws.recv())
+                items.update({i["task_id"]: i for i in frame.get("results", [])})
+            await monitor.settle(aredis)
     assert [deserialize(items[t.task_id]["result"]) for t in small] == list(range(20))
     assert items[last.task_id]["result"] == big
     # Only the big result's hash was read to push it.

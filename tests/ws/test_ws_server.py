@@ -28,6 +28,7 @@ from tests.private_redis import PrivateRedis
 from tests.ws.gateway_helpers import web_service
 from web_service.accounts import create_user
 from web_service.schema import upgrade
+from ws_service.auth import Authenticator
 from ws_service.fanout import REDIS_CONNECTIONS
 from ws_service.server import ResultServer
 from ws_service.settings import WsSettings
@@ -298,6 +299,43 @@ async def test_another_users_task_group_gives_an_error_frame(
     assert error["task_group_id"] == group
     assert [i["task_id"] for i in frame["results"]] == [own_task]
     assert frame["task_group_id"] == own_group
+
+
+async def test_a_group_whose_tasks_are_in_redis_is_known_without_asking_the_web_service(
+    stack: Stack, aredis: aioredis.Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its first task's hash names its owner; someone else's group, or one Redis no longer
+    holds, is still asked of the web service (which refuses the first, allows the second)."""
+    asked: list[str] = []
+    real_get = Authenticator._get
+
+    async def recording_get(self: Authenticator, path: str, token: str) -> dict[str, Any]:
+        asked.append(path)
+        return await real_get(self, path, token)
+
+    monkeypatch.setattr(Authenticator, "_get", recording_get)
+    group, [task_id] = await submit(stack, stack.ann, 1)
+    expired, [other_task] = await submit(stack, stack.ann, 1)
+    await aredis.delete(keys.task_group_tasks(expired))
+    await complete(aredis, keys, group, [(task_id, 3)])
+    await complete(aredis, keys, expired, [(other_task, 4)])
+    async with open_ws(stack, stack.ann) as ws:
+        await subscribe(ws, group)
+        [frame] = await results(ws, 1)
+        groups_asked = [p for p in asked if p.startswith("/v1/task_groups/")]
+        await subscribe(ws, expired)
+        [expired_frame] = await results(ws, 1)
+    async with open_ws(stack, stack.bob) as ws:
+        await send(ws, {"type": "subscribe", "task_group_id": group, "cursor": "0"})
+        refused = await recv(ws)
+
+    assert groups_asked == []
+    assert [i["task_id"] for i in frame["results"]] == [task_id]
+    assert [i["task_id"] for i in expired_frame["results"]] == [other_task]
+    assert (refused["type"], refused["code"]) == ("error", "NOT_FOUND")
+    assert [p for p in asked if p.startswith("/v1/task_groups/")] == [
+        f"/v1/task_groups/{expired}?limit=0", f"/v1/task_groups/{group}?limit=0"
+    ]  # fmt: skip
 
 
 async def test_malformed_frames_get_error_frames_and_the_connection_survives(
