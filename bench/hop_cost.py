@@ -20,9 +20,9 @@ are counted. Each figure is the median of ``--repeat`` samples on one running pl
 ``--async-sleep`` runs the async row's tasks instead (``async def`` awaiting
 ``asyncio.sleep(1)``, all ``--tasks`` gathered at once by one ``AsyncClient``, on the same
 agent, whose 1,000 async slots take them at once); the wall is then printed in seconds.
-``--fan-out`` runs the fan-out row instead (200 AsyncClients in this process, each with its
-own WebSocket and task group, each gathering 50 no-op runs: 10,000 tasks, ``--tasks``
-unused), and prints its wall in seconds.
+``--fan-out`` runs the fan-out row instead (200 AsyncClients in this process, or
+``--clients``, each with its own WebSocket and task group, each gathering 50 no-op runs:
+10,000 tasks, ``--tasks`` unused), and prints its wall in seconds.
 
 ``--py-spy DIR`` adds one more sample, not counted, with ``py-spy record`` attached to the ws
 and agent processes, and prints the functions with the most own time in each (the raw
@@ -323,14 +323,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     add("--async-sleep", action="store_true",
         help="the async row's tasks instead: async def sleep(1), AsyncClient gather")  # fmt: skip
     add("--fan-out", action="store_true",
-        help="the fan-out row instead: 200 AsyncClients x 50 no-ops (--tasks unused)")  # fmt: skip
+        help="the fan-out row instead: AsyncClients x 50 no-ops each (--tasks unused)")  # fmt: skip
+    add("--clients", type=int, default=BenchSettings().fanout_clients,
+        help="the fan-out's AsyncClients (default 200)")  # fmt: skip
     add("--repeat", type=int, default=3, help="samples, median shown (default 3)")
     add("--redis-url", default=None, help="a Redis to use (default: a private redis-server)")
     add("--redis-cluster", action="store_true", help="run on a private Redis Cluster of 3 masters")
     add("--py-spy", type=Path, default=None, metavar="DIR",
         help="one more sample with py-spy on ws and agent; raw stacks go to DIR")  # fmt: skip
     args = parser.parse_args(argv)
-    s = BenchSettings.full(throughput_tasks=args.tasks, repeat=args.repeat)
+    s = BenchSettings.full(
+        throughput_tasks=args.tasks, repeat=args.repeat, fanout_clients=args.clients
+    )
     payload = os.urandom(args.payload) if args.payload else None
     chosen = [m for m, on in ((ASYNC_SLEEP, args.async_sleep), (FAN_OUT, args.fan_out)) if on]
     if len(chosen) + (payload is not None) > 1:

@@ -99,3 +99,17 @@ def test_hop_cost_of_the_async_row_prints_its_wall_beyond_the_sleep(redis_url: s
     assert wall is not None and float(wall.group(1)) >= 1.0, done.stdout  # they did sleep
     line = re.search(r"^agent +(\d+)  ", done.stdout, re.MULTILINE)
     assert line is not None and int(line.group(1)) > 0, done.stdout
+
+
+def test_hop_cost_of_the_fan_out_row_meters_many_clients(redis_url: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.hop_cost", "--fan-out", "--clients", "20", "--repeat", "1",
+         "--redis-url", redis_url],
+        cwd=REPO, env=dict(os.environ), capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "hop cost: 1,000 no-op tasks, fan-out" in done.stdout  # 20 clients x 50 results
+    assert re.search(r"^wall: [\d.]+ s  \(", done.stdout, re.MULTILINE), done.stdout
+    for role in ("client", "ws (gateway)", "agent"):
+        line = re.search(rf"^{re.escape(role)} +(\d+)  ", done.stdout, re.MULTILINE)
+        assert line is not None and int(line.group(1)) > 0, (role, done.stdout)
