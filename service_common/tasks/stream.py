@@ -186,8 +186,8 @@ class TaskEntry:
         return cls(
             entry_id=entry_id,
             task_id=fields.get("task_id", ""),
-            function_id=fields.get("function_id", ""),
-            task_group_id=fields.get("task_group_id", ""),
+            function_id="",
+            task_group_id="",
             payload=fields.get("payload", ""),
             walltime_s=fields.get("walltime_s", ""),
             result_serializers=fields.get("result_serializers", ""),

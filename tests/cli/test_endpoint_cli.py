@@ -19,11 +19,12 @@ from endpoint_agent.accelerators import detect_accelerators
 from fxbroker.cli import main
 from fxbroker.endpoints import agent_settings, read_config, register
 from sdk.keys import Keys
-from sdk.messages import hash_field
+from sdk.messages import hash_field, stored_fields
 from sdk.serialize import deserialize, pack_payload
 from sdk.states import TaskState
 from tests.agent.helpers import HOLD, Endpoint, Gate
 from tests.cli.services import FXBROKER, WebProcess
+from web_service.taskstore.tasks import new_task_ids
 
 
 def test_configure_writes_a_private_toml_file_and_keeps_other_keys(
@@ -184,11 +185,15 @@ def run_one_task(redis_url: str, keys: Keys, endpoint_id: str) -> object:
     try:
         code = "st\nadd:def add(a, b):\n    return a + b\n"
         client.set(keys.function_code("fn-add"), code)
-        client.hset(keys.task("t-1"), hash_field("state"), "waiting-for-ep")
-        client.xadd(keys.endpoint_tasks(endpoint_id), {"task_id": "t-1", "function_id": "fn-add",
-                    "task_group_id": "g-1", "payload": pack_payload((2, 3))})  # fmt: skip
+        [task_id] = new_task_ids(1)
+        client.hset(keys.task(task_id), mapping=stored_fields({  # the web service's record
+            "user_id": "u-1", "endpoint_id": endpoint_id, "function_id": "fn-add",
+            "task_group_id": "g-1", "state": "waiting-for-ep",
+        }))  # fmt: skip
+        client.xadd(keys.endpoint_tasks(endpoint_id),
+                    {"task_id": task_id, "payload": pack_payload((2, 3))})  # fmt: skip
         assert client.xread({keys.task_group_results("g-1"): "0"}, block=30_000)
-        return deserialize(str(client.hget(keys.task("t-1"), hash_field("result"))))
+        return deserialize(str(client.hget(keys.task(task_id), hash_field("result"))))
     finally:
         client.close()
 

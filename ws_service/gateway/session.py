@@ -425,7 +425,7 @@ class AgentSession:
 
         starts, lookup = await self._redis_step(start_and_look_up)
         entries = [
-            entry.of_task(start.function_id, start.task_group_id) if start.function_id else entry
+            entry.of_task(start.function_id, start.task_group_id)
             for entry, start in zip(entries, starts, strict=True)
         ]
         run = [entry for entry, start in zip(entries, starts, strict=True) if start.run]
