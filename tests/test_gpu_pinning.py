@@ -8,22 +8,18 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 from pathlib import Path
 
 import pytest
 
 from bench.gpu_pinning import MATRIX, gpu_uuids, main, pinned_right
+from tests.agent.helpers import fake_nvidia_smi
 
 
 def test_nvidia_smi_listing_gives_each_index_its_uuid(tmp_path: Path) -> None:
-    smi = tmp_path / "nvidia-smi"
-    smi.write_text(
-        "#!/bin/sh\n"
-        "echo 'GPU 0: NVIDIA H200 (UUID: GPU-e659-aa)'\n"
-        "echo 'GPU 1: NVIDIA H200 (UUID: GPU-77f0-bb)'\n"
+    fake_nvidia_smi(
+        tmp_path, "GPU 0: NVIDIA H200 (UUID: GPU-e659-aa)", "GPU 1: NVIDIA H200 (UUID: GPU-77f0-bb)"
     )
-    smi.chmod(smi.stat().st_mode | stat.S_IXUSR)
     assert gpu_uuids({"PATH": str(tmp_path)}) == {"0": "e659-aa", "1": "77f0-bb"}
     assert gpu_uuids({"PATH": str(tmp_path / "none")}) == {}
 

@@ -3,9 +3,11 @@ gates that hold tasks until the test releases them."""
 
 from __future__ import annotations
 
+import stat
 import textwrap
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -205,3 +207,11 @@ AHOLD = source_code(
             await client.aclose()
     """,
 )
+
+
+def fake_nvidia_smi(folder: Path, *gpus: str) -> None:
+    """An ``nvidia-smi`` in ``folder`` whose ``-L`` lists ``gpus`` (``"GPU 0: ... (UUID:
+    GPU-...)"`` lines), for a node without one."""
+    smi = folder / "nvidia-smi"
+    smi.write_text("#!/bin/sh\n" + "".join(f"echo '{line}'\n" for line in gpus))
+    smi.chmod(smi.stat().st_mode | stat.S_IXUSR)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import stat
 from pathlib import Path
 
 from endpoint_agent import Agent, AgentSettings
 from endpoint_agent.accelerators import detect_accelerators, parse_nvidia_smi
 from tests.agent.gateway_stack import GatewayEndpoint, settings_for
-from tests.agent.helpers import Gate, source_code
+from tests.agent.helpers import Gate, fake_nvidia_smi, source_code
 
 SEEN = source_code(
     "seen",
@@ -57,13 +56,11 @@ def test_accelerators_come_from_cuda_visible_devices_or_nvidia_smi(tmp_path: Pat
     assert detect_accelerators({"CUDA_VISIBLE_DEVICES": "2, 3", "PATH": ""}) == ("2", "3")
     assert detect_accelerators({"CUDA_VISIBLE_DEVICES": "", "PATH": ""}) == ()
     assert detect_accelerators({"PATH": str(tmp_path)}) == ()
-    smi = tmp_path / "nvidia-smi"
-    smi.write_text(
-        "#!/bin/sh\n"
-        "echo 'GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-1111)'\n"
-        "echo 'GPU 1: NVIDIA H100 80GB HBM3 (UUID: GPU-2222)'\n"
+    fake_nvidia_smi(
+        tmp_path,
+        "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-1111)",
+        "GPU 1: NVIDIA H100 80GB HBM3 (UUID: GPU-2222)",
     )
-    smi.chmod(smi.stat().st_mode | stat.S_IXUSR)
     assert detect_accelerators({"PATH": str(tmp_path)}) == ("0", "1")
     assert parse_nvidia_smi("No devices were found\n") == ()
 
