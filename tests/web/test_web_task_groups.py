@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import event, func, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from web_service.accounts import create_user
@@ -106,3 +107,22 @@ async def test_one_id_claimed_twice_at_once_by_its_owner_is_one_group(
 
     assert claimed == [chosen, chosen]
     assert await rows_of(engine, alice) == 1
+
+
+async def test_claims_the_database_cannot_take_each_raise_its_error(tmp_path: Path) -> None:
+    """A database that is away fails every claim waiting on the write (the request answers
+    503 from there); none is left waiting, and the next claims are written once it is back."""
+    url = f"sqlite:///{tmp_path / 'gone' / 'groups.db'}"  # its folder does not exist yet
+    async with open_engine(url) as engine:
+        groups = catalog(engine)
+        outcomes = await asyncio.gather(
+            *(groups.claim("someone", None) for _ in range(5)), return_exceptions=True
+        )
+        assert len(outcomes) == 5
+        assert all(isinstance(o, OperationalError) for o in outcomes), outcomes
+
+        (tmp_path / "gone").mkdir()
+        await asyncio.to_thread(upgrade, url)
+        owner, _ = await create_user(url, "alice")
+        claimed = await asyncio.gather(*(groups.claim(owner, None) for _ in range(3)))
+        assert all(claimed) and await rows_of(engine, owner) == 3

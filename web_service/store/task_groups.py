@@ -45,6 +45,10 @@ class _NewGroup:
     )
     """The row's creation time once written; None when the id is someone else's."""
 
+    def __post_init__(self) -> None:
+        # A claim whose request went away meanwhile leaves no one to read an error: read here.
+        self.written.add_done_callback(lambda f: f.cancelled() or f.exception())
+
 
 class TaskGroupCatalog:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
