@@ -48,8 +48,9 @@ class StreamEntry(TypedDict):
 
     The task's function and task group are in its hash, not here: the start script returns
     them with the start (``service_common.tasks.stream``), so a queued task carries two ids
-    fewer (about 85 bytes of Redis). An entry that still names them keeps its own where
-    the task's hash does not name them.
+    fewer (about 85 bytes of Redis). Readers take them from the hash alone, even from an
+    entry that names them: tasks queued by an earlier record layout are not read, so a
+    platform's queues are drained before it is upgraded.
 
     ``walltime_s`` (decimal seconds) caps how long the task may run; the agent applies the
     tighter of it and its endpoint's own walltime. ``result_serializers`` (comma-separated
