@@ -173,3 +173,53 @@ def test_anything_else_goes_to_dill(obj: object) -> None:
     assert not ser._plain(obj)
     body = ser.serialize(obj, ser.DILL_DATA)[3:]
     assert binascii.a2b_base64(body) == dill.dumps(obj)
+
+
+def test_a_call_without_arguments_has_one_payload_made_and_read_without_pickling() -> None:
+    gc = ComputeSerializer()
+    assert ser.pack_payload() == ser.pack_payload((), {}) == ser.EMPTY_PAYLOAD
+    assert [gc.deserialize(b) for b in gc.unpack_buffers(ser.EMPTY_PAYLOAD)] == [(), {}]
+    args, kwargs = ser.unpack_payload(ser.EMPTY_PAYLOAD, allowed={"00"})
+    assert (args, kwargs) == ((), {})
+    kwargs["set by the first call"] = True
+    assert ser.unpack_payload(ser.EMPTY_PAYLOAD)[1] == {}, "each call gets its own kwargs"
+    with pytest.raises(DeserializationError, match="not allowed"):
+        ser.unpack_payload(ser.EMPTY_PAYLOAD, allowed={"11"})
+
+
+class _Point:
+    def __init__(self, x: int) -> None:
+        self.x = x
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Point) and other.x == self.x
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+@pytest.mark.parametrize(
+    ("obj", "stock"),
+    [
+        *((obj, True) for obj in DATA),
+        ({1, 2}, True),
+        (_Point(3), True),  # a class importable from its module
+        ((_Name("x"),), True),
+        ("dill is only a word here", False),  # the check is by bytes: dill reads it
+        (list(range(2000)), False),  # too large to be worth the check: dill reads it
+        (double, True),  # by reference: its module and name
+        (lambda x: x * 2, False),  # by value: dill's own helpers rebuild it
+    ],
+)
+def test_what_the_standard_unpickler_reads_it_reads_as_dill_does(obj: object, stock: bool) -> None:
+    raw = binascii.a2b_base64(ser.serialize(obj, ser.DILL_DATA)[3:])
+    assert ser._stock_loads_suffices(raw) is stock
+    back = ser.deserialize(ser.serialize(obj, ser.DILL_DATA))
+    if callable(obj):
+        assert back(4) == obj(4)
+    else:
+        assert back == obj == dill.loads(raw)
+
+
+def test_a_pickle_naming_dills_mapped_modules_goes_to_dill() -> None:
+    for name in (b"__main__", b"__builtin__", b"dill.dill"):
+        assert not ser._stock_loads_suffices(b"\x80\x04\x95" + name + b"\x94.")
