@@ -108,6 +108,7 @@ class Reader:
         self._changed = asyncio.Event()
         self._generation = 0
         self._waiting_on: frozenset[str] | None = None  # endpoints of the wait in flight
+        self._wait_count = 0  # what the wait in flight takes of each of them
         self._unblocking: asyncio.Task[None] | None = None
         self.rounds = 0
         """Read rounds so far (claims, reads and waits), for tests and the profile."""
@@ -135,6 +136,19 @@ class Reader:
         self._changed.set()
         waiting_on = self._waiting_on
         if waiting_on is not None and session.endpoint_id not in waiting_on:
+            if self._unblocking is None or self._unblocking.done():
+                self._unblocking = asyncio.create_task(self._unblock(), name="gateway-unblock")
+
+    def wants_less(self, session: Wanting) -> None:
+        """``session`` wants fewer tasks than before (its agent withdrew credit): a wait that
+        would take more of its endpoint than it now wants is cut short, so the next one
+        asks for what is wanted. Else the surplus it brings would be read only to go back
+        to the stream (a round trip and a new entry per task)."""
+        self._generation += 1  # a read in flight asked with the old want: read again
+        eid = session.endpoint_id
+        if self._waiting_on is None or eid not in self._waiting_on:
+            return
+        if sum(s.wants for s in self._sessions.get(eid, [])) < self._wait_count:
             if self._unblocking is None or self._unblocking.done():
                 self._unblocking = asyncio.create_task(self._unblock(), name="gateway-unblock")
 
@@ -232,13 +246,14 @@ class Reader:
         next_claim_s = min(self._claim_at.get(eid, now) for eid in wants) - time.monotonic()
         block_ms = max(1, min(self._block_ms, int(next_claim_s * 1000) + 1))
         self._waiting_on = frozenset(wants)
+        self._wait_count = min(wants.values())
         try:
             found = await read_blocking(
                 self._reads,
                 self._redis,
                 [self._keys.endpoint_tasks(eid) for eid in wants],
                 self.consumer,
-                count=min(wants.values()),
+                count=self._wait_count,
                 block_ms=block_ms,
             )
         finally:

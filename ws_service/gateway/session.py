@@ -323,11 +323,13 @@ class AgentSession:
 
     async def _withdraw(self, frame: Withdraw) -> None:
         """Take back credit the agent no longer wants, never what a read in flight reserved
-        (those tasks are coming); the reader's :attr:`wants` drops with it. The answer goes
-        out after any window whose credit was taken before (the window lock), so the agent's
-        count stays exact."""
+        (those tasks are coming); the reader's :attr:`wants` drops with it, and a wait of the
+        reader's that asked for more is cut short. The answer goes out after any window whose
+        credit was taken before (the window lock), so the agent's count stays exact."""
         async with self._window_lock:
             withdrawn = self.ledger.withdraw(frame, reserved=self._reserved)
+            if withdrawn.count:
+                self.gateway.reader.wants_less(self)
             await self._send(withdrawn)
         if withdrawn.count:
             log.debug("agent %s withdrew %d credit", self.ledger.agent, withdrawn.count)
