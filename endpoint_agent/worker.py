@@ -22,7 +22,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from endpoint_agent.capture import Captured, capture
+from endpoint_agent.capture import Capture, Captured
 from endpoint_agent.globus_shell import adapt
 from endpoint_agent.result_encoding import encode_result
 from sdk.errors import DeserializationError, SerializationError
@@ -177,7 +177,7 @@ def run_call(call: Call) -> Outcome:
         args, kwargs = unpack_payload(call.payload, allowed=call.allowed)
     except DeserializationError as exc:
         return Outcome.failure(describe(exc))
-    with capture(call.limits.max_output_chars) as captured:
+    with Capture(call.limits.max_output_chars) as captured:
         try:
             value = fn(*args, **kwargs)
         except BaseException as exc:
@@ -199,7 +199,7 @@ async def run_coroutine(
         args, kwargs = unpack_payload(payload, allowed=allowed)
     except DeserializationError as exc:
         return Outcome.failure(describe(exc))
-    with capture(limits.max_output_chars) as captured:
+    with Capture(limits.max_output_chars) as captured:
         try:
             value = await fn(*args, **kwargs)
         except asyncio.CancelledError:
