@@ -13,6 +13,11 @@ import uvloop
 T = TypeVar("T")
 
 
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """A new uvloop event loop, for a thread that runs one of its own."""
+    return uvloop.new_event_loop()
+
+
 def run(main: Coroutine[Any, Any, T]) -> T:
     """``asyncio.run`` on a uvloop event loop."""
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
