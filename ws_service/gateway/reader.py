@@ -136,8 +136,7 @@ class Reader:
         self._changed.set()
         waiting_on = self._waiting_on
         if waiting_on is not None and session.endpoint_id not in waiting_on:
-            if self._unblocking is None or self._unblocking.done():
-                self._unblocking = asyncio.create_task(self._unblock(), name="gateway-unblock")
+            self._cut_wait_short()
 
     def wants_less(self, session: Wanting) -> None:
         """``session`` wants fewer tasks than before (its agent withdrew credit): a wait that
@@ -149,8 +148,12 @@ class Reader:
         if self._waiting_on is None or eid not in self._waiting_on:
             return
         if sum(s.wants for s in self._sessions.get(eid, [])) < self._wait_count:
-            if self._unblocking is None or self._unblocking.done():
-                self._unblocking = asyncio.create_task(self._unblock(), name="gateway-unblock")
+            self._cut_wait_short()
+
+    def _cut_wait_short(self) -> None:
+        """End the wait in flight (``CLIENT UNBLOCK``), once however many ask meanwhile."""
+        if self._unblocking is None or self._unblocking.done():
+            self._unblocking = asyncio.create_task(self._unblock(), name="gateway-unblock")
 
     async def _unblock(self) -> None:
         try:
